@@ -1,0 +1,362 @@
+import { constants as fsc } from 'node:fs';
+import { crc32 } from 'node:zlib';
+import { VfioError } from '../errors';
+import type { Binding, PumpResult } from './types';
+
+/**
+ * The `Binding` contract through libc with koffi: the fallback for when the native addon
+ * (addon/) cannot be loaded. Same calls, same errors (VfioError with code/errno/syscall), same
+ * argument checks (TypeError / RangeError) and the same pump results as the addon.
+ *
+ * How it keeps the contract:
+ *  - Synchronous calls read errno with `koffi.errno()` right after the call.
+ *  - read, write and poll run as koffi async calls on the libuv thread pool. errno is
+ *    thread-local and koffi does not carry it back from the pool thread, so when an async
+ *    read/write returns -1 the same call is re-issued once on the JS thread to learn errno:
+ *    it returns at once in every case that can fail without waiting (bad fd, wrong direction,
+ *    EINVAL, EPIPE, EAGAIN on a non-blocking fd, ...), and a write is capped at PIPE_BUF so a
+ *    pipe that has room cannot block it. EAGAIN is then waited out with an async poll(2).
+ *    (A blocking fd whose async call was interrupted by a signal, EINTR, is the one case where
+ *    the re-issued call could wait on the JS thread; Node's signal handlers restart syscalls.)
+ *  - A Buffer's memory stays alive until the promise settles: the pending transfer holds the
+ *    window it reads or writes (it uses it again after the await), and with it the ArrayBuffer.
+ *  - `pump` is a JS loop over the same read/write with one reused Buffer and zlib.crc32.
+ */
+
+// ---- Linux constants (asm-generic values; fs.constants has no O_CLOEXEC) ----
+
+/** O_CLOEXEC / EFD_CLOEXEC (asm-generic/fcntl.h; x86, arm, arm64, riscv, loongarch). */
+const O_CLOEXEC = 0o2000000;
+/** EFD_NONBLOCK is O_NONBLOCK. */
+const O_NONBLOCK = fsc.O_NONBLOCK;
+const EINTR = 4;
+const EAGAIN = 11;
+/** A pipe write of at most PIPE_BUF bytes into a pipe that has room never blocks (pipe(7)). */
+const PIPE_BUF = 4096;
+const POLLIN = 0x1;
+const POLLOUT = 0x4;
+const INT_MAX = 0x7fffffff;
+
+// ---- libc ----
+
+interface CFunction {
+  (...args: unknown[]): unknown;
+  async(...args: unknown[]): void;
+}
+
+interface Libc {
+  open: CFunction;
+  close: CFunction;
+  ioctl: CFunction;
+  pread: CFunction;
+  pwrite: CFunction;
+  read: CFunction;
+  write: CFunction;
+  pipe2: CFunction;
+  eventfd: CFunction;
+  poll: CFunction;
+}
+
+type Koffi = typeof import('koffi');
+
+/** koffi itself, required on first use: importing this module loads no native code. */
+let koffi: Koffi;
+let libc: Libc | undefined;
+
+/** Load koffi and libc and declare the calls, once per process (koffi types are process-wide). */
+function loadLibc(): Libc {
+  if (libc) return libc;
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  koffi = require('koffi') as Koffi;
+  let lib: ReturnType<Koffi['load']> | undefined;
+  let firstError: unknown;
+  for (const name of ['libc.so.6', 'libc.so']) {
+    try {
+      lib = koffi.load(name);
+      break;
+    } catch (e) {
+      firstError ??= e;
+    }
+  }
+  if (!lib) throw firstError;
+  // struct pollfd (poll.h): { int fd; short events; short revents; }, anonymous so that a
+  // second module instance does not clash with a registered name.
+  const pollfd = koffi.struct({ fd: 'int', events: 'short', revents: 'short' });
+  const fn = (f: unknown): CFunction => f as CFunction;
+  libc = {
+    open: fn(lib.func('int open(const char *path, int flags, ...)')),
+    close: fn(lib.func('int close(int fd)')),
+    ioctl: fn(lib.func('int ioctl(int fd, unsigned long request, ...)')),
+    pread: fn(lib.func('intptr_t pread64(int fd, void *buf, size_t count, int64_t offset)')),
+    pwrite: fn(lib.func('intptr_t pwrite64(int fd, const void *buf, size_t count, int64_t offset)')),
+    read: fn(lib.func('intptr_t read(int fd, void *buf, size_t count)')),
+    write: fn(lib.func('intptr_t write(int fd, const void *buf, size_t count)')),
+    pipe2: fn(lib.func('int pipe2(void *fds, int flags)')),
+    eventfd: fn(lib.func('int eventfd(unsigned int initval, int flags)')),
+    poll: fn(lib.func('poll', 'int', [koffi.inout(koffi.pointer(pollfd)), 'unsigned long', 'int'])),
+  };
+  return libc;
+}
+
+function callAsync(f: CFunction, ...args: unknown[]): Promise<number> {
+  return new Promise((resolve, reject) => {
+    f.async(...args, (err: unknown, res: unknown) => (err ? reject(err) : resolve(Number(res))));
+  });
+}
+
+// ---- errors and argument checks (the same messages and codes as addon/binding.cc) ----
+
+function sysError(errno: number, syscall: string, path?: string): VfioError {
+  return VfioError.fromErrno(errno, path !== undefined ? { syscall, path } : { syscall });
+}
+
+function typeError(message: string): TypeError {
+  return Object.assign(new TypeError(message), { code: 'ERR_INVALID_ARG_TYPE' });
+}
+
+function rangeError(message: string): RangeError {
+  return Object.assign(new RangeError(message), { code: 'ERR_OUT_OF_RANGE' });
+}
+
+const MAX_SAFE = Number.MAX_SAFE_INTEGER;
+
+function intArg(fn: string, name: string, v: unknown, min: number, max: number): number {
+  if (typeof v !== 'number') throw typeError(`${fn}: "${name}" must be a number`);
+  if (!Number.isInteger(v)) throw rangeError(`${fn}: "${name}" must be an integer`);
+  if (v < min || v > max) throw rangeError(`${fn}: "${name}" is out of range [${min}, ${max}]`);
+  return v;
+}
+
+function optIntArg(fn: string, name: string, v: unknown, min: number, max: number, dflt: number): number {
+  return v === undefined ? dflt : intArg(fn, name, v, min, max);
+}
+
+function fdArg(fn: string, v: unknown, name = 'fd'): number {
+  return intArg(fn, name, v, 0, INT_MAX);
+}
+
+/** A Buffer, or any ArrayBufferView seen as bytes (as napi_get_buffer_info does). */
+function bufferArg(fn: string, v: unknown, name = 'buffer'): Buffer {
+  if (!ArrayBuffer.isView(v)) throw typeError(`${fn}: "${name}" must be a Buffer`);
+  return Buffer.isBuffer(v) ? v : Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+}
+
+/** buf[offset, offset + length): offset defaults to 0, length to what follows it. */
+function windowArg(fn: string, buf: Buffer, offset: unknown, length: unknown): Buffer {
+  const off = optIntArg(fn, 'offset', offset, 0, buf.length, 0);
+  const len = optIntArg(fn, 'length', length, 0, buf.length - off, buf.length - off);
+  return buf.subarray(off, off + len);
+}
+
+// ---- the binding ----
+
+/** The koffi implementation of the `Binding` contract (see the file comment). */
+export class KoffiBinding implements Binding {
+  readonly name = 'koffi' as const;
+  private readonly c: Libc;
+
+  /** Loads libc on first use; throws when koffi or libc cannot be loaded. */
+  constructor() {
+    this.c = loadLibc();
+  }
+
+  open(path: string, flags: number, mode?: number): number {
+    if (typeof path !== 'string') throw typeError('open: "path" must be a string');
+    if (path.includes('\0')) throw typeError('open: "path" must not contain NUL bytes');
+    const f = intArg('open', 'flags', flags, 0, INT_MAX);
+    const m = optIntArg('open', 'mode', mode, 0, 0o7777, 0o666);
+    for (;;) {
+      const fd = this.c.open(path, f | O_CLOEXEC, 'uint32_t', m) as number;
+      if (fd >= 0) return fd;
+      const e = koffi.errno();
+      if (e !== EINTR) throw sysError(e, 'open', path);
+    }
+  }
+
+  close(fd: number): void {
+    fdArg('close', fd);
+    if ((this.c.close(fd) as number) === 0) return;
+    const e = koffi.errno();
+    // Linux releases the fd before close() can be interrupted: EINTR means closed.
+    if (e !== EINTR) throw sysError(e, 'close');
+  }
+
+  ioctl(fd: number, request: number, arg?: Buffer | number): number {
+    fdArg('ioctl', fd);
+    intArg('ioctl', 'request', request, 0, 0xffffffff);
+    let r: number;
+    if (arg === undefined) {
+      r = this.c.ioctl(fd, request, 'unsigned long', 0) as number;
+    } else if (ArrayBuffer.isView(arg)) {
+      if (arg.byteLength === 0) throw rangeError('ioctl: "arg" Buffer must not be empty');
+      r = this.c.ioctl(fd, request, 'void *', arg) as number;
+    } else if (typeof arg === 'number') {
+      intArg('ioctl', 'arg', arg, -MAX_SAFE, MAX_SAFE);
+      r = this.c.ioctl(fd, request, arg < 0 ? 'long' : 'unsigned long', arg) as number;
+    } else {
+      throw typeError('ioctl: "arg" must be a Buffer, a number or undefined');
+    }
+    if (r < 0) throw sysError(koffi.errno(), 'ioctl');
+    return r;
+  }
+
+  pread(fd: number, buf: Buffer, offset: number, length?: number): number {
+    return this.positional('pread', this.c.pread, fd, buf, offset, length);
+  }
+
+  pwrite(fd: number, buf: Buffer, offset: number, length?: number): number {
+    return this.positional('pwrite', this.c.pwrite, fd, buf, offset, length);
+  }
+
+  private positional(fn: string, f: CFunction, fd: number, buf: Buffer, position: number, length?: number): number {
+    fdArg(fn, fd);
+    const b = bufferArg(fn, buf);
+    const pos = intArg(fn, 'position', position, 0, MAX_SAFE);
+    const len = optIntArg(fn, 'length', length, 0, b.length, b.length);
+    for (;;) {
+      const n = Number(f(fd, b, len, pos));
+      if (n >= 0) return n;
+      const e = koffi.errno();
+      if (e !== EINTR) throw sysError(e, fn);
+    }
+  }
+
+  pipe(flags?: number): [number, number] {
+    const f = optIntArg('pipe', 'flags', flags, 0, INT_MAX, 0);
+    const fds = new Int32Array(2);
+    if ((this.c.pipe2(fds, f | O_CLOEXEC) as number) !== 0) throw sysError(koffi.errno(), 'pipe2');
+    return [fds[0], fds[1]];
+  }
+
+  eventfd(initval: number, flags?: number): number {
+    const v = intArg('eventfd', 'initval', initval, 0, 0xffffffff);
+    const f = optIntArg('eventfd', 'flags', flags, 0, INT_MAX, 0);
+    const fd = this.c.eventfd(v, f | O_CLOEXEC | O_NONBLOCK) as number;
+    if (fd < 0) throw sysError(koffi.errno(), 'eventfd');
+    return fd;
+  }
+
+  eventfdRead(fd: number): bigint {
+    fdArg('eventfdRead', fd);
+    const counter = new BigUint64Array(1); // host byte order, as the kernel writes it
+    for (;;) {
+      const n = Number(this.c.read(fd, counter, 8));
+      if (n === 8) return counter[0];
+      if (n >= 0) throw sysError(5 /* EIO: an eventfd read is 8 bytes or an error */, 'read');
+      const e = koffi.errno();
+      if (e === EAGAIN) return 0n;
+      if (e !== EINTR) throw sysError(e, 'read');
+    }
+  }
+
+  eventfdWrite(fd: number, value: bigint): void {
+    fdArg('eventfdWrite', fd);
+    if (typeof value !== 'bigint') throw typeError('eventfdWrite: "value" must be a bigint');
+    if (value < 0n || value > 0xffff_ffff_ffff_ffffn) {
+      throw rangeError('eventfdWrite: "value" is out of range [0, 2^64 - 1]');
+    }
+    const counter = BigUint64Array.of(value);
+    for (;;) {
+      const n = Number(this.c.write(fd, counter, 8));
+      if (n === 8) return;
+      if (n >= 0) throw sysError(5, 'write');
+      const e = koffi.errno();
+      if (e !== EINTR) throw sysError(e, 'write');
+    }
+  }
+
+  read(fd: number, buf: Buffer, offset?: number, length?: number): Promise<number> {
+    fdArg('read', fd);
+    const view = windowArg('read', bufferArg('read', buf), offset, length);
+    return this.transfer('read', fd, view);
+  }
+
+  write(fd: number, buf: Buffer, offset?: number, length?: number): Promise<number> {
+    fdArg('write', fd);
+    const view = windowArg('write', bufferArg('write', buf), offset, length);
+    return this.transfer('write', fd, view);
+  }
+
+  /** One read(2)/write(2) of `view` off the JS thread; see the file comment for errno. */
+  private async transfer(kind: 'read' | 'write', fd: number, view: Buffer): Promise<number> {
+    const f = kind === 'read' ? this.c.read : this.c.write;
+    for (;;) {
+      const n = await callAsync(f, fd, view, view.length);
+      if (n >= 0) return n;
+      // Learn errno by re-issuing the call here (it does not wait: see the file comment).
+      const again = Number(f(fd, view, kind === 'write' ? Math.min(view.length, PIPE_BUF) : view.length));
+      if (again >= 0) return again;
+      const e = koffi.errno();
+      if (e === EAGAIN) {
+        await this.pollAsync(fd, kind === 'read' ? POLLIN : POLLOUT, -1);
+      } else if (e !== EINTR) {
+        throw sysError(e, kind);
+      }
+    }
+  }
+
+  poll(fd: number, events: number, timeoutMs: number): Promise<number> {
+    fdArg('poll', fd);
+    intArg('poll', 'events', events, 0, 0x7fff);
+    const t = intArg('poll', 'timeoutMs', timeoutMs, -MAX_SAFE, MAX_SAFE);
+    return this.pollAsync(fd, events, t < 0 ? -1 : Math.min(t, INT_MAX));
+  }
+
+  /** poll(2) one fd off the JS thread; EINTR retried with the time that remains. */
+  private async pollAsync(fd: number, events: number, timeoutMs: number): Promise<number> {
+    const deadline = timeoutMs < 0 ? -1 : performance.now() + timeoutMs;
+    let wait = timeoutMs;
+    for (;;) {
+      const pfd = { fd, events, revents: 0 };
+      const r = await callAsync(this.c.poll, pfd, 1, wait);
+      if (r > 0) return pfd.revents;
+      if (r === 0) return 0;
+      // errno stayed on the pool thread: ask again without waiting, here.
+      const now = { fd, events, revents: 0 };
+      const r2 = this.c.poll(now, 1, 0) as number;
+      if (r2 > 0) return now.revents;
+      if (r2 < 0) {
+        const e = koffi.errno();
+        if (e !== EINTR) throw sysError(e, 'poll');
+      }
+      if (deadline >= 0) {
+        wait = Math.max(0, Math.ceil(deadline - performance.now()));
+        if (wait === 0) return 0;
+      }
+    }
+  }
+
+  pump(srcFd: number, dstFd: number, buf: Buffer, limit?: number): Promise<PumpResult> {
+    fdArg('pump', srcFd, 'srcFd');
+    fdArg('pump', dstFd, 'dstFd');
+    const b = bufferArg('pump', buf);
+    if (b.length === 0) throw rangeError('pump: "buffer" must not be empty');
+    const max = optIntArg('pump', 'limit', limit, -1, MAX_SAFE, -1);
+    return this.pumpLoop(srcFd, dstFd, b, max);
+  }
+
+  private async pumpLoop(src: number, dst: number, buf: Buffer, limit: number): Promise<PumpResult> {
+    let bytes = 0;
+    let crc = 0;
+    while (limit < 0 || bytes < limit) {
+      const want = limit < 0 ? buf.length : Math.min(buf.length, limit - bytes);
+      const n = await this.transfer('read', src, buf.subarray(0, want));
+      if (n === 0) break;
+      const chunk = buf.subarray(0, n);
+      const next = crc32(chunk, crc);
+      for (let done = 0; done < n; ) {
+        const w = await this.transfer('write', dst, chunk.subarray(done));
+        if (w === 0) throw sysError(5 /* EIO: no progress, do not spin */, 'write');
+        done += w;
+      }
+      crc = next;
+      bytes += n;
+    }
+    return { bytes, crc32: crc };
+  }
+}
+
+/** A koffi binding; throws when koffi or libc cannot be loaded. */
+export function createKoffiBinding(): KoffiBinding {
+  return new KoffiBinding();
+}

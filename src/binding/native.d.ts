@@ -1,0 +1,76 @@
+/**
+ * The raw surface of the vfio_pci addon (addon/binding.cc), typed in one place.
+ *
+ * Ambient (no imports or exports), like node-pty's native.d.ts: src/binding/native.ts is the
+ * only module that touches these types; everything else sees the `Binding` contract
+ * (./types.ts). Units and errors are those of the contract: fds are integers in [0, 2^31),
+ * sizes and offsets are bytes, wrong types throw TypeError and values out of range RangeError
+ * (code ERR_INVALID_ARG_TYPE / ERR_OUT_OF_RANGE), and a failing syscall throws (or rejects
+ * with) an instance of the class given to `setErrorClass`, built as
+ * `new ErrorClass(message, { code, errno, syscall, path? })`.
+ */
+declare namespace VfioPciNative {
+  /** What the addon passes to the error class: errno name, positive errno, syscall name. */
+  interface SysErrorInit {
+    code: string;
+    errno: number;
+    syscall: string;
+    /** Set for open(2) errors. */
+    path?: string;
+  }
+
+  type ErrorClass = new (message: string, init: SysErrorInit) => Error;
+
+  interface PumpResult {
+    /** Bytes copied from src to dst (whole chunks written out). */
+    bytes: number;
+    /** zlib CRC-32 of those bytes, unsigned. */
+    crc32: number;
+  }
+
+  interface Addon {
+    /**
+     * Hand the addon the class to build syscall errors with (VfioError). Per environment: the
+     * main thread and each worker_thread set their own. Before it is set, errors are plain
+     * Errors carrying the same code/errno/syscall properties.
+     */
+    setErrorClass(errorClass: ErrorClass): void;
+
+    /** open(2) with O_CLOEXEC added; `mode` defaults to 0o666. */
+    open(path: string, flags: number, mode?: number): number;
+    /** close(2); EINTR counts as closed. */
+    close(fd: number): void;
+    /**
+     * ioctl(2): a Buffer (non-empty) is passed by pointer, a number (safe integer, negative
+     * values as two's complement) by value, undefined as 0. `request` is in [0, 2^32).
+     */
+    ioctl(fd: number, request: number, arg?: Buffer | number): number;
+    /** One pread(2) of `length` (default buf.length, at most buf.length) bytes at `position`. */
+    pread(fd: number, buf: Buffer, position: number, length?: number): number;
+    /** One pwrite(2) of `length` (default buf.length, at most buf.length) bytes at `position`. */
+    pwrite(fd: number, buf: Buffer, position: number, length?: number): number;
+    /** pipe2(2) with O_CLOEXEC added: [readFd, writeFd]. */
+    pipe(flags?: number): [number, number];
+    /** eventfd(2) with EFD_CLOEXEC | EFD_NONBLOCK added; `initval` in [0, 2^32). */
+    eventfd(initval: number, flags?: number): number;
+    /** The counter (reset by the read), or 0n when it was 0. */
+    eventfdRead(fd: number): bigint;
+    /** Add `value` (in [0, 2^64)) to the counter. */
+    eventfdWrite(fd: number, value: bigint): void;
+
+    /**
+     * One read(2) into buf[offset, offset + length) on the libuv thread pool; EINTR retried,
+     * EAGAIN waited out with poll(2). `offset` defaults to 0, `length` to what follows it.
+     */
+    read(fd: number, buf: Buffer, offset?: number, length?: number): Promise<number>;
+    /** One write(2) from buf[offset, offset + length), as `read`. May be short. */
+    write(fd: number, buf: Buffer, offset?: number, length?: number): Promise<number>;
+    /** poll(2) one fd: revents, or 0 on timeout; `timeoutMs` < 0 waits forever. */
+    poll(fd: number, events: number, timeoutMs: number): Promise<number>;
+    /**
+     * Copy src to dst through `buf` (non-empty) until EOF or `limit` bytes (-1, the default:
+     * no limit), computing the CRC-32. Rejects with syscall 'read' or 'write'.
+     */
+    pump(srcFd: number, dstFd: number, buf: Buffer, limit?: number): Promise<PumpResult>;
+  }
+}

@@ -1,0 +1,114 @@
+/// <reference path="./native.d.ts" />
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { VfioError } from '../errors';
+import type { Binding, PumpResult } from './types';
+
+/**
+ * The `Binding` contract through the vfio_pci N-API addon (addon/binding.cc over addon/sys.cc).
+ * The addon validates arguments and throws TypeError/RangeError itself, so every method here
+ * is a straight pass-through; syscall errors are VfioErrors because the addon is handed the
+ * class when it is loaded.
+ */
+
+/** Where the addon is looked for, relative to the package root: node-gyp's output first, then cmake-js's. */
+export const NATIVE_ADDON_FILES: readonly string[] = ['build/Release/vfio_pci.node', 'build-cmake/Release/vfio_pci.node'];
+
+/** The package root: the nearest directory above this file that holds binding.gyp. */
+export function packageRoot(from: string = __dirname): string {
+  for (let dir = from; ; dir = dirname(dir)) {
+    if (existsSync(join(dir, 'binding.gyp'))) return dir;
+    if (dirname(dir) === dir) throw new Error(`vfio_pci: no binding.gyp above ${from}`);
+  }
+}
+
+/** The addon files that exist, in the order they are tried (absolute paths). */
+export function nativeAddonCandidates(root: string = packageRoot()): string[] {
+  return NATIVE_ADDON_FILES.map((f) => join(root, f)).filter((f) => existsSync(f));
+}
+
+const nodeRequire = createRequire(__filename);
+
+function loadAddon(file?: string): { addon: VfioPciNative.Addon; file: string } {
+  const candidates = file !== undefined ? [file] : nativeAddonCandidates();
+  if (candidates.length === 0) {
+    throw new Error(`vfio_pci addon not built (looked for ${NATIVE_ADDON_FILES.join(', ')}); run npm run build:addon`);
+  }
+  let firstError: unknown;
+  for (const f of candidates) {
+    try {
+      const addon = nodeRequire(f) as VfioPciNative.Addon;
+      // Per environment and idempotent: the last module instance to load wins, which is the
+      // VfioError class its callers import.
+      addon.setErrorClass(VfioError as unknown as VfioPciNative.ErrorClass);
+      return { addon, file: f };
+    } catch (e) {
+      firstError ??= e;
+    }
+  }
+  throw firstError;
+}
+
+/** The native implementation of the `Binding` contract, with `pump`. */
+export class NativeBinding implements Binding {
+  readonly name = 'native' as const;
+  /** The .node file that was loaded (absolute path). */
+  readonly file: string;
+  private readonly addon: VfioPciNative.Addon;
+
+  /**
+   * Load the addon: `file` if given, else the first of NATIVE_ADDON_FILES that loads.
+   * Throws (a plain Error from require) when none can be loaded.
+   */
+  constructor(file?: string) {
+    const { addon, file: loaded } = loadAddon(file);
+    this.addon = addon;
+    this.file = loaded;
+  }
+
+  open(path: string, flags: number, mode?: number): number {
+    return this.addon.open(path, flags, mode);
+  }
+  close(fd: number): void {
+    this.addon.close(fd);
+  }
+  ioctl(fd: number, request: number, arg?: Buffer | number): number {
+    return this.addon.ioctl(fd, request, arg);
+  }
+  pread(fd: number, buf: Buffer, offset: number, length?: number): number {
+    return this.addon.pread(fd, buf, offset, length);
+  }
+  pwrite(fd: number, buf: Buffer, offset: number, length?: number): number {
+    return this.addon.pwrite(fd, buf, offset, length);
+  }
+  read(fd: number, buf: Buffer, offset?: number, length?: number): Promise<number> {
+    return this.addon.read(fd, buf, offset, length);
+  }
+  write(fd: number, buf: Buffer, offset?: number, length?: number): Promise<number> {
+    return this.addon.write(fd, buf, offset, length);
+  }
+  pipe(flags?: number): [number, number] {
+    return this.addon.pipe(flags);
+  }
+  eventfd(initval: number, flags?: number): number {
+    return this.addon.eventfd(initval, flags);
+  }
+  eventfdRead(fd: number): bigint {
+    return this.addon.eventfdRead(fd);
+  }
+  eventfdWrite(fd: number, value: bigint): void {
+    this.addon.eventfdWrite(fd, value);
+  }
+  poll(fd: number, events: number, timeoutMs: number): Promise<number> {
+    return this.addon.poll(fd, events, timeoutMs);
+  }
+  pump(srcFd: number, dstFd: number, buf: Buffer, limit?: number): Promise<PumpResult> {
+    return this.addon.pump(srcFd, dstFd, buf, limit);
+  }
+}
+
+/** A native binding (see NativeBinding's constructor). */
+export function createNativeBinding(file?: string): NativeBinding {
+  return new NativeBinding(file);
+}

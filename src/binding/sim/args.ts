@@ -1,0 +1,48 @@
+/**
+ * Argument checks of the Binding contract (src/binding/types.ts, "Bad arguments throw
+ * synchronously"): TypeError (code ERR_INVALID_ARG_TYPE) for a wrong type, RangeError (code
+ * ERR_OUT_OF_RANGE) for a value out of range. The sim applies them to calls on virtual fds, so a
+ * caller that passes garbage fails the same way on every binding; calls it delegates are checked
+ * by the inner binding.
+ */
+
+export const INT_MAX = 0x7fffffff;
+
+export function typeError(message: string): TypeError {
+  return Object.assign(new TypeError(message), { code: 'ERR_INVALID_ARG_TYPE' });
+}
+
+export function rangeError(message: string): RangeError {
+  return Object.assign(new RangeError(message), { code: 'ERR_OUT_OF_RANGE' });
+}
+
+/** An integer in [min, max]. */
+export function int(fn: string, name: string, v: unknown, min: number, max: number): number {
+  if (typeof v !== 'number') throw typeError(`${fn}: "${name}" must be a number`);
+  if (!Number.isInteger(v)) throw rangeError(`${fn}: "${name}" must be an integer`);
+  if (v < min || v > max) throw rangeError(`${fn}: "${name}" is out of range [${min}, ${max}]`);
+  return v;
+}
+
+/** Like {@link int}, `dflt` when undefined. */
+export function optInt(fn: string, name: string, v: unknown, min: number, max: number, dflt: number): number {
+  return v === undefined ? dflt : int(fn, name, v, min, max);
+}
+
+/** An fd number: an integer in [0, 2^31). */
+export function fd(fn: string, v: unknown, name = 'fd'): number {
+  return int(fn, name, v, 0, INT_MAX);
+}
+
+/** A Buffer, or another ArrayBufferView seen as bytes. */
+export function buffer(fn: string, v: unknown, name = 'buffer'): Buffer {
+  if (!ArrayBuffer.isView(v)) throw typeError(`${fn}: "${name}" must be a Buffer`);
+  return Buffer.isBuffer(v) ? v : Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+}
+
+/** The window buf[offset, offset + length); offset defaults to 0, length to the rest. */
+export function window(fn: string, buf: Buffer, offset: unknown, length: unknown): Buffer {
+  const off = optInt(fn, 'offset', offset, 0, buf.length, 0);
+  const len = optInt(fn, 'length', length, 0, buf.length - off, buf.length - off);
+  return buf.subarray(off, off + len);
+}

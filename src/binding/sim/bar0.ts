@@ -1,0 +1,143 @@
+/**
+ * BAR0 of the simulated device: a 4 KiB 32-bit non-prefetchable MMIO region (vfio region index 0)
+ * with a few registers. Little-endian, any access width and alignment (vfio-pci splits accesses
+ * into naturally aligned pieces; the model works per byte).
+ *
+ * ```
+ * offset  name        access  meaning
+ * 0x000   ID          RO      0x4D495356 ("VSIM" in memory)
+ * 0x004   VERSION     RO      0x00010000 (1.0)
+ * 0x008   STATUS      RO      bit 0 running, bit 1 error, bits 15:8 migration state (enum value)
+ * 0x00C   CONTROL     RW      free for the user; migrated
+ * 0x010   DOORBELL    WO      writing V raises an interrupt: vector V of MSI-X or MSI, or INTx,
+ *                             whichever SET_IRQS enabled; reads 0
+ * 0x014   IRQ_COUNT   RO      doorbells accepted since reset; migrated
+ * 0x018   SEED_LO/HI  RO      the seed of the device data (changes when a stream is restored)
+ * 0x020   SIZE_LO/HI  RO      device data size in bytes
+ * 0x100   SCRATCH     RW      256 bytes free for the user; migrated
+ * 0x800   MSI-X table RW      8 entries of 16 bytes (the MSI-X capability points here)
+ * 0xC00   MSI-X PBA   RO      pending bits, always 0
+ * ```
+ *
+ * While the device is stopped (STOP, STOP_COPY, RESUMING, ERROR) it must not change its internal
+ * state (uAPI, "RUNNING_P2P -> STOP"): writes to CONTROL and SCRATCH are dropped and doorbells are
+ * ignored, while the MSI-X table stays writable (the uAPI names MSI-X as something a stopped
+ * device keeps serving). Writes never fail.
+ */
+import { SCRATCH_SIZE, type RegisterBlock } from './stream';
+
+export const BAR0_SIZE = 4096;
+
+export const BAR0 = {
+  ID: 0x000,
+  VERSION: 0x004,
+  STATUS: 0x008,
+  CONTROL: 0x00c,
+  DOORBELL: 0x010,
+  IRQ_COUNT: 0x014,
+  SEED_LO: 0x018,
+  SEED_HI: 0x01c,
+  SIZE_LO: 0x020,
+  SIZE_HI: 0x024,
+  SCRATCH: 0x100,
+  MSIX_TABLE: 0x800,
+  MSIX_PBA: 0xc00,
+} as const;
+
+export const BAR0_ID_VALUE = 0x4d495356;
+export const BAR0_VERSION_VALUE = 0x00010000;
+export const STATUS_RUNNING = 1 << 0;
+export const STATUS_ERROR = 1 << 1;
+export const MSIX_ENTRY_SIZE = 16;
+
+/** What BAR0 needs from the device. */
+export interface Bar0Host {
+  /** True in RUNNING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P. */
+  running(): boolean;
+  /** The STATUS register value. */
+  status(): number;
+  seed(): bigint;
+  size(): number;
+  /** A doorbell write of `value` while running. */
+  doorbell(value: number): void;
+}
+
+export class Bar0 {
+  private readonly mem = Buffer.alloc(BAR0_SIZE);
+
+  constructor(
+    private readonly host: Bar0Host,
+    readonly msixVectors: number,
+  ) {
+    this.reset();
+  }
+
+  /** Power-on / function-reset values. */
+  reset(): void {
+    this.mem.fill(0);
+    this.mem.writeUInt32LE(BAR0_ID_VALUE, BAR0.ID);
+    this.mem.writeUInt32LE(BAR0_VERSION_VALUE, BAR0.VERSION);
+    // MSI-X table entries reset with the vector masked (PCI spec, MSI-X Vector Control bit 0).
+    for (let i = 0; i < this.msixVectors; i++) this.mem.writeUInt32LE(1, BAR0.MSIX_TABLE + i * MSIX_ENTRY_SIZE + 12);
+  }
+
+  /** Read `len` bytes at `off` (caller clips to the region) into `target` at `targetOff`. */
+  read(off: number, target: Buffer, targetOff: number, len: number): void {
+    const seed = BigInt.asUintN(64, this.host.seed());
+    this.mem.writeUInt32LE(this.host.status() >>> 0, BAR0.STATUS);
+    this.mem.writeUInt32LE(Number(seed & 0xffffffffn), BAR0.SEED_LO);
+    this.mem.writeUInt32LE(Number(seed >> 32n), BAR0.SEED_HI);
+    const size = this.host.size();
+    this.mem.writeUInt32LE(size % 0x100000000, BAR0.SIZE_LO);
+    this.mem.writeUInt32LE(Math.floor(size / 0x100000000), BAR0.SIZE_HI);
+    this.mem.copy(target, targetOff, off, off + len);
+    // DOORBELL is write-only and reads back 0.
+    for (let i = 0; i < len; i++) if (off + i >= BAR0.DOORBELL && off + i < BAR0.DOORBELL + 4) target[targetOff + i] = 0;
+  }
+
+  /** Write `len` bytes of `src` at `srcOff` to BAR0 offset `off` (caller clips to the region). */
+  write(off: number, src: Buffer, srcOff: number, len: number): void {
+    const running = this.host.running();
+    let doorbell = 0;
+    let rang = false;
+    for (let i = 0; i < len; i++) {
+      const at = off + i;
+      const v = src[srcOff + i];
+      if (at >= BAR0.CONTROL && at < BAR0.CONTROL + 4) {
+        if (running) this.mem[at] = v;
+      } else if (at >= BAR0.DOORBELL && at < BAR0.DOORBELL + 4) {
+        doorbell |= v << (8 * (at - BAR0.DOORBELL));
+        rang = true;
+      } else if (at >= BAR0.SCRATCH && at < BAR0.SCRATCH + SCRATCH_SIZE) {
+        if (running) this.mem[at] = v;
+      } else if (at >= BAR0.MSIX_TABLE && at < BAR0.MSIX_TABLE + this.msixVectors * MSIX_ENTRY_SIZE) {
+        this.mem[at] = v;
+      }
+      // Everything else is read-only: the write is dropped.
+    }
+    if (rang && running) {
+      const count = this.mem.readUInt32LE(BAR0.IRQ_COUNT);
+      this.mem.writeUInt32LE((count + 1) >>> 0, BAR0.IRQ_COUNT);
+      this.host.doorbell(doorbell >>> 0);
+    }
+  }
+
+  /** The migrated registers (a copy). */
+  registers(): RegisterBlock {
+    return {
+      control: this.mem.readUInt32LE(BAR0.CONTROL),
+      irqCount: this.mem.readUInt32LE(BAR0.IRQ_COUNT),
+      scratch: Buffer.from(this.mem.subarray(BAR0.SCRATCH, BAR0.SCRATCH + SCRATCH_SIZE)),
+    };
+  }
+
+  /** Load migrated registers (RESUMING -> STOP, or a test hook). */
+  load(r: Partial<RegisterBlock>): void {
+    if (r.control !== undefined) this.mem.writeUInt32LE(r.control >>> 0, BAR0.CONTROL);
+    if (r.irqCount !== undefined) this.mem.writeUInt32LE(r.irqCount >>> 0, BAR0.IRQ_COUNT);
+    if (r.scratch !== undefined) {
+      this.mem.fill(0, BAR0.SCRATCH, BAR0.SCRATCH + SCRATCH_SIZE);
+      r.scratch.copy(this.mem, BAR0.SCRATCH, 0, Math.min(SCRATCH_SIZE, r.scratch.length));
+    }
+  }
+}

@@ -1,0 +1,172 @@
+/** The CLI's commands. Each takes parsed arguments and returns an exit status. */
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as fs from 'node:fs';
+import { VfioError } from '../errors';
+import { openDevice, type OpenOptions } from '../device/open';
+import type { VfioDevice } from '../device/device';
+import { Migration } from '../migration/migration';
+import { saveSnapshot, restoreSnapshot, type Progress } from '../snapshot/jobs';
+import { inspectSnapshot, formatInspection } from '../snapshot/inspect';
+import { MigState, migStateName } from '../uapi/vfio';
+import { describeDevice, formatDeviceInfo } from './info';
+
+export interface CommandContext {
+  args: string[];
+  opts: {
+    json?: boolean;
+    output?: string;
+    input?: string;
+    index?: string;
+    'leave-stopped'?: boolean;
+    iommu?: string;
+    binding?: string;
+    size?: string;
+    quiet?: boolean;
+  };
+  out: NodeJS.WritableStream;
+  err: NodeJS.WritableStream;
+}
+
+type Command = (ctx: CommandContext) => Promise<number>;
+
+function usage(message: string): VfioError {
+  return new VfioError(message, { code: 'EVFIO_USAGE', kind: 'usage' });
+}
+
+function openOptions(ctx: CommandContext): OpenOptions {
+  const o: OpenOptions = {};
+  if (ctx.opts.iommu !== undefined) {
+    if (ctx.opts.iommu !== 'iommufd' && ctx.opts.iommu !== 'legacy') throw usage(`--iommu must be iommufd or legacy, not '${ctx.opts.iommu}'`);
+    o.iommu = ctx.opts.iommu;
+  }
+  if (ctx.opts.binding !== undefined) {
+    if (ctx.opts.binding !== 'native' && ctx.opts.binding !== 'koffi') throw usage(`--binding must be native or koffi, not '${ctx.opts.binding}'`);
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    o.binding = (require('../binding') as typeof import('../binding')).loadBinding(ctx.opts.binding);
+  }
+  return o;
+}
+
+function withDevices<T>(specs: string[], opts: OpenOptions, fn: (devs: VfioDevice[]) => Promise<T>): Promise<T> {
+  const devs: VfioDevice[] = [];
+  const closeAll = (): void => devs.reverse().forEach((d) => d.close());
+  try {
+    for (const s of specs) devs.push(openDevice(s, opts));
+  } catch (e) {
+    closeAll();
+    throw e;
+  }
+  return fn(devs).finally(closeAll);
+}
+
+function say(ctx: CommandContext, line: string): void {
+  if (!ctx.opts.quiet) ctx.out.write(line + '\n');
+}
+
+function arcLogger(ctx: CommandContext) {
+  return (c: { device: string; from: MigState; to: MigState; arcs: Array<[MigState, MigState]> }): void =>
+    say(ctx, `  ${c.device}: ${migStateName(c.from)} → ${migStateName(c.to)}  [${c.arcs.map(([a, b]) => `${migStateName(a)}→${migStateName(b)}`).join(', ')}]`);
+}
+
+function progressPrinter(ctx: CommandContext): (p: Progress) => void {
+  // Reports are throttled to one per second; the final byte count is printed by the command.
+  let last = 0;
+  return (p) => {
+    const now = Date.now();
+    if (now - last >= 1000 && !ctx.opts.quiet) {
+      last = now;
+      const pct = p.expected ? ` (${Math.floor((100 * p.bytes) / p.expected)}%)` : '';
+      ctx.err.write(`  ${p.phase} ${p.device}: ${fmtBytes(p.bytes)}${pct}\n`);
+    }
+  };
+}
+
+export function fmtBytes(n: number): string {
+  if (n < 1024) return `${n} bytes`;
+  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let u = -1;
+  do {
+    v /= 1024;
+    u++;
+  } while (v >= 1024 && u < units.length - 1);
+  return `${v.toFixed(v < 10 ? 2 : 1)} ${units[u]} (${n} bytes)`;
+}
+
+const info: Command = async (ctx) => {
+  if (ctx.args.length !== 1) throw usage('info takes one DEVICE');
+  return withDevices(ctx.args, openOptions(ctx), async ([dev]) => {
+    const d = describeDevice(dev);
+    ctx.out.write(ctx.opts.json ? JSON.stringify(d, null, 2) + '\n' : formatDeviceInfo(d));
+    return 0;
+  });
+};
+
+const snapshot: Command = async (ctx) => {
+  if (ctx.args.length < 1) throw usage('snapshot takes at least one DEVICE');
+  if (!ctx.opts.output) throw usage('snapshot needs -o FILE');
+  const file = ctx.opts.output;
+  return withDevices(ctx.args, openOptions(ctx), async (devs) => {
+    say(ctx, `snapshot of ${devs.map((d) => d.name).join(', ')} → ${file}`);
+    const res = await saveSnapshot(devs, file, {
+      leaveStopped: ctx.opts['leave-stopped'], onState: arcLogger(ctx), onProgress: progressPrinter(ctx),
+    });
+    for (const d of res.devices) say(ctx, `  ${d.name}: ${fmtBytes(d.stateBytes)} of device state, ${d.configBytes} bytes of config space`);
+    say(ctx, `wrote ${file}${ctx.opts['leave-stopped'] ? ' (devices left in STOP)' : ''}`);
+    return 0;
+  });
+};
+
+const restore: Command = async (ctx) => {
+  if (ctx.args.length !== 1) throw usage('restore takes one DEVICE');
+  if (!ctx.opts.input) throw usage('restore needs -i FILE');
+  const file = ctx.opts.input;
+  const index = ctx.opts.index !== undefined ? Number(ctx.opts.index) : 0;
+  if (!Number.isInteger(index) || index < 0) throw usage(`--index must be a device index, not '${ctx.opts.index}'`);
+  return withDevices(ctx.args, openOptions(ctx), async ([dev]) => {
+    say(ctx, `restore ${file} (device ${index}) → ${dev.name}`);
+    const { bytes } = await restoreSnapshot(dev, file, { index, onState: arcLogger(ctx), onProgress: progressPrinter(ctx) });
+    say(ctx, `  ${dev.name}: ${fmtBytes(bytes)} of device state loaded; now ${migStateName(Migration.require(dev).getState())}`);
+    return 0;
+  });
+};
+
+const inspect: Command = async (ctx) => {
+  if (ctx.args.length !== 1) throw usage('inspect takes one FILE');
+  const res = await inspectSnapshot(ctx.args[0]);
+  ctx.out.write(ctx.opts.json ? JSON.stringify(res, null, 2) + '\n' : formatInspection(res));
+  return res.ok ? 0 : 1;
+};
+
+const demo: Command = async (ctx) => {
+  const size = ctx.opts.size ?? '16MiB';
+  const src = `sim:${size}#demo-source`;
+  const dst = `sim:${size}#demo-destination`;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfio-pci-demo-'));
+  const file = path.join(dir, 'demo.vfiosnap');
+  try {
+    return await withDevices([src, dst], openOptions(ctx), async ([a, b]) => {
+      say(ctx, `demo: ${a.name} → ${file} → ${b.name}`);
+      say(ctx, 'pause + snapshot:');
+      const res = await saveSnapshot([a], file, { onState: arcLogger(ctx), onProgress: progressPrinter(ctx), leaveStopped: true });
+      say(ctx, `  saved ${fmtBytes(res.devices[0].stateBytes)} of device state (file ${fmtBytes(fs.statSync(file).size)})`);
+      say(ctx, 'restore into the second device (stays in RESUMING):');
+      const { bytes } = await restoreSnapshot(b, file, { onState: arcLogger(ctx), onProgress: progressPrinter(ctx), finalState: MigState.RESUMING });
+      say(ctx, `  loaded ${fmtBytes(bytes)}`);
+      say(ctx, 'resume both:');
+      const mb = Migration.require(b);
+      mb.on('state', arcLogger(ctx));
+      mb.setState(MigState.RUNNING);
+      const ma = Migration.require(a);
+      ma.on('state', arcLogger(ctx));
+      ma.setState(MigState.RUNNING);
+      say(ctx, `done: ${b.name} runs with ${a.name}'s state`);
+      return 0;
+    });
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+};
+
+export const commands: Record<string, Command> = { info, snapshot, restore, inspect, demo };

@@ -1,0 +1,269 @@
+/**
+ * The snapshot container, format version 1: byte layout, constants and codecs of its fixed
+ * parts. docs/snapshot-format.md is the byte-level reference; this file is its code.
+ *
+ *   file header (32 B)
+ *   section*    : section header (32 B) + body
+ *                 plain body   : `length` bytes, crc32 in the header
+ *                 chunked body : chunk* ([u32 length][u32 crc32][payload]) then an end chunk
+ *                                ([u32 0][u32 crc32 of the chunk table][u64 total payload bytes])
+ *   END section : header (type 0) + 16-byte body: u64 offset of the END header,
+ *                 u32 crc32 of the file's skeleton, u32 number of sections before it
+ *
+ * Everything is little-endian. Checksums are CRC-32 (IEEE 802.3, zlib's crc32()).
+ * The skeleton is every byte of the file before the END section except chunk payloads, which
+ * their own crc32 (part of the skeleton) covers: so the END checksum covers the whole file
+ * transitively while each byte is hashed once.
+ */
+import * as zlib from 'node:zlib';
+import { VfioError } from '../errors';
+
+export const MAGIC = Buffer.from('VFIOSNAP', 'latin1');
+export const FORMAT_VERSION = 1;
+/** Written as u16 LE: bytes FF FE. A big-endian writer would produce FE FF. */
+export const ENDIAN_MARK = 0xfeff;
+export const FILE_HEADER_SIZE = 32;
+export const SECTION_HEADER_SIZE = 32;
+export const CHUNK_HEADER_SIZE = 8;
+export const END_CHUNK_SIZE = 16;
+export const END_BODY_SIZE = 16;
+/** Largest chunk payload a reader accepts (bounds a reader's memory). */
+export const MAX_CHUNK = 16 << 20;
+/** Largest plain section body a reader accepts. */
+export const MAX_PLAIN_BODY = 16 << 20;
+/** Chunk payload size the writer uses by default. */
+export const DEFAULT_CHUNK = 1 << 20;
+/** Device index of sections that belong to the whole file. */
+export const FILE_WIDE = 0xffff;
+
+export const SECTION_FLAG_REQUIRED = 1 << 0;
+export const SECTION_FLAG_CHUNKED = 1 << 1;
+export const KNOWN_SECTION_FLAGS = SECTION_FLAG_REQUIRED | SECTION_FLAG_CHUNKED;
+
+export enum SectionType {
+  END = 0,
+  /** Device identity and migration flags (plain, required). */
+  DEVICE = 1,
+  /** Raw PCI config space bytes as read from the device (plain, required). */
+  CONFIG = 2,
+  /** The VFIO migration stream of one saving session (chunked, required). */
+  DEVICE_STATE = 3,
+  /** The vfio-pci device model: config shadow and masks, BAR layout, interrupt state (plain). */
+  PCI_MODEL = 4,
+}
+export function sectionTypeName(t: number): string {
+  return SectionType[t] ?? `type ${t}`;
+}
+
+export function crc32(data: Buffer, prev = 0): number {
+  return zlib.crc32(data, prev) >>> 0;
+}
+
+export function formatError(message: string, code = 'EVFIO_BAD_SNAPSHOT'): VfioError {
+  return new VfioError(message, { code, kind: 'format' });
+}
+
+// ---------------------------------------------------------------- file header
+export interface FileHeader {
+  version: number;
+  /** ms since the epoch. */
+  created: number;
+  flags: number;
+}
+
+export function encodeFileHeader(created: number): Buffer {
+  const b = Buffer.alloc(FILE_HEADER_SIZE);
+  MAGIC.copy(b, 0);
+  b.writeUInt16LE(FORMAT_VERSION, 8);
+  b.writeUInt16LE(ENDIAN_MARK, 10);
+  b.writeUInt32LE(FILE_HEADER_SIZE, 12);
+  b.writeBigUInt64LE(BigInt(created), 16);
+  b.writeUInt32LE(0, 24);
+  b.writeUInt32LE(crc32(b.subarray(0, 28)), 28);
+  return b;
+}
+
+/** Decode and check a file header. Errors: EVFIO_BAD_SNAPSHOT, EVFIO_SNAPSHOT_VERSION. */
+export function decodeFileHeader(b: Buffer): FileHeader {
+  if (b.length < FILE_HEADER_SIZE) throw formatError(`not a snapshot: ${b.length} bytes, shorter than the 32-byte header`);
+  if (!b.subarray(0, 8).equals(MAGIC)) throw formatError('not a snapshot: bad magic (expected "VFIOSNAP")');
+  const version = b.readUInt16LE(8);
+  const mark = b.readUInt16LE(10);
+  if (mark !== ENDIAN_MARK) throw formatError(`snapshot byte-order mark is 0x${mark.toString(16)}, expected 0xfeff (little-endian)`);
+  if (b.readUInt32LE(28) !== crc32(b.subarray(0, 28))) throw formatError('snapshot header checksum mismatch');
+  if (version !== FORMAT_VERSION) {
+    throw formatError(
+      `snapshot format version ${version} is not supported (this library reads version ${FORMAT_VERSION}); ` +
+        (version > FORMAT_VERSION ? 'it was written by a newer node-vfio-pci' : 'it predates the first released format'),
+      'EVFIO_SNAPSHOT_VERSION',
+    );
+  }
+  if (b.readUInt32LE(12) !== FILE_HEADER_SIZE) throw formatError(`snapshot header length ${b.readUInt32LE(12)} is not 32`);
+  return { version, created: Number(b.readBigUInt64LE(16)), flags: b.readUInt32LE(24) };
+}
+
+// ---------------------------------------------------------------- section header
+export interface SectionHeader {
+  type: number;
+  flags: number;
+  device: number;
+  /** Plain: body length. Chunked: 0 (the chunks say). */
+  length: number;
+  /** Plain: crc32 of the body. Chunked: 0. */
+  crc: number;
+}
+
+export function encodeSectionHeader(h: SectionHeader): Buffer {
+  const b = Buffer.alloc(SECTION_HEADER_SIZE);
+  b.writeUInt32LE(h.type, 0);
+  b.writeUInt16LE(h.flags, 4);
+  b.writeUInt16LE(h.device, 6);
+  b.writeBigUInt64LE(BigInt(h.length), 8);
+  b.writeUInt32LE(h.crc >>> 0, 16);
+  b.writeUInt32LE(crc32(b.subarray(0, 28)), 28);
+  return b;
+}
+
+/** Decode and check a section header found at file offset `at`. */
+export function decodeSectionHeader(b: Buffer, at: number): SectionHeader {
+  if (b.length < SECTION_HEADER_SIZE) throw formatError(`snapshot truncated: section header at ${at} is cut short`, 'EVFIO_SNAPSHOT_TRUNCATED');
+  if (b.readUInt32LE(28) !== crc32(b.subarray(0, 28))) throw formatError(`section header checksum mismatch at offset ${at}`);
+  const h: SectionHeader = {
+    type: b.readUInt32LE(0),
+    flags: b.readUInt16LE(4),
+    device: b.readUInt16LE(6),
+    length: Number(b.readBigUInt64LE(8)),
+    crc: b.readUInt32LE(16),
+  };
+  if (b.readUInt32LE(20) !== 0 || b.readUInt32LE(24) !== 0) throw formatError(`section at ${at}: reserved fields are not zero`);
+  if (h.flags & ~KNOWN_SECTION_FLAGS) {
+    if (h.flags & SECTION_FLAG_REQUIRED) {
+      throw formatError(`section ${sectionTypeName(h.type)} at ${at} uses unknown flags 0x${h.flags.toString(16)} and is required`, 'EVFIO_SNAPSHOT_UNSUPPORTED');
+    }
+  }
+  if (h.flags & SECTION_FLAG_CHUNKED) {
+    if (h.length !== 0 || h.crc !== 0) throw formatError(`chunked section at ${at} has a non-zero length or crc field`);
+  } else if (h.length > MAX_PLAIN_BODY && h.type !== SectionType.END) {
+    throw formatError(`section ${sectionTypeName(h.type)} at ${at} is ${h.length} bytes, over the ${MAX_PLAIN_BODY}-byte limit of plain sections`);
+  }
+  return h;
+}
+
+// ---------------------------------------------------------------- chunks
+export function encodeChunkHeader(length: number, crc: number): Buffer {
+  const b = Buffer.alloc(CHUNK_HEADER_SIZE);
+  b.writeUInt32LE(length, 0);
+  b.writeUInt32LE(crc >>> 0, 4);
+  return b;
+}
+
+export function encodeEndChunk(tableCrc: number, total: number): Buffer {
+  const b = Buffer.alloc(END_CHUNK_SIZE);
+  b.writeUInt32LE(0, 0);
+  b.writeUInt32LE(tableCrc >>> 0, 4);
+  b.writeBigUInt64LE(BigInt(total), 8);
+  return b;
+}
+
+// ---------------------------------------------------------------- END section
+export interface EndBody {
+  /** File offset of the END section header. */
+  endOffset: number;
+  /** crc32 of the skeleton before the END section. */
+  skeletonCrc: number;
+  sections: number;
+}
+export function encodeEndBody(e: EndBody): Buffer {
+  const b = Buffer.alloc(END_BODY_SIZE);
+  b.writeBigUInt64LE(BigInt(e.endOffset), 0);
+  b.writeUInt32LE(e.skeletonCrc >>> 0, 8);
+  b.writeUInt32LE(e.sections, 12);
+  return b;
+}
+export function decodeEndBody(b: Buffer): EndBody {
+  return { endOffset: Number(b.readBigUInt64LE(0)), skeletonCrc: b.readUInt32LE(8), sections: b.readUInt32LE(12) };
+}
+
+// ---------------------------------------------------------------- DEVICE section body
+/** Identity of a PCI function, from its config space header (PCI Local Bus spec 6.2.1). */
+export interface DeviceIdentity {
+  vendorId: number;
+  deviceId: number;
+  subsystemVendorId: number;
+  subsystemId: number;
+  revision: number;
+  /** class code: base << 16 | sub << 8 | prog-if */
+  classCode: number;
+  headerType: number;
+}
+
+export interface DeviceRecord {
+  identity: DeviceIdentity;
+  /** VFIO_MIGRATION_* flags of the source device. */
+  migrationFlags: number;
+  /** The device spec on the source (informational). */
+  name: string;
+}
+
+/** Identity from raw config-space bytes (at least 64). */
+export function identityFromConfig(cfg: Buffer): DeviceIdentity {
+  return {
+    vendorId: cfg.readUInt16LE(0x00),
+    deviceId: cfg.readUInt16LE(0x02),
+    revision: cfg.readUInt8(0x08),
+    classCode: cfg.readUInt8(0x09) | (cfg.readUInt8(0x0a) << 8) | (cfg.readUInt8(0x0b) << 16),
+    headerType: cfg.readUInt8(0x0e),
+    subsystemVendorId: (cfg.readUInt8(0x0e) & 0x7f) === 0 ? cfg.readUInt16LE(0x2c) : 0,
+    subsystemId: (cfg.readUInt8(0x0e) & 0x7f) === 0 ? cfg.readUInt16LE(0x2e) : 0,
+  };
+}
+
+export function describeIdentity(id: DeviceIdentity): string {
+  const h = (n: number, w: number): string => n.toString(16).padStart(w, '0');
+  return `${h(id.vendorId, 4)}:${h(id.deviceId, 4)} rev ${h(id.revision, 2)} class ${h(id.classCode, 6)}`;
+}
+
+/** Field-by-field difference of two identities, empty when equal. */
+export function identityDiff(a: DeviceIdentity, b: DeviceIdentity): string[] {
+  return (Object.keys(a) as (keyof DeviceIdentity)[])
+    .filter((k) => a[k] !== b[k])
+    .map((k) => `${k} 0x${a[k].toString(16)} ≠ 0x${b[k].toString(16)}`);
+}
+
+const DEVICE_FIXED = 24;
+export function encodeDeviceRecord(r: DeviceRecord): Buffer {
+  const name = Buffer.from(r.name, 'utf8').subarray(0, 0xffff);
+  const b = Buffer.alloc(DEVICE_FIXED + name.length);
+  const id = r.identity;
+  b.writeUInt16LE(id.vendorId, 0);
+  b.writeUInt16LE(id.deviceId, 2);
+  b.writeUInt16LE(id.subsystemVendorId, 4);
+  b.writeUInt16LE(id.subsystemId, 6);
+  b.writeUInt32LE(id.classCode, 8);
+  b.writeUInt8(id.revision, 12);
+  b.writeUInt8(id.headerType, 13);
+  b.writeUInt16LE(0, 14);
+  b.writeUInt32LE(r.migrationFlags >>> 0, 16);
+  b.writeUInt16LE(name.length, 20);
+  b.writeUInt16LE(0, 22);
+  name.copy(b, DEVICE_FIXED);
+  return b;
+}
+export function decodeDeviceRecord(b: Buffer): DeviceRecord {
+  if (b.length < DEVICE_FIXED) throw formatError(`DEVICE section is ${b.length} bytes, shorter than ${DEVICE_FIXED}`);
+  const nameLen = b.readUInt16LE(20);
+  if (b.length !== DEVICE_FIXED + nameLen) throw formatError(`DEVICE section length ${b.length} does not match its name length ${nameLen}`);
+  return {
+    identity: {
+      vendorId: b.readUInt16LE(0),
+      deviceId: b.readUInt16LE(2),
+      subsystemVendorId: b.readUInt16LE(4),
+      subsystemId: b.readUInt16LE(6),
+      classCode: b.readUInt32LE(8),
+      revision: b.readUInt8(12),
+      headerType: b.readUInt8(13),
+    },
+    migrationFlags: b.readUInt32LE(16),
+    name: b.subarray(DEVICE_FIXED).toString('utf8'),
+  };
+}

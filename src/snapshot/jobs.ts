@@ -1,0 +1,223 @@
+/**
+ * Whole-device jobs on snapshot files: save devices' state into one file, restore a device
+ * from one. These are the bare-migration jobs (config space is recorded, not replayed); the
+ * vfio-pci device model (src/device) builds its lifecycle hooks on the same pieces.
+ *
+ * Guarantees:
+ *  - save: the file appears complete or not at all (./writer); on failure each device is
+ *    brought back to the state it was in before (Migration.recover), and the error says
+ *    where it was left;
+ *  - restore: the file is validated and the destination's identity checked *before* the
+ *    device is touched; each state chunk's crc32 is verified before it is written; on any
+ *    failure after the device was touched, it is reset (VFIO_DEVICE_RESET → RUNNING).
+ */
+import { VfioError } from '../errors';
+import type { VfioDevice } from '../device/device';
+import { Migration } from '../migration/migration';
+import { drainSession, feedSession, DEFAULT_BUFFER_SIZE } from '../migration/stream';
+import { MigState, migStateName, VFIO_PCI_CONFIG_REGION_INDEX } from '../uapi/vfio';
+import * as f from './format';
+import { SnapshotReader, type DeviceSections } from './reader';
+import { SnapshotWriter } from './writer';
+import { logger } from '../log';
+
+const log = logger('snapshot');
+
+export interface Progress {
+  device: string;
+  phase: 'save' | 'load';
+  bytes: number;
+  /** Expected total (VFIO_DEVICE_FEATURE_MIG_DATA_SIZE on save, the file's total on load). */
+  expected?: number;
+}
+
+export interface SaveOptions {
+  /** Leave the devices in STOP after saving (default: back to the state they were in). */
+  leaveStopped?: boolean;
+  bufferSize?: number;
+  onProgress?: (p: Progress) => void;
+  /** Called for every migration state change (arcs included). */
+  onState?: (c: { device: string; from: MigState; to: MigState; arcs: Array<[MigState, MigState]> }) => void;
+  /** Skip fsync (tests). */
+  noSync?: boolean;
+}
+
+export interface SaveResult {
+  file: string;
+  devices: Array<{ name: string; stateBytes: number; configBytes: number }>;
+}
+
+/** Read the whole config space of a vfio-pci device (256 or 4096 bytes, as the region says). */
+export function readConfigSpace(dev: VfioDevice): Buffer {
+  const size = Math.min(dev.region(VFIO_PCI_CONFIG_REGION_INDEX).size, 4096);
+  return dev.readConfig(0, size);
+}
+
+/**
+ * Pause every device (→ STOP; the kernel passes RUNNING_P2P on P2P devices), save each one's
+ * STOP_COPY stream and config space into `file`, then return them to their previous state
+ * (or leave them in STOP). All devices are quiesced before any is saved.
+ */
+export async function saveSnapshot(devices: VfioDevice[], file: string, opts: SaveOptions = {}): Promise<SaveResult> {
+  const migs = devices.map((d) => Migration.require(d));
+  const before = migs.map((m) => m.getState());
+  const unsub = migs.map((m) => {
+    const fn = (c: Parameters<NonNullable<SaveOptions['onState']>>[0]): void => opts.onState?.(c);
+    m.on('state', fn);
+    return () => m.off('state', fn);
+  });
+  const writer = await SnapshotWriter.create(file, { noSync: opts.noSync });
+  const buffer = Buffer.allocUnsafe(opts.bufferSize ?? DEFAULT_BUFFER_SIZE);
+  const result: SaveResult = { file, devices: [] };
+  let step = 'pause';
+  try {
+    // Quiesce every device before saving any: with P2P all reach RUNNING_P2P first.
+    if (migs.length > 1 && migs.every((m) => m.supportsP2P)) for (const m of migs) m.setState(MigState.RUNNING_P2P);
+    for (const m of migs) m.setState(MigState.STOP);
+    for (const [i, m] of migs.entries()) {
+      const dev = m.device;
+      step = `save ${dev.name}`;
+      const config = readConfigSpace(dev);
+      await writer.writeSection(f.SectionType.DEVICE, i, f.encodeDeviceRecord({ identity: f.identityFromConfig(config), migrationFlags: m.flags, name: dev.name }));
+      await writer.writeSection(f.SectionType.CONFIG, i, config);
+      const expected = m.dataSize();
+      const session = m.setState(MigState.STOP_COPY);
+      if (!session) throw new VfioError('STOP_COPY opened no data_fd', { code: 'EVFIO_NO_SESSION', kind: 'protocol', device: dev.name });
+      await writer.beginSection(f.SectionType.DEVICE_STATE, i);
+      await drainSession(dev.binding, session.fd, (chunk) => writer.writeChunk(chunk), {
+        buffer, device: dev.name, onProgress: (bytes) => opts.onProgress?.({ device: dev.name, phase: 'save', bytes, expected }),
+      });
+      const { bytes } = await writer.endSection();
+      m.setState(MigState.STOP);
+      result.devices.push({ name: dev.name, stateBytes: bytes, configBytes: config.length });
+      log('%s: saved %d bytes of device state', dev.name, bytes);
+    }
+    step = 'commit';
+    await writer.commit();
+    step = 'resume';
+    if (!opts.leaveStopped) returnTo(migs, before);
+    return result;
+  } catch (e) {
+    await writer.abort();
+    const left = migs.map((m, i) => `${m.device.name}: ${migStateName(safeRecover(m, opts.leaveStopped ? MigState.STOP : before[i]))}`);
+    throw annotateAll(e, `snapshot:${step}`, left);
+  } finally {
+    unsub.forEach((u) => u());
+    migs.forEach((m) => m.closeSession());
+  }
+}
+
+/** Leave STOP for the previous states; with P2P, all leave STOP for RUNNING_P2P before any runs. */
+function returnTo(migs: Migration[], states: MigState[]): void {
+  if (migs.length > 1 && migs.every((m) => m.supportsP2P)) {
+    migs.forEach((m, i) => states[i] === MigState.RUNNING && m.setState(MigState.RUNNING_P2P));
+  }
+  migs.forEach((m, i) => m.setState(states[i]));
+}
+
+function safeRecover(m: Migration, target: MigState): MigState {
+  try {
+    return m.recover(target);
+  } catch (e) {
+    log('%s: recovery failed: %o', m.device.name, e);
+    try {
+      return m.getState();
+    } catch {
+      return MigState.ERROR;
+    }
+  }
+}
+
+function annotateAll(e: unknown, step: string, left: string[]): unknown {
+  if (e instanceof VfioError) {
+    if (!e.step) e.step = step;
+    e.message += ` [devices left: ${left.join(', ')}]`;
+    e.deviceState = left.length === 1 ? left[0].replace(/^.*: /, '') : left.join(', ');
+  }
+  return e;
+}
+
+export interface RestoreOptions {
+  /** Which device of the file to restore (its index; default 0). */
+  index?: number;
+  /** State to leave the device in: RUNNING (CLI default) or RESUMING (the VMM resumes it later). */
+  finalState?: MigState.RUNNING | MigState.RESUMING | MigState.STOP;
+  bufferSize?: number;
+  onProgress?: (p: Progress) => void;
+  onState?: SaveOptions['onState'];
+  /** Accept a destination whose identity differs (dangerous; for tests of driver-side checks). */
+  skipIdentityCheck?: boolean;
+}
+
+/** Check that `dev` is the kind of device the snapshot's device section describes. */
+export function checkIdentity(dev: VfioDevice, rec: f.DeviceRecord): void {
+  const cfg = dev.readConfig(0, 64);
+  const diff = f.identityDiff(rec.identity, f.identityFromConfig(cfg));
+  if (diff.length) {
+    throw new VfioError(
+      `snapshot of ${f.describeIdentity(rec.identity)} cannot be restored into ${dev.name} (${f.describeIdentity(f.identityFromConfig(cfg))}): ${diff.join('; ')}`,
+      { code: 'EVFIO_DEVICE_MISMATCH', kind: 'mismatch', device: dev.name, step: 'restore:identity', deviceState: 'untouched' },
+    );
+  }
+}
+
+/** Open and validate a snapshot, returning the reader and the chosen device's sections. */
+export async function openSnapshot(file: string, index = 0): Promise<{ reader: SnapshotReader; entry: DeviceSections }> {
+  const reader = await SnapshotReader.open(file);
+  const entry = reader.devices().find((d) => d.index === index);
+  if (!entry || !entry.state) {
+    await reader.close();
+    throw f.formatError(`${file} has no device ${index} with a DEVICE_STATE section`);
+  }
+  return { reader, entry };
+}
+
+/**
+ * Restore one device from `file`: validate, check identity, ONE RUNNING→RESUMING request, write
+ * the verified stream, then leave RESUMING for `finalState` (default RUNNING). On failure after
+ * the device was touched, the device is reset to RUNNING and the error's deviceState says so.
+ */
+export async function restoreSnapshot(dev: VfioDevice, file: string, opts: RestoreOptions = {}): Promise<{ bytes: number }> {
+  const { reader, entry } = await openSnapshot(file, opts.index ?? 0);
+  const mig = Migration.require(dev);
+  const fn = (c: Parameters<NonNullable<SaveOptions['onState']>>[0]): void => opts.onState?.(c);
+  mig.on('state', fn);
+  let touched = false;
+  let step = 'restore:identity';
+  try {
+    if (!opts.skipIdentityCheck) checkIdentity(dev, entry.record);
+    step = 'restore:resuming';
+    touched = true;
+    const session = mig.setState(MigState.RESUMING);
+    if (!session) throw new VfioError('RESUMING opened no data_fd', { code: 'EVFIO_NO_SESSION', kind: 'protocol', device: dev.name });
+    step = 'restore:write';
+    const expected = entry.state!.chunks!.total;
+    const { bytes } = await feedSession(dev.binding, session.fd, reader.chunks(entry.state!, Buffer.allocUnsafe(opts.bufferSize ?? DEFAULT_BUFFER_SIZE)), {
+      device: dev.name, onProgress: (b) => opts.onProgress?.({ device: dev.name, phase: 'load', bytes: b, expected }),
+    });
+    step = 'restore:finish';
+    const final = opts.finalState ?? MigState.RUNNING;
+    if (final !== MigState.RESUMING) mig.setState(final);
+    return { bytes };
+  } catch (e) {
+    if (touched) {
+      let left: MigState;
+      try {
+        left = mig.reset();
+      } catch (re) {
+        log('%s: reset after failed restore failed: %o', dev.name, re);
+        left = MigState.ERROR;
+      }
+      if (e instanceof VfioError) {
+        if (!e.step) e.step = step;
+        e.annotate({ deviceState: migStateName(left) });
+        e.message += left === MigState.RUNNING ? ' (device was reset to RUNNING)' : '';
+      }
+    }
+    throw e;
+  } finally {
+    mig.off('state', fn);
+    mig.closeSession();
+    await reader.close();
+  }
+}

@@ -1,0 +1,209 @@
+/**
+ * Writing a snapshot file so that nothing is ever half-written: the file is built under a
+ * temporary name in the destination directory, fsynced, renamed over the destination, and the
+ * directory fsynced (the rename is durable). `abort()` (and any failure inside `commit()`)
+ * removes the temporary file; the destination is untouched until the rename.
+ *
+ * All writes are sequential (the fd's offset only moves forward), so a chunk payload can be
+ * written by anyone holding the fd — a native pump, a JS loop — between `beginChunk()` and
+ * `endChunk()`.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { VfioError } from '../errors';
+import * as f from './format';
+
+export interface WriterOptions {
+  /** ms since the epoch recorded in the header (default: now). */
+  created?: number;
+  /** Skip the fsyncs (tests on tmpfs). Default false. */
+  noSync?: boolean;
+}
+
+function ioError(e: unknown, op: string, file: string): unknown {
+  const err = e as NodeJS.ErrnoException;
+  if (typeof err?.errno === 'number' && err.code) {
+    return new VfioError(`${op} of snapshot ${file} failed: ${err.code}`, {
+      code: err.code, errno: Math.abs(err.errno), syscall: err.syscall ?? op, step: 'snapshot:write', path: file, cause: e,
+    });
+  }
+  return e;
+}
+
+export class SnapshotWriter {
+  private pos = 0;
+  private skeleton = 0;
+  private sections = 0;
+  private chunked?: { table: number; total: number; headerAt: number };
+  private done = false;
+
+  private constructor(
+    readonly finalPath: string,
+    readonly tempPath: string,
+    private readonly fh: fs.promises.FileHandle,
+    private readonly opts: WriterOptions,
+  ) {}
+
+  /** Create the temporary file next to `finalPath` and write the file header. */
+  static async create(finalPath: string, opts: WriterOptions = {}): Promise<SnapshotWriter> {
+    const dir = path.dirname(path.resolve(finalPath));
+    const tempPath = path.join(dir, `.${path.basename(finalPath)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+    let fh: fs.promises.FileHandle;
+    try {
+      // Node opens every file with O_CLOEXEC.
+      fh = await fs.promises.open(tempPath, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o644);
+    } catch (e) {
+      throw ioError(e, 'open', tempPath);
+    }
+    const w = new SnapshotWriter(finalPath, tempPath, fh, opts);
+    try {
+      await w.put(f.encodeFileHeader(opts.created ?? Date.now()), true);
+    } catch (e) {
+      await w.abort();
+      throw e;
+    }
+    return w;
+  }
+
+  /** The temporary file's fd (for a native pump writing chunk payloads). */
+  get fd(): number {
+    return this.fh.fd;
+  }
+
+  /** Bytes written so far. */
+  get bytesWritten(): number {
+    return this.pos;
+  }
+
+  /** Write a plain section: header with the body's length and crc32, then the body. */
+  async writeSection(type: f.SectionType, device: number, body: Buffer, required = true): Promise<void> {
+    this.assertOpen(false);
+    const flags = required ? f.SECTION_FLAG_REQUIRED : 0;
+    await this.put(f.encodeSectionHeader({ type, flags, device, length: body.length, crc: f.crc32(body) }), true);
+    await this.put(body, true);
+    this.sections++;
+  }
+
+  /** Start a chunked section; then `writeChunk()` (or `beginChunk()`/`endChunk()`) and `endSection()`. */
+  async beginSection(type: f.SectionType, device: number, required = true): Promise<void> {
+    this.assertOpen(false);
+    const flags = (required ? f.SECTION_FLAG_REQUIRED : 0) | f.SECTION_FLAG_CHUNKED;
+    const headerAt = this.pos;
+    await this.put(f.encodeSectionHeader({ type, flags, device, length: 0, crc: 0 }), true);
+    this.chunked = { table: 0, total: 0, headerAt };
+  }
+
+  /** Append one chunk whose payload is `data` (not kept after the promise settles). Empty data is skipped. */
+  async writeChunk(data: Buffer): Promise<void> {
+    if (data.length === 0) return;
+    const crc = f.crc32(data);
+    const hdr = this.chunkHeader(data.length, crc);
+    await this.put(hdr, true);
+    await this.put(data, false);
+  }
+
+  /**
+   * Record a chunk whose payload someone else already appended to the fd (a native pump):
+   * `length` bytes with crc32 `crc`, starting at `payloadAt`, preceded by the 8 bytes that
+   * `reserveChunkHeader()` returned the offset of.
+   */
+  async reserveChunkHeader(): Promise<number> {
+    this.assertOpen(true);
+    const at = this.pos;
+    await this.put(Buffer.alloc(f.CHUNK_HEADER_SIZE), false);
+    return at;
+  }
+  async completeChunk(headerAt: number, length: number, crc: number): Promise<void> {
+    const hdr = this.chunkHeader(length, crc);
+    this.skeleton = f.crc32(hdr, this.skeleton);
+    this.pos += length;
+    try {
+      await this.fh.write(hdr, 0, hdr.length, headerAt);
+    } catch (e) {
+      throw ioError(e, 'write', this.tempPath);
+    }
+  }
+
+  /** Finish the current chunked section with its end chunk. */
+  async endSection(): Promise<{ bytes: number }> {
+    this.assertOpen(true);
+    const c = this.chunked!;
+    this.chunked = undefined;
+    await this.put(f.encodeEndChunk(c.table, c.total), true);
+    this.sections++;
+    return { bytes: c.total };
+  }
+
+  /**
+   * Write the END section, fsync, rename over the destination, fsync the directory. On any
+   * failure the temporary file is removed and the error rethrown.
+   */
+  async commit(): Promise<void> {
+    this.assertOpen(false);
+    try {
+      const endAt = this.pos;
+      const body = f.encodeEndBody({ endOffset: endAt, skeletonCrc: this.skeleton, sections: this.sections });
+      await this.put(f.encodeSectionHeader({ type: f.SectionType.END, flags: f.SECTION_FLAG_REQUIRED, device: f.FILE_WIDE, length: body.length, crc: f.crc32(body) }), false);
+      await this.put(body, false);
+      if (!this.opts.noSync) await this.fh.sync();
+      await this.fh.close();
+      this.done = true;
+      await fs.promises.rename(this.tempPath, this.finalPath);
+      if (!this.opts.noSync) await syncDir(path.dirname(path.resolve(this.finalPath)));
+    } catch (e) {
+      await this.abort();
+      throw ioError(e, 'commit', this.tempPath);
+    }
+  }
+
+  /** Close and remove the temporary file. Idempotent; never throws. */
+  async abort(): Promise<void> {
+    if (!this.done) {
+      this.done = true;
+      await this.fh.close().catch(() => undefined);
+    }
+    await fs.promises.unlink(this.tempPath).catch(() => undefined);
+  }
+
+  private chunkHeader(length: number, crc: number): Buffer {
+    this.assertOpen(true);
+    if (length > f.MAX_CHUNK) throw new RangeError(`chunk of ${length} bytes is over the ${f.MAX_CHUNK}-byte limit`);
+    const hdr = f.encodeChunkHeader(length, crc);
+    const c = this.chunked!;
+    c.table = f.crc32(hdr, c.table);
+    c.total += length;
+    return hdr;
+  }
+
+  private assertOpen(inChunked: boolean): void {
+    if (this.done) throw new VfioError('snapshot writer is closed', { code: 'EVFIO_CLOSED', kind: 'usage' });
+    if (inChunked !== (this.chunked !== undefined)) {
+      throw new VfioError(inChunked ? 'no chunked section is open' : 'a chunked section is still open', { code: 'EVFIO_WRITER_STATE', kind: 'usage' });
+    }
+  }
+
+  /** Append `b` at the fd's offset; `skeleton` says whether it counts towards the END checksum. */
+  private async put(b: Buffer, skeleton: boolean): Promise<void> {
+    let off = 0;
+    try {
+      while (off < b.length) {
+        const { bytesWritten } = await this.fh.write(b, off, b.length - off, null);
+        off += bytesWritten;
+      }
+    } catch (e) {
+      throw ioError(e, 'write', this.tempPath);
+    }
+    if (skeleton) this.skeleton = f.crc32(b, this.skeleton);
+    this.pos += b.length;
+  }
+}
+
+async function syncDir(dir: string): Promise<void> {
+  const d = await fs.promises.open(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+  try {
+    await d.sync();
+  } finally {
+    await d.close();
+  }
+}

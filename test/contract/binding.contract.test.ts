@@ -1,0 +1,11 @@
+/**
+ * The binding contract (test/contract/suite.ts), once per binding. Add a binding with one line.
+ */
+import { KoffiBinding } from '../../src/binding/koffi';
+import { NativeBinding } from '../../src/binding/native';
+import { SimBinding } from '../../src/binding/sim';
+import { bindingContract } from './suite';
+
+bindingContract('native', () => new NativeBinding());
+bindingContract('koffi', () => new KoffiBinding());
+bindingContract('sim', () => new SimBinding(new NativeBinding()));

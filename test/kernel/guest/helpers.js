@@ -1,0 +1,65 @@
+// Shared helpers of the guest tests: the compiled library, the mtty devices, UART registers.
+'use strict';
+const fs = require('node:fs');
+const path = require('node:path');
+const { spawnSync } = require('node:child_process');
+
+const ROOT = path.resolve(__dirname, '../../..');
+const lib = (p) => require(path.join(ROOT, 'dist/src', p));
+
+/** The mdev UUIDs run.sh created (4 with -n 4). */
+const MDEVS = (process.env.MDEV_UUIDS || '').split(/\s+/).filter(Boolean);
+
+/** mtty UART registers (8250-style), one I/O BAR of 8 bytes per port. */
+const UART = { TX: 0, IER: 1, FCR: 2, LCR: 3, MCR: 4, LSR: 5, SCR: 7 };
+
+function regW(dev, bar, reg, v) {
+  dev.writeRegion(bar, reg, Buffer.of(v));
+}
+function regR(dev, bar, reg) {
+  return dev.readRegion(bar, reg, 1)[0];
+}
+/** Number of UART ports (BARs with a non-zero size among 0..1). */
+function ports(dev) {
+  return [0, 1].filter((i) => dev.region(i).size > 0).length;
+}
+/** Program each port: FIFO on, LCR/IER/MCR/SCR values derived from seed, and loopback bytes. */
+function programUart(dev, seed, text) {
+  for (let b = 0; b < ports(dev); b++) {
+    regW(dev, b, UART.FCR, 0xc7);
+    regW(dev, b, UART.LCR, 0x03 + b);
+    regW(dev, b, UART.IER, 0x05);
+    regW(dev, b, UART.MCR, 0x0b);
+    regW(dev, b, UART.SCR, (seed + b) & 0xff);
+    for (const c of Buffer.from(`${text}${b}`)) regW(dev, b, UART.TX, c);
+  }
+}
+/** Non-destructive register view: IER LCR MCR LSR SCR per port. */
+function uartRegs(dev) {
+  const out = [];
+  for (let b = 0; b < ports(dev); b++) out.push(['IER', 'LCR', 'MCR', 'LSR', 'SCR'].map((r) => regR(dev, b, UART[r])));
+  return out;
+}
+/** Pop the loopback FIFO of each port (destructive): n bytes per port. */
+function drainFifo(dev, n) {
+  const out = [];
+  for (let b = 0; b < ports(dev); b++) {
+    const bytes = [];
+    for (let i = 0; i < n; i++) bytes.push(regR(dev, b, UART.TX));
+    out.push(Buffer.from(bytes).toString('latin1'));
+  }
+  return out;
+}
+
+/** Run the CLI in a separate process. */
+function cli(...args) {
+  const r = spawnSync(process.execPath, [path.join(ROOT, 'bin/vfio-pci.js'), ...args], { encoding: 'utf8' });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** Open /proc/self/fd entries. */
+function openFds() {
+  return fs.readdirSync('/proc/self/fd').length;
+}
+
+module.exports = { ROOT, lib, MDEVS, UART, regW, regR, ports, programUart, uartRegs, drainFifo, cli, openFds };

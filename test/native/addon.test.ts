@@ -1,0 +1,343 @@
+/**
+ * The vfio_pci addon itself: it loads (from node-gyp's and cmake-js's output), rejects abuse
+ * with TypeError/RangeError without crashing, keeps Buffers alive while async work uses them,
+ * builds errors from the class it is handed, and loads and works inside worker_threads.
+ */
+import * as fs from 'node:fs';
+import { createRequire } from 'node:module';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as v8 from 'node:v8';
+import * as vm from 'node:vm';
+import { Worker } from 'node:worker_threads';
+import { crc32 } from 'node:zlib';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { VfioError } from '../../src/errors';
+import { KoffiBinding } from '../../src/binding/koffi';
+import { NATIVE_ADDON_FILES, NativeBinding, nativeAddonCandidates, packageRoot } from '../../src/binding/native';
+import { POLLIN, type Binding } from '../../src/binding/types';
+
+const root = packageRoot();
+const nodeRequire = createRequire(__filename);
+const addonFile = nativeAddonCandidates(root)[0];
+
+/** The raw addon (the same module instance NativeBinding loads). */
+type RawAddon = Record<string, (...args: unknown[]) => unknown>;
+function raw(file = addonFile): RawAddon {
+  return nodeRequire(file) as RawAddon;
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+let dir: string;
+beforeAll(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfio-addon-'));
+});
+afterAll(() => {
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+describe('loading', () => {
+  it('at least one build of the addon exists', () => {
+    expect(addonFile, `none of ${NATIVE_ADDON_FILES.join(', ')} under ${root}`).toBeDefined();
+  });
+
+  it('exposes exactly the documented functions', () => {
+    expect(Object.keys(raw()).sort()).toEqual(
+      [
+        'close',
+        'eventfd',
+        'eventfdRead',
+        'eventfdWrite',
+        'ioctl',
+        'open',
+        'pipe',
+        'poll',
+        'pread',
+        'pump',
+        'pwrite',
+        'read',
+        'setErrorClass',
+        'write',
+      ].sort(),
+    );
+    for (const f of Object.values(raw())) expect(typeof f).toBe('function');
+  });
+
+  for (const rel of NATIVE_ADDON_FILES) {
+    const file = path.join(root, rel);
+    const present = fs.existsSync(file);
+    it.skipIf(!present)(`${rel} loads and works${present ? '' : ' (skipped: not built)'}`, async () => {
+      const b = new NativeBinding(file);
+      expect(b.file).toBe(file);
+      const efd = b.eventfd(0);
+      b.eventfdWrite(efd, 41n);
+      b.eventfdWrite(efd, 1n);
+      expect(b.eventfdRead(efd)).toBe(42n);
+      b.close(efd);
+      const err = (() => {
+        try {
+          b.close(efd);
+        } catch (e) {
+          return e;
+        }
+      })();
+      expect(err).toBeInstanceOf(VfioError);
+      expect(err).toMatchObject({ code: 'EBADF', errno: 9, syscall: 'close' });
+
+      const data = Buffer.from('the device state, more or less');
+      const src = path.join(dir, `${path.basename(path.dirname(path.dirname(rel)))}.src`);
+      fs.writeFileSync(src, data);
+      const [r, w] = b.pipe();
+      const sfd = b.open(src, fs.constants.O_RDONLY);
+      try {
+        const res = await b.pump(sfd, w, Buffer.alloc(7));
+        expect(res).toEqual({ bytes: data.length, crc32: crc32(data) });
+        const got = Buffer.alloc(64);
+        expect(await b.read(r, got)).toBe(data.length);
+        expect(got.subarray(0, data.length).equals(data)).toBe(true);
+      } finally {
+        for (const fd of [r, w, sfd]) b.close(fd);
+      }
+    });
+  }
+});
+
+/** Calls that must throw `ctor` (with Node's code) before reaching the kernel. */
+function abuseCases(fd: number): Array<[string, (b: Binding) => unknown, typeof TypeError | typeof RangeError]> {
+  const a = (v: unknown) => v as never; // pass wrong types through the typed interface
+  const buf = Buffer.alloc(10);
+  return [
+    ['open: path not a string', (b) => b.open(a(123), 0), TypeError],
+    ['open: flags missing', (b) => b.open('/nonexistent', a(undefined)), TypeError],
+    ['open: NUL in path', (b) => b.open('/tmp/a\0b', 0), TypeError],
+    ['open: negative flags', (b) => b.open('/nonexistent', -1), RangeError],
+    ['open: mode too large', (b) => b.open('/nonexistent', 0, 0o10000), RangeError],
+    ['close: no fd', (b) => b.close(a(undefined)), TypeError],
+    ['close: fd as string', (b) => b.close(a('3')), TypeError],
+    ['close: negative fd', (b) => b.close(-1), RangeError],
+    ['close: fd >= 2^31', (b) => b.close(2 ** 31), RangeError],
+    ['close: fractional fd', (b) => b.close(1.5), RangeError],
+    ['close: NaN', (b) => b.close(NaN), RangeError],
+    ['close: Infinity', (b) => b.close(Infinity), RangeError],
+    ['ioctl: negative request', (b) => b.ioctl(fd, -1), RangeError],
+    ['ioctl: request >= 2^32', (b) => b.ioctl(fd, 2 ** 32), RangeError],
+    ['ioctl: string arg', (b) => b.ioctl(fd, 0x541b, a('x')), TypeError],
+    ['ioctl: object arg', (b) => b.ioctl(fd, 0x541b, a({})), TypeError],
+    ['ioctl: empty Buffer', (b) => b.ioctl(fd, 0x541b, Buffer.alloc(0)), RangeError],
+    ['ioctl: unsafe integer arg', (b) => b.ioctl(fd, 0x541b, 2 ** 60), RangeError],
+    ['pread: not a Buffer', (b) => b.pread(fd, a('buf'), 0), TypeError],
+    ['pread: negative position', (b) => b.pread(fd, buf, -1), RangeError],
+    ['pread: position beyond 2^53', (b) => b.pread(fd, buf, 2 ** 53), RangeError],
+    ['pread: length beyond the buffer', (b) => b.pread(fd, buf, 0, 11), RangeError],
+    ['pread: huge length', (b) => b.pread(fd, buf, 0, 2 ** 40), RangeError],
+    ['pwrite: length beyond the buffer', (b) => b.pwrite(fd, buf, 0, 11), RangeError],
+    ['pwrite: null buffer', (b) => b.pwrite(fd, a(null), 0), TypeError],
+    ['read: offset beyond the buffer', (b) => b.read(fd, buf, 11), RangeError],
+    ['read: offset + length beyond the buffer', (b) => b.read(fd, buf, 8, 4), RangeError],
+    ['read: huge length', (b) => b.read(fd, buf, 0, 2 ** 40), RangeError],
+    ['read: negative offset', (b) => b.read(fd, buf, -1), RangeError],
+    ['write: null buffer', (b) => b.write(fd, a(null)), TypeError],
+    ['write: fd out of range', (b) => b.write(-5, buf), RangeError],
+    ['eventfd: negative initval', (b) => b.eventfd(-1), RangeError],
+    ['eventfd: initval >= 2^32', (b) => b.eventfd(2 ** 32), RangeError],
+    ['eventfd: initval as string', (b) => b.eventfd(a('1')), TypeError],
+    ['eventfdWrite: number instead of bigint', (b) => b.eventfdWrite(fd, a(5)), TypeError],
+    ['eventfdWrite: negative bigint', (b) => b.eventfdWrite(fd, -1n), RangeError],
+    ['eventfdWrite: bigint >= 2^64', (b) => b.eventfdWrite(fd, 2n ** 64n), RangeError],
+    ['eventfdRead: fd as object', (b) => b.eventfdRead(a({})), TypeError],
+    ['poll: events as string', (b) => b.poll(fd, a('x'), 0), TypeError],
+    ['poll: events beyond a short', (b) => b.poll(fd, 0x10000, 0), RangeError],
+    ['poll: fractional timeout', (b) => b.poll(fd, POLLIN, 1.5), RangeError],
+    ['pipe: negative flags', (b) => b.pipe(-1), RangeError],
+    ['pump: empty buffer', (b) => b.pump!(fd, fd, Buffer.alloc(0)), RangeError],
+    ['pump: limit -2', (b) => b.pump!(fd, fd, buf, -2), RangeError],
+    ['pump: limit beyond 2^53', (b) => b.pump!(fd, fd, buf, 2 ** 53), RangeError],
+    ['pump: negative srcFd', (b) => b.pump!(-1, fd, buf), RangeError],
+    ['pump: buffer not a Buffer', (b) => b.pump!(fd, fd, a([1, 2, 3])), TypeError],
+  ];
+}
+
+describe('abuse', () => {
+  const bindings: Array<[string, () => Binding]> = [
+    ['native', () => new NativeBinding()],
+    ['koffi (same checks)', () => new KoffiBinding()],
+  ];
+  for (const [name, make] of bindings) {
+    describe(name, () => {
+      let b: Binding;
+      let fd: number;
+      beforeAll(() => {
+        b = make();
+        fd = b.eventfd(0);
+      });
+      afterAll(() => b.close(fd));
+
+      it('throws TypeError / RangeError with Node codes, synchronously, and survives', async () => {
+        for (const [what, call, ctor] of abuseCases(fd)) {
+          let thrown: unknown;
+          try {
+            const r = call(b);
+            if (r instanceof Promise) r.catch(() => {}); // must not get here; keep the run clean
+          } catch (e) {
+            thrown = e;
+          }
+          expect(thrown, what).toBeInstanceOf(ctor);
+          expect((thrown as { code?: string }).code, what).toBe(
+            ctor === TypeError ? 'ERR_INVALID_ARG_TYPE' : 'ERR_OUT_OF_RANGE',
+          );
+        }
+        // Still alive and working.
+        b.eventfdWrite(fd, 9n);
+        expect(await b.poll(fd, POLLIN, 100)).toBe(POLLIN);
+        expect(b.eventfdRead(fd)).toBe(9n);
+      });
+    });
+  }
+
+  it('setErrorClass rejects a non-constructor and keeps the class it had', () => {
+    const addon = raw();
+    expect(() => addon.setErrorClass('VfioError')).toThrow(TypeError);
+    const b = new NativeBinding();
+    expect(() => b.close(2 ** 31 - 1)).toThrow(VfioError);
+  });
+});
+
+/**
+ * Start a read into a fresh 4 MiB Buffer and drop every strong reference to it. What must stay
+ * alive is its memory, so the WeakRefs watch the ArrayBuffers (a binding may hold a view).
+ */
+function startRead(
+  b: Binding,
+  fd: number,
+): { pending: Promise<number>; pinned: WeakRef<ArrayBuffer>; control: WeakRef<ArrayBuffer> } {
+  const buf = Buffer.alloc(4 << 20);
+  const other = Buffer.alloc(4 << 20);
+  return {
+    pending: b.read(fd, buf),
+    pinned: new WeakRef(buf.buffer as ArrayBuffer),
+    control: new WeakRef(other.buffer as ArrayBuffer),
+  };
+}
+
+describe('async work keeps its Buffer alive', () => {
+  const bindings: Array<[string, () => Binding]> = [
+    ['native', () => new NativeBinding()],
+    ['koffi', () => new KoffiBinding()],
+  ];
+  it.each(bindings)('%s: the memory of a Buffer only the pending read refers to survives a GC', async (_name, make) => {
+    v8.setFlagsFromString('--expose-gc');
+    const gc = vm.runInNewContext('gc') as () => void;
+    const b = make();
+    const [r, w] = b.pipe();
+    try {
+      // Made in a plain function: a local of this async function could stay reachable from
+      // its suspended frame and hide a missing pin.
+      const { pending, pinned, control } = startRead(b, r);
+      await sleep(10); // a new job: WeakRef targets are no longer held by the creating job
+      gc();
+      await sleep(10);
+      gc();
+      expect(control.deref()).toBeUndefined(); // the GC did run and collect what nothing holds
+      expect(pinned.deref()).toBeDefined(); // held by the pending read
+      fs.writeSync(w, 'pinned');
+      expect(await pending).toBe(6);
+      const memory = pinned.deref();
+      expect(memory && Buffer.from(memory, 0, 6).toString()).toBe('pinned');
+    } finally {
+      b.close(r);
+      b.close(w);
+    }
+  });
+});
+
+describe('worker_threads', () => {
+  /** CommonJS run in a worker: exercises the raw addon and posts back what it saw. */
+  const workerCode = `
+    const { parentPort, workerData } = require('node:worker_threads');
+    const fs = require('node:fs');
+    const addon = require(workerData.file);
+    (async () => {
+      const out = {};
+      // Before setErrorClass: a plain Error with the fields.
+      try { addon.close(2147483000); } catch (e) {
+        out.plain = { isError: e instanceof Error, name: e.constructor.name, code: e.code, errno: e.errno, syscall: e.syscall };
+      }
+      class WorkerError extends Error {
+        constructor(message, init) { super(message); Object.assign(this, init); }
+      }
+      addon.setErrorClass(WorkerError);
+      try { addon.close(2147483000); } catch (e) {
+        out.classed = { mine: e instanceof WorkerError, message: e.message, code: e.code };
+      }
+      const efd = addon.eventfd(0);
+      addon.eventfdWrite(efd, 3n); addon.eventfdWrite(efd, 4n);
+      out.counter = String(addon.eventfdRead(efd));
+      addon.close(efd);
+      const [r, w] = addon.pipe();
+      const data = Buffer.alloc(workerData.size, workerData.id);
+      fs.writeFileSync(workerData.src, data);
+      const src = addon.open(workerData.src, fs.constants.O_RDONLY);
+      const dstPath = workerData.src + '.dst';
+      fs.writeFileSync(dstPath, '');
+      const dst = addon.open(dstPath, fs.constants.O_WRONLY);
+      out.pump = await addon.pump(src, dst, Buffer.alloc(4096), -1);
+      out.copied = fs.readFileSync(dstPath).equals(data);
+      const n = await addon.write(w, Buffer.from('via pipe'));
+      const got = Buffer.alloc(16);
+      out.piped = [n, await addon.read(r, got), got.subarray(0, 8).toString()];
+      out.poll = await addon.poll(r, 1, 20);
+      for (const fd of [r, w, src, dst]) addon.close(fd);
+      parentPort.postMessage(out);
+    })().catch((e) => parentPort.postMessage({ failed: String(e && e.stack || e) }));
+  `;
+
+  function runWorker(id: number): Promise<Record<string, unknown>> {
+    const src = path.join(dir, `worker-${id}.bin`);
+    const worker = new Worker(workerCode, { eval: true, workerData: { file: addonFile, id, src, size: 100_000 + id } });
+    return new Promise((resolve, reject) => {
+      worker.once('message', (m) => {
+        void worker.terminate();
+        resolve(m as Record<string, unknown>);
+      });
+      worker.once('error', reject);
+    });
+  }
+
+  it('loads and works in several workers at once, with per-thread error classes', async () => {
+    const results = await Promise.all([1, 2, 3].map(runWorker));
+    results.forEach((out, i) => {
+      const id = i + 1;
+      expect(out.failed).toBeUndefined();
+      expect(out.plain).toEqual({ isError: true, name: 'Error', code: 'EBADF', errno: 9, syscall: 'close' });
+      expect(out.classed).toEqual({ mine: true, message: 'close failed: EBADF', code: 'EBADF' });
+      expect(out.counter).toBe('7');
+      expect(out.pump).toEqual({ bytes: 100_000 + id, crc32: crc32(Buffer.alloc(100_000 + id, id)) });
+      expect(out.copied).toBe(true);
+      expect(out.piped).toEqual([8, 8, 'via pipe']);
+      expect(out.poll).toBe(0);
+    });
+    // The main thread's environment kept its own class.
+    const b = new NativeBinding();
+    expect(() => b.close(2 ** 31 - 2)).toThrow(VfioError);
+  });
+
+  it('survives a worker terminated while its async work is pending', async () => {
+    const code = `
+      const { parentPort, workerData } = require('node:worker_threads');
+      const addon = require(workerData.file);
+      const fd = addon.eventfd(0);
+      addon.poll(fd, 1, 300).then(() => {});
+      parentPort.postMessage(fd);
+    `;
+    const worker = new Worker(code, { eval: true, workerData: { file: addonFile } });
+    const workerFd = await new Promise<number>((resolve) => worker.once('message', resolve));
+    expect(await worker.terminate()).toBe(1);
+    const b = new NativeBinding();
+    b.close(workerFd); // fds are per process: the worker's eventfd outlives it
+    const efd = b.eventfd(0);
+    b.eventfdWrite(efd, 1n);
+    expect(b.eventfdRead(efd)).toBe(1n);
+    b.close(efd);
+  });
+});

@@ -1,0 +1,194 @@
+/**
+ * SimBinding as a `Binding` beyond the device: virtual eventfds and pipes when there is no real
+ * binding, argument checks, and delegation of every non-virtual fd to the inner binding.
+ */
+import { describe, expect, it } from 'vitest';
+import { VfioError } from '../../src/errors';
+import { SimBinding, VIRTUAL_FD_BASE, POLLNVAL } from '../../src/binding/sim';
+import { POLLHUP, POLLIN, POLLOUT, type Binding, type PumpResult } from '../../src/binding/types';
+
+async function rejection(p: Promise<unknown>): Promise<VfioError> {
+  try {
+    await p;
+  } catch (e) {
+    expect(e).toBeInstanceOf(VfioError);
+    return e as VfioError;
+  }
+  throw new Error('expected a rejection');
+}
+
+function thrown(fn: () => unknown): VfioError {
+  try {
+    fn();
+  } catch (e) {
+    expect(e).toBeInstanceOf(VfioError);
+    return e as VfioError;
+  }
+  throw new Error('expected a throw');
+}
+
+describe('virtual eventfds (no inner binding)', () => {
+  it('count writes; a read returns and resets; EFD_SEMAPHORE counts down by one', () => {
+    const b = new SimBinding();
+    const e = b.eventfd(2);
+    expect(e).toBeGreaterThanOrEqual(VIRTUAL_FD_BASE);
+    b.eventfdWrite(e, 3n);
+    expect(b.eventfdRead(e)).toBe(5n);
+    expect(b.eventfdRead(e)).toBe(0n);
+    const sem = b.eventfd(2, 1);
+    expect([b.eventfdRead(sem), b.eventfdRead(sem), b.eventfdRead(sem)]).toEqual([1n, 1n, 0n]);
+  });
+
+  it('2^64-1 is EINVAL and overflowing the counter is EAGAIN', () => {
+    const b = new SimBinding();
+    const e = b.eventfd(0);
+    expect(thrown(() => b.eventfdWrite(e, 0xffffffffffffffffn)).code).toBe('EINVAL');
+    b.eventfdWrite(e, 0xfffffffffffffffen);
+    expect(thrown(() => b.eventfdWrite(e, 1n)).code).toBe('EAGAIN');
+    expect(() => b.eventfdWrite(e, -1n)).toThrow(RangeError);
+  });
+
+  it('read() of 8 bytes waits for a write; poll() reports POLLIN and POLLOUT', async () => {
+    const b = new SimBinding();
+    const e = b.eventfd(0);
+    expect(await b.poll(e, POLLIN | POLLOUT, 0)).toBe(POLLOUT);
+    const buf = Buffer.alloc(8);
+    const reading = b.read(e, buf);
+    setTimeout(() => b.eventfdWrite(e, 9n), 5);
+    expect(await reading).toBe(8);
+    expect(buf.readBigUInt64LE(0)).toBe(9n);
+    expect((await rejection(b.read(e, Buffer.alloc(4)))).code).toBe('EINVAL');
+    const w = Buffer.alloc(8);
+    w.writeBigUInt64LE(4n);
+    expect(await b.write(e, w)).toBe(8);
+    expect(await b.poll(e, POLLIN, -1)).toBe(POLLIN);
+  });
+});
+
+describe('virtual pipes (no inner binding)', () => {
+  it('carry bytes in order, end with 0 once the writer closes, and report POLLHUP', async () => {
+    const b = new SimBinding();
+    const [r, w] = b.pipe();
+    expect(await b.write(w, Buffer.from('hello '))).toBe(6);
+    expect(await b.write(w, Buffer.from('world'))).toBe(5);
+    const buf = Buffer.alloc(32);
+    expect(await b.read(r, buf, 0, 8)).toBe(8);
+    expect(await b.read(r, buf, 8)).toBe(3);
+    expect(buf.toString('latin1', 0, 11)).toBe('hello world');
+    const pending = b.read(r, buf);
+    setTimeout(() => b.close(w), 5);
+    expect(await pending).toBe(0);
+    expect(await b.poll(r, POLLIN, 0)).toBe(POLLHUP);
+    b.close(r);
+    expect(b.openFdCount()).toBe(0);
+  });
+
+  it('a full pipe makes writes wait and be short; a closed reader is EPIPE; wrong direction EBADF', async () => {
+    const b = new SimBinding();
+    const [r, w] = b.pipe();
+    expect(await b.write(w, Buffer.alloc(100_000))).toBe(65536);
+    expect(await b.poll(w, POLLOUT, 0)).toBe(0);
+    const writing = b.write(w, Buffer.alloc(10));
+    await b.read(r, Buffer.alloc(4));
+    expect(await writing).toBe(4);
+    expect((await rejection(b.read(w, Buffer.alloc(1)))).code).toBe('EBADF');
+    expect((await rejection(b.write(r, Buffer.alloc(1)))).code).toBe('EBADF');
+    expect(thrown(() => b.pread(r, Buffer.alloc(1), 0)).code).toBe('ESPIPE');
+    b.close(r);
+    expect((await rejection(b.write(w, Buffer.alloc(1)))).code).toBe('EPIPE');
+    b.close(w);
+  });
+});
+
+describe('argument checks and unknown fds', () => {
+  it('throws TypeError/RangeError synchronously, also from the async calls', () => {
+    const b = new SimBinding();
+    const fd = b.open('sim', 2);
+    expect(() => b.read('x' as unknown as number, Buffer.alloc(1))).toThrow(TypeError);
+    expect(() => b.read(-1, Buffer.alloc(1))).toThrow(RangeError);
+    expect(() => b.read(fd, {} as Buffer)).toThrow(TypeError);
+    expect(() => b.write(fd, Buffer.alloc(4), 5)).toThrow(RangeError);
+    expect(() => b.poll(fd, 1, 1.5)).toThrow(RangeError);
+    expect(() => b.pump(fd, fd, Buffer.alloc(0))).toThrow(RangeError);
+    expect(() => b.ioctl(fd, -1)).toThrow(RangeError);
+    expect(() => b.ioctl(fd, 1, 'x' as unknown as number)).toThrow(TypeError);
+    expect(() => b.open(7 as unknown as string, 0)).toThrow(TypeError);
+    expect(() => b.close(-1)).toThrow(RangeError);
+    expect(() => b.eventfd(-1)).toThrow(RangeError);
+  });
+
+  it('without an inner binding, a real fd is EBADF and poll() answers POLLNVAL', async () => {
+    const b = new SimBinding();
+    expect(thrown(() => b.close(3)).code).toBe('EBADF');
+    expect(thrown(() => b.ioctl(3, 0)).code).toBe('EBADF');
+    expect(await b.poll(3, POLLIN, 0)).toBe(POLLNVAL);
+    expect(await b.poll(VIRTUAL_FD_BASE + 12345, POLLIN, 0)).toBe(POLLNVAL);
+    expect(thrown(() => b.close(VIRTUAL_FD_BASE + 12345)).code).toBe('EBADF');
+  });
+});
+
+describe('delegation to the inner binding', () => {
+  /** A recording stand-in for a real binding. */
+  function recorder(): { inner: Binding; calls: string[] } {
+    const calls: string[] = [];
+    const rec = (name: string, ret: unknown) => (...args: unknown[]) => {
+      calls.push(`${name}(${args.filter((a) => typeof a === 'number' || typeof a === 'string').join(',')})`);
+      return ret;
+    };
+    const inner: Binding = {
+      name: 'native',
+      open: rec('open', 5) as Binding['open'],
+      close: rec('close', undefined) as Binding['close'],
+      ioctl: rec('ioctl', 0) as Binding['ioctl'],
+      pread: rec('pread', 1) as Binding['pread'],
+      pwrite: rec('pwrite', 1) as Binding['pwrite'],
+      read: rec('read', Promise.resolve(0)) as Binding['read'],
+      write: rec('write', Promise.resolve(1)) as Binding['write'],
+      pipe: rec('pipe', [6, 7]) as Binding['pipe'],
+      eventfd: rec('eventfd', 8) as Binding['eventfd'],
+      eventfdRead: rec('eventfdRead', 0n) as Binding['eventfdRead'],
+      eventfdWrite: rec('eventfdWrite', undefined) as Binding['eventfdWrite'],
+      poll: rec('poll', Promise.resolve(1)) as Binding['poll'],
+      pump: rec('pump', Promise.resolve({ bytes: 0, crc32: 0 } satisfies PumpResult)) as Binding['pump'],
+    };
+    return { inner, calls };
+  }
+
+  it('hands every non-sim path and real fd to the inner binding, untouched', async () => {
+    const { inner, calls } = recorder();
+    const b = new SimBinding(inner);
+    expect(b.open('/tmp/x', 0, 0o600)).toBe(5);
+    b.ioctl(5, 0x5401);
+    b.pread(5, Buffer.alloc(1), 9);
+    b.pwrite(5, Buffer.alloc(1), 9);
+    await b.read(5, Buffer.alloc(1));
+    await b.write(5, Buffer.alloc(1));
+    await b.poll(5, 1, 0);
+    await b.pump(5, 6, Buffer.alloc(1));
+    expect(b.pipe()).toEqual([6, 7]);
+    expect(b.eventfd(0)).toBe(8);
+    b.eventfdRead(8);
+    b.eventfdWrite(8, 1n);
+    b.close(5);
+    expect(calls).toEqual([
+      'open(/tmp/x,0,384)', 'ioctl(5,21505)', 'pread(5,9)', 'pwrite(5,9)', 'read(5)', 'write(5)', 'poll(5,1,0)',
+      'pump(5,6)', 'pipe()', 'eventfd(0)', 'eventfdRead(8)', 'eventfdWrite(8)', 'close(5)',
+    ]);
+  });
+
+  it('keeps eventfds and pipes virtual when asked to', () => {
+    const { inner, calls } = recorder();
+    const b = new SimBinding(inner, { virtualFds: true });
+    expect(SimBinding.isVirtualFd(b.eventfd(0))).toBe(true);
+    expect(b.pipe().every((fd) => SimBinding.isVirtualFd(fd))).toBe(true);
+    expect(calls).toEqual([]);
+  });
+
+  it('applies binding-wide device defaults, which the spec overrides', () => {
+    const b = new SimBinding(undefined, { defaults: { size: 1000, precopyEnd: 'enomsg' } });
+    const a = b.open('sim', 2);
+    const c = b.open('sim:2000:end=zero', 2);
+    expect(b.device(a).options).toMatchObject({ size: 1000, precopyEnd: 'enomsg' });
+    expect(b.device(c).options).toMatchObject({ size: 2000, precopyEnd: 'zero' });
+  });
+});

@@ -1,0 +1,216 @@
+import { describe, it, expect, beforeEach, afterEach } from 'vitest';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as zlib from 'node:zlib';
+import { SnapshotWriter } from '../../src/snapshot/writer';
+import { SnapshotReader } from '../../src/snapshot/reader';
+import * as f from '../../src/snapshot/format';
+import { inspectSnapshot } from '../../src/snapshot/inspect';
+import { VfioError } from '../../src/errors';
+
+let dir: string;
+beforeEach(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'snapfmt-'));
+});
+afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+function config(vendor = 0x1b36, device = 0x0010): Buffer {
+  const c = Buffer.alloc(256);
+  c.writeUInt16LE(vendor, 0);
+  c.writeUInt16LE(device, 2);
+  c[8] = 0x02; // revision
+  c[9] = 0x01; c[10] = 0x80; c[11] = 0xff; // class ff8001
+  c.writeUInt16LE(0x1af4, 0x2c);
+  c.writeUInt16LE(0x1100, 0x2e);
+  return c;
+}
+
+async function writeSample(file: string, stream: Buffer[], devices = 1): Promise<void> {
+  const w = await SnapshotWriter.create(file, { noSync: true, created: 1_700_000_000_000 });
+  for (let i = 0; i < devices; i++) {
+    const cfg = config(0x1b36, 0x10 + i);
+    await w.writeSection(f.SectionType.DEVICE, i, f.encodeDeviceRecord({ identity: f.identityFromConfig(cfg), migrationFlags: 7, name: `dev${i}` }));
+    await w.writeSection(f.SectionType.CONFIG, i, cfg);
+    await w.beginSection(f.SectionType.DEVICE_STATE, i);
+    for (const c of stream) await w.writeChunk(c);
+    await w.endSection();
+  }
+  await w.commit();
+}
+
+async function readStream(r: SnapshotReader, index = 0): Promise<Buffer> {
+  const d = r.devices().find((x) => x.index === index)!;
+  const parts: Buffer[] = [];
+  for await (const c of r.chunks(d.state!, Buffer.alloc(7))) parts.push(Buffer.from(c));
+  return Buffer.concat(parts);
+}
+
+async function openErr(file: string): Promise<VfioError> {
+  let r: SnapshotReader | undefined;
+  try {
+    r = await SnapshotReader.open(file);
+    await readStream(r);
+  } catch (e) {
+    await r?.close();
+    expect(e).toBeInstanceOf(VfioError);
+    return e as VfioError;
+  }
+  await r?.close();
+  throw new Error('expected a VfioError');
+}
+
+describe('snapshot format v1', () => {
+  it('round-trips devices, config space and a chunked state stream', async () => {
+    const file = path.join(dir, 's.snap');
+    const chunks = [Buffer.from('hello '), Buffer.alloc(100_000, 0xab), Buffer.from('world')];
+    await writeSample(file, chunks, 2);
+    const r = await SnapshotReader.open(file);
+    expect(r.header).toEqual({ version: 1, created: 1_700_000_000_000, flags: 0 });
+    const devs = r.devices();
+    expect(devs.map((d) => d.record.name)).toEqual(['dev0', 'dev1']);
+    expect(devs[1].record.identity).toMatchObject({ vendorId: 0x1b36, deviceId: 0x11, revision: 2, classCode: 0xff8001, subsystemVendorId: 0x1af4, subsystemId: 0x1100 });
+    expect(devs[0].config.equals(config(0x1b36, 0x10))).toBe(true);
+    expect(devs[0].state!.chunks).toEqual({ count: 3, total: 100_011 });
+    expect((await readStream(r, 1)).equals(Buffer.concat(chunks))).toBe(true);
+    await r.close();
+  });
+
+  it('lays the file header out as documented (magic, version, LE mark, crc)', async () => {
+    const file = path.join(dir, 'h.snap');
+    await writeSample(file, [Buffer.from('x')]);
+    const b = fs.readFileSync(file);
+    expect(b.subarray(0, 8).toString('latin1')).toBe('VFIOSNAP');
+    expect([b[8], b[9], b[10], b[11]]).toEqual([1, 0, 0xff, 0xfe]);
+    expect(b.readUInt32LE(28)).toBe(zlib.crc32(b.subarray(0, 28)) >>> 0);
+    // the END section is the last 48 bytes and points at itself
+    const endAt = b.length - 48;
+    expect(b.readUInt32LE(endAt)).toBe(0);
+    expect(Number(b.readBigUInt64LE(endAt + 32))).toBe(endAt);
+  });
+
+  it('leaves no file behind when aborted, and never a temporary one', async () => {
+    const file = path.join(dir, 'a.snap');
+    const w = await SnapshotWriter.create(file, { noSync: true });
+    await w.beginSection(f.SectionType.DEVICE_STATE, 0);
+    await w.writeChunk(Buffer.alloc(10));
+    await w.abort();
+    expect(fs.readdirSync(dir)).toEqual([]);
+  });
+
+  it('does not replace an existing file until commit', async () => {
+    const file = path.join(dir, 'keep.snap');
+    fs.writeFileSync(file, 'old');
+    const w = await SnapshotWriter.create(file, { noSync: true });
+    await w.writeSection(f.SectionType.CONFIG, 0, Buffer.alloc(64));
+    expect(fs.readFileSync(file, 'utf8')).toBe('old');
+    await w.abort();
+    expect(fs.readFileSync(file, 'utf8')).toBe('old');
+  });
+
+  it('refuses a bad magic, another version, a big-endian mark, and a bad header crc', async () => {
+    const file = path.join(dir, 'v.snap');
+    await writeSample(file, [Buffer.from('abc')]);
+    const orig = fs.readFileSync(file);
+    const patch = (fn: (b: Buffer) => void, fixCrc = true): void => {
+      const b = Buffer.from(orig);
+      fn(b);
+      if (fixCrc) b.writeUInt32LE(zlib.crc32(b.subarray(0, 28)) >>> 0, 28);
+      fs.writeFileSync(file, b);
+    };
+    patch((b) => b.write('NOTASNAP', 0, 'latin1'));
+    expect((await openErr(file)).message).toMatch(/bad magic/);
+    patch((b) => b.writeUInt16LE(2, 8));
+    const v2 = await openErr(file);
+    expect(v2.code).toBe('EVFIO_SNAPSHOT_VERSION');
+    expect(v2.message).toMatch(/version 2 is not supported .* newer node-vfio-pci/);
+    patch((b) => b.writeUInt16LE(0, 8));
+    expect((await openErr(file)).code).toBe('EVFIO_SNAPSHOT_VERSION');
+    patch((b) => b.writeUInt16BE(0xfeff, 10));
+    expect((await openErr(file)).message).toMatch(/byte-order mark/);
+    patch((b) => (b[20] ^= 1), false);
+    expect((await openErr(file)).message).toMatch(/header checksum/);
+  });
+
+  it('detects every truncation with a typed error', async () => {
+    const file = path.join(dir, 't.snap');
+    await writeSample(file, [Buffer.alloc(300, 1), Buffer.alloc(200, 2)]);
+    const orig = fs.readFileSync(file);
+    for (let len = 0; len < orig.length; len += 7) {
+      fs.writeFileSync(file, orig.subarray(0, len));
+      const e = await openErr(file);
+      expect(e.kind).toBe('format');
+      expect(['EVFIO_SNAPSHOT_TRUNCATED', 'EVFIO_BAD_SNAPSHOT']).toContain(e.code);
+    }
+  });
+
+  it('detects a flipped bit anywhere in the file', async () => {
+    const file = path.join(dir, 'b.snap');
+    await writeSample(file, [Buffer.alloc(64, 1), Buffer.alloc(64, 2)]);
+    const orig = fs.readFileSync(file);
+    for (let i = 0; i < orig.length; i++) {
+      const b = Buffer.from(orig);
+      b[i] ^= 0x10;
+      fs.writeFileSync(file, b);
+      const e = await openErr(file);
+      expect(e.kind, `offset ${i}`).toBe('format');
+    }
+  });
+
+  it('detects swapped chunks through the chunk table checksum', async () => {
+    const file = path.join(dir, 'swap.snap');
+    await writeSample(file, [Buffer.alloc(16, 1), Buffer.alloc(16, 2)]);
+    const b = fs.readFileSync(file);
+    const first = b.indexOf(Buffer.alloc(16, 1));
+    const second = b.indexOf(Buffer.alloc(16, 2));
+    const c1 = Buffer.from(b.subarray(first - 8, first + 16));
+    const c2 = Buffer.from(b.subarray(second - 8, second + 16));
+    c2.copy(b, first - 8);
+    c1.copy(b, second - 8);
+    fs.writeFileSync(file, b);
+    expect((await openErr(file)).code).toBe('EVFIO_SNAPSHOT_CHECKSUM');
+  });
+
+  it('skips unknown optional sections and refuses unknown required ones', async () => {
+    const file = path.join(dir, 'u.snap');
+    const w = await SnapshotWriter.create(file, { noSync: true });
+    const cfg = config();
+    await w.writeSection(f.SectionType.DEVICE, 0, f.encodeDeviceRecord({ identity: f.identityFromConfig(cfg), migrationFlags: 1, name: 'd' }));
+    await w.writeSection(f.SectionType.CONFIG, 0, cfg);
+    await w.writeSection(99 as f.SectionType, 0, Buffer.from('future optional data'), false);
+    await w.beginSection(f.SectionType.DEVICE_STATE, 0);
+    await w.writeChunk(Buffer.from('state'));
+    await w.endSection();
+    await w.commit();
+    const r = await SnapshotReader.open(file);
+    expect(r.sections.find((s) => s.header.type === 99)?.unknown).toBe(true);
+    expect((await readStream(r)).toString()).toBe('state');
+    await r.close();
+
+    const file2 = path.join(dir, 'u2.snap');
+    const w2 = await SnapshotWriter.create(file2, { noSync: true });
+    await w2.writeSection(99 as f.SectionType, 0, Buffer.from('future required data'), true);
+    await w2.commit();
+    const e = await openErr(file2);
+    expect(e.code).toBe('EVFIO_SNAPSHOT_UNSUPPORTED');
+    expect(e.message).toMatch(/unknown type 99/);
+  });
+
+  it('inspect reports sections, devices and checksum status', async () => {
+    const file = path.join(dir, 'i.snap');
+    await writeSample(file, [Buffer.alloc(1000, 3)], 2);
+    const res = await inspectSnapshot(file);
+    expect(res.ok).toBe(true);
+    expect(res.devices.map((d) => [d.index, d.stateBytes, d.identity])).toEqual([
+      [0, 1000, '1b36:0010 rev 02 class ff8001'],
+      [1, 1000, '1b36:0011 rev 02 class ff8001'],
+    ]);
+    expect(res.sections.filter((s) => s.type === 'DEVICE_STATE').every((s) => s.checksum === 'ok')).toBe(true);
+    const b = fs.readFileSync(file);
+    b[b.indexOf(Buffer.alloc(1000, 3)) + 500] = 4;
+    fs.writeFileSync(file, b);
+    const bad = await inspectSnapshot(file);
+    expect(bad.ok).toBe(false);
+    expect(bad.error?.code).toBe('EVFIO_SNAPSHOT_CHECKSUM');
+  });
+});

@@ -1,0 +1,13 @@
+import { defineConfig } from 'vitest/config';
+
+// test/kernel needs a real VFIO device in a guest and runs on its own (npm run test:kernel).
+// Native code runs in forked processes, not worker threads: an addon or koffi crash takes down
+// one fork, not the runner, and process-wide state (fds, /proc/self) is per test file.
+export default defineConfig({
+  test: {
+    include: ['test/unit/**/*.test.ts', 'test/contract/**/*.test.ts', 'test/native/**/*.test.ts'],
+    exclude: ['test/kernel/**', 'node_modules/**', 'dist/**'],
+    pool: 'forks',
+    testTimeout: 20_000,
+  },
+});
