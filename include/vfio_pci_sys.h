@@ -73,30 +73,82 @@ int vfio_eventfd_write(int fd, uint64_t value);
  */
 int vfio_poll(int fd, short events, int timeout_ms);
 
-/** Which side of a pump failed. */
-enum vfio_pump_side : int { VFIO_PUMP_OK = 0, VFIO_PUMP_READ = 1, VFIO_PUMP_WRITE = 2 };
+/** How a pump ended or failed (vfio_pump_result::status). */
+enum vfio_pump_status : int {
+  VFIO_PUMP_OK = 0,
+  /** read(2)/pread(2) on src failed, or the wait for src (poll(2), cancellation). */
+  VFIO_PUMP_READ = 1,
+  /** write(2)/pwrite(2) on dst failed, or the wait for dst. */
+  VFIO_PUMP_WRITE = 2,
+  /** verify: the crc32 of the `limit` bytes read is not expect_crc. Nothing was written. */
+  VFIO_PUMP_CHECKSUM = 3,
+  /** verify: src ended before `limit` bytes. Nothing was written. */
+  VFIO_PUMP_TRUNCATED = 4,
+};
+
+/** Why a successful pump stopped (vfio_pump_result::end). */
+enum vfio_pump_end : int {
+  /** read(2) returned 0: end of file (for a STOP_COPY data_fd, the end of the device state). */
+  VFIO_PUMP_END_EOF = 0,
+  /** Exactly `limit` bytes were copied. */
+  VFIO_PUMP_END_LIMIT = 1,
+  /** precopy: read(2) returned 0 or failed with ENOMSG, PRE_COPY's "no more data for now". */
+  VFIO_PUMP_END_FOR_NOW = 2,
+};
+
+struct vfio_pump_options {
+  /** Copy exactly this many bytes (or fewer at the end of src); < 0: until the end of src. */
+  int64_t limit = -1;
+  /** >= 0: read src with pread(2) from this offset on (advancing), not read(2). */
+  int64_t src_offset = -1;
+  /** >= 0: write dst with pwrite(2) from this offset on (advancing), not write(2). */
+  int64_t dst_offset = -1;
+  /**
+   * Read all `limit` bytes (limit <= buf_len) into buf first and write them only when their
+   * crc32 is `expect_crc`; otherwise fail with VFIO_PUMP_CHECKSUM (or VFIO_PUMP_TRUNCATED when
+   * src ends first) and write nothing.
+   */
+  bool verify = false;
+  uint32_t expect_crc = 0;
+  /** A read(2) of 0 and ENOMSG both end the pump with VFIO_PUMP_END_FOR_NOW (uAPI PRE_COPY). */
+  bool precopy = false;
+  /**
+   * -1, or an fd that becomes readable to cancel the pump (an eventfd). With it, every wait
+   * on a src or dst that may block indefinitely (anything but a regular file or block device)
+   * is a poll(2) on both fds before the syscall, and a pump cancelled that way fails with
+   * -ECANCELED. Without it, the pump blocks inside read(2)/write(2) as the fds dictate.
+   */
+  int cancel_fd = -1;
+};
 
 struct vfio_pump_result {
-  /** Bytes read from src and written to dst (a chunk counts once it is written fully). */
+  /** Bytes written to dst: all of them on success; on failure, also part of a failing chunk. */
   uint64_t bytes;
-  /** zlib crc32 of those bytes. */
+  /** Bytes read from src (verify: the bytes buffered before the check or the truncation). */
+  uint64_t bytes_read;
+  /** zlib crc32 of the bytes read (equal to those written on success). */
   uint32_t crc32;
-  /** VFIO_PUMP_OK, or the side whose syscall failed. */
-  int side;
-  /** 0, or the positive errno of the failing syscall. */
+  /** A vfio_pump_status. */
+  int status;
+  /** 0, or the positive errno of the failing syscall (EBADMSG / ENODATA for the verify failures). */
   int error;
+  /** A vfio_pump_end, when status is VFIO_PUMP_OK. */
+  int end;
 };
 
 /**
- * Copy from `src` to `dst` through `buf` (`buf_len` bytes) until read(2) returns 0 or, when
- * `limit` >= 0, exactly `limit` bytes were copied. EINTR is retried; EAGAIN on either side is
- * waited out with poll(2); short writes are looped on. The crc32 of every chunk is computed
- * right after it is read, while it is in cache. Returns 0, or -errno with out->side telling
- * which syscall failed; out->bytes and out->crc32 then cover the chunks written completely
- * before the failure (part of the failing chunk may have reached dst). A zero `buf_len`
- * fails with -EINVAL.
+ * Copy from `src` to `dst` through `buf` (`buf_len` bytes, the chunk size); `opts` nullptr
+ * means the defaults (read until 0, no limit). EINTR is retried; EAGAIN on either side is
+ * waited out with poll(2); short writes are looped on; a write(2) of 0 fails with EIO rather
+ * than spin. The crc32 of every chunk is computed right after it is read, while it is in
+ * cache.
+ *
+ * Returns 0 (out->end tells why it stopped) or a negative errno with out->status telling what
+ * failed: -errno of a syscall (READ/WRITE), -ECANCELED (cancel_fd), -EBADMSG (CHECKSUM),
+ * -ENODATA (TRUNCATED), -EINVAL for a zero `buf_len` or verify with limit outside [0, buf_len].
+ * out->bytes is exact in every case.
  */
-int vfio_pump(int src, int dst, void* buf, size_t buf_len, int64_t limit, vfio_pump_result* out);
+int vfio_pump(int src, int dst, void* buf, size_t buf_len, const vfio_pump_options* opts, vfio_pump_result* out);
 
 /** The symbolic name of a positive errno ("EINVAL"), or nullptr when unknown. */
 const char* vfio_errno_name(int err);

@@ -26,3 +26,8 @@ export * as uapi from './uapi/vfio';
 export * as structs from './uapi/structs';
 export * as iommufd from './uapi/iommufd';
 export { MigState, migStateName, parseMigState } from './uapi/vfio';
+export * as pci from './pci';
+export { VfioPciDevice, type AttachOptions, type VfioPciEvents } from './device/vfio-pci';
+export { MigrationCoordinator, type Blocker, type CoordinatorOptions, type CoordinatorEvents } from './device/coordinator';
+export * from './host/types';
+export { ReferenceHost, ReferenceBus, ReferenceAllocator, ReferenceInterrupts, ReferenceMemory, type AllocationRecord } from './host/reference';

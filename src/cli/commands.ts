@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import * as fs from 'node:fs';
 import { VfioError } from '../errors';
 import { openDevice, type OpenOptions } from '../device/open';
+import { loadBinding } from '../binding';
 import type { VfioDevice } from '../device/device';
 import { Migration } from '../migration/migration';
 import { saveSnapshot, restoreSnapshot, type Progress } from '../snapshot/jobs';
@@ -42,8 +43,7 @@ function openOptions(ctx: CommandContext): OpenOptions {
   }
   if (ctx.opts.binding !== undefined) {
     if (ctx.opts.binding !== 'native' && ctx.opts.binding !== 'koffi') throw usage(`--binding must be native or koffi, not '${ctx.opts.binding}'`);
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    o.binding = (require('../binding') as typeof import('../binding')).loadBinding(ctx.opts.binding);
+    o.binding = loadBinding(ctx.opts.binding);
   }
   return o;
 }

@@ -8,6 +8,8 @@
  */
 import * as fs from 'node:fs';
 import type { Binding } from '../binding/types';
+import { loadBinding } from '../binding';
+import { SimBinding } from '../binding/sim';
 import { VfioDevice } from './device';
 import { openIommufd, openLegacy, type IommuContext, type IommuKind } from './iommu';
 import { resolveDevice, type SysfsRoots } from './resolve';
@@ -35,21 +37,14 @@ let defaultSim: Binding | undefined;
 
 /** The process-wide real binding (addon, else koffi), loaded on first use. */
 export function getDefaultBinding(): Binding {
-  if (!defaultBinding) {
-    // Loaded lazily so that importing the library never loads native code by itself.
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    defaultBinding = (require('../binding') as typeof import('../binding')).loadBinding();
-  }
+  // Loaded on first use, so that importing the library never loads native code by itself.
+  if (!defaultBinding) defaultBinding = loadBinding();
   return defaultBinding;
 }
 
 /** The process-wide simulated-device binding, delegating real fds to the default binding. */
 export function getDefaultSimBinding(): Binding {
-  if (!defaultSim) {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const { SimBinding } = require('../binding/sim') as typeof import('../binding/sim');
-    defaultSim = new SimBinding(getDefaultBinding());
-  }
+  if (!defaultSim) defaultSim = new SimBinding(getDefaultBinding());
   return defaultSim;
 }
 

@@ -221,12 +221,14 @@ export class Migration extends EventEmitter<MigrationEvents> {
   }
 
   /**
-   * Bring the device back to RUNNING after a failure: first a plain SET to RUNNING (the
-   * recovery state), then, if that fails or the device is in ERROR, VFIO_DEVICE_RESET.
-   * Never throws for a failed SET; throws only when the reset itself fails.
-   * (The QEMU approach, hw/vfio/migration.c vfio_migration_set_state().)
+   * Bring the device to `target` (default RUNNING) after a failure: first a plain SET to the
+   * recovery state, then, if that fails or the device is in ERROR, VFIO_DEVICE_RESET (which
+   * lands in RUNNING) and, for another target, a SET from there. Resolves to where the device
+   * ended and whether it was reset — after a reset the caller must restore what the reset
+   * wiped (PCI_COMMAND, interrupts). Throws only when the reset itself fails.
+   * (The QEMU approach: hw/vfio/migration.c vfio_migration_set_state().)
    */
-  recover(target: MigState = MigState.RUNNING): MigState {
+  recover(target: MigState = MigState.RUNNING): { state: MigState; reset: boolean } {
     let st: MigState;
     try {
       st = this.getState();
@@ -235,20 +237,29 @@ export class Migration extends EventEmitter<MigrationEvents> {
     }
     if (st === target) {
       this.closeSession();
-      return st;
+      return { state: st, reset: false };
     }
     if (st !== MigState.ERROR) {
       try {
         this.setState(target);
         this.closeSession();
-        return target;
+        return { state: target, reset: false };
       } catch (e) {
         log('%s: recovery SET %s failed (%o); resetting', this.device.name, migStateName(target), e);
       }
     }
-    const after = this.reset();
-    if (after !== target && target !== MigState.RUNNING) this.setState(target);
-    return this.getState();
+    let state = this.reset();
+    if (state !== target) {
+      try {
+        this.setState(target);
+        state = target;
+      } catch (e) {
+        log('%s: SET %s after reset failed: %o', this.device.name, migStateName(target), e);
+        state = this.getState();
+      }
+    }
+    this.closeSession();
+    return { state, reset: true };
   }
 
   /** Close the current session's data_fd, if any. Idempotent. */

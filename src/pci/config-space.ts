@@ -26,7 +26,7 @@
  * | wmask | MSI: control enable + multiple message enable, address (low bits 1:0 excepted), data, mask bits of the capable vectors | QEMU `msi_init()` |
  * | wmask | MSI-X: control enable + function mask | QEMU `msix_init()` |
  * | w1cmask | STATUS error bits 0xf900 | QEMU `pci_init_w1cmask()` |
- * | emulated | the six BARs and the ROM BAR; every byte of the MSI and MSI-X capabilities | QEMU `vfio_pci_realize()` ("QEMU emulates all of MSI & MSIX", ROM and BARs) |
+ * | emulated | the six BARs and the ROM BAR; every byte of the MSI and MSI-X capabilities | QEMU hw/vfio/pci.c `vfio_pci_realize()` (`vfio_pci_config_setup()` in newer QEMU) for BARs and ROM, `vfio_msi_setup()`/`vfio_msix_setup()` for MSI and MSI-X |
  *
  * BAR sizes come from the caller (the VFIO region sizes), never from probing the device.
  */
@@ -197,8 +197,10 @@ export class ConfigSpace {
   /**
    * Build the shadow from the device's config bytes (the VFIO config region, 256 or 4096
    * bytes) with the mask defaults of the module comment. Guest-owned state starts reset: BAR
-   * addresses 0 (type bits kept), MSI enable and multiple message enable 0, MSI-X enable and
-   * function mask 0 (QEMU `pci_register_bar()`, `msi_init()`, `msix_init()`).
+   * addresses 0 with the type bits kept (the host's addresses mean nothing to the guest; QEMU
+   * clears them in the same place it marks BARs emulated, then `pci_register_bar()` writes the
+   * type), MSI enable and multiple message enable 0, MSI-X enable and function mask 0
+   * (QEMU `msi_init()`, `msix_init()`).
    *
    * Errors (VfioError): `EVFIO_CONFIG_SIZE` (usage) for another image size; `EVFIO_CONFIG_BAR`
    * (usage) for a BAR size that is not a power of two, too small for its kind, or a 64-bit BAR

@@ -117,7 +117,7 @@ function returnTo(migs: Migration[], states: MigState[]): void {
 
 function safeRecover(m: Migration, target: MigState): MigState {
   try {
-    return m.recover(target);
+    return m.recover(target).state;
   } catch (e) {
     log('%s: recovery failed: %o', m.device.name, e);
     try {

@@ -180,6 +180,25 @@ export function decodeMigState(b: Buffer): { deviceState: number; dataFd: number
     dataFd: b.readInt32LE(SIZEOF_DEVICE_FEATURE + OFFSETOF_MIG_STATE_DATA_FD),
   };
 }
+/** The kernel's side of MIG_DEVICE_STATE: `device_state` and `data_fd` into a feature buffer. */
+export function encodeMigState(b: Buffer, m: { deviceState: number; dataFd: number }): void {
+  b.writeUInt32LE(m.deviceState >>> 0, SIZEOF_DEVICE_FEATURE);
+  b.writeInt32LE(m.dataFd, SIZEOF_DEVICE_FEATURE + OFFSETOF_MIG_STATE_DATA_FD);
+}
+/** struct vfio_device_feature_migration in a feature buffer: the VFIO_MIGRATION_* flags. */
+export function decodeMigrationFlags(b: Buffer): number {
+  return Number(b.readBigUInt64LE(SIZEOF_DEVICE_FEATURE));
+}
+export function encodeMigrationFlags(b: Buffer, flags: number): void {
+  b.writeBigUInt64LE(BigInt(flags >>> 0), SIZEOF_DEVICE_FEATURE);
+}
+/** struct vfio_device_feature_mig_data_size in a feature buffer: stop_copy_length in bytes. */
+export function decodeMigDataSize(b: Buffer): number {
+  return Number(b.readBigUInt64LE(SIZEOF_DEVICE_FEATURE));
+}
+export function encodeMigDataSize(b: Buffer, stopCopyLength: number): void {
+  b.writeBigUInt64LE(BigInt(stopCopyLength), SIZEOF_DEVICE_FEATURE);
+}
 
 // ---------------------------------------------------------------- DMA logging payloads
 /** struct vfio_device_feature_dma_logging_control { u64 page_size; u32 num_ranges, __reserved; u64 ranges; } */

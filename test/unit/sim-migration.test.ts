@@ -43,7 +43,7 @@ function setState(b: Binding, fd: number, state: number): { deviceState: number;
 function dataSize(b: Binding, fd: number): number {
   const buf = s.encodeFeature(v.VFIO_DEVICE_FEATURE_MIG_DATA_SIZE, 'get', 8);
   b.ioctl(fd, v.VFIO_DEVICE_FEATURE, buf);
-  return Number(buf.readBigUInt64LE(8));
+  return s.decodeMigDataSize(buf);
 }
 
 function precopyInfo(b: Binding, dataFd: number, flags = 0): { initialBytes: number; dirtyBytes: number; flags: number } {

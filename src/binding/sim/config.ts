@@ -75,7 +75,7 @@ export interface ConfigOptions {
   size: 256 | 4096;
   /** MSI vectors, a power of two 1..32. */
   msiVectors: number;
-  /** MSI-X table entries, 1..2048. */
+  /** MSI-X table entries, 1..2048 (the sim's BAR0 layout allows 64). */
   msixVectors: number;
   /** Revision byte in the vendor-specific capability's body (QEMU lets the body differ on restore). */
   vscRevision: number;

@@ -53,6 +53,9 @@ import {
   SIZEOF_REGION_INFO,
   encodeDeviceInfo,
   encodeIrqInfo,
+  encodeMigDataSize,
+  encodeMigState,
+  encodeMigrationFlags,
   encodeRegionInfo,
 } from '../../uapi/structs';
 import {
@@ -134,7 +137,7 @@ export interface SimDeviceOptions {
   configSize?: 256 | 4096;
   /** MSI vectors, a power of two 1..32 (default 4). */
   msiVectors?: number;
-  /** MSI-X vectors 1..128 (default 8; the table lives in BAR0 at 0x800). */
+  /** MSI-X vectors 1..64 (default 8; the table lives in BAR0 at 0x800, the PBA at 0xC00). */
   msixVectors?: number;
   /** Revision byte of the vendor-specific capability's body (default 1). */
   vscRevision?: number;
@@ -222,7 +225,7 @@ function resolveOptions(o: SimDeviceOptions, serial: number): ResolvedSimDeviceO
   const msi = o.msiVectors ?? 4;
   if (![1, 2, 4, 8, 16, 32].includes(msi)) throw new RangeError(`msiVectors must be a power of two 1..32, got ${msi}`);
   const msix = o.msixVectors ?? 8;
-  if (!Number.isInteger(msix) || msix < 1 || msix > 128) throw new RangeError(`msixVectors must be 1..128, got ${msix}`);
+  if (!Number.isInteger(msix) || msix < 1 || msix > 64) throw new RangeError(`msixVectors must be 1..64 (the table must fit below the PBA), got ${msix}`);
   const seed = BigInt(o.seed ?? serial);
   if (seed < 0n || seed >= 1n << 64n) throw new RangeError(`seed must fit in 64 bits, got ${seed}`);
   const positive = (v: number | undefined, what: string): number => {
@@ -598,7 +601,7 @@ export class SimDevice {
         if (!check(VFIO_DEVICE_FEATURE_GET, SIZEOF_FEATURE_MIGRATION)) return 0;
         this.consume('MIGRATION');
         need(b, SIZEOF_DEVICE_FEATURE + SIZEOF_FEATURE_MIGRATION);
-        b.writeBigUInt64LE(BigInt(this.options.migrationFlags), SIZEOF_DEVICE_FEATURE);
+        encodeMigrationFlags(b, this.options.migrationFlags);
         return 0;
       }
       case VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE: {
@@ -607,8 +610,7 @@ export class SimDevice {
         need(b, SIZEOF_DEVICE_FEATURE + SIZEOF_FEATURE_MIG_STATE);
         if (get) {
           this.consume('MIG_DEVICE_STATE_GET');
-          b.writeUInt32LE(this.mig, SIZEOF_DEVICE_FEATURE);
-          b.writeInt32LE(-1, SIZEOF_DEVICE_FEATURE + 4);
+          encodeMigState(b, { deviceState: this.mig, dataFd: -1 });
           return 0;
         }
         return this.setState(b);
@@ -618,7 +620,7 @@ export class SimDevice {
         if (!check(VFIO_DEVICE_FEATURE_GET, SIZEOF_FEATURE_MIG_DATA_SIZE)) return 0;
         this.consume('MIG_DATA_SIZE');
         need(b, SIZEOF_DEVICE_FEATURE + SIZEOF_FEATURE_MIG_DATA_SIZE);
-        b.writeBigUInt64LE(BigInt(this.remainingStream()), SIZEOF_DEVICE_FEATURE);
+        encodeMigDataSize(b, this.remainingStream());
         return 0;
       }
       case VFIO_DEVICE_FEATURE_DMA_LOGGING_START:
@@ -653,8 +655,7 @@ export class SimDevice {
     } catch (e) {
       failure = e;
     }
-    b.writeUInt32LE(target, SIZEOF_DEVICE_FEATURE);
-    b.writeInt32LE(dataFd, SIZEOF_DEVICE_FEATURE + 4);
+    encodeMigState(b, { deviceState: target, dataFd });
     if (failure !== undefined) throw failure;
     return 0;
   }

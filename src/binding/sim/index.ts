@@ -202,7 +202,6 @@ export class SimBinding implements Binding {
         break;
       case 'save':
       case 'resume':
-        f.session.closed = true;
         f.device.dataFdClosed(f.session);
         break;
       case 'eventfd':
@@ -311,6 +310,7 @@ export class SimBinding implements Binding {
   poll(fd: number, events: number, timeoutMs: number): Promise<number> {
     if (!this.isVirtualArg('poll', fd)) {
       if (this.inner) return this.inner.poll(fd, events, timeoutMs);
+      A.fd('poll', fd);
       A.int('poll', 'events', events, 0, 0x7fff);
       A.int('poll', 'timeoutMs', timeoutMs, -Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER);
       return Promise.resolve(POLLNVAL);

@@ -71,7 +71,7 @@ export interface IrqSnapshot {
   intxUnmaskFd: number | null;
   err: number | null;
   req: number | null;
-  /** Interrupts delivered to an eventfd since the device was opened. */
+  /** Interrupts delivered to an eventfd since the device was created (loopback triggers included). */
   delivered: number;
 }
 

@@ -65,8 +65,6 @@ abstract class SessionBase {
   pos = 0;
   /** Set when the session ended: every later call fails with ENODEV. */
   disabled = false;
-  /** Set by the binding when the data_fd was closed. */
-  closed = false;
 
   constructor(
     protected readonly host: SessionHost,

@@ -1,0 +1,96 @@
+/**
+ * What a VMM provides to the vfio-pci device model: the plug-in interface.
+ *
+ * A VMM implements `Host` (or starts from the reference host in ./reference.ts) and hands it to
+ * `VfioPciDevice.attach()`. The device model then:
+ *  - asks `allocator` for BAR addresses once, when it is first attached (the role firmware plays
+ *    on real hardware) — never on restore, where the addresses come from the snapshot and the
+ *    VMM's allocator state is restored by the VMM itself;
+ *  - puts BARs on `bus` (and takes them off) as the guest programs BAR registers and the
+ *    COMMAND decode bits, with a handler that forwards accesses to the device or emulates them
+ *    (MSI-X table and PBA);
+ *  - gets one eventfd per MSI/MSI-X vector, and a trigger + resample eventfd pair for INTx,
+ *    from `interrupts`, and gives them to the kernel with VFIO_DEVICE_SET_IRQS;
+ *  - maps guest memory for device DMA through `memory` (if given).
+ */
+
+/** Memory or I/O port space. */
+export type AddressSpace = 'mmio' | 'pio';
+
+/** Handler of guest accesses to one BAR. `offset` is from the BAR's start; `data` is 1, 2, 4 or 8 bytes, little-endian. */
+export interface BarAccessHandler {
+  read(offset: number, data: Buffer): void;
+  write(offset: number, data: Buffer): void;
+}
+
+/** One BAR placed in guest address space. */
+export interface BarMapping {
+  /** The device's stable id (`VfioPciDevice.id`). */
+  device: string;
+  /** 0..5, or 6 for the expansion ROM. */
+  bar: number;
+  space: AddressSpace;
+  /** Guest physical address (mmio) or port number (pio). */
+  address: bigint;
+  /** Bytes. */
+  size: number;
+}
+
+export interface HostBus {
+  /** Route guest accesses to `[address, address + size)` to `handler`. Throws a VfioError (EVFIO_ADDRESS_IN_USE) on overlap. */
+  map(mapping: BarMapping, handler: BarAccessHandler): void;
+  /** Stop routing a BAR. No-op when it is not mapped. */
+  unmap(device: string, bar: number): void;
+}
+
+export interface AddressAllocator {
+  /**
+   * Allocate `size` bytes (a power of two, naturally aligned) in `space`. Throws a VfioError
+   * (EVFIO_ADDRESS_IN_USE / EVFIO_ADDRESS_EXHAUSTED) when it cannot.
+   */
+  allocate(space: AddressSpace, size: number, owner: string): bigint;
+  /** Release what `owner` allocated at `address`. */
+  free(space: AddressSpace, address: bigint, owner: string): void;
+}
+
+/** An MSI message: what the guest programmed into the MSI capability or an MSI-X table entry. */
+export interface MsiMessage {
+  address: bigint;
+  data: number;
+}
+
+export interface InterruptRouter {
+  /**
+   * An eventfd that injects `message` into the guest when signalled (KVM's irqfd on a real
+   * VMM). Called again for the same vector when the guest reprograms it; the router may
+   * return the same fd. The router owns the fd.
+   */
+  msiRoute(device: string, vector: number, message: MsiMessage): number;
+  /** The vector is no longer used (masked, or MSI/MSI-X disabled). */
+  releaseMsi(device: string, vector: number): void;
+  /**
+   * INTx: `trigger` asserts the line; the VMM signals `resample` when the guest has serviced
+   * it (EOI), which the device model turns into VFIO's INTx unmask. The router owns both fds.
+   */
+  intxRoute(device: string, pin: number): { trigger: number; resample: number };
+  releaseIntx(device: string): void;
+}
+
+/** One range of guest RAM. */
+export interface GuestMemoryRegion {
+  /** Guest physical address. */
+  gpa: bigint;
+  /** The memory backing it in this process. */
+  buffer: Buffer;
+}
+
+export interface GuestMemory {
+  regions(): readonly GuestMemoryRegion[];
+}
+
+export interface Host {
+  bus: HostBus;
+  allocator: AddressAllocator;
+  interrupts: InterruptRouter;
+  memory?: GuestMemory;
+}
