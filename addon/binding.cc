@@ -13,11 +13,18 @@
 // nothing to type-tag: every fd is a plain integer owned by TypeScript.
 #include <napi.h>
 
+#include <pthread.h>
+#include <signal.h>
+
 #include <cerrno>
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <mutex>
 #include <string>
+#include <system_error>
+#include <thread>
 
 #include "vfio_pci_sys.h"
 
@@ -79,6 +86,24 @@ Napi::Value SysError(Napi::Env env, int err, const char* syscall, const std::str
   return obj;
 }
 
+// A refusal that is not a syscall failure, e.g. a snapshot chunk whose checksum is wrong:
+//   new VfioError(message, { code: 'EVFIO_CHECKSUM', kind: 'format' })
+Napi::Value FormatError(Napi::Env env, const char* code, const std::string& message) {
+  Napi::Object init = Napi::Object::New(env);
+  init.Set("code", Napi::String::New(env, code));
+  init.Set("kind", Napi::String::New(env, "format"));
+
+  AddonData* data = Data(env);
+  if (data && !data->error_class.IsEmpty()) {
+    return data->error_class.New({Napi::String::New(env, message), init});
+  }
+  Napi::Error e = Napi::Error::New(env, message);
+  Napi::Object obj = e.Value();
+  obj.Set("code", init.Get("code"));
+  obj.Set("kind", init.Get("kind"));
+  return obj;
+}
+
 [[noreturn]] void ThrowSysError(Napi::Env env, int err, const char* syscall, const std::string* path = nullptr) {
   throw Napi::Error(env, SysError(env, err, syscall, path));
 }
@@ -90,9 +115,7 @@ constexpr double kMaxSafeInteger = 9007199254740991.0;  // Number.MAX_SAFE_INTEG
 std::string ArgName(const char* fn, const char* name) { return std::string(fn) + ": \"" + name + "\""; }
 
 // An integer Number in [min, max]; TypeError when not a number, RangeError otherwise.
-int64_t IntArg(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name, double min, double max) {
-  Napi::Env env = info.Env();
-  Napi::Value v = info[i];
+int64_t IntValue(Napi::Env env, const Napi::Value& v, const char* fn, const char* name, double min, double max) {
   if (!v.IsNumber()) ThrowTypeError(env, ArgName(fn, name) + " must be a number");
   double d = v.As<Napi::Number>().DoubleValue();
   if (!std::isfinite(d) || std::trunc(d) != d) ThrowRangeError(env, ArgName(fn, name) + " must be an integer");
@@ -101,6 +124,10 @@ int64_t IntArg(const Napi::CallbackInfo& info, size_t i, const char* fn, const c
                              std::to_string(static_cast<int64_t>(max)) + "]");
   }
   return static_cast<int64_t>(d);
+}
+
+int64_t IntArg(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name, double min, double max) {
+  return IntValue(info.Env(), info[i], fn, name, min, max);
 }
 
 int64_t OptIntArg(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name, double min, double max,
@@ -382,46 +409,260 @@ Napi::Value Poll(const Napi::CallbackInfo& info) {
   return (new PollWorker(info.Env(), fd, events, timeout))->Start();
 }
 
-class PumpWorker : public PromiseWorker {
+// ---- pump: one dedicated thread per call ---------------------------------------------------
+//
+// A pump can wait for a long time (a data_fd that produces slowly, a pipe nobody writes to
+// yet), so it does not run on the libuv pool, whose few threads (4 by default) also serve fs,
+// dns and zlib: a handful of pending pumps would starve them. Each call gets its own
+// std::thread and settles its promise through a ThreadSafeFunction (node-pty's exit thread,
+// node-usb's event thread).
+//
+// Lifetime of a PumpJob: created on the JS thread, deleted by the ThreadSafeFunction's
+// finalizer. N-API calls that finalizer on the JS thread either after the thread has released
+// the function and the result was delivered (normal path), or while the environment is torn
+// down (worker_thread terminated, process exiting) with the pump still running. The finalizer
+// cancels the pump (every indefinite wait in vfio_pump is a poll(2) that includes the job's
+// cancel eventfd), joins the thread, and only then drops the reference that pins the Buffer:
+// the thread never touches the Buffer's memory after V8 may free it. A result that was
+// queued when the environment went away is dropped (the delivery sees a null env).
+
+class PumpJob;
+void PumpDeliver(Napi::Env env, Napi::Function callback, PumpJob* job, PumpJob* data);
+void PumpFinalize(Napi::Env env, PumpJob* job, PumpJob* context);
+using PumpTsfn = Napi::TypedThreadSafeFunction<PumpJob, PumpJob, PumpDeliver>;
+
+class PumpJob {
  public:
-  PumpWorker(Napi::Env env, int src, int dst, const BufArg& buf, int64_t limit)
-      : PromiseWorker(env, "vfio:pump"), src_(src), dst_(dst), data_(buf.data), len_(buf.length), limit_(limit) {
-    Pin(buf.object);
+  // Validated arguments in; the promise out. Throws (synchronously) only when the eventfd or
+  // the ThreadSafeFunction cannot be created.
+  static Napi::Promise Start(Napi::Env env, int src, int dst, const BufArg& buf, const vfio_pump_options& opts) {
+    int cancel_fd = vfio_eventfd(0, 0);
+    if (cancel_fd < 0) ThrowSysError(env, -cancel_fd, "eventfd");
+    PumpJob* job = new PumpJob(env, src, dst, buf, opts, cancel_fd);
+    Napi::Promise promise = job->deferred_.Promise();
+    try {
+      job->tsfn_ = PumpTsfn::New(env, "vfio:pump", 0, 1, job, PumpFinalize, job);
+    } catch (...) {
+      delete job;
+      throw;
+    }
+    if (int err = job->Launch()) {
+      // No thread: reject now. Releasing the only thread slot lets N-API finalize (delete) the job.
+      job->Settle(false, [&] { return job->Failure(env, err, "pthread_create"); });
+      job->tsfn_.Release();
+    }
+    return promise;
   }
 
- protected:
-  void Execute() override {
-    int r = vfio_pump(src_, dst_, data_, len_, limit_, &result_);
-    if (r < 0) {
-      error_ = -r;
-      syscall_ = result_.side == VFIO_PUMP_WRITE ? "write" : "read";
+  // JS thread: build the result or the error and settle the promise; unpin the Buffer.
+  void Deliver(Napi::Env env) {
+    if (rc_ == 0) {
+      Settle(true, [&] { return ResultObject(env); });
+    } else {
+      Settle(false, [&] { return ErrorObject(env); });
     }
   }
-  Napi::Value Result(Napi::Env env) override {
-    Napi::Object o = Napi::Object::New(env);
-    o.Set("bytes", Napi::Number::New(env, static_cast<double>(result_.bytes)));
-    o.Set("crc32", Napi::Number::New(env, result_.crc32));
-    return o;
+
+  // Any thread: wake the pump out of its waits. A no-op once the pump has returned.
+  void Cancel() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (cancel_fd_ >= 0) vfio_eventfd_write(cancel_fd_, 1);
+  }
+
+  // JS thread, from the finalizer: wait for the thread (cancelled first, so not for long).
+  void Join() {
+    if (thread_.joinable()) thread_.join();
+  }
+
+  ~PumpJob() {
+    if (cancel_fd_ >= 0) vfio_close(cancel_fd_);
   }
 
  private:
-  int src_;
-  int dst_;
-  uint8_t* data_;
-  size_t len_;
-  int64_t limit_;
+  PumpJob(Napi::Env env, int src, int dst, const BufArg& buf, const vfio_pump_options& opts, int cancel_fd)
+      : src_(src),
+        dst_(dst),
+        data_(buf.data),
+        len_(buf.length),
+        opts_(opts),
+        cancel_fd_(cancel_fd),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        pinned_(Napi::Persistent(buf.object)) {
+    opts_.cancel_fd = cancel_fd;
+  }
+
+  // Start the thread with the asynchronous signals blocked (it inherits the mask), so that
+  // process-directed signals go to Node's threads and never interrupt the pump. 0 or errno.
+  int Launch() {
+    sigset_t all, saved;
+    sigfillset(&all);
+    for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS}) sigdelset(&all, sig);
+    pthread_sigmask(SIG_SETMASK, &all, &saved);
+    int err = 0;
+    try {
+      thread_ = std::thread([this] { Run(); });
+    } catch (const std::system_error& e) {
+      err = e.code().value() > 0 ? e.code().value() : EAGAIN;
+    }
+    pthread_sigmask(SIG_SETMASK, &saved, nullptr);
+    return err;
+  }
+
+  // The pump thread. After Release (or a napi_closing answer) nothing here touches the job:
+  // the finalizer may delete it as soon as it has joined this thread.
+  void Run() {
+    pthread_setname_np(pthread_self(), "vfio-pump");
+    rc_ = vfio_pump(src_, dst_, data_, len_, &opts_, &result_);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      vfio_close(cancel_fd_);  // before the promise settles: no fd outlives the call
+      cancel_fd_ = -1;
+    }
+    // napi_closing: the environment is going away and has already dropped this thread's slot.
+    if (tsfn_.BlockingCall(this) != napi_closing) tsfn_.Release();
+  }
+
+  Napi::Value ResultObject(Napi::Env env) {
+    static const char* const kEnds[] = {"eof", "limit", "for-now"};
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("bytes", Napi::Number::New(env, static_cast<double>(result_.bytes)));
+    o.Set("crc32", Napi::Number::New(env, result_.crc32));
+    o.Set("end", Napi::String::New(env, kEnds[result_.end >= 0 && result_.end <= 2 ? result_.end : 0]));
+    return o;
+  }
+
+  Napi::Value ErrorObject(Napi::Env env) {
+    char message[160];
+    switch (result_.status) {
+      case VFIO_PUMP_CHECKSUM:
+        std::snprintf(message, sizeof message,
+                      "pump: CRC-32 mismatch over %lld bytes: expected 0x%08x, got 0x%08x; nothing was written",
+                      static_cast<long long>(opts_.limit), static_cast<unsigned>(opts_.expect_crc),
+                      static_cast<unsigned>(result_.crc32));
+        return WithBytesDone(env, FormatError(env, "EVFIO_CHECKSUM", message));
+      case VFIO_PUMP_TRUNCATED:
+        std::snprintf(message, sizeof message, "pump: the source ended after %llu of %lld bytes; nothing was written",
+                      static_cast<unsigned long long>(result_.bytes_read), static_cast<long long>(opts_.limit));
+        return WithBytesDone(env, FormatError(env, "EVFIO_SNAPSHOT_TRUNCATED", message));
+      case VFIO_PUMP_WRITE:
+        return Failure(env, result_.error, opts_.dst_offset >= 0 ? "pwrite" : "write");
+      default:
+        return Failure(env, result_.error, opts_.src_offset >= 0 ? "pread" : "read");
+    }
+  }
+
+  Napi::Value Failure(Napi::Env env, int err, const char* syscall) {
+    return WithBytesDone(env, SysError(env, err, syscall));
+  }
+
+  // Every pump error says how many bytes reached dst before it.
+  Napi::Value WithBytesDone(Napi::Env env, Napi::Value error) {
+    if (error.IsObject()) {
+      error.As<Napi::Object>().Set("bytesDone", Napi::Number::New(env, static_cast<double>(result_.bytes)));
+    }
+    return error;
+  }
+
+  // Settle the promise with what `build` returns; if building throws (the error class's
+  // constructor), reject with that. Never throws: when the environment can no longer run JS
+  // (a worker being terminated) settling fails and nobody is waiting for the promise any more.
+  template <typename Build>
+  void Settle(bool resolve, Build build) {
+    try {
+      Napi::Value value = build();
+      if (resolve) {
+        deferred_.Resolve(value);
+      } else {
+        deferred_.Reject(value);
+      }
+    } catch (const Napi::Error& e) {
+      try {
+        deferred_.Reject(e.Value());
+      } catch (const Napi::Error&) {
+      }
+    }
+    pinned_.Reset();
+  }
+
+  // Set on the JS thread before the thread starts, read-only afterwards.
+  const int src_;
+  const int dst_;
+  uint8_t* const data_;
+  const size_t len_;
+  vfio_pump_options opts_;
+  PumpTsfn tsfn_;
+  std::thread thread_;
+  // Written by the thread, read on the JS thread after the ThreadSafeFunction handed the job
+  // over (its queue's mutex orders the two).
+  int rc_ = 0;
   vfio_pump_result result_{};
+  // The cancel eventfd; -1 once the pump returned and the thread closed it.
+  std::mutex mu_;
+  int cancel_fd_;
+  // JS thread only.
+  Napi::Promise::Deferred deferred_;
+  Napi::ObjectReference pinned_;
 };
 
-// pump(srcFd, dstFd, buffer, limit = -1) -> { bytes, crc32 }
+void PumpDeliver(Napi::Env env, Napi::Function /*callback*/, PumpJob* job, PumpJob* /*data*/) {
+  // A null env: the environment is being torn down and the finalizer owns (or already freed)
+  // the job. Drop the result without touching it.
+  if (env == nullptr) return;
+  job->Deliver(env);
+}
+
+void PumpFinalize(Napi::Env /*env*/, PumpJob* job, PumpJob* /*context*/) {
+  job->Cancel();
+  job->Join();
+  delete job;
+}
+
+// The optional 4th argument of pump: undefined, an options object, or (the older form) a
+// number that is the limit, -1 meaning none. Checked in this order, with these messages, by
+// the koffi binding too (pumpArgs in src/binding/koffi.ts).
+vfio_pump_options PumpOptionsArg(const Napi::CallbackInfo& info, size_t i, const BufArg& buf) {
+  Napi::Env env = info.Env();
+  vfio_pump_options o;
+  Napi::Value v = info[i];
+  if (v.IsUndefined()) return o;
+  if (v.IsNumber()) {
+    o.limit = IntValue(env, v, "pump", "limit", -1, kMaxSafeInteger);
+    return o;
+  }
+  if (v.Type() != napi_object) ThrowTypeError(env, "pump: \"options\" must be an object");
+  Napi::Object obj = v.As<Napi::Object>();
+  Napi::Value limit = obj.Get("limit");
+  Napi::Value src_offset = obj.Get("srcOffset");
+  Napi::Value dst_offset = obj.Get("dstOffset");
+  Napi::Value expect_crc = obj.Get("expectCrc");
+  Napi::Value precopy = obj.Get("precopy");
+  if (!limit.IsUndefined()) o.limit = IntValue(env, limit, "pump", "limit", 0, kMaxSafeInteger);
+  if (!src_offset.IsUndefined()) o.src_offset = IntValue(env, src_offset, "pump", "srcOffset", 0, kMaxSafeInteger);
+  if (!dst_offset.IsUndefined()) o.dst_offset = IntValue(env, dst_offset, "pump", "dstOffset", 0, kMaxSafeInteger);
+  if (!expect_crc.IsUndefined()) {
+    o.expect_crc = static_cast<uint32_t>(IntValue(env, expect_crc, "pump", "expectCrc", 0, 4294967295.0));
+    o.verify = true;
+  }
+  if (!precopy.IsUndefined()) {
+    if (!precopy.IsBoolean()) ThrowTypeError(env, "pump: \"precopy\" must be a boolean");
+    o.precopy = precopy.As<Napi::Boolean>().Value();
+  }
+  if (o.verify && (o.limit < 0 || static_cast<uint64_t>(o.limit) > buf.length)) {
+    ThrowRangeError(env, "pump: \"expectCrc\" needs \"limit\", at most the buffer length (" +
+                             std::to_string(buf.length) + ")");
+  }
+  return o;
+}
+
+// pump(srcFd, dstFd, buffer, options?) -> { bytes, crc32, end }; see native.d.ts.
 Napi::Value Pump(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int src = FdArg(info, 0, "pump", "srcFd");
   int dst = FdArg(info, 1, "pump", "dstFd");
   BufArg buf = BufferArg(info, 2, "pump");
   if (buf.length == 0) ThrowRangeError(env, "pump: \"buffer\" must not be empty");
-  int64_t limit = OptIntArg(info, 3, "pump", "limit", -1, kMaxSafeInteger, -1);
-  return (new PumpWorker(env, src, dst, buf, limit))->Start();
+  vfio_pump_options opts = PumpOptionsArg(info, 3, buf);
+  return PumpJob::Start(env, src, dst, buf, opts);
 }
 
 // ---- module ------------------------------------------------------------------------------

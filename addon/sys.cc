@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -160,68 +161,171 @@ int vfio_poll(int fd, short events, int timeout_ms) {
   }
 }
 
-int vfio_pump(int src, int dst, void* buf, size_t buf_len, int64_t limit, vfio_pump_result* out) {
+namespace {
+
+// One end of a pump: the fd, its file position when pread/pwrite are used (< 0: read/write),
+// the poll(2) event it waits for, and whether to poll before every call (see `cancel_fd`).
+struct PumpEnd {
+  int fd;
+  int64_t pos;
+  short events;
+  bool prewait;
+};
+
+// Regular files and block devices never wait indefinitely (no poll needed to stay
+// cancellable); pipes, sockets, ttys and data_fds may.
+bool MayWaitIndefinitely(int fd) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return true;  // the syscall itself reports a bad fd
+  return !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode));
+}
+
+// Wait until `e.fd` is ready (or reports POLLHUP/POLLERR/POLLNVAL: the next call tells what
+// happened) or `cancel_fd` is readable. Returns > 0, -ECANCELED, or -errno of poll(2).
+int WaitReady(const PumpEnd& e, int cancel_fd) {
+  struct pollfd p[2];
+  p[0].fd = e.fd;
+  p[0].events = e.events;
+  p[0].revents = 0;
+  p[1].fd = cancel_fd;
+  p[1].events = POLLIN;
+  p[1].revents = 0;
+  const nfds_t n = cancel_fd >= 0 ? 2 : 1;
+  for (;;) {
+    int r = ::poll(p, n, -1);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if (n == 2 && p[1].revents != 0) return -ECANCELED;
+    if (p[0].revents != 0) return p[0].revents;
+  }
+}
+
+// One read(2)/pread(2) of up to `len` bytes: EINTR retried, EAGAIN waited out. n >= 0 or -errno.
+int64_t PumpRead(PumpEnd& e, unsigned char* buf, size_t len, int cancel_fd) {
+  for (;;) {
+    if (e.prewait) {
+      int p = WaitReady(e, cancel_fd);
+      if (p < 0) return p;
+    }
+    ssize_t n = e.pos >= 0 ? ::pread(e.fd, buf, len, static_cast<off_t>(e.pos)) : ::read(e.fd, buf, len);
+    if (n >= 0) {
+      if (e.pos >= 0) e.pos += n;
+      return n;
+    }
+    const int err = errno;
+    if (err == EINTR) continue;
+    if (!WouldBlock(err)) return -err;
+    if (!e.prewait) {
+      int p = WaitReady(e, cancel_fd);
+      if (p < 0) return p;
+    }
+  }
+}
+
+// Write all `len` bytes with write(2)/pwrite(2): EINTR retried, EAGAIN waited out, short
+// writes looped on. Every byte written is added to *written. 0 or -errno.
+int PumpWriteAll(PumpEnd& e, const unsigned char* buf, size_t len, int cancel_fd, uint64_t* written) {
+  size_t done = 0;
+  while (done < len) {
+    if (e.prewait) {
+      int p = WaitReady(e, cancel_fd);
+      if (p < 0) return p;
+    }
+    const size_t want = CapIo(len - done);
+    ssize_t w = e.pos >= 0 ? ::pwrite(e.fd, buf + done, want, static_cast<off_t>(e.pos)) : ::write(e.fd, buf + done, want);
+    if (w < 0) {
+      const int err = errno;
+      if (err == EINTR) continue;
+      if (!WouldBlock(err)) return -err;
+      if (!e.prewait) {
+        int p = WaitReady(e, cancel_fd);
+        if (p < 0) return p;
+      }
+      continue;
+    }
+    if (w == 0) return -EIO;  // no progress and no error: give up rather than spin
+    done += static_cast<size_t>(w);
+    *written += static_cast<uint64_t>(w);
+    if (e.pos >= 0) e.pos += w;
+  }
+  return 0;
+}
+
+}  // namespace
+
+int vfio_pump(int src, int dst, void* buf, size_t buf_len, const vfio_pump_options* opts, vfio_pump_result* out) {
+  static const vfio_pump_options kDefaults{};
+  const vfio_pump_options& o = opts ? *opts : kDefaults;
   unsigned char* const bytes = static_cast<unsigned char*>(buf);
   const size_t chunk = CapIo(buf_len);
+  const bool cancellable = o.cancel_fd >= 0;
+  PumpEnd in{src, o.src_offset, POLLIN, false};
+  PumpEnd to{dst, o.dst_offset, POLLOUT, false};
   uLong crc = crc32(0L, Z_NULL, 0);
-  uint64_t total = 0;
-  out->side = VFIO_PUMP_OK;
+
+  out->bytes = 0;
+  out->bytes_read = 0;
+  out->crc32 = 0;
+  out->status = VFIO_PUMP_OK;
   out->error = 0;
+  out->end = VFIO_PUMP_END_EOF;
 
-  auto finish = [&](int side, int err) {
-    out->bytes = total;
+  auto fail = [&](int status, int err) {
     out->crc32 = static_cast<uint32_t>(crc);
-    out->side = side;
+    out->status = status;
     out->error = err;
-    return err ? -err : 0;
+    return -err;
   };
+  auto finish = [&](int end) {
+    out->crc32 = static_cast<uint32_t>(crc);
+    out->end = end;
+    return 0;
+  };
+  // A read that found no data: 'for now' (precopy) or the end of src.
+  auto ended = [&](int64_t n) { return n == 0 || (o.precopy && n == -ENOMSG); };
 
-  if (chunk == 0) return finish(VFIO_PUMP_READ, EINVAL);
-
-  while (limit < 0 || total < static_cast<uint64_t>(limit)) {
-    size_t want = chunk;
-    if (limit >= 0 && static_cast<uint64_t>(limit) - total < want) {
-      want = static_cast<size_t>(static_cast<uint64_t>(limit) - total);
-    }
-
-    ssize_t n = ::read(src, bytes, want);
-    if (n < 0) {
-      int err = errno;
-      if (err == EINTR) continue;
-      if (WouldBlock(err)) {
-        int p = vfio_poll(src, POLLIN, -1);
-        if (p < 0) return finish(VFIO_PUMP_READ, -p);
-        continue;
-      }
-      return finish(VFIO_PUMP_READ, err);
-    }
-    if (n == 0) break;  // end of file: for a data_fd, the end of the device state
-
-    // The chunk was just written into buf by the kernel: checksum it while it is in cache.
-    // It counts (bytes and crc) once it has been written out completely.
-    const uLong chunk_crc = crc32(crc, bytes, static_cast<uInt>(n));
-
-    size_t done = 0;
-    while (done < static_cast<size_t>(n)) {
-      ssize_t w = ::write(dst, bytes + done, static_cast<size_t>(n) - done);
-      if (w < 0) {
-        int err = errno;
-        if (err == EINTR) continue;
-        if (WouldBlock(err)) {
-          int p = vfio_poll(dst, POLLOUT, -1);
-          if (p < 0) return finish(VFIO_PUMP_WRITE, -p);
-          continue;
-        }
-        return finish(VFIO_PUMP_WRITE, err);
-      }
-      // No progress and no error: give up rather than spin.
-      if (w == 0) return finish(VFIO_PUMP_WRITE, EIO);
-      done += static_cast<size_t>(w);
-    }
-    crc = chunk_crc;
-    total += static_cast<uint64_t>(n);
+  if (chunk == 0) return fail(VFIO_PUMP_READ, EINVAL);
+  if (o.verify && (o.limit < 0 || static_cast<uint64_t>(o.limit) > buf_len)) return fail(VFIO_PUMP_READ, EINVAL);
+  if (cancellable) {
+    in.prewait = MayWaitIndefinitely(src);
+    to.prewait = MayWaitIndefinitely(dst);
   }
-  return finish(VFIO_PUMP_OK, 0);
+
+  if (o.verify) {
+    // Buffer the whole chunk, check it, and only then let it reach dst.
+    const uint64_t want = static_cast<uint64_t>(o.limit);
+    while (out->bytes_read < want) {
+      const size_t len = CapIo(static_cast<size_t>(want - out->bytes_read));
+      int64_t n = PumpRead(in, bytes + out->bytes_read, len, o.cancel_fd);
+      if (ended(n)) return fail(VFIO_PUMP_TRUNCATED, ENODATA);
+      if (n < 0) return fail(VFIO_PUMP_READ, static_cast<int>(-n));
+      crc = crc32(crc, bytes + out->bytes_read, static_cast<uInt>(n));
+      out->bytes_read += static_cast<uint64_t>(n);
+    }
+    if (static_cast<uint32_t>(crc) != o.expect_crc) return fail(VFIO_PUMP_CHECKSUM, EBADMSG);
+    int w = PumpWriteAll(to, bytes, static_cast<size_t>(want), o.cancel_fd, &out->bytes);
+    if (w < 0) return fail(VFIO_PUMP_WRITE, -w);
+    return finish(VFIO_PUMP_END_LIMIT);
+  }
+
+  for (;;) {
+    size_t want = chunk;
+    if (o.limit >= 0) {
+      const uint64_t left = static_cast<uint64_t>(o.limit) - out->bytes_read;
+      if (left == 0) return finish(VFIO_PUMP_END_LIMIT);
+      if (left < want) want = static_cast<size_t>(left);
+    }
+    int64_t n = PumpRead(in, bytes, want, o.cancel_fd);
+    if (ended(n)) return finish(o.precopy ? VFIO_PUMP_END_FOR_NOW : VFIO_PUMP_END_EOF);
+    if (n < 0) return fail(VFIO_PUMP_READ, static_cast<int>(-n));
+    // The chunk was just written into buf by the kernel: checksum it while it is in cache.
+    crc = crc32(crc, bytes, static_cast<uInt>(n));
+    out->bytes_read += static_cast<uint64_t>(n);
+    int w = PumpWriteAll(to, bytes, static_cast<size_t>(n), o.cancel_fd, &out->bytes);
+    if (w < 0) return fail(VFIO_PUMP_WRITE, -w);
+  }
 }
 
 const char* vfio_errno_name(int err) {

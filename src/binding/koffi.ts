@@ -1,7 +1,7 @@
-import { constants as fsc } from 'node:fs';
+import { constants as fsc, fstatSync } from 'node:fs';
 import { crc32 } from 'node:zlib';
 import { VfioError } from '../errors';
-import type { Binding, PumpResult } from './types';
+import type { Binding, PumpEnd, PumpError, PumpOptions, PumpResult } from './types';
 
 /**
  * The `Binding` contract through libc with koffi: the fallback for when the native addon
@@ -20,7 +20,14 @@ import type { Binding, PumpResult } from './types';
  *    the re-issued call could wait on the JS thread; Node's signal handlers restart syscalls.)
  *  - A Buffer's memory stays alive until the promise settles: the pending transfer holds the
  *    window it reads or writes (it uses it again after the await), and with it the ArrayBuffer.
- *  - `pump` is a JS loop over the same read/write with one reused Buffer and zlib.crc32.
+ *  - `pump` is a JS loop (`runPump`, also the simulated binding's) over the same async
+ *    read/write, or pread/pwrite with `srcOffset`/`dstOffset`, with one reused Buffer and
+ *    zlib.crc32, and the same results and errors as the addon. koffi cannot start a thread of
+ *    its own, so its calls run on the libuv pool; to keep pending pumps from holding pool
+ *    threads indefinitely (a pipe nobody writes to), a pump waits for an fd that is not a
+ *    regular file or block device with poll(2) slices of PUMP_POLL_SLICE_MS before each call,
+ *    letting queued fs work in between. (A blocking write into a pipe whose reader stalls
+ *    midway can still hold one pool thread until the reader resumes.)
  */
 
 // ---- Linux constants (asm-generic values; fs.constants has no O_CLOEXEC) ----
@@ -31,11 +38,15 @@ const O_CLOEXEC = 0o2000000;
 const O_NONBLOCK = fsc.O_NONBLOCK;
 const EINTR = 4;
 const EAGAIN = 11;
+const EIO = 5;
+const ENOMSG = 42;
 /** A pipe write of at most PIPE_BUF bytes into a pipe that has room never blocks (pipe(7)). */
 const PIPE_BUF = 4096;
 const POLLIN = 0x1;
 const POLLOUT = 0x4;
 const INT_MAX = 0x7fffffff;
+/** How long one readiness wait of a pump may hold a pool thread (see the file comment). */
+const PUMP_POLL_SLICE_MS = 20;
 
 // ---- libc ----
 
@@ -277,22 +288,37 @@ export class KoffiBinding implements Binding {
     return this.transfer('write', fd, view);
   }
 
-  /** One read(2)/write(2) of `view` off the JS thread; see the file comment for errno. */
-  private async transfer(kind: 'read' | 'write', fd: number, view: Buffer): Promise<number> {
-    const f = kind === 'read' ? this.c.read : this.c.write;
+  /**
+   * One read(2)/write(2) of `view` off the JS thread, or pread(2)/pwrite(2) at `position` when
+   * it is given; see the file comment for errno.
+   */
+  private async transfer(kind: 'read' | 'write', fd: number, view: Buffer, position?: number): Promise<number> {
+    const positional = position !== undefined;
+    const f = kind === 'read' ? (positional ? this.c.pread : this.c.read) : positional ? this.c.pwrite : this.c.write;
+    const call = (len: number): Promise<number> | number =>
+      positional ? callAsync(f, fd, view, len, position) : callAsync(f, fd, view, len);
     for (;;) {
-      const n = await callAsync(f, fd, view, view.length);
+      const n = await call(view.length);
       if (n >= 0) return n;
       // Learn errno by re-issuing the call here (it does not wait: see the file comment).
-      const again = Number(f(fd, view, kind === 'write' ? Math.min(view.length, PIPE_BUF) : view.length));
+      const len = kind === 'write' ? Math.min(view.length, PIPE_BUF) : view.length;
+      const again = Number(positional ? f(fd, view, len, position) : f(fd, view, len));
       if (again >= 0) return again;
       const e = koffi.errno();
       if (e === EAGAIN) {
         await this.pollAsync(fd, kind === 'read' ? POLLIN : POLLOUT, -1);
       } else if (e !== EINTR) {
-        throw sysError(e, kind);
+        throw sysError(e, positional ? `p${kind}` : kind);
       }
     }
+  }
+
+  /**
+   * Wait until `fd` is ready for `events` (or reports an error or hangup, which the next call
+   * tells) in poll(2) slices, so that no pool thread is held for long.
+   */
+  private async waitReady(fd: number, events: number): Promise<void> {
+    while ((await this.pollAsync(fd, events, PUMP_POLL_SLICE_MS)) === 0);
   }
 
   poll(fd: number, events: number, timeoutMs: number): Promise<number> {
@@ -326,33 +352,177 @@ export class KoffiBinding implements Binding {
     }
   }
 
-  pump(srcFd: number, dstFd: number, buf: Buffer, limit?: number): Promise<PumpResult> {
-    fdArg('pump', srcFd, 'srcFd');
-    fdArg('pump', dstFd, 'dstFd');
-    const b = bufferArg('pump', buf);
-    if (b.length === 0) throw rangeError('pump: "buffer" must not be empty');
-    const max = optIntArg('pump', 'limit', limit, -1, MAX_SAFE, -1);
-    return this.pumpLoop(srcFd, dstFd, b, max);
+  pump(srcFd: number, dstFd: number, buf: Buffer, opts?: PumpOptions | number): Promise<PumpResult> {
+    const a = pumpArgs('pump', srcFd, dstFd, buf, opts);
+    const mayWait = (fd: number) => !isFileOrBlockDevice(fd);
+    const srcWaits = mayWait(srcFd);
+    const dstWaits = mayWait(dstFd);
+    return runPump(
+      {
+        read: async (fd, view, position) => {
+          if (srcWaits) await this.waitReady(fd, POLLIN);
+          return this.transfer('read', fd, view, position);
+        },
+        write: async (fd, view, position) => {
+          if (dstWaits) await this.waitReady(fd, POLLOUT);
+          return this.transfer('write', fd, view, position);
+        },
+      },
+      srcFd,
+      dstFd,
+      a.buf,
+      a.options,
+    );
+  }
+}
+
+/** True for a regular file or a block device: their reads and writes never wait indefinitely. */
+function isFileOrBlockDevice(fd: number): boolean {
+  try {
+    const st = fstatSync(fd);
+    return st.isFile() || st.isBlockDevice();
+  } catch {
+    return false; // a bad fd: the syscall reports it
+  }
+}
+
+// ---- the JS pump (koffi, and the simulated binding for virtual fds) ----
+
+/** `PumpOptions` after the checks: -1 where an option is absent. */
+export interface PumpArgs {
+  buf: Buffer;
+  options: { limit: number; srcOffset: number; dstOffset: number; expectCrc: number; verify: boolean; precopy: boolean };
+}
+
+/**
+ * The argument checks of `Binding.pump`, in the addon's order and with its messages
+ * (addon/binding.cc PumpOptionsArg): fds, a non-empty Buffer, then the options, which may be
+ * undefined, an object, or a number (the older form: the limit, -1 meaning none).
+ */
+export function pumpArgs(fn: string, srcFd: unknown, dstFd: unknown, buf: unknown, opts: unknown): PumpArgs {
+  fdArg(fn, srcFd, 'srcFd');
+  fdArg(fn, dstFd, 'dstFd');
+  const b = bufferArg(fn, buf);
+  if (b.length === 0) throw rangeError(`${fn}: "buffer" must not be empty`);
+  const o = { limit: -1, srcOffset: -1, dstOffset: -1, expectCrc: 0, verify: false, precopy: false };
+  if (opts === undefined) return { buf: b, options: o };
+  if (typeof opts === 'number') {
+    o.limit = intArg(fn, 'limit', opts, -1, MAX_SAFE);
+    return { buf: b, options: o };
+  }
+  if (typeof opts !== 'object' || opts === null) throw typeError(`${fn}: "options" must be an object`);
+  const { limit, srcOffset, dstOffset, expectCrc, precopy } = opts as Record<string, unknown>;
+  if (limit !== undefined) o.limit = intArg(fn, 'limit', limit, 0, MAX_SAFE);
+  if (srcOffset !== undefined) o.srcOffset = intArg(fn, 'srcOffset', srcOffset, 0, MAX_SAFE);
+  if (dstOffset !== undefined) o.dstOffset = intArg(fn, 'dstOffset', dstOffset, 0, MAX_SAFE);
+  if (expectCrc !== undefined) {
+    o.expectCrc = intArg(fn, 'expectCrc', expectCrc, 0, 0xffffffff);
+    o.verify = true;
+  }
+  if (precopy !== undefined) {
+    if (typeof precopy !== 'boolean') throw typeError(`${fn}: "precopy" must be a boolean`);
+    o.precopy = precopy;
+  }
+  if (o.verify && (o.limit < 0 || o.limit > b.length)) {
+    throw rangeError(`${fn}: "expectCrc" needs "limit", at most the buffer length (${b.length})`);
+  }
+  return { buf: b, options: o };
+}
+
+/**
+ * The calls a JS pump is made of. Each does one read(2)/write(2) of `view` (pread/pwrite at
+ * `position` when given) with EINTR and EAGAIN handled, resolves with the byte count, and
+ * rejects with the VfioError of the syscall ('read', 'pread', 'write', 'pwrite').
+ */
+export interface PumpIo {
+  read(fd: number, view: Buffer, position: number | undefined): Promise<number>;
+  write(fd: number, view: Buffer, position: number | undefined): Promise<number>;
+}
+
+/**
+ * The pump of the `Binding` contract as a JS loop over `io`, with `buf` reused for every chunk:
+ * the same results, ends and errors as addon/sys.cc vfio_pump. `a` comes from `pumpArgs`.
+ */
+export async function runPump(io: PumpIo, src: number, dst: number, buf: Buffer, a: PumpArgs['options']): Promise<PumpResult> {
+  let srcPos = a.srcOffset >= 0 ? a.srcOffset : undefined;
+  let dstPos = a.dstOffset >= 0 ? a.dstOffset : undefined;
+  let written = 0;
+  let read = 0;
+  let crc = 0;
+
+  const fail = (e: unknown): never => {
+    if (e instanceof VfioError) (e as PumpError).bytesDone = written;
+    throw e;
+  };
+  /** One read: the byte count, or 0 for "no data" (a read of 0, or ENOMSG with precopy). */
+  const readSome = async (view: Buffer): Promise<number> => {
+    let n: number;
+    try {
+      n = await io.read(src, view, srcPos);
+    } catch (e) {
+      if (a.precopy && e instanceof VfioError && e.errno === ENOMSG) return 0;
+      return fail(e);
+    }
+    if (srcPos !== undefined) srcPos += n;
+    return n;
+  };
+  const writeAll = async (chunk: Buffer): Promise<void> => {
+    for (let done = 0; done < chunk.length; ) {
+      let w: number;
+      try {
+        w = await io.write(dst, chunk.subarray(done), dstPos);
+      } catch (e) {
+        return fail(e);
+      }
+      // No progress and no error: give up rather than spin.
+      if (w === 0) return fail(VfioError.fromErrno(EIO, { syscall: dstPos !== undefined ? 'pwrite' : 'write' }));
+      done += w;
+      written += w;
+      if (dstPos !== undefined) dstPos += w;
+    }
+  };
+  const done = (end: PumpEnd): PumpResult => ({ bytes: written, crc32: crc, end });
+
+  if (a.verify) {
+    // Buffer the whole chunk, check it, and only then let it reach the destination.
+    while (read < a.limit) {
+      const n = await readSome(buf.subarray(read, a.limit));
+      if (n === 0) {
+        return fail(
+          new VfioError(`pump: the source ended after ${read} of ${a.limit} bytes; nothing was written`, {
+            code: 'EVFIO_SNAPSHOT_TRUNCATED',
+            kind: 'format',
+          }),
+        );
+      }
+      crc = crc32(buf.subarray(read, read + n), crc);
+      read += n;
+    }
+    if (crc !== a.expectCrc) {
+      const hex = (v: number) => `0x${v.toString(16).padStart(8, '0')}`;
+      return fail(
+        new VfioError(
+          `pump: CRC-32 mismatch over ${a.limit} bytes: expected ${hex(a.expectCrc)}, got ${hex(crc)}; nothing was written`,
+          { code: 'EVFIO_CHECKSUM', kind: 'format' },
+        ),
+      );
+    }
+    await writeAll(buf.subarray(0, a.limit));
+    return done('limit');
   }
 
-  private async pumpLoop(src: number, dst: number, buf: Buffer, limit: number): Promise<PumpResult> {
-    let bytes = 0;
-    let crc = 0;
-    while (limit < 0 || bytes < limit) {
-      const want = limit < 0 ? buf.length : Math.min(buf.length, limit - bytes);
-      const n = await this.transfer('read', src, buf.subarray(0, want));
-      if (n === 0) break;
-      const chunk = buf.subarray(0, n);
-      const next = crc32(chunk, crc);
-      for (let done = 0; done < n; ) {
-        const w = await this.transfer('write', dst, chunk.subarray(done));
-        if (w === 0) throw sysError(5 /* EIO: no progress, do not spin */, 'write');
-        done += w;
-      }
-      crc = next;
-      bytes += n;
+  for (;;) {
+    let want = buf.length;
+    if (a.limit >= 0) {
+      if (read === a.limit) return done('limit');
+      want = Math.min(want, a.limit - read);
     }
-    return { bytes, crc32: crc };
+    const n = await readSome(buf.subarray(0, want));
+    if (n === 0) return done(a.precopy ? 'for-now' : 'eof');
+    const chunk = buf.subarray(0, n);
+    crc = crc32(chunk, crc); // while the chunk is fresh
+    read += n;
+    await writeAll(chunk);
   }
 }
 

@@ -19,13 +19,34 @@ declare namespace VfioPciNative {
     path?: string;
   }
 
-  type ErrorClass = new (message: string, init: SysErrorInit) => Error;
+  /** What the addon passes for a refusal that is not a syscall failure (a pump checksum). */
+  interface FormatErrorInit {
+    code: string;
+    kind: 'format';
+  }
+
+  type ErrorClass = new (message: string, init: SysErrorInit | FormatErrorInit) => Error;
+
+  interface PumpOptions {
+    /** Bytes to copy, in [0, 2^53); absent: to the end of the source. */
+    limit?: number;
+    /** pread(2) the source from this offset on (advancing), in [0, 2^53). */
+    srcOffset?: number;
+    /** pwrite(2) the destination from this offset on (advancing), in [0, 2^53). */
+    dstOffset?: number;
+    /** CRC-32 in [0, 2^32) the `limit` (required, <= buf.length) bytes must have before any is written. */
+    expectCrc?: number;
+    /** ENOMSG and a read of 0 end the pump with 'for-now'. */
+    precopy?: boolean;
+  }
 
   interface PumpResult {
-    /** Bytes copied from src to dst (whole chunks written out). */
+    /** Bytes copied from src to dst. */
     bytes: number;
     /** zlib CRC-32 of those bytes, unsigned. */
     crc32: number;
+    /** Why it stopped. */
+    end: 'eof' | 'limit' | 'for-now';
   }
 
   interface Addon {
@@ -68,9 +89,14 @@ declare namespace VfioPciNative {
     /** poll(2) one fd: revents, or 0 on timeout; `timeoutMs` < 0 waits forever. */
     poll(fd: number, events: number, timeoutMs: number): Promise<number>;
     /**
-     * Copy src to dst through `buf` (non-empty) until EOF or `limit` bytes (-1, the default:
-     * no limit), computing the CRC-32. Rejects with syscall 'read' or 'write'.
+     * Copy src to dst through `buf` (non-empty) on a dedicated thread (not the libuv pool),
+     * computing the CRC-32; semantics of the `Binding.pump` contract (src/binding/types.ts).
+     * `options` may be a number, the limit (-1: none). Rejects with an instance of the error
+     * class carrying `bytesDone`: syscall 'read' / 'pread' / 'write' / 'pwrite', or kind
+     * 'format' with code 'EVFIO_CHECKSUM' / 'EVFIO_SNAPSHOT_TRUNCATED' (built as
+     * `new ErrorClass(message, { code, kind: 'format' })`). A worker_thread terminated during a
+     * pump cancels it and drops the result.
      */
-    pump(srcFd: number, dstFd: number, buf: Buffer, limit?: number): Promise<PumpResult>;
+    pump(srcFd: number, dstFd: number, buf: Buffer, options?: PumpOptions | number): Promise<PumpResult>;
   }
 }

@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { VfioError } from '../errors';
-import type { Binding, PumpResult } from './types';
+import type { Binding, PumpOptions, PumpResult } from './types';
 
 /**
  * The `Binding` contract through the vfio_pci N-API addon (addon/binding.cc over addon/sys.cc).
@@ -50,7 +50,7 @@ function loadAddon(file?: string): { addon: VfioPciNative.Addon; file: string } 
   throw firstError;
 }
 
-/** The native implementation of the `Binding` contract, with `pump`. */
+/** The native implementation of the `Binding` contract, with `pump` (one dedicated thread per call). */
 export class NativeBinding implements Binding {
   readonly name = 'native' as const;
   /** The .node file that was loaded (absolute path). */
@@ -103,8 +103,8 @@ export class NativeBinding implements Binding {
   poll(fd: number, events: number, timeoutMs: number): Promise<number> {
     return this.addon.poll(fd, events, timeoutMs);
   }
-  pump(srcFd: number, dstFd: number, buf: Buffer, limit?: number): Promise<PumpResult> {
-    return this.addon.pump(srcFd, dstFd, buf, limit);
+  pump(srcFd: number, dstFd: number, buf: Buffer, opts?: PumpOptions | number): Promise<PumpResult> {
+    return this.addon.pump(srcFd, dstFd, buf, opts);
   }
 }
 

@@ -1,3 +1,5 @@
+import type { VfioError } from '../errors';
+
 /**
  * The device-access contract: the handful of syscalls the library needs, and nothing else.
  *
@@ -75,19 +77,67 @@ export interface Binding {
   poll(fd: number, events: number, timeoutMs: number): Promise<number>;
 
   /**
-   * Copy `srcFd` to `dstFd` through `buf` until read(2) returns 0 (end of file: for a data_fd,
-   * the end of the device state) or, when `limit` >= 0, exactly `limit` bytes were copied;
-   * `limit` -1 (the default) means no limit. This is the device-state stream: data_fd → file
-   * on save, file → data_fd on load. Runs off the JS thread; `buf` is the one buffer used
-   * (its length, not 0, is the chunk size) and is kept alive until the promise settles.
-   * EINTR is retried, EAGAIN on either side waited out with poll(2), short writes looped on.
+   * The device-state stream: copy `srcFd` to `dstFd` through `buf` (data_fd → file on save,
+   * file → data_fd on restore). `buf` is the one buffer used, its length (not 0) the chunk
+   * size; it is kept alive until the promise settles. Off the JS thread, and off libuv's pool
+   * too where the binding can (native: a dedicated thread per call), so that pending pumps never
+   * hold up fs or other async work. EINTR is retried, EAGAIN on either side waited out with
+   * poll(2), short writes looped on; the CRC-32 of each chunk is computed as it passes.
    *
-   * Resolves with the bytes copied and the zlib CRC-32 (as `zlib.crc32()` computes it) of
-   * those bytes. Rejects with a VfioError whose `syscall` is 'read' or 'write' for the side
-   * that failed. Optional: a binding without it leaves streaming to read/write.
+   * Options (see PumpOptions): `limit` (stop after exactly that many bytes), `srcOffset` /
+   * `dstOffset` (pread/pwrite from that offset, advancing, instead of read/write), `expectCrc`
+   * (buffer the whole `limit` bytes and write them only if their CRC-32 matches) and `precopy`
+   * (ENOMSG and a read of 0 mean "no more data for now"). A number instead of the options is
+   * the older form of `limit`, -1 meaning none.
+   *
+   * Resolves with the bytes copied, their CRC-32 and why it stopped (PumpResult). Rejects with
+   * a PumpError: a VfioError carrying `bytesDone`, the bytes that reached `dstFd` before the
+   * failure. Syscall failures have `syscall` 'read' / 'pread' (source) or 'write' / 'pwrite'
+   * (destination); `expectCrc` failures are kind 'format' with code 'EVFIO_CHECKSUM' or
+   * 'EVFIO_SNAPSHOT_TRUNCATED', and nothing was written. Bad arguments throw synchronously
+   * (TypeError / RangeError), including `expectCrc` without a `limit` of at most buf.length.
+   *
+   * Optional: a binding without it leaves streaming to read/write.
    */
-  pump?(srcFd: number, dstFd: number, buf: Buffer, limit?: number): Promise<PumpResult>;
+  pump?(srcFd: number, dstFd: number, buf: Buffer, opts?: PumpOptions | number): Promise<PumpResult>;
 }
+
+/** Options of `Binding.pump`. Every field is optional; integers are bytes. */
+export interface PumpOptions {
+  /**
+   * Copy exactly this many bytes, in [0, 2^53): the pump ends with 'limit' once they are
+   * written, or earlier with 'eof' (or 'for-now') when the source ends first. Without it the
+   * pump runs to the end of the source.
+   */
+  limit?: number;
+  /**
+   * Read the source with pread(2) from this offset on, advancing, instead of read(2): a
+   * snapshot file is read by position and the fd's own file offset is neither used nor moved.
+   * A data_fd is a stream and fails with ESPIPE (syscall 'pread').
+   */
+  srcOffset?: number;
+  /** Write the destination with pwrite(2) from this offset on, advancing, instead of write(2). */
+  dstOffset?: number;
+  /**
+   * The CRC-32 (as `zlib.crc32()` computes it, unsigned) the `limit` bytes must have; `limit`
+   * is then required and at most `buf.length`. The pump reads all `limit` bytes into `buf`
+   * first and writes them to the destination only if their CRC-32 matches: otherwise it
+   * rejects with code 'EVFIO_CHECKSUM' (kind 'format'), and with 'EVFIO_SNAPSHOT_TRUNCATED'
+   * (kind 'format') when the source ends before `limit` bytes; in both cases nothing reaches
+   * the destination (`bytesDone` 0). This is how a restore keeps a corrupted snapshot chunk
+   * away from the device. On success `buf` holds the chunk.
+   */
+  expectCrc?: number;
+  /**
+   * The source is a PRE_COPY data_fd: a read(2) that fails with ENOMSG (uAPI vfio.h, "no more
+   * data for now") or returns 0 (mtty) ends the pump with 'for-now' rather than 'eof' or an
+   * error. Without it, ENOMSG rejects like any other errno.
+   */
+  precopy?: boolean;
+}
+
+/** Why a pump stopped: the source's end (read(2) returned 0), the `limit`, or PRE_COPY's temporary end. */
+export type PumpEnd = 'eof' | 'limit' | 'for-now';
 
 /** What a pump copied. */
 export interface PumpResult {
@@ -95,7 +145,16 @@ export interface PumpResult {
   bytes: number;
   /** CRC-32 (zlib polynomial, unsigned 32-bit) of those bytes. */
   crc32: number;
+  /** Why it stopped. */
+  end: PumpEnd;
 }
+
+/**
+ * How a pump rejects: a VfioError (src/errors.ts) with `bytesDone`, the bytes written to the
+ * destination before the failure (part of a chunk may be among them; 0 for the `expectCrc`
+ * refusals).
+ */
+export type PumpError = VfioError & { bytesDone: number };
 
 /** poll(2) event bits (asm-generic/poll.h). */
 export const POLLIN = 0x1;

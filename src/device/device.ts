@@ -61,6 +61,7 @@ export class VfioDevice {
   region(index: number): s.RegionInfo {
     let r = this.regionCache.get(index);
     if (!r) {
+      this.info();
       const b = s.encodeRegionInfoQuery(index);
       this.ioctl(v.VFIO_DEVICE_GET_REGION_INFO, b);
       r = s.decodeRegionInfo(b);
@@ -85,6 +86,10 @@ export class VfioDevice {
 
   /** VFIO_DEVICE_GET_IRQ_INFO for one index. */
   irq(index: number): s.IrqInfo {
+    // GET_INFO first, always: mtty (Linux 6.12) answers GET_IRQ_INFO with EINVAL until
+    // GET_DEVICE_INFO has been called once on the fd (it checks the index against the
+    // num_irqs that call records). QEMU and Cloud Hypervisor also read device info first.
+    this.info();
     const b = s.encodeIrqInfoQuery(index);
     this.ioctl(v.VFIO_DEVICE_GET_IRQ_INFO, b);
     return s.decodeIrqInfo(b);

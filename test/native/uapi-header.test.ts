@@ -136,9 +136,11 @@ interface Layout {
 }
 /** One field the codec wrote, checked at `base + offsetof` with the width we declare. */
 type Check = readonly [member: string, value: number | bigint];
+/** A byte-level check: label, byte offset in the buffer (-1: the buffer length), width, value. */
+type Raw = [label: string, offset: number, width: Width, value: number | bigint];
 interface EncodeCase {
   name: string;
-  run(L: Layout, ctx: Layouts): { buf: Buffer; base?: number; checks: Check[]; raw?: Array<[string, number, Width, number | bigint]> };
+  run(L: Layout, ctx: Layouts): { buf: Buffer; base?: number; checks: Check[]; raw?: Raw[] };
 }
 interface DecodeCase {
   name: string;
@@ -209,7 +211,7 @@ const STRUCTS: readonly StructSpec[] = [
     variants: [
       {
         size: 20,
-        note: 'header predates the trailing `__u32 pad` (6.1-era headers end at cap_offset); argsz 24 is accepted by those kernels',
+        note: 'older header: ends at cap_offset, no trailing `__u32 pad` (this kernel checks argsz >= offsetofend(num_irqs), so our argsz 24 is fine)',
       },
     ],
     encode: [
@@ -328,7 +330,7 @@ const STRUCTS: readonly StructSpec[] = [
           return {
             buf,
             checks: [['argsz', L.size + 12], ['flags', U32(1)], ['index', U32(2)], ['start', U32(3)], ['count', 3]],
-            raw: fds.map((fd, i) => [`data[${i}] (s32 eventfd)`, L.off('data') + 4 * i, 's32', fd] as [string, number, Width, number]),
+            raw: fds.map((fd, i): Raw => [`data[${i}] (s32 eventfd)`, L.off('data') + 4 * i, 's32', fd]),
           };
         },
       },
@@ -412,7 +414,14 @@ const STRUCTS: readonly StructSpec[] = [
         },
       },
     ],
-    decode: [{ name: 'decodeMigrationFlags', base: featureData, run: (b) => ({ flags: S.decodeMigrationFlags(b) }), fields: { flags: 'flags' } }],
+    decode: [
+      {
+        name: 'decodeMigrationFlags',
+        base: featureData,
+        run: (b) => ({ flags: S.decodeMigrationFlags(b) }),
+        fields: { flags: 'flags' },
+      },
+    ],
   },
   {
     c: 'vfio_device_feature_mig_state',
@@ -436,7 +445,12 @@ const STRUCTS: readonly StructSpec[] = [
             checks: [['device_state', vfio.MigState.STOP_COPY], ['data_fd', -1]],
             raw: [
               ['vfio_device_feature.argsz', hdr.off('argsz'), 'u32', hdr.size + L.size],
-              ['vfio_device_feature.flags', hdr.off('flags'), 'u32', vfio.VFIO_DEVICE_FEATURE_SET | vfio.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE],
+              [
+                'vfio_device_feature.flags',
+                hdr.off('flags'),
+                'u32',
+                vfio.VFIO_DEVICE_FEATURE_SET | vfio.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
+              ],
             ],
           };
         },
@@ -601,7 +615,11 @@ const STRUCTS: readonly StructSpec[] = [
       ['out_devid', 'u32'],
     ],
     variants: [
-      { size: 24, when: 'VFIO_DEVICE_BIND_FLAG_TOKEN', note: 'newer header appends `__aligned_u64 token_uuid_ptr` (optional, flag-gated)' },
+      {
+        size: 24,
+        when: 'VFIO_DEVICE_BIND_FLAG_TOKEN',
+        note: 'newer header appends `__aligned_u64 token_uuid_ptr` (optional, flag-gated)',
+      },
     ],
     encode: [
       {
@@ -687,7 +705,9 @@ const STRUCTS: readonly StructSpec[] = [
       ['size', 'u32'],
       ['id', 'u32'],
     ],
-    encode: [{ name: 'encodeDestroy', run: (L) => ({ buf: I.encodeDestroy(U32(1)), checks: [['size', L.size], ['id', U32(1)]] }) }],
+    encode: [
+      { name: 'encodeDestroy', run: (L) => ({ buf: I.encodeDestroy(U32(1)), checks: [['size', L.size], ['id', U32(1)]] }) },
+    ],
   },
   {
     c: 'iommu_ioas_alloc',
@@ -973,7 +993,8 @@ describe.skipIf(!CC)(`uAPI values vs the system headers${CC ? '' : ` (SKIPPED: $
       for (const name of names) {
         const ours = CONSTANTS.get(name)!;
         if (probe.missing.has(name)) {
-          problems.push(`${name}: not defined by the header although ${probe.missing.get(name)} (same release) is; wrong name, or an enumerator now`);
+          const sibling = probe.missing.get(name);
+          problems.push(`${name}: not defined although ${sibling} (same release) is; wrong name, or an enumerator now`);
         } else if (probe.values.has(name)) {
           const theirs = probe.values.get(name)!;
           checked.push(`${name}=${hex(theirs)}`);
@@ -1053,7 +1074,9 @@ describe.skipIf(!CC)(`uAPI values vs the system headers${CC ? '' : ` (SKIPPED: $
       }
       for (const [name, member] of Object.entries(s.offsets ?? {})) {
         const ours = (structs as unknown as Record<string, number>)[name];
-        if (ours !== L.off(member)) problems.push(`${name}: ours ${ours}, header offsetof(struct ${s.c}, ${member}) ${L.off(member)}`);
+        if (ours !== L.off(member)) {
+          problems.push(`${name}: ours ${ours}, header offsetof(struct ${s.c}, ${member}) ${L.off(member)}`);
+        }
       }
 
       // Encoders: each field we set must be at the C offsetof, with our width.
@@ -1064,8 +1087,8 @@ describe.skipIf(!CC)(`uAPI values vs the system headers${CC ? '' : ` (SKIPPED: $
         if (r.buf.length - base < effective) {
           problems.push(`${e.name}: struct area is ${r.buf.length - base} bytes, header sizeof(struct ${s.c}) is ${effective}`);
         }
-        const reads: Array<[string, number, Width, number | bigint]> = [
-          ...r.checks.map(([m, v]) => [`${m} @offsetof ${L.off(m)}`, base + L.off(m), widthOf(m), v] as [string, number, Width, number | bigint]),
+        const reads: Raw[] = [
+          ...r.checks.map(([m, v]): Raw => [`${m} @offsetof ${L.off(m)}`, base + L.off(m), widthOf(m), v]),
           ...(r.raw ?? []),
         ];
         for (const [label, off, w, want] of reads) {
@@ -1075,7 +1098,9 @@ describe.skipIf(!CC)(`uAPI values vs the system headers${CC ? '' : ` (SKIPPED: $
           }
           try {
             const got = readAt(r.buf, off, w);
-            if (got !== BigInt(want)) problems.push(`${e.name}: struct ${s.c} ${label} (byte ${off}) holds ${hex(got)}, expected ${hex(want)}`);
+            if (got !== BigInt(want)) {
+              problems.push(`${e.name}: struct ${s.c} ${label} (byte ${off}) holds ${hex(got)}, expected ${hex(want)}`);
+            }
           } catch (err) {
             problems.push(`${e.name}: struct ${s.c} ${label}: ${(err as Error).message}`);
           }
@@ -1097,12 +1122,17 @@ describe.skipIf(!CC)(`uAPI values vs the system headers${CC ? '' : ` (SKIPPED: $
         for (const [m, key] of Object.entries(d.fields)) {
           const g = got[key];
           if (g === undefined || BigInt(g) !== expected.get(m)) {
-            problems.push(`${d.name}: ${key} = ${g === undefined ? 'undefined' : hex(g)}, expected ${hex(expected.get(m)!)} written at offsetof(struct ${s.c}, ${m}) ${L.off(m)}`);
+            const gs = g === undefined ? 'undefined' : hex(g);
+            problems.push(
+              `${d.name}: ${key} = ${gs}, expected ${hex(expected.get(m)!)} written at offsetof(struct ${s.c}, ${m}) ${L.off(m)}`,
+            );
           }
         }
         for (const [m, tail] of Object.entries(d.tails ?? {})) {
           const at = tail(buf) - base;
-          if (at !== L.off(m)) problems.push(`${d.name}: ${m} taken from byte ${at}, header offsetof(struct ${s.c}, ${m}) is ${L.off(m)}`);
+          if (at !== L.off(m)) {
+            problems.push(`${d.name}: ${m} taken from byte ${at}, header offsetof(struct ${s.c}, ${m}) is ${L.off(m)}`);
+          }
         }
       }
 
@@ -1123,7 +1153,7 @@ describe.skipIf(!CC)(`uAPI values vs the system headers${CC ? '' : ` (SKIPPED: $
     console.log(
       `uapi-header summary: ${constants.length}/${CONSTANTS.size} constants checked, ${absent.length} absent from the header` +
         ` (${absent.join(', ') || '-'}); ${present.length}/${STRUCTS.length} structs checked, lacking: ${lacking.join(', ') || '-'}` +
-        `; not uAPI: ${[...NOT_UAPI].map(([n, why]) => `${n} (${why})`).join(', ')}`,
+        `; not uAPI: ${[...NOT_UAPI].map(([n, why]) => `${n}: ${why}`).join(', ')}`,
     );
     expect(constants.length).toBeGreaterThanOrEqual(30);
     expect(present.length).toBeGreaterThanOrEqual(8);

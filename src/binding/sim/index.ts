@@ -15,7 +15,7 @@
  *    signals a real eventfd through the inner binding's `eventfdWrite`.
  *
  * `pump` copies between any mix of virtual and real fds with this binding's read/write (the inner
- * binding's own pump when both are real).
+ * binding's own pump when both are real), with the options and results of the contract.
  *
  * Device specs (src/binding/sim/spec.ts): `sim`, `sim:SIZE`, `sim:SIZE:seed=N:...`, `...#NAME`.
  * Each open of a spec makes a fresh device, unless the spec has a NAME already in this binding's
@@ -25,10 +25,10 @@
  * Errors are `VfioError`s with `syscall`, `errno`, `code` and `device` (the spec), like the other
  * bindings; `op` is left to callers, who know which feature they asked for.
  */
-import { crc32 } from 'node:zlib';
 import { VfioError } from '../../errors';
 import { logger } from '../../log';
-import { POLLERR, POLLHUP, POLLIN, POLLOUT, type Binding, type PumpResult } from '../types';
+import { POLLERR, POLLHUP, POLLIN, POLLOUT, type Binding, type PumpOptions, type PumpResult } from '../types';
+import { pumpArgs, runPump, type PumpIo } from '../koffi';
 import { VFIO_MIG_GET_PRECOPY_INFO } from '../../uapi/vfio';
 import { SimDevice, type DeviceHost, type SimDeviceOptions } from './device';
 import { E, Errno, raise, toVfioError } from './errno';
@@ -321,19 +321,22 @@ export class SimBinding implements Binding {
   }
 
   /**
-   * The stream copy of the contract, for any mix of virtual and real fds: a loop over this
-   * binding's read/write (the inner binding's own pump when both fds are real).
+   * The stream copy of the contract, for any mix of virtual and real fds: the inner binding's
+   * own pump when both fds are real, else the contract's JS loop (runPump, shared with the koffi
+   * binding: same options, ends and errors) over this binding's read/write, or pread/pwrite
+   * with `srcOffset`/`dstOffset`. A virtual PRE_COPY data_fd's temporary end (read() == 0, or
+   * ENOMSG with `precopyEnd: 'enomsg'`) ends it with 'for-now' under `precopy`.
    */
-  pump(srcFd: number, dstFd: number, buf: Buffer, limit?: number): Promise<PumpResult> {
-    A.fd('pump', srcFd, 'srcFd');
-    A.fd('pump', dstFd, 'dstFd');
-    const b = A.buffer('pump', buf);
-    if (b.length === 0) throw A.rangeError('pump: "buffer" must not be empty');
-    const max = A.optInt('pump', 'limit', limit, -1, Number.MAX_SAFE_INTEGER, -1);
+  pump(srcFd: number, dstFd: number, buf: Buffer, opts?: PumpOptions | number): Promise<PumpResult> {
+    const a = pumpArgs('pump', srcFd, dstFd, buf, opts);
     if (!SimBinding.isVirtualFd(srcFd) && !SimBinding.isVirtualFd(dstFd) && this.inner?.pump) {
-      return this.inner.pump(srcFd, dstFd, buf, limit);
+      return this.inner.pump(srcFd, dstFd, buf, opts);
     }
-    return this.pumpLoop(srcFd, dstFd, b, max);
+    const io: PumpIo = {
+      read: async (fd, view, pos) => (pos === undefined ? this.read(fd, view) : this.pread(fd, view, pos)),
+      write: async (fd, view, pos) => (pos === undefined ? this.write(fd, view) : this.pwrite(fd, view, pos)),
+    };
+    return runPump(io, srcFd, dstFd, a.buf, a.options);
   }
 
   // ------------------------------------------------------------------ internals
@@ -427,25 +430,6 @@ export class SimBinding implements Binding {
       if (left <= 0) return 0;
       await this.waitChange(left);
     }
-  }
-
-  private async pumpLoop(src: number, dst: number, buf: Buffer, limit: number): Promise<PumpResult> {
-    let bytes = 0;
-    let crc = 0;
-    while (limit < 0 || bytes < limit) {
-      const want = limit < 0 ? buf.length : Math.min(buf.length, limit - bytes);
-      const n = await this.read(src, buf, 0, want);
-      if (n === 0) break;
-      const chunk = buf.subarray(0, n);
-      for (let done = 0; done < n; ) {
-        const w = await this.write(dst, chunk, done, n - done);
-        if (w === 0) throw VfioError.fromErrno(E.EIO, { syscall: 'write' });
-        done += w;
-      }
-      crc = crc32(chunk, crc);
-      bytes += n;
-    }
-    return { bytes, crc32: crc };
   }
 
   private makeDevice(label: string, options: SimDeviceOptions): SimDevice {

@@ -211,3 +211,19 @@ test('no fd leaks across 30 open / snapshot / restore / close cycles on both pat
   }
   assert.equal(openFds(), before);
 });
+
+test('mtty answers GET_IRQ_INFO with EINVAL until GET_DEVICE_INFO was called; VfioDevice.irq() works on a fresh fd', () => {
+  const raw = openDevice(MDEVS[0]);
+  try {
+    const b = s.encodeIrqInfoQuery(v.VFIO_PCI_INTX_IRQ_INDEX);
+    assert.throws(() => raw.binding.ioctl(raw.fd, v.VFIO_DEVICE_GET_IRQ_INFO, b), (e) => e.code === 'EINVAL');
+  } finally {
+    raw.close();
+  }
+  const dev = openDevice(MDEVS[0]);
+  try {
+    assert.deepEqual(dev.irq(v.VFIO_PCI_INTX_IRQ_INDEX), { flags: 7, index: 0, count: 1 });
+  } finally {
+    dev.close();
+  }
+});
