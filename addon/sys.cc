@@ -289,6 +289,10 @@ int vfio_pump(int src, int dst, void* buf, size_t buf_len, const vfio_pump_optio
   if (chunk == 0) return fail(VFIO_PUMP_READ, EINVAL);
   if (o.verify && (o.limit < 0 || static_cast<uint64_t>(o.limit) > buf_len)) return fail(VFIO_PUMP_READ, EINVAL);
   if (cancellable) {
+    // cancel_fd was opened after the caller got its fds, so it can only share a number with
+    // one that was not open at that time: that fd is bad, whatever now lives at its number.
+    if (src == o.cancel_fd) return fail(VFIO_PUMP_READ, EBADF);
+    if (dst == o.cancel_fd) return fail(VFIO_PUMP_WRITE, EBADF);
     in.prewait = MayWaitIndefinitely(src);
     to.prewait = MayWaitIndefinitely(dst);
   }

@@ -12,7 +12,8 @@
 export { VfioError, isVfioError, errnoName, type VfioErrorInit, type VfioErrorKind } from './errors';
 export type { Binding } from './binding/types';
 export { VfioDevice } from './device/device';
-export { openDevice, isSimSpec, type OpenOptions } from './device/open';
+export { openDevice, isSimSpec, getDefaultBinding, getDefaultSimBinding, type OpenOptions } from './device/open';
+export { loadBinding } from './binding';
 export { resolveDevice, type ResolvedDevice } from './device/resolve';
 export type { IommuContext, IommuKind } from './device/iommu';
 export { Migration, sessionKindOf, type DataSession, type StateChange, type MigrationEvents } from './migration/migration';

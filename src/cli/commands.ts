@@ -11,6 +11,7 @@ import { saveSnapshot, restoreSnapshot, type Progress } from '../snapshot/jobs';
 import { inspectSnapshot, formatInspection } from '../snapshot/inspect';
 import { MigState, migStateName } from '../uapi/vfio';
 import { describeDevice, formatDeviceInfo } from './info';
+import { runDemo } from './demo';
 
 export interface CommandContext {
   args: string[];
@@ -70,8 +71,8 @@ function arcLogger(ctx: CommandContext) {
 }
 
 function progressPrinter(ctx: CommandContext): (p: Progress) => void {
-  // Reports are throttled to one per second; the final byte count is printed by the command.
-  let last = 0;
+  // Only transfers that take over a second report, then once a second; the command prints the total.
+  let last = Date.now();
   return (p) => {
     const now = Date.now();
     if (now - last >= 1000 && !ctx.opts.quiet) {
@@ -140,33 +141,9 @@ const inspect: Command = async (ctx) => {
 };
 
 const demo: Command = async (ctx) => {
-  const size = ctx.opts.size ?? '16MiB';
-  const src = `sim:${size}#demo-source`;
-  const dst = `sim:${size}#demo-destination`;
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfio-pci-demo-'));
-  const file = path.join(dir, 'demo.vfiosnap');
-  try {
-    return await withDevices([src, dst], openOptions(ctx), async ([a, b]) => {
-      say(ctx, `demo: ${a.name} → ${file} → ${b.name}`);
-      say(ctx, 'pause + snapshot:');
-      const res = await saveSnapshot([a], file, { onState: arcLogger(ctx), onProgress: progressPrinter(ctx), leaveStopped: true });
-      say(ctx, `  saved ${fmtBytes(res.devices[0].stateBytes)} of device state (file ${fmtBytes(fs.statSync(file).size)})`);
-      say(ctx, 'restore into the second device (stays in RESUMING):');
-      const { bytes } = await restoreSnapshot(b, file, { onState: arcLogger(ctx), onProgress: progressPrinter(ctx), finalState: MigState.RESUMING });
-      say(ctx, `  loaded ${fmtBytes(bytes)}`);
-      say(ctx, 'resume both:');
-      const mb = Migration.require(b);
-      mb.on('state', arcLogger(ctx));
-      mb.setState(MigState.RUNNING);
-      const ma = Migration.require(a);
-      ma.on('state', arcLogger(ctx));
-      ma.setState(MigState.RUNNING);
-      say(ctx, `done: ${b.name} runs with ${a.name}'s state`);
-      return 0;
-    });
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  const o = openOptions(ctx);
+  await runDemo({ size: ctx.opts.size ?? '16MiB', binding: o.binding, say: (l) => say(ctx, l), progress: progressPrinter(ctx) });
+  return 0;
 };
 
 export const commands: Record<string, Command> = { info, snapshot, restore, inspect, demo };

@@ -14,6 +14,8 @@
  * 0x014   IRQ_COUNT   RO      doorbells accepted since reset; migrated
  * 0x018   SEED_LO/HI  RO      the seed of the device data (changes when a stream is restored)
  * 0x020   SIZE_LO/HI  RO      device data size in bytes
+ * 0x028   QUEUE_PENDING RO    doorbells queued but never completed (see "bus mastering"); not
+ *                             migrated, cleared by reset
  * 0x100   SCRATCH     RW      256 bytes free for the user; migrated
  * 0x800   MSI-X table RW      8 entries of 16 bytes (the MSI-X capability points here)
  * 0xC00   MSI-X PBA   RO      pending bits, always 0
@@ -23,6 +25,16 @@
  * state (uAPI, "RUNNING_P2P -> STOP"): writes to CONTROL and SCRATCH are dropped and doorbells are
  * ignored, while the MSI-X table stays writable (the uAPI names MSI-X as something a stopped
  * device keeps serving). Writes never fail.
+ *
+ * Bus mastering (device option `busMaster: 'required'`, spec `master=required`): completing a
+ * command means DMA and an MSI write, which a PCI function may only issue with PCI_COMMAND.MASTER
+ * set in its own config space. A doorbell rung while MASTER is clear cannot complete: it stays
+ * in the queue (QUEUE_PENDING + 1), no interrupt is raised and IRQ_COUNT does not move. The queue
+ * is then wedged, as a real command queue whose head never finished: later doorbells queue
+ * behind it even once MASTER is set, until a function reset (VFIO_DEVICE_RESET, FLR, release).
+ * This is what a restore that forgets to write PCI_COMMAND back meets: config space is not in
+ * the migration stream, so the destination starts with COMMAND 0. With the default
+ * (`'ignored'`) doorbells complete whatever COMMAND holds.
  */
 import { SCRATCH_SIZE, type RegisterBlock } from './stream';
 
@@ -39,6 +51,7 @@ export const BAR0 = {
   SEED_HI: 0x01c,
   SIZE_LO: 0x020,
   SIZE_HI: 0x024,
+  QUEUE_PENDING: 0x028,
   SCRATCH: 0x100,
   MSIX_TABLE: 0x800,
   MSIX_PBA: 0xc00,
@@ -60,6 +73,8 @@ export interface Bar0Host {
   size(): number;
   /** A doorbell write of `value` while running. */
   doorbell(value: number): void;
+  /** May the device master the bus now (PCI_COMMAND.MASTER set, or the device does not care)? */
+  busMaster(): boolean;
 }
 
 export class Bar0 {
@@ -116,10 +131,21 @@ export class Bar0 {
       // Everything else is read-only: the write is dropped.
     }
     if (rang && running) {
+      const pending = this.mem.readUInt32LE(BAR0.QUEUE_PENDING);
+      if (pending > 0 || !this.host.busMaster()) {
+        // Wedged: the command cannot complete (module comment, "Bus mastering").
+        this.mem.writeUInt32LE((pending + 1) >>> 0, BAR0.QUEUE_PENDING);
+        return;
+      }
       const count = this.mem.readUInt32LE(BAR0.IRQ_COUNT);
       this.mem.writeUInt32LE((count + 1) >>> 0, BAR0.IRQ_COUNT);
       this.host.doorbell(doorbell >>> 0);
     }
+  }
+
+  /** Doorbells stuck in the wedged queue (QUEUE_PENDING). */
+  get queuePending(): number {
+    return this.mem.readUInt32LE(BAR0.QUEUE_PENDING);
   }
 
   /** The migrated registers (a copy). */

@@ -14,6 +14,7 @@
  * 0x58  MSI-X (0x11):     table of M entries at BAR0 + 0x800, PBA at BAR0 + 0xC00
  * 0x70  PCI Express (0x10): version 2, endpoint, FLR capable, 2.5 GT/s x1
  * 0xB0  Vendor specific (0x09): length 16, body "SIM" + version 1 + revision + 8 zero bytes
+ *       (the length byte is an option, 8..80; longer bodies are zero-filled)
  * 0x100 extended space (4 KiB config only): empty (dword 0 = 0)
  * ```
  *
@@ -22,6 +23,14 @@
  * address, data and mask bits; MSI-X enable and function mask; PCIe device control (bit 15,
  * "initiate function level reset", reads 0 and resets the device) and link control bits.
  * Write-1-to-clear: STATUS error bits 15:11 and 8; PCIe device status bits 3:0.
+ *
+ * Options that make one device differ from another (restore tests): the device id (`deviceId`,
+ * checked on restore), the VSC body revision (`vscRevision`, exempt from the check, QEMU's rule)
+ * and the VSC length byte (`vscLength`, part of the checked 3-byte header).
+ *
+ * Config space is device state that is NOT in the migration stream (src/binding/sim/stream.ts):
+ * a fresh or reset device has COMMAND 0 (no decode, no bus mastering) until someone writes it,
+ * as with real devices; the VMM restores it from its own copy after a load.
  */
 
 export const SIM_VENDOR_ID = 0x1234;
@@ -62,7 +71,13 @@ export const PCI = {
 
 /** Where the capabilities sit. */
 export const CAP_OFFSETS = { MSI: 0x40, MSIX: 0x58, EXP: 0x70, VNDR: 0xb0 } as const;
+/** Default length byte of the vendor-specific capability. */
 export const VNDR_CAP_LENGTH = 16;
+/** Range of the `vscLength` option: the body needs 5 bytes after the 3-byte header; the capability must end by 0x100. */
+export const VSC_LENGTH_MIN = 8;
+export const VSC_LENGTH_MAX = 0x100 - CAP_OFFSETS.VNDR;
+/** PCI_COMMAND bus master enable (include/uapi/linux/pci_regs.h PCI_COMMAND_MASTER). */
+export const COMMAND_MASTER = 0x0004;
 const EXP_CAP_SIZE = 0x3c;
 const MSI_CAP_SIZE = 0x18;
 const MSIX_CAP_SIZE = 0x0c;
@@ -79,6 +94,10 @@ export interface ConfigOptions {
   msixVectors: number;
   /** Revision byte in the vendor-specific capability's body (QEMU lets the body differ on restore). */
   vscRevision: number;
+  /** Length byte of the vendor-specific capability (VSC_LENGTH_MIN..VSC_LENGTH_MAX; header, compared on restore). */
+  vscLength: number;
+  /** PCI device id (vendor stays SIM_VENDOR_ID). */
+  deviceId: number;
   /** BAR0 size in bytes (a power of two >= 16). */
   bar0Size: number;
   /** BAR0 offsets of the MSI-X table and PBA. */
@@ -103,7 +122,7 @@ export function buildConfig(o: ConfigOptions): ConfigImage {
 
   // ---- type 0 header
   w16(init, PCI.VENDOR_ID, SIM_VENDOR_ID);
-  w16(init, PCI.DEVICE_ID, SIM_DEVICE_ID);
+  w16(init, PCI.DEVICE_ID, o.deviceId);
   w16(wmask, PCI.COMMAND, 0x0002 | 0x0004 | 0x0040 | 0x0100 | 0x0400);
   w16(init, PCI.STATUS, PCI.STATUS_CAP_LIST);
   w16(w1cmask, PCI.STATUS, 0xf900);
@@ -164,7 +183,7 @@ export function buildConfig(o: ConfigOptions): ConfigImage {
     const c = CAP_OFFSETS.VNDR;
     init[c] = PCI.CAP_ID_VNDR;
     init[c + 1] = 0x00;
-    init[c + 2] = VNDR_CAP_LENGTH;
+    init[c + 2] = o.vscLength;
     init.write('SIM', c + 3, 'latin1');
     init[c + 6] = 1;
     init[c + 7] = o.vscRevision & 0xff;
@@ -196,6 +215,12 @@ export class ConfigSpace {
     return this.bytes.length;
   }
 
+  /** PCI_COMMAND now. */
+  get command(): number {
+    return this.bytes.readUInt16LE(PCI.COMMAND);
+  }
+
+  /** Power-on values: COMMAND 0 among them (VFIO_DEVICE_RESET, FLR, release). */
   reset(): void {
     this.image.init.copy(this.bytes);
   }

@@ -14,8 +14,8 @@
  *    starting past a region's end, or in an empty region, is EINVAL; one crossing the end is short.
  *  - VFIO_DEVICE_GET_IRQ_INFO / SET_IRQS: src/binding/sim/irq.ts (INTx 1, MSI 4, MSI-X 8, ERR 1, REQ 1).
  *  - VFIO_DEVICE_RESET: migration state RUNNING, any migration session ends (its fd: ENODEV),
- *    BAR0 registers and config space back to power-on values; IRQ wiring and the device data
- *    (seed) stay. Works in every state, ERROR included. Writing PCIe Device Control "initiate
+ *    BAR0 registers and config space back to power-on values (PCI_COMMAND 0, a wedged command
+ *    queue emptied); IRQ wiring and the device data (seed) stay. Works in every state, ERROR included. Writing PCIe Device Control "initiate
  *    FLR" in config space does the same.
  *  - VFIO_DEVICE_FEATURE (vfio_ioctl_device_feature() and vfio_check_feature()): argsz < 8,
  *    unknown flag bits, or GET with SET without PROBE → EINVAL; then per feature: MIGRATION (GET),
@@ -97,7 +97,7 @@ import {
   migStateName,
 } from '../../uapi/vfio';
 import { BAR0, BAR0_SIZE, Bar0, STATUS_ERROR, STATUS_RUNNING } from './bar0';
-import { ConfigSpace, SIM_PCI_ID, buildConfig } from './config';
+import { COMMAND_MASTER, ConfigSpace, SIM_DEVICE_ID, SIM_VENDOR_ID, VNDR_CAP_LENGTH, VSC_LENGTH_MAX, VSC_LENGTH_MIN, buildConfig } from './config';
 import { E, raise, toErrno, type ErrnoName } from './errno';
 import { IrqModel, type IrqHost, type IrqSnapshot } from './irq';
 import { ResumeSession, SaveSession, type DataFault, type Session, type SessionHost } from './session';
@@ -141,6 +141,16 @@ export interface SimDeviceOptions {
   msixVectors?: number;
   /** Revision byte of the vendor-specific capability's body (default 1). */
   vscRevision?: number;
+  /** Length byte of the vendor-specific capability, 8..80 (default 16). */
+  vscLength?: number;
+  /** PCI device id (default SIM_DEVICE_ID, 0x5f10). The stream header carries it: a stream only loads into a device with the same id. */
+  deviceId?: number;
+  /**
+   * 'required': doorbells rung while the device's PCI_COMMAND.MASTER is clear wedge the command
+   * queue (src/binding/sim/bar0.ts, "Bus mastering"), as on real hardware. 'ignored' (default):
+   * doorbells complete whatever COMMAND holds.
+   */
+  busMaster?: 'required' | 'ignored';
 }
 
 /** Options after defaults, as the device uses them. */
@@ -158,6 +168,9 @@ export interface ResolvedSimDeviceOptions {
   msiVectors: number;
   msixVectors: number;
   vscRevision: number;
+  vscLength: number;
+  deviceId: number;
+  busMaster: 'required' | 'ignored';
 }
 
 /**
@@ -233,6 +246,16 @@ function resolveOptions(o: SimDeviceOptions, serial: number): ResolvedSimDeviceO
     if (!Number.isInteger(v) || v < 1) throw new RangeError(`${what} must be a positive integer, got ${v}`);
     return v;
   };
+  const vscRevision = o.vscRevision ?? 1;
+  if (!Number.isInteger(vscRevision) || vscRevision < 0 || vscRevision > 255) throw new RangeError(`vscRevision must be 0..255, got ${vscRevision}`);
+  const vscLength = o.vscLength ?? VNDR_CAP_LENGTH;
+  if (!Number.isInteger(vscLength) || vscLength < VSC_LENGTH_MIN || vscLength > VSC_LENGTH_MAX) {
+    throw new RangeError(`vscLength must be ${VSC_LENGTH_MIN}..${VSC_LENGTH_MAX}, got ${vscLength}`);
+  }
+  const deviceId = o.deviceId ?? SIM_DEVICE_ID;
+  if (!Number.isInteger(deviceId) || deviceId < 0 || deviceId > 0xffff) throw new RangeError(`deviceId must be a 16-bit number, got ${deviceId}`);
+  const busMaster = o.busMaster ?? 'ignored';
+  if (busMaster !== 'required' && busMaster !== 'ignored') throw new RangeError(`busMaster must be 'required' or 'ignored', got ${String(busMaster)}`);
   return {
     name: o.name,
     size,
@@ -246,7 +269,10 @@ function resolveOptions(o: SimDeviceOptions, serial: number): ResolvedSimDeviceO
     configSize: o.configSize ?? 4096,
     msiVectors: msi,
     msixVectors: msix,
-    vscRevision: o.vscRevision ?? 1,
+    vscRevision,
+    vscLength,
+    deviceId,
+    busMaster,
   };
 }
 
@@ -292,6 +318,7 @@ export class SimDevice {
         seed: () => this.dataSeed,
         size: () => this.options.size,
         doorbell: (v) => void this.irq.raise(v),
+        busMaster: () => this.options.busMaster === 'ignored' || (this.cfg.command & COMMAND_MASTER) !== 0,
       },
       this.options.msixVectors,
     );
@@ -301,6 +328,8 @@ export class SimDevice {
         msiVectors: this.options.msiVectors,
         msixVectors: this.options.msixVectors,
         vscRevision: this.options.vscRevision,
+        vscLength: this.options.vscLength,
+        deviceId: this.options.deviceId,
         bar0Size: BAR0_SIZE,
         msixTableOffset: MSIX_TABLE_OFFSET,
         msixPbaOffset: MSIX_PBA_OFFSET,
@@ -334,6 +363,16 @@ export class SimDevice {
 
   get size(): number {
     return this.options.size;
+  }
+
+  /** Config dword 0 (vendor | device << 16), as the stream header carries it. */
+  get pciId(): number {
+    return (SIM_VENDOR_ID | (this.options.deviceId << 16)) >>> 0;
+  }
+
+  /** Doorbells stuck in a wedged command queue (BAR0 QUEUE_PENDING; `busMaster: 'required'`). */
+  get queuePending(): number {
+    return this.bar0.queuePending;
   }
 
   /** Length of this device's migration stream: 48 + size + 272. */
@@ -698,7 +737,7 @@ export class SimDevice {
       this.endSessions();
       this.resuming = new ResumeSession(
         this.sessionHost(),
-        { size: this.options.size, pciId: SIM_PCI_ID, maxWrite: this.options.maxWrite },
+        { size: this.options.size, pciId: this.pciId, maxWrite: this.options.maxWrite },
         this.takePendingFault(),
       );
       return this.resuming;
@@ -721,7 +760,7 @@ export class SimDevice {
         {
           size: this.options.size,
           seed: this.dataSeed,
-          pciId: SIM_PCI_ID,
+          pciId: this.pciId,
           precopyData: this.options.precopyBytes,
           maxRead: this.options.maxRead,
         },

@@ -55,6 +55,8 @@ export {
   SIM_PCI_ID,
   CAP_OFFSETS,
   PCI,
+  VNDR_CAP_LENGTH,
+  COMMAND_MASTER,
 } from './config';
 
 const log = logger('sim');
@@ -573,6 +575,9 @@ function specOptions(p: ParsedSimSpec): SimDeviceOptions {
   if (p.maxRead !== undefined) o.maxRead = p.maxRead;
   if (p.maxWrite !== undefined) o.maxWrite = p.maxWrite;
   if (p.vscRevision !== undefined) o.vscRevision = p.vscRevision;
+  if (p.vscLength !== undefined) o.vscLength = p.vscLength;
+  if (p.deviceId !== undefined) o.deviceId = p.deviceId;
+  if (p.busMaster !== undefined) o.busMaster = p.busMaster;
   return o;
 }
 

@@ -12,13 +12,20 @@
  *         | "maxread"   VALUE: SIZE, the most one read() on a data_fd returns
  *         | "maxwrite"  VALUE: SIZE, the most one write() on a data_fd accepts (short writes)
  *         | "vsc"       VALUE: 0..255, the vendor-specific capability's body revision
+ *         | "vsclen"    VALUE: 8..80, the vendor-specific capability's length byte (default 16)
+ *         | "devid"     VALUE: decimal or 0x-hex u16, the PCI device id (default 0x5f10)
+ *         | "master"    VALUE: "required" (doorbells wedge while COMMAND.MASTER is clear, as real
+ *                              DMA engines do) | "ignored" (default: doorbells always complete)
  * ```
  *
- * Examples: `sim`, `sim:4096`, `sim:1MiB:seed=7`, `sim:1GiB#big`, `sim#dst`, `sim:64KiB:mig=stop_copy+p2p`.
+ * Examples: `sim`, `sim:4096`, `sim:1MiB:seed=7`, `sim:1GiB#big`, `sim#dst`, `sim:64KiB:mig=stop_copy+p2p`,
+ * `sim:master=required#dst` (a destination that needs PCI_COMMAND back), `sim:devid=0x5f11` (another
+ * device), `sim:vsc=2` (same device, other host driver), `sim:vsclen=20` (another VSC layout).
  * A spec with a NAME names a device in the binding's registry: opening it again reaches the same
  * device. Without a NAME every open creates a fresh device.
  */
 import { VFIO_MIGRATION_P2P, VFIO_MIGRATION_PRE_COPY, VFIO_MIGRATION_STOP_COPY } from '../../uapi/vfio';
+import { VSC_LENGTH_MAX, VSC_LENGTH_MIN } from './config';
 
 /** What a spec says; fields left out are `undefined` (the device's defaults apply). */
 export interface ParsedSimSpec {
@@ -36,6 +43,9 @@ export interface ParsedSimSpec {
   maxRead?: number;
   maxWrite?: number;
   vscRevision?: number;
+  vscLength?: number;
+  deviceId?: number;
+  busMaster?: 'required' | 'ignored';
 }
 
 const UNITS: Record<string, number> = {
@@ -161,8 +171,24 @@ export function parseSimSpec(spec: string): ParsedSimSpec | string {
         out.vscRevision = n;
         break;
       }
+      case 'vsclen': {
+        const n = /^\d+$/.test(value) ? Number(value) : NaN;
+        if (!(n >= VSC_LENGTH_MIN && n <= VSC_LENGTH_MAX)) return `bad vsclen ${JSON.stringify(value)} (${VSC_LENGTH_MIN}..${VSC_LENGTH_MAX})`;
+        out.vscLength = n;
+        break;
+      }
+      case 'devid': {
+        const n = /^(0x[0-9a-fA-F]+|\d+)$/.test(value) ? Number(value) : NaN;
+        if (!(n >= 0 && n <= 0xffff)) return `bad devid ${JSON.stringify(value)} (a 16-bit number, e.g. 0x5f11)`;
+        out.deviceId = n;
+        break;
+      }
+      case 'master':
+        if (value !== 'required' && value !== 'ignored') return `bad master ${JSON.stringify(value)} (required or ignored)`;
+        out.busMaster = value;
+        break;
       default:
-        return `unknown sim spec key ${JSON.stringify(key)} (seed, mig, precopy, end, maxread, maxwrite, vsc)`;
+        return `unknown sim spec key ${JSON.stringify(key)} (seed, mig, precopy, end, maxread, maxwrite, vsc, vsclen, devid, master)`;
     }
   }
   return out;
