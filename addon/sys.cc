@@ -202,6 +202,19 @@ int WaitReady(const PumpEnd& e, int cancel_fd) {
   }
 }
 
+// True once `cancel_fd` (>= 0) is readable. One poll(2) that does not wait.
+bool Cancelled(int cancel_fd) {
+  struct pollfd p;
+  p.fd = cancel_fd;
+  p.events = POLLIN;
+  p.revents = 0;
+  int r;
+  do {
+    r = ::poll(&p, 1, 0);
+  } while (r < 0 && errno == EINTR);
+  return r > 0;
+}
+
 // One read(2)/pread(2) of up to `len` bytes: EINTR retried, EAGAIN waited out. n >= 0 or -errno.
 int64_t PumpRead(PumpEnd& e, unsigned char* buf, size_t len, int cancel_fd) {
   for (;;) {
@@ -315,6 +328,9 @@ int vfio_pump(int src, int dst, void* buf, size_t buf_len, const vfio_pump_optio
   }
 
   for (;;) {
+    // Between chunks, also when neither end ever waits (file to file): a cancelled pump stops
+    // within one chunk.
+    if (cancellable && Cancelled(o.cancel_fd)) return fail(VFIO_PUMP_READ, ECANCELED);
     size_t want = chunk;
     if (o.limit >= 0) {
       const uint64_t left = static_cast<uint64_t>(o.limit) - out->bytes_read;

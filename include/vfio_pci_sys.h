@@ -115,8 +115,8 @@ struct vfio_pump_options {
   /**
    * -1, or an fd that becomes readable to cancel the pump (an eventfd). With it, every wait
    * on a src or dst that may block indefinitely (anything but a regular file or block device)
-   * is a poll(2) on both fds before the syscall, and a pump cancelled that way fails with
-   * -ECANCELED. Without it, the pump blocks inside read(2)/write(2) as the fds dictate.
+   * is a poll(2) on both fds before the syscall, the fd is also checked between chunks, and a
+   * pump cancelled that way fails with -ECANCELED. Without it, the pump blocks inside read(2)/write(2) as the fds dictate.
    * It must be opened after src and dst: a src or dst equal to it is taken for a stale
    * number and fails with EBADF.
    */

@@ -12,6 +12,7 @@ import { inspectSnapshot, formatInspection } from '../snapshot/inspect';
 import { MigState, migStateName } from '../uapi/vfio';
 import { describeDevice, formatDeviceInfo } from './info';
 import { runDemo } from './demo';
+import { ProgressDisplay } from './progress';
 
 export interface CommandContext {
   args: string[];
@@ -70,17 +71,10 @@ function arcLogger(ctx: CommandContext) {
     say(ctx, `  ${c.device}: ${migStateName(c.from)} → ${migStateName(c.to)}  [${c.arcs.map(([a, b]) => `${migStateName(a)}→${migStateName(b)}`).join(', ')}]`);
 }
 
-function progressPrinter(ctx: CommandContext): (p: Progress) => void {
-  // Only transfers that take over a second report, then once a second; the command prints the total.
-  let last = Date.now();
-  return (p) => {
-    const now = Date.now();
-    if (now - last >= 1000 && !ctx.opts.quiet) {
-      last = now;
-      const pct = p.expected ? ` (${Math.floor((100 * p.bytes) / p.expected)}%)` : '';
-      ctx.err.write(`  ${p.phase} ${p.device}: ${fmtBytes(p.bytes)}${pct}\n`);
-    }
-  };
+/** A progress callback drawing a bar on stderr for transfers over a second; `done()` ends it. */
+function progressPrinter(ctx: CommandContext): ((p: Progress) => void) & { done(): void } {
+  const display = new ProgressDisplay(ctx.err, !ctx.opts.quiet);
+  return Object.assign((p: Progress) => display.update(p), { done: () => display.stop() });
 }
 
 export function fmtBytes(n: number): string {
@@ -110,9 +104,10 @@ const snapshot: Command = async (ctx) => {
   const file = ctx.opts.output;
   return withDevices(ctx.args, openOptions(ctx), async (devs) => {
     say(ctx, `snapshot of ${devs.map((d) => d.name).join(', ')} → ${file}`);
+    const progress = progressPrinter(ctx);
     const res = await saveSnapshot(devs, file, {
-      leaveStopped: ctx.opts['leave-stopped'], onState: arcLogger(ctx), onProgress: progressPrinter(ctx),
-    });
+      leaveStopped: ctx.opts['leave-stopped'], onState: arcLogger(ctx), onProgress: progress,
+    }).finally(progress.done);
     for (const d of res.devices) say(ctx, `  ${d.name}: ${fmtBytes(d.stateBytes)} of device state, ${d.configBytes} bytes of config space`);
     say(ctx, `wrote ${file}${ctx.opts['leave-stopped'] ? ' (devices left in STOP)' : ''}`);
     return 0;
@@ -127,7 +122,8 @@ const restore: Command = async (ctx) => {
   if (!Number.isInteger(index) || index < 0) throw usage(`--index must be a device index, not '${ctx.opts.index}'`);
   return withDevices(ctx.args, openOptions(ctx), async ([dev]) => {
     say(ctx, `restore ${file} (device ${index}) → ${dev.name}`);
-    const { bytes } = await restoreSnapshot(dev, file, { index, onState: arcLogger(ctx), onProgress: progressPrinter(ctx) });
+    const progress = progressPrinter(ctx);
+    const { bytes } = await restoreSnapshot(dev, file, { index, onState: arcLogger(ctx), onProgress: progress }).finally(progress.done);
     say(ctx, `  ${dev.name}: ${fmtBytes(bytes)} of device state loaded; now ${migStateName(Migration.require(dev).getState())}`);
     return 0;
   });
@@ -142,7 +138,12 @@ const inspect: Command = async (ctx) => {
 
 const demo: Command = async (ctx) => {
   const o = openOptions(ctx);
-  await runDemo({ size: ctx.opts.size ?? '16MiB', binding: o.binding, say: (l) => say(ctx, l), progress: progressPrinter(ctx) });
+  const progress = progressPrinter(ctx);
+  const line = (l: string): void => {
+    progress.done();
+    say(ctx, l);
+  };
+  await runDemo({ size: ctx.opts.size ?? '16MiB', binding: o.binding, say: line, progress }).finally(progress.done);
   return 0;
 };
 
