@@ -80,13 +80,44 @@ export class MigrationCoordinator extends EventEmitter<CoordinatorEvents> {
     if (b.length) throw new VfioError(b.map((x) => x.message).join('; '), { code: b[0].code, kind: 'unsupported', step, device: b[0].devices.join(',') });
   }
 
-  /** Pause every device: all to RUNNING_P2P first (P2P), then all to STOP. */
+  /**
+   * Pause every device: all to RUNNING_P2P first (P2P), then all to STOP. When one fails (it
+   * recovers itself, see VfioPciDevice.transition()), the devices already quiesced or stopped
+   * are brought back to RUNNING too — no half-paused VM, as restore() leaves no half-restored
+   * one — and the error is rethrown.
+   */
   pause(): void {
     this.assertMigratable('pause');
     this.emit('phase', { phase: 'pause', done: false });
-    if (this.usesP2P) for (const d of this.devices) d.quiesce();
-    for (const d of this.devices) d.pause();
+    try {
+      if (this.usesP2P) for (const d of this.devices) d.quiesce();
+      for (const d of this.devices) d.pause();
+    } catch (e) {
+      this.undoPause(e);
+      throw e;
+    }
     this.emit('phase', { phase: 'pause', done: true });
+  }
+
+  /** Back to RUNNING after a failed pause, leaving STOP through RUNNING_P2P first on P2P devices. */
+  private undoPause(e: unknown): void {
+    const stateOf = (d: VfioPciDevice): MigState | undefined => {
+      try {
+        return d.migration!.getState();
+      } catch {
+        return undefined;
+      }
+    };
+    const touched = this.devices.filter((d) => stateOf(d) !== MigState.RUNNING);
+    const again = (d: VfioPciDevice, fn: () => void): void => {
+      try {
+        fn();
+      } catch (re) {
+        if (e instanceof VfioError) e.message += `; bringing ${d.id} back to RUNNING failed too: ${(re as Error).message}`;
+      }
+    };
+    if (this.usesP2P) for (const d of touched) again(d, () => d.transition(MigState.RUNNING_P2P, 'pause:undo', MigState.RUNNING));
+    for (const d of touched) again(d, () => d.resume());
   }
 
   /** Resume every device: all leave STOP/RESUMING for RUNNING_P2P first (P2P), then all to RUNNING. */

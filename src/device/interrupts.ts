@@ -11,6 +11,11 @@
  *  - a masked or unprogrammed vector is de-assigned with fd -1;
  *  - INTx gets a trigger eventfd (ACTION_TRIGGER) and a resample eventfd (ACTION_UNMASK), so the
  *    VMM's EOI unmasks the line.
+ *  - MSI-X vectors are enabled by the first SET_IRQS of the index; on an index flagged
+ *    VFIO_IRQ_INFO_NORESIZE (no dynamic MSI-X allocation: kernels before 6.5, or devices that
+ *    cannot) a later SET_IRQS may not go past them (vfio_msi_set_block(): EINVAL), so growing
+ *    the count disables the index and enables it again with the larger count (QEMU
+ *    vfio_msix_vector_do_use(), `msix->noresize`).
  * `rearm()` re-issues everything from the shadow: the kernel keeps no interrupt set-up across a
  * migration (a destination device starts with nothing armed) nor across VFIO_DEVICE_RESET.
  */
@@ -28,6 +33,8 @@ export type IrqMode = 'none' | 'intx' | 'msi' | 'msix';
 export class InterruptWiring {
   private mode: IrqMode = 'none';
   private armedVectors = 0;
+  /** VFIO_IRQ_INFO_NORESIZE of the MSI-X index, read once. */
+  private msixNoResize?: boolean;
 
   constructor(
     private readonly dev: VfioDevice,
@@ -88,6 +95,18 @@ export class InterruptWiring {
     return pin !== 0 && (cfg.command & 0x400) === 0 && this.irqCount(v.VFIO_PCI_INTX_IRQ_INDEX) > 0;
   }
 
+  /** Whether the MSI-X index is NORESIZE; when GET_IRQ_INFO fails, assume it is (the safe way). */
+  private noResize(): boolean {
+    if (this.msixNoResize === undefined) {
+      try {
+        this.msixNoResize = (this.dev.irq(v.VFIO_PCI_MSIX_IRQ_INDEX).flags & v.VFIO_IRQ_INFO_NORESIZE) !== 0;
+      } catch {
+        this.msixNoResize = true;
+      }
+    }
+    return this.msixNoResize;
+  }
+
   private irqCount(index: number): number {
     try {
       return this.dev.irq(index).count;
@@ -133,6 +152,12 @@ export class InterruptWiring {
     const fds = vectors.slice(0, count).map((vec) =>
       vec.masked || state.functionMask ? -1 : this.router.msiRoute(this.id, vec.index, { address: vec.address, data: vec.data }),
     );
+    if (this.mode === 'msix' && fds.length > this.armedVectors && this.noResize()) {
+      // More vectors than the kernel enabled: disable and enable again (module comment). The
+      // host routes of the vectors already armed are kept: msiRoute() gave the same fds above.
+      this.dev.setIrqs({ flags: v.VFIO_IRQ_SET_DATA_NONE | v.VFIO_IRQ_SET_ACTION_TRIGGER, index: v.VFIO_PCI_MSIX_IRQ_INDEX, start: 0, count: 0 });
+      log('%s: MSI-X disabled to grow from %d to %d vectors (NORESIZE)', this.id, this.armedVectors, fds.length);
+    }
     this.dev.setIrqs({
       flags: v.VFIO_IRQ_SET_DATA_EVENTFD | v.VFIO_IRQ_SET_ACTION_TRIGGER, index: v.VFIO_PCI_MSIX_IRQ_INDEX, start: 0, count: fds.length, eventfds: fds,
     });

@@ -27,7 +27,8 @@ import type { VfioDevice } from './device';
 import { VfioError } from '../errors';
 import type { Host } from '../host/types';
 import { Migration, type StateChange } from '../migration/migration';
-import { drainSession, feedSession, DEFAULT_BUFFER_SIZE } from '../migration/stream';
+import { DEFAULT_BUFFER_SIZE } from '../migration/stream';
+import { loadStateSection, saveStateSection } from '../snapshot/state-io';
 import { ConfigSpace } from '../pci/config-space';
 import { checkConfig } from '../pci/compare';
 import { MsixTable } from '../pci/msix-table';
@@ -77,6 +78,8 @@ function readRawConfig(dev: VfioDevice): Buffer {
 export class VfioPciDevice extends EventEmitter<VfioPciEvents> {
   private cfg: ConfigSpace;
   private msix?: MsixTable;
+  /** The shadow and MSI-X table restore() replaced, for undoing it (undoRestore()). */
+  private preRestore?: { cfg: ConfigSpace; msix?: MsixTable };
   private readonly bars: BarMapper;
   private readonly irqs: InterruptWiring;
   private readonly cfgRegionSize: number;
@@ -237,8 +240,8 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> {
     const expected = mig.dataSize();
     try {
       await writer.beginSection(f.SectionType.DEVICE_STATE, index);
-      await drainSession(this.device.binding, mig.session!.fd, (c) => writer.writeChunk(c), {
-        buffer: Buffer.allocUnsafe(this.bufferSize), device: this.id,
+      await saveStateSection(this.device.binding, mig.session!.fd, writer, {
+        bufferSize: this.bufferSize, device: this.id,
         onProgress: (bytes) => this.emit('progress', { device: this.id, phase: 'save', bytes, expected }),
       });
       const { bytes } = await writer.endSection();
@@ -254,13 +257,15 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> {
    * restore(): load device `entry` of a validated snapshot into this (freshly attached, with
    * `assignBars: false`) device, in the order given at the top of this file. The device is
    * left in RESUMING; call resume() to run it. Errors before step 3 leave the device untouched
-   * (`deviceState` 'untouched'); later ones reset it to RUNNING and take the BARs off the bus.
+   * (`deviceState` 'untouched'); later ones reset it to RUNNING, take the BARs off the bus,
+   * disarm interrupts and put the shadow back as it was before the call.
    */
   async restore(reader: SnapshotReader, entry: DeviceSections): Promise<{ stateBytes: number }> {
     const mig = this.requireMigration('restore');
     // 1. compare, before touching anything
     const { model, saved } = this.precheck(reader, entry);
     // 2. shadow and BARs from the snapshot; no allocation
+    this.preRestore = { cfg: this.cfg, msix: this.msix };
     this.bars.unmapAll();
     this.cfg = saved;
     this.msix = this.newMsixTable(saved, model.msixTable);
@@ -272,8 +277,8 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> {
       mig.setState(MigState.RESUMING);
       step = 'restore:write';
       const total = entry.state!.chunks!.total;
-      const { bytes } = await feedSession(this.device.binding, mig.session!.fd, reader.chunks(entry.state!, Buffer.allocUnsafe(this.bufferSize)), {
-        device: this.id, onProgress: (b) => this.emit('progress', { device: this.id, phase: 'load', bytes: b, expected: total }),
+      const { bytes } = await loadStateSection(this.device.binding, reader, entry.state!, mig.session!.fd, {
+        bufferSize: this.bufferSize, device: this.id, onProgress: (b) => this.emit('progress', { device: this.id, phase: 'load', bytes: b, expected: total }),
       });
       mig.closeSession();
       // 4. PCI_COMMAND, 5. interrupts
@@ -284,12 +289,7 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> {
       log('%s: restored %d bytes; RESUMING, COMMAND 0x%s, irqs %o', this.id, bytes, this.cfg.command.toString(16), this.irqs.armed);
       return { stateBytes: bytes };
     } catch (e) {
-      this.bars.unmapAll();
-      try {
-        this.irqs.disarm();
-      } catch {
-        /* the reset below clears it anyway */
-      }
+      this.undoRestore();
       let left = 'ERROR';
       try {
         left = migStateName(mig.reset());
@@ -308,9 +308,20 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> {
    * Restore step 1 alone: check that device `entry` of the snapshot can be restored into this
    * device (sections present, saved config space against this device's under the saved masks,
    * BAR sizes). Touches nothing. Throws VfioError kind 'format' or 'mismatch'
-   * (EVFIO_CONFIG_MISMATCH naming each offending offset and register).
+   * (EVFIO_CONFIG_MISMATCH naming each offending offset and register), with `deviceState`
+   * 'untouched'.
    */
   precheck(reader: SnapshotReader, entry: DeviceSections): { model: ReturnType<typeof decodeModelState>; saved: ConfigSpace } {
+    try {
+      return this.checkEntry(reader, entry);
+    } catch (e) {
+      // Nothing was done to the device yet: say so, as restore() documents ('untouched').
+      if (e instanceof VfioError && e.deviceState === undefined) e.deviceState = 'untouched';
+      throw e;
+    }
+  }
+
+  private checkEntry(reader: SnapshotReader, entry: DeviceSections): { model: ReturnType<typeof decodeModelState>; saved: ConfigSpace } {
     if (!entry.model) throw f.formatError(`device ${entry.index} of ${reader.path} has no PCI_MODEL section (a bare 'vfio-pci snapshot'): restore it with 'vfio-pci restore'`);
     if (!entry.state) throw f.formatError(`device ${entry.index} of ${reader.path} has no DEVICE_STATE section`);
     const model = decodeModelState(entry.model);
@@ -322,16 +333,31 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> {
 
   /**
    * Undo a restore that succeeded on this device when another device of the VM failed: BARs
-   * off the bus, interrupts disarmed, VFIO_DEVICE_RESET (→ RUNNING).
+   * off the bus, interrupts disarmed, the shadow as before restore(), VFIO_DEVICE_RESET (→ RUNNING).
    */
   abortRestore(): MigState {
+    this.undoRestore();
+    return this.requireMigration('restore:abort').reset();
+  }
+
+  /**
+   * Before the reset that ends a failed or aborted restore: BARs off the bus, interrupts
+   * disarmed, and the shadow (and MSI-X table) put back to what they were before restore(), so
+   * that the model agrees with the reset device (COMMAND 0, MSI-X off) and a later config write
+   * cannot put the snapshot's BARs back on the bus. A retry of restore() starts from there.
+   */
+  private undoRestore(): void {
     this.bars.unmapAll();
     try {
       this.irqs.disarm();
     } catch (e) {
-      log('%s: disarm during abort failed: %o', this.id, e);
+      log('%s: disarm while undoing a restore failed (the reset clears it anyway): %o', this.id, e);
     }
-    return this.requireMigration('restore:abort').reset();
+    if (this.preRestore) {
+      this.cfg = this.preRestore.cfg;
+      this.msix = this.preRestore.msix;
+      this.preRestore = undefined;
+    }
   }
 
   /** Write PCI_COMMAND from the shadow to the device. */

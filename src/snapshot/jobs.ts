@@ -14,7 +14,8 @@
 import { VfioError } from '../errors';
 import type { VfioDevice } from '../device/device';
 import { Migration } from '../migration/migration';
-import { drainSession, feedSession, DEFAULT_BUFFER_SIZE } from '../migration/stream';
+import { DEFAULT_BUFFER_SIZE } from '../migration/stream';
+import { loadStateSection, saveStateSection } from './state-io';
 import { MigState, migStateName, VFIO_PCI_CONFIG_REGION_INDEX } from '../uapi/vfio';
 import * as f from './format';
 import { SnapshotReader, type DeviceSections } from './reader';
@@ -66,11 +67,13 @@ export async function saveSnapshot(devices: VfioDevice[], file: string, opts: Sa
     m.on('state', fn);
     return () => m.off('state', fn);
   });
-  const writer = await SnapshotWriter.create(file, { noSync: opts.noSync });
   const buffer = Buffer.allocUnsafe(opts.bufferSize ?? DEFAULT_BUFFER_SIZE);
   const result: SaveResult = { file, devices: [] };
-  let step = 'pause';
+  let writer: SnapshotWriter | undefined;
+  let step = 'create';
   try {
+    writer = await SnapshotWriter.create(file, { noSync: opts.noSync });
+    step = 'pause';
     // Quiesce every device before saving any: with P2P all reach RUNNING_P2P first.
     if (migs.length > 1 && migs.every((m) => m.supportsP2P)) for (const m of migs) m.setState(MigState.RUNNING_P2P);
     for (const m of migs) m.setState(MigState.STOP);
@@ -84,8 +87,8 @@ export async function saveSnapshot(devices: VfioDevice[], file: string, opts: Sa
       const session = m.setState(MigState.STOP_COPY);
       if (!session) throw new VfioError('STOP_COPY opened no data_fd', { code: 'EVFIO_NO_SESSION', kind: 'protocol', device: dev.name });
       await writer.beginSection(f.SectionType.DEVICE_STATE, i);
-      await drainSession(dev.binding, session.fd, (chunk) => writer.writeChunk(chunk), {
-        buffer, device: dev.name, onProgress: (bytes) => opts.onProgress?.({ device: dev.name, phase: 'save', bytes, expected }),
+      await saveStateSection(dev.binding, session.fd, writer, {
+        bufferSize: buffer.length, device: dev.name, onProgress: (bytes) => opts.onProgress?.({ device: dev.name, phase: 'save', bytes, expected }),
       });
       const { bytes } = await writer.endSection();
       m.setState(MigState.STOP);
@@ -98,8 +101,10 @@ export async function saveSnapshot(devices: VfioDevice[], file: string, opts: Sa
     if (!opts.leaveStopped) returnTo(migs, before);
     return result;
   } catch (e) {
-    await writer.abort();
-    const left = migs.map((m, i) => `${m.device.name}: ${migStateName(safeRecover(m, opts.leaveStopped ? MigState.STOP : before[i]))}`);
+    await writer?.abort();
+    // No file could be created: the devices were not touched and stay as they are.
+    const untouched = step === 'create';
+    const left = migs.map((m, i) => `${m.device.name}: ${migStateName(untouched ? before[i] : safeRecover(m, opts.leaveStopped ? MigState.STOP : before[i]))}`);
     throw annotateAll(e, `snapshot:${step}`, left);
   } finally {
     unsub.forEach((u) => u());
@@ -161,25 +166,41 @@ export function checkIdentity(dev: VfioDevice, rec: f.DeviceRecord): void {
   }
 }
 
-/** Open and validate a snapshot, returning the reader and the chosen device's sections. */
-export async function openSnapshot(file: string, index = 0): Promise<{ reader: SnapshotReader; entry: DeviceSections }> {
-  const reader = await SnapshotReader.open(file);
-  const entry = reader.devices().find((d) => d.index === index);
-  if (!entry || !entry.state) {
-    await reader.close();
-    throw f.formatError(`${file} has no device ${index} with a DEVICE_STATE section`);
+/**
+ * Open and validate a snapshot (or take a reader already open), returning the reader and the
+ * chosen device's sections. A reader opened here is closed again when this fails; one passed
+ * in stays with its owner.
+ */
+export async function openSnapshot(source: string | SnapshotReader, index = 0): Promise<{ reader: SnapshotReader; entry: DeviceSections }> {
+  const owned = typeof source === 'string';
+  const reader = owned ? await SnapshotReader.open(source) : source;
+  try {
+    const entry = reader.devices().find((d) => d.index === index);
+    if (!entry?.state?.chunks) throw f.formatError(`${reader.path} has no device ${index} with a DEVICE_STATE section`);
+    return { reader, entry };
+  } catch (e) {
+    if (owned) await reader.close();
+    if (e instanceof VfioError) e.annotate({ step: 'snapshot:validate', path: owned ? source : undefined });
+    throw e;
   }
-  return { reader, entry };
 }
 
 /**
- * Restore one device from `file`: validate, check identity, ONE RUNNING→RESUMING request, write
- * the verified stream, then leave RESUMING for `finalState` (default RUNNING). On failure after
- * the device was touched, the device is reset to RUNNING and the error's deviceState says so.
+ * Restore one device from a snapshot file (or a reader already open, which stays open for its
+ * owner): validate, check identity, ONE RUNNING→RESUMING request, write the verified stream,
+ * then leave RESUMING for `finalState` (default RUNNING). On failure after the device was
+ * touched, the device is reset to RUNNING and the error's deviceState says so.
  */
-export async function restoreSnapshot(dev: VfioDevice, file: string, opts: RestoreOptions = {}): Promise<{ bytes: number }> {
-  const { reader, entry } = await openSnapshot(file, opts.index ?? 0);
-  const mig = Migration.require(dev);
+export async function restoreSnapshot(dev: VfioDevice, source: string | SnapshotReader, opts: RestoreOptions = {}): Promise<{ bytes: number }> {
+  const { reader, entry } = await openSnapshot(source, opts.index ?? 0);
+  const owned = typeof source === 'string';
+  let mig: Migration;
+  try {
+    mig = Migration.require(dev);
+  } catch (e) {
+    if (owned) await reader.close();
+    throw e;
+  }
   const fn = (c: Parameters<NonNullable<SaveOptions['onState']>>[0]): void => opts.onState?.(c);
   mig.on('state', fn);
   let touched = false;
@@ -192,8 +213,8 @@ export async function restoreSnapshot(dev: VfioDevice, file: string, opts: Resto
     if (!session) throw new VfioError('RESUMING opened no data_fd', { code: 'EVFIO_NO_SESSION', kind: 'protocol', device: dev.name });
     step = 'restore:write';
     const expected = entry.state!.chunks!.total;
-    const { bytes } = await feedSession(dev.binding, session.fd, reader.chunks(entry.state!, Buffer.allocUnsafe(opts.bufferSize ?? DEFAULT_BUFFER_SIZE)), {
-      device: dev.name, onProgress: (b) => opts.onProgress?.({ device: dev.name, phase: 'load', bytes: b, expected }),
+    const { bytes } = await loadStateSection(dev.binding, reader, entry.state!, session.fd, {
+      bufferSize: opts.bufferSize, device: dev.name, onProgress: (b) => opts.onProgress?.({ device: dev.name, phase: 'load', bytes: b, expected }),
     });
     step = 'restore:finish';
     const final = opts.finalState ?? MigState.RUNNING;
@@ -218,6 +239,6 @@ export async function restoreSnapshot(dev: VfioDevice, file: string, opts: Resto
   } finally {
     mig.off('state', fn);
     mig.closeSession();
-    await reader.close();
+    if (owned) await reader.close();
   }
 }

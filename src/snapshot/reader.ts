@@ -11,10 +11,83 @@
  *
  * Any malformed input ends in a `VfioError` of kind 'format' — never a crash or a hang: every
  * loop advances through the file and every length is bounded by the file size and MAX_CHUNK.
+ *
+ * The bytes come from a `SnapshotSource` (a size and positional reads): a file (`open()`) or a
+ * Buffer already in memory (`fromBuffer()`, for tests and fuzzing). Both go through the same
+ * validation and streaming code.
  */
 import * as fs from 'node:fs';
 import { VfioError } from '../errors';
 import * as f from './format';
+
+/**
+ * Where a reader's bytes come from: `size` bytes, read by position. `read` fills `buf` from
+ * offset `pos` on and resolves with the bytes read, fewer only at the end (0 past it).
+ */
+export interface SnapshotSource {
+  readonly size: number;
+  read(buf: Buffer, pos: number): Promise<number>;
+  close(): Promise<void>;
+  /** The file descriptor when the source is a file (for a pump reading it by position). */
+  readonly fd?: number;
+}
+
+/** A snapshot file opened read-only (close-on-exec, as Node opens every file). */
+class FileSource implements SnapshotSource {
+  private constructor(
+    private readonly fh: fs.promises.FileHandle,
+    readonly size: number,
+  ) {}
+
+  static async open(file: string): Promise<FileSource> {
+    let fh: fs.promises.FileHandle | undefined;
+    let syscall = 'open';
+    try {
+      fh = await fs.promises.open(file, fs.constants.O_RDONLY);
+      syscall = 'fstat';
+      return new FileSource(fh, (await fh.stat()).size);
+    } catch (e) {
+      await fh?.close().catch(() => undefined);
+      const err = e as NodeJS.ErrnoException;
+      throw new VfioError(`cannot ${syscall} snapshot ${file}: ${err.code}`, {
+        code: err.code ?? 'EIO', errno: Math.abs(err.errno ?? 5), syscall, path: file, kind: 'syscall', cause: e,
+      });
+    }
+  }
+
+  get fd(): number {
+    return this.fh.fd;
+  }
+
+  async read(buf: Buffer, pos: number): Promise<number> {
+    let off = 0;
+    while (off < buf.length) {
+      const { bytesRead } = await this.fh.read(buf, off, buf.length - off, pos + off);
+      if (bytesRead === 0) break;
+      off += bytesRead;
+    }
+    return off;
+  }
+
+  async close(): Promise<void> {
+    await this.fh.close();
+  }
+}
+
+/** A snapshot in memory. The Buffer is not copied: it must not change while the reader is open. */
+class BufferSource implements SnapshotSource {
+  constructor(private readonly data: Buffer) {}
+
+  get size(): number {
+    return this.data.length;
+  }
+
+  async read(buf: Buffer, pos: number): Promise<number> {
+    return pos >= this.data.length ? 0 : this.data.copy(buf, 0, pos, Math.min(this.data.length, pos + buf.length));
+  }
+
+  async close(): Promise<void> {}
+}
 
 export interface SectionEntry {
   header: f.SectionHeader;
@@ -45,31 +118,45 @@ export class SnapshotReader {
   size = 0;
 
   private constructor(
+    /** The file's path, or the name given to an in-memory snapshot (used in messages). */
     readonly path: string,
-    private readonly fh: fs.promises.FileHandle,
+    private readonly source: SnapshotSource,
   ) {}
 
-  /** Open and validate a snapshot. Errors: VfioError kind 'format' (EVFIO_BAD_SNAPSHOT, EVFIO_SNAPSHOT_TRUNCATED, EVFIO_SNAPSHOT_VERSION, EVFIO_SNAPSHOT_UNSUPPORTED) or an open error. */
+  /**
+   * Open and validate a snapshot file. Errors: VfioError kind 'format' (EVFIO_BAD_SNAPSHOT,
+   * EVFIO_SNAPSHOT_TRUNCATED, EVFIO_SNAPSHOT_CHECKSUM, EVFIO_SNAPSHOT_VERSION,
+   * EVFIO_SNAPSHOT_UNSUPPORTED) or kind 'syscall' (open, fstat, read).
+   */
   static async open(file: string): Promise<SnapshotReader> {
-    let fh: fs.promises.FileHandle;
-    try {
-      fh = await fs.promises.open(file, fs.constants.O_RDONLY);
-    } catch (e) {
-      const err = e as NodeJS.ErrnoException;
-      throw new VfioError(`cannot open snapshot ${file}: ${err.code}`, {
-        code: err.code ?? 'EIO', errno: Math.abs(err.errno ?? 5), syscall: 'open', path: file, kind: 'syscall', cause: e,
-      });
-    }
-    const r = new SnapshotReader(file, fh);
+    return SnapshotReader.fromSource(await FileSource.open(file), file, { isPath: true });
+  }
+
+  /** Validate the snapshot held in `data` (not copied: leave it unchanged while the reader is in use). Errors as open(). */
+  static async fromBuffer(data: Buffer, name = '<memory>'): Promise<SnapshotReader> {
+    return SnapshotReader.fromSource(new BufferSource(data), name);
+  }
+
+  /**
+   * Validate the snapshot `source` holds. The reader owns the source: close() closes it, and so
+   * does a failed validation. `name` is used in messages (and as the errors' `path` with `isPath`).
+   */
+  static async fromSource(source: SnapshotSource, name: string, opts: { isPath?: boolean } = {}): Promise<SnapshotReader> {
+    const r = new SnapshotReader(name, source);
     try {
       await r.validate();
     } catch (e) {
       await r.close();
-      if (e instanceof VfioError) e.annotate({ path: file, step: 'snapshot:validate' });
-      if (e instanceof VfioError && !e.message.includes(file)) e.message = `${file}: ${e.message}`;
+      if (e instanceof VfioError) e.annotate({ path: opts.isPath ? name : undefined, step: 'snapshot:validate' });
+      if (e instanceof VfioError && !e.message.includes(name)) e.message = `${name}: ${e.message}`;
       throw e;
     }
     return r;
+  }
+
+  /** The file descriptor of a file-backed reader (undefined in memory), for a pump reading by position. */
+  get fd(): number | undefined {
+    return this.source.fd;
   }
 
   /** Body of a plain section (validated at open). */
@@ -118,37 +205,66 @@ export class SnapshotReader {
   /**
    * Stream the payload of a chunked section, chunk by chunk, into `buf` (reused; each yielded
    * Buffer is a view of it, valid until the next iteration). Each chunk's crc32 is checked
-   * before it is yielded; the chunk table crc and total at the end. A mismatch throws
-   * EVFIO_SNAPSHOT_CHECKSUM naming the chunk's offset.
+   * before it is yielded; the chunk table crc and total at the end. The chunk headers are read
+   * again and held to what open() found (lengths within the file, the same count), so a file
+   * changed since open() cannot make the reader over-allocate or run past the section. A
+   * mismatch throws EVFIO_SNAPSHOT_CHECKSUM naming the chunk's offset.
    */
   async *chunks(entry: SectionEntry, buf: Buffer = Buffer.allocUnsafe(f.DEFAULT_CHUNK)): AsyncGenerator<Buffer> {
-    if (!entry.chunks) throw new VfioError('not a chunked section', { code: 'EVFIO_WRITER_STATE', kind: 'usage' });
-    let pos = entry.bodyAt;
-    const hdr = Buffer.alloc(f.CHUNK_HEADER_SIZE);
-    for (let i = 0; i < entry.chunks.count; i++) {
-      await this.readExact(hdr, pos);
-      const len = hdr.readUInt32LE(0);
-      const crc = hdr.readUInt32LE(4);
-      if (len > buf.length) buf = Buffer.allocUnsafe(len);
-      const view = buf.subarray(0, len);
-      await this.readExact(view, pos + f.CHUNK_HEADER_SIZE);
-      if (f.crc32(view) !== crc) {
-        throw new VfioError(`${this.path}: checksum mismatch in chunk ${i} of the ${f.sectionTypeName(entry.header.type)} section (file offset ${pos})`, {
-          code: 'EVFIO_SNAPSHOT_CHECKSUM', kind: 'format', path: this.path,
-        });
-      }
-      pos += f.CHUNK_HEADER_SIZE + len;
+    for await (const c of this.chunkHeaders(entry)) {
+      if (c.length > buf.length) buf = Buffer.allocUnsafe(c.length);
+      const view = buf.subarray(0, c.length);
+      await this.readExact(view, c.payloadAt);
+      if (f.crc32(view) !== c.crc) throw this.changed(entry, `checksum mismatch in chunk ${c.index} (file offset ${c.payloadAt - f.CHUNK_HEADER_SIZE})`);
       yield view;
     }
   }
 
+  /**
+   * Walk the chunk headers of a chunked section, re-reading them from the source (a file may
+   * change after it was validated): each length is checked against the file and MAX_CHUNK, and
+   * after the last chunk the end chunk's table crc32 and total are verified — so a consumer
+   * that writes each chunk somewhere (a native pump with `expectCrc`) learns of lost, reordered
+   * or altered chunks before the device leaves RESUMING. Payloads are not read here.
+   */
+  async *chunkHeaders(entry: SectionEntry): AsyncGenerator<{ index: number; payloadAt: number; length: number; crc: number }> {
+    if (!entry.chunks) throw new VfioError('not a chunked section', { code: 'EVFIO_WRITER_STATE', kind: 'usage' });
+    let pos = entry.bodyAt;
+    let table = 0;
+    let total = 0;
+    const hdr = Buffer.alloc(f.END_CHUNK_SIZE);
+    const head = hdr.subarray(0, f.CHUNK_HEADER_SIZE);
+    for (let i = 0; i < entry.chunks.count; i++) {
+      await this.readExact(head, pos);
+      const len = hdr.readUInt32LE(0);
+      const crc = hdr.readUInt32LE(4);
+      if (len === 0 || len > f.MAX_CHUNK || pos + f.CHUNK_HEADER_SIZE + len > this.size) {
+        throw this.changed(entry, `chunk ${i} (file offset ${pos}) changed since the file was opened`);
+      }
+      table = f.crc32(head, table);
+      total += len;
+      yield { index: i, payloadAt: pos + f.CHUNK_HEADER_SIZE, length: len, crc };
+      pos += f.CHUNK_HEADER_SIZE + len;
+    }
+    await this.readExact(hdr, pos);
+    if (hdr.readUInt32LE(0) !== 0 || hdr.readUInt32LE(4) !== table >>> 0 || Number(hdr.readBigUInt64LE(8)) !== total) {
+      throw this.changed(entry, `chunk table checksum or total mismatch at offset ${pos} (chunks lost, reordered or altered)`);
+    }
+  }
+
+  private changed(entry: SectionEntry, what: string): VfioError {
+    return new VfioError(`${this.path}: ${what} of the ${f.sectionTypeName(entry.header.type)} section`, {
+      code: 'EVFIO_SNAPSHOT_CHECKSUM', kind: 'format', path: this.path,
+    });
+  }
+
   async close(): Promise<void> {
-    await this.fh.close().catch(() => undefined);
+    await this.source.close().catch(() => undefined);
   }
 
   // ------------------------------------------------------------------ validation
   private async validate(): Promise<void> {
-    this.size = (await this.fh.stat()).size;
+    this.size = this.source.size;
     const head = Buffer.alloc(f.FILE_HEADER_SIZE);
     const n = await this.readAt(head, 0);
     this.header = f.decodeFileHeader(head.subarray(0, n));
@@ -169,8 +285,13 @@ export class SnapshotReader {
       if (unknown && header.flags & f.SECTION_FLAG_REQUIRED) {
         throw f.formatError(`required section of unknown type ${header.type} at offset ${pos}: this snapshot needs a newer node-vfio-pci`, 'EVFIO_SNAPSHOT_UNSUPPORTED');
       }
+      const chunked = (header.flags & f.SECTION_FLAG_CHUNKED) !== 0;
+      // A known type has one body kind: DEVICE_STATE is chunked, the others are plain.
+      if (!unknown && chunked !== (header.type === f.SectionType.DEVICE_STATE)) {
+        throw f.formatError(`section ${f.sectionTypeName(header.type)} at offset ${pos} is ${chunked ? 'chunked' : 'plain'}; it must be ${chunked ? 'plain' : 'chunked'}`);
+      }
       const entry: SectionEntry = { header, at: pos, bodyAt: pos + f.SECTION_HEADER_SIZE, unknown };
-      if (header.flags & f.SECTION_FLAG_CHUNKED) {
+      if (chunked) {
         const walked = await this.walkChunks(entry.bodyAt, skeleton);
         entry.chunks = { count: walked.count, total: walked.total };
         skeleton = walked.skeleton;
@@ -240,13 +361,15 @@ export class SnapshotReader {
   }
 
   private async readAt(b: Buffer, pos: number): Promise<number> {
-    let off = 0;
-    while (off < b.length) {
-      const { bytesRead } = await this.fh.read(b, off, b.length - off, pos + off);
-      if (bytesRead === 0) break;
-      off += bytesRead;
+    try {
+      return await this.source.read(b, pos);
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      if (e instanceof VfioError || typeof err?.errno !== 'number') throw e;
+      throw new VfioError(`reading snapshot ${this.path} at offset ${pos} failed: ${err.code}`, {
+        code: err.code ?? 'EIO', errno: Math.abs(err.errno), syscall: err.syscall ?? 'read', kind: 'syscall', path: this.path, cause: e,
+      });
     }
-    return off;
   }
 
   private async readExact(b: Buffer, pos: number): Promise<void> {

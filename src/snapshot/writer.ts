@@ -4,9 +4,9 @@
  * directory fsynced (the rename is durable). `abort()` (and any failure inside `commit()`)
  * removes the temporary file; the destination is untouched until the rename.
  *
- * All writes are sequential (the fd's offset only moves forward), so a chunk payload can be
- * written by anyone holding the fd — a native pump, a JS loop — between `beginChunk()` and
- * `endChunk()`.
+ * All writes are positional (pwrite at the writer's own position; the fd's offset is unused),
+ * so a chunk payload can be written straight into the file by a native pump at
+ * `payloadOffset()` and then recorded with `commitChunk()`.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -21,11 +21,12 @@ export interface WriterOptions {
   noSync?: boolean;
 }
 
-function ioError(e: unknown, op: string, file: string): unknown {
+/** A Node fs error as a VfioError with code, errno, syscall, step and path; anything else (a VfioError included) unchanged. */
+function ioError(e: unknown, op: string, file: string, step = 'snapshot:write'): unknown {
   const err = e as NodeJS.ErrnoException;
-  if (typeof err?.errno === 'number' && err.code) {
+  if (!(e instanceof VfioError) && typeof err?.errno === 'number' && err.code) {
     return new VfioError(`${op} of snapshot ${file} failed: ${err.code}`, {
-      code: err.code, errno: Math.abs(err.errno), syscall: err.syscall ?? op, step: 'snapshot:write', path: file, cause: e,
+      code: err.code, errno: Math.abs(err.errno), syscall: err.syscall ?? op, step, path: file, cause: e,
     });
   }
   return e;
@@ -104,25 +105,27 @@ export class SnapshotWriter {
   }
 
   /**
-   * Record a chunk whose payload someone else already appended to the fd (a native pump):
-   * `length` bytes with crc32 `crc`, starting at `payloadAt`, preceded by the 8 bytes that
-   * `reserveChunkHeader()` returned the offset of.
+   * Where the payload of the next chunk goes: a pump writes it there with pwrite, then calls
+   * `commitChunk()` with its length and crc32. Nothing is written when the pump moved 0 bytes.
    */
-  async reserveChunkHeader(): Promise<number> {
+  payloadOffset(): number {
     this.assertOpen(true);
-    const at = this.pos;
-    await this.put(Buffer.alloc(f.CHUNK_HEADER_SIZE), false);
-    return at;
+    return this.pos + f.CHUNK_HEADER_SIZE;
   }
-  async completeChunk(headerAt: number, length: number, crc: number): Promise<void> {
+
+  /** Record the chunk a pump wrote at `payloadOffset()`: write its header, advance. */
+  async commitChunk(length: number, crc: number): Promise<void> {
+    if (length === 0) return;
     const hdr = this.chunkHeader(length, crc);
-    this.skeleton = f.crc32(hdr, this.skeleton);
-    this.pos += length;
+    const at = this.pos;
     try {
-      await this.fh.write(hdr, 0, hdr.length, headerAt);
+      let off = 0;
+      while (off < hdr.length) off += (await this.fh.write(hdr, off, hdr.length - off, at + off)).bytesWritten;
     } catch (e) {
       throw ioError(e, 'write', this.tempPath);
     }
+    this.skeleton = f.crc32(hdr, this.skeleton);
+    this.pos += f.CHUNK_HEADER_SIZE + length;
   }
 
   /** Finish the current chunked section with its end chunk. */
@@ -153,7 +156,7 @@ export class SnapshotWriter {
       if (!this.opts.noSync) await syncDir(path.dirname(path.resolve(this.finalPath)));
     } catch (e) {
       await this.abort();
-      throw ioError(e, 'commit', this.tempPath);
+      throw ioError(e, 'commit', this.tempPath, 'snapshot:commit');
     }
   }
 
@@ -183,12 +186,12 @@ export class SnapshotWriter {
     }
   }
 
-  /** Append `b` at the fd's offset; `skeleton` says whether it counts towards the END checksum. */
+  /** Append `b` at the writer's position; `skeleton` says whether it counts towards the END checksum. */
   private async put(b: Buffer, skeleton: boolean): Promise<void> {
     let off = 0;
     try {
       while (off < b.length) {
-        const { bytesWritten } = await this.fh.write(b, off, b.length - off, null);
+        const { bytesWritten } = await this.fh.write(b, off, b.length - off, this.pos + off);
         off += bytesWritten;
       }
     } catch (e) {

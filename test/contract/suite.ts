@@ -12,10 +12,11 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
 import { crc32 } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VfioError } from '../../src/errors';
-import { POLLHUP, POLLIN, POLLOUT, type Binding } from '../../src/binding/types';
+import { POLLHUP, POLLIN, POLLOUT, type Binding, type PumpError, type PumpOptions } from '../../src/binding/types';
 
 // ---- Linux constants used below ----
 const { O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_EXCL, O_NONBLOCK, O_NOCTTY } = fs.constants;
@@ -101,6 +102,15 @@ function pattern(n: number, seed = 0x1234567): Buffer {
     b[i] = x & 0xff;
   }
   return b;
+}
+
+/**
+ * Fill `block` with block number `i` of a long deterministic stream (cheap: 4 bytes a step).
+ * Self-contained, so that its source text also runs in a worker.
+ */
+function fillBlock(block: Buffer, i: number): Buffer {
+  for (let j = 0; j < block.length; j += 4) block.writeUInt32LE((Math.imul(j + 1, 2654435761) ^ Math.imul(i + 1, 0x9e3779b9)) >>> 0, j);
+  return block;
 }
 
 export interface ContractOptions {
@@ -562,6 +572,7 @@ export function bindingContract(name: string, create: () => Binding, opts: Contr
 
     describe('pump', () => {
       const pumpReason = () => (b.pump ? undefined : 'binding has no pump');
+      const pump = (src: number, dst: number, buf: Buffer, opts?: PumpOptions | number) => b.pump!(src, dst, buf, opts);
 
       /** Open a source file holding `data` and an empty destination file. */
       function files(label: string, data: Buffer): { src: number; dst: number; dstPath: string; close(): void } {
@@ -574,43 +585,289 @@ export function bindingContract(name: string, create: () => Binding, opts: Contr
         return { src, dst, dstPath, close: () => [src, dst].forEach((fd) => b.close(fd)) };
       }
 
-      it('copies a file exactly, with zlib crc32 over the data', async () => {
+      /** Bytes waiting in a pipe (FIONREAD). */
+      function pipeBytes(fd: number): number {
+        const count = Buffer.alloc(4);
+        b.ioctl(fd, FIONREAD, count);
+        return count.readInt32LE(0);
+      }
+
+      function expectPumpError(e: unknown, want: { code: string; kind: string; bytesDone: number; syscall?: string }): PumpError {
+        expect(e).toBeInstanceOf(VfioError);
+        const err = e as PumpError;
+        expect({ code: err.code, kind: err.kind, bytesDone: err.bytesDone, syscall: err.syscall }).toEqual({
+          code: want.code,
+          kind: want.kind,
+          bytesDone: want.bytesDone,
+          syscall: want.syscall,
+        });
+        return err;
+      }
+
+      it('copies a file exactly to its end, with zlib crc32 over the data', async () => {
         if (pumpReason()) return;
         const data = pattern(1024 * 1024 + 123);
         const f = files('whole', data);
         try {
-          const res = await b.pump!(f.src, f.dst, Buffer.alloc(64 * 1024));
-          expect(res).toEqual({ bytes: data.length, crc32: crc32(data) });
+          const res = await pump(f.src, f.dst, Buffer.alloc(64 * 1024));
+          expect(res).toEqual({ bytes: data.length, crc32: crc32(data), end: 'eof' });
           expect(fs.readFileSync(f.dstPath).equals(data)).toBe(true);
         } finally {
           f.close();
         }
       });
 
-      it('stops at the limit and leaves the source positioned after it', async () => {
+      it("limit: stops after exactly that many bytes ('limit') and leaves the source positioned after them", async () => {
         if (pumpReason()) return;
         const data = pattern(5000, 99);
         const f = files('limit', data);
         try {
-          const res = await b.pump!(f.src, f.dst, Buffer.alloc(256), 1000);
-          expect(res).toEqual({ bytes: 1000, crc32: crc32(data.subarray(0, 1000)) });
+          const res = await pump(f.src, f.dst, Buffer.alloc(256), { limit: 1000 });
+          expect(res).toEqual({ bytes: 1000, crc32: crc32(data.subarray(0, 1000)), end: 'limit' });
           expect(fs.readFileSync(f.dstPath).equals(data.subarray(0, 1000))).toBe(true);
           const next = Buffer.alloc(4);
           expect(fs.readSync(f.src, next)).toBe(4);
           expect(next).toEqual(data.subarray(1000, 1004));
-          expect(await b.pump!(f.src, f.dst, Buffer.alloc(256), 0)).toEqual({ bytes: 0, crc32: 0 });
+          // limit 0 touches nothing and still ends with 'limit'.
+          expect(await pump(f.src, f.dst, Buffer.alloc(256), { limit: 0 })).toEqual({ bytes: 0, crc32: 0, end: 'limit' });
+          // A limit that is a multiple of the chunk size stops exactly, without an extra read.
+          expect(await pump(f.src, f.dst, Buffer.alloc(100), { limit: 300 })).toEqual({
+            bytes: 300,
+            crc32: crc32(data.subarray(1004, 1304)),
+            end: 'limit',
+          });
         } finally {
           f.close();
         }
       });
 
-      it('returns 0 bytes and crc 0 for an empty source', async () => {
+      it("limit: ends with 'eof' when the source ends first", async () => {
+        if (pumpReason()) return;
+        const data = pattern(3000, 5);
+        const f = files('limit-eof', data);
+        try {
+          expect(await pump(f.src, f.dst, Buffer.alloc(1024), { limit: 10_000 })).toEqual({
+            bytes: 3000,
+            crc32: crc32(data),
+            end: 'eof',
+          });
+          expect(fs.readFileSync(f.dstPath).equals(data)).toBe(true);
+        } finally {
+          f.close();
+        }
+        // A stream too: the write end closed after 5 bytes.
+        await withPipe(0, async (r, w) => {
+          await withPipe(0, async (r2, w2) => {
+            fs.writeSync(w, 'short');
+            b.close(w);
+            expect(await pump(r, w2, Buffer.alloc(64), { limit: 64 })).toEqual({
+              bytes: 5,
+              crc32: crc32(Buffer.from('short')),
+              end: 'eof',
+            });
+            expect(pipeBytes(r2)).toBe(5);
+          });
+        });
+      });
+
+      it("returns 0 bytes, crc 0 and 'eof' for an empty source; the number form is the limit (-1: none)", async () => {
         if (pumpReason()) return;
         const f = files('empty', Buffer.alloc(0));
         try {
-          expect(await b.pump!(f.src, f.dst, Buffer.alloc(16), -1)).toEqual({ bytes: 0, crc32: 0 });
+          expect(await pump(f.src, f.dst, Buffer.alloc(16))).toEqual({ bytes: 0, crc32: 0, end: 'eof' });
+          expect(await pump(f.src, f.dst, Buffer.alloc(16), -1)).toEqual({ bytes: 0, crc32: 0, end: 'eof' });
+          expect(await pump(f.src, f.dst, Buffer.alloc(16), {})).toEqual({ bytes: 0, crc32: 0, end: 'eof' });
         } finally {
           f.close();
+        }
+        const data = pattern(100, 8);
+        const g = files('legacy-limit', data);
+        try {
+          expect(await pump(g.src, g.dst, Buffer.alloc(16), 40)).toEqual({ bytes: 40, crc32: crc32(data.subarray(0, 40)), end: 'limit' });
+        } finally {
+          g.close();
+        }
+      });
+
+      it('srcOffset / dstOffset: pread and pwrite by position, advancing; the fds\' own offsets are untouched', async () => {
+        if (pumpReason()) return;
+        const data = pattern(10_000, 21);
+        const srcPath = tmp('offsets.src');
+        const dstPath = tmp('offsets.dst');
+        fs.writeFileSync(srcPath, data);
+        fs.writeFileSync(dstPath, '');
+        const src = b.open(srcPath, O_RDONLY);
+        const dst = b.open(dstPath, O_RDWR);
+        try {
+          expect(fs.readSync(src, Buffer.alloc(10))).toBe(10); // the fd's own offset is now 10
+          // An odd chunk size, so the positions advance across several chunks.
+          const res = await pump(src, dst, Buffer.alloc(777), { srcOffset: 3000, dstOffset: 100, limit: 5000 });
+          expect(res).toEqual({ bytes: 5000, crc32: crc32(data.subarray(3000, 8000)), end: 'limit' });
+          const out = fs.readFileSync(dstPath);
+          expect(out.length).toBe(5100);
+          expect(out.subarray(0, 100).equals(Buffer.alloc(100))).toBe(true);
+          expect(out.subarray(100).equals(data.subarray(3000, 8000))).toBe(true);
+          // Neither fd's offset moved: a read continues at 10, a write lands at 0.
+          const next = Buffer.alloc(4);
+          expect(fs.readSync(src, next)).toBe(4);
+          expect(next.equals(data.subarray(10, 14))).toBe(true);
+          fs.writeSync(dst, 'X');
+          expect(fs.readFileSync(dstPath)[0]).toBe(0x58);
+          // To the end of the file from an offset, and from past the end.
+          expect(await pump(src, dst, Buffer.alloc(512), { srcOffset: 9000, dstOffset: 0 })).toEqual({
+            bytes: 1000,
+            crc32: crc32(data.subarray(9000)),
+            end: 'eof',
+          });
+          expect(fs.readFileSync(dstPath).subarray(0, 1000).equals(data.subarray(9000))).toBe(true);
+          expect(await pump(src, dst, Buffer.alloc(512), { srcOffset: 2 ** 40 })).toEqual({ bytes: 0, crc32: 0, end: 'eof' });
+        } finally {
+          b.close(src);
+          b.close(dst);
+        }
+      });
+
+      it("srcOffset / dstOffset on a pipe reject with ESPIPE, syscall 'pread' / 'pwrite'", async () => {
+        if (pumpReason()) return;
+        const f = files('espipe', pattern(100));
+        try {
+          await withPipe(0, async (r, w) => {
+            fs.writeSync(w, 'abc');
+            const readErr = expectSysError(await catchAsync(pump(r, f.dst, Buffer.alloc(64), { srcOffset: 0 })), {
+              code: 'ESPIPE',
+              errno: 29,
+              syscall: 'pread',
+            }) as PumpError;
+            expect(readErr.bytesDone).toBe(0);
+            const writeErr = expectSysError(await catchAsync(pump(f.src, w, Buffer.alloc(64), { dstOffset: 0 })), {
+              code: 'ESPIPE',
+              errno: 29,
+              syscall: 'pwrite',
+            }) as PumpError;
+            expect(writeErr.bytesDone).toBe(0);
+          });
+        } finally {
+          f.close();
+        }
+      });
+
+      it('expectCrc matching: the whole chunk is read into buf, checked, then written', async () => {
+        if (pumpReason()) return;
+        const data = pattern(20_000, 31);
+        const chunk = data.subarray(4000, 12_000);
+        const f = files('crc-ok', data);
+        try {
+          const buf = Buffer.alloc(10_000);
+          const res = await pump(f.src, f.dst, buf, { srcOffset: 4000, limit: chunk.length, expectCrc: crc32(chunk) });
+          expect(res).toEqual({ bytes: chunk.length, crc32: crc32(chunk), end: 'limit' });
+          expect(fs.readFileSync(f.dstPath).equals(chunk)).toBe(true);
+          expect(buf.subarray(0, chunk.length).equals(chunk)).toBe(true); // buf holds the chunk
+        } finally {
+          f.close();
+        }
+        // From a stream, where the chunk arrives in pieces, into a pipe.
+        await withPipe(0, async (r, w) => {
+          const src = pattern(3000, 32);
+          await withPipe(O_NONBLOCK, async (r2, w2) => {
+            const pending = pump(r2, w, Buffer.alloc(3000), { limit: 3000, expectCrc: crc32(src) });
+            for (let off = 0; off < src.length; off += 1000) {
+              await sleep(5);
+              fs.writeSync(w2, src, off, 1000);
+            }
+            expect(await pending).toEqual({ bytes: 3000, crc32: crc32(src), end: 'limit' });
+          });
+          const got = Buffer.alloc(3000);
+          let n = 0;
+          while (n < got.length) n += fs.readSync(r, got, n, got.length - n, null);
+          expect(got.equals(src)).toBe(true);
+        });
+      });
+
+      it("expectCrc mismatch: rejects EVFIO_CHECKSUM (kind 'format') and writes nothing", async () => {
+        if (pumpReason()) return;
+        const data = pattern(8192, 41);
+        const good = crc32(data);
+        const bad = (good ^ 0x00010000) >>> 0;
+        const f = files('crc-bad', data);
+        try {
+          const err = expectPumpError(await catchAsync(pump(f.src, f.dst, Buffer.alloc(8192), { limit: 8192, expectCrc: bad })), {
+            code: 'EVFIO_CHECKSUM',
+            kind: 'format',
+            bytesDone: 0,
+          });
+          expect(err.errno).toBeUndefined();
+          expect(err.message).toContain('CRC-32 mismatch');
+          expect(err.message).toContain(bad.toString(16).padStart(8, '0'));
+          expect(err.message).toContain(good.toString(16).padStart(8, '0'));
+          expect(fs.statSync(f.dstPath).size).toBe(0);
+        } finally {
+          f.close();
+        }
+        // Into a pipe (as into a RESUMING data_fd): not one byte arrives.
+        await withPipe(0, async (r, w) => {
+          const g = files('crc-bad-2', data);
+          try {
+            expectPumpError(await catchAsync(pump(g.src, w, Buffer.alloc(10_000), { srcOffset: 0, limit: 8192, expectCrc: bad })), {
+              code: 'EVFIO_CHECKSUM',
+              kind: 'format',
+              bytesDone: 0,
+            });
+            expect(pipeBytes(r)).toBe(0);
+            // The same chunk with the right checksum goes through.
+            expect(await pump(g.src, w, Buffer.alloc(10_000), { srcOffset: 0, limit: 8192, expectCrc: good })).toEqual({
+              bytes: 8192,
+              crc32: good,
+              end: 'limit',
+            });
+            expect(pipeBytes(r)).toBe(8192);
+          } finally {
+            g.close();
+          }
+        });
+      });
+
+      it("expectCrc with a source that ends early: rejects EVFIO_SNAPSHOT_TRUNCATED (kind 'format'), nothing written", async () => {
+        if (pumpReason()) return;
+        const data = pattern(1000, 51);
+        const f = files('crc-short', data);
+        try {
+          const err = expectPumpError(
+            await catchAsync(pump(f.src, f.dst, Buffer.alloc(4096), { limit: 4096, expectCrc: crc32(data) })),
+            { code: 'EVFIO_SNAPSHOT_TRUNCATED', kind: 'format', bytesDone: 0 },
+          );
+          expect(err.message).toContain('after 1000 of 4096 bytes');
+          expect(fs.statSync(f.dstPath).size).toBe(0);
+        } finally {
+          f.close();
+        }
+      });
+
+      it("precopy: a read of 0 ends with 'for-now' (the write end of the pipe is closed), the limit still wins", async () => {
+        if (pumpReason()) return;
+        const data = pattern(3000, 61);
+        const dstPath = tmp('precopy.dst');
+        fs.writeFileSync(dstPath, '');
+        const dst = b.open(dstPath, O_WRONLY);
+        try {
+          await withPipe(0, async (r, w) => {
+            fs.writeSync(w, data);
+            expect(await pump(r, dst, Buffer.alloc(1024), { precopy: true, limit: 1000 })).toEqual({
+              bytes: 1000,
+              crc32: crc32(data.subarray(0, 1000)),
+              end: 'limit',
+            });
+            b.close(w);
+            expect(await pump(r, dst, Buffer.alloc(1024), { precopy: true })).toEqual({
+              bytes: 2000,
+              crc32: crc32(data.subarray(1000)),
+              end: 'for-now',
+            });
+            expect(await pump(r, dst, Buffer.alloc(1024), { precopy: true })).toEqual({ bytes: 0, crc32: 0, end: 'for-now' });
+            expect(await pump(r, dst, Buffer.alloc(1024), { precopy: false })).toEqual({ bytes: 0, crc32: 0, end: 'eof' });
+          });
+          expect(fs.readFileSync(dstPath).equals(data)).toBe(true);
+        } finally {
+          b.close(dst);
         }
       });
 
@@ -622,13 +879,13 @@ export function bindingContract(name: string, create: () => Binding, opts: Contr
         const dst = b.open(dstPath, O_WRONLY);
         try {
           await withPipe(O_NONBLOCK, async (r, w) => {
-            const pumping = b.pump!(r, dst, Buffer.alloc(8192));
+            const pumping = pump(r, dst, Buffer.alloc(8192));
             for (let off = 0; off < data.length; ) {
               off += await b.write(w, data, off, Math.min(30_000, data.length - off));
               await sleep(2);
             }
             b.close(w);
-            expect(await pumping).toEqual({ bytes: data.length, crc32: crc32(data) });
+            expect(await pumping).toEqual({ bytes: data.length, crc32: crc32(data), end: 'eof' });
           });
           expect(fs.readFileSync(dstPath).equals(data)).toBe(true);
         } finally {
@@ -644,7 +901,7 @@ export function bindingContract(name: string, create: () => Binding, opts: Contr
         const src = b.open(srcPath, O_RDONLY);
         try {
           await withPipe(O_NONBLOCK, async (r, w) => {
-            const pumping = b.pump!(src, w, Buffer.alloc(100 * 1024)); // chunks larger than the pipe
+            const pumping = pump(src, w, Buffer.alloc(100 * 1024)); // chunks larger than the pipe
             const got: Buffer[] = [];
             let total = 0;
             const buf = Buffer.alloc(16 * 1024);
@@ -655,7 +912,7 @@ export function bindingContract(name: string, create: () => Binding, opts: Contr
               total += n;
               await sleep(1);
             }
-            expect(await pumping).toEqual({ bytes: data.length, crc32: crc32(data) });
+            expect(await pumping).toEqual({ bytes: data.length, crc32: crc32(data), end: 'eof' });
             expect(Buffer.concat(got).equals(data)).toBe(true);
           });
         } finally {
@@ -663,32 +920,24 @@ export function bindingContract(name: string, create: () => Binding, opts: Contr
         }
       });
 
-      it("rejects with syscall 'read' or 'write' for the side that failed", async () => {
+      it("rejects with syscall 'read' or 'write' for the side that failed, with bytesDone", async () => {
         if (pumpReason()) return;
         const data = pattern(10_000, 3);
         const f = files('errors', data);
         try {
           const closed = b.eventfd(0);
           b.close(closed);
-          expectSysError(await catchAsync(b.pump!(closed, f.dst, Buffer.alloc(64))), {
-            code: 'EBADF',
-            errno: 9,
-            syscall: 'read',
-          });
-          expectSysError(await catchAsync(b.pump!(f.src, closed, Buffer.alloc(64))), {
-            code: 'EBADF',
-            errno: 9,
-            syscall: 'write',
-          });
-          // A read-only destination: the write side fails.
-          expectSysError(await catchAsync(b.pump!(f.src, f.src, Buffer.alloc(64))), {
-            code: 'EBADF',
-            errno: 9,
-            syscall: 'write',
-          });
+          for (const [src, dst, syscall] of [
+            [closed, f.dst, 'read'],
+            [f.src, closed, 'write'],
+            [f.src, f.src, 'write'], // a read-only destination
+          ] as const) {
+            const err = expectSysError(await catchAsync(pump(src, dst, Buffer.alloc(64))), { code: 'EBADF', errno: 9, syscall });
+            expect((err as PumpError).bytesDone).toBe(0);
+          }
           await withPipe(0, async (r, w) => {
             b.close(r);
-            expectSysError(await catchAsync(b.pump!(f.src, w, Buffer.alloc(64))), {
+            expectSysError(await catchAsync(pump(f.src, w, Buffer.alloc(64), { srcOffset: 0 })), {
               code: 'EPIPE',
               errno: 32,
               syscall: 'write',
@@ -699,11 +948,140 @@ export function bindingContract(name: string, create: () => Binding, opts: Contr
         }
       });
 
-      it('rejects a bad buffer or limit synchronously', () => {
+      it('fails mid-stream when the reader goes away: EPIPE, with the bytes written so far in bytesDone', async () => {
         if (pumpReason()) return;
-        expect(() => b.pump!(0, 1, Buffer.alloc(0))).toThrow(RangeError);
-        expect(() => b.pump!(0, 1, Buffer.alloc(8), -2)).toThrow(RangeError);
-        expect(() => b.pump!(0, 1, 'x' as unknown as Buffer)).toThrow(TypeError);
+        const data = pattern(1024 * 1024, 13);
+        const srcPath = tmp('midstream.src');
+        fs.writeFileSync(srcPath, data);
+        const src = b.open(srcPath, O_RDONLY);
+        const [r, w] = b.pipe();
+        try {
+          const pumping = catchAsync(pump(src, w, Buffer.alloc(32 * 1024)));
+          // Take 256 KiB, check it, then hang up.
+          const got = Buffer.alloc(256 * 1024);
+          let n = 0;
+          while (n < got.length) n += await b.read(r, got, n);
+          expect(got.equals(data.subarray(0, got.length))).toBe(true);
+          b.close(r);
+          const err = expectSysError(await pumping, { code: 'EPIPE', errno: 32, syscall: 'write' }) as PumpError;
+          expect(err.bytesDone).toBeGreaterThanOrEqual(got.length);
+          expect(err.bytesDone).toBeLessThan(data.length);
+        } finally {
+          b.close(src);
+          b.close(w);
+          if (isOpen(r)) b.close(r);
+        }
+      });
+
+      it('carries 64 MiB through a pipe from a concurrent producer thread, with the same crc as zlib.crc32', async () => {
+        if (pumpReason()) return;
+        const blocks = 64;
+        const [r, w] = b.pipe();
+        const devNull = b.open('/dev/null', O_WRONLY);
+        let expected = 0;
+        const block = Buffer.alloc(1 << 20);
+        for (let i = 0; i < blocks; i++) expected = crc32(fillBlock(block, i), expected);
+        // The producer owns (and closes) the write end: that is the end of the stream.
+        const producer = new Worker(
+          `const { workerData } = require('node:worker_threads');
+           const fs = require('node:fs');
+           const fillBlock = ${fillBlock.toString()};
+           const block = Buffer.alloc(1 << 20);
+           for (let i = 0; i < workerData.blocks; i++) {
+             fillBlock(block, i);
+             for (let off = 0; off < block.length; ) off += fs.writeSync(workerData.fd, block, off);
+           }
+           fs.closeSync(workerData.fd);`,
+          { eval: true, workerData: { fd: w, blocks } },
+        );
+        const exited = new Promise<number>((resolve, reject) => {
+          producer.once('exit', resolve);
+          producer.once('error', reject);
+        });
+        try {
+          const res = await pump(r, devNull, Buffer.alloc(1 << 20));
+          expect(res).toEqual({ bytes: blocks << 20, crc32: expected, end: 'eof' });
+          expect(await exited).toBe(0);
+        } finally {
+          b.close(r);
+          b.close(devNull);
+        }
+      }, 60_000);
+
+      it('pending pumps do not hold up fs.promises work issued meanwhile', async () => {
+        if (pumpReason()) return;
+        const probe = tmp('probe.txt');
+        fs.writeFileSync(probe, 'still served');
+        const pipes = [0, 1, 2, 3].map(() => b.pipe()); // as many as libuv's default pool has threads
+        const dst = b.open('/dev/null', O_WRONLY);
+        try {
+          const pumping = pipes.map(([r]) => pump(r, dst, Buffer.alloc(4096)));
+          await sleep(50); // let them all start waiting
+          const read = fs.promises.readFile(probe, 'utf8');
+          const outcome = await Promise.race([read, sleep(5000).then(() => 'fs.promises.readFile starved')]);
+          expect(outcome).toBe('still served');
+          expect((await fs.promises.stat(probe)).size).toBe(12);
+          pipes.forEach(([, w], i) => {
+            fs.writeSync(w, 'x'.repeat(i + 1));
+            b.close(w);
+          });
+          expect(await Promise.all(pumping)).toEqual(
+            [1, 2, 3, 4].map((n) => ({ bytes: n, crc32: crc32(Buffer.from('x'.repeat(n))), end: 'eof' })),
+          );
+        } finally {
+          for (const [r, w] of pipes) for (const fd of [r, w]) if (isOpen(fd)) b.close(fd);
+          b.close(dst);
+        }
+      });
+
+      it('leaks no fds over many pumps, successful or not', async () => {
+        if (pumpReason()) return;
+        const data = pattern(4096, 17);
+        const f = files('fd-leak', data);
+        try {
+          const before = openFdCount();
+          for (let i = 0; i < 100; i++) {
+            await pump(f.src, f.dst, Buffer.alloc(1024), { srcOffset: 0, dstOffset: 0 });
+            await catchAsync(pump(f.src, f.dst, Buffer.alloc(4096), { srcOffset: 0, limit: 4096, expectCrc: 1 }));
+            await catchAsync(pump(f.src, f.src, Buffer.alloc(64), { srcOffset: 0 })); // read-only destination
+          }
+          expect(openFdCount()).toBe(before);
+        } finally {
+          f.close();
+        }
+      });
+
+      it('rejects bad buffers and options synchronously', () => {
+        if (pumpReason()) return;
+        const buf = Buffer.alloc(8);
+        const cases: Array<[string, () => unknown, typeof TypeError | typeof RangeError]> = [
+          ['empty buffer', () => pump(0, 1, Buffer.alloc(0)), RangeError],
+          ['buffer not a Buffer', () => pump(0, 1, 'x' as unknown as Buffer), TypeError],
+          ['limit -2 (number form)', () => pump(0, 1, buf, -2), RangeError],
+          ['options null', () => pump(0, 1, buf, null as unknown as PumpOptions), TypeError],
+          ['options a string', () => pump(0, 1, buf, 'all' as unknown as PumpOptions), TypeError],
+          ['limit -1 in options', () => pump(0, 1, buf, { limit: -1 }), RangeError],
+          ['limit 2^53', () => pump(0, 1, buf, { limit: 2 ** 53 }), RangeError],
+          ['limit as string', () => pump(0, 1, buf, { limit: '5' as unknown as number }), TypeError],
+          ['negative srcOffset', () => pump(0, 1, buf, { srcOffset: -1 }), RangeError],
+          ['fractional dstOffset', () => pump(0, 1, buf, { dstOffset: 1.5 }), RangeError],
+          ['expectCrc without limit', () => pump(0, 1, buf, { expectCrc: 0 }), RangeError],
+          ['expectCrc with limit > buffer', () => pump(0, 1, buf, { expectCrc: 0, limit: 9 }), RangeError],
+          ['expectCrc >= 2^32', () => pump(0, 1, buf, { expectCrc: 2 ** 32, limit: 8 }), RangeError],
+          ['expectCrc as string', () => pump(0, 1, buf, { expectCrc: '0' as unknown as number, limit: 8 }), TypeError],
+          ['precopy not a boolean', () => pump(0, 1, buf, { precopy: 1 as unknown as boolean }), TypeError],
+        ];
+        for (const [what, call, ctor] of cases) {
+          const e = catchSync(call);
+          expect(e, what).toBeInstanceOf(ctor);
+          expect((e as { code?: string }).code, what).toBe(ctor === TypeError ? 'ERR_INVALID_ARG_TYPE' : 'ERR_OUT_OF_RANGE');
+        }
+        // The boundaries themselves are accepted (the pumps then fail on fd 2^31-1, not on arguments).
+        for (const opts of [{ expectCrc: 0xffffffff, limit: 8 }, { limit: 0, srcOffset: 0, dstOffset: 0, precopy: false }]) {
+          const p = pump(2 ** 31 - 1, 2 ** 31 - 1, buf, opts);
+          expect(p).toBeInstanceOf(Promise);
+          p.catch(() => {});
+        }
       });
     });
   });

@@ -92,7 +92,7 @@ describe('loading', () => {
       const sfd = b.open(src, fs.constants.O_RDONLY);
       try {
         const res = await b.pump(sfd, w, Buffer.alloc(7));
-        expect(res).toEqual({ bytes: data.length, crc32: crc32(data) });
+        expect(res).toEqual({ bytes: data.length, crc32: crc32(data), end: 'eof' });
         const got = Buffer.alloc(64);
         expect(await b.read(r, got)).toBe(data.length);
         expect(got.subarray(0, data.length).equals(data)).toBe(true);
@@ -155,6 +155,14 @@ function abuseCases(fd: number): Array<[string, (b: Binding) => unknown, typeof 
     ['pump: limit beyond 2^53', (b) => b.pump!(fd, fd, buf, 2 ** 53), RangeError],
     ['pump: negative srcFd', (b) => b.pump!(-1, fd, buf), RangeError],
     ['pump: buffer not a Buffer', (b) => b.pump!(fd, fd, a([1, 2, 3])), TypeError],
+    ['pump: options null', (b) => b.pump!(fd, fd, buf, a(null)), TypeError],
+    ['pump: options a function', (b) => b.pump!(fd, fd, buf, a(() => 1)), TypeError],
+    ['pump: limit -1 in options', (b) => b.pump!(fd, fd, buf, { limit: -1 }), RangeError],
+    ['pump: NaN dstOffset', (b) => b.pump!(fd, fd, buf, { dstOffset: NaN }), RangeError],
+    ['pump: expectCrc without limit', (b) => b.pump!(fd, fd, buf, { expectCrc: 5 }), RangeError],
+    ['pump: expectCrc with limit beyond the buffer', (b) => b.pump!(fd, fd, buf, { expectCrc: 5, limit: 11 }), RangeError],
+    ['pump: negative expectCrc', (b) => b.pump!(fd, fd, buf, { expectCrc: -1, limit: 1 }), RangeError],
+    ['pump: precopy as a number', (b) => b.pump!(fd, fd, buf, { precopy: a(1) }), TypeError],
   ];
 }
 
@@ -251,6 +259,96 @@ describe('async work keeps its Buffer alive', () => {
   });
 });
 
+/** Start a pump through a fresh 4 MiB Buffer and drop every strong reference to it (see startRead). */
+function startPump(
+  b: Binding,
+  src: number,
+  dst: number,
+): { pending: Promise<unknown>; pinned: WeakRef<ArrayBuffer>; control: WeakRef<ArrayBuffer> } {
+  const buf = Buffer.alloc(4 << 20);
+  const other = Buffer.alloc(4 << 20);
+  return {
+    pending: b.pump!(src, dst, buf),
+    pinned: new WeakRef(buf.buffer as ArrayBuffer),
+    control: new WeakRef(other.buffer as ArrayBuffer),
+  };
+}
+
+describe('pump keeps its Buffer alive', () => {
+  const bindings: Array<[string, () => Binding]> = [
+    ['native', () => new NativeBinding()],
+    ['koffi', () => new KoffiBinding()],
+  ];
+  it.each(bindings)('%s: the memory of a Buffer only the pending pump refers to survives a GC', async (_name, make) => {
+    v8.setFlagsFromString('--expose-gc');
+    const gc = vm.runInNewContext('gc') as () => void;
+    const b = make();
+    const [r, w] = b.pipe();
+    const [r2, w2] = b.pipe();
+    try {
+      const { pending, pinned, control } = startPump(b, r, w2);
+      await sleep(10);
+      gc();
+      await sleep(10);
+      gc();
+      expect(control.deref()).toBeUndefined();
+      expect(pinned.deref()).toBeDefined(); // held by the pending pump
+      fs.writeSync(w, 'through the pinned buffer');
+      b.close(w);
+      expect(await pending).toEqual({ bytes: 25, crc32: crc32(Buffer.from('through the pinned buffer')), end: 'eof' });
+      const memory = pinned.deref();
+      expect(memory && Buffer.from(memory, 0, 25).toString()).toBe('through the pinned buffer');
+      const got = Buffer.alloc(32);
+      expect(fs.readSync(r2, got)).toBe(25);
+    } finally {
+      for (const fd of [r, r2, w2]) b.close(fd);
+    }
+  });
+});
+
+/** Threads of this process named "vfio-pump" (the addon names its pump threads so). */
+function pumpThreads(): number {
+  let n = 0;
+  for (const tid of fs.readdirSync('/proc/self/task')) {
+    try {
+      if (fs.readFileSync(`/proc/self/task/${tid}/comm`, 'utf8').trim() === 'vfio-pump') n++;
+    } catch {
+      // the thread exited while we looked
+    }
+  }
+  return n;
+}
+
+/** Wait (up to `ms`) until `pumpThreads()` is `want`; returns the last count seen. */
+async function pumpThreadsReach(want: number, ms = 2000): Promise<number> {
+  const deadline = Date.now() + ms;
+  let n = pumpThreads();
+  while (n !== want && Date.now() < deadline) {
+    await sleep(5);
+    n = pumpThreads();
+  }
+  return n;
+}
+
+describe('pump threads', () => {
+  it('runs each pump on its own "vfio-pump" thread, joined once the pump settles', async () => {
+    const b = new NativeBinding();
+    expect(pumpThreads()).toBe(0);
+    const pipes = [b.pipe(), b.pipe(), b.pipe()];
+    const dst = b.open('/dev/null', fs.constants.O_WRONLY);
+    try {
+      const pending = pipes.map(([r]) => b.pump(r, dst, Buffer.alloc(64)));
+      expect(await pumpThreadsReach(3)).toBe(3);
+      for (const [, w] of pipes) b.close(w);
+      expect(await Promise.all(pending)).toEqual(pipes.map(() => ({ bytes: 0, crc32: 0, end: 'eof' })));
+      expect(await pumpThreadsReach(0)).toBe(0);
+    } finally {
+      for (const [r] of pipes) b.close(r);
+      b.close(dst);
+    }
+  });
+});
+
 describe('worker_threads', () => {
   /** CommonJS run in a worker: exercises the raw addon and posts back what it saw. */
   const workerCode = `
@@ -281,7 +379,7 @@ describe('worker_threads', () => {
       const dstPath = workerData.src + '.dst';
       fs.writeFileSync(dstPath, '');
       const dst = addon.open(dstPath, fs.constants.O_WRONLY);
-      out.pump = await addon.pump(src, dst, Buffer.alloc(4096), -1);
+      out.pump = await addon.pump(src, dst, Buffer.alloc(4096), {});
       out.copied = fs.readFileSync(dstPath).equals(data);
       const n = await addon.write(w, Buffer.from('via pipe'));
       const got = Buffer.alloc(16);
@@ -312,7 +410,7 @@ describe('worker_threads', () => {
       expect(out.plain).toEqual({ isError: true, name: 'Error', code: 'EBADF', errno: 9, syscall: 'close' });
       expect(out.classed).toEqual({ mine: true, message: 'close failed: EBADF', code: 'EBADF' });
       expect(out.counter).toBe('7');
-      expect(out.pump).toEqual({ bytes: 100_000 + id, crc32: crc32(Buffer.alloc(100_000 + id, id)) });
+      expect(out.pump).toEqual({ bytes: 100_000 + id, crc32: crc32(Buffer.alloc(100_000 + id, id)), end: 'eof' });
       expect(out.copied).toBe(true);
       expect(out.piped).toEqual([8, 8, 'via pipe']);
       expect(out.poll).toBe(0);
@@ -339,5 +437,65 @@ describe('worker_threads', () => {
     b.eventfdWrite(efd, 1n);
     expect(b.eventfdRead(efd)).toBe(1n);
     b.close(efd);
+  });
+
+  it('survives a worker terminated while pumps wait and copy: they are cancelled, joined, and dropped', async () => {
+    const code = `
+      const { parentPort, workerData } = require('node:worker_threads');
+      const fs = require('node:fs');
+      const addon = require(workerData.file);
+      const [r, w] = addon.pipe();
+      const sink = addon.open('/dev/null', fs.constants.O_WRONLY);
+      const zero = addon.open('/dev/zero', fs.constants.O_RDONLY);
+      const out = {};
+      // One pump waits on a pipe nobody writes to; one copies /dev/zero to /dev/null for ever.
+      addon.pump(r, sink, Buffer.alloc(1 << 20)).then((v) => { out.waited = v; });
+      addon.pump(zero, sink, Buffer.alloc(1 << 20)).then((v) => { out.copied = v; });
+      parentPort.postMessage({ r, w, sink, zero });
+    `;
+    const b = new NativeBinding();
+    const worker = new Worker(code, { eval: true, workerData: { file: addonFile } });
+    const fds = await new Promise<{ r: number; w: number; sink: number; zero: number }>((resolve) => worker.once('message', resolve));
+    try {
+      expect(await pumpThreadsReach(2)).toBe(2);
+      await sleep(30); // the copying pump is well under way
+      expect(await worker.terminate()).toBe(1);
+      // Teardown cancelled both pumps and joined their threads before freeing the Buffers.
+      expect(await pumpThreadsReach(0)).toBe(0);
+      // The waiting pump is gone for good: it does not steal what is written now.
+      fs.writeSync(fds.w, 'after');
+      const got = Buffer.alloc(16);
+      expect(fs.readSync(fds.r, got)).toBe(5);
+      expect(got.subarray(0, 5).toString()).toBe('after');
+      // And this thread's pumps still work.
+      b.close(fds.w);
+      expect(await b.pump(fds.zero, fds.sink, Buffer.alloc(4096), { limit: 10_000 })).toEqual({
+        bytes: 10_000,
+        crc32: crc32(Buffer.alloc(10_000)),
+        end: 'limit',
+      });
+    } finally {
+      for (const fd of [fds.r, fds.sink, fds.zero]) b.close(fd);
+    }
+  });
+
+  it('survives many workers terminated right after starting pumps', async () => {
+    const code = `
+      const { parentPort, workerData } = require('node:worker_threads');
+      const fs = require('node:fs');
+      const addon = require(workerData.file);
+      const zero = addon.open('/dev/zero', fs.constants.O_RDONLY);
+      const sink = addon.open('/dev/null', fs.constants.O_WRONLY);
+      for (let i = 0; i < 4; i++) addon.pump(zero, sink, Buffer.alloc(65536), { limit: 1 << 30 });
+      parentPort.postMessage([zero, sink]);
+    `;
+    const b = new NativeBinding();
+    for (let round = 0; round < 5; round++) {
+      const workers = [0, 1, 2].map(() => new Worker(code, { eval: true, workerData: { file: addonFile } }));
+      const fds = await Promise.all(workers.map((wk) => new Promise<number[]>((resolve) => wk.once('message', resolve))));
+      expect(await Promise.all(workers.map((wk) => wk.terminate()))).toEqual([1, 1, 1]);
+      expect(await pumpThreadsReach(0)).toBe(0);
+      for (const fd of fds.flat()) b.close(fd);
+    }
   });
 });

@@ -151,6 +151,37 @@ export interface SimDeviceOptions {
    * doorbells complete whatever COMMAND holds.
    */
   busMaster?: 'required' | 'ignored';
+  /**
+   * Hand out a REAL fd as the data_fd of STOP_COPY and RESUMING sessions (benchmarks: bench/;
+   * see {@link ExternalDataFd}). Not settable from a spec string.
+   */
+  externalDataFd?: ExternalDataFd;
+}
+
+/**
+ * A source/sink of the migration stream outside the simulator: when a session opens, the
+ * device asks for a real fd and returns it as data_fd instead of a virtual one, so that the
+ * bytes move through the kernel (a pipe fed by a producer process, say) and the real binding's
+ * `pump` — the path a real device takes. Each function gets the device label and the length of
+ * the sim's own stream (48 + size + 272 bytes, what MIG_DATA_SIZE reports) and returns an open
+ * fd, or throws (the arc then fails, the device stays where it was, nothing is opened).
+ *
+ * What stays the sim's: the state machine, the arcs, the session rules of the SET (one session
+ * per group, a new fd per session, MIG_DATA_SIZE). What does not:
+ *  - `save` is asked only for a saving session that opens directly in STOP_COPY (STOP →
+ *    STOP_COPY). A session opened in PRE_COPY keeps its virtual fd: a plain pipe cannot give
+ *    PRE_COPY's temporary end.
+ *  - `resume` is asked on STOP → RESUMING. RESUMING → STOP then skips the sim's stream
+ *    validation (the sim never sees the bytes): the device keeps its data seed and registers,
+ *    and whoever reads the other end checks the bytes.
+ *  - The fd belongs to whoever receives data_fd and is closed with the binding like any
+ *    data_fd (it goes to the inner, real binding). The sim does not see its reads, writes or
+ *    close: no ENODEV after the session ends, no `failDataFd` / injected read-write errors, and
+ *    it is not counted in `openFds`. Without a function for a kind, that kind stays virtual.
+ */
+export interface ExternalDataFd {
+  save?(info: { device: string; streamBytes: number }): number;
+  resume?(info: { device: string; streamBytes: number }): number;
 }
 
 /** Options after defaults, as the device uses them. */
@@ -171,6 +202,7 @@ export interface ResolvedSimDeviceOptions {
   vscLength: number;
   deviceId: number;
   busMaster: 'required' | 'ignored';
+  externalDataFd?: ExternalDataFd;
 }
 
 /**
@@ -224,6 +256,8 @@ export interface SessionInfo {
   disabled: boolean;
   /** Resuming only: the first problem found in the incoming stream. */
   problem?: string;
+  /** The data_fd is a real fd from `externalDataFd` (the sim does not see its bytes). */
+  external?: boolean;
 }
 
 function resolveOptions(o: SimDeviceOptions, serial: number): ResolvedSimDeviceOptions {
@@ -273,6 +307,7 @@ function resolveOptions(o: SimDeviceOptions, serial: number): ResolvedSimDeviceO
     vscLength,
     deviceId,
     busMaster,
+    externalDataFd: o.externalDataFd,
   };
 }
 
@@ -293,6 +328,8 @@ export class SimDevice {
   private resuming?: ResumeSession;
   private deviceFds = 0;
   private readonly openDataFds = new Set<Session>();
+  /** Sessions whose data_fd is a real fd from `externalDataFd`, with that fd. */
+  private readonly externalFds = new Map<Session, number>();
   private readonly injections = new Map<SimOp, { errno: number; times: number }>();
   private readonly arcFaults: Array<{ from?: MigState; to?: MigState; errno: number; enterError: boolean }> = [];
   private pendingFault?: DataFault;
@@ -414,9 +451,10 @@ export class SimDevice {
   session(): SessionInfo | undefined {
     const s = this.saving ?? this.resuming;
     if (!s) return undefined;
+    const external = this.externalFds.has(s) || undefined;
     return s.kind === 'save'
-      ? { kind: 'save', pos: s.pos, total: s.total, available: s.available, disabled: s.disabled }
-      : { kind: 'resume', pos: s.pos, total: s.total, disabled: s.disabled, problem: s.problem };
+      ? { kind: 'save', pos: s.pos, total: s.total, available: s.available, disabled: s.disabled, external }
+      : { kind: 'resume', pos: s.pos, total: s.total, disabled: s.disabled, problem: s.problem, external };
   }
 
   // ------------------------------------------------------------------ test hooks
@@ -688,8 +726,13 @@ export class SimDevice {
       this.consume('MIG_DEVICE_STATE_SET');
       const file = this.walk(target);
       if (file) {
-        dataFd = this.host.allocFd(this, file);
-        this.openDataFds.add(file);
+        const external = this.externalFds.get(file);
+        if (external !== undefined) {
+          dataFd = external;
+        } else {
+          dataFd = this.host.allocFd(this, file);
+          this.openDataFds.add(file);
+        }
       }
     } catch (e) {
       failure = e;
@@ -727,19 +770,25 @@ export class SimDevice {
     }
     if (cur === MigState.RESUMING) {
       // RESUMING -> STOP: load the state; a short or bad stream fails and the device stays.
-      const restored = (this.resuming as ResumeSession).finish();
-      this.dataSeed = restored.seed;
-      this.bar0.load(restored.regs);
+      // An external data_fd's bytes never reached the sim: nothing to check or load.
+      const r = this.resuming as ResumeSession;
+      if (!this.externalFds.has(r)) {
+        const restored = r.finish();
+        this.dataSeed = restored.seed;
+        this.bar0.load(restored.regs);
+      }
       this.endSessions();
       return undefined;
     }
     if (next === MigState.RESUMING) {
+      const external = this.externalFd('resume');
       this.endSessions();
       this.resuming = new ResumeSession(
         this.sessionHost(),
         { size: this.options.size, pciId: this.pciId, maxWrite: this.options.maxWrite },
         this.takePendingFault(),
       );
+      if (external !== undefined) this.externalFds.set(this.resuming, external);
       return this.resuming;
     }
     const fromSaving = isSavingState(cur);
@@ -754,6 +803,7 @@ export class SimDevice {
       return undefined;
     }
     if (toSaving) {
+      const external = next === MigState.STOP_COPY ? this.externalFd('save') : undefined;
       this.endSessions();
       this.saving = new SaveSession(
         this.sessionHost(),
@@ -767,6 +817,7 @@ export class SimDevice {
         next === MigState.STOP_COPY ? this.bar0.registers() : undefined,
         this.takePendingFault(),
       );
+      if (external !== undefined) this.externalFds.set(this.saving, external);
       return this.saving;
     }
     // RUNNING <-> RUNNING_P2P <-> STOP (and RUNNING <-> STOP without P2P): the device starts or
@@ -781,6 +832,15 @@ export class SimDevice {
       wake: () => this.host.wake(),
       precopyEnd: () => this.precopyEndMode,
     };
+  }
+
+  /** The real fd `externalDataFd` gives for a new session of `kind`, or undefined (virtual). */
+  private externalFd(kind: 'save' | 'resume'): number | undefined {
+    const fn = this.options.externalDataFd?.[kind];
+    if (!fn) return undefined;
+    const fd = fn({ device: this.label, streamBytes: this.streamLength });
+    if (!Number.isInteger(fd) || fd < 0) throw new RangeError(`externalDataFd.${kind}() must return an open fd, got ${String(fd)}`);
+    return fd;
   }
 
   private takePendingFault(): DataFault | undefined {
@@ -810,6 +870,7 @@ export class SimDevice {
   private endSessions(): void {
     this.saving?.disable();
     this.resuming?.disable();
+    this.externalFds.clear();
     this.saving = undefined;
     this.resuming = undefined;
   }

@@ -39,7 +39,7 @@ import type { ResumeSession, SaveSession, Session } from './session';
 import { isSimPath, parseSimSpec, type ParsedSimSpec } from './spec';
 
 export { SimDevice, DEFAULT_SIM_SIZE, DEFAULT_SIM_MIGRATION_FLAGS } from './device';
-export type { SimDeviceOptions, ResolvedSimDeviceOptions, SimOp, SimRegisters, SessionInfo } from './device';
+export type { SimDeviceOptions, ResolvedSimDeviceOptions, SimOp, SimRegisters, SessionInfo, ExternalDataFd } from './device';
 export type { DataFault } from './session';
 export type { IrqSnapshot, IrqMode } from './irq';
 export { isSimPath, parseSimSpec, parseSize, formatSize, type ParsedSimSpec } from './spec';

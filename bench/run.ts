@@ -1,0 +1,435 @@
+/**
+ * `npm run bench`: device-state save and restore throughput, side by side, on the simulated
+ * device with a producer feeding its data_fd (issue 4, item 5). See bench/README.md.
+ *
+ *   node dist/bench/run.js [--quick] [--sizes 64M,256M,1G,4G] [--reps 3] [--pipe-size 1048576]
+ *                          [--cpu 0 | --no-pin] [--tmpdir DIR] [--no-nosync]
+ *
+ * Each measurement runs in a fresh process (./case.ts) pinned to one CPU with taskset; the
+ * table shows the median of --reps runs. Nothing is asserted: the targets are reported.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { DEFAULT_BUFFER_SIZE } from '../src/migration/stream';
+import { SnapshotReader } from '../src/snapshot/reader';
+import { buildBaseline, parseBytes, sizeName } from './helper';
+import type { CaseKind, CaseResult, CaseSpec } from './case';
+
+const MiB = 2 ** 20;
+const GiB = 2 ** 30;
+/** Base64 of more than this many bytes is longer than V8's string limit (2^29 - 24 characters). */
+const BASE64_LIMIT = Math.floor(((2 ** 29 - 24) / 4) * 3);
+
+interface Args {
+  sizes: number[];
+  reps: number;
+  pipeSize: number;
+  cpu: number | undefined;
+  tmpdir: string;
+  nosync: boolean;
+}
+
+function usage(msg?: string): never {
+  if (msg) console.error(`bench: ${msg}`);
+  console.error('usage: npm run bench -- [--quick] [--sizes 64M,256M,1G,4G] [--reps N] [--pipe-size BYTES] [--cpu N | --no-pin] [--tmpdir DIR] [--no-nosync]');
+  process.exit(2);
+}
+
+function parseArgs(argv: string[]): Args {
+  const a: Args = { sizes: [64 * MiB, 256 * MiB, GiB, 4 * GiB], reps: 3, pipeSize: MiB, cpu: 0, tmpdir: os.tmpdir(), nosync: true };
+  for (let i = 0; i < argv.length; i++) {
+    const next = (): string => argv[++i] ?? usage(`${argv[i - 1]} needs a value`);
+    switch (argv[i]) {
+      case '--quick':
+        a.sizes = [64 * MiB];
+        break;
+      case '--sizes':
+        a.sizes = next().split(',').map((t) => parseBytes(t) ?? usage(`bad size ${t}`));
+        break;
+      case '--reps':
+        a.reps = Number(next());
+        if (!Number.isInteger(a.reps) || a.reps < 1) usage('--reps must be a positive integer');
+        break;
+      case '--pipe-size':
+        a.pipeSize = parseBytes(next()) ?? 0;
+        break;
+      case '--cpu':
+        a.cpu = Number(next());
+        break;
+      case '--no-pin':
+        a.cpu = undefined;
+        break;
+      case '--tmpdir':
+        a.tmpdir = next();
+        break;
+      case '--no-nosync':
+        a.nosync = false;
+        break;
+      default:
+        usage(`unknown argument ${argv[i]}`);
+    }
+  }
+  return a;
+}
+
+// ------------------------------------------------------------------ running cases
+
+const CASE_SCRIPT = path.join(__dirname, 'case.js');
+
+/** Run one case in a fresh (pinned) node process; its CaseResult. */
+function runCase(spec: CaseSpec, pin: string[]): Promise<CaseResult> {
+  return new Promise((resolve) => {
+    const cmd = [...pin, process.execPath, CASE_SCRIPT, JSON.stringify(spec)];
+    const p = spawn(cmd[0], cmd.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, DEBUG: '' } });
+    let out = '';
+    let err = '';
+    p.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    p.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
+    p.once('close', (code, signal) => {
+      const line = out.trim().split('\n').pop() ?? '';
+      try {
+        resolve(JSON.parse(line) as CaseResult);
+      } catch {
+        resolve({ ok: false, error: `case process ${signal ?? `exit ${code}`}: ${(err.trim() || out.trim()).split('\n').slice(-3).join(' | ')}` });
+      }
+    });
+  });
+}
+
+// ------------------------------------------------------------------ results
+
+type RowKey = 'c-save' | 'ours-save' | 'c-save-nosync' | 'ours-save-nosync' | 'b64-save' | 'c-restore' | 'ours-restore' | 'b64-restore';
+
+const ROWS: Array<{ key: RowKey; label: string; baseline: RowKey; nosync?: boolean }> = [
+  { key: 'c-save', label: 'C save', baseline: 'c-save' },
+  { key: 'ours-save', label: 'ours save', baseline: 'c-save' },
+  { key: 'b64-save', label: 'base64 save', baseline: 'c-save' },
+  { key: 'c-save-nosync', label: 'C save, no fsync', baseline: 'c-save-nosync', nosync: true },
+  { key: 'ours-save-nosync', label: 'ours save, noSync', baseline: 'c-save-nosync', nosync: true },
+  { key: 'c-restore', label: 'C restore', baseline: 'c-restore' },
+  { key: 'ours-restore', label: 'ours restore', baseline: 'c-restore' },
+  { key: 'b64-restore', label: 'base64 restore', baseline: 'c-restore' },
+];
+
+interface Sample {
+  seconds: number;
+  rssBaseKiB?: number;
+  rssPeakKiB?: number;
+  peakReset?: boolean;
+}
+
+class Cell {
+  samples: Sample[] = [];
+  error?: string;
+  note?: string;
+  notRun?: string;
+
+  add(r: CaseResult): void {
+    if (r.ok && r.seconds !== undefined) this.samples.push({ seconds: r.seconds, rssBaseKiB: r.rssBaseKiB, rssPeakKiB: r.rssPeakKiB, peakReset: r.peakReset });
+    else this.error ??= `${r.error ?? 'failed'}${r.rssPeakKiB ? ` (peak RSS ${mib(r.rssPeakKiB * 1024)} MiB)` : ''}`;
+    if (r.note) this.note = r.note;
+  }
+
+  get failed(): boolean {
+    return this.error !== undefined;
+  }
+
+  /** Median of the samples, by time. */
+  median(): Sample | undefined {
+    if (!this.samples.length) return undefined;
+    const s = [...this.samples].sort((a, b) => a.seconds - b.seconds);
+    return s[Math.floor((s.length - 1) / 2)];
+  }
+
+  mibps(bytes: number): { median: number; min: number; max: number } | undefined {
+    const m = this.median();
+    if (!m) return undefined;
+    const rates = this.samples.map((s) => bytes / MiB / s.seconds);
+    return { median: bytes / MiB / m.seconds, min: Math.min(...rates), max: Math.max(...rates) };
+  }
+
+  /** Largest peak-above-base over the samples, KiB. */
+  rssAbove(): { above: number; base: number } | undefined {
+    const withRss = this.samples.filter((s) => s.rssBaseKiB !== undefined && s.rssPeakKiB !== undefined);
+    if (!withRss.length) return undefined;
+    const worst = withRss.reduce((a, b) => (b.rssPeakKiB! - b.rssBaseKiB! > a.rssPeakKiB! - a.rssBaseKiB! ? b : a));
+    return { above: worst.rssPeakKiB! - worst.rssBaseKiB!, base: worst.rssBaseKiB! };
+  }
+}
+
+function mib(bytes: number, digits = 0): string {
+  return (bytes / MiB).toFixed(digits);
+}
+
+// ------------------------------------------------------------------ environment
+
+function fsTypeName(type: number): string {
+  const names: Record<number, string> = { 0xef53: 'ext4', 0x01021994: 'tmpfs', 0x58465342: 'xfs', 0x9123683e: 'btrfs', 0x794c7630: 'overlayfs', 0x6969: 'nfs', 0x65735546: 'fuse' };
+  return names[type] ?? `0x${type.toString(16)}`;
+}
+
+function pinning(cpu: number | undefined): { prefix: string[]; text: string } {
+  if (cpu === undefined) return { prefix: [], text: 'not pinned (--no-pin)' };
+  const probe = spawnSync('taskset', ['-c', String(cpu), 'true']);
+  if (probe.error || probe.status !== 0) return { prefix: [], text: `NOT pinned: taskset -c ${cpu} unavailable (${probe.error?.message ?? probe.stderr.toString().trim()})` };
+  return { prefix: ['taskset', '-c', String(cpu)], text: `pinned to CPU ${cpu} with taskset -c ${cpu} (every case process and its producer/consumer/copy children)` };
+}
+
+/** Which path saveSnapshot/restoreSnapshot take, read from the built jobs module. */
+function oursPath(): string {
+  try {
+    const src = fs.readFileSync(require.resolve('../src/snapshot/jobs'), 'utf8');
+    return src.includes('saveStateSection') && src.includes('loadStateSection')
+      ? 'native pump (src/snapshot/state-io.ts: dedicated thread, one buffer, crc32 per chunk)'
+      : 'JS loop (drainSession/feedSession through binding.read/write + writer.writeChunk, crc32 in JS): jobs.ts does not use state-io.ts in this build';
+  } catch (e) {
+    return `unknown (${(e as Error).message})`;
+  }
+}
+
+/** Payload length of the first chunk of the DEVICE_STATE section of a snapshot file. */
+async function firstChunkLength(file: string): Promise<number> {
+  const r = await SnapshotReader.open(file);
+  try {
+    const st = r.devices()[0]?.state;
+    if (!st) throw new Error(`${file} has no DEVICE_STATE section`);
+    const b = Buffer.alloc(4);
+    const fd = fs.openSync(file, 'r');
+    try {
+      fs.readSync(fd, b, 0, 4, st.bodyAt);
+    } finally {
+      fs.closeSync(fd);
+    }
+    return b.readUInt32LE(0);
+  } finally {
+    await r.close();
+  }
+}
+
+// ------------------------------------------------------------------ main
+
+async function main(): Promise<void> {
+  const args = parseArgs(process.argv.slice(2));
+  const started = Date.now();
+  const exe = buildBaseline();
+  const pin = pinning(args.cpu);
+  fs.mkdirSync(args.tmpdir, { recursive: true });
+  const dir = fs.mkdtempSync(path.join(args.tmpdir, 'vfio-bench-'));
+  const cleanup = (): void => fs.rmSync(dir, { recursive: true, force: true });
+  process.once('SIGINT', () => {
+    cleanup();
+    process.exit(130);
+  });
+  process.once('exit', cleanup);
+
+  const st = fs.statfsSync(dir);
+  let pipeMax = '?';
+  try {
+    pipeMax = fs.readFileSync('/proc/sys/fs/pipe-max-size', 'utf8').trim();
+  } catch {
+    /* not Linux */
+  }
+  console.log('node-vfio-pci bench: device-state save/restore on the simulated device, data_fd = a real pipe fed by a producer process');
+  console.log(`  node ${process.version}, ${os.cpus()[0]?.model ?? 'cpu?'} x${os.cpus().length}, ${mib(os.totalmem())} MiB RAM (${mib(os.freemem())} MiB free)`);
+  console.log(`  ${pin.text}`);
+  console.log(`  ours: saveSnapshot()/restoreSnapshot() on openDevice('sim') with externalDataFd; stream via ${oursPath()}`);
+  console.log(`  files in ${dir} (${fsTypeName(st.type)}, ${mib(st.bavail * st.bsize)} MiB available); restores read files just written (page cache warm for every case)`);
+  console.log(`  pipe: F_SETPIPE_SZ ${args.pipeSize || 'none (kernel default 64 KiB)'} by the producer/consumer (pipe-max-size ${pipeMax}); C helper ${exe}`);
+  console.log(`  median of ${args.reps} runs per cell; ratios are medians over the C median; RSS = peak (VmHWM, reset at the start) minus VmRSS at the start, worst run`);
+  console.log('');
+
+  const saveBuffer = DEFAULT_BUFFER_SIZE;
+  const results = new Map<number, Map<RowKey, Cell>>();
+  const skipped: string[] = [];
+  const restoreBuffers = new Map<number, number>();
+  let checked = false;
+
+  for (const bytes of args.sizes) {
+    const name = sizeName(bytes);
+    // Disk: C file + ours file + one more (no-fsync output, or the JSON at 4/3 the size), and slack.
+    const needDisk = bytes * 3.4 + GiB;
+    const freeDisk = fs.statfsSync(dir).bavail * fs.statfsSync(dir).bsize;
+    if (freeDisk < needDisk) {
+      skipped.push(`${name}: skipped, needs ~${mib(needDisk)} MiB free disk in ${dir}, ${mib(freeDisk)} MiB available`);
+      console.log(`[${name}] ${skipped[skipped.length - 1]}`);
+      continue;
+    }
+    // Memory: the restores read from the page cache; ours and C need little memory themselves.
+    if (os.freemem() < bytes * 1.2 + 512 * MiB) {
+      skipped.push(`${name}: skipped, needs ~${mib(bytes * 1.2 + 512 * MiB)} MiB free memory, ${mib(os.freemem())} MiB free`);
+      console.log(`[${name}] ${skipped[skipped.length - 1]}`);
+      continue;
+    }
+    const cells = new Map<RowKey, Cell>(ROWS.map((r) => [r.key, new Cell()]));
+    results.set(bytes, cells);
+    const files = {
+      c: path.join(dir, `c-${name}.raw`),
+      ours: path.join(dir, `ours-${name}.snap`),
+      tmp: path.join(dir, `nosync-${name}`),
+      json: path.join(dir, `b64-${name}.json`),
+    };
+    // base64 beyond its limit fails after holding the whole state twice: attempt it when memory allows.
+    const b64Need = bytes * 2.2 + 512 * MiB;
+    const b64Expected = bytes <= BASE64_LIMIT;
+    const b64Possible = b64Expected || os.freemem() > b64Need;
+    if (!b64Possible) {
+      const why = `not attempted: needs ~${mib(b64Need)} MiB free memory to reach its failure, ${mib(os.freemem())} MiB free`;
+      cells.get('b64-save')!.notRun = why;
+      cells.get('b64-restore')!.notRun = why;
+    }
+    let restoreBuffer = saveBuffer;
+    const spec = (kind: CaseKind, file: string, extra: Partial<CaseSpec> = {}): CaseSpec => ({
+      kind, bytes, file, exe, sync: true, pipeSize: args.pipeSize, bufferSize: saveBuffer, check: false, ...extra,
+    });
+    const run = async (key: RowKey, s: CaseSpec, record = true): Promise<CaseResult> => {
+      const r = await runCase(s, pin.prefix);
+      if (record) cells.get(key)!.add(r);
+      process.stdout.write(`  ${key}${record ? '' : ' (check)'}: ${r.ok ? `${(bytes / MiB / r.seconds!).toFixed(0)} MiB/s` : `FAILED ${r.error}`}\n`);
+      return r;
+    };
+    const pair = async (first: boolean, a: () => Promise<unknown>, b: () => Promise<unknown>): Promise<void> => {
+      if (first) {
+        await a();
+        await b();
+      } else {
+        await b();
+        await a();
+      }
+    };
+
+    console.log(`[${name}] ${bytes} bytes`);
+    const reps = checked ? args.reps : args.reps + 1;
+    for (let rep = 0; rep < reps; rep++) {
+      // The first round of the run is a warm-up that also checks every byte: not recorded.
+      const check = !checked && rep === 0;
+      const record = !check;
+      const cFirst = rep % 2 === 0;
+      await pair(cFirst, () => run('c-save', spec('c-save', files.c, { check }), record), () => run('ours-save', spec('ours-save', files.ours, { check }), record));
+      if (rep === 0) {
+        restoreBuffer = Math.max(saveBuffer, await firstChunkLength(files.ours));
+        restoreBuffers.set(bytes, restoreBuffer);
+      }
+      if (args.nosync) {
+        await pair(
+          cFirst,
+          async () => {
+            await run('c-save-nosync', spec('c-save', files.tmp, { sync: false }), record);
+            fs.rmSync(files.tmp, { force: true });
+          },
+          async () => {
+            await run('ours-save-nosync', spec('ours-save', files.tmp, { sync: false }), record);
+            fs.rmSync(files.tmp, { force: true });
+          },
+        );
+      }
+      await pair(
+        cFirst,
+        () => run('c-restore', spec('c-restore', files.c, { check, bufferSize: restoreBuffer }), record),
+        () => run('ours-restore', spec('ours-restore', files.ours, { check }), record),
+      );
+      const b64s = cells.get('b64-save')!;
+      const b64r = cells.get('b64-restore')!;
+      // A base64 case that failed once fails every time: attempted once, not repeated.
+      if (b64Possible && !b64s.failed) await run('b64-save', spec('b64-save', files.json, { check }), record || b64Expected === false);
+      if (b64Possible && !b64r.failed) {
+        await run('b64-restore', spec('b64-restore', files.json, { check, prepare: true }), record || b64Expected === false);
+      }
+      fs.rmSync(files.json, { force: true });
+    }
+    checked = true;
+    for (const f of Object.values(files)) fs.rmSync(f, { force: true });
+  }
+
+  printTable(results, restoreBuffers, saveBuffer);
+  for (const s of skipped) console.log(`skipped: ${s}`);
+  console.log(`\ntotal time ${((Date.now() - started) / 1000).toFixed(0)} s`);
+}
+
+function printTable(results: Map<number, Map<RowKey, Cell>>, restoreBuffers: Map<number, number>, saveBuffer: number): void {
+  const lines: string[][] = [['size', 'case', 'MiB/s median (min-max)', 'x C', 'peak RSS - base (base)', 'targets']];
+  const notes: string[] = [];
+  for (const [bytes, cells] of results) {
+    const name = sizeName(bytes);
+    const rate = (k: RowKey): number | undefined => cells.get(k)!.mibps(bytes)?.median;
+    for (const row of ROWS) {
+      const cell = cells.get(row.key)!;
+      if (row.nosync && !cell.samples.length && !cell.failed) continue;
+      const r = cell.mibps(bytes);
+      const base = rate(row.baseline);
+      const rss = cell.rssAbove();
+      let speed: string;
+      if (cell.notRun) speed = cell.notRun;
+      else if (cell.failed) speed = `fails: ${cell.error}`;
+      else speed = r ? `${r.median.toFixed(0)} (${r.min.toFixed(0)}-${r.max.toFixed(0)})` : '-';
+      const ratio = r && base ? `${(r.median / base).toFixed(2)}` : '';
+      const rssText = rss ? `${rss.above >= 0 ? '+' : ''}${(rss.above / 1024).toFixed(1)} MiB (${(rss.base / 1024).toFixed(0)})` : '';
+      lines.push([row.key === 'c-save' ? name : '', row.label, speed, ratio, rssText, targets(row.key, bytes, cells)]);
+      if (cell.note) notes.push(`${name} ${row.label}: ${cell.note}`);
+    }
+    lines.push([]);
+    notes.push(`${name}: C save buffer ${sizeName(saveBuffer)}, C restore buffer ${sizeName(restoreBuffers.get(bytes) ?? saveBuffer)} (= ours: pump buffer on save, chunk-sized buffer on restore)`);
+  }
+  const widths = lines[0].map((_, i) => Math.max(...lines.map((l) => (l[i] ?? '').length)));
+  console.log('');
+  for (const l of lines) console.log(l.length ? l.map((c, i) => (i === l.length - 1 ? c : c.padEnd(widths[i]))).join('  ').trimEnd() : '');
+  for (const n of notes) console.log(`note: ${n}`);
+}
+
+/** The issue's targets for one row, evaluated (reported, not asserted). */
+function targets(key: RowKey, bytes: number, cells: Map<RowKey, Cell>): string {
+  const out: string[] = [];
+  const rate = (k: RowKey): number | undefined => cells.get(k)!.mibps(bytes)?.median;
+  const verdict = (ok: boolean): string => (ok ? 'PASS' : 'FAIL');
+  const oursRow = (k: RowKey, c: RowKey): void => {
+    const cell = cells.get(k)!;
+    if (cell.failed) {
+      out.push('FAIL (ours failed)');
+      return;
+    }
+    const o = rate(k);
+    const b = rate(c);
+    if (o !== undefined && b !== undefined) out.push(`>=0.95x C ${verdict(o / b >= 0.95)}`);
+    const rss = cell.rssAbove();
+    if (rss) out.push(`RSS<=+64MiB ${verdict(rss.above <= 64 * 1024)}${bytes >= GiB ? '' : ' (target at >=1GiB)'}`);
+  };
+  const b64Row = (k: RowKey, ours: RowKey): void => {
+    const cell = cells.get(k)!;
+    const o = rate(ours);
+    if (cell.failed || cell.notRun) {
+      if (bytes > BASE64_LIMIT || cell.failed) out.push(`ours works where base64 ${cell.notRun ? 'cannot run' : 'fails'}: ${verdict(o !== undefined && !cells.get(ours)!.failed)}`);
+      return;
+    }
+    const b = rate(k);
+    if (o !== undefined && b !== undefined) {
+      const x = o / b;
+      out.push(`ours ${x.toFixed(1)}x base64${bytes === 256 * MiB ? ` (>=15x ${verdict(x >= 15)})` : ''}`);
+    }
+  };
+  switch (key) {
+    case 'ours-save':
+      oursRow(key, 'c-save');
+      break;
+    case 'ours-save-nosync':
+      oursRow(key, 'c-save-nosync');
+      break;
+    case 'ours-restore':
+      oursRow(key, 'c-restore');
+      break;
+    case 'b64-save':
+      b64Row(key, 'ours-save');
+      break;
+    case 'b64-restore':
+      b64Row(key, 'ours-restore');
+      break;
+    default:
+      break;
+  }
+  return out.join('; ');
+}
+
+void main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});

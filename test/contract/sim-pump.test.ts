@@ -1,0 +1,258 @@
+/**
+ * The pump of the simulated binding on virtual fds (the JS loop it shares with koffi), where the
+ * contract suite cannot reach: a PRE_COPY data_fd whose temporary end is ENOMSG (the uAPI's
+ * wording) or a read of 0 (mtty's), and a RESUMING data_fd that must never see a corrupted
+ * chunk. Real files come from the native binding the sim wraps.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { crc32 } from 'node:zlib';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { VfioError } from '../../src/errors';
+import { KoffiBinding } from '../../src/binding/koffi';
+import { NativeBinding } from '../../src/binding/native';
+import { SimBinding, simStream } from '../../src/binding/sim';
+import type { PumpError } from '../../src/binding/types';
+import * as s from '../../src/uapi/structs';
+import * as v from '../../src/uapi/vfio';
+import { MigState } from '../../src/uapi/vfio';
+
+const { O_RDONLY, O_RDWR, O_CREAT, O_TRUNC } = fs.constants;
+const ENOMSG = os.constants.errno.ENOMSG;
+const HDR = simStream.HEADER_SIZE;
+const TRL = simStream.TRAILER_SIZE;
+
+function setState(b: SimBinding, fd: number, state: number): number {
+  const buf = s.encodeMigStateSet(state);
+  b.ioctl(fd, v.VFIO_DEVICE_FEATURE, buf);
+  return s.decodeMigState(buf).dataFd;
+}
+
+async function rejection(p: Promise<unknown>): Promise<PumpError> {
+  try {
+    await p;
+  } catch (e) {
+    expect(e).toBeInstanceOf(VfioError);
+    return e as PumpError;
+  }
+  throw new Error('expected a rejection');
+}
+
+let dir: string;
+let b: SimBinding;
+let serial = 0;
+beforeAll(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfio-sim-pump-'));
+  b = new SimBinding(new NativeBinding());
+});
+afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+/** A fresh named sim device, opened. */
+function device(opts: Parameters<SimBinding['createDevice']>[1]): number {
+  const name = `pump${++serial}`;
+  b.createDevice(name, opts);
+  return b.open(`sim#${name}`, O_RDWR);
+}
+
+function output(name: string): { fd: number; file: string } {
+  const file = path.join(dir, name);
+  return { fd: b.open(file, O_RDWR | O_CREAT | O_TRUNC, 0o600), file };
+}
+
+describe('sim pump on a PRE_COPY data_fd', () => {
+  it("precopy: ENOMSG (uAPI) ends the pump with 'for-now'; without precopy it rejects, with bytesDone", async () => {
+    const dev = device({ size: 8192, precopyBytes: 4096, precopyEnd: 'enomsg', seed: 5 });
+    const out = output('enomsg.bin');
+    const dataFd = setState(b, dev, MigState.PRE_COPY);
+    try {
+      // Without precopy, ENOMSG is an ordinary read error, after everything available was copied.
+      const err = await rejection(b.pump(dataFd, out.fd, Buffer.alloc(1000)));
+      expect({ code: err.code, errno: err.errno, syscall: err.syscall, bytesDone: err.bytesDone }).toEqual({
+        code: 'ENOMSG',
+        errno: ENOMSG,
+        syscall: 'read',
+        bytesDone: HDR + 4096,
+      });
+      // With precopy it is "no more data for now", again and again.
+      expect(await b.pump(dataFd, out.fd, Buffer.alloc(1000), { precopy: true })).toEqual({ bytes: 0, crc32: 0, end: 'for-now' });
+      // STOP_COPY on the same fd: the rest of the stream, to its permanent end.
+      expect(setState(b, dev, MigState.STOP_COPY)).toBe(-1);
+      const rest = await b.pump(dataFd, out.fd, Buffer.alloc(1000), { precopy: true });
+      expect(rest.bytes).toBe(8192 - 4096 + TRL);
+      expect(rest.end).toBe('for-now'); // precopy reads 0 as "for now"; the caller knows it is STOP_COPY
+      expect(await b.pump(dataFd, out.fd, Buffer.alloc(1000))).toEqual({ bytes: 0, crc32: 0, end: 'eof' });
+      const saved = fs.readFileSync(out.file);
+      expect(saved.length).toBe(HDR + 8192 + TRL);
+      expect(rest.crc32).toBe(crc32(saved.subarray(HDR + 4096)));
+    } finally {
+      b.close(dataFd);
+      b.close(out.fd);
+      b.close(dev);
+    }
+  });
+
+  it("precopy: a read of 0 (mtty) ends with 'for-now'; the limit still wins", async () => {
+    const dev = device({ size: 4096, precopyBytes: 2048, precopyEnd: 'zero', seed: 6 });
+    const out = output('zero.bin');
+    const dataFd = setState(b, dev, MigState.PRE_COPY);
+    try {
+      const first = await b.pump(dataFd, out.fd, Buffer.alloc(512), { precopy: true, limit: 100 });
+      expect(first.end).toBe('limit');
+      const second = await b.pump(dataFd, out.fd, Buffer.alloc(512), { precopy: true });
+      expect(second).toEqual({ bytes: HDR + 2048 - 100, crc32: second.crc32, end: 'for-now' });
+      expect(crc32(fs.readFileSync(out.file).subarray(100), 0)).toBe(second.crc32);
+    } finally {
+      b.close(dataFd);
+      b.close(out.fd);
+      b.close(dev);
+    }
+  });
+
+  it("a data_fd is a stream: srcOffset rejects with ESPIPE, syscall 'pread'", async () => {
+    const dev = device({ size: 4096 });
+    const out = output('espipe.bin');
+    const dataFd = setState(b, dev, MigState.STOP_COPY);
+    try {
+      const err = await rejection(b.pump(dataFd, out.fd, Buffer.alloc(512), { srcOffset: 0 }));
+      expect({ code: err.code, syscall: err.syscall, bytesDone: err.bytesDone }).toEqual({ code: 'ESPIPE', syscall: 'pread', bytesDone: 0 });
+    } finally {
+      b.close(dataFd);
+      b.close(out.fd);
+      b.close(dev);
+    }
+  });
+});
+
+describe('sim pump into a RESUMING data_fd', () => {
+  /** Save a device's STOP_COPY stream into a real file; returns its path and CRC. */
+  async function saveStream(seed: number, size: number): Promise<{ file: string; crc: number; length: number }> {
+    const dev = device({ size, seed });
+    const out = output(`saved-${seed}.bin`);
+    const dataFd = setState(b, dev, MigState.STOP_COPY);
+    try {
+      const res = await b.pump(dataFd, out.fd, Buffer.alloc(4096));
+      expect(res.end).toBe('eof');
+      return { file: out.file, crc: res.crc32, length: res.bytes };
+    } finally {
+      b.close(dataFd);
+      b.close(out.fd);
+      b.close(dev);
+    }
+  }
+
+  it('expectCrc keeps a corrupted chunk away from the device; the good chunk then restores it', async () => {
+    const saved = await saveStream(77, 6000);
+    const corrupt = path.join(dir, 'corrupt.bin');
+    const bytes = fs.readFileSync(saved.file);
+    bytes[HDR + 10] ^= 0x40; // one flipped bit in the device data
+    fs.writeFileSync(corrupt, bytes);
+
+    const target = device({ size: 6000 });
+    const resumeFd = setState(b, target, MigState.RESUMING);
+    const bad = b.open(corrupt, O_RDONLY);
+    const good = b.open(saved.file, O_RDONLY);
+    try {
+      const buf = Buffer.alloc(saved.length);
+      const err = await rejection(b.pump(bad, resumeFd, buf, { srcOffset: 0, limit: saved.length, expectCrc: saved.crc }));
+      expect({ code: err.code, kind: err.kind, bytesDone: err.bytesDone }).toEqual({ code: 'EVFIO_CHECKSUM', kind: 'format', bytesDone: 0 });
+      const truncated = await rejection(b.pump(good, resumeFd, buf, { srcOffset: 100, limit: saved.length, expectCrc: saved.crc }));
+      expect({ code: truncated.code, kind: truncated.kind, bytesDone: truncated.bytesDone }).toEqual({
+        code: 'EVFIO_SNAPSHOT_TRUNCATED',
+        kind: 'format',
+        bytesDone: 0,
+      });
+      // Nothing reached the device: the whole good stream still fits and validates.
+      expect(await b.pump(good, resumeFd, buf, { srcOffset: 0, limit: saved.length, expectCrc: saved.crc })).toEqual({
+        bytes: saved.length,
+        crc32: saved.crc,
+        end: 'limit',
+      });
+      expect(setState(b, target, MigState.RUNNING)).toBe(-1);
+      expect(b.device(target).seed).toBe(77n);
+    } finally {
+      for (const fd of [bad, good, resumeFd, target]) b.close(fd);
+    }
+  });
+
+  it('a stream pumped in limited pieces by position restores the device', async () => {
+    const saved = await saveStream(78, 10_000);
+    const target = device({ size: 10_000, maxWrite: 333 }); // short writes on the device side
+    const resumeFd = setState(b, target, MigState.RESUMING);
+    const src = b.open(saved.file, O_RDONLY);
+    try {
+      let crc = 0;
+      for (let off = 0; off < saved.length; off += 4096) {
+        const res = await b.pump(src, resumeFd, Buffer.alloc(1500), { srcOffset: off, limit: Math.min(4096, saved.length - off) });
+        crc = crc32(fs.readFileSync(saved.file).subarray(off, off + res.bytes), crc);
+      }
+      expect(crc).toBe(saved.crc);
+      expect(setState(b, target, MigState.RUNNING)).toBe(-1);
+      expect(b.device(target).seed).toBe(78n);
+    } finally {
+      for (const fd of [src, resumeFd, target]) b.close(fd);
+    }
+  });
+});
+
+describe('sim pump arguments', () => {
+  it('checks virtual-fd pumps exactly as the native and koffi bindings do', () => {
+    const dev = device({});
+    const native = new NativeBinding();
+    const koffi = new KoffiBinding();
+    const buf = Buffer.alloc(8);
+    const bad: unknown[] = [null, 'x', { limit: -1 }, { expectCrc: 1 }, { expectCrc: 1, limit: 9 }, { precopy: 'yes' }, { srcOffset: 0.5 }, -2];
+    const thrown = (f: () => unknown) => {
+      try {
+        f();
+      } catch (e) {
+        return { ctor: (e as Error).constructor.name, message: (e as Error).message, code: (e as { code?: string }).code };
+      }
+      return undefined;
+    };
+    try {
+      for (const opts of bad) {
+        const want = thrown(() => native.pump(0, 1, buf, opts as never));
+        expect(want, JSON.stringify(opts)).toBeDefined();
+        expect(thrown(() => b.pump(dev, dev, buf, opts as never)), JSON.stringify(opts)).toEqual(want);
+        expect(thrown(() => koffi.pump(0, 1, buf, opts as never)), JSON.stringify(opts)).toEqual(want);
+      }
+    } finally {
+      b.close(dev);
+    }
+  });
+});
+
+describe('sim pump through its own virtual pipes', () => {
+  it('copies between virtual fds with one reused buffer and the stream CRC', async () => {
+    const sim = new SimBinding(undefined, { virtualFds: true });
+    const [r, w] = sim.pipe();
+    const dev = sim.open('sim:4096:seed=9', O_RDWR);
+    const dataFd = setState(sim, dev, MigState.STOP_COPY);
+    try {
+      const pumping = sim.pump(dataFd, w, Buffer.alloc(700));
+      const got: Buffer[] = [];
+      const chunk = Buffer.alloc(1024);
+      let total = 0;
+      while (total < HDR + 4096 + TRL) {
+        const n = await sim.read(r, chunk);
+        got.push(Buffer.from(chunk.subarray(0, n)));
+        total += n;
+      }
+      const res = await pumping;
+      expect(res).toEqual({ bytes: HDR + 4096 + TRL, crc32: crc32(Buffer.concat(got)), end: 'eof' });
+      // The writer gone and the pipe empty: a read of 0, which precopy reports as 'for-now'.
+      sim.close(w);
+      const [r2, w2] = sim.pipe();
+      expect(await sim.pump(r, w2, Buffer.alloc(8), { precopy: true })).toEqual({ bytes: 0, crc32: 0, end: 'for-now' });
+      expect(await sim.pump(r, w2, Buffer.alloc(8))).toEqual({ bytes: 0, crc32: 0, end: 'eof' });
+      sim.close(r2);
+      // A closed virtual fd: EBADF on the side it is on, bytesDone 0.
+      const err = await rejection(sim.pump(r2, w2, Buffer.alloc(8)));
+      expect({ code: err.code, syscall: err.syscall, bytesDone: err.bytesDone }).toEqual({ code: 'EBADF', syscall: 'read', bytesDone: 0 });
+      sim.close(w2);
+    } finally {
+      for (const fd of [dataFd, dev, r]) sim.close(fd);
+    }
+  });
+});

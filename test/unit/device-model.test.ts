@@ -1,0 +1,313 @@
+/**
+ * The vfio-pci device model (src/device/vfio-pci.ts) on simulated devices that break the way
+ * real hardware does (issue 3): the guest's flow on a source, snapshot/restore/resume into a
+ * fresh destination, and one test per restore rule showing what goes wrong without it:
+ *  - PCI_COMMAND pushed back to the device (a `master=required` device wedges its queue);
+ *  - interrupts re-armed with SET_IRQS (a fresh device has none: silence);
+ *  - BARs placed from the snapshot, never allocated again (the restored allocator refuses);
+ *  - config space compared under the saved masks (VSC body may differ, its header and the ids may not).
+ * The coordinator and failure recovery are in device-model-coordinator.test.ts, the fd count in
+ * device-model-fds.test.ts, the sim options themselves in device-model-sim.test.ts.
+ */
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { BAR0_ID_VALUE, CAP_OFFSETS } from '../../src/binding/sim';
+import { MigrationCoordinator } from '../../src/device/coordinator';
+import { VfioPciDevice } from '../../src/device/vfio-pci';
+import { ReferenceAllocator, type ReferenceHost } from '../../src/host/reference';
+import type { ConfigMismatchError } from '../../src/pci/compare';
+import { MigState } from '../../src/uapi/vfio';
+import {
+  BAR0, Guest, MEM_MASTER, SECRET, attach, bootedSource, destination, dispose, file, makeEnv, newHost, openSim, rawCommand,
+  rejection, simOf, snapshotVm, type Env,
+} from './device-model-helpers';
+
+const { RUNNING, RESUMING, STOP } = MigState;
+/** Long enough for an interrupt that was raised synchronously to show; used where none must come. */
+const NONE_MS = 100;
+
+let env: Env;
+beforeEach(() => {
+  env = makeEnv();
+});
+afterEach(() => dispose(env));
+
+/** The destination device was not touched: RUNNING, no migration arc or session, nothing on the bus or armed. */
+function expectUntouched(d: VfioPciDevice, host: ReferenceHost): void {
+  const s = simOf(env, d);
+  expect(s.state).toBe(RUNNING);
+  expect(s.arcLog).toEqual([]);
+  expect(s.session()).toBeUndefined();
+  expect(s.irqs().mode).toBe('none');
+  expect(rawCommand(d)).toBe(0);
+  expect(host.bus.mappings()).toEqual([]);
+  expect(d.mappedBars).toEqual([]);
+}
+
+describe('guest flow on a source device', () => {
+  it('attach assigns BAR0 from the allocator; sizing, COMMAND, MSI-X through the bus; the doorbell reaches the eventfd', async () => {
+    const host = newHost(env);
+    const allocate = vi.spyOn(host.allocator, 'allocate');
+    const d = attach(env, openSim(env, 'sim:4096'), host, { id: 'nic0' });
+    const sim = simOf(env, d);
+
+    // Firmware's part: one BAR, 4 KiB of MMIO, at the allocator's first address, in the shadow.
+    expect(allocate).toHaveBeenCalledTimes(1);
+    expect(allocate).toHaveBeenCalledWith('mmio', 4096, 'nic0/bar0');
+    const addr = allocate.mock.results[0].value as bigint;
+    expect(addr).toBe(0xe000_0000n);
+    expect(d.configRead(0x10, 4)).toBe(Number(addr));
+    expect(host.bus.mappings()).toEqual([]); // decode is off
+
+    // The guest sizes BAR0 and puts the address back.
+    d.configWrite(0x10, 4, 0xffff_ffff);
+    expect(d.configRead(0x10, 4)).toBe(0xffff_f000);
+    expect(host.bus.mappings()).toEqual([]);
+    d.configWrite(0x10, 4, Number(addr));
+    expect(d.configRead(0x10, 4)).toBe(Number(addr));
+
+    // Memory decode + bus mastering: BAR0 goes on the bus; COMMAND reaches the device and the shadow.
+    const g = new Guest(d, host);
+    g.command(MEM_MASTER);
+    expect(host.bus.mappings()).toEqual([{ device: 'nic0', bar: 0, space: 'mmio', address: addr, size: 4096 }]);
+    expect(rawCommand(d)).toBe(MEM_MASTER);
+    expect(d.config.command).toBe(MEM_MASTER);
+    expect(d.configRead(0x04, 2)).toBe(MEM_MASTER);
+    expect(g.read32(BAR0.ID)).toBe(BAR0_ID_VALUE);
+
+    // MSI-X: enable in config, program vector 0 in the (emulated) table through the bus.
+    g.enableMsix();
+    g.programVector(0, { address: 0xfee0_1000n, data: 0x41 });
+    expect(d.interrupts).toEqual({ mode: 'msix', vectors: 1 });
+    expect(host.interrupts.message('nic0', 0)).toEqual({ address: 0xfee0_1000n, data: 0x41 });
+    expect(sim.irqs().mode).toBe('msix');
+    expect(g.read32(0x800 + 12)).toBe(0); // the table reads back unmasked
+
+    g.ring(0);
+    expect(await g.wait(0)).toBe(1);
+    expect(g.read32(BAR0.IRQ_COUNT)).toBe(1);
+  });
+
+  it('a vector unmasked after MSI-X was armed with fewer vectors fires too (NORESIZE: disable, re-enable larger)', async () => {
+    const g = bootedSource(env, 'sim:4096', { vectors: [0] });
+    expect(g.d.interrupts).toEqual({ mode: 'msix', vectors: 1 });
+    g.programVector(3);
+    expect(g.d.interrupts).toEqual({ mode: 'msix', vectors: 4 });
+    g.ring(3);
+    expect(await g.wait(3)).toBe(1);
+    g.ring(0);
+    expect(await g.wait(0)).toBe(1);
+  });
+
+  it('a guest that clears the function mask after unmasking several vectors gets them all', async () => {
+    const host = newHost(env);
+    const d = attach(env, openSim(env, 'sim:4096'), host);
+    const g = new Guest(d, host);
+    g.command(MEM_MASTER);
+    // Linux: enable with the function masked, program the table, then unmask the function.
+    const cap = d.config.msix()!.offset;
+    d.configWrite(cap + 2, 2, 0xc000);
+    for (const v of [0, 1, 2]) g.programVector(v);
+    d.configWrite(cap + 2, 2, 0x8000);
+    expect(d.interrupts).toEqual({ mode: 'msix', vectors: 3 });
+    for (const v of [2, 0, 1]) {
+      g.ring(v);
+      expect(await g.wait(v)).toBe(1);
+    }
+  });
+});
+
+describe('snapshot on the source, restore into a fresh destination, resume', () => {
+  it('BARs at the same addresses, PCI_COMMAND on the device, the re-armed eventfd fires, registers and data round-trip', async () => {
+    const src = bootedSource(env, 'sim:64KiB');
+    const srcSim = simOf(env, src.d);
+    src.ring(0);
+    expect(await src.wait(0)).toBe(1);
+    const f = file(env);
+    const vmA = await snapshotVm([src.d], f);
+    expect(srcSim.state).toBe(STOP);
+
+    const { host, devices: [dst] } = destination(env, src.host, [{ spec: 'sim:64KiB' }]);
+    const dstSim = simOf(env, dst);
+    expect(rawCommand(dst)).toBe(0); // a fresh device: no decode, no bus mastering
+    expect(dstSim.seed).not.toBe(srcSim.seed);
+
+    const vmB = new MigrationCoordinator([dst]);
+    const { stateBytes } = await vmB.restore(f);
+    expect(stateBytes).toEqual([dstSim.streamLength]);
+    expect(dstSim.state).toBe(RESUMING);
+    expect(host.bus.mappings()).toEqual(src.host.bus.mappings());
+    expect(host.bus.find('nic0', 0)!.address).toBe(0xe000_0000n);
+    expect(rawCommand(dst)).toBe(MEM_MASTER);
+    expect(rawCommand(dst)).toBe(rawCommand(src.d));
+    expect(dst.interrupts).toEqual({ mode: 'msix', vectors: 1 });
+    expect(dstSim.irqs().mode).toBe('msix');
+
+    vmB.resume();
+    expect(dstSim.state).toBe(RUNNING);
+    expect(dstSim.seed).toBe(srcSim.seed);
+    const g = new Guest(dst, host);
+    expect(g.scratch(SECRET.length)).toEqual(SECRET);
+    expect(g.read32(BAR0.CONTROL)).toBe(0xc0de_0001);
+    expect(g.read32(BAR0.IRQ_COUNT)).toBe(1);
+    expect(host.interrupts.message('nic0', 0)).toEqual(src.host.interrupts.message('nic0', 0));
+    g.ring(0);
+    expect(await g.wait(0)).toBe(1);
+    expect(g.read32(BAR0.IRQ_COUNT)).toBe(2);
+
+    // The source resumes where it was.
+    vmA.resume();
+    src.ring(0);
+    expect(await src.wait(0)).toBe(1);
+    expect(src.read32(BAR0.IRQ_COUNT)).toBe(2);
+  });
+});
+
+describe('a destination that wedges its command queue without bus mastering (master=required)', () => {
+  async function restored(breakIt: boolean): Promise<{ g: Guest; dst: VfioPciDevice }> {
+    const src = bootedSource(env, 'sim:64KiB');
+    const f = file(env);
+    await snapshotVm([src.d], f);
+    const { host, devices: [dst] } = destination(env, src.host, [{ spec: 'sim:64KiB:master=required' }]);
+    if (breakIt) dst.pushCommand = () => {}; // a VMM that forgets PCI_COMMAND after the load
+    const vm = new MigrationCoordinator([dst]);
+    await vm.restore(f);
+    vm.resume();
+    return { g: new Guest(dst, host), dst };
+  }
+
+  it('with PCI_COMMAND pushed after the load, the doorbell completes and interrupts', async () => {
+    const { g, dst } = await restored(false);
+    expect(rawCommand(dst)).toBe(MEM_MASTER);
+    g.ring(0);
+    expect(await g.wait(0)).toBe(1);
+    expect(g.read32(BAR0.IRQ_COUNT)).toBe(1);
+    expect(g.read32(BAR0.QUEUE_PENDING)).toBe(0);
+  });
+
+  it('without it the device has COMMAND 0 (not in the migration stream) and the doorbell wedges: no interrupt, IRQ_COUNT stays', async () => {
+    const { g, dst } = await restored(true);
+    const sim = simOf(env, dst);
+    expect(rawCommand(dst)).toBe(0);
+    expect(dst.config.command).toBe(MEM_MASTER); // the guest believes it is on
+    g.ring(0);
+    expect(g.read32(BAR0.QUEUE_PENDING)).toBe(1);
+    expect(g.read32(BAR0.IRQ_COUNT)).toBe(0);
+    expect(await g.wait(0, NONE_MS)).toBe(0);
+    expect(sim.irqs().delivered).toBe(0);
+    // Wedged for good: setting MASTER afterwards does not unstick the queue.
+    g.command(MEM_MASTER);
+    expect(rawCommand(dst)).toBe(MEM_MASTER);
+    g.ring(0);
+    expect(g.read32(BAR0.QUEUE_PENDING)).toBe(2);
+    expect(await g.wait(0, NONE_MS)).toBe(0);
+  });
+});
+
+describe('a destination whose interrupts stay silent unless SET_IRQS is issued again', () => {
+  async function restored(breakIt: boolean): Promise<{ g: Guest; dst: VfioPciDevice }> {
+    const src = bootedSource(env, 'sim:64KiB');
+    const f = file(env);
+    await snapshotVm([src.d], f);
+    const { host, devices: [dst] } = destination(env, src.host, [{ spec: 'sim:64KiB' }]);
+    if (breakIt) (dst as unknown as { irqs: { rearm(): void } }).irqs.rearm = () => {};
+    const vm = new MigrationCoordinator([dst]);
+    await vm.restore(f);
+    vm.resume();
+    return { g: new Guest(dst, host), dst };
+  }
+
+  it('re-armed: the doorbell reaches the destination router eventfd', async () => {
+    const { g, dst } = await restored(false);
+    g.ring(0);
+    expect(await g.wait(0)).toBe(1);
+    expect(simOf(env, dst).irqs().delivered).toBe(1);
+  });
+
+  it('not re-armed: the device completes the doorbell but nothing is signalled', async () => {
+    const { g, dst } = await restored(true);
+    const sim = simOf(env, dst);
+    expect(dst.config.msix()!.enabled).toBe(true); // the guest's MSI-X is on
+    expect(sim.irqs().mode).toBe('none'); // the kernel has nothing
+    g.ring(0);
+    expect(g.read32(BAR0.IRQ_COUNT)).toBe(1);
+    expect(sim.irqs().delivered).toBe(0);
+    expect(await g.wait(0, NONE_MS)).toBe(0);
+  });
+});
+
+describe('a host allocator that refuses to register a BAR twice', () => {
+  it('attach with assignBars on the restored allocator throws EVFIO_ADDRESS_IN_USE', async () => {
+    const src = bootedSource(env, 'sim:64KiB');
+    const host = newHost(env, ReferenceAllocator.from(src.host.allocator.export()));
+    const dev = openSim(env, 'sim:64KiB');
+    const err = await rejection(() => VfioPciDevice.attach(dev, host, { id: 'nic0' }));
+    expect(err.code).toBe('EVFIO_ADDRESS_IN_USE');
+    expect(err.message).toMatch(/nic0\/bar0 already has mmio 0xe0000000/);
+    expect(host.bus.mappings()).toEqual([]);
+  });
+
+  it('restore with assignBars: false never calls allocate, and the allocator table stays the source one', async () => {
+    const src = bootedSource(env, 'sim:64KiB');
+    const f = file(env);
+    await snapshotVm([src.d], f);
+    const host = newHost(env, ReferenceAllocator.from(src.host.allocator.export()));
+    const allocate = vi.spyOn(host.allocator, 'allocate');
+    const dst = attach(env, openSim(env, 'sim:64KiB'), host, { id: 'nic0', assignBars: false });
+    const vm = new MigrationCoordinator([dst]);
+    await vm.restore(f);
+    vm.resume();
+    expect(allocate).not.toHaveBeenCalled();
+    expect(host.allocator.export()).toEqual(src.host.allocator.export());
+    expect(host.bus.find('nic0', 0)!.address).toBe(0xe000_0000n);
+    const g = new Guest(dst, host);
+    g.ring(0);
+    expect(await g.wait(0)).toBe(1);
+  });
+});
+
+describe('config space on the destination (QEMU rule: saved masks, Vendor Specific body exempt)', () => {
+  async function attempt(destSpec: string): Promise<{ dst: VfioPciDevice; host: ReferenceHost; run: () => Promise<void> }> {
+    const src = bootedSource(env, 'sim:64KiB');
+    const f = file(env);
+    await snapshotVm([src.d], f);
+    const { host, devices: [dst] } = destination(env, src.host, [{ spec: destSpec }]);
+    const vm = new MigrationCoordinator([dst]);
+    return { dst, host, run: async () => {
+      await vm.restore(f);
+      vm.resume();
+    } };
+  }
+
+  it('a VSC body that differs (vsc=2, another host driver) restores', async () => {
+    const { dst, host, run } = await attempt('sim:64KiB:vsc=2');
+    expect(dst.device.readConfig(CAP_OFFSETS.VNDR + 7, 1)[0]).toBe(2);
+    await run();
+    const g = new Guest(dst, host);
+    expect(g.scratch(SECRET.length)).toEqual(SECRET);
+    g.ring(0);
+    expect(await g.wait(0)).toBe(1);
+  });
+
+  it('a VSC header that differs (vsclen=20) fails with EVFIO_CONFIG_MISMATCH naming the capability; the device is untouched', async () => {
+    const { dst, host, run } = await attempt('sim:64KiB:vsclen=20');
+    const err = (await rejection(run())) as ConfigMismatchError;
+    expect(err.code).toBe('EVFIO_CONFIG_MISMATCH');
+    expect(err.kind).toBe('mismatch');
+    expect(err.step).toBe('restore:check-config');
+    expect(err.device).toBe('nic0');
+    expect(err.deviceState).toBe('untouched');
+    expect(err.message).toContain('0xb2 Vendor Specific capability at 0xb0 header: saved 0x10, device 0x14');
+    expect(err.mismatches).toEqual([{ offset: 0xb2, register: 'Vendor Specific capability at 0xb0 header', saved: 0x10, current: 0x14, mask: 0xff }]);
+    expectUntouched(dst, host);
+  });
+
+  it('a device id that differs (devid=0x5f11) fails with EVFIO_CONFIG_MISMATCH naming PCI_DEVICE_ID at 0x02; the device is untouched', async () => {
+    const { dst, host, run } = await attempt('sim:64KiB:devid=0x5f11');
+    const err = (await rejection(run())) as ConfigMismatchError;
+    expect(err.code).toBe('EVFIO_CONFIG_MISMATCH');
+    expect(err.deviceState).toBe('untouched');
+    expect(err.message).toContain('0x02 PCI_DEVICE_ID: saved 0x10, device 0x11');
+    expect(err.mismatches.map((m) => [m.offset, m.register])).toEqual([[0x02, 'PCI_DEVICE_ID']]);
+    expectUntouched(dst, host);
+  });
+});
