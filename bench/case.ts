@@ -52,6 +52,8 @@ export interface CaseSpec {
   check: boolean;
   /** b64-restore: when `file` does not exist, build it first (untimed) by streaming base64. */
   prepare?: boolean;
+  /** ours: SaveOptions/RestoreOptions.bufferSize (default: the product's default). */
+  oursBuffer?: number;
 }
 
 export interface CaseResult {
@@ -59,6 +61,11 @@ export interface CaseResult {
   /** "CODE: message" of the failure. */
   error?: string;
   seconds?: number;
+  /**
+   * CPU time over the same interval of this process (all threads) and of its waited-for children
+   * (producer / consumer / copy), from /proc/self/stat: what the case cost the one CPU.
+   */
+  cpuSeconds?: number;
   /** RSS of the copying process when the clock started (KiB). */
   rssBaseKiB?: number;
   /** Its peak RSS over the case (KiB; VmHWM, reset at the start when the kernel allows). */
@@ -69,13 +76,25 @@ export interface CaseResult {
 }
 
 function describe(e: unknown): string {
-  const err = e as { code?: string; message?: string };
-  return `${err?.code ? `${err.code}: ` : ''}${(err?.message ?? String(e)).split('\n')[0]}`;
+  const err = e as { code?: string; name?: string; message?: string };
+  const tag = err?.code ?? err?.name;
+  return `${tag ? `${tag}: ` : ''}${(err?.message ?? String(e)).split('\n')[0]}`;
 }
 
 function now(): number {
   return Number(process.hrtime.bigint()) / 1e9;
 }
+
+/** utime + stime + cutime + cstime of /proc/self/stat, in seconds (proc(5): fields 14-17). */
+function cpuNow(): number {
+  const stat = fs.readFileSync('/proc/self/stat', 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  // f[0] is field 3 (state): fields 14..17 are f[11..14].
+  return (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) / CLOCK_TICKS;
+}
+
+/** sysconf(_SC_CLK_TCK): 100 on every Linux architecture Node runs on. */
+const CLOCK_TICKS = 100;
 
 // ------------------------------------------------------------------ C baseline
 
@@ -88,6 +107,7 @@ async function cSave(s: CaseSpec, real: Binding): Promise<CaseResult> {
   } finally {
     real.close(r);
   }
+  const c0 = cpuNow();
   const t0 = now();
   let producer: Child;
   try {
@@ -97,7 +117,7 @@ async function cSave(s: CaseSpec, real: Binding): Promise<CaseResult> {
   }
   const [report] = await Promise.all([expectSuccess(copy, 'baseline copy'), expectSuccess(producer, 'producer')]);
   const t1 = now();
-  return cResult(report, s.bytes, t1 - t0);
+  return cResult(report, s.bytes, t1 - t0, cpuNow() - c0);
 }
 
 async function cRestore(s: CaseSpec, real: Binding): Promise<CaseResult> {
@@ -111,6 +131,7 @@ async function cRestore(s: CaseSpec, real: Binding): Promise<CaseResult> {
     real.close(gr);
     real.close(w);
   }
+  const c0 = cpuNow();
   const t0 = now();
   let consumer: Child;
   try {
@@ -122,14 +143,14 @@ async function cRestore(s: CaseSpec, real: Binding): Promise<CaseResult> {
   real.close(gw);
   const [report] = await Promise.all([expectSuccess(copy, 'baseline copy'), expectSuccess(consumer, 'consumer')]);
   const t1 = now();
-  return cResult(report, s.bytes, t1 - t0);
+  return cResult(report, s.bytes, t1 - t0, cpuNow() - c0);
 }
 
-function cResult(stderr: string, bytes: number, seconds: number): CaseResult {
+function cResult(stderr: string, bytes: number, seconds: number, cpuSeconds: number): CaseResult {
   const line = stderr.trim().split('\n').pop() ?? '';
   const rep = JSON.parse(line) as { bytes: number; rssStartKiB: number; hwmKiB: number };
   if (rep.bytes !== bytes) return { ok: false, error: `baseline copy moved ${rep.bytes} bytes, expected ${bytes}` };
-  return { ok: true, seconds, rssBaseKiB: rep.rssStartKiB, rssPeakKiB: rep.hwmKiB, peakReset: true };
+  return { ok: true, seconds, cpuSeconds, rssBaseKiB: rep.rssStartKiB, rssPeakKiB: rep.hwmKiB, peakReset: true };
 }
 
 function consumeArgs(s: CaseSpec): string[] {
@@ -186,21 +207,28 @@ async function sidesDone(sides: Child[], what: string): Promise<void> {
   await expectSuccess(sides[0], what);
 }
 
-function startClock(): { t0: number; base: number | undefined; reset: boolean } {
-  const reset = resetPeakRss();
-  return { base: statusKiB('VmRSS'), reset, t0: now() };
+interface Clock {
+  t0: number;
+  c0: number;
+  base: number | undefined;
+  reset: boolean;
 }
 
-function stopClock(c: { t0: number; base: number | undefined; reset: boolean }): CaseResult {
+function startClock(): Clock {
+  const reset = resetPeakRss();
+  return { base: statusKiB('VmRSS'), reset, c0: cpuNow(), t0: now() };
+}
+
+function stopClock(c: Clock): CaseResult {
   const seconds = now() - c.t0;
-  return { ok: true, seconds, rssBaseKiB: c.base, rssPeakKiB: statusKiB('VmHWM'), peakReset: c.reset };
+  return { ok: true, seconds, cpuSeconds: cpuNow() - c.c0, rssBaseKiB: c.base, rssPeakKiB: statusKiB('VmHWM'), peakReset: c.reset };
 }
 
 async function oursSave(s: CaseSpec, real: Binding): Promise<CaseResult> {
   const { dev, sides } = openPipedDevice(s, real);
   try {
     const clock = startClock();
-    const r = await saveSnapshot([dev], s.file, { noSync: !s.sync });
+    const r = await saveSnapshot([dev], s.file, { noSync: !s.sync, bufferSize: s.oursBuffer });
     await sidesDone(sides, 'producer');
     const res = stopClock(clock);
     if (r.devices[0].stateBytes !== s.bytes) return { ok: false, error: `saved ${r.devices[0].stateBytes} state bytes, expected ${s.bytes}` };
@@ -214,7 +242,7 @@ async function oursRestore(s: CaseSpec, real: Binding): Promise<CaseResult> {
   const { dev, sides } = openPipedDevice(s, real);
   try {
     const clock = startClock();
-    const r = await restoreSnapshot(dev, s.file);
+    const r = await restoreSnapshot(dev, s.file, { bufferSize: s.oursBuffer });
     await sidesDone(sides, 'consumer');
     const res = stopClock(clock);
     if (r.bytes !== s.bytes) return { ok: false, error: `restored ${r.bytes} bytes, expected ${s.bytes}` };
@@ -295,7 +323,7 @@ async function b64Restore(s: CaseSpec, real: Binding): Promise<CaseResult> {
   }
 }
 
-function failed(e: unknown, clock: { base: number | undefined; reset: boolean }): CaseResult {
+function failed(e: unknown, clock: Clock): CaseResult {
   return { ok: false, error: describe(e), rssBaseKiB: clock.base, rssPeakKiB: statusKiB('VmHWM'), peakReset: clock.reset };
 }
 

@@ -2,8 +2,8 @@
  * `npm run bench`: device-state save and restore throughput, side by side, on the simulated
  * device with a producer feeding its data_fd (issue 4, item 5). See bench/README.md.
  *
- *   node dist/bench/run.js [--quick] [--sizes 64M,256M,1G,4G] [--reps 3] [--pipe-size 1048576]
- *                          [--cpu 0 | --no-pin] [--tmpdir DIR] [--no-nosync]
+ *   node dist/bench/run.js [--quick] [--sizes 64M,256M,1G,4G] [--reps 3] [--buffer BYTES]
+ *                          [--pipe-size 1048576] [--cpu 0 | --no-pin] [--tmpdir DIR] [--no-nosync]
  *
  * Each measurement runs in a fresh process (./case.ts) pinned to one CPU with taskset; the
  * table shows the median of --reps runs. Nothing is asserted: the targets are reported.
@@ -24,6 +24,8 @@ const BASE64_LIMIT = Math.floor(((2 ** 29 - 24) / 4) * 3);
 
 interface Args {
   sizes: number[];
+  /** Passed to ours as bufferSize (and used by the C save loop); undefined: the product default. */
+  buffer: number | undefined;
   reps: number;
   pipeSize: number;
   cpu: number | undefined;
@@ -33,12 +35,12 @@ interface Args {
 
 function usage(msg?: string): never {
   if (msg) console.error(`bench: ${msg}`);
-  console.error('usage: npm run bench -- [--quick] [--sizes 64M,256M,1G,4G] [--reps N] [--pipe-size BYTES] [--cpu N | --no-pin] [--tmpdir DIR] [--no-nosync]');
+  console.error('usage: npm run bench -- [--quick] [--sizes 64M,256M,1G,4G] [--reps N] [--buffer BYTES] [--pipe-size BYTES] [--cpu N | --no-pin] [--tmpdir DIR] [--no-nosync]');
   process.exit(2);
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { sizes: [64 * MiB, 256 * MiB, GiB, 4 * GiB], reps: 3, pipeSize: MiB, cpu: 0, tmpdir: os.tmpdir(), nosync: true };
+  const a: Args = { sizes: [64 * MiB, 256 * MiB, GiB, 4 * GiB], buffer: undefined, reps: 3, pipeSize: MiB, cpu: 0, tmpdir: os.tmpdir(), nosync: true };
   for (let i = 0; i < argv.length; i++) {
     const next = (): string => argv[++i] ?? usage(`${argv[i - 1]} needs a value`);
     switch (argv[i]) {
@@ -47,6 +49,9 @@ function parseArgs(argv: string[]): Args {
         break;
       case '--sizes':
         a.sizes = next().split(',').map((t) => parseBytes(t) ?? usage(`bad size ${t}`));
+        break;
+      case '--buffer':
+        a.buffer = parseBytes(next()) ?? usage('bad --buffer');
         break;
       case '--reps':
         a.reps = Number(next());
@@ -115,6 +120,7 @@ const ROWS: Array<{ key: RowKey; label: string; baseline: RowKey; nosync?: boole
 
 interface Sample {
   seconds: number;
+  cpuSeconds?: number;
   rssBaseKiB?: number;
   rssPeakKiB?: number;
   peakReset?: boolean;
@@ -127,7 +133,7 @@ class Cell {
   notRun?: string;
 
   add(r: CaseResult): void {
-    if (r.ok && r.seconds !== undefined) this.samples.push({ seconds: r.seconds, rssBaseKiB: r.rssBaseKiB, rssPeakKiB: r.rssPeakKiB, peakReset: r.peakReset });
+    if (r.ok && r.seconds !== undefined) this.samples.push({ seconds: r.seconds, cpuSeconds: r.cpuSeconds, rssBaseKiB: r.rssBaseKiB, rssPeakKiB: r.rssPeakKiB, peakReset: r.peakReset });
     else this.error ??= `${r.error ?? 'failed'}${r.rssPeakKiB ? ` (peak RSS ${mib(r.rssPeakKiB * 1024)} MiB)` : ''}`;
     if (r.note) this.note = r.note;
   }
@@ -136,18 +142,16 @@ class Cell {
     return this.error !== undefined;
   }
 
-  /** Median of the samples, by time. */
-  median(): Sample | undefined {
+  mibps(bytes: number): { median: number; min: number; max: number } | undefined {
     if (!this.samples.length) return undefined;
-    const s = [...this.samples].sort((a, b) => a.seconds - b.seconds);
-    return s[Math.floor((s.length - 1) / 2)];
+    const rates = this.samples.map((s) => bytes / MiB / s.seconds);
+    return { median: median(rates), min: Math.min(...rates), max: Math.max(...rates) };
   }
 
-  mibps(bytes: number): { median: number; min: number; max: number } | undefined {
-    const m = this.median();
-    if (!m) return undefined;
-    const rates = this.samples.map((s) => bytes / MiB / s.seconds);
-    return { median: bytes / MiB / m.seconds, min: Math.min(...rates), max: Math.max(...rates) };
+  /** Median CPU seconds of the case's processes. */
+  cpu(): number | undefined {
+    const c = this.samples.map((s) => s.cpuSeconds).filter((x): x is number => x !== undefined);
+    return c.length ? median(c) : undefined;
   }
 
   /** Largest peak-above-base over the samples, KiB. */
@@ -157,6 +161,12 @@ class Cell {
     const worst = withRss.reduce((a, b) => (b.rssPeakKiB! - b.rssBaseKiB! > a.rssPeakKiB! - a.rssBaseKiB! ? b : a));
     return { above: worst.rssPeakKiB! - worst.rssBaseKiB!, base: worst.rssBaseKiB! };
   }
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
 function mib(bytes: number, digits = 0): string {
@@ -175,6 +185,27 @@ function pinning(cpu: number | undefined): { prefix: string[]; text: string } {
   const probe = spawnSync('taskset', ['-c', String(cpu), 'true']);
   if (probe.error || probe.status !== 0) return { prefix: [], text: `NOT pinned: taskset -c ${cpu} unavailable (${probe.error?.message ?? probe.stderr.toString().trim()})` };
   return { prefix: ['taskset', '-c', String(cpu)], text: `pinned to CPU ${cpu} with taskset -c ${cpu} (every case process and its producer/consumer/copy children)` };
+}
+
+/**
+ * Throughput of Node's zlib crc32 on one CPU (the function the addon's pump links: Node exports
+ * its bundled zlib), in MiB/s, over a 1 MiB buffer as the pump uses it.
+ */
+function crc32Rate(pin: string[]): number | undefined {
+  const code = `const z=require('zlib');const b=require('crypto').randomBytes(1<<20);let c=0;for(let i=0;i<64;i++)c=z.crc32(b,c);
+const t=process.hrtime.bigint();for(let i=0;i<1024;i++)c=z.crc32(b,c);console.log(1024/(Number(process.hrtime.bigint()-t)/1e9))`;
+  if (typeof (require('node:zlib') as { crc32?: unknown }).crc32 !== 'function') return undefined;
+  const cmd = [...pin, process.execPath, '-e', code];
+  const rates: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    const r = spawnSync(cmd[0], cmd.slice(1), { encoding: 'utf8' });
+    if (r.status === 0) rates.push(Number(r.stdout.trim()));
+  }
+  return rates.length ? median(rates) : undefined;
+}
+
+function loadAverage(): string {
+  return os.loadavg().map((x) => x.toFixed(2)).join(' ');
 }
 
 /** Which path saveSnapshot/restoreSnapshot take, read from the built jobs module. */
@@ -237,10 +268,14 @@ async function main(): Promise<void> {
   console.log(`  ours: saveSnapshot()/restoreSnapshot() on openDevice('sim') with externalDataFd; stream via ${oursPath()}`);
   console.log(`  files in ${dir} (${fsTypeName(st.type)}, ${mib(st.bavail * st.bsize)} MiB available); restores read files just written (page cache warm for every case)`);
   console.log(`  pipe: F_SETPIPE_SZ ${args.pipeSize || 'none (kernel default 64 KiB)'} by the producer/consumer (pipe-max-size ${pipeMax}); C helper ${exe}`);
-  console.log(`  median of ${args.reps} runs per cell; ratios are medians over the C median; RSS = peak (VmHWM, reset at the start) minus VmRSS at the start, worst run`);
+  const crc = crc32Rate(pin.prefix);
+  console.log(`  crc32 (Node's zlib crc32, which the pump calls): ${crc ? `${crc.toFixed(0)} MiB/s on one CPU` : 'unavailable'}`);
+  console.log(`  median of ${args.reps} runs per cell; x C = median MiB/s over the C median; CPU = CPU seconds of all the case's processes (median);`);
+  console.log('  RSS = peak (VmHWM, reset at the start) minus VmRSS at the start, worst run; for C it is the copy process\'s own');
+  console.log(`  load average at start: ${loadAverage()} (${os.cpus().length} CPUs; other work on the pinned CPU slows every case)`);
   console.log('');
 
-  const saveBuffer = DEFAULT_BUFFER_SIZE;
+  const saveBuffer = args.buffer ?? DEFAULT_BUFFER_SIZE;
   const results = new Map<number, Map<RowKey, Cell>>();
   const skipped: string[] = [];
   const restoreBuffers = new Map<number, number>();
@@ -281,7 +316,7 @@ async function main(): Promise<void> {
     }
     let restoreBuffer = saveBuffer;
     const spec = (kind: CaseKind, file: string, extra: Partial<CaseSpec> = {}): CaseSpec => ({
-      kind, bytes, file, exe, sync: true, pipeSize: args.pipeSize, bufferSize: saveBuffer, check: false, ...extra,
+      kind, bytes, file, exe, sync: true, pipeSize: args.pipeSize, bufferSize: saveBuffer, check: false, oursBuffer: args.buffer, ...extra,
     });
     const run = async (key: RowKey, s: CaseSpec, record = true): Promise<CaseResult> => {
       const r = await runCase(s, pin.prefix);
@@ -342,13 +377,13 @@ async function main(): Promise<void> {
     for (const f of Object.values(files)) fs.rmSync(f, { force: true });
   }
 
-  printTable(results, restoreBuffers, saveBuffer);
+  printTable(results, restoreBuffers, saveBuffer, crc);
   for (const s of skipped) console.log(`skipped: ${s}`);
-  console.log(`\ntotal time ${((Date.now() - started) / 1000).toFixed(0)} s`);
+  console.log(`\nload average at end: ${loadAverage()}; total time ${((Date.now() - started) / 1000).toFixed(0)} s`);
 }
 
-function printTable(results: Map<number, Map<RowKey, Cell>>, restoreBuffers: Map<number, number>, saveBuffer: number): void {
-  const lines: string[][] = [['size', 'case', 'MiB/s median (min-max)', 'x C', 'peak RSS - base (base)', 'targets']];
+function printTable(results: Map<number, Map<RowKey, Cell>>, restoreBuffers: Map<number, number>, saveBuffer: number, crc: number | undefined): void {
+  const lines: string[][] = [['size', 'case', 'MiB/s median (min-max)', 'x C', 'CPU s', 'peak RSS - base (base MiB)', 'targets']];
   const notes: string[] = [];
   for (const [bytes, cells] of results) {
     const name = sizeName(bytes);
@@ -360,12 +395,22 @@ function printTable(results: Map<number, Map<RowKey, Cell>>, restoreBuffers: Map
       const base = rate(row.baseline);
       const rss = cell.rssAbove();
       let speed: string;
-      if (cell.notRun) speed = cell.notRun;
-      else if (cell.failed) speed = `fails: ${cell.error}`;
-      else speed = r ? `${r.median.toFixed(0)} (${r.min.toFixed(0)}-${r.max.toFixed(0)})` : '-';
+      if (cell.notRun) {
+        speed = 'not attempted (see notes)';
+        notes.push(`${name} ${row.label}: ${cell.notRun}`);
+      } else if (cell.failed) {
+        speed = `fails: ${cell.error!.split(':')[0]} (see notes)`;
+        notes.push(`${name} ${row.label} fails: ${cell.error}`);
+      } else {
+        speed = r ? `${r.median.toFixed(0)} (${r.min.toFixed(0)}-${r.max.toFixed(0)})` : '-';
+      }
       const ratio = r && base ? `${(r.median / base).toFixed(2)}` : '';
+      const cpu = cell.cpu();
       const rssText = rss ? `${rss.above >= 0 ? '+' : ''}${(rss.above / 1024).toFixed(1)} MiB (${(rss.base / 1024).toFixed(0)})` : '';
-      lines.push([row.key === 'c-save' ? name : '', row.label, speed, ratio, rssText, targets(row.key, bytes, cells)]);
+      let t = targets(row.key, bytes, cells);
+      // What the checksum alone allows on one CPU: the C loop's time plus crc32 over every byte.
+      if (crc && base && row.key.startsWith('ours')) t += `; crc32 ceiling ${(1 / (1 + base / crc)).toFixed(2)}x`;
+      lines.push([row.key === 'c-save' ? name : '', row.label, speed, ratio, cpu !== undefined ? cpu.toFixed(2) : '', rssText, t]);
       if (cell.note) notes.push(`${name} ${row.label}: ${cell.note}`);
     }
     lines.push([]);

@@ -112,7 +112,7 @@ export async function feedSession(
 }
 
 /** Say in the message that the failing read/write was on the data_fd, and after how many bytes. */
-function onDataFd(e: VfioError, what: 'read' | 'write', at: number): VfioError {
+export function onDataFd(e: VfioError, what: 'read' | 'write', at: number): VfioError {
   if (!e.op) {
     e.op = `data_fd ${what}`;
     e.message = e.message.replace(new RegExp(`^${what} failed`), `${what} on data_fd failed after ${at} bytes`);

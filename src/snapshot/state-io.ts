@@ -13,7 +13,7 @@
  */
 import type { Binding, PumpResult } from '../binding/types';
 import { VfioError } from '../errors';
-import { drainSession, feedSession, DEFAULT_BUFFER_SIZE } from '../migration/stream';
+import { drainSession, feedSession, onDataFd, DEFAULT_BUFFER_SIZE } from '../migration/stream';
 import type { SnapshotReader, SectionEntry } from './reader';
 import type { SnapshotWriter } from './writer';
 import { MAX_CHUNK } from './format';
@@ -54,6 +54,7 @@ export async function saveStateSection(binding: Binding, dataFd: number, writer:
       r = await binding.pump(dataFd, writer.fd, buf, { limit: Math.min(buf.length, MAX_CHUNK), dstOffset: writer.payloadOffset() });
     } catch (e) {
       const fileSide = e instanceof VfioError && (e.syscall === 'pwrite' || e.syscall === 'write');
+      if (!fileSide && e instanceof VfioError) onDataFd(e, 'read', total + bytesDone(e));
       throw annotate(e, fileSide ? 'save:write' : 'save:read', opts.device, fileSide ? `write to ${writer.tempPath}` : 'data_fd read');
     }
     await writer.commitChunk(r.bytes, r.crc32);
@@ -88,10 +89,17 @@ export async function loadStateSection(binding: Binding, reader: SnapshotReader,
         throw annotate(e, 'load:verify', opts.device, 'chunk crc32');
       }
       const fileSide = e instanceof VfioError && (e.syscall === 'pread' || e.syscall === 'read');
+      if (!fileSide && e instanceof VfioError) onDataFd(e, 'write', total + bytesDone(e));
       throw annotate(e, fileSide ? 'load:read' : 'load:write', opts.device, fileSide ? `read of ${reader.path}` : 'data_fd write');
     }
     total += c.length;
     opts.onProgress?.(total);
   }
   return { bytes: total };
+}
+
+/** Bytes a failed pump had moved (PumpError.bytesDone), 0 when unknown. */
+function bytesDone(e: VfioError): number {
+  const n = (e as VfioError & { bytesDone?: number }).bytesDone;
+  return typeof n === 'number' ? n : 0;
 }

@@ -62,4 +62,15 @@ function openFds() {
   return fs.readdirSync('/proc/self/fd').length;
 }
 
-module.exports = { ROOT, lib, MDEVS, UART, regW, regR, ports, programUart, uartRegs, drainFifo, cli, openFds };
+/**
+ * A new mtty mdev of the run's type, never opened before (mtty keeps per-mdev state such as
+ * the device info across opens). Returns its UUID and a remover.
+ */
+function freshMdev() {
+  const uuid = fs.readFileSync('/proc/sys/kernel/random/uuid', 'utf8').trim();
+  const type = process.env.MDEV_TYPE || 'mtty-2';
+  fs.writeFileSync(`/sys/class/mdev_bus/mtty/mdev_supported_types/${type}/create`, uuid);
+  return { uuid, remove: () => fs.writeFileSync(`/sys/bus/mdev/devices/${uuid}/remove`, '1') };
+}
+
+module.exports = { freshMdev, ROOT, lib, MDEVS, UART, regW, regR, ports, programUart, uartRegs, drainFifo, cli, openFds };

@@ -4,7 +4,7 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
-const { lib, MDEVS, programUart, uartRegs, drainFifo, cli, openFds } = require('./helpers');
+const { lib, MDEVS, programUart, uartRegs, drainFifo, cli, openFds, freshMdev } = require('./helpers');
 
 const { openDevice } = lib('device/open');
 const { Migration } = lib('migration/migration');
@@ -213,17 +213,24 @@ test('no fd leaks across 30 open / snapshot / restore / close cycles on both pat
 });
 
 test('mtty answers GET_IRQ_INFO with EINVAL until GET_DEVICE_INFO was called; VfioDevice.irq() works on a fresh fd', () => {
-  const raw = openDevice(MDEVS[0]);
+  const a = freshMdev();
+  const b = freshMdev();
   try {
-    const b = s.encodeIrqInfoQuery(v.VFIO_PCI_INTX_IRQ_INDEX);
-    assert.throws(() => raw.binding.ioctl(raw.fd, v.VFIO_DEVICE_GET_IRQ_INFO, b), (e) => e.code === 'EINVAL');
+    const raw = openDevice(a.uuid);
+    try {
+      const q = s.encodeIrqInfoQuery(v.VFIO_PCI_INTX_IRQ_INDEX);
+      assert.throws(() => raw.binding.ioctl(raw.fd, v.VFIO_DEVICE_GET_IRQ_INFO, q), (e) => e.code === 'EINVAL');
+    } finally {
+      raw.close();
+    }
+    const dev = openDevice(b.uuid);
+    try {
+      assert.deepEqual(dev.irq(v.VFIO_PCI_INTX_IRQ_INDEX), { flags: 7, index: 0, count: 1 });
+    } finally {
+      dev.close();
+    }
   } finally {
-    raw.close();
-  }
-  const dev = openDevice(MDEVS[0]);
-  try {
-    assert.deepEqual(dev.irq(v.VFIO_PCI_INTX_IRQ_INDEX), { flags: 7, index: 0, count: 1 });
-  } finally {
-    dev.close();
+    a.remove();
+    b.remove();
   }
 });
