@@ -85,3 +85,33 @@ test('snapshot --leave-stopped leaves the device in STOP; restore of a missing f
   assert.equal(bad.status, 1);
   assert.match(bad.stderr, /ENOENT/);
 });
+
+test('a snapshot of another format version (older or newer) is refused with a clear message; the device is untouched', () => {
+  const zlib = require('node:zlib');
+  const fs = require('node:fs');
+  const good = '/tmp/version-good.vfiosnap';
+  assert.equal(cli('snapshot', MDEVS[0], '-o', good).status, 0);
+  const dev = openDevice(MDEVS[1]);
+  programUart(dev, 0x42, 'ver');
+  const before = uartRegs(dev);
+  dev.close();
+  for (const [version, why] of [[0, /predates the first released format/], [2, /written by a newer node-vfio-pci/]]) {
+    const b = fs.readFileSync(good);
+    b.writeUInt16LE(version, 8);
+    b.writeUInt32LE(zlib.crc32(b.subarray(0, 28)) >>> 0, 28);
+    const file = `/tmp/version-${version}.vfiosnap`;
+    fs.writeFileSync(file, b);
+    const r = cli('restore', MDEVS[1], '-i', file);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, new RegExp(`format version ${version} is not supported`));
+    assert.match(r.stderr, why);
+    assert.match(r.stderr, /code: EVFIO_SNAPSHOT_VERSION/);
+  }
+  const after = openDevice(MDEVS[1]);
+  try {
+    assert.equal(Migration.require(after).getState(), 2);
+    assert.deepEqual(uartRegs(after), before);
+  } finally {
+    after.close();
+  }
+});
