@@ -376,6 +376,56 @@ Napi::Value ReadWrite(const Napi::CallbackInfo& info) {
   return (new IoWorker<kWrite>(info.Env(), fd, buf, off, len))->Start();
 }
 
+// ioctlAsync(fd, request, arg?: Buffer | number) -> Promise<number>: for ioctls that can take
+// long (VFIO_DEVICE_RESET, MIG_DEVICE_STATE SET: drivers save/load device state inside it,
+// DMA map: pins pages). The Buffer is pinned until the promise settles.
+class IoctlWorker : public PromiseWorker {
+ public:
+  IoctlWorker(Napi::Env env, int fd, unsigned long request, uint8_t* ptr, unsigned long value)
+      : PromiseWorker(env, "vfio:ioctl"), fd_(fd), request_(request), ptr_(ptr), value_(value) {}
+  void PinArg(const Napi::Object& buf) { Pin(buf); }
+
+ protected:
+  void Execute() override {
+    int r = ptr_ ? vfio_ioctl_ptr(fd_, request_, ptr_) : vfio_ioctl_int(fd_, request_, value_);
+    if (r < 0) {
+      error_ = -r;
+      syscall_ = "ioctl";
+    } else {
+      result_ = r;
+    }
+  }
+  Napi::Value Result(Napi::Env env) override { return Napi::Number::New(env, result_); }
+
+ private:
+  int fd_;
+  unsigned long request_;
+  uint8_t* ptr_;
+  unsigned long value_;
+  int result_ = 0;
+};
+
+Napi::Value IoctlAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0, "ioctlAsync");
+  unsigned long request = static_cast<unsigned long>(IntArg(info, 1, "ioctlAsync", "request", 0, 4294967295.0));
+  Napi::Value arg = info[2];
+  if (arg.IsUndefined()) return (new IoctlWorker(env, fd, request, nullptr, 0))->Start();
+  if (arg.IsBuffer()) {
+    Napi::Buffer<uint8_t> b = arg.As<Napi::Buffer<uint8_t>>();
+    if (b.Length() == 0) ThrowRangeError(env, "ioctlAsync: \"arg\" Buffer must not be empty");
+    IoctlWorker* w = new IoctlWorker(env, fd, request, b.Data(), 0);
+    w->PinArg(b);
+    return w->Start();
+  }
+  if (arg.IsNumber()) {
+    int64_t v = IntArg(info, 2, "ioctlAsync", "arg", -kMaxSafeInteger, kMaxSafeInteger);
+    return (new IoctlWorker(env, fd, request, nullptr, static_cast<unsigned long>(v)))->Start();
+  }
+  ThrowTypeError(env, "ioctlAsync: \"arg\" must be a Buffer, a number or undefined");
+  return env.Undefined();
+}
+
 class PollWorker : public PromiseWorker {
  public:
   PollWorker(Napi::Env env, int fd, short events, int timeout)
@@ -528,10 +578,24 @@ class PumpJob {
     o.Set("bytes", Napi::Number::New(env, static_cast<double>(result_.bytes)));
     o.Set("crc32", Napi::Number::New(env, result_.crc32));
     o.Set("end", Napi::String::New(env, kEnds[result_.end >= 0 && result_.end <= 2 ? result_.end : 0]));
+    if (opts_.frame == VFIO_PUMP_FRAME_WRITE) {
+      o.Set("chunks", Napi::Number::New(env, static_cast<double>(result_.chunks)));
+      o.Set("written", Napi::Number::New(env, static_cast<double>(result_.written)));
+      o.Set("tableCrc", Napi::Number::New(env, result_.table_crc));
+      o.Set("skeletonCrc", Napi::Number::New(env, result_.skeleton_crc));
+    } else if (opts_.frame == VFIO_PUMP_FRAME_READ) {
+      o.Set("chunks", Napi::Number::New(env, static_cast<double>(result_.chunks)));
+      o.Set("tableCrc", Napi::Number::New(env, result_.table_crc));
+      if (opts_.frame_final) {
+        o.Set("endTableCrc", Napi::Number::New(env, result_.end_table_crc));
+        o.Set("endTotal", Napi::Number::New(env, static_cast<double>(result_.end_total)));
+      }
+    }
     return o;
   }
 
   Napi::Value ErrorObject(Napi::Env env) {
+    if (opts_.frame == VFIO_PUMP_FRAME_READ) return FramedReadError(env);
     char message[160];
     switch (result_.status) {
       case VFIO_PUMP_CHECKSUM:
@@ -549,6 +613,54 @@ class PumpJob {
       default:
         return Failure(env, result_.error, opts_.src_offset >= 0 ? "pread" : "read");
     }
+  }
+
+  // A framed read's rejection: the format refusals with their own codes (the same messages as
+  // runPump in src/binding/koffi.ts), and every rejection with `chunkOffset`, the file offset of
+  // the chunk (or end chunk) being handled.
+  Napi::Value FramedReadError(Napi::Env env) {
+    char message[256];
+    const long long at = static_cast<long long>(result_.chunk_offset);
+    const bool at_end = result_.chunks == opts_.frame_chunks;
+    Napi::Value error;
+    switch (result_.status) {
+      case VFIO_PUMP_CHECKSUM:
+        std::snprintf(message, sizeof message,
+                      "pump: CRC-32 mismatch in the chunk at offset %lld (%u bytes): expected 0x%08x, got 0x%08x; "
+                      "nothing of it was written",
+                      at, static_cast<unsigned>(result_.chunk_length), static_cast<unsigned>(result_.chunk_crc_expected),
+                      static_cast<unsigned>(result_.chunk_crc_actual));
+        error = FormatError(env, "EVFIO_SNAPSHOT_CHECKSUM", message);
+        break;
+      case VFIO_PUMP_TRUNCATED:
+        std::snprintf(message, sizeof message, "pump: the source ends inside the %s at offset %lld",
+                      at_end ? "end chunk" : "chunk", at);
+        error = FormatError(env, "EVFIO_SNAPSHOT_TRUNCATED", message);
+        break;
+      case VFIO_PUMP_BAD_FRAME:
+        if (at_end) {
+          std::snprintf(message, sizeof message,
+                        "pump: no end chunk at offset %lld after %llu chunks (a chunk of %u bytes starts there)", at,
+                        static_cast<unsigned long long>(result_.chunks), static_cast<unsigned>(result_.chunk_length));
+        } else {
+          std::snprintf(message, sizeof message, "pump: the chunk at offset %lld claims %u bytes, outside [1, %llu]", at,
+                        static_cast<unsigned>(result_.chunk_length),
+                        static_cast<unsigned long long>(opts_.frame_max_chunk < len_ ? opts_.frame_max_chunk : len_));
+        }
+        error = FormatError(env, "EVFIO_BAD_SNAPSHOT", message);
+        if (error.IsObject()) error.As<Napi::Object>().Set("chunkLength", Napi::Number::New(env, result_.chunk_length));
+        break;
+      case VFIO_PUMP_WRITE:
+        error = SysError(env, result_.error, opts_.dst_offset >= 0 ? "pwrite" : "write");
+        break;
+      default:
+        error = SysError(env, result_.error, opts_.src_offset >= 0 ? "pread" : "read");
+        break;
+    }
+    if (result_.chunk_offset >= 0 && error.IsObject()) {
+      error.As<Napi::Object>().Set("chunkOffset", Napi::Number::New(env, static_cast<double>(result_.chunk_offset)));
+    }
+    return WithBytesDone(env, error);
   }
 
   Napi::Value Failure(Napi::Env env, int err, const char* syscall) {
@@ -617,6 +729,49 @@ void PumpFinalize(Napi::Env /*env*/, PumpJob* job, PumpJob* /*context*/) {
   delete job;
 }
 
+// options.frame of pump (after the other options): the section framing of
+// docs/snapshot-format.md, written ('write') or read ('read'); see vfio_pump_frame. Checked in
+// this order, with these messages, by the koffi binding too (frameArg in src/binding/koffi.ts).
+void FrameArg(Napi::Env env, const Napi::Value& v, const BufArg& buf, vfio_pump_options* o) {
+  if (v.Type() != napi_object) ThrowTypeError(env, "pump: \"frame\" must be an object");
+  Napi::Object f = v.As<Napi::Object>();
+  Napi::Value mode = f.Get("mode");
+  const std::string m = mode.IsString() ? mode.As<Napi::String>().Utf8Value() : std::string();
+  auto crc = [&](const char* key, const char* name) -> uint32_t {
+    Napi::Value c = f.Get(key);
+    return c.IsUndefined() ? 0 : static_cast<uint32_t>(IntValue(env, c, "pump", name, 0, 4294967295.0));
+  };
+  if (m == "write") {
+    o->frame = VFIO_PUMP_FRAME_WRITE;
+    o->frame_chunk = static_cast<uint32_t>(IntValue(env, f.Get("chunk"), "pump", "frame.chunk", 1, 1073741824.0));
+    o->table_crc = crc("tableCrc", "frame.tableCrc");
+    o->skeleton_crc = crc("skeletonCrc", "frame.skeletonCrc");
+    if (o->verify) ThrowRangeError(env, "pump: \"expectCrc\" cannot be used with \"frame\"");
+    if (static_cast<uint64_t>(o->frame_chunk) + 8 > buf.length) {
+      ThrowRangeError(env, "pump: \"frame.chunk\" needs a buffer of at least frame.chunk + 8 bytes (it has " +
+                               std::to_string(buf.length) + ")");
+    }
+  } else if (m == "read") {
+    o->frame = VFIO_PUMP_FRAME_READ;
+    o->frame_chunks = static_cast<uint64_t>(IntValue(env, f.Get("chunks"), "pump", "frame.chunks", 0, kMaxSafeInteger));
+    Napi::Value max_chunk = f.Get("maxChunk");
+    if (!max_chunk.IsUndefined()) {
+      o->frame_max_chunk = static_cast<uint32_t>(IntValue(env, max_chunk, "pump", "frame.maxChunk", 1, 4294967295.0));
+    }
+    o->table_crc = crc("tableCrc", "frame.tableCrc");
+    Napi::Value final_chunk = f.Get("final");
+    if (!final_chunk.IsUndefined()) {
+      if (!final_chunk.IsBoolean()) ThrowTypeError(env, "pump: \"frame.final\" must be a boolean");
+      o->frame_final = final_chunk.As<Napi::Boolean>().Value();
+    }
+    if (o->verify || o->limit >= 0 || o->precopy) {
+      ThrowRangeError(env, "pump: \"limit\", \"expectCrc\" and \"precopy\" cannot be used with frame mode 'read'");
+    }
+  } else {
+    ThrowTypeError(env, "pump: \"frame.mode\" must be 'read' or 'write'");
+  }
+}
+
 // The optional 4th argument of pump: undefined, an options object, or (the older form) a
 // number that is the limit, -1 meaning none. Checked in this order, with these messages, by
 // the koffi binding too (pumpArgs in src/binding/koffi.ts).
@@ -651,10 +806,13 @@ vfio_pump_options PumpOptionsArg(const Napi::CallbackInfo& info, size_t i, const
     ThrowRangeError(env, "pump: \"expectCrc\" needs \"limit\", at most the buffer length (" +
                              std::to_string(buf.length) + ")");
   }
+  Napi::Value frame = obj.Get("frame");
+  if (!frame.IsUndefined()) FrameArg(env, frame, buf, &o);
   return o;
 }
 
-// pump(srcFd, dstFd, buffer, options?) -> { bytes, crc32, end }; see native.d.ts.
+// pump(srcFd, dstFd, buffer, options?) -> { bytes, crc32, end } (and, framed, the fields of
+// ResultObject); see native.d.ts.
 Napi::Value Pump(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int src = FdArg(info, 0, "pump", "srcFd");
@@ -674,6 +832,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("open", Napi::Function::New(env, Open, "open"));
   exports.Set("close", Napi::Function::New(env, Close, "close"));
   exports.Set("ioctl", Napi::Function::New(env, Ioctl, "ioctl"));
+  exports.Set("ioctlAsync", Napi::Function::New(env, IoctlAsync, "ioctlAsync"));
   exports.Set("pread", Napi::Function::New(env, PreadPwrite<false>, "pread"));
   exports.Set("pwrite", Napi::Function::New(env, PreadPwrite<true>, "pwrite"));
   exports.Set("pipe", Napi::Function::New(env, Pipe, "pipe"));

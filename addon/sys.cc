@@ -266,6 +266,51 @@ int PumpWriteAll(PumpEnd& e, const unsigned char* buf, size_t len, int cancel_fd
   return 0;
 }
 
+// Read up to `len` bytes, stopping early only at the end of src (a read of 0). The bytes read,
+// or -errno (a failure after some bytes were read loses the count: the pump fails either way).
+int64_t PumpReadFull(PumpEnd& e, unsigned char* buf, size_t len, int cancel_fd) {
+  size_t got = 0;
+  while (got < len) {
+    int64_t n = PumpRead(e, buf + got, CapIo(len - got), cancel_fd);
+    if (n < 0) return n;
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+  }
+  return static_cast<int64_t>(got);
+}
+
+// Chunk framing (vfio_pump_frame): little-endian fields, whatever the host.
+constexpr size_t kChunkHeader = 8;
+constexpr size_t kEndChunk = 16;
+
+inline void PutLe32(unsigned char* p, uint32_t v) {
+  p[0] = static_cast<unsigned char>(v);
+  p[1] = static_cast<unsigned char>(v >> 8);
+  p[2] = static_cast<unsigned char>(v >> 16);
+  p[3] = static_cast<unsigned char>(v >> 24);
+}
+
+inline uint32_t GetLe32(const unsigned char* p) {
+  return static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 | static_cast<uint32_t>(p[2]) << 16 |
+         static_cast<uint32_t>(p[3]) << 24;
+}
+
+inline uint64_t GetLe64(const unsigned char* p) {
+  return static_cast<uint64_t>(GetLe32(p)) | static_cast<uint64_t>(GetLe32(p + 4)) << 32;
+}
+
+// The crc32 of A followed by B from crc32(A), crc32(B) and B's length, in O(log length): a
+// framed pump checksums each chunk once and still returns the crc32 of all the payload. zlib.h
+// only declares crc32_combine64 when large-file offsets are on (node-gyp builds with
+// _FILE_OFFSET_BITS=64); Node exports both.
+inline uLong CrcCombine(uLong a, uLong b, size_t len_b) {
+#ifdef Z_WANT64
+  return crc32_combine64(a, b, static_cast<z_off_t>(len_b));
+#else
+  return crc32_combine(a, b, static_cast<z_off_t>(len_b));
+#endif
+}
+
 }  // namespace
 
 int vfio_pump(int src, int dst, void* buf, size_t buf_len, const vfio_pump_options* opts, vfio_pump_result* out) {
@@ -284,6 +329,16 @@ int vfio_pump(int src, int dst, void* buf, size_t buf_len, const vfio_pump_optio
   out->status = VFIO_PUMP_OK;
   out->error = 0;
   out->end = VFIO_PUMP_END_EOF;
+  out->chunks = 0;
+  out->written = 0;
+  out->table_crc = o.table_crc;
+  out->skeleton_crc = o.skeleton_crc;
+  out->end_table_crc = 0;
+  out->end_total = 0;
+  out->chunk_offset = -1;
+  out->chunk_length = 0;
+  out->chunk_crc_expected = 0;
+  out->chunk_crc_actual = 0;
 
   auto fail = [&](int status, int err) {
     out->crc32 = static_cast<uint32_t>(crc);
@@ -301,6 +356,21 @@ int vfio_pump(int src, int dst, void* buf, size_t buf_len, const vfio_pump_optio
 
   if (chunk == 0) return fail(VFIO_PUMP_READ, EINVAL);
   if (o.verify && (o.limit < 0 || static_cast<uint64_t>(o.limit) > buf_len)) return fail(VFIO_PUMP_READ, EINVAL);
+  switch (o.frame) {
+    case VFIO_PUMP_FRAME_NONE:
+      break;
+    case VFIO_PUMP_FRAME_WRITE:
+      if (o.verify || o.frame_chunk == 0 || o.frame_chunk > kMaxIo || buf_len < kChunkHeader ||
+          buf_len - kChunkHeader < o.frame_chunk) {
+        return fail(VFIO_PUMP_READ, EINVAL);
+      }
+      break;
+    case VFIO_PUMP_FRAME_READ:
+      if (o.verify || o.precopy || o.limit >= 0 || o.frame_max_chunk == 0) return fail(VFIO_PUMP_READ, EINVAL);
+      break;
+    default:
+      return fail(VFIO_PUMP_READ, EINVAL);
+  }
   if (cancellable) {
     // cancel_fd was opened after the caller got its fds, so it can only share a number with
     // one that was not open at that time: that fd is bad, whatever now lives at its number.
@@ -325,6 +395,102 @@ int vfio_pump(int src, int dst, void* buf, size_t buf_len, const vfio_pump_optio
     int w = PumpWriteAll(to, bytes, static_cast<size_t>(want), o.cancel_fd, &out->bytes);
     if (w < 0) return fail(VFIO_PUMP_WRITE, -w);
     return finish(VFIO_PUMP_END_LIMIT);
+  }
+
+  if (o.frame == VFIO_PUMP_FRAME_WRITE) {
+    // Each chunk is gathered at buf + 8 and goes out with its header in front, in one write
+    // (pwrite at the running offset): the header and the payload land together.
+    unsigned char* const payload = bytes + kChunkHeader;
+    for (;;) {
+      if (cancellable && Cancelled(o.cancel_fd)) return fail(VFIO_PUMP_READ, ECANCELED);
+      size_t want = o.frame_chunk;
+      if (o.limit >= 0) {
+        const uint64_t left = static_cast<uint64_t>(o.limit) - out->bytes_read;
+        if (left == 0) return finish(VFIO_PUMP_END_LIMIT);
+        if (left < want) want = static_cast<size_t>(left);
+      }
+      size_t got = 0;
+      bool at_end = false;
+      uLong chunk_crc = crc32(0L, Z_NULL, 0);
+      while (got < want) {
+        int64_t n = PumpRead(in, payload + got, want - got, o.cancel_fd);
+        if (ended(n)) {
+          at_end = true;
+          break;
+        }
+        if (n < 0) return fail(VFIO_PUMP_READ, static_cast<int>(-n));
+        // Checksummed right after the kernel wrote it into buf, while it is in cache.
+        chunk_crc = crc32(chunk_crc, payload + got, static_cast<uInt>(n));
+        got += static_cast<size_t>(n);
+        out->bytes_read += static_cast<uint64_t>(n);
+      }
+      if (got > 0) {  // never an empty chunk: a length of 0 marks the end chunk
+        PutLe32(bytes, static_cast<uint32_t>(got));
+        PutLe32(bytes + 4, static_cast<uint32_t>(chunk_crc));
+        uint64_t sent = 0;
+        int w = PumpWriteAll(to, bytes, kChunkHeader + got, o.cancel_fd, &sent);
+        if (w < 0) return fail(VFIO_PUMP_WRITE, -w);
+        crc = CrcCombine(crc, chunk_crc, got);
+        out->bytes += got;
+        out->written += kChunkHeader + got;
+        out->chunks++;
+        out->table_crc = static_cast<uint32_t>(crc32(out->table_crc, bytes, kChunkHeader));
+        out->skeleton_crc = static_cast<uint32_t>(crc32(out->skeleton_crc, bytes, kChunkHeader));
+      }
+      if (at_end) return finish(o.precopy ? VFIO_PUMP_END_FOR_NOW : VFIO_PUMP_END_EOF);
+    }
+  }
+
+  if (o.frame == VFIO_PUMP_FRAME_READ) {
+    // Each payload is read whole into buf and checked before any of it reaches dst.
+    const uint64_t cap = o.frame_max_chunk < buf_len ? o.frame_max_chunk : buf_len;
+    const int64_t base = o.src_offset >= 0 ? o.src_offset : 0;
+    unsigned char head[kEndChunk];
+    // Read exactly `len` bytes into `to_buf`, or fail (TRUNCATED at the end of src).
+    auto read_exact = [&](unsigned char* to_buf, size_t len) -> int {
+      int64_t n = PumpReadFull(in, to_buf, len, o.cancel_fd);
+      if (n < 0) return fail(VFIO_PUMP_READ, static_cast<int>(-n));
+      out->bytes_read += static_cast<uint64_t>(n);
+      return static_cast<size_t>(n) < len ? fail(VFIO_PUMP_TRUNCATED, ENODATA) : 0;
+    };
+    for (uint64_t i = 0; i < o.frame_chunks; i++) {
+      if (cancellable && Cancelled(o.cancel_fd)) return fail(VFIO_PUMP_READ, ECANCELED);
+      out->chunk_offset = base + static_cast<int64_t>(out->bytes_read);
+      if (int r = read_exact(head, kChunkHeader)) return r;
+      const uint32_t len = GetLe32(head);
+      const uint32_t want_crc = GetLe32(head + 4);
+      if (len == 0 || len > cap) {
+        out->chunk_length = len;
+        return fail(VFIO_PUMP_BAD_FRAME, EPROTO);
+      }
+      if (int r = read_exact(bytes, len)) return r;
+      const uint32_t got_crc = static_cast<uint32_t>(crc32(crc32(0L, Z_NULL, 0), bytes, len));
+      if (got_crc != want_crc) {
+        out->chunk_length = len;
+        out->chunk_crc_expected = want_crc;
+        out->chunk_crc_actual = got_crc;
+        return fail(VFIO_PUMP_CHECKSUM, EBADMSG);
+      }
+      int w = PumpWriteAll(to, bytes, len, o.cancel_fd, &out->bytes);
+      if (w < 0) return fail(VFIO_PUMP_WRITE, -w);
+      crc = CrcCombine(crc, got_crc, len);
+      out->chunks++;
+      out->table_crc = static_cast<uint32_t>(crc32(out->table_crc, head, kChunkHeader));
+    }
+    if (!o.frame_final) {
+      out->chunk_offset = -1;
+      return finish(VFIO_PUMP_END_LIMIT);
+    }
+    out->chunk_offset = base + static_cast<int64_t>(out->bytes_read);
+    if (int r = read_exact(head, kEndChunk)) return r;
+    if (GetLe32(head) != 0) {
+      out->chunk_length = GetLe32(head);
+      return fail(VFIO_PUMP_BAD_FRAME, EPROTO);
+    }
+    out->end_table_crc = GetLe32(head + 4);
+    out->end_total = GetLe64(head + 8);
+    out->chunk_offset = -1;
+    return finish(VFIO_PUMP_END_EOF);
   }
 
   for (;;) {

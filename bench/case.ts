@@ -271,8 +271,8 @@ async function b64Save(s: CaseSpec, real: Binding): Promise<CaseResult> {
   const mig = Migration.require(dev);
   const clock = startClock();
   try {
-    mig.setState(MigState.STOP);
-    const session = mig.setState(MigState.STOP_COPY);
+    await mig.setState(MigState.STOP);
+    const session = await mig.setState(MigState.STOP_COPY);
     if (!session) throw new Error('STOP_COPY opened no data_fd');
     const chunks: Buffer[] = [];
     for await (const c of fs.createReadStream('', { fd: session.fd, autoClose: false, highWaterMark: s.bufferSize })) chunks.push(c as Buffer);
@@ -280,14 +280,14 @@ async function b64Save(s: CaseSpec, real: Binding): Promise<CaseResult> {
     chunks.length = 0;
     const json = JSON.stringify({ state: state.toString('base64') });
     await writeWhole(s.file, json, s.sync);
-    mig.setState(MigState.RUNNING);
+    await mig.setState(MigState.RUNNING);
     mig.closeSession();
     await sidesDone(sides, 'producer');
     return stopClock(clock);
   } catch (e) {
     return { ...failed(e, clock), note: `after ${(now() - clock.t0).toFixed(1)} s` };
   } finally {
-    mig.recover(MigState.RUNNING);
+    await mig.recover(MigState.RUNNING);
     dev.close();
     await Promise.allSettled(sides.map((c) => c.done));
   }
@@ -306,18 +306,18 @@ async function b64Restore(s: CaseSpec, real: Binding): Promise<CaseResult> {
   try {
     const text = await fs.promises.readFile(s.file, 'utf8');
     const state = Buffer.from((JSON.parse(text) as { state: string }).state, 'base64');
-    const session = mig.setState(MigState.RESUMING);
+    const session = await mig.setState(MigState.RESUMING);
     if (!session) throw new Error('RESUMING opened no data_fd');
     let off = 0;
     while (off < state.length) off += (await fsWrite(session.fd, state, off, state.length - off)).bytesWritten;
-    mig.setState(MigState.RUNNING);
+    await mig.setState(MigState.RUNNING);
     mig.closeSession();
     await sidesDone(sides, 'consumer');
     return { ...stopClock(clock), note };
   } catch (e) {
     return { ...failed(e, clock), note: [note, `after ${(now() - clock.t0).toFixed(1)} s`].filter(Boolean).join('; ') };
   } finally {
-    mig.recover(MigState.RUNNING);
+    await mig.recover(MigState.RUNNING);
     dev.close();
     await Promise.allSettled(sides.map((c) => c.done));
   }

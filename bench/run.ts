@@ -129,6 +129,8 @@ const ROWS: Array<{ key: RowKey; label: string; baseline: RowKey; nosync?: boole
 ];
 
 interface Sample {
+  /** The round it was measured in (C and ours of one round ran back to back). */
+  round: number;
   seconds: number;
   cpuSeconds?: number;
   rssBaseKiB?: number;
@@ -142,8 +144,8 @@ class Cell {
   note?: string;
   notRun?: string;
 
-  add(r: CaseResult): void {
-    if (r.ok && r.seconds !== undefined) this.samples.push({ seconds: r.seconds, cpuSeconds: r.cpuSeconds, rssBaseKiB: r.rssBaseKiB, rssPeakKiB: r.rssPeakKiB, peakReset: r.peakReset });
+  add(r: CaseResult, round: number): void {
+    if (r.ok && r.seconds !== undefined) this.samples.push({ round, seconds: r.seconds, cpuSeconds: r.cpuSeconds, rssBaseKiB: r.rssBaseKiB, rssPeakKiB: r.rssPeakKiB, peakReset: r.peakReset });
     else this.error ??= `${r.error ?? 'failed'}${r.rssPeakKiB ? ` (peak RSS ${mib(r.rssPeakKiB * 1024)} MiB)` : ''}`;
     if (r.note) this.note = r.note;
   }
@@ -156,6 +158,22 @@ class Cell {
     if (!this.samples.length) return undefined;
     const rates = this.samples.map((s) => bytes / MiB / s.seconds);
     return { median: median(rates), min: Math.min(...rates), max: Math.max(...rates) };
+  }
+
+  /**
+   * Median over the rounds of (this rate / `base`'s rate in the same round): C and ours of a
+   * round ran back to back, so load that comes and goes hits both.
+   */
+  pairedRatio(base: Cell, bytes: number, by: 'time' | 'cpu' = 'time'): number | undefined {
+    const ratios: number[] = [];
+    for (const s of this.samples) {
+      const b = base.samples.find((x) => x.round === s.round);
+      if (!b) continue;
+      if (by === 'time') ratios.push(b.seconds / s.seconds);
+      else if (s.cpuSeconds && b.cpuSeconds) ratios.push(b.cpuSeconds / s.cpuSeconds);
+    }
+    void bytes;
+    return ratios.length ? median(ratios) : undefined;
   }
 
   /** Median CPU seconds of the case's processes. */
@@ -280,7 +298,8 @@ async function main(): Promise<void> {
   console.log(`  pipe: F_SETPIPE_SZ ${args.pipeSize || 'none (kernel default 64 KiB)'} by the producer/consumer (pipe-max-size ${pipeMax}); C helper ${exe}`);
   const crc = crc32Rate(pin.prefix);
   console.log(`  crc32 (Node's zlib crc32, which the pump calls): ${crc ? `${crc.toFixed(0)} MiB/s on one CPU` : 'unavailable'}`);
-  console.log(`  median of ${args.reps} runs per cell; x C = median MiB/s over the C median; CPU = CPU seconds of all the case's processes (median);`);
+  console.log(`  median of ${args.reps} runs per cell; x C = median over the rounds of (ours MiB/s / C MiB/s of the same round, run back to back);`);
+  console.log('  CPU s = CPU seconds of all the case\'s processes (median); x C by CPU = the same ratio by CPU seconds (robust to other load, blind to I/O waits);');
   console.log('  RSS = peak (VmHWM, reset at the start) minus VmRSS at the start, worst run; for C it is the copy process\'s own');
   console.log(`  load average at start: ${loadAverage()} (${os.cpus().length} CPUs; other work on the pinned CPU slows every case)`);
   console.log('');
@@ -328,10 +347,11 @@ async function main(): Promise<void> {
     const spec = (kind: CaseKind, file: string, extra: Partial<CaseSpec> = {}): CaseSpec => ({
       kind, bytes, file, exe, sync: true, pipeSize: args.pipeSize, bufferSize: saveBuffer, check: false, oursBuffer: args.buffer, ...extra,
     });
+    let round = 0;
     const run = async (key: RowKey, s: CaseSpec, record = true): Promise<CaseResult> => {
       const r = await runCase(s, pin.prefix);
       // Failures count whenever they happen (a failed content check in the warm-up round too).
-      if (record || !r.ok) cells.get(key)!.add(r);
+      if (record || !r.ok) cells.get(key)!.add(r, round);
       process.stdout.write(`  ${key}${record ? '' : ' (check)'}: ${r.ok ? `${(bytes / MiB / r.seconds!).toFixed(0)} MiB/s` : `FAILED ${r.error}`}\n`);
       return r;
     };
@@ -348,6 +368,7 @@ async function main(): Promise<void> {
     console.log(`[${name}] ${bytes} bytes`);
     const reps = checked ? args.reps : args.reps + 1;
     for (let rep = 0; rep < reps; rep++) {
+      round = rep;
       // The first round of the run is a warm-up that also checks every byte: not recorded.
       const check = !checked && rep === 0;
       const record = !check;
@@ -399,7 +420,7 @@ async function main(): Promise<void> {
 }
 
 function printTable(results: Map<number, Map<RowKey, Cell>>, restoreBuffers: Map<number, number>, saveBuffer: number, crc: number | undefined): void {
-  const lines: string[][] = [['size', 'case', 'MiB/s median (min-max)', 'x C', 'CPU s', 'peak RSS - base (base MiB)', 'targets']];
+  const lines: string[][] = [['size', 'case', 'MiB/s median (min-max)', 'x C', 'CPU s', 'x C by CPU', 'peak RSS - base (base MiB)', 'targets']];
   const notes: string[] = [];
   for (const [bytes, cells] of results) {
     const name = sizeName(bytes);
@@ -420,13 +441,16 @@ function printTable(results: Map<number, Map<RowKey, Cell>>, restoreBuffers: Map
       } else {
         speed = r ? `${r.median.toFixed(0)} (${r.min.toFixed(0)}-${r.max.toFixed(0)})` : '-';
       }
-      const ratio = r && base ? `${(r.median / base).toFixed(2)}` : '';
+      const baseCell = cells.get(row.baseline)!;
+      const paired = cell.pairedRatio(baseCell, bytes);
+      const ratio = paired !== undefined ? paired.toFixed(2) : '';
+      const byCpu = cell.pairedRatio(baseCell, bytes, 'cpu');
       const cpu = cell.cpu();
       const rssText = rss ? `${rss.above >= 0 ? '+' : ''}${(rss.above / 1024).toFixed(1)} MiB (${(rss.base / 1024).toFixed(0)})` : '';
       let t = targets(row.key, bytes, cells);
       // What the checksum alone allows on one CPU: the C loop's time plus crc32 over every byte.
       if (crc && base && row.key.startsWith('ours')) t += `; crc32 ceiling ${(1 / (1 + base / crc)).toFixed(2)}x`;
-      lines.push([row.key === 'c-save' ? name : '', row.label, speed, ratio, cpu !== undefined ? cpu.toFixed(2) : '', rssText, t]);
+      lines.push([row.key === 'c-save' ? name : '', row.label, speed, ratio, cpu !== undefined ? cpu.toFixed(2) : '', byCpu !== undefined ? byCpu.toFixed(2) : '', rssText, t]);
       if (cell.note) notes.push(`${name} ${row.label}: ${cell.note}`);
     }
     lines.push([]);
@@ -441,7 +465,6 @@ function printTable(results: Map<number, Map<RowKey, Cell>>, restoreBuffers: Map
 /** The issue's targets for one row, evaluated (reported, not asserted). */
 function targets(key: RowKey, bytes: number, cells: Map<RowKey, Cell>): string {
   const out: string[] = [];
-  const rate = (k: RowKey): number | undefined => cells.get(k)!.mibps(bytes)?.median;
   const verdict = (ok: boolean): string => (ok ? 'PASS' : 'FAIL');
   const oursRow = (k: RowKey, c: RowKey): void => {
     const cell = cells.get(k)!;
@@ -449,22 +472,20 @@ function targets(key: RowKey, bytes: number, cells: Map<RowKey, Cell>): string {
       out.push('FAIL (ours failed)');
       return;
     }
-    const o = rate(k);
-    const b = rate(c);
-    if (o !== undefined && b !== undefined) out.push(`>=0.95x C ${verdict(o / b >= 0.95)}`);
+    const x = cell.pairedRatio(cells.get(c)!, bytes);
+    if (x !== undefined) out.push(`>=0.95x C ${verdict(x >= 0.95)}`);
     const rss = cell.rssAbove();
     if (rss) out.push(`RSS<=+64MiB ${verdict(rss.above <= 64 * 1024)}${bytes >= GiB ? '' : ' (target at >=1GiB)'}`);
   };
   const b64Row = (k: RowKey, ours: RowKey): void => {
     const cell = cells.get(k)!;
-    const o = rate(ours);
+    const o = cells.get(ours)!;
     if (cell.failed || cell.notRun) {
-      out.push(`ours works where base64 ${cell.notRun ? 'cannot run' : 'fails'}: ${verdict(o !== undefined && !cells.get(ours)!.failed)}`);
+      out.push(`ours works where base64 ${cell.notRun ? 'cannot run' : 'fails'}: ${verdict(o.samples.length > 0 && !o.failed)}`);
       return;
     }
-    const b = rate(k);
-    if (o !== undefined && b !== undefined) {
-      const x = o / b;
+    const x = o.pairedRatio(cell, bytes);
+    if (x !== undefined) {
       out.push(`ours ${x.toFixed(1)}x base64${bytes === 256 * MiB ? ` (>=15x ${verdict(x >= 15)})` : ''}`);
     }
   };

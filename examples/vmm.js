@@ -13,9 +13,9 @@ async function main(src = 'sim:1MiB#src', dst = 'sim:1MiB#dst') {
   // Pause and snapshot the VM's devices.
   const vm = new MigrationCoordinator([nic]);
   vm.on('state', (c) => console.log(`${c.device}: ${migStateName(c.from)} -> ${migStateName(c.to)}`));
-  vm.pause();
+  await vm.pause();
   await vm.snapshot('/tmp/vm.vfiosnap');
-  vm.resume();
+  await vm.resume();
 
   // Destination VM: the VMM restores its own allocator, attaches WITHOUT allocating BARs,
   // restores (device left in RESUMING), then resumes.
@@ -23,7 +23,7 @@ async function main(src = 'sim:1MiB#src', dst = 'sim:1MiB#dst') {
   const nic2 = VfioPciDevice.attach(openDevice(dst), host2, { id: 'nic0', assignBars: false });
   const vm2 = new MigrationCoordinator([nic2]);
   await vm2.restore('/tmp/vm.vfiosnap');
-  vm2.resume();
+  await vm2.resume();
   console.log('destination BARs:', host2.bus.mappings(), 'COMMAND:', nic2.configRead(0x04, 2).toString(16));
 
   for (const d of [nic, nic2]) { d.detach(); d.device.close(); }

@@ -82,8 +82,47 @@ enum vfio_pump_status : int {
   VFIO_PUMP_WRITE = 2,
   /** verify: the crc32 of the `limit` bytes read is not expect_crc. Nothing was written. */
   VFIO_PUMP_CHECKSUM = 3,
-  /** verify: src ended before `limit` bytes. Nothing was written. */
+  /**
+   * verify: src ended before `limit` bytes. Nothing was written.
+   * frame read: src ended inside a chunk header, a payload or the end chunk; nothing of that
+   * chunk was written.
+   */
   VFIO_PUMP_TRUNCATED = 4,
+  /**
+   * frame read: a chunk header's length is outside [1, min(frame_max_chunk, buf_len)], or the
+   * u32 where the end chunk should start is not 0. Nothing of that chunk was written.
+   */
+  VFIO_PUMP_BAD_FRAME = 5,
+};
+
+/**
+ * The chunk framing of a snapshot's chunked section body (docs/snapshot-format.md, "Chunked
+ * body"; src/snapshot/format.ts), which a pump can write or read itself so that one call moves a
+ * whole DEVICE_STATE section:
+ *
+ *   chunk*    : [u32 length n, 1..][u32 crc32 of the payload][n bytes of payload]
+ *   end chunk : [u32 0][u32 crc32 over the 8-byte headers of all chunks][u64 total payload bytes]
+ *
+ * All little-endian; CRC-32 is zlib's crc32(). Which lengths are acceptable (the format's
+ * 16 MiB) and whether the chunk table matches is the caller's policy.
+ */
+enum vfio_pump_frame : int {
+  /** No framing: copy bytes (the default). */
+  VFIO_PUMP_FRAME_NONE = 0,
+  /**
+   * Save: read src until its end (or `limit` payload bytes, or precopy's "for now"), gather
+   * each `frame_chunk` bytes (the last chunk may be shorter; an empty chunk is never emitted)
+   * into buf + 8, and write [header][payload] to dst with one write per chunk (looping on short
+   * writes). buf_len must be at least frame_chunk + 8.
+   */
+  VFIO_PUMP_FRAME_WRITE = 1,
+  /**
+   * Restore: read `frame_chunks` chunks from src; for each, read its header, check its length,
+   * read its payload into buf, check its crc32, and only then write the payload to dst. With
+   * `frame_final`, then read the 16-byte end chunk, check its first u32 is 0, and return its
+   * fields (the caller compares them with table_crc and bytes).
+   */
+  VFIO_PUMP_FRAME_READ = 2,
 };
 
 /** Why a successful pump stopped (vfio_pump_result::end). */
@@ -121,6 +160,23 @@ struct vfio_pump_options {
    * number and fails with EBADF.
    */
   int cancel_fd = -1;
+  /**
+   * A vfio_pump_frame. WRITE: `limit` counts payload bytes (headers not included); verify must
+   * be off. READ: `limit`, verify and precopy must be off (-EINVAL otherwise).
+   */
+  int frame = VFIO_PUMP_FRAME_NONE;
+  /** WRITE: payload bytes per chunk, >= 1, with frame_chunk + 8 <= buf_len. */
+  uint32_t frame_chunk = 0;
+  /** READ: the largest chunk payload accepted (besides buf_len). */
+  uint32_t frame_max_chunk = UINT32_MAX;
+  /** READ: the number of chunks to move. */
+  uint64_t frame_chunks = 0;
+  /** READ: after the chunks, read the end chunk (VFIO_PUMP_END_EOF); else stop (VFIO_PUMP_END_LIMIT). */
+  bool frame_final = true;
+  /** WRITE and READ: the chunk-table crc32 so far; continued over each 8-byte chunk header. */
+  uint32_t table_crc = 0;
+  /** WRITE: the file's skeleton crc32 so far; continued over each 8-byte chunk header. */
+  uint32_t skeleton_crc = 0;
 };
 
 struct vfio_pump_result {
@@ -136,6 +192,31 @@ struct vfio_pump_result {
   int error;
   /** A vfio_pump_end, when status is VFIO_PUMP_OK. */
   int end;
+  // ---- framed pumps (opts->frame != NONE); with framing, `bytes` counts payload bytes:
+  //      WRITE: those of the chunks completely written (header and payload), also on failure;
+  //      READ: those written to dst, also on failure (part of a chunk may be among them).
+  /** Chunks completely written to dst. */
+  uint64_t chunks;
+  /** WRITE: bytes written to dst for those chunks, headers included (bytes + 8 * chunks). */
+  uint64_t written;
+  /** The chunk-table crc32, continued from opts->table_crc over the headers of those chunks. */
+  uint32_t table_crc;
+  /** WRITE: the skeleton crc32, continued from opts->skeleton_crc over the same headers. */
+  uint32_t skeleton_crc;
+  /** READ with frame_final, on success: the end chunk's chunk-table crc32 and total. */
+  uint32_t end_table_crc;
+  uint64_t end_total;
+  /**
+   * READ failures of status TRUNCATED, CHECKSUM, BAD_FRAME (and syscall failures): the src
+   * position of the header of the chunk (or end chunk) being handled: opts->src_offset plus
+   * the bytes read before it (from 0 when src is read with read(2)); -1 before any framing.
+   */
+  int64_t chunk_offset;
+  /** READ, BAD_FRAME: the length field found (for the end chunk, the u32 that is not 0). */
+  uint32_t chunk_length;
+  /** READ, CHECKSUM: the crc32 in the header and the one computed over the payload. */
+  uint32_t chunk_crc_expected;
+  uint32_t chunk_crc_actual;
 };
 
 /**
@@ -145,9 +226,12 @@ struct vfio_pump_result {
  * than spin. The crc32 of every chunk is computed right after it is read, while it is in
  * cache.
  *
+ * With opts->frame, the section framing above is written or read (vfio_pump_frame).
+ *
  * Returns 0 (out->end tells why it stopped) or a negative errno with out->status telling what
  * failed: -errno of a syscall (READ/WRITE), -ECANCELED (cancel_fd), -EBADMSG (CHECKSUM),
- * -ENODATA (TRUNCATED), -EINVAL for a zero `buf_len` or verify with limit outside [0, buf_len].
+ * -ENODATA (TRUNCATED), -EPROTO (BAD_FRAME), -EINVAL for a zero `buf_len`, verify with limit
+ * outside [0, buf_len], or framing options that do not fit (see vfio_pump_options).
  * out->bytes is exact in every case.
  */
 int vfio_pump(int src, int dst, void* buf, size_t buf_len, const vfio_pump_options* opts, vfio_pump_result* out);

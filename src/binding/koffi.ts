@@ -192,6 +192,15 @@ export class KoffiBinding implements Binding {
     if (e !== EINTR) throw sysError(e, 'close');
   }
 
+  /**
+   * Runs the ioctl on the JS thread: koffi cannot bring errno back from its thread pool, and a
+   * failed ioctl (a migration state SET above all) must not be repeated to learn it. The koffi
+   * binding is the fallback for when the addon cannot load; the addon runs these off-thread.
+   */
+  async ioctlAsync(fd: number, request: number, arg?: Buffer | number): Promise<number> {
+    return this.ioctl(fd, request, arg);
+  }
+
   ioctl(fd: number, request: number, arg?: Buffer | number): number {
     fdArg('ioctl', fd);
     intArg('ioctl', 'request', request, 0, 0xffffffff);
@@ -391,7 +400,27 @@ function isFileOrBlockDevice(fd: number): boolean {
 /** `PumpOptions` after the checks: -1 where an option is absent. */
 export interface PumpArgs {
   buf: Buffer;
-  options: { limit: number; srcOffset: number; dstOffset: number; expectCrc: number; verify: boolean; precopy: boolean };
+  options: {
+    limit: number;
+    srcOffset: number;
+    dstOffset: number;
+    expectCrc: number;
+    verify: boolean;
+    precopy: boolean;
+    /** `frame.mode`, 'none' without a frame. */
+    frame: 'none' | 'write' | 'read';
+    /** write: payload bytes per chunk. */
+    chunk: number;
+    /** read: the largest payload accepted (with buf.length). */
+    maxChunk: number;
+    /** read: chunks to move. */
+    chunks: number;
+    /** read: read the end chunk after them. */
+    final: boolean;
+    /** The chunk-table and (write) skeleton CRC-32s to continue. */
+    tableCrc: number;
+    skeletonCrc: number;
+  };
 }
 
 /**
@@ -404,14 +433,17 @@ export function pumpArgs(fn: string, srcFd: unknown, dstFd: unknown, buf: unknow
   fdArg(fn, dstFd, 'dstFd');
   const b = bufferArg(fn, buf);
   if (b.length === 0) throw rangeError(`${fn}: "buffer" must not be empty`);
-  const o = { limit: -1, srcOffset: -1, dstOffset: -1, expectCrc: 0, verify: false, precopy: false };
+  const o: PumpArgs['options'] = {
+    limit: -1, srcOffset: -1, dstOffset: -1, expectCrc: 0, verify: false, precopy: false,
+    frame: 'none', chunk: 0, maxChunk: 0xffffffff, chunks: 0, final: true, tableCrc: 0, skeletonCrc: 0,
+  };
   if (opts === undefined) return { buf: b, options: o };
   if (typeof opts === 'number') {
     o.limit = intArg(fn, 'limit', opts, -1, MAX_SAFE);
     return { buf: b, options: o };
   }
   if (typeof opts !== 'object' || opts === null) throw typeError(`${fn}: "options" must be an object`);
-  const { limit, srcOffset, dstOffset, expectCrc, precopy } = opts as Record<string, unknown>;
+  const { limit, srcOffset, dstOffset, expectCrc, precopy, frame } = opts as Record<string, unknown>;
   if (limit !== undefined) o.limit = intArg(fn, 'limit', limit, 0, MAX_SAFE);
   if (srcOffset !== undefined) o.srcOffset = intArg(fn, 'srcOffset', srcOffset, 0, MAX_SAFE);
   if (dstOffset !== undefined) o.dstOffset = intArg(fn, 'dstOffset', dstOffset, 0, MAX_SAFE);
@@ -426,8 +458,45 @@ export function pumpArgs(fn: string, srcFd: unknown, dstFd: unknown, buf: unknow
   if (o.verify && (o.limit < 0 || o.limit > b.length)) {
     throw rangeError(`${fn}: "expectCrc" needs "limit", at most the buffer length (${b.length})`);
   }
+  if (frame !== undefined) frameArg(fn, frame, b.length, o);
   return { buf: b, options: o };
 }
+
+/** `options.frame`, after the other options: the addon's FrameArg (addon/binding.cc), same order and messages. */
+function frameArg(fn: string, v: unknown, bufLength: number, o: PumpArgs['options']): void {
+  if (typeof v !== 'object' || v === null) throw typeError(`${fn}: "frame" must be an object`);
+  const f = v as Record<string, unknown>;
+  const mode = typeof f.mode === 'string' ? f.mode : '';
+  const crc = (key: string): number => (f[key] === undefined ? 0 : intArg(fn, `frame.${key}`, f[key], 0, 0xffffffff));
+  if (mode === 'write') {
+    o.frame = 'write';
+    o.chunk = intArg(fn, 'frame.chunk', f.chunk, 1, 2 ** 30);
+    o.tableCrc = crc('tableCrc');
+    o.skeletonCrc = crc('skeletonCrc');
+    if (o.verify) throw rangeError(`${fn}: "expectCrc" cannot be used with "frame"`);
+    if (o.chunk + FRAME_HEADER > bufLength) {
+      throw rangeError(`${fn}: "frame.chunk" needs a buffer of at least frame.chunk + 8 bytes (it has ${bufLength})`);
+    }
+  } else if (mode === 'read') {
+    o.frame = 'read';
+    o.chunks = intArg(fn, 'frame.chunks', f.chunks, 0, MAX_SAFE);
+    if (f.maxChunk !== undefined) o.maxChunk = intArg(fn, 'frame.maxChunk', f.maxChunk, 1, 0xffffffff);
+    o.tableCrc = crc('tableCrc');
+    if (f.final !== undefined) {
+      if (typeof f.final !== 'boolean') throw typeError(`${fn}: "frame.final" must be a boolean`);
+      o.final = f.final;
+    }
+    if (o.verify || o.limit >= 0 || o.precopy) {
+      throw rangeError(`${fn}: "limit", "expectCrc" and "precopy" cannot be used with frame mode 'read'`);
+    }
+  } else {
+    throw typeError(`${fn}: "frame.mode" must be 'read' or 'write'`);
+  }
+}
+
+/** Chunk framing (PumpFrame, docs/snapshot-format.md): an 8-byte chunk header, a 16-byte end chunk. */
+const FRAME_HEADER = 8;
+const FRAME_END = 16;
 
 /**
  * The calls a JS pump is made of. Each does one read(2)/write(2) of `view` (pread/pwrite at
@@ -439,19 +508,34 @@ export interface PumpIo {
   write(fd: number, view: Buffer, position: number | undefined): Promise<number>;
 }
 
+const hex = (v: number): string => `0x${v.toString(16).padStart(8, '0')}`;
+
 /**
  * The pump of the `Binding` contract as a JS loop over `io`, with `buf` reused for every chunk:
- * the same results, ends and errors as addon/sys.cc vfio_pump. `a` comes from `pumpArgs`.
+ * the same results, ends and errors as addon/sys.cc vfio_pump, framing included. `a` comes
+ * from `pumpArgs`.
  */
 export async function runPump(io: PumpIo, src: number, dst: number, buf: Buffer, a: PumpArgs['options']): Promise<PumpResult> {
   let srcPos = a.srcOffset >= 0 ? a.srcOffset : undefined;
   let dstPos = a.dstOffset >= 0 ? a.dstOffset : undefined;
+  /** Bytes written to the destination. */
   let written = 0;
+  /** Bytes read from the source. */
   let read = 0;
   let crc = 0;
+  // Framed: chunks done, the payload bytes of those chunks (write: what bytesDone reports), the
+  // header CRC-32s, and (read) where the chunk being handled starts.
+  let chunks = 0;
+  let payload = 0;
+  let tableCrc = a.tableCrc;
+  let skeletonCrc = a.skeletonCrc;
+  let chunkOffset = -1;
 
   const fail = (e: unknown): never => {
-    if (e instanceof VfioError) (e as PumpError).bytesDone = written;
+    if (e instanceof VfioError) {
+      (e as PumpError).bytesDone = a.frame === 'write' ? payload : written;
+      if (a.frame === 'read' && chunkOffset >= 0) (e as PumpError).chunkOffset = chunkOffset;
+    }
     throw e;
   };
   /** One read: the byte count, or 0 for "no data" (a read of 0, or ENOMSG with precopy). */
@@ -482,33 +566,123 @@ export async function runPump(io: PumpIo, src: number, dst: number, buf: Buffer,
     }
   };
   const done = (end: PumpEnd): PumpResult => ({ bytes: written, crc32: crc, end });
+  const formatError = (code: string, message: string, extra: object = {}): VfioError =>
+    Object.assign(new VfioError(message, { code, kind: 'format' }), extra);
 
   if (a.verify) {
     // Buffer the whole chunk, check it, and only then let it reach the destination.
     while (read < a.limit) {
       const n = await readSome(buf.subarray(read, a.limit));
       if (n === 0) {
-        return fail(
-          new VfioError(`pump: the source ended after ${read} of ${a.limit} bytes; nothing was written`, {
-            code: 'EVFIO_SNAPSHOT_TRUNCATED',
-            kind: 'format',
-          }),
-        );
+        return fail(formatError('EVFIO_SNAPSHOT_TRUNCATED', `pump: the source ended after ${read} of ${a.limit} bytes; nothing was written`));
       }
       crc = crc32(buf.subarray(read, read + n), crc);
       read += n;
     }
     if (crc !== a.expectCrc) {
-      const hex = (v: number) => `0x${v.toString(16).padStart(8, '0')}`;
       return fail(
-        new VfioError(
-          `pump: CRC-32 mismatch over ${a.limit} bytes: expected ${hex(a.expectCrc)}, got ${hex(crc)}; nothing was written`,
-          { code: 'EVFIO_CHECKSUM', kind: 'format' },
-        ),
+        formatError('EVFIO_CHECKSUM', `pump: CRC-32 mismatch over ${a.limit} bytes: expected ${hex(a.expectCrc)}, got ${hex(crc)}; nothing was written`),
       );
     }
     await writeAll(buf.subarray(0, a.limit));
     return done('limit');
+  }
+
+  if (a.frame === 'write') {
+    // Each chunk is gathered at buf[8..] and goes out with its header in front, in one write.
+    // (zlib.crc32 has no crc32_combine: the running crc32 is a second pass over each piece.)
+    for (;;) {
+      let want = a.chunk;
+      if (a.limit >= 0) {
+        if (read === a.limit) return { ...done('limit'), bytes: payload, chunks, written, tableCrc, skeletonCrc };
+        want = Math.min(want, a.limit - read);
+      }
+      let got = 0;
+      let atEnd = false;
+      let chunkCrc = 0;
+      while (got < want) {
+        const n = await readSome(buf.subarray(FRAME_HEADER + got, FRAME_HEADER + want));
+        if (n === 0) {
+          atEnd = true;
+          break;
+        }
+        const piece = buf.subarray(FRAME_HEADER + got, FRAME_HEADER + got + n);
+        chunkCrc = crc32(piece, chunkCrc);
+        crc = crc32(piece, crc);
+        got += n;
+        read += n;
+      }
+      if (got > 0) {
+        // Never an empty chunk: a length of 0 marks the end chunk.
+        buf.writeUInt32LE(got, 0);
+        buf.writeUInt32LE(chunkCrc, 4);
+        await writeAll(buf.subarray(0, FRAME_HEADER + got));
+        const header = buf.subarray(0, FRAME_HEADER);
+        tableCrc = crc32(header, tableCrc);
+        skeletonCrc = crc32(header, skeletonCrc);
+        payload += got;
+        chunks++;
+      }
+      if (atEnd) return { ...done(a.precopy ? 'for-now' : 'eof'), bytes: payload, chunks, written, tableCrc, skeletonCrc };
+    }
+  }
+
+  if (a.frame === 'read') {
+    // Each payload is read whole into buf and checked before any of it reaches the destination.
+    const cap = Math.min(a.maxChunk, buf.length);
+    const base = a.srcOffset >= 0 ? a.srcOffset : 0;
+    const head = Buffer.alloc(FRAME_END);
+    const atEnd = (): boolean => chunks === a.chunks;
+    const readExact = async (view: Buffer): Promise<void> => {
+      let got = 0;
+      while (got < view.length) {
+        const n = await readSome(view.subarray(got));
+        if (n === 0) break;
+        got += n;
+      }
+      read += got;
+      if (got < view.length) {
+        fail(formatError('EVFIO_SNAPSHOT_TRUNCATED', `pump: the source ends inside the ${atEnd() ? 'end chunk' : 'chunk'} at offset ${chunkOffset}`));
+      }
+    };
+    for (let i = 0; i < a.chunks; i++) {
+      chunkOffset = base + read;
+      const header = head.subarray(0, FRAME_HEADER);
+      await readExact(header);
+      const len = head.readUInt32LE(0);
+      const want = head.readUInt32LE(4);
+      if (len === 0 || len > cap) {
+        fail(formatError('EVFIO_BAD_SNAPSHOT', `pump: the chunk at offset ${chunkOffset} claims ${len} bytes, outside [1, ${cap}]`, { chunkLength: len }));
+      }
+      const body = buf.subarray(0, len);
+      await readExact(body);
+      const got = crc32(body);
+      if (got !== want) {
+        fail(
+          formatError(
+            'EVFIO_SNAPSHOT_CHECKSUM',
+            `pump: CRC-32 mismatch in the chunk at offset ${chunkOffset} (${len} bytes): expected ${hex(want)}, got ${hex(got)}; nothing of it was written`,
+          ),
+        );
+      }
+      await writeAll(body);
+      crc = crc32(body, crc);
+      chunks++;
+      tableCrc = crc32(header, tableCrc);
+    }
+    const result = { ...done(a.final ? 'eof' : 'limit'), chunks, tableCrc };
+    if (!a.final) return result;
+    chunkOffset = base + read;
+    await readExact(head);
+    const marker = head.readUInt32LE(0);
+    if (marker !== 0) {
+      fail(
+        formatError('EVFIO_BAD_SNAPSHOT', `pump: no end chunk at offset ${chunkOffset} after ${chunks} chunks (a chunk of ${marker} bytes starts there)`, {
+          chunkLength: marker,
+        }),
+      );
+    }
+    return { ...result, endTableCrc: head.readUInt32LE(4), endTotal: Number(head.readBigUInt64LE(8)) };
   }
 
   for (;;) {

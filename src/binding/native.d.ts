@@ -38,15 +38,49 @@ declare namespace VfioPciNative {
     expectCrc?: number;
     /** ENOMSG and a read of 0 end the pump with 'for-now'. */
     precopy?: boolean;
+    /** Write or read the chunk framing of a snapshot section (PumpFrame in src/binding/types.ts). */
+    frame?: PumpFrameWrite | PumpFrameRead;
+  }
+
+  interface PumpFrameWrite {
+    mode: 'write';
+    /** Payload bytes per chunk, in [1, 2^30]; the buffer must hold chunk + 8 bytes. */
+    chunk: number;
+    /** Chunk-table and skeleton CRC-32s to continue, in [0, 2^32) (default 0). */
+    tableCrc?: number;
+    skeletonCrc?: number;
+  }
+
+  interface PumpFrameRead {
+    mode: 'read';
+    /** Chunks to move, in [0, 2^53). */
+    chunks: number;
+    /** Largest payload accepted, in [1, 2^32) (default: the buffer length). */
+    maxChunk?: number;
+    /** Chunk-table CRC-32 to continue, in [0, 2^32) (default 0). */
+    tableCrc?: number;
+    /** Read the end chunk after the chunks (default true). */
+    final?: boolean;
   }
 
   interface PumpResult {
-    /** Bytes copied from src to dst. */
+    /** Bytes copied from src to dst (framed: payload bytes). */
     bytes: number;
     /** zlib CRC-32 of those bytes, unsigned. */
     crc32: number;
     /** Why it stopped. */
     end: 'eof' | 'limit' | 'for-now';
+    /** Framed: chunks written to dst. */
+    chunks?: number;
+    /** Framed write: bytes written to dst, headers included. */
+    written?: number;
+    /** Framed: the chunk-table CRC-32 continued over the headers written / read. */
+    tableCrc?: number;
+    /** Framed write: the skeleton CRC-32 continued over the same headers. */
+    skeletonCrc?: number;
+    /** Framed read with `final`: the end chunk's fields. */
+    endTableCrc?: number;
+    endTotal?: number;
   }
 
   interface Addon {
@@ -66,6 +100,8 @@ declare namespace VfioPciNative {
      * values as two's complement) by value, undefined as 0. `request` is in [0, 2^32).
      */
     ioctl(fd: number, request: number, arg?: Buffer | number): number;
+    /** ioctl(2) on the libuv thread pool; the Buffer is pinned until the promise settles. */
+    ioctlAsync(fd: number, request: number, arg?: Buffer | number): Promise<number>;
     /** One pread(2) of `length` (default buf.length, at most buf.length) bytes at `position`. */
     pread(fd: number, buf: Buffer, position: number, length?: number): number;
     /** One pwrite(2) of `length` (default buf.length, at most buf.length) bytes at `position`. */
@@ -94,8 +130,9 @@ declare namespace VfioPciNative {
      * `options` may be a number, the limit (-1: none). Rejects with an instance of the error
      * class carrying `bytesDone`: syscall 'read' / 'pread' / 'write' / 'pwrite', or kind
      * 'format' with code 'EVFIO_CHECKSUM' / 'EVFIO_SNAPSHOT_TRUNCATED' (built as
-     * `new ErrorClass(message, { code, kind: 'format' })`). A worker_thread terminated during a
-     * pump cancels it and drops the result.
+     * `new ErrorClass(message, { code, kind: 'format' })`); a framed read also with
+     * 'EVFIO_SNAPSHOT_CHECKSUM' / 'EVFIO_BAD_SNAPSHOT', and `chunkOffset` (and `chunkLength`)
+     * on its errors. A worker_thread terminated during a pump cancels it and drops the result.
      */
     pump(srcFd: number, dstFd: number, buf: Buffer, options?: PumpOptions | number): Promise<PumpResult>;
   }

@@ -76,6 +76,10 @@ export class NativeBinding implements Binding {
   ioctl(fd: number, request: number, arg?: Buffer | number): number {
     return this.addon.ioctl(fd, request, arg);
   }
+
+  ioctlAsync(fd: number, request: number, arg?: Buffer | number): Promise<number> {
+    return this.addon.ioctlAsync(fd, request, arg);
+  }
   pread(fd: number, buf: Buffer, offset: number, length?: number): number {
     return this.addon.pread(fd, buf, offset, length);
   }

@@ -39,6 +39,14 @@ export interface Binding {
    */
   ioctl(fd: number, request: number, arg?: Buffer | number): number;
 
+  /**
+   * ioctl(2) off the JS thread, for requests that can take long: VFIO_DEVICE_RESET (a function
+   * level reset waits ~100 ms), VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE SET (drivers save or load
+   * device state inside it), DMA map (pins pages). Same arguments and errors as `ioctl`; a Buffer
+   * argument is kept alive until the promise settles and must not be touched meanwhile.
+   */
+  ioctlAsync(fd: number, request: number, arg?: Buffer | number): Promise<number>;
+
   /** One pread(2) of `length` bytes (default buf.length) at `offset` into `buf`. May be short. */
   pread(fd: number, buf: Buffer, offset: number, length?: number): number;
 
@@ -86,9 +94,10 @@ export interface Binding {
    *
    * Options (see PumpOptions): `limit` (stop after exactly that many bytes), `srcOffset` /
    * `dstOffset` (pread/pwrite from that offset, advancing, instead of read/write), `expectCrc`
-   * (buffer the whole `limit` bytes and write them only if their CRC-32 matches) and `precopy`
-   * (ENOMSG and a read of 0 mean "no more data for now"). A number instead of the options is
-   * the older form of `limit`, -1 meaning none.
+   * (buffer the whole `limit` bytes and write them only if their CRC-32 matches), `precopy`
+   * (ENOMSG and a read of 0 mean "no more data for now") and `frame` (write or read the chunk
+   * framing of a snapshot section, so that one call moves a whole DEVICE_STATE section; see
+   * PumpFrame). A number instead of the options is the older form of `limit`, -1 meaning none.
    *
    * Resolves with the bytes copied, their CRC-32 and why it stopped (PumpResult). Rejects with
    * a PumpError: a VfioError carrying `bytesDone`, the bytes that reached `dstFd` before the
@@ -96,6 +105,8 @@ export interface Binding {
    * (destination); `expectCrc` failures are kind 'format' with code 'EVFIO_CHECKSUM' or
    * 'EVFIO_SNAPSHOT_TRUNCATED', and nothing was written. Bad arguments throw synchronously
    * (TypeError / RangeError), including `expectCrc` without a `limit` of at most buf.length.
+   * A framed pump resolves with more fields and rejects in more ways: see PumpFrameWrite and
+   * PumpFrameRead.
    *
    * Optional: a binding without it leaves streaming to read/write.
    */
@@ -134,27 +145,127 @@ export interface PumpOptions {
    * error. Without it, ENOMSG rejects like any other errno.
    */
   precopy?: boolean;
+  /**
+   * Write (save) or read (restore) the chunk framing of a snapshot's chunked section instead of
+   * copying plain bytes. Checked after the other options; TypeError / RangeError as below.
+   */
+  frame?: PumpFrame;
+}
+
+/**
+ * The chunk framing a pump can write or read itself, so that one call moves a whole section
+ * (docs/snapshot-format.md, "Chunked body"; src/snapshot/format.ts). Little-endian, CRC-32 as
+ * zlib computes it:
+ *
+ *     chunk     = [u32 payload length n, ≥ 1][u32 CRC-32 of the payload][n payload bytes]
+ *     end chunk = [u32 0][u32 CRC-32 over the 8-byte headers of all chunks][u64 total payload bytes]
+ *
+ * The pump keeps the running CRC-32s of the headers it writes or reads (the section's chunk
+ * table and, on save, the file's skeleton, which covers every byte outside chunk payloads); the
+ * snapshot code (src/snapshot/state-io.ts) owns the policy: chunk size, the 16 MiB limit, and
+ * whether the end chunk agrees. The addon does it in addon/sys.cc (vfio_pump_frame); koffi and
+ * sim in the JS loop `runPump` (src/binding/koffi.ts), with the same results and errors.
+ */
+export type PumpFrame = PumpFrameWrite | PumpFrameRead;
+
+/**
+ * Save: `pump(dataFd, fileFd, buf, { frame: { mode: 'write', chunk, tableCrc, skeletonCrc }, dstOffset })`.
+ *
+ * Reads the source to its end (or `limit` payload bytes, or PRE_COPY's temporary end with
+ * `precopy`) and gathers each `chunk` bytes of payload into `buf` after an 8-byte gap (the last
+ * chunk may be shorter; an empty chunk is never written, so an empty source writes nothing),
+ * computes the payload's CRC-32, fills the header in front and writes header + payload with one
+ * write (pwrite at the running `dstOffset`), looping on short writes. Resolves with a
+ * PumpFramedWriteResult. `limit` counts payload bytes; `expectCrc` cannot be combined
+ * (RangeError). A rejection's `bytesDone` counts the payload bytes of the chunks completely
+ * written (header and payload); `syscall` tells the side that failed ('read' / 'pread' for the
+ * source, 'write' / 'pwrite' for the destination).
+ */
+export interface PumpFrameWrite {
+  mode: 'write';
+  /** Payload bytes per chunk, in [1, 2^30]; `buf.length` must be at least `chunk + 8` (RangeError). */
+  chunk: number;
+  /** The section's chunk-table CRC-32 so far (default 0: the first call of a section), in [0, 2^32). */
+  tableCrc?: number;
+  /** The file's skeleton CRC-32 so far (default 0), in [0, 2^32). */
+  skeletonCrc?: number;
+}
+
+/**
+ * Restore: `pump(fileFd, dataFd, buf, { frame: { mode: 'read', maxChunk, chunks, tableCrc: 0 }, srcOffset })`
+ * with `srcOffset` the file offset of the first chunk header (without it the source is read
+ * with read(2) and offsets count from where it stood).
+ *
+ * For each of `chunks` chunks: reads the 8-byte header, checks 1 ≤ length ≤ min(maxChunk,
+ * buf.length), reads the payload into `buf`, checks its CRC-32 and only then writes it all to
+ * the destination (short writes looped on, EAGAIN waited out, EINTR retried). With `final`
+ * (the default) it then reads the 16-byte end chunk, checks that its first u32 is 0, and
+ * resolves with its fields (PumpFramedReadResult, end 'eof') for the caller to compare with
+ * `tableCrc` and `bytes`; without, it resolves with 'limit' after the chunks. `limit`,
+ * `expectCrc` and `precopy: true` cannot be combined (RangeError).
+ *
+ * Rejections, every one with `chunkOffset` (the source offset of the header of the chunk, or
+ * end chunk, being handled) and `bytesDone` (payload bytes written to the destination; part of
+ * a chunk only after a failed write): kind 'format' with code 'EVFIO_SNAPSHOT_CHECKSUM' (a
+ * payload whose CRC-32 is not its header's: nothing of it was written), 'EVFIO_BAD_SNAPSHOT'
+ * (a length outside the range, or no end chunk where the `chunks` end; `chunkLength` is the
+ * u32 found; nothing of that chunk was written) or 'EVFIO_SNAPSHOT_TRUNCATED' (the source ends
+ * inside a header, a payload or the end chunk); or a syscall failure ('read' / 'pread' for the
+ * source, 'write' / 'pwrite' for the destination).
+ */
+export interface PumpFrameRead {
+  mode: 'read';
+  /** Chunks to move, in [0, 2^53) (the count the reader's validated walk found). */
+  chunks: number;
+  /** Largest payload accepted, in [1, 2^32) (default: no limit but `buf.length`). */
+  maxChunk?: number;
+  /** The chunk-table CRC-32 so far (default 0: the call starts at the section's first chunk), in [0, 2^32). */
+  tableCrc?: number;
+  /** Read the end chunk after the chunks (default true); false to go on in another call. */
+  final?: boolean;
 }
 
 /** Why a pump stopped: the source's end (read(2) returned 0), the `limit`, or PRE_COPY's temporary end. */
 export type PumpEnd = 'eof' | 'limit' | 'for-now';
 
-/** What a pump copied. */
+/** What a pump copied. The framing fields are there exactly when `frame` was given. */
 export interface PumpResult {
-  /** Bytes read from the source and written to the destination. */
+  /** Bytes read from the source and written to the destination (framed: payload bytes only). */
   bytes: number;
   /** CRC-32 (zlib polynomial, unsigned 32-bit) of those bytes. */
   crc32: number;
-  /** Why it stopped. */
+  /**
+   * Why it stopped. Framed read: 'eof' after the end chunk (`final`), else 'limit'. Framed
+   * write: as unframed, with `limit` counting payload bytes.
+   */
   end: PumpEnd;
+  /** Framed: chunks written to the destination. */
+  chunks?: number;
+  /** Framed write: bytes written to the destination, headers included (`bytes + 8 * chunks`). */
+  written?: number;
+  /** Framed: the chunk-table CRC-32, continued from `frame.tableCrc` over the headers written / read. */
+  tableCrc?: number;
+  /** Framed write: the skeleton CRC-32, continued from `frame.skeletonCrc` over the same headers. */
+  skeletonCrc?: number;
+  /** Framed read with `final`: the end chunk's chunk-table CRC-32. */
+  endTableCrc?: number;
+  /** Framed read with `final`: the end chunk's total payload bytes. */
+  endTotal?: number;
 }
+
+/** The result of a framed write (PumpFrameWrite). */
+export type PumpFramedWriteResult = PumpResult & { chunks: number; written: number; tableCrc: number; skeletonCrc: number };
+
+/** The result of a framed read (PumpFrameRead); the end chunk's fields when it was `final`. */
+export type PumpFramedReadResult = PumpResult & { chunks: number; tableCrc: number; endTableCrc?: number; endTotal?: number };
 
 /**
  * How a pump rejects: a VfioError (src/errors.ts) with `bytesDone`, the bytes written to the
  * destination before the failure (part of a chunk may be among them; 0 for the `expectCrc`
- * refusals).
+ * refusals; framed: payload bytes, see PumpFrameWrite / PumpFrameRead). A framed read's
+ * rejections also carry `chunkOffset`, and its 'EVFIO_BAD_SNAPSHOT' ones `chunkLength`.
  */
-export type PumpError = VfioError & { bytesDone: number };
+export type PumpError = VfioError & { bytesDone: number; chunkOffset?: number; chunkLength?: number };
 
 /** poll(2) event bits (asm-generic/poll.h). */
 export const POLLIN = 0x1;

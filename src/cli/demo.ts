@@ -72,7 +72,7 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
     vmA.on('state', (c) => arcs({ ...c, device: 'source' }));
     vmA.on('progress', opts.progress);
     say('pause:');
-    vmA.pause();
+    await vmA.pause();
     say('snapshot:');
     const snap = await vmA.snapshot(file);
     say(`  ${snap.stateBytes[0]} bytes of device state; file ${fs.statSync(file).size} bytes`);
@@ -91,7 +91,7 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
     const res = await vmB.restore(file);
     say(`  ${res.stateBytes[0]} bytes loaded; BARs mapped at the saved addresses (${B.mappedBars.map((m) => `BAR${m.bar}@0x${m.address.toString(16)}`).join(' ')}), PCI_COMMAND 0x${B.configRead(PCI_COMMAND, 2).toString(16)} pushed, ${B.interrupts.mode.toUpperCase()} re-armed`);
     say('resume:');
-    vmB.resume();
+    await vmB.resume();
 
     // ---------------------------------------------------------------- check
     const barB = hostB.bus.find('nic0', 0)!.address;
@@ -103,7 +103,7 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
       throw new VfioError(`destination check failed: registers ${got.equals(secret) ? 'ok' : 'differ'}, interrupts ${irqB}`, { code: 'EVFIO_DEMO', kind: 'protocol' });
     }
     say(`done: destination registers match ("${got.toString()}"), doorbell → ${irqB} interrupt(s) through the re-armed eventfd`);
-    vmA.resume();
+    await vmA.resume();
   } finally {
     for (const fn of cleanup) {
       try {

@@ -86,21 +86,21 @@ export class MigrationCoordinator extends EventEmitter<CoordinatorEvents> {
    * are brought back to RUNNING too — no half-paused VM, as restore() leaves no half-restored
    * one — and the error is rethrown.
    */
-  pause(): void {
+  async pause(): Promise<void> {
     this.assertMigratable('pause');
     this.emit('phase', { phase: 'pause', done: false });
     try {
-      if (this.usesP2P) for (const d of this.devices) d.quiesce();
-      for (const d of this.devices) d.pause();
+      if (this.usesP2P) for (const d of this.devices) await d.quiesce();
+      for (const d of this.devices) await d.pause();
     } catch (e) {
-      this.undoPause(e);
+      await this.undoPause(e);
       throw e;
     }
     this.emit('phase', { phase: 'pause', done: true });
   }
 
   /** Back to RUNNING after a failed pause, leaving STOP through RUNNING_P2P first on P2P devices. */
-  private undoPause(e: unknown): void {
+  private async undoPause(e: unknown): Promise<void> {
     const stateOf = (d: VfioPciDevice): MigState | undefined => {
       try {
         return d.migration!.getState();
@@ -109,22 +109,22 @@ export class MigrationCoordinator extends EventEmitter<CoordinatorEvents> {
       }
     };
     const touched = this.devices.filter((d) => stateOf(d) !== MigState.RUNNING);
-    const again = (d: VfioPciDevice, fn: () => void): void => {
+    const again = async (d: VfioPciDevice, fn: () => Promise<void>): Promise<void> => {
       try {
-        fn();
+        await fn();
       } catch (re) {
         if (e instanceof VfioError) e.message += `; bringing ${d.id} back to RUNNING failed too: ${(re as Error).message}`;
       }
     };
-    if (this.usesP2P) for (const d of touched) again(d, () => d.transition(MigState.RUNNING_P2P, 'pause:undo', MigState.RUNNING));
-    for (const d of touched) again(d, () => d.resume());
+    if (this.usesP2P) for (const d of touched) await again(d, () => d.transition(MigState.RUNNING_P2P, 'pause:undo', MigState.RUNNING));
+    for (const d of touched) await again(d, () => d.resume());
   }
 
   /** Resume every device: all leave STOP/RESUMING for RUNNING_P2P first (P2P), then all to RUNNING. */
-  resume(): void {
+  async resume(): Promise<void> {
     this.emit('phase', { phase: 'resume', done: false });
-    if (this.usesP2P) for (const d of this.devices) d.transition(MigState.RUNNING_P2P, 'resume:p2p', MigState.RUNNING);
-    for (const d of this.devices) d.resume();
+    if (this.usesP2P) for (const d of this.devices) await d.transition(MigState.RUNNING_P2P, 'resume:p2p', MigState.RUNNING);
+    for (const d of this.devices) await d.resume();
     this.emit('phase', { phase: 'resume', done: true });
   }
 
@@ -178,7 +178,7 @@ export class MigrationCoordinator extends EventEmitter<CoordinatorEvents> {
           // No half-restored VM: the devices already loaded are reset too.
           for (const done of this.devices.slice(0, i)) {
             try {
-              done.abortRestore();
+              await done.abortRestore();
             } catch (re) {
               if (e instanceof VfioError) e.message += `; resetting ${done.id} failed too: ${(re as Error).message}`;
             }

@@ -47,6 +47,20 @@ export class VfioDevice {
     return ioctl(this.binding, this.fd, request, arg, { device: this.name, op });
   }
 
+  /** ioctl on the device fd off the JS thread (long requests: reset, state SETs, DMA map). */
+  async ioctlAsync(request: number, arg?: Buffer | number, op?: string): Promise<number> {
+    try {
+      return await this.binding.ioctlAsync(this.fd, request, arg);
+    } catch (e) {
+      if (e instanceof VfioError) {
+        const name = op ?? (v.IOCTL_NAMES.get(request) ?? `ioctl 0x${request.toString(16)}`);
+        if (!e.op) e.message = e.message.replace(/^ioctl failed/, `ioctl ${name} failed`);
+        throw e.annotate({ op: name, device: this.name });
+      }
+      throw e;
+    }
+  }
+
   /** VFIO_DEVICE_GET_INFO (cached: it does not change while the device is open). */
   info(): s.DeviceInfo {
     if (!this.infoCache) {
@@ -161,11 +175,10 @@ export class VfioDevice {
   /**
    * VFIO_DEVICE_RESET. The device returns to RUNNING and any migration session ends (vfio.h
    * "VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE": "a reset ... returns the device to RUNNING").
-   * A function-level reset takes up to ~100 ms in hardware, so callers that care run it through
-   * `resetAsync` when the binding offers it.
+   * A function-level reset takes ~100 ms in hardware: it runs off the JS thread.
    */
-  reset(): void {
-    this.ioctl(v.VFIO_DEVICE_RESET, undefined);
+  async reset(): Promise<void> {
+    await this.ioctlAsync(v.VFIO_DEVICE_RESET, undefined);
   }
 
   /**

@@ -189,30 +189,30 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> {
    * VFIO_DEVICE_RESET; after a reset PCI_COMMAND is pushed and interrupts re-armed. The error
    * says which step failed and where the device was left.
    */
-  transition(target: MigState, step: string, recoverTo: MigState = MigState.RUNNING): void {
+  async transition(target: MigState, step: string, recoverTo: MigState = MigState.RUNNING): Promise<void> {
     const mig = this.requireMigration(step);
     try {
-      mig.setState(target);
+      await mig.setState(target);
     } catch (e) {
       if (!(e instanceof VfioError) || e.kind === 'protocol') throw e;
-      this.recoverAfter(e, step, recoverTo);
+      await this.recoverAfter(e, step, recoverTo);
       throw e;
     }
   }
 
   /** pause(): RUNNING → STOP (the kernel passes RUNNING_P2P on P2P devices). The coordinator quiesces several devices first. */
-  pause(): void {
-    this.transition(MigState.STOP, 'pause', MigState.RUNNING);
+  pause(): Promise<void> {
+    return this.transition(MigState.STOP, 'pause', MigState.RUNNING);
   }
 
   /** Quiesce for a multi-device pause: RUNNING → RUNNING_P2P (P2P devices only). */
-  quiesce(): void {
-    this.transition(MigState.RUNNING_P2P, 'quiesce', MigState.RUNNING);
+  quiesce(): Promise<void> {
+    return this.transition(MigState.RUNNING_P2P, 'quiesce', MigState.RUNNING);
   }
 
   /** resume(): → RUNNING from STOP, RUNNING_P2P or RESUMING. */
-  resume(): void {
-    this.transition(MigState.RUNNING, 'resume', MigState.RUNNING);
+  resume(): Promise<void> {
+    return this.transition(MigState.RUNNING, 'resume', MigState.RUNNING);
   }
 
   /**
@@ -236,7 +236,7 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> {
       id: this.id, config: this.cfg.serialize(), msixTable: this.msix?.serialize(), irqMode: this.irqs.armed.mode,
       bars: this.bars.mappings().map((m) => ({ bar: m.bar, space: m.space, size: m.size, address: m.address })),
     }));
-    this.transition(MigState.STOP_COPY, 'snapshot:stop-copy', MigState.STOP);
+    await this.transition(MigState.STOP_COPY, 'snapshot:stop-copy', MigState.STOP);
     const expected = mig.dataSize();
     try {
       await writer.beginSection(f.SectionType.DEVICE_STATE, index);
@@ -245,10 +245,10 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> {
         onProgress: (bytes) => this.emit('progress', { device: this.id, phase: 'save', bytes, expected }),
       });
       const { bytes } = await writer.endSection();
-      this.transition(MigState.STOP, 'snapshot:finish', MigState.STOP);
+      await this.transition(MigState.STOP, 'snapshot:finish', MigState.STOP);
       return { stateBytes: bytes };
     } catch (e) {
-      if (e instanceof VfioError && mig.getState() !== MigState.STOP) this.recoverAfter(e, 'snapshot', MigState.STOP);
+      if (e instanceof VfioError && mig.getState() !== MigState.STOP) await this.recoverAfter(e, 'snapshot', MigState.STOP);
       throw e;
     }
   }
@@ -274,7 +274,7 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> {
       this.bars.sync();
       // 3. one RUNNING → RESUMING request, then the stream
       step = 'restore:resuming';
-      mig.setState(MigState.RESUMING);
+      await mig.setState(MigState.RESUMING);
       step = 'restore:write';
       const total = entry.state!.chunks!.total;
       const { bytes } = await loadStateSection(this.device.binding, reader, entry.state!, mig.session!.fd, {
@@ -292,7 +292,7 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> {
       this.undoRestore();
       let left = 'ERROR';
       try {
-        left = migStateName(mig.reset());
+        left = migStateName(await mig.reset());
       } catch (re) {
         log('%s: reset after failed restore failed: %o', this.id, re);
       }
@@ -335,7 +335,7 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> {
    * Undo a restore that succeeded on this device when another device of the VM failed: BARs
    * off the bus, interrupts disarmed, the shadow as before restore(), VFIO_DEVICE_RESET (→ RUNNING).
    */
-  abortRestore(): MigState {
+  abortRestore(): Promise<MigState> {
     this.undoRestore();
     return this.requireMigration('restore:abort').reset();
   }
@@ -392,11 +392,11 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> {
     }
   }
 
-  private recoverAfter(e: VfioError, step: string, recoverTo: MigState): void {
+  private async recoverAfter(e: VfioError, step: string, recoverTo: MigState): Promise<void> {
     const mig = this.migration!;
     let result: { state: MigState; reset: boolean };
     try {
-      result = mig.recover(recoverTo);
+      result = await mig.recover(recoverTo);
     } catch (re) {
       log('%s: recovery after %s failed: %o', this.id, step, re);
       e.annotate({ step, deviceState: 'ERROR' });

@@ -139,14 +139,15 @@ export class Migration extends EventEmitter<MigrationEvents> {
    * the failure (the SET's copied-back state is the requested one, not the real one); the
    * planner's protocol errors (kind 'protocol') leave the device untouched.
    */
-  setState(target: MigState): DataSession | undefined {
+  async setState(target: MigState): Promise<DataSession | undefined> {
     const from = this.cached ?? this.getState();
     const { arcs } = planTransition(from, target, this.flags);
     if (arcs.length === 0) return this.session;
     const change: StateChange = { device: this.device.name, from, to: target, arcs };
     const b = s.encodeMigStateSet(target);
     try {
-      this.device.ioctl(v.VFIO_DEVICE_FEATURE, b, `VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE (SET ${migStateName(target)})`);
+      // Off the JS thread: drivers save or load device state inside some arcs (mlx5 STOP_COPY).
+      await this.device.ioctlAsync(v.VFIO_DEVICE_FEATURE, b, `VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE (SET ${migStateName(target)})`);
     } catch (e) {
       const actual = this.readBackAfterFailure();
       this.endSessionIfLeft([from, actual]);
@@ -209,12 +210,12 @@ export class Migration extends EventEmitter<MigrationEvents> {
 
   /**
    * VFIO_DEVICE_RESET: the way out of ERROR, and out of a RESUMING whose stream was refused.
-   * Ends any session. Resolves to the state read back (RUNNING on success).
+   * Ends any session. Resolves to the state read back (RUNNING on success). Off the JS thread.
    */
-  reset(): MigState {
+  async reset(): Promise<MigState> {
     this.closeSession();
     this.cached = undefined;
-    this.device.reset();
+    await this.device.reset();
     const st = this.getState();
     log('%s: reset → %s', this.device.name, migStateName(st));
     return st;
@@ -228,7 +229,7 @@ export class Migration extends EventEmitter<MigrationEvents> {
    * wiped (PCI_COMMAND, interrupts). Throws only when the reset itself fails.
    * (The QEMU approach: hw/vfio/migration.c vfio_migration_set_state().)
    */
-  recover(target: MigState = MigState.RUNNING): { state: MigState; reset: boolean } {
+  async recover(target: MigState = MigState.RUNNING): Promise<{ state: MigState; reset: boolean }> {
     let st: MigState;
     try {
       st = this.getState();
@@ -241,17 +242,17 @@ export class Migration extends EventEmitter<MigrationEvents> {
     }
     if (st !== MigState.ERROR) {
       try {
-        this.setState(target);
+        await this.setState(target);
         this.closeSession();
         return { state: target, reset: false };
       } catch (e) {
         log('%s: recovery SET %s failed (%o); resetting', this.device.name, migStateName(target), e);
       }
     }
-    let state = this.reset();
+    let state = await this.reset();
     if (state !== target) {
       try {
-        this.setState(target);
+        await this.setState(target);
         state = target;
       } catch (e) {
         log('%s: SET %s after reset failed: %o', this.device.name, migStateName(target), e);

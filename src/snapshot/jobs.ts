@@ -75,8 +75,8 @@ export async function saveSnapshot(devices: VfioDevice[], file: string, opts: Sa
     writer = await SnapshotWriter.create(file, { noSync: opts.noSync });
     step = 'pause';
     // Quiesce every device before saving any: with P2P all reach RUNNING_P2P first.
-    if (migs.length > 1 && migs.every((m) => m.supportsP2P)) for (const m of migs) m.setState(MigState.RUNNING_P2P);
-    for (const m of migs) m.setState(MigState.STOP);
+    if (migs.length > 1 && migs.every((m) => m.supportsP2P)) for (const m of migs) await m.setState(MigState.RUNNING_P2P);
+    for (const m of migs) await m.setState(MigState.STOP);
     for (const [i, m] of migs.entries()) {
       const dev = m.device;
       step = `save ${dev.name}`;
@@ -84,27 +84,30 @@ export async function saveSnapshot(devices: VfioDevice[], file: string, opts: Sa
       await writer.writeSection(f.SectionType.DEVICE, i, f.encodeDeviceRecord({ identity: f.identityFromConfig(config), migrationFlags: m.flags, name: dev.name }));
       await writer.writeSection(f.SectionType.CONFIG, i, config);
       const expected = m.dataSize();
-      const session = m.setState(MigState.STOP_COPY);
+      const session = await m.setState(MigState.STOP_COPY);
       if (!session) throw new VfioError('STOP_COPY opened no data_fd', { code: 'EVFIO_NO_SESSION', kind: 'protocol', device: dev.name });
       await writer.beginSection(f.SectionType.DEVICE_STATE, i);
       await saveStateSection(dev.binding, session.fd, writer, {
         bufferSize: buffer.length, device: dev.name, onProgress: (bytes) => opts.onProgress?.({ device: dev.name, phase: 'save', bytes, expected }),
       });
       const { bytes } = await writer.endSection();
-      m.setState(MigState.STOP);
+      await m.setState(MigState.STOP);
       result.devices.push({ name: dev.name, stateBytes: bytes, configBytes: config.length });
       log('%s: saved %d bytes of device state', dev.name, bytes);
     }
     step = 'commit';
     await writer.commit();
     step = 'resume';
-    if (!opts.leaveStopped) returnTo(migs, before);
+    if (!opts.leaveStopped) await returnTo(migs, before);
     return result;
   } catch (e) {
     await writer?.abort();
     // No file could be created: the devices were not touched and stay as they are.
     const untouched = step === 'create';
-    const left = migs.map((m, i) => `${m.device.name}: ${migStateName(untouched ? before[i] : safeRecover(m, opts.leaveStopped ? MigState.STOP : before[i]))}`);
+    const left: string[] = [];
+    for (const [i, m] of migs.entries()) {
+      left.push(`${m.device.name}: ${migStateName(untouched ? before[i] : await safeRecover(m, opts.leaveStopped ? MigState.STOP : before[i]))}`);
+    }
     throw annotateAll(e, `snapshot:${step}`, left);
   } finally {
     unsub.forEach((u) => u());
@@ -113,16 +116,16 @@ export async function saveSnapshot(devices: VfioDevice[], file: string, opts: Sa
 }
 
 /** Leave STOP for the previous states; with P2P, all leave STOP for RUNNING_P2P before any runs. */
-function returnTo(migs: Migration[], states: MigState[]): void {
+async function returnTo(migs: Migration[], states: MigState[]): Promise<void> {
   if (migs.length > 1 && migs.every((m) => m.supportsP2P)) {
-    migs.forEach((m, i) => states[i] === MigState.RUNNING && m.setState(MigState.RUNNING_P2P));
+    for (const [i, m] of migs.entries()) if (states[i] === MigState.RUNNING) await m.setState(MigState.RUNNING_P2P);
   }
-  migs.forEach((m, i) => m.setState(states[i]));
+  for (const [i, m] of migs.entries()) await m.setState(states[i]);
 }
 
-function safeRecover(m: Migration, target: MigState): MigState {
+async function safeRecover(m: Migration, target: MigState): Promise<MigState> {
   try {
-    return m.recover(target).state;
+    return (await m.recover(target)).state;
   } catch (e) {
     log('%s: recovery failed: %o', m.device.name, e);
     try {
@@ -209,7 +212,7 @@ export async function restoreSnapshot(dev: VfioDevice, source: string | Snapshot
     if (!opts.skipIdentityCheck) checkIdentity(dev, entry.record);
     step = 'restore:resuming';
     touched = true;
-    const session = mig.setState(MigState.RESUMING);
+    const session = await mig.setState(MigState.RESUMING);
     if (!session) throw new VfioError('RESUMING opened no data_fd', { code: 'EVFIO_NO_SESSION', kind: 'protocol', device: dev.name });
     step = 'restore:write';
     const expected = entry.state!.chunks!.total;
@@ -218,13 +221,13 @@ export async function restoreSnapshot(dev: VfioDevice, source: string | Snapshot
     });
     step = 'restore:finish';
     const final = opts.finalState ?? MigState.RUNNING;
-    if (final !== MigState.RESUMING) mig.setState(final);
+    if (final !== MigState.RESUMING) await mig.setState(final);
     return { bytes };
   } catch (e) {
     if (touched) {
       let left: MigState;
       try {
-        left = mig.reset();
+        left = await mig.reset();
       } catch (re) {
         log('%s: reset after failed restore failed: %o', dev.name, re);
         left = MigState.ERROR;

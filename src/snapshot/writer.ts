@@ -5,8 +5,9 @@
  * removes the temporary file; the destination is untouched until the rename.
  *
  * All writes are positional (pwrite at the writer's own position; the fd's offset is unused),
- * so a chunk payload can be written straight into the file by a native pump at
- * `payloadOffset()` and then recorded with `commitChunk()`.
+ * so the chunks of a section can be written straight into the file by a framed pump
+ * (`Binding.pump` with `frame: { mode: 'write' }`) from `framedStart()` on and then accounted
+ * with `commitFramed()`: the writer stays the only owner of its position and checksums.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -36,7 +37,7 @@ export class SnapshotWriter {
   private pos = 0;
   private skeleton = 0;
   private sections = 0;
-  private chunked?: { table: number; total: number; headerAt: number };
+  private chunked?: { table: number; total: number; count: number; headerAt: number };
   private done = false;
 
   private constructor(
@@ -92,7 +93,7 @@ export class SnapshotWriter {
     const flags = (required ? f.SECTION_FLAG_REQUIRED : 0) | f.SECTION_FLAG_CHUNKED;
     const headerAt = this.pos;
     await this.put(f.encodeSectionHeader({ type, flags, device, length: 0, crc: 0 }), true);
-    this.chunked = { table: 0, total: 0, headerAt };
+    this.chunked = { table: 0, total: 0, count: 0, headerAt };
   }
 
   /** Append one chunk whose payload is `data` (not kept after the promise settles). Empty data is skipped. */
@@ -105,37 +106,46 @@ export class SnapshotWriter {
   }
 
   /**
-   * Where the payload of the next chunk goes: a pump writes it there with pwrite, then calls
-   * `commitChunk()` with its length and crc32. Nothing is written when the pump moved 0 bytes.
+   * Where a framed pump writes the next chunks of the open chunked section, and the running
+   * CRC-32s it continues over their 8-byte headers: `offset` (the file offset of the next chunk
+   * header: the pump's `dstOffset`), `tableCrc` (the section's chunk table so far) and
+   * `skeletonCrc` (the file's skeleton so far). Nothing else may write until `commitFramed()`.
    */
-  payloadOffset(): number {
+  framedStart(): { offset: number; tableCrc: number; skeletonCrc: number } {
     this.assertOpen(true);
-    return this.pos + f.CHUNK_HEADER_SIZE;
+    return { offset: this.pos, tableCrc: this.chunked!.table, skeletonCrc: this.skeleton };
   }
 
-  /** Record the chunk a pump wrote at `payloadOffset()`: write its header, advance. */
-  async commitChunk(length: number, crc: number): Promise<void> {
-    if (length === 0) return;
-    const hdr = this.chunkHeader(length, crc);
-    const at = this.pos;
-    try {
-      let off = 0;
-      while (off < hdr.length) off += (await this.fh.write(hdr, off, hdr.length - off, at + off)).bytesWritten;
-    } catch (e) {
-      throw ioError(e, 'write', this.tempPath);
+  /**
+   * Account the chunks a framed pump wrote from `framedStart()` on (its PumpFramedWriteResult):
+   * the position advances by `written`, the section's total by `bytes` and its chunk count by
+   * `chunks`; the chunk-table and skeleton CRC-32s become the pump's. A result whose sizes do not
+   * add up (`written` ≠ `bytes` + 8 × `chunks`, or more chunks than payload bytes) is refused
+   * (EVFIO_WRITER_STATE) and nothing changes.
+   */
+  commitFramed(r: { bytes: number; chunks: number; written: number; tableCrc: number; skeletonCrc: number }): void {
+    this.assertOpen(true);
+    if (r.written !== r.bytes + f.CHUNK_HEADER_SIZE * r.chunks || r.chunks > r.bytes || (r.bytes > 0 && r.chunks === 0)) {
+      throw new VfioError(`framed write of ${r.chunks} chunks, ${r.bytes} payload bytes and ${r.written} bytes in all does not add up`, {
+        code: 'EVFIO_WRITER_STATE', kind: 'usage',
+      });
     }
-    this.skeleton = f.crc32(hdr, this.skeleton);
-    this.pos += f.CHUNK_HEADER_SIZE + length;
+    const c = this.chunked!;
+    c.table = r.tableCrc >>> 0;
+    c.total += r.bytes;
+    c.count += r.chunks;
+    this.skeleton = r.skeletonCrc >>> 0;
+    this.pos += r.written;
   }
 
-  /** Finish the current chunked section with its end chunk. */
-  async endSection(): Promise<{ bytes: number }> {
+  /** Finish the current chunked section with its end chunk: its payload bytes and chunk count. */
+  async endSection(): Promise<{ bytes: number; chunks: number }> {
     this.assertOpen(true);
     const c = this.chunked!;
     this.chunked = undefined;
     await this.put(f.encodeEndChunk(c.table, c.total), true);
     this.sections++;
-    return { bytes: c.total };
+    return { bytes: c.total, chunks: c.count };
   }
 
   /**
@@ -176,6 +186,7 @@ export class SnapshotWriter {
     const c = this.chunked!;
     c.table = f.crc32(hdr, c.table);
     c.total += length;
+    c.count++;
     return hdr;
   }
 

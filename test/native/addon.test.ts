@@ -50,6 +50,7 @@ describe('loading', () => {
         'eventfdRead',
         'eventfdWrite',
         'ioctl',
+        'ioctlAsync',
         'open',
         'pipe',
         'poll',

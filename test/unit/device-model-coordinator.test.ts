@@ -57,7 +57,7 @@ describe('order of arcs across devices', () => {
     const events: StateChange[] = [];
     vm.on('state', (c) => events.push(c));
 
-    vm.pause();
+    await vm.pause();
     expect(arcs).toEqual(['a: RUNNING→RUNNING_P2P', 'b: RUNNING→RUNNING_P2P', 'a: RUNNING_P2P→STOP', 'b: RUNNING_P2P→STOP']);
     expect(events.map((e) => [e.from, e.to])).toEqual([[RUNNING, RUNNING_P2P], [RUNNING, RUNNING_P2P], [RUNNING_P2P, STOP], [RUNNING_P2P, STOP]]);
 
@@ -66,7 +66,7 @@ describe('order of arcs across devices', () => {
     expect(arcs).toEqual(['a: STOP→STOP_COPY', 'a: STOP_COPY→STOP', 'b: STOP→STOP_COPY', 'b: STOP_COPY→STOP']);
 
     arcs.length = 0;
-    vm.resume();
+    await vm.resume();
     expect(arcs).toEqual(['a: STOP→RUNNING_P2P', 'b: STOP→RUNNING_P2P', 'a: RUNNING_P2P→RUNNING', 'b: RUNNING_P2P→RUNNING']);
   });
 
@@ -84,7 +84,7 @@ describe('order of arcs across devices', () => {
       'b: RUNNING→RUNNING_P2P', 'b: RUNNING_P2P→STOP', 'b: STOP→RESUMING',
     ]);
     arcs.length = 0;
-    vm.resume();
+    await vm.resume();
     const firstRunning = arcs.findIndex((x) => x.endsWith('→RUNNING'));
     const lastP2P = arcs.map((x) => x.endsWith('→RUNNING_P2P')).lastIndexOf(true);
     expect(arcs.filter((x) => x.endsWith('STOP→RUNNING_P2P'))).toEqual(['a: STOP→RUNNING_P2P', 'b: STOP→RUNNING_P2P']);
@@ -98,24 +98,24 @@ describe('order of arcs across devices', () => {
     }
   });
 
-  it('non-P2P devices (mig=stop_copy) with allowNonP2P: each goes RUNNING→STOP and back directly', () => {
+  it('non-P2P devices (mig=stop_copy) with allowNonP2P: each goes RUNNING→STOP and back directly', async () => {
     const { a, b } = twoDevices('sim:4096:mig=stop_copy', 'sim:4096:mig=stop_copy');
     const vm = new MigrationCoordinator([a.d, b.d], { allowNonP2P: true });
     expect(vm.usesP2P).toBe(false);
     expect(vm.blockers()).toEqual([]);
     const arcs = recordArcs([a.d, b.d]);
-    vm.pause();
+    await vm.pause();
     expect(arcs).toEqual(['a: RUNNING→STOP', 'b: RUNNING→STOP']);
     arcs.length = 0;
-    vm.resume();
+    await vm.resume();
     expect(arcs).toEqual(['a: STOP→RUNNING', 'b: STOP→RUNNING']);
   });
 
-  it('a P2P and a non-P2P device with allowNonP2P: no quiesce step; the P2P one passes RUNNING_P2P inside its own request', () => {
+  it('a P2P and a non-P2P device with allowNonP2P: no quiesce step; the P2P one passes RUNNING_P2P inside its own request', async () => {
     const { a, b } = twoDevices('sim:4096', 'sim:4096:mig=stop_copy');
     const vm = new MigrationCoordinator([a.d, b.d], { allowNonP2P: true });
     const arcs = recordArcs([a.d, b.d]);
-    vm.pause();
+    await vm.pause();
     expect(arcs).toEqual(['a: RUNNING→RUNNING_P2P', 'a: RUNNING_P2P→STOP', 'b: RUNNING→STOP']);
   });
 });
@@ -192,7 +192,7 @@ describe('recovery from failures', () => {
     expect([simOf(env, a.d).state, simOf(env, b.d).state]).toEqual([RUNNING, RUNNING]);
     expect(arcs).toEqual(['a: RUNNING→RUNNING_P2P', 'a: RUNNING_P2P→RUNNING']);
     // and a second attempt works
-    vm.pause();
+    await vm.pause();
     expect([simOf(env, a.d).state, simOf(env, b.d).state]).toEqual([STOP, STOP]);
   });
 
@@ -248,7 +248,7 @@ describe('recovery from failures', () => {
     const g = bootedSource(env, 'sim:64KiB');
     const sim = simOf(env, g.d);
     const vm = new MigrationCoordinator([g.d]);
-    vm.pause();
+    await vm.pause();
     sim.failDataFd({ after: 1000, errno: 'EIO', on: 'read' });
     const f = file(env);
     const err = await rejection(vm.snapshot(f, { noSync: true }));
@@ -258,7 +258,7 @@ describe('recovery from failures', () => {
     expect(fs.readdirSync(env.dir)).toEqual([]);
     await vm.snapshot(f, { noSync: true });
     expect(fs.existsSync(f)).toBe(true);
-    vm.resume();
+    await vm.resume();
     expect(sim.state).toBe(RUNNING);
   });
 });
@@ -324,7 +324,7 @@ describe('a failed restore', () => {
     const good = file(env, 'good.vfiosnap');
     await snapshotVm([src.d], good);
     await vm.restore(good);
-    vm.resume();
+    await vm.resume();
     const g = new Guest(dst, host);
     expect(g.scratch(SECRET.length)).toEqual(SECRET);
     g.ring(0);
@@ -382,11 +382,11 @@ describe('a failed restore', () => {
   it('STOP_COPY is never left half-done: a source whose snapshot fails can still be resumed', async () => {
     const g = bootedSource(env, 'sim:64KiB');
     const vm = new MigrationCoordinator([g.d]);
-    vm.pause();
+    await vm.pause();
     simOf(env, g.d).failArc({ from: STOP_COPY, to: STOP }, 'EIO');
     const err = await rejection(vm.snapshot(file(env), { noSync: true }));
     expect(err.code).toBe('EIO');
-    vm.resume();
+    await vm.resume();
     expect(simOf(env, g.d).state).toBe(RUNNING);
     g.ring(0);
     expect(await g.wait(0)).toBe(1);

@@ -34,12 +34,12 @@ async function cycle(i: number): Promise<void> {
     }
     const vmB = new MigrationCoordinator([dst]);
     await vmB.restore(f);
-    vmB.resume();
+    await vmB.resume();
     const g = new Guest(dst, host);
     expect(g.scratch(SECRET.length)).toEqual(SECRET);
     g.ring(1);
     expect(await g.wait(1)).toBe(1);
-    vmA.resume();
+    await vmA.resume();
     fs.unlinkSync(f);
   } finally {
     dispose(inner);

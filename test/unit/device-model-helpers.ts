@@ -181,7 +181,7 @@ export const SECRET = Buffer.from('migrated scratch 0123456789abcde');
 /** Pause the source VM, snapshot it to `file`, and leave it paused. */
 export async function snapshotVm(sources: VfioPciDevice[], to: string): Promise<MigrationCoordinator> {
   const vm = new MigrationCoordinator(sources);
-  vm.pause();
+  await vm.pause();
   await vm.snapshot(to, { noSync: true });
   return vm;
 }

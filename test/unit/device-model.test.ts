@@ -142,7 +142,7 @@ describe('snapshot on the source, restore into a fresh destination, resume', () 
     expect(dst.interrupts).toEqual({ mode: 'msix', vectors: 1 });
     expect(dstSim.irqs().mode).toBe('msix');
 
-    vmB.resume();
+    await vmB.resume();
     expect(dstSim.state).toBe(RUNNING);
     expect(dstSim.seed).toBe(srcSim.seed);
     const g = new Guest(dst, host);
@@ -155,7 +155,7 @@ describe('snapshot on the source, restore into a fresh destination, resume', () 
     expect(g.read32(BAR0.IRQ_COUNT)).toBe(2);
 
     // The source resumes where it was.
-    vmA.resume();
+    await vmA.resume();
     src.ring(0);
     expect(await src.wait(0)).toBe(1);
     expect(src.read32(BAR0.IRQ_COUNT)).toBe(2);
@@ -171,7 +171,7 @@ describe('a destination that wedges its command queue without bus mastering (mas
     if (breakIt) dst.pushCommand = () => {}; // a VMM that forgets PCI_COMMAND after the load
     const vm = new MigrationCoordinator([dst]);
     await vm.restore(f);
-    vm.resume();
+    await vm.resume();
     return { g: new Guest(dst, host), dst };
   }
 
@@ -212,7 +212,7 @@ describe('a destination whose interrupts stay silent unless SET_IRQS is issued a
     if (breakIt) (dst as unknown as { irqs: { rearm(): void } }).irqs.rearm = () => {};
     const vm = new MigrationCoordinator([dst]);
     await vm.restore(f);
-    vm.resume();
+    await vm.resume();
     return { g: new Guest(dst, host), dst };
   }
 
@@ -255,7 +255,7 @@ describe('a host allocator that refuses to register a BAR twice', () => {
     const dst = attach(env, openSim(env, 'sim:64KiB'), host, { id: 'nic0', assignBars: false });
     const vm = new MigrationCoordinator([dst]);
     await vm.restore(f);
-    vm.resume();
+    await vm.resume();
     expect(allocate).not.toHaveBeenCalled();
     expect(host.allocator.export()).toEqual(src.host.allocator.export());
     expect(host.bus.find('nic0', 0)!.address).toBe(0xe000_0000n);
@@ -274,7 +274,7 @@ describe('config space on the destination (QEMU rule: saved masks, Vendor Specif
     const vm = new MigrationCoordinator([dst]);
     return { dst, host, run: async () => {
       await vm.restore(f);
-      vm.resume();
+      await vm.resume();
     } };
   }
 

@@ -265,7 +265,7 @@ describe('saveSnapshot: a failure leaves no file and the devices where they were
       const after = fl.kind === 'file' && fl.after === 0 ? variant.before : variant.leaveStopped ? STOP : variant.before;
       it(`${fl.name}: from ${MigState[variant.before]}${variant.leaveStopped ? ' with leaveStopped' : ''}${variant.existing ? ', over an existing file' : ''} → ${MigState[after]}`, async () => {
         const { sd, dev } = sim('src');
-        if (variant.before === STOP) Migration.require(dev).setState(STOP);
+        if (variant.before === STOP) await Migration.require(dev).setState(STOP);
         const file = path.join(env.dir, 'vm.vfiosnap');
         if (variant.existing) fs.writeFileSync(file, OLD);
         arm(fl, sd);
@@ -493,10 +493,10 @@ describe('MigrationCoordinator: snapshot and restore under faults', () => {
   /** File offset where a device-model snapshot's state stream starts (PCI_MODEL and config come first). */
   async function streamOffset(): Promise<number> {
     const { coord } = vm('probe');
-    coord.pause();
+    await coord.pause();
     const probe = path.join(env.dir, 'probe.vfiosnap');
     await coord.snapshot(probe, { noSync: true });
-    coord.resume();
+    await coord.resume();
     const r = await SnapshotReader.open(probe);
     const at = r.devices()[0].state!.bodyAt;
     await r.close();
@@ -509,7 +509,7 @@ describe('MigrationCoordinator: snapshot and restore under faults', () => {
       // File faults strike inside the state stream (the device is in STOP_COPY then).
       const after = fl.kind === 'file' ? (await streamOffset()) + 10_000 : fl.after;
       const { sd, coord } = vm('nic');
-      coord.pause();
+      await coord.pause();
       const file = path.join(env.dir, 'vm.vfiosnap');
       fs.writeFileSync(file, OLD);
       arm({ ...fl, after }, sd);
@@ -518,14 +518,14 @@ describe('MigrationCoordinator: snapshot and restore under faults', () => {
       expect(e.deviceState).toBe('STOP');
       expectNothingWritten(file, OLD);
       expectSettled(sd, STOP);
-      coord.resume();
+      await coord.resume();
       expectSettled(sd, RUNNING);
     });
   }
 
   it('snapshot with a file write failing before the stream (device still in STOP): no file, device in STOP', async () => {
     const { sd, coord } = vm('nic');
-    coord.pause();
+    await coord.pause();
     const file = path.join(env.dir, 'vm.vfiosnap');
     fault = new FileFault('EIO', 100);
     const e = await rejection(coord.snapshot(file, { noSync: true }));
@@ -537,10 +537,10 @@ describe('MigrationCoordinator: snapshot and restore under faults', () => {
 
   async function vmSnapshot(): Promise<string> {
     const { coord } = vm('vm-src');
-    coord.pause();
+    await coord.pause();
     const file = path.join(env.dir, 'vm.vfiosnap');
     await coord.snapshot(file, { noSync: true });
-    coord.resume();
+    await coord.resume();
     return file;
   }
 

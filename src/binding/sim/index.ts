@@ -219,6 +219,13 @@ export class SimBinding implements Binding {
     this.wake();
   }
 
+  /** Virtual fds: the simulated device answers at once (on a later tick); real fds go to the inner binding. */
+  async ioctlAsync(fd: number, request: number, arg?: Buffer | number): Promise<number> {
+    if (!SimBinding.isVirtualFd(fd) && this.inner) return this.inner.ioctlAsync(fd, request, arg);
+    await Promise.resolve();
+    return this.ioctl(fd, request, arg);
+  }
+
   ioctl(fd: number, request: number, arg?: Buffer | number): number {
     const f = this.virtual('ioctl', fd);
     if (!f) return this.innerFor(fd, 'ioctl').ioctl(fd, request, arg);
@@ -326,8 +333,10 @@ export class SimBinding implements Binding {
    * The stream copy of the contract, for any mix of virtual and real fds: the inner binding's
    * own pump when both fds are real, else the contract's JS loop (runPump, shared with the koffi
    * binding: same options, ends and errors) over this binding's read/write, or pread/pwrite
-   * with `srcOffset`/`dstOffset`. A virtual PRE_COPY data_fd's temporary end (read() == 0, or
-   * ENOMSG with `precopyEnd: 'enomsg'`) ends it with 'for-now' under `precopy`.
+   * with `srcOffset`/`dstOffset`, framing included (`frame`: a virtual data_fd drained into
+   * snapshot chunks, or a snapshot's chunks checked and fed to a virtual RESUMING data_fd). A
+   * virtual PRE_COPY data_fd's temporary end (read() == 0, or ENOMSG with `precopyEnd: 'enomsg'`)
+   * ends it with 'for-now' under `precopy`.
    */
   pump(srcFd: number, dstFd: number, buf: Buffer, opts?: PumpOptions | number): Promise<PumpResult> {
     const a = pumpArgs('pump', srcFd, dstFd, buf, opts);

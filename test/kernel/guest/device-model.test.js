@@ -70,9 +70,9 @@ for (const iommu of ['iommufd', 'legacy']) {
       const coordA = new MigrationCoordinator([A]);
       const arcs = [];
       coordA.on('state', (c) => arcs.push(`${MigState[c.from]}→${MigState[c.to]}`));
-      coordA.pause();
+      await coordA.pause();
       await coordA.snapshot(file, { noSync: true });
-      coordA.resume();
+      await coordA.resume();
       assert.deepEqual(arcs, ['RUNNING→STOP', 'STOP→STOP_COPY', 'STOP_COPY→STOP', 'STOP→RUNNING']);
 
       // ---- destination: the VMM restored its allocator; the device model must not allocate
@@ -87,7 +87,7 @@ for (const iommu of ['iommufd', 'legacy']) {
         assert.equal(B.config.command, 0x0005, 'shadow COMMAND restored');
         assert.equal(B.configRead(PCI_COMMAND, 2), srcCommand, 'PCI_COMMAND reads back as it was');
         assert.equal(B.interrupts.mode, 'intx', 'INTx re-armed with SET_IRQS');
-        coordB.resume();
+        await coordB.resume();
         assert.equal(B.migration.getState(), MigState.RUNNING);
 
         assert.deepEqual(['IER', 'LCR', 'SCR'].map((r) => inb(hostB, 0, UART[r])), srcRegs, 'UART registers restored');

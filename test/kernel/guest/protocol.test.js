@@ -28,7 +28,7 @@ test('PRE_COPY: precopy info, temporary end, then STOP_COPY on the same fd gives
   try {
     programUart(dev, 0x11, 'pre');
     const m = Migration.require(dev);
-    const sess = m.setState(MigState.PRE_COPY);
+    const sess = await m.setState(MigState.PRE_COPY);
     assert.ok(sess && sess.kind === 'save' && sess.fd >= 0);
     const info = m.precopyInfo();
     assert.equal(info.initialBytes, 24);
@@ -38,20 +38,20 @@ test('PRE_COPY: precopy info, temporary end, then STOP_COPY on the same fd gives
     assert.deepEqual(m.precopyInfo(), { initialBytes: 0, dirtyBytes: 0 });
     // a second PRE_COPY read is still "nothing for now", not an error
     assert.equal((await collect(dev.binding, sess.fd, true)).bytes, 0);
-    const kept = m.setState(MigState.STOP_COPY);
+    const kept = await m.setState(MigState.STOP_COPY);
     assert.equal(kept.fd, sess.fd, 'PRE_COPY→STOP_COPY keeps the session fd');
     assert.throws(() => m.precopyInfo(), (e) => e.code === 'EINVAL' && e.op === 'VFIO_MIG_GET_PRECOPY_INFO');
     const rest = await collect(dev.binding, sess.fd, false);
     assert.equal(rest.end, 'eof');
     assert.equal(rest.bytes, 72);
     assert.equal((await collect(dev.binding, sess.fd, false)).bytes, 0, 'EOF stays EOF');
-    m.setState(MigState.STOP);
+    await m.setState(MigState.STOP);
     assert.equal(m.session, undefined, 'leaving the saving group closed the session');
     // plain STOP_COPY from STOP gives the same bytes
-    const plain = m.setState(MigState.STOP_COPY);
+    const plain = await m.setState(MigState.STOP_COPY);
     const whole = await collect(dev.binding, plain.fd, false);
     assert.deepEqual(whole.data, Buffer.concat([pre.data, rest.data]));
-    m.setState(MigState.RUNNING);
+    await m.setState(MigState.RUNNING);
     assert.equal(m.getState(), MigState.RUNNING);
   } finally {
     dev.close();
@@ -68,7 +68,7 @@ test('the planner accepts exactly what the kernel accepts, for every (from, to) 
     const flags = m.flags;
     // A valid stream of this device, so that leaving RESUMING is judged on the arc, not the data.
     const blob = (await collect(dev.binding, m.setState(MigState.STOP_COPY).fd, false)).data;
-    m.setState(MigState.RUNNING);
+    await m.setState(MigState.RUNNING);
     const raw = (state) => {
       const b = s.encodeMigStateSet(state);
       try {
@@ -80,8 +80,8 @@ test('the planner accepts exactly what the kernel accepts, for every (from, to) 
     };
     for (const from of [1, 2, 3, 4, 5, 6, 7]) {
       for (const to of [0, 1, 2, 3, 4, 5, 6, 7, 8, 42]) {
-        m.reset();
-        if (from !== MigState.RUNNING) m.setState(from);
+        await m.reset();
+        if (from !== MigState.RUNNING) await m.setState(from);
         if (from === MigState.RESUMING) await feedSession(dev.binding, m.session.fd, [blob]);
         m.closeSession();
         let planned;
@@ -101,7 +101,7 @@ test('the planner accepts exactly what the kernel accepts, for every (from, to) 
         if (!r.ok && after !== from) mismatches.push(`${migStateName(from)}→${migStateName(to)}: rejected but moved to ${migStateName(after)}`);
       }
     }
-    m.reset();
+    await m.reset();
   } finally {
     dev.close();
   }

@@ -69,7 +69,7 @@ test('info --json reports the mtty migration flags and regions', () => {
   assert.ok(j.irqs.length >= 1);
 });
 
-test('snapshot --leave-stopped leaves the device in STOP; restore of a missing file fails with a usage-free message', () => {
+test('snapshot --leave-stopped leaves the device in STOP; restore of a missing file fails with a usage-free message', async () => {
   const file = '/tmp/stopped.vfiosnap';
   const r = cli('snapshot', MDEVS[0], '-o', file, '--leave-stopped');
   assert.equal(r.status, 0, r.stderr);
@@ -77,7 +77,7 @@ test('snapshot --leave-stopped leaves the device in STOP; restore of a missing f
   try {
     const m = Migration.require(d);
     assert.equal(m.getState(), 1 /* STOP */);
-    m.setState(2);
+    await m.setState(2);
   } finally {
     d.close();
   }
