@@ -21,18 +21,19 @@ export const defaultBindingFactories: Readonly<BindingFactories> = {
 };
 
 /**
- * The binding to the kernel: the native addon, or koffi when the addon cannot be loaded (not
- * built, wrong ABI, ...). `preferred` is tried first and the other one after it, each
- * fallback logged on the `vfio:binding` debug namespace.
+ * The binding to the kernel. Without `only`: the native addon, or koffi when the addon cannot
+ * be loaded (not built, wrong ABI, ...), the fallback logged on the `vfio:binding` debug
+ * namespace. With `only` ('native' or 'koffi', e.g. the CLI's --binding): that binding or an
+ * error — an explicit choice never silently becomes the other one.
  *
  * Throws a VfioError (code 'EVFIO_NO_BINDING', kind 'unsupported', `cause` the first failure)
- * when neither loads. `factories` replaces how the bindings are made (tests).
+ * when none loads. `factories` replaces how the bindings are made (tests).
  */
 export function loadBinding(
-  preferred: RealBindingName = 'native',
+  only?: RealBindingName,
   factories: Readonly<BindingFactories> = defaultBindingFactories,
 ): Binding {
-  const order: RealBindingName[] = preferred === 'koffi' ? ['koffi', 'native'] : ['native', 'koffi'];
+  const order: RealBindingName[] = only ? [only] : ['native', 'koffi'];
   const failures: string[] = [];
   let firstError: unknown;
   for (const name of order) {

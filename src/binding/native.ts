@@ -1,5 +1,5 @@
 /// <reference path="./native.d.ts" />
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { VfioError } from '../errors';
@@ -17,9 +17,19 @@ export const NATIVE_ADDON_FILES: readonly string[] = ['build/Release/vfio_pci.no
 
 /** The package root: the nearest directory above this file that holds binding.gyp. */
 export function packageRoot(from: string = __dirname): string {
+  // The package's own package.json, found upwards from this file: in the source tree (src/),
+  // the build (dist/src/), an installed copy, or a copy with only dist/, build/ and
+  // package.json (the kernel tier's guest).
   for (let dir = from; ; dir = dirname(dir)) {
-    if (existsSync(join(dir, 'binding.gyp'))) return dir;
-    if (dirname(dir) === dir) throw new Error(`vfio_pci: no binding.gyp above ${from}`);
+    const pj = join(dir, 'package.json');
+    if (existsSync(pj)) {
+      try {
+        if ((JSON.parse(readFileSync(pj, 'utf8')) as { name?: string }).name === 'node-vfio-pci') return dir;
+      } catch {
+        /* not ours, keep looking */
+      }
+    }
+    if (dirname(dir) === dir) throw new Error(`vfio_pci: no node-vfio-pci package.json above ${from}`);
   }
 }
 

@@ -38,6 +38,8 @@ export interface StateIoOptions {
   device?: string;
   /** Force the JS loop even when the binding has a pump (tests, benchmarks). */
   noPump?: boolean;
+  /** Payload bytes one pump call moves at most, rounded down to whole chunks (default PUMP_CALL_BYTES; tests). */
+  pumpCallBytes?: number;
 }
 
 function annotate(e: unknown, step: string, device: string | undefined, what: string): unknown {
@@ -63,7 +65,7 @@ export async function saveStateSection(binding: Binding, dataFd: number, writer:
   // The pump gathers each chunk's payload after an 8-byte gap for its header.
   const buf = Buffer.allocUnsafe(chunk + CHUNK_HEADER_SIZE);
   // Whole chunks per call, so that only the section's last chunk is short (as drainSession does).
-  const limit = chunk * Math.max(1, Math.floor(PUMP_CALL_BYTES / chunk));
+  const limit = chunk * Math.max(1, Math.floor((opts.pumpCallBytes ?? PUMP_CALL_BYTES) / chunk));
   let total = 0;
   for (;;) {
     const at = writer.framedStart();
@@ -107,7 +109,7 @@ export async function loadStateSection(binding: Binding, reader: SnapshotReader,
   // and the rest goes chunk by chunk (pumpChunks), the buffer growing as needed.
   const first = count > 0 ? firstChunkLength(binding, fileFd, entry.bodyAt) : 0;
   const buf = Buffer.allocUnsafe(Math.max(size, first));
-  const perCall = Math.max(1, Math.floor(PUMP_CALL_BYTES / Math.max(1, first || buf.length)));
+  const perCall = Math.max(1, Math.floor((opts.pumpCallBytes ?? PUMP_CALL_BYTES) / (first || buf.length)));
   let pos = entry.bodyAt;
   let table = 0;
   let done = 0;

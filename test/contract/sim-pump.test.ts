@@ -195,13 +195,145 @@ describe('sim pump into a RESUMING data_fd', () => {
   });
 });
 
+describe('sim pump with frame on virtual data_fds', () => {
+  /** The chunks of a framed file (the test's own reading): payloads and the 8-byte headers. */
+  function chunksOf(bytes: Buffer): { payloads: Buffer[]; headers: Buffer } {
+    const payloads: Buffer[] = [];
+    const headers: Buffer[] = [];
+    for (let pos = 0; pos < bytes.length; ) {
+      const len = bytes.readUInt32LE(pos);
+      const payload = bytes.subarray(pos + 8, pos + 8 + len);
+      expect(bytes.readUInt32LE(pos + 4)).toBe(crc32(payload));
+      headers.push(bytes.subarray(pos, pos + 8));
+      payloads.push(payload);
+      pos += 8 + len;
+    }
+    return { payloads, headers: Buffer.concat(headers) };
+  }
+
+  /** Frame a device's STOP_COPY stream into a file (then an end chunk); returns its path, the stream, and the chunk table. */
+  async function saveFramed(seed: number, size: number, chunk: number): Promise<{ file: string; stream: Buffer; table: number; count: number }> {
+    const dev = device({ size, seed });
+    const out = output(`framed-${seed}.bin`);
+    const dataFd = setState(b, dev, MigState.STOP_COPY);
+    try {
+      const res = await b.pump(dataFd, out.fd, Buffer.alloc(chunk + 8), { frame: { mode: 'write', chunk }, dstOffset: 0 });
+      const { payloads, headers } = chunksOf(fs.readFileSync(out.file));
+      const stream = Buffer.concat(payloads);
+      expect(payloads.slice(0, -1).every((p) => p.length === chunk)).toBe(true);
+      expect(res).toEqual({
+        bytes: HDR + size + TRL,
+        crc32: crc32(stream),
+        end: 'eof',
+        chunks: payloads.length,
+        written: stream.length + 8 * payloads.length,
+        tableCrc: crc32(headers),
+        skeletonCrc: crc32(headers),
+      });
+      const end = Buffer.alloc(16);
+      end.writeUInt32LE(res.tableCrc!, 4);
+      end.writeBigUInt64LE(BigInt(res.bytes), 8);
+      fs.appendFileSync(out.file, end);
+      return { file: out.file, stream, table: res.tableCrc!, count: res.chunks! };
+    } finally {
+      b.close(dataFd);
+      b.close(out.fd);
+      b.close(dev);
+    }
+  }
+
+  it('write frames a virtual STOP_COPY data_fd; read feeds the chunks to a RESUMING one (short device writes), which restores', async () => {
+    const saved = await saveFramed(81, 20_000, 3000);
+    const target = device({ size: 20_000, maxWrite: 777 });
+    const resumeFd = setState(b, target, MigState.RESUMING);
+    const src = b.open(saved.file, O_RDONLY);
+    try {
+      expect(await b.pump(src, resumeFd, Buffer.alloc(3000), { srcOffset: 0, frame: { mode: 'read', chunks: saved.count, maxChunk: 3000 } })).toEqual({
+        bytes: saved.stream.length,
+        crc32: crc32(saved.stream),
+        end: 'eof',
+        chunks: saved.count,
+        tableCrc: saved.table,
+        endTableCrc: saved.table,
+        endTotal: saved.stream.length,
+      });
+      expect(setState(b, target, MigState.RUNNING)).toBe(-1);
+      expect(b.device(target).seed).toBe(81n);
+    } finally {
+      for (const fd of [src, resumeFd, target]) b.close(fd);
+    }
+  });
+
+  it('read keeps a corrupted chunk away from the device: the chunks before it arrived, none of it, and the rest restores', async () => {
+    const saved = await saveFramed(82, 10_000, 4096);
+    const bytes = fs.readFileSync(saved.file);
+    const second = 8 + 4096; // file offset of chunk 1's header
+    bytes[second + 8 + 5] ^= 0x10;
+    const corrupt = path.join(dir, 'framed-corrupt.bin');
+    fs.writeFileSync(corrupt, bytes);
+    const target = device({ size: 10_000 });
+    const resumeFd = setState(b, target, MigState.RESUMING);
+    const bad = b.open(corrupt, O_RDONLY);
+    const good = b.open(saved.file, O_RDONLY);
+    try {
+      const err = await rejection(b.pump(bad, resumeFd, Buffer.alloc(4096), { srcOffset: 0, frame: { mode: 'read', chunks: saved.count } }));
+      expect({ code: err.code, kind: err.kind, bytesDone: err.bytesDone, chunkOffset: err.chunkOffset }).toEqual({
+        code: 'EVFIO_SNAPSHOT_CHECKSUM',
+        kind: 'format',
+        bytesDone: 4096,
+        chunkOffset: second,
+      });
+      // Chunk 0 reached the device and nothing of chunk 1: the good file from chunk 1 on completes the stream.
+      const rest = await b.pump(good, resumeFd, Buffer.alloc(4096), {
+        srcOffset: second,
+        frame: { mode: 'read', chunks: saved.count - 1, tableCrc: crc32(bytes.subarray(0, 8)) },
+      });
+      expect(rest).toMatchObject({ bytes: saved.stream.length - 4096, tableCrc: saved.table, endTableCrc: saved.table, endTotal: saved.stream.length });
+      expect(setState(b, target, MigState.RUNNING)).toBe(-1);
+      expect(b.device(target).seed).toBe(82n);
+    } finally {
+      for (const fd of [bad, good, resumeFd, target]) b.close(fd);
+    }
+  });
+
+  it("write with precopy: a PRE_COPY data_fd's ENOMSG ends with 'for-now' after whole chunks of what was there", async () => {
+    const dev = device({ size: 8192, precopyBytes: 5000, precopyEnd: 'enomsg', seed: 83 });
+    const out = output('framed-precopy.bin');
+    const dataFd = setState(b, dev, MigState.PRE_COPY);
+    try {
+      const res = await b.pump(dataFd, out.fd, Buffer.alloc(2048 + 8), { frame: { mode: 'write', chunk: 2048 }, dstOffset: 0, precopy: true });
+      const { payloads } = chunksOf(fs.readFileSync(out.file));
+      expect(payloads.map((p) => p.length)).toEqual([2048, 2048, HDR + 5000 - 4096]);
+      expect(res).toMatchObject({ bytes: HDR + 5000, chunks: 3, written: HDR + 5000 + 24, end: 'for-now' });
+      // Nothing more for now: no chunk at all, not an empty one.
+      expect(await b.pump(dataFd, out.fd, Buffer.alloc(2048 + 8), { frame: { mode: 'write', chunk: 2048, tableCrc: 1, skeletonCrc: 2 }, dstOffset: res.written!, precopy: true })).toEqual({
+        bytes: 0,
+        crc32: 0,
+        end: 'for-now',
+        chunks: 0,
+        written: 0,
+        tableCrc: 1,
+        skeletonCrc: 2,
+      });
+    } finally {
+      b.close(dataFd);
+      b.close(out.fd);
+      b.close(dev);
+    }
+  });
+});
+
 describe('sim pump arguments', () => {
   it('checks virtual-fd pumps exactly as the native and koffi bindings do', () => {
     const dev = device({});
     const native = new NativeBinding();
     const koffi = new KoffiBinding();
     const buf = Buffer.alloc(8);
-    const bad: unknown[] = [null, 'x', { limit: -1 }, { expectCrc: 1 }, { expectCrc: 1, limit: 9 }, { precopy: 'yes' }, { srcOffset: 0.5 }, -2];
+    const bad: unknown[] = [
+      null, 'x', { limit: -1 }, { expectCrc: 1 }, { expectCrc: 1, limit: 9 }, { precopy: 'yes' }, { srcOffset: 0.5 }, -2,
+      { frame: 1 }, { frame: { mode: 'both' } }, { frame: { mode: 'write', chunk: 1 } }, { frame: { mode: 'write' } },
+      { frame: { mode: 'read', chunks: 1, final: 0 } }, { frame: { mode: 'read', chunks: 1 }, expectCrc: 0, limit: 1 },
+    ];
     const thrown = (f: () => unknown) => {
       try {
         f();

@@ -1084,5 +1084,488 @@ export function bindingContract(name: string, create: () => Binding, opts: Contr
         }
       });
     });
+
+    describe('pump with frame (snapshot chunk framing, docs/snapshot-format.md)', () => {
+      const pumpReason = () => (b.pump ? undefined : 'binding has no pump');
+      const pump = (src: number, dst: number, buf: Buffer, opts?: PumpOptions | number) => b.pump!(src, dst, buf, opts);
+      /** Chunk header and end chunk sizes of the format. */
+      const HEAD = 8;
+      const END = 16;
+
+      interface Parsed {
+        chunks: Array<{ at: number; length: number; crc: number; payload: Buffer }>;
+        /** The 8-byte headers, in order: what the chunk-table crc covers. */
+        headers: Buffer;
+        /** Offset after the last chunk. */
+        end: number;
+      }
+
+      /**
+       * The test's own reading of chunks (independent of src/snapshot): from `at`, to the end of
+       * `b` or to a length of 0. Each chunk must be whole.
+       */
+      function parseChunks(bytes: Buffer, at: number): Parsed {
+        const chunks: Parsed['chunks'] = [];
+        let pos = at;
+        while (pos + HEAD <= bytes.length && bytes.readUInt32LE(pos) !== 0) {
+          const length = bytes.readUInt32LE(pos);
+          const payload = bytes.subarray(pos + HEAD, pos + HEAD + length);
+          expect(payload.length, `chunk at ${pos} is whole`).toBe(length);
+          chunks.push({ at: pos, length, crc: bytes.readUInt32LE(pos + 4), payload });
+          pos += HEAD + length;
+        }
+        return { chunks, headers: Buffer.concat(chunks.map((c) => bytes.subarray(c.at, c.at + HEAD))), end: pos };
+      }
+
+      /** A chunked body made by the test: each payload as a chunk, then the end chunk (fields overridable). */
+      function section(payloads: Buffer[], end: { table?: number; total?: number } = {}): { body: Buffer; table: number; total: number } {
+        const parts: Buffer[] = [];
+        let table = 0;
+        let total = 0;
+        for (const p of payloads) {
+          const h = Buffer.alloc(HEAD);
+          h.writeUInt32LE(p.length, 0);
+          h.writeUInt32LE(crc32(p), 4);
+          table = crc32(h, table);
+          total += p.length;
+          parts.push(h, p);
+        }
+        const e = Buffer.alloc(END);
+        e.writeUInt32LE(end.table ?? table, 4);
+        e.writeBigUInt64LE(BigInt(end.total ?? total), 8);
+        parts.push(e);
+        return { body: Buffer.concat(parts), table, total };
+      }
+
+      /** A file holding `bytes` (opened read-only) and an empty destination (write-only), closed by close(). */
+      function fileAndDst(label: string, bytes: Buffer, dstInit: Buffer = Buffer.alloc(0)): { src: number; dst: number; dstPath: string; close(): void } {
+        const srcPath = tmp(`${label}.src`);
+        const dstPath = tmp(`${label}.dst`);
+        fs.writeFileSync(srcPath, bytes);
+        fs.writeFileSync(dstPath, dstInit);
+        const src = b.open(srcPath, O_RDONLY);
+        const dst = b.open(dstPath, O_WRONLY);
+        return { src, dst, dstPath, close: () => [src, dst].forEach((fd) => b.close(fd)) };
+      }
+
+      const JUNK = Buffer.alloc(50, 0xee);
+      const PAYLOADS = [pattern(1000, 31), pattern(4096, 32), pattern(1, 33), pattern(3000, 34)];
+      /** File offset of chunk `i` of PAYLOADS in JUNK + section(PAYLOADS). */
+      const chunkAt = (i: number) => JUNK.length + PAYLOADS.slice(0, i).reduce((n, p) => n + HEAD + p.length, 0);
+      const sum = (ps: Buffer[]) => ps.reduce((n, p) => n + p.length, 0);
+
+      function expectFrameError(e: unknown, want: { code: string; kind: string; bytesDone: number; chunkOffset?: number; chunkLength?: number; syscall?: string }): PumpError {
+        expect(e).toBeInstanceOf(VfioError);
+        const err = e as PumpError;
+        expect({
+          code: err.code,
+          kind: err.kind,
+          bytesDone: err.bytesDone,
+          chunkOffset: err.chunkOffset,
+          chunkLength: err.chunkLength,
+          syscall: err.syscall,
+        }).toEqual({ chunkOffset: undefined, chunkLength: undefined, syscall: undefined, ...want });
+        return err;
+      }
+
+      it("write: chunks of exactly `chunk` payload bytes (the last one short) with [u32 len][u32 crc] in front, at dstOffset; crcs as zlib's", async () => {
+        if (pumpReason()) return;
+        const data = pattern(3 * 4096 + 123, 21);
+        const before = Buffer.alloc(100, 0x78);
+        const f = fileAndDst('fw-layout', data, before);
+        try {
+          const table0 = 0x01234567;
+          const skeleton0 = 0x89abcdef;
+          const res = await pump(f.src, f.dst, Buffer.alloc(4096 + HEAD), {
+            frame: { mode: 'write', chunk: 4096, tableCrc: table0, skeletonCrc: skeleton0 },
+            dstOffset: before.length,
+          });
+          const file = fs.readFileSync(f.dstPath);
+          expect(file.length).toBe(before.length + data.length + 4 * HEAD);
+          expect(file.subarray(0, before.length).equals(before)).toBe(true);
+          const p = parseChunks(file, before.length);
+          expect(p.end).toBe(file.length);
+          expect(p.chunks.map((c) => c.length)).toEqual([4096, 4096, 4096, 123]);
+          for (const c of p.chunks) expect(c.crc, `crc of the chunk at ${c.at}`).toBe(crc32(c.payload));
+          expect(Buffer.concat(p.chunks.map((c) => c.payload)).equals(data)).toBe(true);
+          expect(res).toEqual({
+            bytes: data.length,
+            crc32: crc32(data),
+            end: 'eof',
+            chunks: 4,
+            written: data.length + 4 * HEAD,
+            tableCrc: crc32(p.headers, table0),
+            skeletonCrc: crc32(p.headers, skeleton0),
+          });
+          // The same bytes, read back by a framed read (with an end chunk the test appends).
+          const end = Buffer.alloc(END);
+          end.writeUInt32LE(crc32(p.headers), 4);
+          end.writeBigUInt64LE(BigInt(data.length), 8);
+          const g = fileAndDst('fw-layout-back', Buffer.concat([file, end]));
+          try {
+            const back = await pump(g.src, g.dst, Buffer.alloc(4096), { srcOffset: before.length, frame: { mode: 'read', chunks: 4 } });
+            expect(back).toEqual({ bytes: data.length, crc32: crc32(data), end: 'eof', chunks: 4, tableCrc: crc32(p.headers), endTableCrc: crc32(p.headers), endTotal: data.length });
+            expect(fs.readFileSync(g.dstPath).equals(data)).toBe(true);
+          } finally {
+            g.close();
+          }
+        } finally {
+          f.close();
+        }
+      });
+
+      it('write: an exact multiple of `chunk` has no short chunk and no empty one; an empty source writes nothing', async () => {
+        if (pumpReason()) return;
+        const data = pattern(2000, 22);
+        const f = fileAndDst('fw-multiple', data);
+        try {
+          const res = await pump(f.src, f.dst, Buffer.alloc(1008), { frame: { mode: 'write', chunk: 1000 }, dstOffset: 0 });
+          const file = fs.readFileSync(f.dstPath);
+          const p = parseChunks(file, 0);
+          expect(p.chunks.map((c) => c.length)).toEqual([1000, 1000]);
+          expect(file.length).toBe(2016);
+          expect(res).toMatchObject({ bytes: 2000, chunks: 2, written: 2016, end: 'eof', tableCrc: crc32(p.headers), skeletonCrc: crc32(p.headers) });
+        } finally {
+          f.close();
+        }
+        const e = fileAndDst('fw-empty', Buffer.alloc(0));
+        try {
+          // A larger buffer than needed is fine; the crcs come back as given.
+          expect(await pump(e.src, e.dst, Buffer.alloc(4096), { frame: { mode: 'write', chunk: 100, tableCrc: 7, skeletonCrc: 9 }, dstOffset: 0 })).toEqual({
+            bytes: 0,
+            crc32: 0,
+            end: 'eof',
+            chunks: 0,
+            written: 0,
+            tableCrc: 7,
+            skeletonCrc: 9,
+          });
+          expect(fs.statSync(e.dstPath).size).toBe(0);
+        } finally {
+          e.close();
+        }
+      });
+
+      it('write: `limit` counts payload bytes; calls continued from the returned offsets and crcs write the same file as one call', async () => {
+        if (pumpReason()) return;
+        const data = pattern(10_000, 23);
+        const whole = fileAndDst('fw-whole', data);
+        const parts = fileAndDst('fw-parts', data);
+        try {
+          const one = await pump(whole.src, whole.dst, Buffer.alloc(1024 + HEAD), { frame: { mode: 'write', chunk: 1024 }, dstOffset: 0 });
+          // The source is read with read(2): each call goes on where the last one stopped.
+          let at = 0;
+          let tableCrc = 0;
+          let skeletonCrc = 0x5a5a5a5a;
+          const ends: string[] = [];
+          for (;;) {
+            const r = await pump(parts.src, parts.dst, Buffer.alloc(1024 + HEAD), {
+              frame: { mode: 'write', chunk: 1024, tableCrc, skeletonCrc },
+              dstOffset: at,
+              limit: 3 * 1024,
+            });
+            expect(r.written).toBe(r.bytes + HEAD * r.chunks!);
+            at += r.written!;
+            tableCrc = r.tableCrc!;
+            skeletonCrc = r.skeletonCrc!;
+            ends.push(`${r.end}:${r.bytes}:${r.chunks}`);
+            if (r.end !== 'limit') break;
+          }
+          expect(ends).toEqual(['limit:3072:3', 'limit:3072:3', 'limit:3072:3', 'eof:784:1']);
+          expect(fs.readFileSync(parts.dstPath).equals(fs.readFileSync(whole.dstPath))).toBe(true);
+          expect(tableCrc).toBe(one.tableCrc);
+          expect(skeletonCrc).toBe(crc32(parseChunks(fs.readFileSync(whole.dstPath), 0).headers, 0x5a5a5a5a));
+          // A limit that ends inside a chunk makes that chunk short.
+          const cut = fileAndDst('fw-cut', data);
+          try {
+            expect(await pump(cut.src, cut.dst, Buffer.alloc(1024 + HEAD), { frame: { mode: 'write', chunk: 1024 }, dstOffset: 0, limit: 1500 })).toMatchObject({
+              bytes: 1500,
+              chunks: 2,
+              written: 1516,
+              end: 'limit',
+              crc32: crc32(data.subarray(0, 1500)),
+            });
+            expect(parseChunks(fs.readFileSync(cut.dstPath), 0).chunks.map((c) => c.length)).toEqual([1024, 476]);
+          } finally {
+            cut.close();
+          }
+        } finally {
+          whole.close();
+          parts.close();
+        }
+      });
+
+      it('write: short reads from a non-blocking pipe are gathered into whole chunks', async () => {
+        if (pumpReason()) return;
+        await withPipe(O_NONBLOCK, async (r, w) => {
+          const dstPath = tmp('fw-pipe.dst');
+          fs.writeFileSync(dstPath, '');
+          const dst = b.open(dstPath, O_WRONLY);
+          try {
+            const pumping = pump(r, dst, Buffer.alloc(2048 + HEAD), { frame: { mode: 'write', chunk: 2048 }, dstOffset: 0 });
+            const sent: Buffer[] = [];
+            for (let i = 0; i < 10; i++) {
+              const piece = pattern(700, 100 + i);
+              sent.push(piece);
+              fs.writeSync(w, piece);
+              await sleep(2);
+            }
+            b.close(w);
+            const res = await pumping;
+            const data = Buffer.concat(sent);
+            const p = parseChunks(fs.readFileSync(dstPath), 0);
+            expect(p.chunks.map((c) => c.length)).toEqual([2048, 2048, 2048, 856]);
+            expect(Buffer.concat(p.chunks.map((c) => c.payload)).equals(data)).toBe(true);
+            expect(res).toMatchObject({ bytes: 7000, crc32: crc32(data), chunks: 4, end: 'eof' });
+          } finally {
+            b.close(dst);
+          }
+        });
+      });
+
+      it("write: EPIPE mid-stream rejects with syscall 'write' and bytesDone = the payload of the chunks completely written", async () => {
+        if (pumpReason()) return;
+        const data = pattern(1024 * 1024, 24);
+        const srcPath = tmp('fw-epipe.src');
+        fs.writeFileSync(srcPath, data);
+        const src = b.open(srcPath, O_RDONLY);
+        const [r, w] = b.pipe();
+        const chunk = 32 * 1024;
+        try {
+          const pumping = catchAsync(pump(src, w, Buffer.alloc(chunk + HEAD), { frame: { mode: 'write', chunk } }));
+          const got = Buffer.alloc(256 * 1024);
+          let n = 0;
+          while (n < got.length) n += await b.read(r, got, n);
+          // What the reader took is framed as it should be.
+          const whole = Math.floor(got.length / (chunk + HEAD));
+          const p = parseChunks(got.subarray(0, whole * (chunk + HEAD)), 0);
+          expect(p.chunks.length).toBe(whole);
+          expect(Buffer.concat(p.chunks.map((c) => c.payload)).equals(data.subarray(0, whole * chunk))).toBe(true);
+          b.close(r);
+          const err = expectSysError(await pumping, { code: 'EPIPE', errno: 32, syscall: 'write' }) as PumpError;
+          expect(err.bytesDone % chunk).toBe(0);
+          expect(err.bytesDone).toBeGreaterThanOrEqual(whole * chunk);
+          expect(err.bytesDone).toBeLessThan(data.length);
+          expect(err.chunkOffset).toBeUndefined();
+        } finally {
+          b.close(src);
+          b.close(w);
+          if (isOpen(r)) b.close(r);
+        }
+      });
+
+      it('read: checks each chunk, writes its payload, and returns the chunk table with the end chunk; continued calls agree', async () => {
+        if (pumpReason()) return;
+        const sec = section(PAYLOADS);
+        const all = Buffer.concat(PAYLOADS);
+        const f = fileAndDst('fr-ok', Buffer.concat([JUNK, sec.body, Buffer.alloc(10, 0x33)]));
+        try {
+          const res = await pump(f.src, f.dst, Buffer.alloc(4096), { srcOffset: JUNK.length, frame: { mode: 'read', chunks: 4, maxChunk: 4096, tableCrc: 0 } });
+          expect(res).toEqual({ bytes: all.length, crc32: crc32(all), end: 'eof', chunks: 4, tableCrc: sec.table, endTableCrc: sec.table, endTotal: all.length });
+          expect(fs.readFileSync(f.dstPath).equals(all)).toBe(true);
+        } finally {
+          f.close();
+        }
+        const g = fileAndDst('fr-parts', Buffer.concat([JUNK, sec.body]));
+        try {
+          const first = await pump(g.src, g.dst, Buffer.alloc(4096), { srcOffset: chunkAt(0), frame: { mode: 'read', chunks: 2, final: false } });
+          const header = (i: number) => sec.body.subarray(chunkAt(i) - JUNK.length, chunkAt(i) - JUNK.length + HEAD);
+          expect(first).toEqual({ bytes: 5096, crc32: crc32(all.subarray(0, 5096)), end: 'limit', chunks: 2, tableCrc: crc32(Buffer.concat([header(0), header(1)])) });
+          const rest = await pump(g.src, g.dst, Buffer.alloc(4096), { srcOffset: chunkAt(2), frame: { mode: 'read', chunks: 2, tableCrc: first.tableCrc } });
+          expect(rest).toEqual({ bytes: 3001, crc32: crc32(all.subarray(5096)), end: 'eof', chunks: 2, tableCrc: sec.table, endTableCrc: sec.table, endTotal: all.length });
+          expect(fs.readFileSync(g.dstPath).equals(all)).toBe(true);
+        } finally {
+          g.close();
+        }
+        // An empty section: only the end chunk.
+        const e = fileAndDst('fr-empty', section([]).body);
+        try {
+          expect(await pump(e.src, e.dst, Buffer.alloc(16), { srcOffset: 0, frame: { mode: 'read', chunks: 0 } })).toEqual({
+            bytes: 0,
+            crc32: 0,
+            end: 'eof',
+            chunks: 0,
+            tableCrc: 0,
+            endTableCrc: 0,
+            endTotal: 0,
+          });
+        } finally {
+          e.close();
+        }
+        // The end chunk's fields are returned as they are: comparing them is the caller's job.
+        const lying = fileAndDst('fr-lying', section(PAYLOADS, { table: 0xdeadbeef, total: 7 }).body);
+        try {
+          expect(await pump(lying.src, lying.dst, Buffer.alloc(4096), { srcOffset: 0, frame: { mode: 'read', chunks: 4 } })).toMatchObject({
+            tableCrc: sec.table,
+            endTableCrc: 0xdeadbeef,
+            endTotal: 7,
+          });
+        } finally {
+          lying.close();
+        }
+      });
+
+      it("read: a chunk whose crc32 does not match rejects with 'EVFIO_SNAPSHOT_CHECKSUM' and nothing of it is written", async () => {
+        if (pumpReason()) return;
+        for (const [bad, damage] of [
+          [2, 'payload'],
+          [0, 'crc field'],
+          [3, 'payload'],
+        ] as const) {
+          const bytes = Buffer.concat([JUNK, section(PAYLOADS).body]);
+          if (damage === 'payload') bytes[chunkAt(bad) + HEAD + PAYLOADS[bad].length - 1] ^= 0x01;
+          else bytes.writeUInt32LE(bytes.readUInt32LE(chunkAt(bad) + 4) ^ 0x80000000, chunkAt(bad) + 4);
+          const f = fileAndDst(`fr-crc-${bad}`, bytes);
+          try {
+            const err = expectFrameError(await catchAsync(pump(f.src, f.dst, Buffer.alloc(4096), { srcOffset: JUNK.length, frame: { mode: 'read', chunks: 4 } })), {
+              code: 'EVFIO_SNAPSHOT_CHECKSUM',
+              kind: 'format',
+              bytesDone: sum(PAYLOADS.slice(0, bad)),
+              chunkOffset: chunkAt(bad),
+            });
+            expect(err.message).toContain(`offset ${chunkAt(bad)}`);
+            expect(fs.readFileSync(f.dstPath).equals(Buffer.concat(PAYLOADS.slice(0, bad)))).toBe(true);
+          } finally {
+            f.close();
+          }
+        }
+      });
+
+      it("read: a length outside [1, min(maxChunk, buffer)] or a missing end chunk rejects with 'EVFIO_BAD_SNAPSHOT', nothing of that chunk written", async () => {
+        if (pumpReason()) return;
+        const bytes = Buffer.concat([JUNK, section(PAYLOADS).body]);
+        const f = fileAndDst('fr-len', bytes);
+        const run = async (buf: Buffer, frame: PumpOptions['frame']) => {
+          fs.truncateSync(f.dstPath, 0);
+          return catchAsync(pump(f.src, f.dst, buf, { srcOffset: JUNK.length, dstOffset: 0, frame }));
+        };
+        try {
+          // Over maxChunk, then over the buffer: chunk 1 (4096 bytes).
+          expectFrameError(await run(Buffer.alloc(4096), { mode: 'read', chunks: 4, maxChunk: 2048 }), {
+            code: 'EVFIO_BAD_SNAPSHOT', kind: 'format', bytesDone: 1000, chunkOffset: chunkAt(1), chunkLength: 4096,
+          });
+          expect(fs.readFileSync(f.dstPath).equals(PAYLOADS[0])).toBe(true);
+          expectFrameError(await run(Buffer.alloc(4095), { mode: 'read', chunks: 4 }), {
+            code: 'EVFIO_BAD_SNAPSHOT', kind: 'format', bytesDone: 1000, chunkOffset: chunkAt(1), chunkLength: 4096,
+          });
+          // More chunks than there are: the end chunk's 0 is read as a length.
+          expectFrameError(await run(Buffer.alloc(4096), { mode: 'read', chunks: 5 }), {
+            code: 'EVFIO_BAD_SNAPSHOT', kind: 'format', bytesDone: sum(PAYLOADS), chunkOffset: chunkAt(4), chunkLength: 0,
+          });
+          expect(fs.readFileSync(f.dstPath).equals(Buffer.concat(PAYLOADS))).toBe(true);
+          // Fewer: where the end chunk should be, a chunk starts.
+          const err = expectFrameError(await run(Buffer.alloc(4096), { mode: 'read', chunks: 3 }), {
+            code: 'EVFIO_BAD_SNAPSHOT', kind: 'format', bytesDone: 5097, chunkOffset: chunkAt(3), chunkLength: 3000,
+          });
+          expect(err.message).toMatch(/end chunk/);
+        } finally {
+          f.close();
+        }
+      });
+
+      it("read: a source that ends inside a chunk or the end chunk rejects with 'EVFIO_SNAPSHOT_TRUNCATED'", async () => {
+        if (pumpReason()) return;
+        const body = section(PAYLOADS).body;
+        for (const [cut, at, done] of [
+          [chunkAt(1) + HEAD + 100, chunkAt(1), 1000], // inside chunk 1's payload
+          [chunkAt(2) + 3, chunkAt(2), 5096], // inside chunk 2's header
+          [JUNK.length + body.length - 4, chunkAt(4), sum(PAYLOADS)], // inside the end chunk
+        ] as const) {
+          const f = fileAndDst(`fr-cut-${cut}`, Buffer.concat([JUNK, body]).subarray(0, cut));
+          try {
+            const err = expectFrameError(await catchAsync(pump(f.src, f.dst, Buffer.alloc(4096), { srcOffset: JUNK.length, frame: { mode: 'read', chunks: 4 } })), {
+              code: 'EVFIO_SNAPSHOT_TRUNCATED',
+              kind: 'format',
+              bytesDone: done,
+              chunkOffset: at,
+            });
+            expect(err.message).toContain(`offset ${at}`);
+            expect(fs.statSync(f.dstPath).size).toBe(done);
+          } finally {
+            f.close();
+          }
+        }
+      });
+
+      it("read: a destination that fails rejects with its syscall, bytesDone and chunkOffset", async () => {
+        if (pumpReason()) return;
+        const f = fileAndDst('fr-epipe', Buffer.concat([JUNK, section(PAYLOADS).body]));
+        try {
+          await withPipe(0, async (r, w) => {
+            b.close(r);
+            expectFrameError(await catchAsync(pump(f.src, w, Buffer.alloc(4096), { srcOffset: JUNK.length, frame: { mode: 'read', chunks: 4 } })), {
+              code: 'EPIPE', kind: 'syscall', bytesDone: 0, chunkOffset: chunkAt(0), syscall: 'write',
+            });
+          });
+          // And a source that is not readable: syscall 'pread'.
+          expectFrameError(await catchAsync(pump(f.dst, f.dst, Buffer.alloc(4096), { srcOffset: 0, frame: { mode: 'read', chunks: 1 } })), {
+            code: 'EBADF', kind: 'syscall', bytesDone: 0, chunkOffset: 0, syscall: 'pread',
+          });
+        } finally {
+          f.close();
+        }
+      });
+
+      it('leaks no fds over many framed pumps, successful or not', async () => {
+        if (pumpReason()) return;
+        const sec = Buffer.concat([JUNK, section(PAYLOADS).body]);
+        const f = fileAndDst('frame-leak', sec);
+        try {
+          const before = openFdCount();
+          for (let i = 0; i < 50; i++) {
+            await pump(f.src, f.dst, Buffer.alloc(4096), { srcOffset: JUNK.length, frame: { mode: 'read', chunks: 4 } });
+            await catchAsync(pump(f.src, f.dst, Buffer.alloc(4096), { srcOffset: 0, frame: { mode: 'read', chunks: 4 } }));
+            await pump(f.src, f.dst, Buffer.alloc(1024), { srcOffset: 0, dstOffset: 0, frame: { mode: 'write', chunk: 1000 } });
+            await catchAsync(pump(f.src, f.src, Buffer.alloc(1024), { srcOffset: 0, frame: { mode: 'write', chunk: 1000 } }));
+          }
+          expect(openFdCount()).toBe(before);
+        } finally {
+          f.close();
+        }
+      });
+
+      it('rejects bad frame options synchronously, with the same messages in every binding', () => {
+        if (pumpReason()) return;
+        const buf = Buffer.alloc(16);
+        const R = 'ERR_OUT_OF_RANGE';
+        const T = 'ERR_INVALID_ARG_TYPE';
+        const cases: Array<[PumpOptions, string, string]> = [
+          [{ frame: null as unknown as PumpOptions['frame'] }, T, 'pump: "frame" must be an object'],
+          [{ frame: 'write' as unknown as PumpOptions['frame'] }, T, 'pump: "frame" must be an object'],
+          [{ frame: { mode: 'copy' } as unknown as PumpOptions['frame'] }, T, `pump: "frame.mode" must be 'read' or 'write'`],
+          [{ frame: { mode: 'write' } as unknown as PumpOptions['frame'] }, T, 'pump: "frame.chunk" must be a number'],
+          [{ frame: { mode: 'write', chunk: 0 } }, R, 'pump: "frame.chunk" is out of range [1, 1073741824]'],
+          [{ frame: { mode: 'write', chunk: 2.5 } }, R, 'pump: "frame.chunk" must be an integer'],
+          [{ frame: { mode: 'write', chunk: 9 } }, R, 'pump: "frame.chunk" needs a buffer of at least frame.chunk + 8 bytes (it has 16)'],
+          [{ frame: { mode: 'write', chunk: 8, tableCrc: -1 } }, R, 'pump: "frame.tableCrc" is out of range [0, 4294967295]'],
+          [{ frame: { mode: 'write', chunk: 8, skeletonCrc: 2 ** 32 } }, R, 'pump: "frame.skeletonCrc" is out of range [0, 4294967295]'],
+          [{ frame: { mode: 'write', chunk: 8, tableCrc: '1' as unknown as number } }, T, 'pump: "frame.tableCrc" must be a number'],
+          [{ frame: { mode: 'write', chunk: 8 }, expectCrc: 0, limit: 8 }, R, 'pump: "expectCrc" cannot be used with "frame"'],
+          [{ frame: { mode: 'read' } as unknown as PumpOptions['frame'] }, T, 'pump: "frame.chunks" must be a number'],
+          [{ frame: { mode: 'read', chunks: -1 } }, R, 'pump: "frame.chunks" is out of range [0, 9007199254740991]'],
+          [{ frame: { mode: 'read', chunks: 1, maxChunk: 0 } }, R, 'pump: "frame.maxChunk" is out of range [1, 4294967295]'],
+          [{ frame: { mode: 'read', chunks: 1, final: 1 as unknown as boolean } }, T, 'pump: "frame.final" must be a boolean'],
+          [{ frame: { mode: 'read', chunks: 1 }, limit: 5 }, R, `pump: "limit", "expectCrc" and "precopy" cannot be used with frame mode 'read'`],
+          [{ frame: { mode: 'read', chunks: 1 }, precopy: true }, R, `pump: "limit", "expectCrc" and "precopy" cannot be used with frame mode 'read'`],
+          // The other options are checked first.
+          [{ frame: { mode: 'read', chunks: 1 }, limit: -1 }, R, 'pump: "limit" is out of range [0, 9007199254740991]'],
+        ];
+        for (const [opts, code, message] of cases) {
+          const e = catchSync(() => pump(0, 1, buf, opts)) as Error & { code?: string };
+          const what = JSON.stringify(opts);
+          expect(e, what).toBeInstanceOf(code === T ? TypeError : RangeError);
+          expect({ code: e.code, message: e.message }, what).toEqual({ code, message });
+        }
+        // The boundaries themselves are accepted (the pumps then fail on fd 2^31-1, not on arguments).
+        for (const opts of [
+          { frame: { mode: 'write', chunk: 8, tableCrc: 0xffffffff, skeletonCrc: 0 }, limit: 0, precopy: true },
+          { frame: { mode: 'read', chunks: 0, maxChunk: 0xffffffff, tableCrc: 0xffffffff, final: false }, precopy: false, srcOffset: 0 },
+        ] as PumpOptions[]) {
+          const p = pump(2 ** 31 - 1, 2 ** 31 - 1, buf, opts);
+          expect(p).toBeInstanceOf(Promise);
+          p.catch(() => {});
+        }
+      });
+    });
   });
 }

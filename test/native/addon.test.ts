@@ -164,6 +164,20 @@ function abuseCases(fd: number): Array<[string, (b: Binding) => unknown, typeof 
     ['pump: expectCrc with limit beyond the buffer', (b) => b.pump!(fd, fd, buf, { expectCrc: 5, limit: 11 }), RangeError],
     ['pump: negative expectCrc', (b) => b.pump!(fd, fd, buf, { expectCrc: -1, limit: 1 }), RangeError],
     ['pump: precopy as a number', (b) => b.pump!(fd, fd, buf, { precopy: a(1) }), TypeError],
+    ['pump: frame a function', (b) => b.pump!(fd, fd, buf, { frame: a(() => 1) }), TypeError],
+    ['pump: frame mode missing', (b) => b.pump!(fd, fd, buf, { frame: a({ chunk: 2 }) }), TypeError],
+    ['pump: frame mode as a String object', (b) => b.pump!(fd, fd, buf, { frame: a({ mode: new String('write'), chunk: 2 }) }), TypeError],
+    ['pump: frame write without chunk', (b) => b.pump!(fd, fd, buf, { frame: a({ mode: 'write' }) }), TypeError],
+    ['pump: frame write, chunk + 8 beyond the buffer', (b) => b.pump!(fd, fd, buf, { frame: { mode: 'write', chunk: 3 } }), RangeError],
+    ['pump: frame write, chunk beyond 2^30', (b) => b.pump!(fd, fd, Buffer.alloc(16), { frame: { mode: 'write', chunk: 2 ** 30 + 1 } }), RangeError],
+    ['pump: frame write, NaN chunk', (b) => b.pump!(fd, fd, buf, { frame: { mode: 'write', chunk: NaN } }), RangeError],
+    ['pump: frame write with expectCrc', (b) => b.pump!(fd, fd, buf, { frame: { mode: 'write', chunk: 2 }, expectCrc: 1, limit: 2 }), RangeError],
+    ['pump: frame write, skeletonCrc as bigint', (b) => b.pump!(fd, fd, buf, { frame: { mode: 'write', chunk: 2, skeletonCrc: a(1n) } }), TypeError],
+    ['pump: frame read without chunks', (b) => b.pump!(fd, fd, buf, { frame: a({ mode: 'read' }) }), TypeError],
+    ['pump: frame read, chunks beyond 2^53', (b) => b.pump!(fd, fd, buf, { frame: { mode: 'read', chunks: 2 ** 53 } }), RangeError],
+    ['pump: frame read, maxChunk 2^32', (b) => b.pump!(fd, fd, buf, { frame: { mode: 'read', chunks: 1, maxChunk: 2 ** 32 } }), RangeError],
+    ['pump: frame read, final as a string', (b) => b.pump!(fd, fd, buf, { frame: { mode: 'read', chunks: 1, final: a('no') } }), TypeError],
+    ['pump: frame read with limit', (b) => b.pump!(fd, fd, buf, { frame: { mode: 'read', chunks: 1 }, limit: 0 }), RangeError],
   ];
 }
 
@@ -480,6 +494,46 @@ describe('worker_threads', () => {
     }
   });
 
+  it('survives a worker terminated while framed pumps wait and copy: cancelled between chunks and in their waits', async () => {
+    const code = `
+      const { parentPort, workerData } = require('node:worker_threads');
+      const fs = require('node:fs');
+      const addon = require(workerData.file);
+      const [r, w] = addon.pipe();
+      const sink = addon.open('/dev/null', fs.constants.O_WRONLY);
+      const zero = addon.open('/dev/zero', fs.constants.O_RDONLY);
+      // A framed read waits for a chunk header nobody writes; a framed write frames /dev/zero for ever.
+      addon.pump(r, sink, Buffer.alloc(4096), { frame: { mode: 'read', chunks: 1 } });
+      addon.pump(zero, sink, Buffer.alloc((1 << 20) + 8), { frame: { mode: 'write', chunk: 1 << 20 } });
+      parentPort.postMessage({ r, w, sink, zero });
+    `;
+    const b = new NativeBinding();
+    const worker = new Worker(code, { eval: true, workerData: { file: addonFile } });
+    const fds = await new Promise<{ r: number; w: number; sink: number; zero: number }>((resolve) => worker.once('message', resolve));
+    try {
+      expect(await pumpThreadsReach(2)).toBe(2);
+      await sleep(30);
+      expect(await worker.terminate()).toBe(1);
+      expect(await pumpThreadsReach(0)).toBe(0);
+      // The waiting framed read is gone: it does not take what is written now.
+      fs.writeSync(fds.w, 'after');
+      const got = Buffer.alloc(16);
+      expect(fs.readSync(fds.r, got)).toBe(5);
+      // And this thread's framed pumps still work.
+      expect(await b.pump(fds.zero, fds.sink, Buffer.alloc(1008), { frame: { mode: 'write', chunk: 1000 }, limit: 2500 })).toEqual({
+        bytes: 2500,
+        crc32: crc32(Buffer.alloc(2500)),
+        end: 'limit',
+        chunks: 3,
+        written: 2524,
+        tableCrc: expect.any(Number),
+        skeletonCrc: expect.any(Number),
+      });
+    } finally {
+      for (const fd of [fds.r, fds.w, fds.sink, fds.zero]) b.close(fd);
+    }
+  });
+
   it('survives many workers terminated right after starting pumps', async () => {
     const code = `
       const { parentPort, workerData } = require('node:worker_threads');
@@ -488,6 +542,7 @@ describe('worker_threads', () => {
       const zero = addon.open('/dev/zero', fs.constants.O_RDONLY);
       const sink = addon.open('/dev/null', fs.constants.O_WRONLY);
       for (let i = 0; i < 4; i++) addon.pump(zero, sink, Buffer.alloc(65536), { limit: 1 << 30 });
+      for (let i = 0; i < 2; i++) addon.pump(zero, sink, Buffer.alloc(65536 + 8), { frame: { mode: 'write', chunk: 65536 }, limit: 1 << 30 });
       parentPort.postMessage([zero, sink]);
     `;
     const b = new NativeBinding();

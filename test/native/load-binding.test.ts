@@ -45,9 +45,29 @@ describe('loadBinding', () => {
     expect(lines.join('\n')).toMatch(/vfio:binding using the koffi binding/);
   });
 
-  it('tries the other binding when the preferred one fails', () => {
+  it('an explicit choice is strict: it never silently becomes the other binding', () => {
     const factories: BindingFactories = { ...defaultBindingFactories, koffi: failing('no libc') };
-    expect(loadBinding('koffi', factories).name).toBe('native');
+    expect(() => loadBinding('koffi', factories)).toThrow(/no libc/);
+    const noAddon: BindingFactories = { ...defaultBindingFactories, native: failing('not built') };
+    expect(() => loadBinding('native', noAddon)).toThrow(expect.objectContaining({ code: 'EVFIO_NO_BINDING' }));
+  });
+
+  it('finds the addon from a copy that has only package.json, dist/ and build/ (no binding.gyp)', async () => {
+    const fs = await import('node:fs');
+    const os = await import('node:os');
+    const path = await import('node:path');
+    const { packageRoot } = await import('../../src/binding/native');
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pkgroot-'));
+    try {
+      fs.writeFileSync(path.join(dir, 'package.json'), JSON.stringify({ name: 'node-vfio-pci' }));
+      const deep = path.join(dir, 'dist/src/binding');
+      fs.mkdirSync(deep, { recursive: true });
+      expect(packageRoot(deep)).toBe(dir);
+      fs.writeFileSync(path.join(deep, 'package.json'), JSON.stringify({ name: 'something-else' }));
+      expect(packageRoot(deep)).toBe(dir);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('throws EVFIO_NO_BINDING (kind unsupported, with the first failure as cause) when none loads', () => {

@@ -67,7 +67,7 @@ test('the planner accepts exactly what the kernel accepts, for every (from, to) 
     const m = Migration.require(dev);
     const flags = m.flags;
     // A valid stream of this device, so that leaving RESUMING is judged on the arc, not the data.
-    const blob = (await collect(dev.binding, m.setState(MigState.STOP_COPY).fd, false)).data;
+    const blob = (await collect(dev.binding, (await m.setState(MigState.STOP_COPY)).fd, false)).data;
     await m.setState(MigState.RUNNING);
     const raw = (state) => {
       const b = s.encodeMigStateSet(state);

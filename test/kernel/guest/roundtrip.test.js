@@ -115,3 +115,8 @@ test('a snapshot of another format version (older or newer) is refused with a cl
     after.close();
   }
 });
+
+test('the default binding in the guest is the native addon (koffi is only the fallback)', () => {
+  const { getDefaultBinding } = lib('device/open');
+  assert.equal(getDefaultBinding().name, 'native');
+});
