@@ -405,6 +405,16 @@ class IoctlWorker : public PromiseWorker {
   int result_ = 0;
 };
 
+// bufferAddress(buffer) -> BigInt: the address of a Buffer's memory, for DMA mapping guest RAM
+// (VFIO_IOMMU_MAP_DMA / IOMMU_IOAS_MAP take a user virtual address). The caller keeps the
+// Buffer alive, and its memory in place, for as long as the mapping exists.
+Napi::Value BufferAddress(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsBuffer()) ThrowTypeError(env, "bufferAddress: \"buffer\" must be a Buffer");
+  Napi::Buffer<uint8_t> b = info[0].As<Napi::Buffer<uint8_t>>();
+  return Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(b.Data())));
+}
+
 Napi::Value IoctlAsync(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = FdArg(info, 0, "ioctlAsync");
@@ -833,6 +843,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("close", Napi::Function::New(env, Close, "close"));
   exports.Set("ioctl", Napi::Function::New(env, Ioctl, "ioctl"));
   exports.Set("ioctlAsync", Napi::Function::New(env, IoctlAsync, "ioctlAsync"));
+  exports.Set("bufferAddress", Napi::Function::New(env, BufferAddress, "bufferAddress"));
   exports.Set("pread", Napi::Function::New(env, PreadPwrite<false>, "pread"));
   exports.Set("pwrite", Napi::Function::New(env, PreadPwrite<true>, "pwrite"));
   exports.Set("pipe", Napi::Function::New(env, Pipe, "pipe"));

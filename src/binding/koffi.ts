@@ -201,6 +201,11 @@ export class KoffiBinding implements Binding {
     return this.ioctl(fd, request, arg);
   }
 
+  bufferAddress(buf: Buffer): bigint {
+    if (!Buffer.isBuffer(buf)) throw typeError('bufferAddress: "buffer" must be a Buffer');
+    return BigInt(koffi.address(buf) as number | bigint);
+  }
+
   ioctl(fd: number, request: number, arg?: Buffer | number): number {
     fdArg('ioctl', fd);
     intArg('ioctl', 'request', request, 0, 0xffffffff);

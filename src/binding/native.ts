@@ -90,6 +90,10 @@ export class NativeBinding implements Binding {
   ioctlAsync(fd: number, request: number, arg?: Buffer | number): Promise<number> {
     return this.addon.ioctlAsync(fd, request, arg);
   }
+
+  bufferAddress(buf: Buffer): bigint {
+    return this.addon.bufferAddress(buf);
+  }
   pread(fd: number, buf: Buffer, offset: number, length?: number): number {
     return this.addon.pread(fd, buf, offset, length);
   }

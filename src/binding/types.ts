@@ -47,6 +47,12 @@ export interface Binding {
    */
   ioctlAsync(fd: number, request: number, arg?: Buffer | number): Promise<number>;
 
+  /**
+   * The process address of a Buffer's memory, for DMA mapping guest RAM (VFIO_IOMMU_MAP_DMA and
+   * IOMMU_IOAS_MAP take a user virtual address). The caller keeps the Buffer alive while mapped.
+   */
+  bufferAddress(buf: Buffer): bigint;
+
   /** One pread(2) of `length` bytes (default buf.length) at `offset` into `buf`. May be short. */
   pread(fd: number, buf: Buffer, offset: number, length?: number): number;
 

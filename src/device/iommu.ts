@@ -24,8 +24,40 @@ export type IommuKind = 'iommufd' | 'legacy';
 /** An open IOMMU context holding one device. */
 export interface IommuContext {
   readonly kind: IommuKind | 'sim';
-  /** Close what the context owns (not the device fd). Idempotent. */
+  /**
+   * Map `buffer` (guest RAM, page-aligned address and length) for device DMA at `iova`, off the
+   * JS thread (the kernel pins every page). iommufd: IOMMU_IOAS_MAP with FIXED_IOVA; legacy:
+   * VFIO_IOMMU_MAP_DMA (type1v2). Errors: EVFIO_DMA_ALIGN (usage) before the kernel is asked,
+   * then the kernel's (EEXIST: overlap, ENOMEM/EPERM: pinning limits, RLIMIT_MEMLOCK).
+   */
+  mapDma(iova: bigint, buffer: Buffer, access?: { read?: boolean; write?: boolean }): Promise<void>;
+  /** Undo a mapDma of `length` bytes at `iova`. */
+  unmapDma(iova: bigint, length: number): Promise<void>;
+  /** Close what the context owns (not the device fd). Idempotent. The kernel drops every mapping. */
   close(): void;
+}
+
+/** The page size DMA mappings are aligned to. */
+export const DMA_PAGE = 4096;
+
+/** Check DMA alignment; returns the buffer's address. */
+export function dmaAddress(binding: Binding, iova: bigint, buffer: Buffer, device: string): bigint {
+  const va = binding.bufferAddress(buffer);
+  const page = BigInt(DMA_PAGE);
+  if (iova % page || va % page || buffer.length % DMA_PAGE || buffer.length === 0) {
+    throw new VfioError(`DMA mapping needs page-aligned iova, address and length (iova 0x${iova.toString(16)}, address 0x${va.toString(16)}, ${buffer.length} bytes)`, {
+      code: 'EVFIO_DMA_ALIGN', kind: 'usage', device,
+    });
+  }
+  return va;
+}
+
+async function ioctlAsync(binding: Binding, fd: number, request: number, arg: Buffer, device: string, op: string): Promise<void> {
+  try {
+    await binding.ioctlAsync(fd, request, arg);
+  } catch (e) {
+    throw e instanceof VfioError ? e.annotate({ op, device }) : e;
+  }
 }
 
 /** Close fds in order, ignoring errors of the later ones after a first failure is recorded. */
@@ -68,6 +100,14 @@ export function openIommufd(binding: Binding, dev: ResolvedDevice): { fd: number
       fd,
       ctx: {
         kind: 'iommufd', ioasId, iommufd: fdIommu, devid,
+        async mapDma(iova, buffer, access = {}) {
+          const va = dmaAddress(binding, iova, buffer, device);
+          const flags = io.IOMMU_IOAS_MAP_FIXED_IOVA | (access.read ?? true ? io.IOMMU_IOAS_MAP_READABLE : 0) | (access.write ?? true ? io.IOMMU_IOAS_MAP_WRITEABLE : 0);
+          await ioctlAsync(binding, fdIommu, io.IOMMU_IOAS_MAP, io.encodeIoasMap(ioasId, va, BigInt(buffer.length), iova, flags), device, 'IOMMU_IOAS_MAP');
+        },
+        async unmapDma(iova, length) {
+          await ioctlAsync(binding, fdIommu, io.IOMMU_IOAS_UNMAP, io.encodeIoasUnmap(ioasId, iova, BigInt(length)), device, 'IOMMU_IOAS_UNMAP');
+        },
         close() {
           if (open) closeAll(binding, [fdIommu]);
           open = false;
@@ -118,6 +158,14 @@ export function openLegacy(binding: Binding, dev: ResolvedDevice): { fd: number;
       fd,
       ctx: {
         kind: 'legacy', container: c, group: g,
+        async mapDma(iova, buffer, access = {}) {
+          const va = dmaAddress(binding, iova, buffer, device);
+          const flags = (access.read ?? true ? s.VFIO_DMA_MAP_FLAG_READ : 0) | (access.write ?? true ? s.VFIO_DMA_MAP_FLAG_WRITE : 0);
+          await ioctlAsync(binding, c, v.VFIO_IOMMU_MAP_DMA, s.encodeType1DmaMap(va, iova, BigInt(buffer.length), flags), device, 'VFIO_IOMMU_MAP_DMA');
+        },
+        async unmapDma(iova, length) {
+          await ioctlAsync(binding, c, v.VFIO_IOMMU_UNMAP_DMA, s.encodeType1DmaUnmap(iova, BigInt(length)), device, 'VFIO_IOMMU_UNMAP_DMA');
+        },
         close() {
           if (open) closeAll(binding, [g, c]);
           open = false;

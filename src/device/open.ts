@@ -11,7 +11,8 @@ import type { Binding } from '../binding/types';
 import { loadBinding } from '../binding';
 import { SimBinding } from '../binding/sim';
 import { VfioDevice } from './device';
-import { openIommufd, openLegacy, type IommuContext, type IommuKind } from './iommu';
+import { dmaAddress, openIommufd, openLegacy, type IommuContext, type IommuKind } from './iommu';
+import { VfioError } from '../errors';
 import { resolveDevice, type SysfsRoots } from './resolve';
 
 export interface OpenOptions {
@@ -30,7 +31,30 @@ export function isSimSpec(spec: string): boolean {
   return spec === 'sim' || spec.startsWith('sim:') || spec.startsWith('sim#');
 }
 
-const SIM_CONTEXT: IommuContext = { kind: 'sim', close() {} };
+/**
+ * The simulated device's IOMMU context: it does no DMA, so mappings are only checked (alignment,
+ * overlap) and recorded, the way the kernel would refuse them.
+ */
+function simContext(binding: Binding, device: string): IommuContext & { mappings: Map<bigint, number> } {
+  const mappings = new Map<bigint, number>();
+  return {
+    kind: 'sim',
+    mappings,
+    async mapDma(iova, buffer) {
+      dmaAddress(binding, iova, buffer, device);
+      for (const [at, len] of mappings) {
+        if (iova < at + BigInt(len) && at < iova + BigInt(buffer.length)) throw VfioError.fromErrno(17, { syscall: 'ioctl', op: 'DMA map', device });
+      }
+      mappings.set(iova, buffer.length);
+    },
+    async unmapDma(iova) {
+      if (!mappings.delete(iova)) throw VfioError.fromErrno(2, { syscall: 'ioctl', op: 'DMA unmap', device });
+    },
+    close() {
+      mappings.clear();
+    },
+  };
+}
 
 let defaultBinding: Binding | undefined;
 let defaultSim: Binding | undefined;
@@ -57,7 +81,7 @@ export function getDefaultSimBinding(): Binding {
 export function openDevice(spec: string, opts: OpenOptions = {}): VfioDevice {
   if (isSimSpec(spec)) {
     const binding = opts.simBinding ?? getDefaultSimBinding();
-    return new VfioDevice(binding, spec, binding.open(spec, fs.constants.O_RDWR), SIM_CONTEXT);
+    return new VfioDevice(binding, spec, binding.open(spec, fs.constants.O_RDWR), simContext(binding, spec));
   }
   const binding = opts.binding ?? getDefaultBinding();
   const dev = resolveDevice(spec, opts.roots);

@@ -84,6 +84,7 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> {
   private readonly irqs: InterruptWiring;
   private readonly cfgRegionSize: number;
   private readonly bufferSize: number;
+  private readonly dmaMapped = new Map<bigint, number>();
   /** null when the device does not support migration (VFIO_DEVICE_FEATURE_MIGRATION: ENOTTY). */
   readonly migration: Migration | null;
 
@@ -358,6 +359,39 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> {
       this.msix = this.preRestore.msix;
       this.preRestore = undefined;
     }
+  }
+
+  /**
+   * Map every region of the host's guest memory for device DMA at its guest physical address
+   * (iova = gpa), through the device's IOMMU context, off the JS thread. Call after attach and
+   * before the guest enables bus mastering; on a restore destination, before resume().
+   * Errors: EVFIO_DMA_ALIGN, or the kernel's; regions mapped before a failure are unmapped.
+   */
+  async mapGuestMemory(): Promise<void> {
+    const regions = this.host.memory?.regions() ?? [];
+    try {
+      for (const r of regions) {
+        if (this.dmaMapped.has(r.gpa)) continue;
+        await this.device.iommu.mapDma(r.gpa, r.buffer);
+        this.dmaMapped.set(r.gpa, r.buffer.length);
+      }
+    } catch (e) {
+      await this.unmapGuestMemory().catch(() => undefined);
+      throw e instanceof VfioError ? e.annotate({ device: this.id, step: 'dma-map' }) : e;
+    }
+  }
+
+  /** Undo mapGuestMemory(). (Closing the device's IOMMU context drops the mappings too.) */
+  async unmapGuestMemory(): Promise<void> {
+    for (const [gpa, length] of [...this.dmaMapped]) {
+      this.dmaMapped.delete(gpa);
+      await this.device.iommu.unmapDma(gpa, length);
+    }
+  }
+
+  /** Guest memory ranges mapped for DMA now: gpa → length. */
+  get dmaMappings(): ReadonlyMap<bigint, number> {
+    return this.dmaMapped;
   }
 
   /** Write PCI_COMMAND from the shadow to the device. */

@@ -22,6 +22,7 @@ function inUse(message: string): VfioError {
 }
 
 const hex = (n: bigint): string => `0x${n.toString(16)}`;
+const PAGE = 4096;
 
 export class ReferenceBus implements HostBus {
   private readonly maps: Array<{ m: BarMapping; h: BarAccessHandler }> = [];
@@ -221,9 +222,19 @@ export class ReferenceInterrupts implements InterruptRouter {
 
 export class ReferenceMemory implements GuestMemory {
   private readonly list: GuestMemoryRegion[] = [];
-  /** Add `size` bytes of guest RAM at `gpa`. */
+
+  /** `binding` tells buffer addresses, so that regions can be page-aligned for DMA mapping. */
+  constructor(private readonly binding?: Binding) {}
+
+  /** Add `size` bytes of zeroed guest RAM at `gpa` (page-aligned when a binding was given). */
   add(gpa: bigint, size: number): GuestMemoryRegion {
-    const r = { gpa, buffer: Buffer.alloc(size) };
+    let buffer = Buffer.alloc(size);
+    if (this.binding) {
+      const raw = Buffer.alloc(size + PAGE);
+      const mis = Number(this.binding.bufferAddress(raw) % BigInt(PAGE));
+      buffer = raw.subarray(mis ? PAGE - mis : 0, (mis ? PAGE - mis : 0) + size);
+    }
+    const r = { gpa, buffer };
     this.list.push(r);
     return r;
   }
@@ -236,11 +247,12 @@ export class ReferenceMemory implements GuestMemory {
 export class ReferenceHost implements Host {
   readonly bus = new ReferenceBus();
   readonly interrupts: ReferenceInterrupts;
-  readonly memory = new ReferenceMemory();
+  readonly memory: ReferenceMemory;
   allocator: ReferenceAllocator;
 
   constructor(binding: Binding, allocator: ReferenceAllocator = new ReferenceAllocator()) {
     this.interrupts = new ReferenceInterrupts(binding);
+    this.memory = new ReferenceMemory(binding);
     this.allocator = allocator;
   }
 

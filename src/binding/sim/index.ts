@@ -219,6 +219,12 @@ export class SimBinding implements Binding {
     this.wake();
   }
 
+  /** Real memory has a real address: the inner binding says it (the sim itself does no DMA). */
+  bufferAddress(buf: Buffer): bigint {
+    if (!this.inner) throw A.typeError('bufferAddress: the simulated binding has no inner binding to ask');
+    return this.inner.bufferAddress(buf);
+  }
+
   /** Virtual fds: the simulated device answers at once (on a later tick); real fds go to the inner binding. */
   async ioctlAsync(fd: number, request: number, arg?: Buffer | number): Promise<number> {
     if (!SimBinding.isVirtualFd(fd) && this.inner) return this.inner.ioctlAsync(fd, request, arg);

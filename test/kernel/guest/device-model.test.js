@@ -109,3 +109,28 @@ for (const iommu of ['iommufd', 'legacy']) {
     }
   });
 }
+
+for (const iommu of ['iommufd', 'legacy']) {
+  test(`${iommu}: guest memory is DMA-mapped through the device's IOMMU context (the kernel refuses an overlap until unmapped)`, async () => {
+    const binding = getDefaultBinding();
+    const host = new ReferenceHost(binding);
+    const low = host.memory.add(0n, 1 << 20);
+    host.memory.add(0x1_0000_0000n, 64 << 10);
+    const dev = openDevice(iommu === 'iommufd' ? MDEVS[0] : MDEVS[2], { iommu });
+    const d = VfioPciDevice.attach(dev, host, { id: 'dma0' });
+    try {
+      await d.mapGuestMemory();
+      assert.deepEqual([...d.dmaMappings], [[0n, 1 << 20], [0x1_0000_0000n, 64 << 10]]);
+      await assert.rejects(dev.iommu.mapDma(0n, low.buffer.subarray(0, 4096)), (e) => e.code === 'EEXIST');
+      await assert.rejects(dev.iommu.mapDma(0x2000n, low.buffer.subarray(1, 4097)), (e) => e.code === 'EVFIO_DMA_ALIGN');
+      await d.unmapGuestMemory();
+      assert.equal(d.dmaMappings.size, 0);
+      await dev.iommu.mapDma(0n, low.buffer.subarray(0, 4096)); // free again
+      await dev.iommu.unmapDma(0n, 4096);
+    } finally {
+      d.detach();
+      dev.close();
+      host.close();
+    }
+  });
+}
