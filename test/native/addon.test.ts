@@ -45,6 +45,7 @@ describe('loading', () => {
   it('exposes exactly the documented functions', () => {
     expect(Object.keys(raw()).sort()).toEqual(
       [
+        'bufferAddress',
         'close',
         'eventfd',
         'eventfdRead',
