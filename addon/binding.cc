@@ -192,26 +192,40 @@ Napi::Value Close(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// The third argument of ioctl/ioctlAsync: a Buffer passed by pointer (non-empty), a number passed
+// by value (a signed or unsigned integer that fits in an unsigned long), or nothing (0).
+struct IoctlArgument {
+  uint8_t* ptr = nullptr;
+  unsigned long value = 0;
+  Napi::Object buffer;  // set for a Buffer argument, to pin it in async calls
+};
+
+IoctlArgument IoctlArg(const Napi::CallbackInfo& info, const char* fn) {
+  Napi::Env env = info.Env();
+  Napi::Value arg = info[2];
+  IoctlArgument a;
+  if (arg.IsUndefined()) return a;
+  if (arg.IsBuffer()) {
+    Napi::Buffer<uint8_t> b = arg.As<Napi::Buffer<uint8_t>>();
+    if (b.Length() == 0) ThrowRangeError(env, std::string(fn) + ": \"arg\" Buffer must not be empty");
+    a.ptr = b.Data();
+    a.buffer = b;
+    return a;
+  }
+  if (arg.IsNumber()) {
+    a.value = static_cast<unsigned long>(IntArg(info, 2, fn, "arg", -kMaxSafeInteger, kMaxSafeInteger));
+    return a;
+  }
+  ThrowTypeError(env, std::string(fn) + ": \"arg\" must be a Buffer, a number or undefined");
+}
+
 // ioctl(fd, request, arg?: Buffer | number) -> the ioctl's return value
 Napi::Value Ioctl(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = FdArg(info, 0, "ioctl");
   unsigned long request = static_cast<unsigned long>(IntArg(info, 1, "ioctl", "request", 0, 4294967295.0));
-  Napi::Value arg = info[2];
-  int r;
-  if (arg.IsUndefined()) {
-    r = vfio_ioctl_int(fd, request, 0);
-  } else if (arg.IsBuffer()) {
-    Napi::Buffer<uint8_t> b = arg.As<Napi::Buffer<uint8_t>>();
-    if (b.Length() == 0) ThrowRangeError(env, "ioctl: \"arg\" Buffer must not be empty");
-    r = vfio_ioctl_ptr(fd, request, b.Data());
-  } else if (arg.IsNumber()) {
-    // By value: a signed or unsigned integer that fits in an unsigned long.
-    int64_t v = IntArg(info, 2, "ioctl", "arg", -kMaxSafeInteger, kMaxSafeInteger);
-    r = vfio_ioctl_int(fd, request, static_cast<unsigned long>(v));
-  } else {
-    ThrowTypeError(env, "ioctl: \"arg\" must be a Buffer, a number or undefined");
-  }
+  IoctlArgument a = IoctlArg(info, "ioctl");
+  int r = a.ptr ? vfio_ioctl_ptr(fd, request, a.ptr) : vfio_ioctl_int(fd, request, a.value);
   if (r < 0) ThrowSysError(env, -r, "ioctl");
   return Napi::Number::New(env, r);
 }
@@ -416,24 +430,12 @@ Napi::Value BufferAddress(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value IoctlAsync(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
   int fd = FdArg(info, 0, "ioctlAsync");
   unsigned long request = static_cast<unsigned long>(IntArg(info, 1, "ioctlAsync", "request", 0, 4294967295.0));
-  Napi::Value arg = info[2];
-  if (arg.IsUndefined()) return (new IoctlWorker(env, fd, request, nullptr, 0))->Start();
-  if (arg.IsBuffer()) {
-    Napi::Buffer<uint8_t> b = arg.As<Napi::Buffer<uint8_t>>();
-    if (b.Length() == 0) ThrowRangeError(env, "ioctlAsync: \"arg\" Buffer must not be empty");
-    IoctlWorker* w = new IoctlWorker(env, fd, request, b.Data(), 0);
-    w->PinArg(b);
-    return w->Start();
-  }
-  if (arg.IsNumber()) {
-    int64_t v = IntArg(info, 2, "ioctlAsync", "arg", -kMaxSafeInteger, kMaxSafeInteger);
-    return (new IoctlWorker(env, fd, request, nullptr, static_cast<unsigned long>(v)))->Start();
-  }
-  ThrowTypeError(env, "ioctlAsync: \"arg\" must be a Buffer, a number or undefined");
-  return env.Undefined();
+  IoctlArgument a = IoctlArg(info, "ioctlAsync");
+  IoctlWorker* w = new IoctlWorker(info.Env(), fd, request, a.ptr, a.value);
+  if (a.ptr) w->PinArg(a.buffer);
+  return w->Start();
 }
 
 class PollWorker : public PromiseWorker {

@@ -14,7 +14,6 @@
 import { VfioError } from '../errors';
 import type { VfioDevice } from '../device/device';
 import { Migration } from '../migration/migration';
-import { DEFAULT_BUFFER_SIZE } from '../migration/stream';
 import { loadStateSection, saveStateSection } from './state-io';
 import { MigState, migStateName, VFIO_PCI_CONFIG_REGION_INDEX } from '../uapi/vfio';
 import * as f from './format';
@@ -67,7 +66,6 @@ export async function saveSnapshot(devices: VfioDevice[], file: string, opts: Sa
     m.on('state', fn);
     return () => m.off('state', fn);
   });
-  const buffer = Buffer.allocUnsafe(opts.bufferSize ?? DEFAULT_BUFFER_SIZE);
   const result: SaveResult = { file, devices: [] };
   let writer: SnapshotWriter | undefined;
   let step = 'create';
@@ -88,7 +86,7 @@ export async function saveSnapshot(devices: VfioDevice[], file: string, opts: Sa
       if (!session) throw new VfioError('STOP_COPY opened no data_fd', { code: 'EVFIO_NO_SESSION', kind: 'protocol', device: dev.name });
       await writer.beginSection(f.SectionType.DEVICE_STATE, i);
       await saveStateSection(dev.binding, session.fd, writer, {
-        bufferSize: buffer.length, device: dev.name, onProgress: (bytes) => opts.onProgress?.({ device: dev.name, phase: 'save', bytes, expected }),
+        bufferSize: opts.bufferSize, device: dev.name, onProgress: (bytes) => opts.onProgress?.({ device: dev.name, phase: 'save', bytes, expected }),
       });
       const { bytes } = await writer.endSection();
       await m.setState(MigState.STOP);
