@@ -846,6 +846,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("ioctl", Napi::Function::New(env, Ioctl, "ioctl"));
   exports.Set("ioctlAsync", Napi::Function::New(env, IoctlAsync, "ioctlAsync"));
   exports.Set("bufferAddress", Napi::Function::New(env, BufferAddress, "bufferAddress"));
+  exports.Set("crc32Implementation", Napi::String::New(env, vfio_crc32_implementation()));
   exports.Set("pread", Napi::Function::New(env, PreadPwrite<false>, "pread"));
   exports.Set("pwrite", Napi::Function::New(env, PreadPwrite<true>, "pwrite"));
   exports.Set("pipe", Napi::Function::New(env, Pipe, "pipe"));

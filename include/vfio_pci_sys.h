@@ -239,6 +239,9 @@ int vfio_pump(int src, int dst, void* buf, size_t buf_len, const vfio_pump_optio
 /** The symbolic name of a positive errno ("EINVAL"), or nullptr when unknown. */
 const char* vfio_errno_name(int err);
 
+// Which CRC-32 implementation the pump uses: "isa-l" (built with VFIO_PCI_HAVE_ISAL) or "zlib".
+const char* vfio_crc32_implementation();
+
 }  // namespace vfio_sys
 
 #endif  // VFIO_PCI_SYS_H

@@ -102,6 +102,8 @@ declare namespace VfioPciNative {
     ioctl(fd: number, request: number, arg?: Buffer | number): number;
     /** ioctl(2) on the libuv thread pool; the Buffer is pinned until the promise settles. */
     ioctlAsync(fd: number, request: number, arg?: Buffer | number): Promise<number>;
+    /** The pump's CRC-32: 'isa-l' (Intel ISA-L, PCLMULQDQ/AVX-512) when built with it, else 'zlib'. */
+    readonly crc32Implementation: 'isa-l' | 'zlib';
     /** Address of the Buffer's memory. */
     bufferAddress(buf: Buffer): bigint;
     /** One pread(2) of `length` (default buf.length, at most buf.length) bytes at `position`. */

@@ -69,11 +69,25 @@ for (const dep of Object.keys(require(path.join(ROOT, 'package.json')).dependenc
   stageDep(dep, ROOT);
 }
 
+// Shared libraries the addon needs beyond node's own (ISA-L's libisal for the SIMD CRC-32):
+// the guest has only node's libraries, so they go to /project/lib and LD_LIBRARY_PATH.
+const libsOf = (file) => {
+  const r = spawnSync('ldd', [file], { encoding: 'utf8' });
+  return new Set((r.stdout || '').split('\n').map((l) => /=> (\/\S+)/.exec(l)?.[1]).filter(Boolean));
+};
+const nodeLibs = libsOf(process.execPath);
+const extraLibs = [...libsOf(path.join(ROOT, 'build/Release/vfio_pci.node'))].filter((l) => !nodeLibs.has(l));
+if (extraLibs.length) {
+  fs.mkdirSync(path.join(stage, 'lib'), { recursive: true });
+  for (const l of extraLibs) fs.copyFileSync(l, path.join(stage, 'lib', path.basename(l)));
+  console.log(`test:kernel: staged for the addon: ${extraLibs.map((l) => path.basename(l)).join(', ')}`);
+}
+
 const guestArgs = ['--test', '--test-reporter=tap'];
 if (filter) guestArgs.push(`--test-name-pattern=${filter}`);
 guestArgs.push(...fs.readdirSync(path.join(stage, 'test/kernel/guest')).filter((f) => f.endsWith('.test.js')).sort().map((f) => `test/kernel/guest/${f}`));
 
-const runArgs = ['-n', '4', '-m', '1G', '-T', '900', '-d', stage, 'node', ...guestArgs];
+const runArgs = ['-n', '4', '-m', '1G', '-T', '900', '-d', stage, 'env', 'LD_LIBRARY_PATH=/project/lib', 'node', ...guestArgs];
 console.log(`test:kernel: booting the guest (${HARNESS}/run.sh ${runArgs.slice(0, 6).join(' ')} ...)`);
 const t0 = Date.now();
 const res = spawnSync(path.join(HARNESS, 'run.sh'), runArgs, { encoding: 'utf8', maxBuffer: 256 << 20 });
