@@ -59,7 +59,23 @@ class FileSource implements SnapshotSource {
     return this.fh.fd;
   }
 
+  /**
+   * Header-sized reads (section and chunk headers, ≤ SMALL_READ bytes) are one pread(2) done
+   * synchronously: a thread-pool round trip costs ~70 µs against ~1 µs for the syscall, and
+   * validating a 1 GiB file reads 1024 chunk headers (70 ms async, ~2 ms like this). The event
+   * loop gets a turn every YIELD_EVERY such reads, so no run of them holds it for long.
+   */
   async read(buf: Buffer, pos: number): Promise<number> {
+    if (buf.length <= SMALL_READ) {
+      if (++this.smallReads % YIELD_EVERY === 0) await new Promise<void>((resolve) => setImmediate(resolve));
+      let off = 0;
+      while (off < buf.length) {
+        const n = fs.readSync(this.fh.fd, buf, off, buf.length - off, pos + off);
+        if (n === 0) break;
+        off += n;
+      }
+      return off;
+    }
     let off = 0;
     while (off < buf.length) {
       const { bytesRead } = await this.fh.read(buf, off, buf.length - off, pos + off);
@@ -69,10 +85,16 @@ class FileSource implements SnapshotSource {
     return off;
   }
 
+  private smallReads = 0;
+
   async close(): Promise<void> {
     await this.fh.close();
   }
 }
+
+/** Reads up to this size are header reads, done synchronously (see FileSource.read). */
+const SMALL_READ = 64;
+const YIELD_EVERY = 64;
 
 /** A snapshot in memory. The Buffer is not copied: it must not change while the reader is open. */
 class BufferSource implements SnapshotSource {
