@@ -19,7 +19,7 @@ export type { IommuContext, IommuKind } from './device/iommu';
 export { Migration, sessionKindOf, type DataSession, type StateChange, type MigrationEvents } from './migration/migration';
 export { planTransition, nextState, legalFlagSets, isSavingState } from './migration/plan';
 export { drainSession, feedSession, DEFAULT_BUFFER_SIZE } from './migration/stream';
-export { saveSnapshot, restoreSnapshot, checkIdentity, readConfigSpace, type SaveOptions, type RestoreOptions, type Progress } from './snapshot/jobs';
+export { saveSnapshot, restoreSnapshot, checkIdentity, type SaveOptions, type RestoreOptions, type Progress } from './snapshot/jobs';
 export { SnapshotReader } from './snapshot/reader';
 export { SnapshotWriter } from './snapshot/writer';
 export { inspectSnapshot } from './snapshot/inspect';

@@ -12,6 +12,7 @@ import { inspectSnapshot, formatInspection } from '../snapshot/inspect';
 import { MigState, migStateName } from '../uapi/vfio';
 import { describeDevice, formatDeviceInfo } from './info';
 import { runDemo } from './demo';
+import { formatStateChange } from './format';
 import { ProgressDisplay } from './progress';
 
 export interface CommandContext {
@@ -67,8 +68,7 @@ function say(ctx: CommandContext, line: string): void {
 }
 
 function arcLogger(ctx: CommandContext) {
-  return (c: { device: string; from: MigState; to: MigState; arcs: Array<[MigState, MigState]> }): void =>
-    say(ctx, `  ${c.device}: ${migStateName(c.from)} → ${migStateName(c.to)}  [${c.arcs.map(([a, b]) => `${migStateName(a)}→${migStateName(b)}`).join(', ')}]`);
+  return (c: Parameters<typeof formatStateChange>[0]): void => say(ctx, formatStateChange(c));
 }
 
 /** A progress callback drawing a bar on stderr for transfers over a second; `done()` ends it. */

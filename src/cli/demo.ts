@@ -17,7 +17,7 @@ import { ReferenceAllocator, ReferenceHost } from '../host/reference';
 import type { Binding } from '../binding/types';
 import { VfioError } from '../errors';
 import { PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY } from '../pci/regs';
-import { migStateName } from '../uapi/vfio';
+import { formatStateChange } from './format';
 import type { Progress } from '../snapshot/jobs';
 
 /** BAR0 registers of the simulated device (src/binding/sim/bar0.ts). */
@@ -67,8 +67,7 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
 
     // ---------------------------------------------------------------- pause + snapshot
     const vmA = new MigrationCoordinator([A]);
-    const arcs = (c: { device: string; from: number; to: number; arcs: Array<[number, number]> }): void =>
-      say(`  ${c.device}: ${migStateName(c.from)} → ${migStateName(c.to)}  [${c.arcs.map(([a, b]) => `${migStateName(a)}→${migStateName(b)}`).join(', ')}]`);
+    const arcs = (c: Parameters<typeof formatStateChange>[0]): void => say(formatStateChange(c));
     vmA.on('state', (c) => arcs({ ...c, device: 'source' }));
     vmA.on('progress', opts.progress);
     say('pause:');

@@ -12,7 +12,7 @@ import { VfioError } from '../errors';
 import * as s from '../uapi/structs';
 import * as v from '../uapi/vfio';
 import type { IommuContext } from './iommu';
-import { ioctl } from './ioctl';
+import { ioctl, ioctlAsync } from './ioctl';
 
 export class VfioDevice {
   private fdValue: number;
@@ -48,17 +48,8 @@ export class VfioDevice {
   }
 
   /** ioctl on the device fd off the JS thread (long requests: reset, state SETs, DMA map). */
-  async ioctlAsync(request: number, arg?: Buffer | number, op?: string): Promise<number> {
-    try {
-      return await this.binding.ioctlAsync(this.fd, request, arg);
-    } catch (e) {
-      if (e instanceof VfioError) {
-        const name = op ?? (v.IOCTL_NAMES.get(request) ?? `ioctl 0x${request.toString(16)}`);
-        if (!e.op) e.message = e.message.replace(/^ioctl failed/, `ioctl ${name} failed`);
-        throw e.annotate({ op: name, device: this.name });
-      }
-      throw e;
-    }
+  ioctlAsync(request: number, arg?: Buffer | number, op?: string): Promise<number> {
+    return ioctlAsync(this.binding, this.fd, request, arg, { device: this.name, op });
   }
 
   /** VFIO_DEVICE_GET_INFO (cached: it does not change while the device is open). */
@@ -82,6 +73,16 @@ export class VfioDevice {
       this.regionCache.set(index, r);
     }
     return r;
+  }
+
+  /** Size of region `index` in bytes, 0 when the device lacks it (the kernel answers EINVAL). */
+  regionSize(index: number): number {
+    try {
+      return this.region(index).size;
+    } catch (e) {
+      if (e instanceof VfioError && e.code === 'EINVAL') return 0;
+      throw e;
+    }
   }
 
   /** Every region the device reports, indexes 0 .. num_regions-1 (vfio-pci: BAR0-5, ROM, CONFIG, VGA). */
@@ -156,6 +157,14 @@ export class VfioDevice {
   /** Read PCI config space (region VFIO_PCI_CONFIG_REGION_INDEX). */
   readConfig(offset: number, length: number): Buffer {
     return this.readRegion(v.VFIO_PCI_CONFIG_REGION_INDEX, offset, length);
+  }
+
+  /**
+   * The whole config space as the device exposes it: the config region's bytes, at most 4096
+   * (256 for conventional PCI, 4096 for PCIe; mtty reports 255).
+   */
+  configSpace(): Buffer {
+    return this.readConfig(0, Math.min(this.regionSize(v.VFIO_PCI_CONFIG_REGION_INDEX), 4096));
   }
 
   /** Write PCI config space. */

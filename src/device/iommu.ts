@@ -13,7 +13,7 @@ import { VfioError } from '../errors';
 import * as io from '../uapi/iommufd';
 import * as s from '../uapi/structs';
 import * as v from '../uapi/vfio';
-import { ioctl } from './ioctl';
+import { ioctl, ioctlAsync } from './ioctl';
 import type { ResolvedDevice } from './resolve';
 import { logger } from '../log';
 
@@ -50,14 +50,6 @@ export function dmaAddress(binding: Binding, iova: bigint, buffer: Buffer, devic
     });
   }
   return va;
-}
-
-async function ioctlAsync(binding: Binding, fd: number, request: number, arg: Buffer, device: string, op: string): Promise<void> {
-  try {
-    await binding.ioctlAsync(fd, request, arg);
-  } catch (e) {
-    throw e instanceof VfioError ? e.annotate({ op, device }) : e;
-  }
 }
 
 /** Close fds in order, ignoring errors of the later ones after a first failure is recorded. */
@@ -103,10 +95,10 @@ export function openIommufd(binding: Binding, dev: ResolvedDevice): { fd: number
         async mapDma(iova, buffer, access = {}) {
           const va = dmaAddress(binding, iova, buffer, device);
           const flags = io.IOMMU_IOAS_MAP_FIXED_IOVA | (access.read ?? true ? io.IOMMU_IOAS_MAP_READABLE : 0) | (access.write ?? true ? io.IOMMU_IOAS_MAP_WRITEABLE : 0);
-          await ioctlAsync(binding, fdIommu, io.IOMMU_IOAS_MAP, io.encodeIoasMap(ioasId, va, BigInt(buffer.length), iova, flags), device, 'IOMMU_IOAS_MAP');
+          await ioctlAsync(binding, fdIommu, io.IOMMU_IOAS_MAP, io.encodeIoasMap(ioasId, va, BigInt(buffer.length), iova, flags), { device });
         },
         async unmapDma(iova, length) {
-          await ioctlAsync(binding, fdIommu, io.IOMMU_IOAS_UNMAP, io.encodeIoasUnmap(ioasId, iova, BigInt(length)), device, 'IOMMU_IOAS_UNMAP');
+          await ioctlAsync(binding, fdIommu, io.IOMMU_IOAS_UNMAP, io.encodeIoasUnmap(ioasId, iova, BigInt(length)), { device });
         },
         close() {
           if (open) closeAll(binding, [fdIommu]);
@@ -161,10 +153,10 @@ export function openLegacy(binding: Binding, dev: ResolvedDevice): { fd: number;
         async mapDma(iova, buffer, access = {}) {
           const va = dmaAddress(binding, iova, buffer, device);
           const flags = (access.read ?? true ? s.VFIO_DMA_MAP_FLAG_READ : 0) | (access.write ?? true ? s.VFIO_DMA_MAP_FLAG_WRITE : 0);
-          await ioctlAsync(binding, c, v.VFIO_IOMMU_MAP_DMA, s.encodeType1DmaMap(va, iova, BigInt(buffer.length), flags), device, 'VFIO_IOMMU_MAP_DMA');
+          await ioctlAsync(binding, c, v.VFIO_IOMMU_MAP_DMA, s.encodeType1DmaMap(va, iova, BigInt(buffer.length), flags), { device, op: 'VFIO_IOMMU_MAP_DMA' });
         },
         async unmapDma(iova, length) {
-          await ioctlAsync(binding, c, v.VFIO_IOMMU_UNMAP_DMA, s.encodeType1DmaUnmap(iova, BigInt(length)), device, 'VFIO_IOMMU_UNMAP_DMA');
+          await ioctlAsync(binding, c, v.VFIO_IOMMU_UNMAP_DMA, s.encodeType1DmaUnmap(iova, BigInt(length)), { device, op: 'VFIO_IOMMU_UNMAP_DMA' });
         },
         close() {
           if (open) closeAll(binding, [g, c]);

@@ -36,7 +36,7 @@ import { PCI_COMMAND } from '../pci/regs';
 import * as f from '../snapshot/format';
 import type { DeviceSections, SnapshotReader } from '../snapshot/reader';
 import type { SnapshotWriter } from '../snapshot/writer';
-import type { Progress } from '../snapshot/jobs';
+import { writeDeviceSections, type Progress } from '../snapshot/jobs';
 import { MigState, migStateName, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_ROM_REGION_INDEX } from '../uapi/vfio';
 import { BarMapper } from './bars';
 import { InterruptWiring } from './interrupts';
@@ -66,12 +66,11 @@ export interface AttachOptions {
   bufferSize?: number;
 }
 
-/** The standard header is 64 bytes; mtty reports a 255-byte config region, so round up to 256. */
+/** The device's config space padded to a standard size (256 or 4096): mtty reports 255 bytes. */
 function readRawConfig(dev: VfioDevice): Buffer {
-  const size = dev.region(VFIO_PCI_CONFIG_REGION_INDEX).size;
-  const want = size > 256 ? 4096 : 256;
-  const raw = Buffer.alloc(want);
-  dev.readConfig(0, Math.min(size, want)).copy(raw);
+  const cfg = dev.configSpace();
+  const raw = Buffer.alloc(cfg.length > 256 ? 4096 : 256);
+  cfg.copy(raw);
   return raw;
 }
 
@@ -118,8 +117,8 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> {
   }
 
   private static shadowOf(device: VfioDevice): ConfigSpace {
-    const barSizes = [0, 1, 2, 3, 4, 5].map((i) => regionSize(device, i));
-    return ConfigSpace.fromDevice(readRawConfig(device), { barSizes, romSize: regionSize(device, VFIO_PCI_ROM_REGION_INDEX) });
+    const barSizes = [0, 1, 2, 3, 4, 5].map((i) => device.regionSize(i));
+    return ConfigSpace.fromDevice(readRawConfig(device), { barSizes, romSize: device.regionSize(VFIO_PCI_ROM_REGION_INDEX) });
   }
 
   private newMsixTable(cfg: ConfigSpace, saved?: Buffer): MsixTable | undefined {
@@ -230,9 +229,7 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> {
         code: 'EVFIO_NOT_PAUSED', kind: 'protocol', device: this.id, step: 'snapshot', deviceState: migStateName(st),
       });
     }
-    const raw = readRawConfig(this.device);
-    await writer.writeSection(f.SectionType.DEVICE, index, f.encodeDeviceRecord({ identity: f.identityFromConfig(raw), migrationFlags: mig.flags, name: this.id }));
-    await writer.writeSection(f.SectionType.CONFIG, index, raw.subarray(0, Math.max(this.cfgRegionSize, 64)));
+    await writeDeviceSections(writer, index, this.device.configSpace(), mig.flags, this.id);
     await writer.writeSection(f.SectionType.PCI_MODEL, index, encodeModelState({
       id: this.id, config: this.cfg.serialize(), msixTable: this.msix?.serialize(), irqMode: this.irqs.armed.mode,
       bars: this.bars.mappings().map((m) => ({ bar: m.bar, space: m.space, size: m.size, address: m.address })),
@@ -416,7 +413,7 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> {
   private checkBarSizes(saved: ConfigSpace): void {
     const bad: string[] = [];
     for (const b of saved.bars()) {
-      const have = regionSize(this.device, b.kind === 'rom' ? VFIO_PCI_ROM_REGION_INDEX : b.index);
+      const have = this.device.regionSize(b.kind === 'rom' ? VFIO_PCI_ROM_REGION_INDEX : b.index);
       if (have !== b.size) bad.push(`BAR${b.kind === 'rom' ? ' ROM' : b.index}: saved ${b.size} bytes, device has ${have}`);
     }
     if (bad.length) {
@@ -450,10 +447,3 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> {
   }
 }
 
-function regionSize(dev: VfioDevice, index: number): number {
-  try {
-    return dev.region(index).size;
-  } catch {
-    return 0;
-  }
-}

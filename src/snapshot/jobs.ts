@@ -15,7 +15,7 @@ import { VfioError } from '../errors';
 import type { VfioDevice } from '../device/device';
 import { Migration } from '../migration/migration';
 import { loadStateSection, saveStateSection } from './state-io';
-import { MigState, migStateName, VFIO_PCI_CONFIG_REGION_INDEX } from '../uapi/vfio';
+import { MigState, migStateName } from '../uapi/vfio';
 import * as f from './format';
 import { SnapshotReader, type DeviceSections } from './reader';
 import { SnapshotWriter } from './writer';
@@ -47,10 +47,13 @@ export interface SaveResult {
   devices: Array<{ name: string; stateBytes: number; configBytes: number }>;
 }
 
-/** Read the whole config space of a vfio-pci device (256 or 4096 bytes, as the region says). */
-export function readConfigSpace(dev: VfioDevice): Buffer {
-  const size = Math.min(dev.region(VFIO_PCI_CONFIG_REGION_INDEX).size, 4096);
-  return dev.readConfig(0, size);
+/**
+ * Write a device's DEVICE (identity from its config space, migration flags, name) and CONFIG
+ * (the config space as read) sections under device index `index`.
+ */
+export async function writeDeviceSections(writer: SnapshotWriter, index: number, config: Buffer, migrationFlags: number, name: string): Promise<void> {
+  await writer.writeSection(f.SectionType.DEVICE, index, f.encodeDeviceRecord({ identity: f.identityFromConfig(config), migrationFlags, name }));
+  await writer.writeSection(f.SectionType.CONFIG, index, config);
 }
 
 /**
@@ -78,9 +81,8 @@ export async function saveSnapshot(devices: VfioDevice[], file: string, opts: Sa
     for (const [i, m] of migs.entries()) {
       const dev = m.device;
       step = `save ${dev.name}`;
-      const config = readConfigSpace(dev);
-      await writer.writeSection(f.SectionType.DEVICE, i, f.encodeDeviceRecord({ identity: f.identityFromConfig(config), migrationFlags: m.flags, name: dev.name }));
-      await writer.writeSection(f.SectionType.CONFIG, i, config);
+      const config = dev.configSpace();
+      await writeDeviceSections(writer, i, config, m.flags, dev.name);
       const expected = m.dataSize();
       const session = await m.setState(MigState.STOP_COPY);
       if (!session) throw new VfioError('STOP_COPY opened no data_fd', { code: 'EVFIO_NO_SESSION', kind: 'protocol', device: dev.name });

@@ -17,6 +17,7 @@ import { crc32 } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VfioError } from '../../src/errors';
 import { POLLHUP, POLLIN, POLLOUT, type Binding, type PumpError, type PumpOptions } from '../../src/binding/types';
+import { pattern } from '../helpers/bytes';
 
 // ---- Linux constants used below ----
 const { O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_EXCL, O_NONBLOCK, O_NOCTTY } = fs.constants;
@@ -89,20 +90,6 @@ async function catchAsync(p: Promise<unknown>): Promise<unknown> {
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-/** Deterministic pseudo-random bytes (xorshift32), so failures reproduce. */
-function pattern(n: number, seed = 0x1234567): Buffer {
-  const b = Buffer.alloc(n);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    b[i] = x & 0xff;
-  }
-  return b;
-}
 
 /**
  * Fill `block` with block number `i` of a long deterministic stream (cheap: 4 bytes a step).

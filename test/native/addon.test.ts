@@ -230,17 +230,17 @@ describe('abuse', () => {
 });
 
 /**
- * Start a read into a fresh 4 MiB Buffer and drop every strong reference to it. What must stay
- * alive is its memory, so the WeakRefs watch the ArrayBuffers (a binding may hold a view).
+ * Start an async call on a fresh 4 MiB Buffer and drop every strong reference to it. What must
+ * stay alive is its memory, so the WeakRefs watch the ArrayBuffers (a binding may hold a view);
+ * `control` is an equal Buffer nothing holds, to show the GC ran.
  */
-function startRead(
-  b: Binding,
-  fd: number,
-): { pending: Promise<number>; pinned: WeakRef<ArrayBuffer>; control: WeakRef<ArrayBuffer> } {
+function startOnFreshBuffer<T>(
+  start: (buf: Buffer) => Promise<T>,
+): { pending: Promise<T>; pinned: WeakRef<ArrayBuffer>; control: WeakRef<ArrayBuffer> } {
   const buf = Buffer.alloc(4 << 20);
   const other = Buffer.alloc(4 << 20);
   return {
-    pending: b.read(fd, buf),
+    pending: start(buf),
     pinned: new WeakRef(buf.buffer as ArrayBuffer),
     control: new WeakRef(other.buffer as ArrayBuffer),
   };
@@ -259,7 +259,7 @@ describe('async work keeps its Buffer alive', () => {
     try {
       // Made in a plain function: a local of this async function could stay reachable from
       // its suspended frame and hide a missing pin.
-      const { pending, pinned, control } = startRead(b, r);
+      const { pending, pinned, control } = startOnFreshBuffer((buf) => b.read(r, buf));
       await sleep(10); // a new job: WeakRef targets are no longer held by the creating job
       gc();
       await sleep(10);
@@ -277,21 +277,6 @@ describe('async work keeps its Buffer alive', () => {
   });
 });
 
-/** Start a pump through a fresh 4 MiB Buffer and drop every strong reference to it (see startRead). */
-function startPump(
-  b: Binding,
-  src: number,
-  dst: number,
-): { pending: Promise<unknown>; pinned: WeakRef<ArrayBuffer>; control: WeakRef<ArrayBuffer> } {
-  const buf = Buffer.alloc(4 << 20);
-  const other = Buffer.alloc(4 << 20);
-  return {
-    pending: b.pump!(src, dst, buf),
-    pinned: new WeakRef(buf.buffer as ArrayBuffer),
-    control: new WeakRef(other.buffer as ArrayBuffer),
-  };
-}
-
 describe('pump keeps its Buffer alive', () => {
   const bindings: Array<[string, () => Binding]> = [
     ['native', () => new NativeBinding()],
@@ -304,7 +289,7 @@ describe('pump keeps its Buffer alive', () => {
     const [r, w] = b.pipe();
     const [r2, w2] = b.pipe();
     try {
-      const { pending, pinned, control } = startPump(b, r, w2);
+      const { pending, pinned, control } = startOnFreshBuffer((buf) => b.pump!(r, w2, buf));
       await sleep(10);
       gc();
       await sleep(10);

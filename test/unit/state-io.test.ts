@@ -21,6 +21,7 @@ import { SnapshotWriter } from '../../src/snapshot/writer';
 import * as s from '../../src/uapi/structs';
 import * as v from '../../src/uapi/vfio';
 import { MigState } from '../../src/uapi/vfio';
+import { pattern } from '../helpers/bytes';
 
 const { O_RDONLY, O_WRONLY, O_RDWR } = fs.constants;
 const CREATED = 1_700_000_000_000;
@@ -33,20 +34,6 @@ beforeAll(() => {
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 const tmp = (name: string) => path.join(dir, `${++serial}-${name}`);
 
-/** Deterministic bytes. */
-function pattern(n: number, seed: number): Buffer {
-  const b = Buffer.alloc(n);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    b[i] = x & 0xff;
-  }
-  return b;
-}
 
 /** `inner` with its pump calls recorded (options as given). */
 function counting(inner: Binding): { binding: Binding; calls: PumpOptions[] } {
