@@ -120,7 +120,10 @@ enum vfio_pump_frame : int {
    * Restore: read `frame_chunks` chunks from src; for each, read its header, check its length,
    * read its payload into buf, check its crc32, and only then write the payload to dst. With
    * `frame_final`, then read the 16-byte end chunk, check its first u32 is 0, and return its
-   * fields (the caller compares them with table_crc and bytes).
+   * fields (the caller compares them with table_crc and bytes). The header that follows a
+   * payload (the next chunk's, or the end chunk) is read with it when buf has room for both:
+   * give buf 16 bytes more than the longest chunk for one read per chunk. Nothing past the last
+   * chunk (or the end chunk, with `frame_final`) is read.
    */
   VFIO_PUMP_FRAME_READ = 2,
 };

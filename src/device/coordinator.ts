@@ -162,7 +162,7 @@ export class MigrationCoordinator extends EventEmitter<CoordinatorEvents> {
   async restore(file: string): Promise<{ stateBytes: number[] }> {
     this.assertMigratable('restore');
     this.emit('phase', { phase: 'restore', done: false });
-    const reader = await SnapshotReader.open(file);
+    const reader = await SnapshotReader.open(file, { binding: this.devices[0]?.device.binding });
     try {
       const entries = reader.devices();
       if (entries.length !== this.devices.length) {

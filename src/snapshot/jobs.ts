@@ -17,7 +17,7 @@ import { Migration } from '../migration/migration';
 import { loadStateSection, saveStateSection } from './state-io';
 import { MigState, migStateName } from '../uapi/vfio';
 import * as f from './format';
-import { SnapshotReader, type DeviceSections } from './reader';
+import { SnapshotReader, type DeviceSections, type OpenOptions } from './reader';
 import { SnapshotWriter } from './writer';
 import { logger } from '../log';
 
@@ -174,9 +174,9 @@ export function checkIdentity(dev: VfioDevice, rec: f.DeviceRecord): void {
  * chosen device's sections. A reader opened here is closed again when this fails; one passed
  * in stays with its owner.
  */
-export async function openSnapshot(source: string | SnapshotReader, index = 0): Promise<{ reader: SnapshotReader; entry: DeviceSections }> {
+export async function openSnapshot(source: string | SnapshotReader, index = 0, opts: OpenOptions = {}): Promise<{ reader: SnapshotReader; entry: DeviceSections }> {
   const owned = typeof source === 'string';
-  const reader = owned ? await SnapshotReader.open(source) : source;
+  const reader = owned ? await SnapshotReader.open(source, opts) : source;
   try {
     const entry = reader.devices().find((d) => d.index === index);
     if (!entry?.state?.chunks) throw f.formatError(`${reader.path} has no device ${index} with a DEVICE_STATE section`);
@@ -195,7 +195,7 @@ export async function openSnapshot(source: string | SnapshotReader, index = 0): 
  * touched, the device is reset to RUNNING and the error's deviceState says so.
  */
 export async function restoreSnapshot(dev: VfioDevice, source: string | SnapshotReader, opts: RestoreOptions = {}): Promise<{ bytes: number }> {
-  const { reader, entry } = await openSnapshot(source, opts.index ?? 0);
+  const { reader, entry } = await openSnapshot(source, opts.index ?? 0, { binding: dev.binding });
   const owned = typeof source === 'string';
   let mig: Migration;
   try {

@@ -24,7 +24,7 @@ import { VfioError } from '../errors';
 import { drainSession, feedSession, onDataFd, DEFAULT_BUFFER_SIZE } from '../migration/stream';
 import type { SnapshotReader, SectionEntry } from './reader';
 import type { SnapshotWriter } from './writer';
-import { CHUNK_HEADER_SIZE, MAX_CHUNK, sectionTypeName } from './format';
+import { CHUNK_HEADER_SIZE, END_CHUNK_SIZE, MAX_CHUNK, sectionTypeName } from './format';
 
 /** Payload bytes one pump call moves at most (save and load): progress at least this often. */
 export const PUMP_CALL_BYTES = 64 << 20;
@@ -107,8 +107,9 @@ export async function loadStateSection(binding: Binding, reader: SnapshotReader,
   // A writer makes every chunk but the last one the same size: the first chunk sizes the buffer.
   // A later, longer chunk (another writer's) makes the pump refuse it before writing any of it,
   // and the rest goes chunk by chunk (pumpChunks), the buffer growing as needed.
+  // END_CHUNK_SIZE more: the pump reads the header that follows a payload with it (one pread per chunk).
   const first = count > 0 ? firstChunkLength(binding, fileFd, entry.bodyAt) : 0;
-  const buf = Buffer.allocUnsafe(Math.max(size, first));
+  const buf = Buffer.allocUnsafe(Math.max(size, first) + END_CHUNK_SIZE);
   const perCall = Math.max(1, Math.floor((opts.pumpCallBytes ?? PUMP_CALL_BYTES) / (first || buf.length)));
   let pos = entry.bodyAt;
   let table = 0;

@@ -1392,6 +1392,36 @@ export function bindingContract(name: string, create: () => Binding, opts: Contr
         }
       });
 
+      it('read: takes nothing from src past the last chunk of a call (or its end chunk), whatever room buf has', async () => {
+        if (pumpReason()) return;
+        const sec = section(PAYLOADS);
+        const all = Buffer.concat(PAYLOADS);
+        const TAIL = Buffer.from('bytes after the section');
+        // A pipe cannot be read again: a pump that read ahead of what a call covers would lose
+        // the next call's bytes. A buffer with room for a payload and the header after it too.
+        for (const room of [0, HEAD, END, 64]) {
+          await withPipe(0, async (r, w) => {
+            fs.writeSync(w, Buffer.concat([sec.body, TAIL]));
+            const out = tmp(`fr-pipe-${room}`);
+            fs.writeFileSync(out, '');
+            const dst = b.open(out, O_WRONLY);
+            try {
+              const buf = Buffer.alloc(4096 + room);
+              const first = await pump(r, dst, buf, { frame: { mode: 'read', chunks: 2, final: false } });
+              expect(first).toMatchObject({ bytes: 5096, chunks: 2, end: 'limit' });
+              const rest = await pump(r, dst, buf, { frame: { mode: 'read', chunks: 2, tableCrc: first.tableCrc } });
+              expect(rest).toMatchObject({ bytes: 3001, chunks: 2, end: 'eof', tableCrc: sec.table, endTableCrc: sec.table, endTotal: all.length });
+              expect(fs.readFileSync(out).equals(all)).toBe(true);
+              b.close(w);
+              const left = Buffer.alloc(64);
+              expect(left.subarray(0, fs.readSync(r, left)).equals(TAIL), `room ${room}`).toBe(true);
+            } finally {
+              b.close(dst);
+            }
+          });
+        }
+      });
+
       it("read: a chunk whose crc32 does not match rejects with 'EVFIO_SNAPSHOT_CHECKSUM' and nothing of it is written", async () => {
         if (pumpReason()) return;
         for (const [bad, damage] of [

@@ -723,12 +723,16 @@ async function runCase(caseNo: number): Promise<Outcome & { what: string }> {
   dev.close();
   if (sim.openFdCount() !== 0) fail(`${sim.openFdCount()} virtual fds leaked: ${JSON.stringify(sim.openFds())}`);
   if (caseNo % FILE_CHECK_EVERY === 0) {
-    // The file source and the in-memory one share the validation: same verdict.
+    // The file source (header reads with fs.readSync, or with the addon's pread) and the
+    // in-memory one share the validation: same verdict.
     const file = path.join(dir, 'mutant.vfiosnap');
     fs.writeFileSync(file, buf);
     const fromFile = await verdict(() => SnapshotReader.open(file));
     const fromMemory = await verdict(() => SnapshotReader.fromBuffer(buf, 'mutant'));
     if (fromFile !== fromMemory) fail(`validation differs: file ${fromFile}, memory ${fromMemory}`);
+    const real = realOrNone();
+    const fromPread = real ? await verdict(() => SnapshotReader.open(file, { binding: real })) : fromFile;
+    if (fromPread !== fromFile) fail(`validation differs: file with the binding's pread ${fromPread}, with fs.readSync ${fromFile}`);
   }
   return { key, touched, ok: error === undefined, what };
 }
