@@ -278,6 +278,11 @@ async function firstChunkLength(file: string): Promise<number> {
 
 // ------------------------------------------------------------------ main
 
+/** sync(1): write back every dirty page and wait for it (untimed, between cases). */
+function syncDisks(): void {
+  spawnSync('sync', [], { stdio: 'ignore' });
+}
+
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   const started = Date.now();
@@ -359,6 +364,14 @@ async function main(): Promise<void> {
     });
     let round = 0;
     const run = async (key: RowKey, s: CaseSpec, record = true): Promise<CaseResult> => {
+      // Every save starts on an idle disk (untimed): its output file from the round before is
+      // removed and everything dirty is written back first. Otherwise the blocks freed by
+      // overwriting (C's O_TRUNC) or renaming over (ours) the old file, and the write-back of
+      // earlier cases, land inside whichever case comes next and swing the fsync'd rows.
+      if (s.kind.endsWith('-save')) {
+        fs.rmSync(s.file, { force: true });
+        syncDisks();
+      }
       const r = await runCase(s, pin.prefix);
       // Failures count whenever they happen (a failed content check in the warm-up round too).
       if (record || !r.ok) cells.get(key)!.add(r, round);

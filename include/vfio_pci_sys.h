@@ -239,6 +239,30 @@ struct vfio_pump_result {
  */
 int vfio_pump(int src, int dst, void* buf, size_t buf_len, const vfio_pump_options* opts, vfio_pump_result* out);
 
+/**
+ * Where a walk over a chunked section's headers (docs/snapshot-format.md) stands: the file
+ * offset of the next chunk header, the chunks and payload bytes passed, and the running CRC-32s
+ * of their headers (the chunk table's, and the skeleton's that the END section checks).
+ */
+struct vfio_chunk_walk {
+  int64_t pos;
+  uint64_t count;
+  uint64_t total;
+  uint32_t table_crc;
+  uint32_t skeleton_crc;
+};
+
+/**
+ * The reader's fast path (src/snapshot/reader.ts, SnapshotReader validation): from `w->pos`,
+ * pass over regular chunks — a whole 8-byte header with a length in [1, max_chunk] whose
+ * payload ends within `size` — reading only their headers (one pread(2) each) and advancing
+ * `*w`. Stops, leaving `w->pos` at that header, at the first one it does not take: the end
+ * chunk (length 0), a header that is cut off, out of range or cannot be read (the caller reads
+ * it again and says what is wrong), or once `max_headers` were taken or `budget_us`
+ * microseconds have passed (the caller calls again). Returns the number of headers taken.
+ */
+uint64_t vfio_walk_chunks(int fd, vfio_chunk_walk* w, int64_t size, uint32_t max_chunk, uint64_t max_headers, int64_t budget_us);
+
 /** The symbolic name of a positive errno ("EINVAL"), or nullptr when unknown. */
 const char* vfio_errno_name(int err);
 

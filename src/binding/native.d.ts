@@ -10,6 +10,15 @@
  * `new ErrorClass(message, { code, errno, syscall, path? })`.
  */
 declare namespace VfioPciNative {
+  /** ChunkWalk of ./types.ts. */
+  interface ChunkWalk {
+    pos: number;
+    count: number;
+    total: number;
+    tableCrc: number;
+    skeletonCrc: number;
+  }
+
   /** What the addon passes to the error class: errno name, positive errno, syscall name. */
   interface SysErrorInit {
     code: string;
@@ -110,6 +119,8 @@ declare namespace VfioPciNative {
     pread(fd: number, buf: Buffer, position: number, length?: number): number;
     /** One pwrite(2) of `length` (default buf.length, at most buf.length) bytes at `position`. */
     pwrite(fd: number, buf: Buffer, position: number, length?: number): number;
+    /** vfio_walk_chunks (include/vfio_pci_sys.h): the walk advanced, and the headers taken. */
+    walkChunks(fd: number, walk: ChunkWalk, size: number, maxChunk: number, maxHeaders: number, budgetUs?: number): ChunkWalk & { taken: number };
     /** pipe2(2) with O_CLOEXEC added: [readFd, writeFd]. */
     pipe(flags?: number): [number, number];
     /** eventfd(2) with EFD_CLOEXEC | EFD_NONBLOCK added; `initval` in [0, 2^32). */

@@ -3,7 +3,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { VfioError } from '../errors';
-import type { Binding, PumpOptions, PumpResult } from './types';
+import type { Binding, ChunkWalk, PumpOptions, PumpResult } from './types';
 
 /**
  * The `Binding` contract through the vfio_pci N-API addon (addon/binding.cc over addon/sys.cc).
@@ -99,6 +99,9 @@ export class NativeBinding implements Binding {
   }
   pwrite(fd: number, buf: Buffer, offset: number, length?: number): number {
     return this.addon.pwrite(fd, buf, offset, length);
+  }
+  walkChunks(fd: number, walk: ChunkWalk, size: number, maxChunk: number, maxHeaders: number, budgetUs?: number): ChunkWalk & { taken: number } {
+    return this.addon.walkChunks(fd, walk, size, maxChunk, maxHeaders, budgetUs);
   }
   read(fd: number, buf: Buffer, offset?: number, length?: number): Promise<number> {
     return this.addon.read(fd, buf, offset, length);

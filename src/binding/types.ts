@@ -60,6 +60,18 @@ export interface Binding {
   pwrite(fd: number, buf: Buffer, offset: number, length?: number): number;
 
   /**
+   * Optional fast path of snapshot validation (SnapshotReader, src/snapshot/reader.ts; native
+   * only): from `walk.pos`, pass over regular chunks — a whole header, a length in
+   * [1, maxChunk], a payload that ends within `size` bytes of the file — reading only their
+   * headers with pread(2), for at most `maxHeaders` headers or about `budgetUs` microseconds
+   * (synchronous: a header costs ~1 µs from the page cache). Returns the walk advanced and how
+   * many headers it took. Never throws on the file: it stops at the first header it does not
+   * take (the end chunk, a header cut off, out of range or unreadable), which the caller reads
+   * and judges itself. TypeError / RangeError for bad arguments.
+   */
+  walkChunks?(fd: number, walk: ChunkWalk, size: number, maxChunk: number, maxHeaders: number, budgetUs?: number): ChunkWalk & { taken: number };
+
+  /**
    * One read(2) on a stream fd (data_fd, pipe, socket), off the JS thread. Resolves with the
    * byte count; 0 is end of file (or, in PRE_COPY, end of the data available for now).
    * EAGAIN on a non-blocking fd is waited out with poll(2).
@@ -117,6 +129,20 @@ export interface Binding {
    * Optional: a binding without it leaves streaming to read/write.
    */
   pump?(srcFd: number, dstFd: number, buf: Buffer, opts?: PumpOptions | number): Promise<PumpResult>;
+}
+
+/** Where a walk over a chunked section's headers stands (Binding.walkChunks; docs/snapshot-format.md). */
+export interface ChunkWalk {
+  /** File offset of the next chunk header. */
+  pos: number;
+  /** Chunks passed. */
+  count: number;
+  /** Their payload bytes. */
+  total: number;
+  /** Running CRC-32 of the headers passed: the end chunk's chunk-table checksum. */
+  tableCrc: number;
+  /** The same headers added to the file skeleton's CRC-32 (the END section's checksum). */
+  skeletonCrc: number;
 }
 
 /** Options of `Binding.pump`. Every field is optional; integers are bytes. */

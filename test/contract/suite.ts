@@ -1584,5 +1584,100 @@ export function bindingContract(name: string, create: () => Binding, opts: Contr
         }
       });
     });
+
+    describe("walkChunks (optional: the snapshot reader's fast path)", () => {
+      const HEAD = 8;
+      /** `lead` bytes, chunk headers and payloads of `lengths`, an end chunk; and what a walk over them gives. */
+      function chunked(lengths: number[], lead = 24): { bytes: Buffer; at: number[]; end: number; table: number; skeleton: number; total: number } {
+        const parts: Buffer[] = [Buffer.alloc(lead, 0x5a)];
+        const at: number[] = [];
+        let pos = lead;
+        let table = 0;
+        let skeleton = 0x1234;
+        for (const [i, n] of lengths.entries()) {
+          const p = pattern(n, 40 + i);
+          const h = Buffer.alloc(HEAD);
+          h.writeUInt32LE(n, 0);
+          h.writeUInt32LE(crc32(p), 4);
+          table = crc32(h, table);
+          skeleton = crc32(h, skeleton);
+          parts.push(h, p);
+          at.push(pos);
+          pos += HEAD + n;
+        }
+        parts.push(Buffer.alloc(16));
+        const total = lengths.reduce((a, n) => a + n, 0);
+        return { bytes: Buffer.concat(parts), at, end: pos, table, skeleton, total };
+      }
+      const start = (pos: number) => ({ pos, count: 0, total: 0, tableCrc: 0, skeletonCrc: 0x1234 });
+      function withFile<T>(label: string, bytes: Buffer, fn: (fd: number) => T, flags = O_RDONLY): T {
+        const file = tmp(label);
+        fs.writeFileSync(file, bytes);
+        const fd = b.open(file, flags);
+        try {
+          return fn(fd);
+        } finally {
+          b.close(fd);
+        }
+      }
+
+      it('passes over regular chunks and stops at the end chunk, with the CRCs of the headers it read', () => {
+        if (!b.walkChunks) return;
+        const c = chunked([100, 1, 4096, 77]);
+        withFile('walk-ok', c.bytes, (fd) => {
+          expect(b.walkChunks!(fd, start(c.at[0]), c.bytes.length, 4096, 1000)).toEqual({
+            pos: c.end, count: 4, total: c.total, tableCrc: c.table, skeletonCrc: c.skeleton, taken: 4,
+          });
+          // At most maxHeaders at a time, and continued from where it stopped.
+          const first = b.walkChunks!(fd, start(c.at[0]), c.bytes.length, 4096, 2);
+          expect(first).toMatchObject({ pos: c.at[2], count: 2, taken: 2 });
+          const { taken: _taken, ...rest } = first;
+          expect(b.walkChunks!(fd, rest, c.bytes.length, 4096, 10)).toEqual({
+            pos: c.end, count: 4, total: c.total, tableCrc: c.table, skeletonCrc: c.skeleton, taken: 2,
+          });
+          // At the end chunk: nothing to take.
+          expect(b.walkChunks!(fd, start(c.end), c.bytes.length, 4096, 10)).toMatchObject({ pos: c.end, taken: 0 });
+        });
+      });
+
+      it('stops, without throwing, at a header that is too long, cut off, past the size or unreadable', () => {
+        if (!b.walkChunks) return;
+        const c = chunked([100, 5000, 30]);
+        withFile('walk-stop', c.bytes, (fd) => {
+          // Chunk 1 is over maxChunk.
+          expect(b.walkChunks!(fd, start(c.at[0]), c.bytes.length, 4096, 10)).toMatchObject({ pos: c.at[1], count: 1, total: 100, taken: 1 });
+          // A size that ends inside chunk 2's payload, or inside its header.
+          expect(b.walkChunks!(fd, start(c.at[0]), c.at[2] + HEAD + 29, 8192, 10)).toMatchObject({ pos: c.at[2], count: 2, taken: 2 });
+          expect(b.walkChunks!(fd, start(c.at[0]), c.at[2] + 7, 8192, 10)).toMatchObject({ pos: c.at[2], count: 2, taken: 2 });
+          // A size beyond the file (it shrank): the header read comes up short.
+          expect(b.walkChunks!(fd, start(c.end + 100), c.bytes.length + 1000, 8192, 10)).toMatchObject({ pos: c.end + 100, taken: 0 });
+          // maxHeaders 0 takes nothing.
+          expect(b.walkChunks!(fd, start(c.at[0]), c.bytes.length, 8192, 0)).toMatchObject({ pos: c.at[0], taken: 0 });
+        });
+        // An fd that cannot be read: nothing taken and no throw (the caller's own read reports it).
+        withFile('walk-wronly', c.bytes, (fd) => expect(b.walkChunks!(fd, start(c.at[0]), c.bytes.length, 8192, 10)).toMatchObject({ taken: 0 }), O_WRONLY);
+      });
+
+      it('stops within 16 headers of its time budget', () => {
+        if (!b.walkChunks) return;
+        const c = chunked(Array.from({ length: 100 }, () => 10));
+        withFile('walk-budget', c.bytes, (fd) => {
+          const w = b.walkChunks!(fd, start(c.at[0]), c.bytes.length, 8192, 1000, 0);
+          expect(w.taken).toBe(16);
+          expect(w.pos).toBe(c.at[16]);
+          expect(b.walkChunks!(fd, start(c.at[0]), c.bytes.length, 8192, 1000, -1).taken).toBe(100);
+        });
+      });
+
+      it('checks its arguments', () => {
+        if (!b.walkChunks) return;
+        expect(() => b.walkChunks!(-1, start(0), 0, 1, 1)).toThrow(RangeError);
+        expect(() => b.walkChunks!(0, undefined as never, 0, 1, 1)).toThrow(TypeError);
+        expect(() => b.walkChunks!(0, { ...start(0), pos: -1 }, 0, 1, 1)).toThrow(RangeError);
+        expect(() => b.walkChunks!(0, { ...start(0), tableCrc: 2 ** 32 }, 0, 1, 1)).toThrow(RangeError);
+        expect(() => b.walkChunks!(0, start(0), 0, 0, 1)).toThrow(RangeError);
+        expect(() => b.walkChunks!(0, start(0), 0, 1, 1, -2)).toThrow(RangeError);
+      });
+    });
   });
 }

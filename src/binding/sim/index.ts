@@ -113,7 +113,13 @@ export class SimBinding implements Binding {
       checkEventfd: (fd) => this.checkEventfd(fd),
       signal: (fd) => this.signalEventfd(fd),
     };
+    const walk = inner?.walkChunks?.bind(inner);
+    // The inner binding's fast path for real files; a virtual fd is never a snapshot file: the
+    // walk takes nothing and the caller's own reads get the virtual fd's errors.
+    if (walk) this.walkChunks = (fd, w, ...rest) => (SimBinding.isVirtualFd(fd) ? { ...w, taken: 0 } : walk(fd, w, ...rest));
   }
+
+  readonly walkChunks?: Binding['walkChunks'];
 
   // ------------------------------------------------------------------ registry and hooks
 
