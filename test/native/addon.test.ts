@@ -61,6 +61,7 @@ describe('loading', () => {
         'pwrite',
         'read',
         'setErrorClass',
+        'walkChunks',
         'write',
       ].sort(),
     );
