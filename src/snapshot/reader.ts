@@ -29,9 +29,9 @@ import * as f from './format';
  * Where a reader's bytes come from: `size` bytes, read by position. `read` fills `buf` from
  * offset `pos` on and resolves with the bytes read, fewer only at the end (0 past it).
  * `readSync`, when the source has it, does the same without waiting: the reader uses it for
- * header-sized reads (section and chunk headers, at most 64 bytes), which a file serves from the
- * page cache in ~1 µs while an awaited read costs a thread-pool round trip (~70 µs) and a few
- * microtasks. Validating a 1 GiB snapshot reads 1024 chunk headers.
+ * small reads (the file header, section and chunk headers, plain bodies up to 64 KiB), which a
+ * file serves from the page cache in ~1 µs while an awaited read costs a thread-pool round trip
+ * (~70 µs) and a few microtasks. Validating a 1 GiB snapshot reads 1024 chunk headers.
  */
 export interface SnapshotSource {
   readonly size: number;
@@ -56,25 +56,31 @@ export interface SnapshotSource {
  */
 class FileSource implements SnapshotSource {
   readonly walkChunks?: (walk: ChunkWalk, maxChunk: number) => ChunkWalk & { taken: number };
+  private closed = false;
 
   private constructor(
-    private readonly fh: fs.promises.FileHandle,
+    readonly fd: number,
     readonly size: number,
     private readonly binding?: ReaderBinding,
   ) {
     const walk = binding?.walkChunks?.bind(binding);
-    if (walk) this.walkChunks = (w, maxChunk) => walk(fh.fd, w, size, maxChunk, WALK_MAX_HEADERS, WALK_BUDGET_US);
+    if (walk) this.walkChunks = (w, maxChunk) => walk(fd, w, size, maxChunk, WALK_MAX_HEADERS, WALK_BUDGET_US);
   }
 
-  static async open(file: string, binding?: ReaderBinding): Promise<FileSource> {
-    let fh: fs.promises.FileHandle | undefined;
+  /**
+   * open(2) and fstat(2), synchronously: microseconds on a local file, where the thread pool's
+   * round trips (and, in a fresh process, starting its threads) cost milliseconds before a
+   * restore can begin. The header reads that follow are synchronous too.
+   */
+  static open(file: string, binding?: ReaderBinding): FileSource {
+    let fd: number | undefined;
     let syscall = 'open';
     try {
-      fh = await fs.promises.open(file, fs.constants.O_RDONLY);
+      fd = fs.openSync(file, fs.constants.O_RDONLY);
       syscall = 'fstat';
-      return new FileSource(fh, (await fh.stat()).size, binding);
+      return new FileSource(fd, fs.fstatSync(fd).size, binding);
     } catch (e) {
-      await fh?.close().catch(() => undefined);
+      if (fd !== undefined) fs.closeSync(fd);
       const err = e as NodeJS.ErrnoException;
       throw new VfioError(`cannot ${syscall} snapshot ${file}: ${err.code}`, {
         code: err.code ?? 'EIO', errno: Math.abs(err.errno ?? 5), syscall, path: file, kind: 'syscall', cause: e,
@@ -82,16 +88,12 @@ class FileSource implements SnapshotSource {
     }
   }
 
-  get fd(): number {
-    return this.fh.fd;
-  }
-
   async read(buf: Buffer, pos: number): Promise<number> {
     let off = 0;
     while (off < buf.length) {
-      const { bytesRead } = await this.fh.read(buf, off, buf.length - off, pos + off);
-      if (bytesRead === 0) break;
-      off += bytesRead;
+      const n = await fsRead(this.fd, buf, off, buf.length - off, pos + off);
+      if (n === 0) break;
+      off += n;
     }
     return off;
   }
@@ -99,7 +101,7 @@ class FileSource implements SnapshotSource {
   readSync(buf: Buffer, pos: number): number {
     let off = 0;
     while (off < buf.length) {
-      const n = this.binding ? this.binding.pread(this.fh.fd, off === 0 ? buf : buf.subarray(off), pos + off) : fs.readSync(this.fh.fd, buf, off, buf.length - off, pos + off);
+      const n = this.binding ? this.binding.pread(this.fd, off === 0 ? buf : buf.subarray(off), pos + off) : fs.readSync(this.fd, buf, off, buf.length - off, pos + off);
       if (n === 0) break;
       off += n;
     }
@@ -107,8 +109,15 @@ class FileSource implements SnapshotSource {
   }
 
   async close(): Promise<void> {
-    await this.fh.close();
+    if (this.closed) return;
+    this.closed = true;
+    fs.closeSync(this.fd);
   }
+}
+
+/** fs.read with a promise: the bytes read. */
+function fsRead(fd: number, buf: Buffer, off: number, len: number, pos: number): Promise<number> {
+  return new Promise((resolve, reject) => fs.read(fd, buf, off, len, pos, (e, n) => (e ? reject(e) : resolve(n))));
 }
 
 /** What the reader uses of a binding (src/binding/types.ts). */
@@ -122,6 +131,9 @@ export interface OpenOptions {
    */
   binding?: ReaderBinding;
 }
+
+/** Plain bodies up to this size are read synchronously, like headers. */
+const SMALL_BODY = 64 * 1024;
 
 /** One Binding.walkChunks call takes at most this many headers, or runs about this long. */
 const WALK_MAX_HEADERS = 4096;
@@ -192,7 +204,7 @@ export class SnapshotReader {
    * EVFIO_SNAPSHOT_UNSUPPORTED) or kind 'syscall' (open, fstat, read).
    */
   static async open(file: string, opts: OpenOptions = {}): Promise<SnapshotReader> {
-    return SnapshotReader.fromSource(await FileSource.open(file, opts.binding), file, { isPath: true });
+    return SnapshotReader.fromSource(FileSource.open(file, opts.binding), file, { isPath: true });
   }
 
   /** Validate the snapshot held in `data` (not copied: leave it unchanged while the reader is in use). Errors as open(). */
@@ -330,7 +342,7 @@ export class SnapshotReader {
   private async validate(): Promise<void> {
     this.size = this.source.size;
     const head = Buffer.alloc(f.FILE_HEADER_SIZE);
-    const n = await this.readAt(head, 0);
+    const n = this.source.readSync ? this.readNow(head, 0) : await this.readAt(head, 0);
     this.header = f.decodeFileHeader(head.subarray(0, n));
     let skeleton = f.crc32(head);
     let pos = f.FILE_HEADER_SIZE;
@@ -363,7 +375,9 @@ export class SnapshotReader {
       } else {
         if (entry.bodyAt + header.length > this.size) throw truncated(`section ${f.sectionTypeName(header.type)} at ${pos} needs ${header.length} bytes`);
         const body = Buffer.alloc(header.length);
-        await this.readExact(body, entry.bodyAt);
+        // Plain bodies are small (DEVICE, CONFIG, PCI_MODEL: at most a few KiB): read like headers.
+        if (header.length <= SMALL_BODY) await this.readHeader(body, entry.bodyAt);
+        else await this.readExact(body, entry.bodyAt);
         if (f.crc32(body) !== header.crc) {
           throw new VfioError(`checksum mismatch in the ${f.sectionTypeName(header.type)} section at offset ${pos}`, { code: 'EVFIO_SNAPSHOT_CHECKSUM', kind: 'format' });
         }
@@ -450,24 +464,28 @@ export class SnapshotReader {
   }
 
   /**
-   * Read a header (at most 64 bytes) whole: synchronously when the source can
+   * Read a header (or a plain body of at most SMALL_BODY bytes) whole: synchronously when the source can
    * (SnapshotSource.readSync), the event loop getting a turn every YIELD_EVERY reads. Returns a
    * promise only when the caller has to wait, so a walk over many headers runs as a plain loop.
    */
   private readHeader(b: Buffer, pos: number): Promise<void> | undefined {
     if (!this.source.readSync) return this.readExact(b, pos);
-    let n: number;
-    try {
-      n = this.source.readSync(b, pos);
-    } catch (e) {
-      throw this.readError(e, pos);
-    }
+    const n = this.readNow(b, pos);
     if (n !== b.length) throw truncated(`expected ${b.length} bytes at offset ${pos}, got ${n}`);
     if (++this.headerReads % YIELD_EVERY === 0) return new Promise<void>((resolve) => setImmediate(resolve));
     return undefined;
   }
 
   private headerReads = 0;
+
+  /** source.readSync, its failure as readAt's. */
+  private readNow(b: Buffer, pos: number): number {
+    try {
+      return this.source.readSync!(b, pos);
+    } catch (e) {
+      throw this.readError(e, pos);
+    }
+  }
 
   /** A failed read as a VfioError of kind 'syscall' (errors that already are VfioErrors pass). */
   private readError(e: unknown, pos: number): unknown {
