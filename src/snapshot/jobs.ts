@@ -58,8 +58,11 @@ export async function writeDeviceSections(writer: SnapshotWriter, index: number,
 
 /**
  * Pause every device (→ STOP; the kernel passes RUNNING_P2P on P2P devices), save each one's
- * STOP_COPY stream and config space into `file`, then return them to their previous state
- * (or leave them in STOP). All devices are quiesced before any is saved.
+ * STOP_COPY stream and config space into `file`, return them to their previous state (or leave
+ * them in STOP), and only then make the file durable (fsync, rename, directory fsync): the
+ * devices' downtime is the state copy, not the disk's write-back. All devices are quiesced
+ * before any is saved. On failure the file is removed and the devices are returned to where
+ * they were; the error's message lists where each one was left.
  */
 export async function saveSnapshot(devices: VfioDevice[], file: string, opts: SaveOptions = {}): Promise<SaveResult> {
   const migs = devices.map((d) => Migration.require(d));
@@ -95,10 +98,10 @@ export async function saveSnapshot(devices: VfioDevice[], file: string, opts: Sa
       result.devices.push({ name: dev.name, stateBytes: bytes, configBytes: config.length });
       log('%s: saved %d bytes of device state', dev.name, bytes);
     }
-    step = 'commit';
-    await writer.commit();
     step = 'resume';
     if (!opts.leaveStopped) await returnTo(migs, before);
+    step = 'commit';
+    await writer.commit();
     return result;
   } catch (e) {
     await writer?.abort();

@@ -298,7 +298,7 @@ describe('saveSnapshot: a failure leaves no file and the devices where they were
     const { sd, dev } = sim('src');
     const file = path.join(env.dir, 'durable.vfiosnap');
     events = [];
-    await saveSnapshot([dev], file, { bufferSize: 8192 });
+    await saveSnapshot([dev], file, { bufferSize: 8192, onState: (c) => events.push(`state ${MigState[c.to]}`) });
     const tmpOpen = events.find((ev) => ev.startsWith('open ') && isTemp(ev.slice(5)));
     expect(tmpOpen, events.join('\n')).toBeDefined();
     const tmp = tmpOpen!.slice(5);
@@ -312,9 +312,33 @@ describe('saveSnapshot: a failure leaves no file and the devices where they were
     expect(events.slice(rename + 1).some((ev) => ev === `fsync ${path.dirname(path.resolve(file))}`), events.join('\n')).toBe(true);
     expect(leftovers(env.dir)).toEqual([]);
     expectSettled(sd, RUNNING);
+    // The device runs again before the file is made durable: its downtime is the state copy,
+    // not the disk's write-back.
+    const running = events.lastIndexOf('state RUNNING');
+    expect(running, events.join('\n')).toBeGreaterThan(events.indexOf('state STOP'));
+    expect(running, events.join('\n')).toBeLessThan(fsync);
     const r = await SnapshotReader.open(file);
     expect(r.devices()[0].state!.chunks!.total).toBe(sd.streamLength);
     await r.close();
+  });
+
+  it('a commit that fails after the device runs again: no file, no temporary, the device RUNNING and the error says so', async () => {
+    const { sd, dev } = sim('src');
+    // rename(2) onto a non-empty directory fails (EISDIR / ENOTEMPTY): the last step of the commit.
+    const file = path.join(env.dir, 'occupied.vfiosnap');
+    fs.mkdirSync(file);
+    fs.writeFileSync(path.join(file, 'keep'), 'x');
+    try {
+      const e = await rejection(saveSnapshot([dev], file, { bufferSize: 8192 }));
+      expect(e.step).toBe('snapshot:commit');
+      expect(['EISDIR', 'ENOTEMPTY', 'EEXIST']).toContain(e.code);
+      expect(e.message).toMatch(/devices left: sim:64KiB#src: RUNNING/);
+      expect(leftovers(env.dir)).toEqual([]);
+      expect(fs.readdirSync(file)).toEqual(['keep']);
+      expectSettled(sd, RUNNING);
+    } finally {
+      fs.rmSync(file, { recursive: true });
+    }
   });
 });
 
