@@ -83,7 +83,7 @@ class FileSource implements SnapshotSource {
       if (fd !== undefined) fs.closeSync(fd);
       const err = e as NodeJS.ErrnoException;
       throw new VfioError(`cannot ${syscall} snapshot ${file}: ${err.code}`, {
-        code: err.code ?? 'EIO', errno: Math.abs(err.errno ?? 5), syscall, path: file, kind: 'syscall', cause: e,
+        code: err.code ?? 'EIO', errno: Math.abs(err.errno ?? 5), syscall, path: file, kind: 'syscall', step: 'snapshot:open', cause: e,
       });
     }
   }
@@ -490,6 +490,11 @@ export class SnapshotReader {
   /** A failed read as a VfioError of kind 'syscall' (errors that already are VfioErrors pass). */
   private readError(e: unknown, pos: number): unknown {
     const err = e as NodeJS.ErrnoException;
+    if (e instanceof VfioError && e.kind === 'syscall' && e.syscall && !e.path) {
+      // A binding's pread failing: the same words as fs's, with its syscall and errno.
+      e.message = `reading snapshot ${this.path} at offset ${pos} failed: ${e.code}`;
+      return e.annotate({ path: this.path });
+    }
     if (e instanceof VfioError || typeof err?.errno !== 'number') return e;
     return new VfioError(`reading snapshot ${this.path} at offset ${pos} failed: ${err.code}`, {
       code: err.code ?? 'EIO', errno: Math.abs(err.errno), syscall: err.syscall ?? 'read', kind: 'syscall', path: this.path, cause: e,

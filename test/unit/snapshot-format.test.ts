@@ -4,7 +4,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
 import { SnapshotWriter } from '../../src/snapshot/writer';
-import { SnapshotReader } from '../../src/snapshot/reader';
+import { SnapshotReader, type ReaderBinding } from '../../src/snapshot/reader';
+import { loadBinding } from '../../src/binding';
 import * as f from '../../src/snapshot/format';
 import { inspectSnapshot } from '../../src/snapshot/inspect';
 import { VfioError } from '../../src/errors';
@@ -141,6 +142,23 @@ describe('snapshot format v1', () => {
       const e = await openErr(file);
       expect(e.kind).toBe('format');
       expect(['EVFIO_SNAPSHOT_TRUNCATED', 'EVFIO_BAD_SNAPSHOT']).toContain(e.code);
+    }
+  });
+
+  it('reports a file it cannot open or read as a syscall error naming the file, with fs or with the addon', async () => {
+    const bindings: Array<[string, ReaderBinding | undefined]> = [['fs', undefined]];
+    try {
+      bindings.push(['addon', loadBinding('native')]);
+    } catch {
+      // no addon here: the fs path alone
+    }
+    for (const [how, binding] of bindings) {
+      const missing = await SnapshotReader.open(path.join(dir, 'missing.snap'), { binding }).catch((e: unknown) => e as VfioError);
+      expect(missing, how).toMatchObject({ code: 'ENOENT', kind: 'syscall', syscall: 'open', path: path.join(dir, 'missing.snap'), step: 'snapshot:open' });
+      const isDir = await SnapshotReader.open(dir, { binding }).catch((e: unknown) => e as VfioError);
+      expect(isDir, how).toBeInstanceOf(VfioError);
+      expect(isDir, how).toMatchObject({ code: 'EISDIR', kind: 'syscall', path: dir, step: 'snapshot:validate' });
+      expect((isDir as VfioError).message, how).toBe(`reading snapshot ${dir} at offset 0 failed: EISDIR`);
     }
   });
 
