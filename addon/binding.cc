@@ -845,6 +845,8 @@ vfio_pump_options PumpOptionsArg(const Napi::CallbackInfo& info, size_t i, const
     if (!precopy.IsBoolean()) ThrowTypeError(env, "pump: \"precopy\" must be a boolean");
     o.precopy = precopy.As<Napi::Boolean>().Value();
   }
+  Napi::Value writeback = obj.Get("writeback");
+  if (!writeback.IsUndefined()) o.writeback = static_cast<uint64_t>(IntValue(env, writeback, "pump", "writeback", 0, kMaxSafeInteger));
   if (o.verify && (o.limit < 0 || static_cast<uint64_t>(o.limit) > buf.length)) {
     ThrowRangeError(env, "pump: \"expectCrc\" needs \"limit\", at most the buffer length (" +
                              std::to_string(buf.length) + ")");

@@ -188,7 +188,18 @@ struct PumpEnd {
   int64_t pos;
   short events;
   bool prewait;
+  // Write side: start write-back every `writeback` bytes (0: never), from `flushed` on.
+  uint64_t writeback = 0;
+  int64_t flushed = 0;
 };
+
+// After a write at e.pos: start the write-back of the bytes written since the last one, once
+// there are e.writeback of them (vfio_pump_options::writeback). Failures are ignored.
+void MaybeWriteback(PumpEnd& e) {
+  if (e.writeback == 0 || e.pos - e.flushed < static_cast<int64_t>(e.writeback)) return;
+  (void)::sync_file_range(e.fd, e.flushed, e.pos - e.flushed, SYNC_FILE_RANGE_WRITE);
+  e.flushed = e.pos;
+}
 
 // Regular files and block devices never wait indefinitely (no poll needed to stay
 // cancellable); pipes, sockets, ttys and data_fds may.
@@ -281,6 +292,7 @@ int PumpWriteAll(PumpEnd& e, const unsigned char* buf, size_t len, int cancel_fd
     *written += static_cast<uint64_t>(w);
     if (e.pos >= 0) e.pos += w;
   }
+  MaybeWriteback(e);
   return 0;
 }
 
@@ -396,6 +408,13 @@ int vfio_pump(int src, int dst, void* buf, size_t buf_len, const vfio_pump_optio
     if (dst == o.cancel_fd) return fail(VFIO_PUMP_WRITE, EBADF);
     in.prewait = MayWaitIndefinitely(src);
     to.prewait = MayWaitIndefinitely(dst);
+  }
+  if (o.writeback > 0 && to.pos >= 0) {
+    struct stat st;
+    if (::fstat(dst, &st) == 0 && S_ISREG(st.st_mode)) {
+      to.writeback = o.writeback;
+      to.flushed = to.pos;
+    }
   }
   // Cancellation is seen within one chunk: an end that may wait polls cancel_fd before each of
   // its calls (WaitReady); when neither does (file to file), each chunk starts with a check.

@@ -180,6 +180,13 @@ struct vfio_pump_options {
   uint32_t table_crc = 0;
   /** WRITE: the file's skeleton crc32 so far; continued over each 8-byte chunk header. */
   uint32_t skeleton_crc = 0;
+  /**
+   * > 0, with dst a regular file written by position (dst_offset >= 0): after every `writeback`
+   * bytes written, start the write-back of them with sync_file_range(SYNC_FILE_RANGE_WRITE), so
+   * that the disk works while the pump copies, the caller's fsync finds little left, and dirty
+   * pages do not pile up. A hint: its failures are ignored (fsync reports write errors).
+   */
+  uint64_t writeback = 0;
 };
 
 struct vfio_pump_result {

@@ -448,7 +448,7 @@ export function pumpArgs(fn: string, srcFd: unknown, dstFd: unknown, buf: unknow
     return { buf: b, options: o };
   }
   if (typeof opts !== 'object' || opts === null) throw typeError(`${fn}: "options" must be an object`);
-  const { limit, srcOffset, dstOffset, expectCrc, precopy, frame } = opts as Record<string, unknown>;
+  const { limit, srcOffset, dstOffset, expectCrc, precopy, frame, writeback } = opts as Record<string, unknown>;
   if (limit !== undefined) o.limit = intArg(fn, 'limit', limit, 0, MAX_SAFE);
   if (srcOffset !== undefined) o.srcOffset = intArg(fn, 'srcOffset', srcOffset, 0, MAX_SAFE);
   if (dstOffset !== undefined) o.dstOffset = intArg(fn, 'dstOffset', dstOffset, 0, MAX_SAFE);
@@ -460,6 +460,8 @@ export function pumpArgs(fn: string, srcFd: unknown, dstFd: unknown, buf: unknow
     if (typeof precopy !== 'boolean') throw typeError(`${fn}: "precopy" must be a boolean`);
     o.precopy = precopy;
   }
+  // A hint this loop does not act on (no sync_file_range here); checked like the addon does.
+  if (writeback !== undefined) intArg(fn, 'writeback', writeback, 0, MAX_SAFE);
   if (o.verify && (o.limit < 0 || o.limit > b.length)) {
     throw rangeError(`${fn}: "expectCrc" needs "limit", at most the buffer length (${b.length})`);
   }

@@ -162,6 +162,14 @@ export interface PumpOptions {
   /** Write the destination with pwrite(2) from this offset on, advancing, instead of write(2). */
   dstOffset?: number;
   /**
+   * Bytes, > 0: with `dstOffset` and a regular file as the destination, start the write-back
+   * of every `writeback` bytes written (sync_file_range(2) SYNC_FILE_RANGE_WRITE), so that the
+   * disk writes while the pump copies and a final fsync has little left to wait for. A hint:
+   * it changes no byte and no result, its failures are ignored, and the koffi and simulated
+   * bindings' JS loop does not act on it. Integer in [0, 2^53); 0 is off.
+   */
+  writeback?: number;
+  /**
    * The CRC-32 (as `zlib.crc32()` computes it, unsigned) the `limit` bytes must have; `limit`
    * is then required and at most `buf.length`. The pump reads all `limit` bytes into `buf`
    * first and writes them to the destination only if their CRC-32 matches: otherwise it

@@ -29,6 +29,14 @@ import { CHUNK_HEADER_SIZE, END_CHUNK_SIZE, MAX_CHUNK, sectionTypeName } from '.
 /** Payload bytes one pump call moves at most (save and load): progress at least this often. */
 export const PUMP_CALL_BYTES = 64 << 20;
 
+/**
+ * Saves into a file that will be made durable start its write-back every this many bytes
+ * (PumpOptions.writeback): the disk writes while the pump copies, instead of all of it in the
+ * final fsync. On this project's test VM a durable 1 GiB save's fsync dropped from ~800 ms to
+ * ~50 ms, the whole save by ~15 % (bench/README.md).
+ */
+export const WRITEBACK_BYTES = 32 << 20;
+
 export interface StateIoOptions {
   /** Transfer buffer size, and the payload size of each chunk written (default 1 MiB). */
   bufferSize?: number;
@@ -75,6 +83,7 @@ export async function saveStateSection(binding: Binding, dataFd: number, writer:
         frame: { mode: 'write', chunk, tableCrc: at.tableCrc, skeletonCrc: at.skeletonCrc },
         dstOffset: at.offset,
         limit,
+        writeback: writer.durable ? WRITEBACK_BYTES : 0,
       });
     } catch (e) {
       const fileSide = e instanceof VfioError && (e.syscall === 'pwrite' || e.syscall === 'write');

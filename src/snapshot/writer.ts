@@ -73,6 +73,11 @@ export class SnapshotWriter {
     return this.fh.fd;
   }
 
+  /** True when commit() makes the file durable (fsync of the file and its directory): not `noSync`. */
+  get durable(): boolean {
+    return !this.opts.noSync;
+  }
+
   /** Bytes written so far. */
   get bytesWritten(): number {
     return this.pos;

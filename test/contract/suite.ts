@@ -591,6 +591,45 @@ export function bindingContract(name: string, create: () => Binding, opts: Contr
         return err;
       }
 
+      it('writeback: a hint that changes no byte and no result, to a file or a pipe, plain or framed', async () => {
+        if (pumpReason()) return;
+        const data = pattern(3 * 65536 + 17, 9);
+        for (const writeback of [0, 1, 4096, 65536, 2 ** 53 - 1]) {
+          const f = files(`wb-${writeback}`, data);
+          try {
+            expect(await pump(f.src, f.dst, Buffer.alloc(8192), { dstOffset: 5, writeback })).toEqual({ bytes: data.length, crc32: crc32(data), end: 'eof' });
+            expect(fs.readFileSync(f.dstPath).subarray(5).equals(data)).toBe(true);
+          } finally {
+            f.close();
+          }
+          const g = files(`wbf-${writeback}`, data);
+          try {
+            const r = await pump(g.src, g.dst, Buffer.alloc(8192 + 8), { dstOffset: 0, writeback, frame: { mode: 'write', chunk: 8192 } });
+            expect(r).toMatchObject({ bytes: data.length, chunks: Math.ceil(data.length / 8192), end: 'eof' });
+            expect(fs.statSync(g.dstPath).size).toBe(r.written);
+          } finally {
+            g.close();
+          }
+          // Not a regular file (nothing to write back): ignored.
+          await withPipe(0, async (r, w) => {
+            const src = b.open(tmp(`wb-${writeback}.src`), O_RDONLY);
+            try {
+              const small = data.subarray(0, 1000);
+              expect(await pump(src, w, Buffer.alloc(512), { limit: small.length, writeback })).toEqual({ bytes: small.length, crc32: crc32(small), end: 'limit' });
+              const got = Buffer.alloc(small.length);
+              expect(fs.readSync(r, got)).toBe(small.length);
+              expect(got.equals(small)).toBe(true);
+            } finally {
+              b.close(src);
+            }
+          });
+        }
+        const buf = Buffer.alloc(16);
+        expect(() => pump(0, 1, buf, { writeback: -1 })).toThrow(RangeError);
+        expect(() => pump(0, 1, buf, { writeback: 1.5 })).toThrow(RangeError);
+        expect(() => pump(0, 1, buf, { writeback: '1' as never })).toThrow(TypeError);
+      });
+
       it('copies a file exactly to its end, with zlib crc32 over the data', async () => {
         if (pumpReason()) return;
         const data = pattern(1024 * 1024 + 123);
