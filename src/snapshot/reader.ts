@@ -68,7 +68,8 @@ class FileSource implements SnapshotSource {
   }
 
   /**
-   * open(2) and fstat(2), synchronously: microseconds on a local file, where the thread pool's
+   * open(2) and fstat(2), synchronously (a regular file only: EVFIO_NOT_A_FILE for anything
+   * else): microseconds on a local file, where the thread pool's
    * round trips (and, in a fresh process, starting its threads) cost milliseconds before a
    * restore can begin. The header reads that follow are synchronous too.
    */
@@ -76,11 +77,18 @@ class FileSource implements SnapshotSource {
     let fd: number | undefined;
     let syscall = 'open';
     try {
-      fd = fs.openSync(file, fs.constants.O_RDONLY);
+      // O_NONBLOCK: a FIFO would otherwise block the open until a writer came; it is refused
+      // below like every other file that cannot be read by position.
+      fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
       syscall = 'fstat';
-      return new FileSource(fd, fs.fstatSync(fd).size, binding);
+      const st = fs.fstatSync(fd);
+      if (!st.isFile()) {
+        throw new VfioError(`snapshot ${file} is not a regular file`, { code: 'EVFIO_NOT_A_FILE', kind: 'usage', path: file, step: 'snapshot:open' });
+      }
+      return new FileSource(fd, st.size, binding);
     } catch (e) {
       if (fd !== undefined) fs.closeSync(fd);
+      if (e instanceof VfioError) throw e;
       const err = e as NodeJS.ErrnoException;
       throw new VfioError(`cannot ${syscall} snapshot ${file}: ${err.code}`, {
         code: err.code ?? 'EIO', errno: Math.abs(err.errno ?? 5), syscall, path: file, kind: 'syscall', step: 'snapshot:open', cause: e,

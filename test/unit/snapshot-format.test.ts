@@ -1,4 +1,5 @@
 import { describe, it, expect, beforeEach, afterEach } from 'vitest';
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -145,7 +146,7 @@ describe('snapshot format v1', () => {
     }
   });
 
-  it('reports a file it cannot open or read as a syscall error naming the file, with fs or with the addon', async () => {
+  it('reports a file it cannot open or read as a syscall error naming the file, with fs or with the addon, and refuses what is not a regular file', async () => {
     const bindings: Array<[string, ReaderBinding | undefined]> = [['fs', undefined]];
     try {
       bindings.push(['addon', loadBinding('native')]);
@@ -155,10 +156,27 @@ describe('snapshot format v1', () => {
     for (const [how, binding] of bindings) {
       const missing = await SnapshotReader.open(path.join(dir, 'missing.snap'), { binding }).catch((e: unknown) => e as VfioError);
       expect(missing, how).toMatchObject({ code: 'ENOENT', kind: 'syscall', syscall: 'open', path: path.join(dir, 'missing.snap'), step: 'snapshot:open' });
-      const isDir = await SnapshotReader.open(dir, { binding }).catch((e: unknown) => e as VfioError);
-      expect(isDir, how).toBeInstanceOf(VfioError);
-      expect(isDir, how).toMatchObject({ code: 'EISDIR', kind: 'syscall', path: dir, step: 'snapshot:validate' });
-      expect((isDir as VfioError).message, how).toBe(`reading snapshot ${dir} at offset 0 failed: EISDIR`);
+      // A read that fails (the fd closed under the reader): the same words through fs and the addon.
+      const file = path.join(dir, `readable-${how}.snap`);
+      await writeSample(file, [Buffer.alloc(300, 1), Buffer.alloc(200, 2)]);
+      const r = await SnapshotReader.open(file, { binding });
+      const state = r.devices()[0].state!;
+      fs.closeSync(r.fd!);
+      const failed = await (async () => {
+        for await (const _ of r.chunkHeaders(state)) void _;
+      })().catch((e: unknown) => e as VfioError);
+      await r.close();
+      expect(failed, how).toBeInstanceOf(VfioError);
+      expect(failed, how).toMatchObject({ code: 'EBADF', kind: 'syscall', path: file });
+      expect((failed as VfioError).message, how).toBe(`reading snapshot ${file} at offset ${state.bodyAt} failed: EBADF`);
+      // Not a regular file: refused at once. A FIFO with no writer must not block the open (and the event loop).
+      const fifo = path.join(dir, `fifo-${how}`);
+      execFileSync('mkfifo', [fifo]);
+      for (const p of [fifo, dir, '/dev/null']) {
+        const e = await SnapshotReader.open(p, { binding }).catch((x: unknown) => x as VfioError);
+        expect(e, `${how} ${p}`).toBeInstanceOf(VfioError);
+        expect(e, `${how} ${p}`).toMatchObject({ code: 'EVFIO_NOT_A_FILE', kind: 'usage', path: p, step: 'snapshot:open' });
+      }
     }
   });
 
