@@ -3,7 +3,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as fs from 'node:fs';
 import { VfioError } from '../errors';
-import { openDevice, type OpenOptions } from '../device/open';
+import { getDefaultBinding, openDevice, type OpenOptions } from '../device/open';
+import type { Binding } from '../binding/types';
 import { loadBinding } from '../binding';
 import type { VfioDevice } from '../device/device';
 import { Migration } from '../migration/migration';
@@ -49,6 +50,15 @@ function openOptions(ctx: CommandContext): OpenOptions {
     o.binding = loadBinding(ctx.opts.binding);
   }
   return o;
+}
+
+/** The default binding (native, else koffi) for reading files faster; none when neither loads. */
+function anyBinding(): Binding | undefined {
+  try {
+    return getDefaultBinding();
+  } catch {
+    return undefined;
+  }
 }
 
 function withDevices<T>(specs: string[], opts: OpenOptions, fn: (devs: VfioDevice[]) => Promise<T>): Promise<T> {
@@ -131,7 +141,7 @@ const restore: Command = async (ctx) => {
 
 const inspect: Command = async (ctx) => {
   if (ctx.args.length !== 1) throw usage('inspect takes one FILE');
-  const res = await inspectSnapshot(ctx.args[0]);
+  const res = await inspectSnapshot(ctx.args[0], { binding: openOptions(ctx).binding ?? anyBinding() });
   ctx.out.write(ctx.opts.json ? JSON.stringify(res, null, 2) + '\n' : formatInspection(res));
   return res.ok ? 0 : 1;
 };

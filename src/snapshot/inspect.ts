@@ -1,7 +1,7 @@
 /** `vfio-pci inspect`: what a snapshot file holds, and whether every checksum holds. */
 import { VfioError } from '../errors';
 import * as f from './format';
-import { SnapshotReader } from './reader';
+import { SnapshotReader, type OpenOptions } from './reader';
 import { flagNames, MIGRATION_FLAG_NAMES } from '../uapi/vfio';
 
 export interface Inspection {
@@ -16,12 +16,15 @@ export interface Inspection {
   devices: Array<{ index: number; name: string; identity: string; migrationFlags: string[]; configBytes: number; stateBytes: number }>;
 }
 
-/** Validate `file` fully (every chunk's crc32 too) and describe it. Never throws for a bad file. */
-export async function inspectSnapshot(file: string): Promise<Inspection> {
+/**
+ * Validate `file` fully (every chunk's crc32 too) and describe it. Never throws for a bad file.
+ * `opts.binding`: read headers through it (SnapshotReader.open); the verdict is the same.
+ */
+export async function inspectSnapshot(file: string, opts: OpenOptions = {}): Promise<Inspection> {
   const res: Inspection = { file, ok: false, sections: [], devices: [] };
   let reader: SnapshotReader | undefined;
   try {
-    reader = await SnapshotReader.open(file);
+    reader = await SnapshotReader.open(file, opts);
     res.version = reader.header.version;
     res.created = new Date(reader.header.created).toISOString();
     res.size = reader.size;
