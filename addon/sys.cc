@@ -161,7 +161,7 @@ int vfio_eventfd_write(int fd, uint64_t value) {
 }
 
 int vfio_poll(int fd, short events, int timeout_ms) {
-  const int64_t deadline = timeout_ms < 0 ? -1 : NowMs() + timeout_ms;
+  const int64_t deadline = timeout_ms > 0 ? NowMs() + timeout_ms : -1;  // 0: one look, no clock
   int wait = timeout_ms < 0 ? -1 : timeout_ms;
   for (;;) {
     struct pollfd p;
@@ -201,13 +201,16 @@ void MaybeWriteback(PumpEnd& e) {
   e.flushed = e.pos;
 }
 
+// The fd's file type (st_mode & S_IFMT), or 0 when fstat(2) fails: the pump's own calls then
+// report the bad fd.
+mode_t FileType(int fd) {
+  struct stat st;
+  return ::fstat(fd, &st) == 0 ? (st.st_mode & S_IFMT) : 0;
+}
+
 // Regular files and block devices never wait indefinitely (no poll needed to stay
 // cancellable); pipes, sockets, ttys and data_fds may.
-bool MayWaitIndefinitely(int fd) {
-  struct stat st;
-  if (::fstat(fd, &st) != 0) return true;  // the syscall itself reports a bad fd
-  return !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode));
-}
+bool MayWaitIndefinitely(mode_t type) { return type != S_IFREG && type != S_IFBLK; }
 
 // Wait until `e.fd` is ready (or reports POLLHUP/POLLERR/POLLNVAL: the next call tells what
 // happened) or `cancel_fd` is readable. Returns > 0, -ECANCELED, or -errno of poll(2).
@@ -231,18 +234,8 @@ int WaitReady(const PumpEnd& e, int cancel_fd) {
   }
 }
 
-// True once `cancel_fd` (>= 0) is readable. One poll(2) that does not wait.
-bool Cancelled(int cancel_fd) {
-  struct pollfd p;
-  p.fd = cancel_fd;
-  p.events = POLLIN;
-  p.revents = 0;
-  int r;
-  do {
-    r = ::poll(&p, 1, 0);
-  } while (r < 0 && errno == EINTR);
-  return r > 0;
-}
+// True once `cancel_fd` (>= 0) is readable (or invalid). One poll(2) that does not wait.
+bool Cancelled(int cancel_fd) { return vfio_poll(cancel_fd, POLLIN, 0) > 0; }
 
 // One read(2)/pread(2) of up to `len` bytes: EINTR retried, EAGAIN waited out. n >= 0 or -errno.
 int64_t PumpRead(PumpEnd& e, unsigned char* buf, size_t len, int cancel_fd) {
@@ -401,20 +394,18 @@ int vfio_pump(int src, int dst, void* buf, size_t buf_len, const vfio_pump_optio
     default:
       return fail(VFIO_PUMP_READ, EINVAL);
   }
+  const mode_t dst_type = cancellable || o.writeback > 0 ? FileType(dst) : 0;
   if (cancellable) {
     // cancel_fd was opened after the caller got its fds, so it can only share a number with
     // one that was not open at that time: that fd is bad, whatever now lives at its number.
     if (src == o.cancel_fd) return fail(VFIO_PUMP_READ, EBADF);
     if (dst == o.cancel_fd) return fail(VFIO_PUMP_WRITE, EBADF);
-    in.prewait = MayWaitIndefinitely(src);
-    to.prewait = MayWaitIndefinitely(dst);
+    in.prewait = MayWaitIndefinitely(FileType(src));
+    to.prewait = MayWaitIndefinitely(dst_type);
   }
-  if (o.writeback > 0 && to.pos >= 0) {
-    struct stat st;
-    if (::fstat(dst, &st) == 0 && S_ISREG(st.st_mode)) {
-      to.writeback = o.writeback;
-      to.flushed = to.pos;
-    }
+  if (o.writeback > 0 && to.pos >= 0 && dst_type == S_IFREG) {
+    to.writeback = o.writeback;
+    to.flushed = to.pos;
   }
   // Cancellation is seen within one chunk: an end that may wait polls cancel_fd before each of
   // its calls (WaitReady); when neither does (file to file), each chunk starts with a check.
@@ -503,10 +494,8 @@ int vfio_pump(int src, int dst, void* buf, size_t buf_len, const vfio_pump_optio
       if (!have_head) {
         if (int r = read_exact(head, kChunkHeader)) return r;
       }
-      unsigned char cur[kChunkHeader];
-      std::memcpy(cur, head, kChunkHeader);
-      const uint32_t len = GetLe32(cur);
-      const uint32_t want_crc = GetLe32(cur + 4);
+      const uint32_t len = GetLe32(head);
+      const uint32_t want_crc = GetLe32(head + 4);
       if (len == 0 || len > cap) {
         out->chunk_length = len;
         return fail(VFIO_PUMP_BAD_FRAME, EPROTO);
@@ -528,13 +517,13 @@ int vfio_pump(int src, int dst, void* buf, size_t buf_len, const vfio_pump_optio
         out->chunk_crc_actual = got_crc;
         return fail(VFIO_PUMP_CHECKSUM, EBADMSG);
       }
-      if (have_head) std::memcpy(head, bytes + len, next);
       int w = PumpWriteAll(to, bytes, len, o.cancel_fd, &out->bytes);
       if (w < 0) return fail(VFIO_PUMP_WRITE, -w);
       crc = CrcCombine(crc, got_crc, len);
       out->chunks++;
-      out->table_crc = static_cast<uint32_t>(Crc32(out->table_crc, cur, kChunkHeader));
+      out->table_crc = static_cast<uint32_t>(Crc32(out->table_crc, head, kChunkHeader));
       at += kChunkHeader + len;
+      if (have_head) std::memcpy(head, bytes + len, next);  // the header read ahead is next
       if (cut) {
         out->chunk_offset = base + static_cast<int64_t>(at);
         return fail(VFIO_PUMP_TRUNCATED, ENODATA);

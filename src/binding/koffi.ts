@@ -267,7 +267,7 @@ export class KoffiBinding implements Binding {
     for (;;) {
       const n = Number(this.c.read(fd, counter, 8));
       if (n === 8) return counter[0];
-      if (n >= 0) throw sysError(5 /* EIO: an eventfd read is 8 bytes or an error */, 'read');
+      if (n >= 0) throw sysError(EIO /* an eventfd read is 8 bytes or an error */, 'read');
       const e = koffi.errno();
       if (e === EAGAIN) return 0n;
       if (e !== EINTR) throw sysError(e, 'read');
@@ -284,7 +284,7 @@ export class KoffiBinding implements Binding {
     for (;;) {
       const n = Number(this.c.write(fd, counter, 8));
       if (n === 8) return;
-      if (n >= 0) throw sysError(5, 'write');
+      if (n >= 0) throw sysError(EIO, 'write');
       const e = koffi.errno();
       if (e !== EINTR) throw sysError(e, 'write');
     }
@@ -705,9 +705,4 @@ export async function runPump(io: PumpIo, src: number, dst: number, buf: Buffer,
     read += n;
     await writeAll(chunk);
   }
-}
-
-/** A koffi binding; throws when koffi or libc cannot be loaded. */
-export function createKoffiBinding(): KoffiBinding {
-  return new KoffiBinding();
 }

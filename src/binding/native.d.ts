@@ -47,6 +47,8 @@ declare namespace VfioPciNative {
     expectCrc?: number;
     /** ENOMSG and a read of 0 end the pump with 'for-now'. */
     precopy?: boolean;
+    /** Start the write-back of a regular-file destination every this many bytes, in [0, 2^53); 0: off. */
+    writeback?: number;
     /** Write or read the chunk framing of a snapshot section (PumpFrame in src/binding/types.ts). */
     frame?: PumpFrameWrite | PumpFrameRead;
   }

@@ -128,8 +128,3 @@ export class NativeBinding implements Binding {
     return this.addon.pump(srcFd, dstFd, buf, opts);
   }
 }
-
-/** A native binding (see NativeBinding's constructor). */
-export function createNativeBinding(file?: string): NativeBinding {
-  return new NativeBinding(file);
-}

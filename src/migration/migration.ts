@@ -21,7 +21,7 @@ import type { VfioDevice } from '../device/device';
 import * as s from '../uapi/structs';
 import * as v from '../uapi/vfio';
 import { MigState, migStateName } from '../uapi/vfio';
-import { planTransition } from './plan';
+import { isSavingState, planTransition } from './plan';
 import { logger } from '../log';
 
 const log = logger('migration');
@@ -31,7 +31,7 @@ export type SessionKind = 'save' | 'resume';
 
 /** The session group of a state: saving states share one session, RESUMING has its own. */
 export function sessionKindOf(state: MigState): SessionKind | undefined {
-  if (state === MigState.PRE_COPY || state === MigState.PRE_COPY_P2P || state === MigState.STOP_COPY) return 'save';
+  if (isSavingState(state)) return 'save';
   if (state === MigState.RESUMING) return 'resume';
   return undefined;
 }
@@ -149,7 +149,7 @@ export class Migration extends EventEmitter<MigrationEvents> {
       // Off the JS thread: drivers save or load device state inside some arcs (mlx5 STOP_COPY).
       await this.device.ioctlAsync(v.VFIO_DEVICE_FEATURE, b, `VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE (SET ${migStateName(target)})`);
     } catch (e) {
-      const actual = this.readBackAfterFailure();
+      const actual = this.stateOrError();
       this.endSessionIfLeft([from, actual]);
       if (e instanceof VfioError) {
         e.annotate({ step: `set-state ${migStateName(from)}→${migStateName(target)}`, deviceState: migStateName(actual) });
@@ -230,12 +230,7 @@ export class Migration extends EventEmitter<MigrationEvents> {
    * (The QEMU approach: hw/vfio/migration.c vfio_migration_set_state().)
    */
   async recover(target: MigState = MigState.RUNNING): Promise<{ state: MigState; reset: boolean }> {
-    let st: MigState;
-    try {
-      st = this.getState();
-    } catch {
-      st = MigState.ERROR;
-    }
+    const st = this.stateOrError();
     if (st === target) {
       this.closeSession();
       return { state: st, reset: false };
@@ -283,11 +278,15 @@ export class Migration extends EventEmitter<MigrationEvents> {
     this.removeAllListeners();
   }
 
-  private readBackAfterFailure(): MigState {
+  /**
+   * The device's state read back (VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE GET), or ERROR when even
+   * that fails (after a failed SET or recovery): never throws.
+   */
+  stateOrError(): MigState {
     try {
       return this.getState();
     } catch (e) {
-      log('%s: GET state after a failed SET failed too: %o', this.device.name, e);
+      log('%s: GET state failed: %o', this.device.name, e);
       this.cached = undefined;
       return MigState.ERROR;
     }

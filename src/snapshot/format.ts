@@ -31,8 +31,6 @@ export const END_BODY_SIZE = 16;
 export const MAX_CHUNK = 16 << 20;
 /** Largest plain section body a reader accepts. */
 export const MAX_PLAIN_BODY = 16 << 20;
-/** Chunk payload size the writer uses by default. */
-export const DEFAULT_CHUNK = 1 << 20;
 /** Device index of sections that belong to the whole file. */
 export const FILE_WIDE = 0xffff;
 

@@ -79,7 +79,7 @@ export async function saveSnapshot(devices: VfioDevice[], file: string, opts: Sa
     writer = await SnapshotWriter.create(file, { noSync: opts.noSync });
     step = 'pause';
     // Quiesce every device before saving any: with P2P all reach RUNNING_P2P first.
-    if (migs.length > 1 && migs.every((m) => m.supportsP2P)) for (const m of migs) await m.setState(MigState.RUNNING_P2P);
+    if (throughP2P(migs)) for (const m of migs) await m.setState(MigState.RUNNING_P2P);
     for (const m of migs) await m.setState(MigState.STOP);
     for (const [i, m] of migs.entries()) {
       const dev = m.device;
@@ -118,9 +118,14 @@ export async function saveSnapshot(devices: VfioDevice[], file: string, opts: Sa
   }
 }
 
+/** Several devices that all support P2P pass RUNNING_P2P together on the way to and from STOP. */
+function throughP2P(migs: Migration[]): boolean {
+  return migs.length > 1 && migs.every((m) => m.supportsP2P);
+}
+
 /** Leave STOP for the previous states; with P2P, all leave STOP for RUNNING_P2P before any runs. */
 async function returnTo(migs: Migration[], states: MigState[]): Promise<void> {
-  if (migs.length > 1 && migs.every((m) => m.supportsP2P)) {
+  if (throughP2P(migs)) {
     for (const [i, m] of migs.entries()) if (states[i] === MigState.RUNNING) await m.setState(MigState.RUNNING_P2P);
   }
   for (const [i, m] of migs.entries()) await m.setState(states[i]);
@@ -131,11 +136,7 @@ async function safeRecover(m: Migration, target: MigState): Promise<MigState> {
     return (await m.recover(target)).state;
   } catch (e) {
     log('%s: recovery failed: %o', m.device.name, e);
-    try {
-      return m.getState();
-    } catch {
-      return MigState.ERROR;
-    }
+    return m.stateOrError();
   }
 }
 

@@ -23,6 +23,7 @@
 import * as fs from 'node:fs';
 import type { Binding, ChunkWalk } from '../binding/types';
 import { VfioError } from '../errors';
+import { DEFAULT_BUFFER_SIZE } from '../migration/stream';
 import * as f from './format';
 
 /**
@@ -148,7 +149,7 @@ const WALK_MAX_HEADERS = 4096;
 const WALK_BUDGET_US = 1000;
 
 /**
- * Header reads done synchronously in a row before the event loop gets a turn: ~1 µs each from
+ * Small reads done synchronously in a row before the event loop gets a turn: ~1 µs each from
  * the page cache, so a run holds the loop for well under a millisecond.
  */
 const YIELD_EVERY = 256;
@@ -293,7 +294,7 @@ export class SnapshotReader {
    * changed since open() cannot make the reader over-allocate or run past the section. A
    * mismatch throws EVFIO_SNAPSHOT_CHECKSUM naming the chunk's offset.
    */
-  async *chunks(entry: SectionEntry, buf: Buffer = Buffer.allocUnsafe(f.DEFAULT_CHUNK)): AsyncGenerator<Buffer> {
+  async *chunks(entry: SectionEntry, buf: Buffer = Buffer.allocUnsafe(DEFAULT_BUFFER_SIZE)): AsyncGenerator<Buffer> {
     for await (const c of this.chunkHeaders(entry)) {
       if (c.length > buf.length) buf = Buffer.allocUnsafe(c.length);
       const view = buf.subarray(0, c.length);
@@ -318,7 +319,7 @@ export class SnapshotReader {
     const hdr = Buffer.alloc(f.END_CHUNK_SIZE);
     const head = hdr.subarray(0, f.CHUNK_HEADER_SIZE);
     for (let i = 0; i < entry.chunks.count; i++) {
-      const wait = this.readHeader(head, pos);
+      const wait = this.readSmall(head, pos);
       if (wait) await wait;
       const len = hdr.readUInt32LE(0);
       const crc = hdr.readUInt32LE(4);
@@ -330,13 +331,14 @@ export class SnapshotReader {
       yield { index: i, payloadAt: pos + f.CHUNK_HEADER_SIZE, length: len, crc };
       pos += f.CHUNK_HEADER_SIZE + len;
     }
-    await this.readHeader(hdr, pos);
+    await this.readSmall(hdr, pos);
     if (hdr.readUInt32LE(0) !== 0 || hdr.readUInt32LE(4) !== table >>> 0 || Number(hdr.readBigUInt64LE(8)) !== total) {
-      throw this.changed(entry, `chunk table checksum or total mismatch at offset ${pos} (chunks lost, reordered or altered)`);
+      throw this.changed(entry, tableMismatch(pos));
     }
   }
 
-  private changed(entry: SectionEntry, what: string): VfioError {
+  /** The error for a file that is not what open() validated: `what`, in `entry`'s section. */
+  changed(entry: SectionEntry, what: string): VfioError {
     return new VfioError(`${this.path}: ${what} of the ${f.sectionTypeName(entry.header.type)} section`, {
       code: 'EVFIO_SNAPSHOT_CHECKSUM', kind: 'format', path: this.path,
     });
@@ -357,7 +359,7 @@ export class SnapshotReader {
     const sh = Buffer.alloc(f.SECTION_HEADER_SIZE);
     for (;;) {
       if (pos + f.SECTION_HEADER_SIZE > this.size) throw truncated(`the file ends at ${this.size} before an END section`);
-      await this.readHeader(sh, pos);
+      await this.readSmall(sh, pos);
       const header = f.decodeSectionHeader(sh, pos);
       if (header.type === f.SectionType.END) {
         await this.checkEnd(header, pos, skeleton);
@@ -384,7 +386,7 @@ export class SnapshotReader {
         if (entry.bodyAt + header.length > this.size) throw truncated(`section ${f.sectionTypeName(header.type)} at ${pos} needs ${header.length} bytes`);
         const body = Buffer.alloc(header.length);
         // Plain bodies are small (DEVICE, CONFIG, PCI_MODEL: at most a few KiB): read like headers.
-        if (header.length <= SMALL_BODY) await this.readHeader(body, entry.bodyAt);
+        if (header.length <= SMALL_BODY) await this.readSmall(body, entry.bodyAt);
         else await this.readExact(body, entry.bodyAt);
         if (f.crc32(body) !== header.crc) {
           throw new VfioError(`checksum mismatch in the ${f.sectionTypeName(header.type)} section at offset ${pos}`, { code: 'EVFIO_SNAPSHOT_CHECKSUM', kind: 'format' });
@@ -417,15 +419,15 @@ export class SnapshotReader {
         }
       }
       if (pos + f.CHUNK_HEADER_SIZE > this.size) throw truncated(`a chunk header at ${pos} is cut off`);
-      const wait = this.readHeader(h, pos);
+      const wait = this.readSmall(h, pos);
       if (wait) await wait;
       const len = hdr.readUInt32LE(0);
       if (len === 0) {
         if (pos + f.END_CHUNK_SIZE > this.size) throw truncated(`the end chunk at ${pos} is cut off`);
-        await this.readHeader(hdr, pos);
+        await this.readSmall(hdr, pos);
         skeleton = f.crc32(hdr, skeleton);
         if (hdr.readUInt32LE(4) !== table >>> 0 || Number(hdr.readBigUInt64LE(8)) !== total) {
-          throw new VfioError(`chunk table checksum or total mismatch at offset ${pos} (chunks lost, reordered or altered)`, { code: 'EVFIO_SNAPSHOT_CHECKSUM', kind: 'format' });
+          throw new VfioError(tableMismatch(pos), { code: 'EVFIO_SNAPSHOT_CHECKSUM', kind: 'format' });
         }
         return { count, total, end: pos + f.END_CHUNK_SIZE, skeleton };
       }
@@ -444,7 +446,7 @@ export class SnapshotReader {
     const bodyAt = at + f.SECTION_HEADER_SIZE;
     if (bodyAt + f.END_BODY_SIZE > this.size) throw truncated('the END section is cut off');
     const body = Buffer.alloc(f.END_BODY_SIZE);
-    await this.readHeader(body, bodyAt);
+    await this.readSmall(body, bodyAt);
     if (f.crc32(body) !== header.crc) throw f.formatError('END section checksum mismatch');
     const end = f.decodeEndBody(body);
     if (end.endOffset !== at || end.sections !== this.sections.length) {
@@ -467,24 +469,22 @@ export class SnapshotReader {
   }
 
   private async readExact(b: Buffer, pos: number): Promise<void> {
-    const n = await this.readAt(b, pos);
-    if (n !== b.length) throw truncated(`expected ${b.length} bytes at offset ${pos}, got ${n}`);
+    expectWhole(b, pos, await this.readAt(b, pos));
   }
 
   /**
-   * Read a header (or a plain body of at most SMALL_BODY bytes) whole: synchronously when the source can
-   * (SnapshotSource.readSync), the event loop getting a turn every YIELD_EVERY reads. Returns a
+   * Read a header (or a plain body of at most SMALL_BODY bytes) whole: synchronously when the
+   * source can (SnapshotSource.readSync), the event loop getting a turn every YIELD_EVERY reads. Returns a
    * promise only when the caller has to wait, so a walk over many headers runs as a plain loop.
    */
-  private readHeader(b: Buffer, pos: number): Promise<void> | undefined {
+  private readSmall(b: Buffer, pos: number): Promise<void> | undefined {
     if (!this.source.readSync) return this.readExact(b, pos);
-    const n = this.readNow(b, pos);
-    if (n !== b.length) throw truncated(`expected ${b.length} bytes at offset ${pos}, got ${n}`);
-    if (++this.headerReads % YIELD_EVERY === 0) return new Promise<void>((resolve) => setImmediate(resolve));
+    expectWhole(b, pos, this.readNow(b, pos));
+    if (++this.smallReads % YIELD_EVERY === 0) return new Promise<void>((resolve) => setImmediate(resolve));
     return undefined;
   }
 
-  private headerReads = 0;
+  private smallReads = 0;
 
   /** source.readSync, its failure as readAt's. */
   private readNow(b: Buffer, pos: number): number {
@@ -508,6 +508,16 @@ export class SnapshotReader {
       code: err.code ?? 'EIO', errno: Math.abs(err.errno), syscall: err.syscall ?? 'read', kind: 'syscall', path: this.path, cause: e,
     });
   }
+}
+
+/** What an end chunk at `pos` whose chunk-table crc32 or total does not match says. */
+export function tableMismatch(pos: number): string {
+  return `chunk table checksum or total mismatch at offset ${pos} (chunks lost, reordered or altered)`;
+}
+
+/** A read of `n` bytes into `b` at `pos` that had to fill it: EVFIO_SNAPSHOT_TRUNCATED when short. */
+function expectWhole(b: Buffer, pos: number, n: number): void {
+  if (n !== b.length) throw truncated(`expected ${b.length} bytes at offset ${pos}, got ${n}`);
 }
 
 function truncated(why: string): VfioError {

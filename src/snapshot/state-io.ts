@@ -22,9 +22,9 @@
 import type { Binding, PumpError, PumpFramedReadResult, PumpFramedWriteResult, PumpResult } from '../binding/types';
 import { VfioError } from '../errors';
 import { drainSession, feedSession, onDataFd, DEFAULT_BUFFER_SIZE } from '../migration/stream';
-import type { SnapshotReader, SectionEntry } from './reader';
+import { tableMismatch, type SnapshotReader, type SectionEntry } from './reader';
 import type { SnapshotWriter } from './writer';
-import { CHUNK_HEADER_SIZE, END_CHUNK_SIZE, MAX_CHUNK, sectionTypeName } from './format';
+import { CHUNK_HEADER_SIZE, END_CHUNK_SIZE, MAX_CHUNK } from './format';
 
 /** Payload bytes one pump call moves at most (save and load): progress at least this often. */
 export const PUMP_CALL_BYTES = 64 << 20;
@@ -50,12 +50,21 @@ export interface StateIoOptions {
   pumpCallBytes?: number;
 }
 
-function annotate(e: unknown, step: string, device: string | undefined, what: string): unknown {
-  if (e instanceof VfioError) {
-    if (!e.op) e.op = what;
-    e.annotate({ step, device });
-  }
-  return e;
+/**
+ * A failed load pump's syscall error: on the file's side (pread/read) or the data_fd's, whose
+ * bytes written so far (`total` before this call) are noted on it. Annotated with step and op.
+ */
+function loadFailure(e: unknown, reader: SnapshotReader, total: number, device: string | undefined): unknown {
+  if (!(e instanceof VfioError)) return e;
+  const fileSide = e.syscall === 'pread' || e.syscall === 'read';
+  if (!fileSide) onDataFd(e, 'write', total + bytesDone(e));
+  return e.annotate({ step: fileSide ? 'load:read' : 'load:write', device, op: fileSide ? `read of ${reader.path}` : 'data_fd write' });
+}
+
+/** A chunk whose crc32 did not match, refused before any of it reached the device. */
+function chunkCrcFailure(e: VfioError, reader: SnapshotReader, chunkAt: number, device: string | undefined): VfioError {
+  e.message = `${reader.path}: checksum mismatch in the chunk at file offset ${chunkAt}; nothing of it was written to the device`;
+  return e.annotate({ step: 'load:verify', device, op: 'chunk crc32' });
 }
 
 /**
@@ -86,9 +95,10 @@ export async function saveStateSection(binding: Binding, dataFd: number, writer:
         writeback: writer.durable ? WRITEBACK_BYTES : 0,
       });
     } catch (e) {
-      const fileSide = e instanceof VfioError && (e.syscall === 'pwrite' || e.syscall === 'write');
-      if (!fileSide && e instanceof VfioError) onDataFd(e, 'read', total + bytesDone(e));
-      throw annotate(e, fileSide ? 'save:write' : 'save:read', opts.device, fileSide ? `write to ${writer.tempPath}` : 'data_fd read');
+      if (!(e instanceof VfioError)) throw e;
+      const fileSide = e.syscall === 'pwrite' || e.syscall === 'write';
+      if (!fileSide) onDataFd(e, 'read', total + bytesDone(e));
+      throw e.annotate({ step: fileSide ? 'save:write' : 'save:read', device: opts.device, op: fileSide ? `write to ${writer.tempPath}` : 'data_fd read' });
     }
     writer.commitFramed(framedWrite(r));
     total += r.bytes;
@@ -132,18 +142,11 @@ export async function loadStateSection(binding: Binding, reader: SnapshotReader,
       r = framedRead(await binding.pump(fileFd, dataFd, buf, { srcOffset: pos, frame: { mode: 'read', chunks, maxChunk: MAX_CHUNK, tableCrc: table, final } }));
     } catch (e) {
       const err = e as PumpError;
-      if (!(e instanceof VfioError) || e.kind !== 'format' || typeof err.chunkOffset !== 'number') {
-        const fileSide = e instanceof VfioError && (e.syscall === 'pread' || e.syscall === 'read');
-        if (!fileSide && e instanceof VfioError) onDataFd(e, 'write', total + bytesDone(e));
-        throw annotate(e, fileSide ? 'load:read' : 'load:write', opts.device, fileSide ? `read of ${reader.path}` : 'data_fd write');
-      }
+      if (!(e instanceof VfioError) || e.kind !== 'format' || typeof err.chunkOffset !== 'number') throw loadFailure(e, reader, total, opts.device);
       // A format refusal stops at a chunk boundary: the chunks before it reached the device.
       total += bytesDone(err);
       if (bytesDone(err)) opts.onProgress?.(total);
-      if (err.code === 'EVFIO_SNAPSHOT_CHECKSUM') {
-        err.message = `${reader.path}: checksum mismatch in the chunk at file offset ${err.chunkOffset}; nothing of it was written to the device`;
-        throw annotate(err, 'load:verify', opts.device, 'chunk crc32');
-      }
+      if (err.code === 'EVFIO_SNAPSHOT_CHECKSUM') throw chunkCrcFailure(err, reader, err.chunkOffset, opts.device);
       // A length out of range, a missing end chunk, a file cut short: the file is not what the
       // reader validated, or holds a chunk longer than the buffer. The reader's own walk goes on
       // from that chunk: it says what changed (its errors, unchanged), or streams the rest.
@@ -158,10 +161,7 @@ export async function loadStateSection(binding: Binding, reader: SnapshotReader,
       // The reader's check (chunkHeaders), on the headers the pump read: dropped, reordered or
       // altered chunks since the file was validated are caught before the device leaves RESUMING.
       if (r.endTableCrc !== table >>> 0 || r.endTotal !== total) {
-        throw annotate(
-          changed(reader, entry, `chunk table checksum or total mismatch at offset ${pos} (chunks lost, reordered or altered)`),
-          'load:verify', opts.device, 'chunk table crc32',
-        );
+        throw reader.changed(entry, tableMismatch(pos)).annotate({ step: 'load:verify', device: opts.device, op: 'chunk table crc32' });
       }
       return { bytes: total };
     }
@@ -182,15 +182,11 @@ async function pumpChunks(binding: Binding, reader: SnapshotReader, entry: Secti
       await binding.pump!(reader.fd!, dataFd, buf, { limit: c.length, srcOffset: c.payloadAt, expectCrc: c.crc });
     } catch (e) {
       if (e instanceof VfioError && e.kind === 'format') {
-        if (e.code === 'EVFIO_CHECKSUM') {
-          e.code = 'EVFIO_SNAPSHOT_CHECKSUM'; // the reader's code for the same condition
-          e.message = `${reader.path}: checksum mismatch in the chunk at file offset ${c.payloadAt - CHUNK_HEADER_SIZE}; nothing of it was written to the device`;
-        }
-        throw annotate(e, 'load:verify', opts.device, 'chunk crc32');
+        if (e.code !== 'EVFIO_CHECKSUM') throw e.annotate({ step: 'load:verify', device: opts.device, op: 'chunk crc32' });
+        e.code = 'EVFIO_SNAPSHOT_CHECKSUM'; // the reader's code for the same condition
+        throw chunkCrcFailure(e, reader, c.payloadAt - CHUNK_HEADER_SIZE, opts.device);
       }
-      const fileSide = e instanceof VfioError && (e.syscall === 'pread' || e.syscall === 'read');
-      if (!fileSide && e instanceof VfioError) onDataFd(e, 'write', total + bytesDone(e));
-      throw annotate(e, fileSide ? 'load:read' : 'load:write', opts.device, fileSide ? `read of ${reader.path}` : 'data_fd write');
+      throw loadFailure(e, reader, total, opts.device);
     }
     total += c.length;
     opts.onProgress?.(total);
@@ -208,13 +204,6 @@ function firstChunkLength(binding: Binding, fd: number, at: number): number {
   }
   const len = head.readUInt32LE(0);
   return len >= 1 && len <= MAX_CHUNK ? len : 0;
-}
-
-/** The reader's error for a file that is not what it validated (SnapshotReader.chunkHeaders). */
-function changed(reader: SnapshotReader, entry: SectionEntry, what: string): VfioError {
-  return new VfioError(`${reader.path}: ${what} of the ${sectionTypeName(entry.header.type)} section`, {
-    code: 'EVFIO_SNAPSHOT_CHECKSUM', kind: 'format', path: reader.path,
-  });
 }
 
 /** A framed write's result, checked: a binding that ignored `frame` would not say how it framed. */

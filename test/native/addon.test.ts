@@ -247,24 +247,31 @@ function startOnFreshBuffer<T>(
   };
 }
 
+/** The bindings whose async calls must pin their Buffers. */
+const PINNING: Array<[string, () => Binding]> = [
+  ['native', () => new NativeBinding()],
+  ['koffi', () => new KoffiBinding()],
+];
+
+/** Two full GCs, each after a new macrotask (WeakRef targets are held until the creating job ends). */
+async function collectGarbage(): Promise<void> {
+  v8.setFlagsFromString('--expose-gc');
+  const gc = vm.runInNewContext('gc') as () => void;
+  await sleep(10);
+  gc();
+  await sleep(10);
+  gc();
+}
+
 describe('async work keeps its Buffer alive', () => {
-  const bindings: Array<[string, () => Binding]> = [
-    ['native', () => new NativeBinding()],
-    ['koffi', () => new KoffiBinding()],
-  ];
-  it.each(bindings)('%s: the memory of a Buffer only the pending read refers to survives a GC', async (_name, make) => {
-    v8.setFlagsFromString('--expose-gc');
-    const gc = vm.runInNewContext('gc') as () => void;
+  it.each(PINNING)('%s: the memory of a Buffer only the pending read refers to survives a GC', async (_name, make) => {
     const b = make();
     const [r, w] = b.pipe();
     try {
       // Made in a plain function: a local of this async function could stay reachable from
       // its suspended frame and hide a missing pin.
       const { pending, pinned, control } = startOnFreshBuffer((buf) => b.read(r, buf));
-      await sleep(10); // a new job: WeakRef targets are no longer held by the creating job
-      gc();
-      await sleep(10);
-      gc();
+      await collectGarbage();
       expect(control.deref()).toBeUndefined(); // the GC did run and collect what nothing holds
       expect(pinned.deref()).toBeDefined(); // held by the pending read
       fs.writeSync(w, 'pinned');
@@ -279,22 +286,13 @@ describe('async work keeps its Buffer alive', () => {
 });
 
 describe('pump keeps its Buffer alive', () => {
-  const bindings: Array<[string, () => Binding]> = [
-    ['native', () => new NativeBinding()],
-    ['koffi', () => new KoffiBinding()],
-  ];
-  it.each(bindings)('%s: the memory of a Buffer only the pending pump refers to survives a GC', async (_name, make) => {
-    v8.setFlagsFromString('--expose-gc');
-    const gc = vm.runInNewContext('gc') as () => void;
+  it.each(PINNING)('%s: the memory of a Buffer only the pending pump refers to survives a GC', async (_name, make) => {
     const b = make();
     const [r, w] = b.pipe();
     const [r2, w2] = b.pipe();
     try {
       const { pending, pinned, control } = startOnFreshBuffer((buf) => b.pump!(r, w2, buf));
-      await sleep(10);
-      gc();
-      await sleep(10);
-      gc();
+      await collectGarbage();
       expect(control.deref()).toBeUndefined();
       expect(pinned.deref()).toBeDefined(); // held by the pending pump
       fs.writeSync(w, 'through the pinned buffer');

@@ -546,11 +546,6 @@ export class SimDevice {
     raise(inj.errno);
   }
 
-  /** The PRE_COPY end mode now in force (sessions read it on every call). */
-  get precopyEnd(): 'zero' | 'enomsg' {
-    return this.precopyEndMode;
-  }
-
   /** ioctl(2) on a device fd. Throws Errno. */
   ioctl(request: number, arg: Buffer | number | undefined): number {
     switch (request) {

@@ -11,9 +11,7 @@ export const EFD_SEMAPHORE = 1;
 const EFD_MAX = 0xfffffffffffffffen;
 
 export class VirtualEventfd {
-  readonly kind = 'eventfd' as const;
   private counter: bigint;
-  closed = false;
 
   constructor(
     initval: number,

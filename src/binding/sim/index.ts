@@ -213,8 +213,7 @@ export class SimBinding implements Binding {
         f.device.dataFdClosed(f.session);
         break;
       case 'eventfd':
-        f.efd.closed = true;
-        break;
+        break; // nothing refers to it once its number is gone
       case 'pipe-r':
         f.pipe.readerOpen = false;
         break;
