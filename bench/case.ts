@@ -111,7 +111,7 @@ async function cSave(s: CaseSpec, real: Binding): Promise<CaseResult> {
   const t0 = now();
   let producer: Child;
   try {
-    producer = startChild(s.exe, ['produce', String(s.bytes), '--pipe-size', String(s.pipeSize)], ['ignore', w, 'inherit']);
+    producer = startChild(s.exe, produceArgs(s), ['ignore', w, 'inherit']);
   } finally {
     real.close(w);
   }
@@ -153,6 +153,10 @@ function cResult(stderr: string, bytes: number, seconds: number, cpuSeconds: num
   return { ok: true, seconds, cpuSeconds, rssBaseKiB: rep.rssStartKiB, rssPeakKiB: rep.hwmKiB, peakReset: true };
 }
 
+function produceArgs(s: CaseSpec): string[] {
+  return ['produce', String(s.bytes), '--pipe-size', String(s.pipeSize)];
+}
+
 function consumeArgs(s: CaseSpec): string[] {
   return ['consume', String(s.bytes), '--pipe-size', String(s.pipeSize), ...(s.check ? ['--check'] : [])];
 }
@@ -175,7 +179,7 @@ function openPipedDevice(s: CaseSpec, real: Binding): { dev: VfioDevice; sides: 
         save: () => {
           const [r, w] = real.pipe();
           try {
-            sides.push(startChild(s.exe, ['produce', String(s.bytes), '--pipe-size', String(s.pipeSize)], ['ignore', w, 'inherit']));
+            sides.push(startChild(s.exe, produceArgs(s), ['ignore', w, 'inherit']));
           } catch (e) {
             real.close(r);
             throw e;

@@ -164,7 +164,7 @@ class Cell {
    * Median over the rounds of (this rate / `base`'s rate in the same round): C and ours of a
    * round ran back to back, so load that comes and goes hits both.
    */
-  pairedRatio(base: Cell, bytes: number, by: 'time' | 'cpu' = 'time'): number | undefined {
+  pairedRatio(base: Cell, by: 'time' | 'cpu' = 'time'): number | undefined {
     const ratios: number[] = [];
     for (const s of this.samples) {
       const b = base.samples.find((x) => x.round === s.round);
@@ -172,7 +172,6 @@ class Cell {
       if (by === 'time') ratios.push(b.seconds / s.seconds);
       else if (s.cpuSeconds && b.cpuSeconds) ratios.push(b.cpuSeconds / s.cpuSeconds);
     }
-    void bytes;
     return ratios.length ? median(ratios) : undefined;
   }
 
@@ -475,10 +474,10 @@ function printTable(results: Map<number, Map<RowKey, Cell>>, restoreBuffers: Map
         speed = r ? `${r.median.toFixed(0)} (${r.min.toFixed(0)}-${r.max.toFixed(0)})` : '-';
       }
       const baseCell = cells.get(row.baseline)!;
-      const paired = cell.pairedRatio(baseCell, bytes);
+      const paired = cell.pairedRatio(baseCell);
       const ratio = paired !== undefined ? paired.toFixed(2) : '';
       const best = cell.bestRatio(baseCell);
-      const byCpu = cell.pairedRatio(baseCell, bytes, 'cpu');
+      const byCpu = cell.pairedRatio(baseCell, 'cpu');
       const cpu = cell.cpu();
       const rssText = rss ? `${rss.above >= 0 ? '+' : ''}${(rss.above / 1024).toFixed(1)} MiB (${(rss.base / 1024).toFixed(0)})` : '';
       let t = targets(row.key, bytes, cells);
@@ -506,7 +505,7 @@ function targets(key: RowKey, bytes: number, cells: Map<RowKey, Cell>): string {
       out.push('FAIL (ours failed)');
       return;
     }
-    const x = cell.pairedRatio(cells.get(c)!, bytes);
+    const x = cell.pairedRatio(cells.get(c)!);
     if (x !== undefined) out.push(`>=0.95x C ${verdict(x >= 0.95)}`);
     const rss = cell.rssAbove();
     if (rss) out.push(`RSS<=+64MiB ${verdict(rss.above <= 64 * 1024)}${bytes >= GiB ? '' : ' (target at >=1GiB)'}`);
@@ -518,7 +517,7 @@ function targets(key: RowKey, bytes: number, cells: Map<RowKey, Cell>): string {
       out.push(`ours works where base64 ${cell.notRun ? 'cannot run' : 'fails'}: ${verdict(o.samples.length > 0 && !o.failed)}`);
       return;
     }
-    const x = o.pairedRatio(cell, bytes);
+    const x = o.pairedRatio(cell);
     if (x !== undefined) {
       out.push(`ours ${x.toFixed(1)}x base64${bytes === 256 * MiB ? ` (>=15x ${verdict(x >= 15)})` : ''}`);
     }

@@ -169,11 +169,11 @@ export class MigrationCoordinator extends EventEmitter<CoordinatorEvents> {
         throw new VfioError(`${file} holds ${entries.length} devices, the VM has ${this.devices.length}`, { code: 'EVFIO_DEVICE_MISMATCH', kind: 'mismatch', step: 'restore' });
       }
       // Validate every device before touching any.
-      this.devices.forEach((d, i) => d.precheck(reader, entries[i]));
+      const checked = this.devices.map((d, i) => d.precheck(reader, entries[i]));
       const stateBytes: number[] = [];
       for (const [i, d] of this.devices.entries()) {
         try {
-          stateBytes.push((await d.restore(reader, entries[i])).stateBytes);
+          stateBytes.push((await d.restore(reader, entries[i], checked[i])).stateBytes);
         } catch (e) {
           // No half-restored VM: the devices already loaded are reset too.
           for (const done of this.devices.slice(0, i)) {

@@ -17,6 +17,7 @@ import { ioctl, ioctlAsync } from './ioctl';
 export class VfioDevice {
   private fdValue: number;
   private readonly regionCache = new Map<number, s.RegionInfo>();
+  private readonly irqCache = new Map<number, s.IrqInfo>();
   private infoCache?: s.DeviceInfo;
 
   /**
@@ -99,15 +100,20 @@ export class VfioDevice {
     return out;
   }
 
-  /** VFIO_DEVICE_GET_IRQ_INFO for one index. */
+  /** VFIO_DEVICE_GET_IRQ_INFO for one index (cached like region(): fixed for an open device). */
   irq(index: number): s.IrqInfo {
-    // GET_INFO first, always: mtty (Linux 6.12) answers GET_IRQ_INFO with EINVAL until
-    // GET_DEVICE_INFO has been called once on the fd (it checks the index against the
-    // num_irqs that call records). QEMU and Cloud Hypervisor also read device info first.
-    this.info();
-    const b = s.encodeIrqInfoQuery(index);
-    this.ioctl(v.VFIO_DEVICE_GET_IRQ_INFO, b);
-    return s.decodeIrqInfo(b);
+    let r = this.irqCache.get(index);
+    if (!r) {
+      // GET_INFO first, always: mtty (Linux 6.12) answers GET_IRQ_INFO with EINVAL until
+      // GET_DEVICE_INFO has been called once on the fd (it checks the index against the
+      // num_irqs that call records). QEMU and Cloud Hypervisor also read device info first.
+      this.info();
+      const b = s.encodeIrqInfoQuery(index);
+      this.ioctl(v.VFIO_DEVICE_GET_IRQ_INFO, b);
+      r = s.decodeIrqInfo(b);
+      this.irqCache.set(index, r);
+    }
+    return r;
   }
 
   /**

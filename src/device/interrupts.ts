@@ -33,8 +33,6 @@ export type IrqMode = 'none' | 'intx' | 'msi' | 'msix';
 export class InterruptWiring {
   private mode: IrqMode = 'none';
   private armedVectors = 0;
-  /** VFIO_IRQ_INFO_NORESIZE of the MSI-X index, read once. */
-  private msixNoResize?: boolean;
 
   constructor(
     private readonly dev: VfioDevice,
@@ -97,14 +95,11 @@ export class InterruptWiring {
 
   /** Whether the MSI-X index is NORESIZE; when GET_IRQ_INFO fails, assume it is (the safe way). */
   private noResize(): boolean {
-    if (this.msixNoResize === undefined) {
-      try {
-        this.msixNoResize = (this.dev.irq(v.VFIO_PCI_MSIX_IRQ_INDEX).flags & v.VFIO_IRQ_INFO_NORESIZE) !== 0;
-      } catch {
-        this.msixNoResize = true;
-      }
+    try {
+      return (this.dev.irq(v.VFIO_PCI_MSIX_IRQ_INDEX).flags & v.VFIO_IRQ_INFO_NORESIZE) !== 0;
+    } catch {
+      return true;
     }
-    return this.msixNoResize;
   }
 
   private irqCount(index: number): number {

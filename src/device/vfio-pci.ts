@@ -74,6 +74,12 @@ function readRawConfig(dev: VfioDevice): Buffer {
   return raw;
 }
 
+/** What precheck() found: the saved device-model state and config space, checked against this device. */
+export interface RestoreCheck {
+  model: ReturnType<typeof decodeModelState>;
+  saved: ConfigSpace;
+}
+
 export class VfioPciDevice extends EventEmitter<VfioPciEvents> {
   private cfg: ConfigSpace;
   private msix?: MsixTable;
@@ -256,12 +262,13 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> {
    * `assignBars: false`) device, in the order given at the top of this file. The device is
    * left in RESUMING; call resume() to run it. Errors before step 3 leave the device untouched
    * (`deviceState` 'untouched'); later ones reset it to RUNNING, take the BARs off the bus,
-   * disarm interrupts and put the shadow back as it was before the call.
+   * disarm interrupts and put the shadow back as it was before the call. `checked`: what
+   * precheck() returned for the same entry, when the caller ran it already (step 1 then reuses it).
    */
-  async restore(reader: SnapshotReader, entry: DeviceSections): Promise<{ stateBytes: number }> {
+  async restore(reader: SnapshotReader, entry: DeviceSections, checked?: RestoreCheck): Promise<{ stateBytes: number }> {
     const mig = this.requireMigration('restore');
     // 1. compare, before touching anything
-    const { model, saved } = this.precheck(reader, entry);
+    const { model, saved } = checked ?? this.precheck(reader, entry);
     // 2. shadow and BARs from the snapshot; no allocation
     this.preRestore = { cfg: this.cfg, msix: this.msix };
     this.bars.unmapAll();
@@ -309,7 +316,7 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> {
    * (EVFIO_CONFIG_MISMATCH naming each offending offset and register), with `deviceState`
    * 'untouched'.
    */
-  precheck(reader: SnapshotReader, entry: DeviceSections): { model: ReturnType<typeof decodeModelState>; saved: ConfigSpace } {
+  precheck(reader: SnapshotReader, entry: DeviceSections): RestoreCheck {
     try {
       return this.checkEntry(reader, entry);
     } catch (e) {
@@ -319,7 +326,7 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> {
     }
   }
 
-  private checkEntry(reader: SnapshotReader, entry: DeviceSections): { model: ReturnType<typeof decodeModelState>; saved: ConfigSpace } {
+  private checkEntry(reader: SnapshotReader, entry: DeviceSections): RestoreCheck {
     if (!entry.model) throw f.formatError(`device ${entry.index} of ${reader.path} has no PCI_MODEL section (a bare 'vfio-pci snapshot'): restore it with 'vfio-pci restore'`);
     if (!entry.state) throw f.formatError(`device ${entry.index} of ${reader.path} has no DEVICE_STATE section`);
     const model = decodeModelState(entry.model);
@@ -413,7 +420,8 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> {
   private checkBarSizes(saved: ConfigSpace): void {
     const bad: string[] = [];
     for (const b of saved.bars()) {
-      const have = this.device.regionSize(b.kind === 'rom' ? VFIO_PCI_ROM_REGION_INDEX : b.index);
+      // BarInfo.index is the VFIO region index: 0-5, and 6 (VFIO_PCI_ROM_REGION_INDEX) for the ROM.
+      const have = this.device.regionSize(b.index);
       if (have !== b.size) bad.push(`BAR${b.kind === 'rom' ? ' ROM' : b.index}: saved ${b.size} bytes, device has ${have}`);
     }
     if (bad.length) {

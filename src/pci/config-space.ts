@@ -514,11 +514,6 @@ export class ConfigSpace {
     };
   }
 
-  /** A name for the capability, for messages: 'MSI capability at 0x50'. */
-  describeCapability(c: Capability): string {
-    return `${capabilityName(c.id)} capability at 0x${c.offset.toString(16)}`;
-  }
-
   /**
    * Serialise for a snapshot, little-endian, version 1:
    *
@@ -599,11 +594,6 @@ export class ConfigSpace {
       at += n;
     }
     return new ConfigSpace(parts[0], parts[1], parts[2], parts[3], parts[4], slots);
-  }
-
-  /** An independent copy. */
-  clone(): ConfigSpace {
-    return ConfigSpace.deserialize(this.serialize());
   }
 
   /** Bytes and masks as compare.ts takes them. */
