@@ -1,6 +1,7 @@
 import { constants as fsc, fstatSync } from 'node:fs';
 import { crc32 } from 'node:zlib';
 import { VfioError } from '../errors';
+import { INT_MAX, buffer as bufferArg, fd as fdArg, int as intArg, optInt as optIntArg, rangeError, typeError, window as windowArg } from './args';
 import type { Binding, PumpEnd, PumpError, PumpOptions, PumpResult } from './types';
 
 /**
@@ -44,7 +45,6 @@ const ENOMSG = 42;
 const PIPE_BUF = 4096;
 const POLLIN = 0x1;
 const POLLOUT = 0x4;
-const INT_MAX = 0x7fffffff;
 /** How long one readiness wait of a pump may hold a pool thread (see the file comment). */
 const PUMP_POLL_SLICE_MS = 20;
 
@@ -121,43 +121,7 @@ function sysError(errno: number, syscall: string, path?: string): VfioError {
   return VfioError.fromErrno(errno, path !== undefined ? { syscall, path } : { syscall });
 }
 
-function typeError(message: string): TypeError {
-  return Object.assign(new TypeError(message), { code: 'ERR_INVALID_ARG_TYPE' });
-}
-
-function rangeError(message: string): RangeError {
-  return Object.assign(new RangeError(message), { code: 'ERR_OUT_OF_RANGE' });
-}
-
 const MAX_SAFE = Number.MAX_SAFE_INTEGER;
-
-function intArg(fn: string, name: string, v: unknown, min: number, max: number): number {
-  if (typeof v !== 'number') throw typeError(`${fn}: "${name}" must be a number`);
-  if (!Number.isInteger(v)) throw rangeError(`${fn}: "${name}" must be an integer`);
-  if (v < min || v > max) throw rangeError(`${fn}: "${name}" is out of range [${min}, ${max}]`);
-  return v;
-}
-
-function optIntArg(fn: string, name: string, v: unknown, min: number, max: number, dflt: number): number {
-  return v === undefined ? dflt : intArg(fn, name, v, min, max);
-}
-
-function fdArg(fn: string, v: unknown, name = 'fd'): number {
-  return intArg(fn, name, v, 0, INT_MAX);
-}
-
-/** A Buffer, or any ArrayBufferView seen as bytes (as napi_get_buffer_info does). */
-function bufferArg(fn: string, v: unknown, name = 'buffer'): Buffer {
-  if (!ArrayBuffer.isView(v)) throw typeError(`${fn}: "${name}" must be a Buffer`);
-  return Buffer.isBuffer(v) ? v : Buffer.from(v.buffer, v.byteOffset, v.byteLength);
-}
-
-/** buf[offset, offset + length): offset defaults to 0, length to what follows it. */
-function windowArg(fn: string, buf: Buffer, offset: unknown, length: unknown): Buffer {
-  const off = optIntArg(fn, 'offset', offset, 0, buf.length, 0);
-  const len = optIntArg(fn, 'length', length, 0, buf.length - off, buf.length - off);
-  return buf.subarray(off, off + len);
-}
 
 // ---- the binding ----
 

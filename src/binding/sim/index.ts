@@ -32,7 +32,7 @@ import { pumpArgs, runPump, type PumpIo } from '../koffi';
 import { VFIO_MIG_GET_PRECOPY_INFO } from '../../uapi/vfio';
 import { SimDevice, type DeviceHost, type SimDeviceOptions } from './device';
 import { E, Errno, raise, toVfioError } from './errno';
-import * as A from './args';
+import * as A from '../args';
 import { EFD_SEMAPHORE, VirtualEventfd } from './eventfd';
 import { VirtualPipe } from './pipe';
 import type { ResumeSession, SaveSession, Session } from './session';

@@ -1,9 +1,10 @@
 /**
  * Argument checks of the Binding contract (src/binding/types.ts, "Bad arguments throw
  * synchronously"): TypeError (code ERR_INVALID_ARG_TYPE) for a wrong type, RangeError (code
- * ERR_OUT_OF_RANGE) for a value out of range. The sim applies them to calls on virtual fds, so a
- * caller that passes garbage fails the same way on every binding; calls it delegates are checked
- * by the inner binding.
+ * ERR_OUT_OF_RANGE) for a value out of range, with the messages of the addon's checks
+ * (addon/binding.cc). The koffi binding applies them to every call, the sim to calls on virtual
+ * fds (calls it delegates are checked by the inner binding), so a caller that passes garbage
+ * fails the same way on every binding.
  */
 
 export const INT_MAX = 0x7fffffff;
