@@ -107,3 +107,16 @@ export class VfioError extends Error {
 export function isVfioError(e: unknown, code?: string): e is VfioError {
   return e instanceof VfioError && (code === undefined || e.code === code);
 }
+
+/**
+ * A Node fs error (one with an errno and a code) as a VfioError of kind 'syscall' saying
+ * `${what}: CODE`, with its errno, its syscall (else `init.syscall`), and `init`'s path and
+ * step; anything else, a VfioError included, is returned unchanged.
+ */
+export function fsError(e: unknown, what: string, init: { syscall: string; path?: string; step?: string }): unknown {
+  const err = e as NodeJS.ErrnoException;
+  if (e instanceof VfioError || typeof err?.errno !== 'number' || !err.code) return e;
+  return new VfioError(`${what}: ${err.code}`, {
+    code: err.code, errno: Math.abs(err.errno), syscall: err.syscall ?? init.syscall, path: init.path, step: init.step, cause: e,
+  });
+}

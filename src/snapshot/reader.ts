@@ -22,7 +22,7 @@
  */
 import * as fs from 'node:fs';
 import type { Binding, ChunkWalk } from '../binding/types';
-import { VfioError } from '../errors';
+import { VfioError, fsError } from '../errors';
 import { DEFAULT_BUFFER_SIZE } from '../migration/stream';
 import * as f from './format';
 
@@ -497,16 +497,13 @@ export class SnapshotReader {
 
   /** A failed read as a VfioError of kind 'syscall' (errors that already are VfioErrors pass). */
   private readError(e: unknown, pos: number): unknown {
-    const err = e as NodeJS.ErrnoException;
+    const what = `reading snapshot ${this.path} at offset ${pos} failed`;
     if (e instanceof VfioError && e.kind === 'syscall' && e.syscall && !e.path) {
       // A binding's pread failing: the same words as fs's, with its syscall and errno.
-      e.message = `reading snapshot ${this.path} at offset ${pos} failed: ${e.code}`;
+      e.message = `${what}: ${e.code}`;
       return e.annotate({ path: this.path });
     }
-    if (e instanceof VfioError || typeof err?.errno !== 'number') return e;
-    return new VfioError(`reading snapshot ${this.path} at offset ${pos} failed: ${err.code}`, {
-      code: err.code ?? 'EIO', errno: Math.abs(err.errno), syscall: err.syscall ?? 'read', kind: 'syscall', path: this.path, cause: e,
-    });
+    return fsError(e, what, { syscall: 'read', path: this.path });
   }
 }
 

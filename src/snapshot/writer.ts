@@ -12,7 +12,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { VfioError } from '../errors';
+import { VfioError, fsError } from '../errors';
 import * as f from './format';
 
 export interface WriterOptions {
@@ -22,15 +22,9 @@ export interface WriterOptions {
   noSync?: boolean;
 }
 
-/** A Node fs error as a VfioError with code, errno, syscall, step and path; anything else (a VfioError included) unchanged. */
+/** A Node fs error of `op` on `file` as a VfioError (errors.ts fsError); anything else unchanged. */
 function ioError(e: unknown, op: string, file: string, step = 'snapshot:write'): unknown {
-  const err = e as NodeJS.ErrnoException;
-  if (!(e instanceof VfioError) && typeof err?.errno === 'number' && err.code) {
-    return new VfioError(`${op} of snapshot ${file} failed: ${err.code}`, {
-      code: err.code, errno: Math.abs(err.errno), syscall: err.syscall ?? op, step, path: file, cause: e,
-    });
-  }
-  return e;
+  return fsError(e, `${op} of snapshot ${file} failed`, { syscall: op, path: file, step });
 }
 
 export class SnapshotWriter {
