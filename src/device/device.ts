@@ -65,15 +65,7 @@ export class VfioDevice {
 
   /** VFIO_DEVICE_GET_REGION_INFO for one index (cached). Throws EINVAL for an index the device lacks. */
   region(index: number): s.RegionInfo {
-    let r = this.regionCache.get(index);
-    if (!r) {
-      this.info();
-      const b = s.encodeRegionInfoQuery(index);
-      this.ioctl(v.VFIO_DEVICE_GET_REGION_INFO, b);
-      r = s.decodeRegionInfo(b);
-      this.regionCache.set(index, r);
-    }
-    return r;
+    return this.query(this.regionCache, index, v.VFIO_DEVICE_GET_REGION_INFO, s.encodeRegionInfoQuery, s.decodeRegionInfo);
   }
 
   /** Size of region `index` in bytes, 0 when the device lacks it (the kernel answers EINVAL). */
@@ -102,16 +94,21 @@ export class VfioDevice {
 
   /** VFIO_DEVICE_GET_IRQ_INFO for one index (cached like region(): fixed for an open device). */
   irq(index: number): s.IrqInfo {
-    let r = this.irqCache.get(index);
-    if (!r) {
+    return this.query(this.irqCache, index, v.VFIO_DEVICE_GET_IRQ_INFO, s.encodeIrqInfoQuery, s.decodeIrqInfo);
+  }
+
+  /** A GET_*_INFO query for `index`, asked once: later calls answer from `cache`. */
+  private query<T>(cache: Map<number, T>, index: number, request: number, encode: (i: number) => Buffer, decode: (b: Buffer) => T): T {
+    let r = cache.get(index);
+    if (r === undefined) {
       // GET_INFO first, always: mtty (Linux 6.12) answers GET_IRQ_INFO with EINVAL until
       // GET_DEVICE_INFO has been called once on the fd (it checks the index against the
       // num_irqs that call records). QEMU and Cloud Hypervisor also read device info first.
       this.info();
-      const b = s.encodeIrqInfoQuery(index);
-      this.ioctl(v.VFIO_DEVICE_GET_IRQ_INFO, b);
-      r = s.decodeIrqInfo(b);
-      this.irqCache.set(index, r);
+      const b = encode(index);
+      this.ioctl(request, b);
+      r = decode(b);
+      cache.set(index, r);
     }
     return r;
   }
