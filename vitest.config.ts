@@ -7,6 +7,7 @@ export default defineConfig({
   test: {
     include: ['test/unit/**/*.test.ts', 'test/contract/**/*.test.ts', 'test/native/**/*.test.ts'],
     exclude: ['test/kernel/**', 'node_modules/**', 'dist/**'],
+    setupFiles: ['test/helpers/setup.ts'],
     pool: 'forks',
     testTimeout: 20_000,
   },

@@ -22,14 +22,14 @@
  */
 import * as fs from 'node:fs';
 import { promisify } from 'node:util';
-import { loadBinding } from '../src/binding';
-import type { Binding } from '../src/binding/types';
-import { SimBinding, simStream } from '../src/binding/sim';
-import { openDevice } from '../src/device/open';
-import type { VfioDevice } from '../src/device/device';
-import { Migration } from '../src/migration/migration';
-import { restoreSnapshot, saveSnapshot } from '../src/snapshot/jobs';
-import { MigState } from '../src/uapi/vfio';
+import { loadBinding } from '../src/kernel/binding';
+import type { Binding } from '../src/kernel/binding/types';
+import { SimBinding, simStream } from '../src/sim';
+import { openSimDevice } from '../src/sim/provider';
+import type { VfioDevice } from '../src/kernel/device';
+import { Migration } from '../src/kernel/migration';
+import { restoreSnapshot, saveSnapshot } from '../src/vm/jobs';
+import { MigState } from '../src/kernel/uapi/vfio';
 import { expectSuccess, resetPeakRss, startChild, statusKiB, type Child } from './helper';
 
 export type CaseKind = 'c-save' | 'c-restore' | 'ours-save' | 'ours-restore' | 'b64-save' | 'b64-restore';
@@ -203,7 +203,7 @@ function openPipedDevice(s: CaseSpec, real: Binding): { dev: VfioDevice; sides: 
       },
     },
   });
-  return { dev: openDevice('sim', { simBinding: sim }), sides };
+  return { dev: openSimDevice('sim', sim), sides };
 }
 
 async function sidesDone(sides: Child[], what: string): Promise<void> {

@@ -12,7 +12,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { DEFAULT_BUFFER_SIZE } from '../src/migration/stream';
+import { DEFAULT_BUFFER_SIZE } from '../src/kernel/stream';
 import { SnapshotReader } from '../src/snapshot/reader';
 import { buildBaseline, parseBytes, sizeName } from './helper';
 import type { CaseKind, CaseResult, CaseSpec } from './case';
@@ -229,7 +229,7 @@ function pinning(cpu: number | undefined): { prefix: string[]; text: string } {
  * ISA-L's crc32_gzip_refl when built with it, else zlib's crc32 (`crc32Implementation` says).
  */
 function crc32Rate(pin: string[]): { rate: number; impl: string } | undefined {
-  const bindingPath = JSON.stringify(path.resolve(__dirname, '../src/binding'));
+  const bindingPath = JSON.stringify(path.resolve(__dirname, '../src/kernel/binding'));
   const code = `const {loadBinding}=require(${bindingPath});const fs=require('fs');const b=loadBinding('native');
 const z=fs.openSync('/dev/zero','r'),n=fs.openSync('/dev/null','w');const buf=Buffer.alloc(1<<20);
 (async()=>{await b.pump(z,n,buf,{limit:64<<20});const t=process.hrtime.bigint();await b.pump(z,n,buf,{limit:1<<30});
@@ -256,7 +256,7 @@ function loadAverage(): string {
 /** Which path saveSnapshot/restoreSnapshot take, read from the built jobs module. */
 function oursPath(): string {
   try {
-    const src = fs.readFileSync(require.resolve('../src/snapshot/jobs'), 'utf8');
+    const src = fs.readFileSync(require.resolve('../src/vm/jobs'), 'utf8');
     return src.includes('saveStateSection') && src.includes('loadStateSection')
       ? 'native pump (src/snapshot/state-io.ts: dedicated thread, one buffer, crc32 per chunk)'
       : 'JS loop (drainSession/feedSession through binding.read/write + writer.writeChunk, crc32 in JS): jobs.ts does not use state-io.ts in this build';

@@ -2,7 +2,8 @@
 // bus, BAR allocator and interrupt router. Run: node examples/vmm.js [SOURCE DESTINATION] (default: two simulated devices).
 const {
   openDevice, VfioPciDevice, MigrationCoordinator, ReferenceHost, ReferenceAllocator, getDefaultBinding, migStateName,
-} = require('..');
+} = require('node-vfio-pci');
+require('node-vfio-pci/sim').registerSimulator(); // let openDevice() open simulated devices ('sim:...')
 
 async function main(src = 'sim:1MiB#src', dst = 'sim:1MiB#dst') {
   // Source VM: attach the device; BARs get addresses from the host's allocator.

@@ -9,26 +9,26 @@
  *  - snapshot/   the snapshot file format, its reader/writer and the save/restore jobs
  *  - cli/        the `vfio-pci` command
  */
-export { VfioError, isVfioError, errnoName, type VfioErrorInit, type VfioErrorKind } from './errors';
-export type { Binding } from './binding/types';
-export { VfioDevice } from './device/device';
-export { openDevice, isSimSpec, getDefaultBinding, getDefaultSimBinding, type OpenOptions } from './device/open';
-export { loadBinding } from './binding';
-export { resolveDevice, type ResolvedDevice } from './device/resolve';
-export type { IommuContext, IommuKind } from './device/iommu';
-export { Migration, sessionKindOf, type DataSession, type StateChange, type MigrationEvents } from './migration/migration';
-export { planTransition, nextState, legalFlagSets, isSavingState } from './migration/plan';
-export { drainSession, feedSession, DEFAULT_BUFFER_SIZE } from './migration/stream';
-export { saveSnapshot, restoreSnapshot, checkIdentity, type SaveOptions, type RestoreOptions, type Progress } from './snapshot/jobs';
+export { VfioError, isVfioError, errnoName, type VfioErrorInit, type VfioErrorKind } from './base/errors';
+export type { Binding } from './kernel/binding/types';
+export { VfioDevice } from './kernel/device';
+export { openDevice, getDefaultBinding, registerDeviceProvider, type OpenOptions, type DeviceProvider } from './kernel/open';
+export { loadBinding } from './kernel/binding';
+export { resolveDevice, type ResolvedDevice } from './kernel/resolve';
+export type { IommuContext, IommuKind } from './kernel/iommu';
+export { Migration, sessionKindOf, type DataSession, type StateChange, type MigrationEvents } from './kernel/migration';
+export { planTransition, nextState, legalFlagSets, isSavingState } from './kernel/plan';
+export { drainSession, feedSession, DEFAULT_BUFFER_SIZE } from './kernel/stream';
+export { saveSnapshot, restoreSnapshot, checkIdentity, type SaveOptions, type RestoreOptions, type Progress } from './vm/jobs';
 export { SnapshotReader } from './snapshot/reader';
 export { SnapshotWriter } from './snapshot/writer';
 export { inspectSnapshot } from './snapshot/inspect';
-export * as uapi from './uapi/vfio';
-export * as structs from './uapi/structs';
-export * as iommufd from './uapi/iommufd';
-export { MigState, migStateName, parseMigState } from './uapi/vfio';
-export * as pci from './pci';
-export { VfioPciDevice, type AttachOptions, type VfioPciEvents } from './device/vfio-pci';
-export { MigrationCoordinator, type Blocker, type CoordinatorOptions, type CoordinatorEvents } from './device/coordinator';
-export * from './host/types';
-export { ReferenceHost, ReferenceBus, ReferenceAllocator, ReferenceInterrupts, ReferenceMemory, type AllocationRecord } from './host/reference';
+export * as uapi from './kernel/uapi/vfio';
+export * as structs from './kernel/uapi/structs';
+export * as iommufd from './kernel/uapi/iommufd';
+export { MigState, migStateName, parseMigState } from './kernel/uapi/vfio';
+export * as pci from './model/pci';
+export { VfioPciDevice, type AttachOptions, type VfioPciEvents } from './model/vfio-pci';
+export { MigrationCoordinator, type Blocker, type CoordinatorOptions, type CoordinatorEvents } from './vm/coordinator';
+export * from './model/host/types';
+export { ReferenceHost, ReferenceBus, ReferenceAllocator, ReferenceInterrupts, ReferenceMemory, type AllocationRecord } from './model/host/reference';

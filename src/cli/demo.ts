@@ -10,15 +10,16 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { openDevice, getDefaultBinding, getDefaultSimBinding } from '../device/open';
-import { VfioPciDevice } from '../device/vfio-pci';
-import { MigrationCoordinator } from '../device/coordinator';
-import { ReferenceAllocator, ReferenceHost } from '../host/reference';
-import type { Binding } from '../binding/types';
-import { VfioError } from '../errors';
-import { PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY } from '../pci/regs';
+import { getDefaultBinding } from '../kernel/open';
+import { defaultSimBinding, openSimDevice } from '../sim/provider';
+import { VfioPciDevice } from '../model/vfio-pci';
+import { MigrationCoordinator } from '../vm/coordinator';
+import { ReferenceAllocator, ReferenceHost } from '../model/host/reference';
+import type { Binding } from '../kernel/binding/types';
+import { VfioError } from '../base/errors';
+import { PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY } from '../model/pci/regs';
 import { formatStateChange } from './format';
-import type { Progress } from '../snapshot/jobs';
+import type { Progress } from '../vm/jobs';
 
 /** BAR0 registers of the simulated device (src/binding/sim/bar0.ts). */
 const SIM_DOORBELL = 0x010;
@@ -34,8 +35,8 @@ export interface DemoOptions {
 /** Run the demo; resolves when the destination runs with the source's state, throws otherwise. */
 export async function runDemo(opts: DemoOptions): Promise<void> {
   const { say } = opts;
-  const simBinding = getDefaultSimBinding();
   const real = opts.binding ?? getDefaultBinding();
+  const simBinding = defaultSimBinding(real);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfio-pci-demo-'));
   const file = path.join(dir, 'vm.vfiosnap');
   const cleanup: Array<() => void> = [() => fs.rmSync(dir, { recursive: true, force: true })];
@@ -43,7 +44,7 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
     // ---------------------------------------------------------------- source VM
     const hostA = new ReferenceHost(real);
     cleanup.unshift(() => hostA.close());
-    const devA = openDevice(`sim:${opts.size}#demo-source`, { simBinding });
+    const devA = openSimDevice(`sim:${opts.size}#demo-source`, simBinding);
     cleanup.unshift(() => devA.close());
     const A = VfioPciDevice.attach(devA, hostA, { id: 'nic0' });
     cleanup.unshift(() => A.detach());
@@ -79,7 +80,7 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
     // ---------------------------------------------------------------- destination VM
     const hostB = new ReferenceHost(real, ReferenceAllocator.from(hostA.allocator.export()));
     cleanup.unshift(() => hostB.close());
-    const devB = openDevice(`sim:${opts.size}#demo-destination`, { simBinding });
+    const devB = openSimDevice(`sim:${opts.size}#demo-destination`, simBinding);
     cleanup.unshift(() => devB.close());
     const B = VfioPciDevice.attach(devB, hostB, { id: 'nic0', assignBars: false });
     cleanup.unshift(() => B.detach());

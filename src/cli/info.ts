@@ -1,7 +1,7 @@
 /** `vfio-pci info`: what a device reports, as a plain object (the --json shape) and as text. */
-import type { VfioDevice } from '../device/device';
-import { Migration } from '../migration/migration';
-import * as v from '../uapi/vfio';
+import type { VfioDevice } from '../kernel/device';
+import { Migration } from '../kernel/migration';
+import * as v from '../kernel/uapi/vfio';
 
 export interface DeviceDescription {
   device: string;

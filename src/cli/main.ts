@@ -12,8 +12,9 @@
  * in), 2 usage error.
  */
 import { parseArgs } from 'node:util';
-import { VfioError } from '../errors';
+import { VfioError } from '../base/errors';
 import { commands, type CommandContext } from './commands';
+import { registerSimulator } from '../sim/provider';
 
 const USAGE = `usage: vfio-pci <command> [options]
 
@@ -36,6 +37,7 @@ options:
 `;
 
 export async function main(argv: string[], out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
+  registerSimulator();
   let parsed;
   try {
     parsed = parseArgs({

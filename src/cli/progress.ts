@@ -4,7 +4,7 @@
  * the total is printed by the command itself.
  */
 import { SingleBar, Presets } from 'cli-progress';
-import type { Progress } from '../snapshot/jobs';
+import type { Progress } from '../vm/jobs';
 
 const SHOW_AFTER_MS = 1000;
 

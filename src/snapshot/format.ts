@@ -16,7 +16,7 @@
  * transitively while each byte is hashed once.
  */
 import * as zlib from 'node:zlib';
-import { VfioError } from '../errors';
+import { VfioError } from '../base/errors';
 
 export const MAGIC = Buffer.from('VFIOSNAP', 'latin1');
 export const FORMAT_VERSION = 1;

@@ -1,8 +1,8 @@
 /** `vfio-pci inspect`: what a snapshot file holds, and whether every checksum holds. */
-import { VfioError } from '../errors';
+import { VfioError } from '../base/errors';
 import * as f from './format';
 import { SnapshotReader, type OpenOptions } from './reader';
-import { flagNames, MIGRATION_FLAG_NAMES } from '../uapi/vfio';
+import { flagNames, MIGRATION_FLAG_NAMES } from '../kernel/uapi/vfio';
 
 export interface Inspection {
   file: string;

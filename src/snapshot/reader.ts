@@ -21,9 +21,9 @@
  * (the fuzz test compares them).
  */
 import * as fs from 'node:fs';
-import type { Binding, ChunkWalk } from '../binding/types';
-import { VfioError, fsError } from '../errors';
-import { DEFAULT_BUFFER_SIZE } from '../migration/stream';
+import type { Binding, ChunkWalk } from '../kernel/binding/types';
+import { VfioError, fsError } from '../base/errors';
+import { DEFAULT_BUFFER_SIZE } from '../kernel/stream';
 import * as f from './format';
 
 /**

@@ -19,9 +19,9 @@
  * Without `pump`, or for a snapshot held in memory, the same format is produced and checked by
  * the JS loops of src/migration/stream.ts.
  */
-import type { Binding, PumpError, PumpFramedReadResult, PumpFramedWriteResult, PumpResult } from '../binding/types';
-import { VfioError } from '../errors';
-import { drainSession, feedSession, onDataFd, DEFAULT_BUFFER_SIZE } from '../migration/stream';
+import type { Binding, PumpError, PumpFramedReadResult, PumpFramedWriteResult, PumpResult } from '../kernel/binding/types';
+import { VfioError } from '../base/errors';
+import { drainSession, feedSession, onDataFd, DEFAULT_BUFFER_SIZE } from '../kernel/stream';
 import { tableMismatch, type SnapshotReader, type SectionEntry } from './reader';
 import type { SnapshotWriter } from './writer';
 import { CHUNK_HEADER_SIZE, END_CHUNK_SIZE, MAX_CHUNK } from './format';

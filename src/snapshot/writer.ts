@@ -12,7 +12,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { VfioError, fsError } from '../errors';
+import { VfioError, fsError } from '../base/errors';
 import * as f from './format';
 
 export interface WriterOptions {

@@ -1,9 +1,9 @@
 /**
  * The binding contract (test/contract/suite.ts), once per binding. Add a binding with one line.
  */
-import { KoffiBinding } from '../../src/binding/koffi';
-import { NativeBinding } from '../../src/binding/native';
-import { SimBinding } from '../../src/binding/sim';
+import { KoffiBinding } from '../../src/kernel/binding/koffi';
+import { NativeBinding } from '../../src/kernel/binding/native';
+import { SimBinding } from '../../src/sim';
 import { bindingContract } from './suite';
 
 bindingContract('native', () => new NativeBinding());

@@ -15,8 +15,8 @@ import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { crc32 } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { VfioError } from '../../src/errors';
-import { POLLHUP, POLLIN, POLLOUT, type Binding, type PumpError, type PumpOptions } from '../../src/binding/types';
+import { VfioError } from '../../src/base/errors';
+import { POLLHUP, POLLIN, POLLOUT, type Binding, type PumpError, type PumpOptions } from '../../src/kernel/binding/types';
 import { pattern } from '../helpers/bytes';
 
 // ---- Linux constants used below ----

@@ -12,10 +12,10 @@ import * as vm from 'node:vm';
 import { Worker } from 'node:worker_threads';
 import { crc32 } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { VfioError } from '../../src/errors';
-import { KoffiBinding } from '../../src/binding/koffi';
-import { NATIVE_ADDON_FILES, NativeBinding, nativeAddonCandidates, packageRoot } from '../../src/binding/native';
-import { POLLIN, type Binding } from '../../src/binding/types';
+import { VfioError } from '../../src/base/errors';
+import { KoffiBinding } from '../../src/kernel/binding/koffi';
+import { NATIVE_ADDON_FILES, NativeBinding, nativeAddonCandidates, packageRoot } from '../../src/kernel/binding/native';
+import { POLLIN, type Binding } from '../../src/kernel/binding/types';
 
 const root = packageRoot();
 const nodeRequire = createRequire(__filename);

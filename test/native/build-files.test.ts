@@ -5,7 +5,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { packageRoot } from '../../src/binding/native';
+import { packageRoot } from '../../src/kernel/binding/native';
 
 const root = packageRoot();
 const read = (rel: string) => fs.readFileSync(path.join(root, rel), 'utf8');

@@ -4,8 +4,8 @@
 import { format } from 'node:util';
 import createDebug from 'debug';
 import { afterEach, describe, expect, it } from 'vitest';
-import { VfioError } from '../../src/errors';
-import { defaultBindingFactories, loadBinding, type BindingFactories } from '../../src/binding';
+import { VfioError } from '../../src/base/errors';
+import { defaultBindingFactories, loadBinding, type BindingFactories } from '../../src/kernel/binding';
 
 const failing = (message: string) => () => {
   throw new Error(message);
@@ -56,7 +56,7 @@ describe('loadBinding', () => {
     const fs = await import('node:fs');
     const os = await import('node:os');
     const path = await import('node:path');
-    const { packageRoot } = await import('../../src/binding/native');
+    const { packageRoot } = await import('../../src/kernel/binding/native');
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pkgroot-'));
     try {
       fs.writeFileSync(path.join(dir, 'package.json'), JSON.stringify({ name: 'node-vfio-pci' }));

@@ -14,9 +14,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import * as iommufd from '../../src/uapi/iommufd';
-import * as structs from '../../src/uapi/structs';
-import * as vfio from '../../src/uapi/vfio';
+import * as iommufd from '../../src/kernel/uapi/iommufd';
+import * as structs from '../../src/kernel/uapi/structs';
+import * as vfio from '../../src/kernel/uapi/vfio';
 
 // ------------------------------------------------------------------------------------ compiler
 

@@ -6,13 +6,13 @@
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import * as fs from 'node:fs';
-import { simStream } from '../../src/binding/sim';
-import { MigrationCoordinator } from '../../src/device/coordinator';
-import type { VfioPciDevice } from '../../src/device/vfio-pci';
-import type { StateChange } from '../../src/migration/migration';
+import { simStream } from '../../src/sim';
+import { MigrationCoordinator } from '../../src/vm/coordinator';
+import type { VfioPciDevice } from '../../src/model/vfio-pci';
+import type { StateChange } from '../../src/kernel/migration';
 import { SnapshotReader } from '../../src/snapshot/reader';
 import { SnapshotWriter } from '../../src/snapshot/writer';
-import { MigState, migStateName } from '../../src/uapi/vfio';
+import { MigState, migStateName } from '../../src/kernel/uapi/vfio';
 import {
   BAR0, Guest, MEM_MASTER, SECRET, bootedSource, destination, dispose, file, makeEnv, newHost, rawCommand, rejection, simOf,
   snapshotVm, type Env,

@@ -7,7 +7,7 @@
  */
 import * as fs from 'node:fs';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { MigrationCoordinator } from '../../src/device/coordinator';
+import { MigrationCoordinator } from '../../src/vm/coordinator';
 import {
   Guest, SECRET, bootedSource, destination, dispose, file, makeEnv, realFdCount, rejection, simOf, snapshotVm, type Env,
 } from './device-model-helpers';

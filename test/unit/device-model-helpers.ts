@@ -10,15 +10,15 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { NativeBinding } from '../../src/binding/native';
-import { BAR0, SimBinding, type SimDevice } from '../../src/binding/sim';
-import { VfioError } from '../../src/errors';
-import type { VfioDevice } from '../../src/device/device';
-import { openDevice } from '../../src/device/open';
-import { MigrationCoordinator } from '../../src/device/coordinator';
-import { VfioPciDevice, type AttachOptions } from '../../src/device/vfio-pci';
-import { ReferenceAllocator, ReferenceHost } from '../../src/host/reference';
-import { PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY, PCI_MSIX_FLAGS, PCI_MSIX_FLAGS_ENABLE } from '../../src/pci/regs';
+import { NativeBinding } from '../../src/kernel/binding/native';
+import { BAR0, SimBinding, type SimDevice } from '../../src/sim';
+import { VfioError } from '../../src/base/errors';
+import type { VfioDevice } from '../../src/kernel/device';
+import { openDevice } from '../../src/kernel/open';
+import { MigrationCoordinator } from '../../src/vm/coordinator';
+import { VfioPciDevice, type AttachOptions } from '../../src/model/vfio-pci';
+import { ReferenceAllocator, ReferenceHost } from '../../src/model/host/reference';
+import { PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY, PCI_MSIX_FLAGS, PCI_MSIX_FLAGS_ENABLE } from '../../src/model/pci/regs';
 
 export { BAR0 };
 export const MEM_MASTER = PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER;
@@ -57,7 +57,7 @@ export function file(env: Env, name = 'vm.vfiosnap'): string {
 
 /** Open a sim device (closed by dispose()). */
 export function openSim(env: Env, spec: string): VfioDevice {
-  const dev = openDevice(spec, { simBinding: env.sim });
+  const dev = openDevice(spec, { binding: env.sim });
   env.cleanup.push(() => dev.close());
   return dev;
 }

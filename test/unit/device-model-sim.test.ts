@@ -5,11 +5,11 @@
  * `vsclen=`, `vsc=`).
  */
 import { describe, expect, it } from 'vitest';
-import { VfioError } from '../../src/errors';
-import { BAR0, CAP_OFFSETS, PCI, SIM_DEVICE_ID, SimBinding, VNDR_CAP_LENGTH, parseSimSpec } from '../../src/binding/sim';
-import * as s from '../../src/uapi/structs';
-import * as v from '../../src/uapi/vfio';
-import { MigState } from '../../src/uapi/vfio';
+import { VfioError } from '../../src/base/errors';
+import { BAR0, CAP_OFFSETS, PCI, SIM_DEVICE_ID, SimBinding, VNDR_CAP_LENGTH, parseSimSpec } from '../../src/sim';
+import * as s from '../../src/kernel/uapi/structs';
+import * as v from '../../src/kernel/uapi/vfio';
+import { MigState } from '../../src/kernel/uapi/vfio';
 
 const { RUNNING, STOP, RESUMING } = MigState;
 const O_RDWR = 2;

@@ -10,12 +10,12 @@
  * device-model-fds.test.ts, the sim options themselves in device-model-sim.test.ts.
  */
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { BAR0_ID_VALUE, CAP_OFFSETS } from '../../src/binding/sim';
-import { MigrationCoordinator } from '../../src/device/coordinator';
-import { VfioPciDevice } from '../../src/device/vfio-pci';
-import { ReferenceAllocator, type ReferenceHost } from '../../src/host/reference';
-import type { ConfigMismatchError } from '../../src/pci/compare';
-import { MigState } from '../../src/uapi/vfio';
+import { BAR0_ID_VALUE, CAP_OFFSETS } from '../../src/sim';
+import { MigrationCoordinator } from '../../src/vm/coordinator';
+import { VfioPciDevice } from '../../src/model/vfio-pci';
+import { ReferenceAllocator, type ReferenceHost } from '../../src/model/host/reference';
+import type { ConfigMismatchError } from '../../src/model/pci/compare';
+import { MigState } from '../../src/kernel/uapi/vfio';
 import {
   BAR0, Guest, MEM_MASTER, SECRET, attach, bootedSource, destination, dispose, file, makeEnv, newHost, openSim, rawCommand,
   rejection, simOf, snapshotVm, type Env,

@@ -1,9 +1,9 @@
 import { describe, it, expect } from 'vitest';
-import { NativeBinding } from '../../src/binding/native';
-import { SimBinding } from '../../src/binding/sim';
-import { openDevice } from '../../src/device/open';
-import { VfioPciDevice } from '../../src/device/vfio-pci';
-import { ReferenceHost } from '../../src/host/reference';
+import { NativeBinding } from '../../src/kernel/binding/native';
+import { SimBinding } from '../../src/sim';
+import { openDevice } from '../../src/kernel/open';
+import { VfioPciDevice } from '../../src/model/vfio-pci';
+import { ReferenceHost } from '../../src/model/host/reference';
 
 describe('DMA mapping of guest memory', () => {
   it('reference guest memory is page-aligned, and mapGuestMemory maps every region at its gpa', async () => {
@@ -14,7 +14,7 @@ describe('DMA mapping of guest memory', () => {
     host.memory.add(0x8000_0000n, 4096);
     expect(real.bufferAddress(a.buffer) % 4096n).toBe(0n);
     expect(a.buffer.length).toBe(3 * 4096);
-    const dev = openDevice('sim:4KiB#dma', { simBinding: sim });
+    const dev = openDevice('sim:4KiB#dma', { binding: sim });
     const d = VfioPciDevice.attach(dev, host, { id: 'dma' });
     try {
       await d.mapGuestMemory();
@@ -37,7 +37,7 @@ describe('DMA mapping of guest memory', () => {
     host.memory.add(0n, 4096);
     const bad = host.memory.add(0x10000n, 4096);
     (bad as { buffer: Buffer }).buffer = bad.buffer.subarray(0, 100); // not a whole page
-    const dev = openDevice('sim:4KiB#dma2', { simBinding: new SimBinding(real) });
+    const dev = openDevice('sim:4KiB#dma2', { binding: new SimBinding(real) });
     const d = VfioPciDevice.attach(dev, host, { id: 'dma2' });
     try {
       await expect(d.mapGuestMemory()).rejects.toMatchObject({ code: 'EVFIO_DMA_ALIGN', step: 'dma-map' });

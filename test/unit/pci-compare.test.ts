@@ -1,8 +1,8 @@
 import { describe, it, expect } from 'vitest';
-import { VfioError } from '../../src/errors';
-import * as r from '../../src/pci/regs';
-import { ConfigSpace } from '../../src/pci/config-space';
-import { checkConfig, compareConfig, type ConfigMismatchError } from '../../src/pci/compare';
+import { VfioError } from '../../src/base/errors';
+import * as r from '../../src/model/pci/regs';
+import { ConfigSpace } from '../../src/model/pci/config-space';
+import { checkConfig, compareConfig, type ConfigMismatchError } from '../../src/model/pci/compare';
 
 /**
  * A device image: PM at 0x40, MSI (64-bit, masking) at 0x50, Vendor Specific (length 8)

@@ -1,8 +1,8 @@
 import { describe, it, expect } from 'vitest';
-import { VfioError } from '../../src/errors';
-import * as r from '../../src/pci/regs';
-import { walkCapabilities, walkExtendedCapabilities, walkAllCapabilities } from '../../src/pci/capabilities';
-import { ConfigSpace } from '../../src/pci/config-space';
+import { VfioError } from '../../src/base/errors';
+import * as r from '../../src/model/pci/regs';
+import { walkCapabilities, walkExtendedCapabilities, walkAllCapabilities } from '../../src/model/pci/capabilities';
+import { ConfigSpace } from '../../src/model/pci/config-space';
 
 /** Builds raw config space images the way a device would present them. */
 class CfgBuilder {

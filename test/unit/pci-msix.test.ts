@@ -1,6 +1,6 @@
 import { describe, it, expect } from 'vitest';
-import { VfioError } from '../../src/errors';
-import { MsixTable, type MsixChange, type MsixVectorState } from '../../src/pci/msix-table';
+import { VfioError } from '../../src/base/errors';
+import { MsixTable, type MsixChange, type MsixVectorState } from '../../src/model/pci/msix-table';
 
 const le32 = (v: number): Buffer => {
   const b = Buffer.alloc(4);

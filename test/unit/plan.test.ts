@@ -6,8 +6,8 @@ import {
   VFIO_MIGRATION_PRE_COPY,
   VFIO_MIGRATION_STOP_COPY,
   migStateName,
-} from '../../src/uapi/vfio';
-import { VfioError } from '../../src/errors';
+} from '../../src/kernel/uapi/vfio';
+import { VfioError } from '../../src/base/errors';
 import {
   isLegalFlagSet,
   isP2pQuiesced,
@@ -21,7 +21,7 @@ import {
   requiredFlags,
   stateAllowed,
   statesAllowed,
-} from '../../src/migration/plan';
+} from '../../src/kernel/plan';
 
 const {
   ERROR,

@@ -3,9 +3,9 @@
  * binding, argument checks, and delegation of every non-virtual fd to the inner binding.
  */
 import { describe, expect, it } from 'vitest';
-import { VfioError } from '../../src/errors';
-import { SimBinding, VIRTUAL_FD_BASE, POLLNVAL } from '../../src/binding/sim';
-import { POLLHUP, POLLIN, POLLOUT, type Binding, type PumpResult } from '../../src/binding/types';
+import { VfioError } from '../../src/base/errors';
+import { SimBinding, VIRTUAL_FD_BASE, POLLNVAL } from '../../src/sim';
+import { POLLHUP, POLLIN, POLLOUT, type Binding, type PumpResult } from '../../src/kernel/binding/types';
 
 async function rejection(p: Promise<unknown>): Promise<VfioError> {
   try {

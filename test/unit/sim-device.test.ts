@@ -4,11 +4,11 @@
  * asserted here is a kernel rule (source named in the test) or a documented property of the sim.
  */
 import { describe, expect, it } from 'vitest';
-import { VfioError } from '../../src/errors';
-import { SimBinding, parseSimSpec, parseSize, formatSize, BAR0, SIM_VENDOR_ID, SIM_DEVICE_ID, CAP_OFFSETS, PCI } from '../../src/binding/sim';
-import * as s from '../../src/uapi/structs';
-import * as v from '../../src/uapi/vfio';
-import { MigState } from '../../src/uapi/vfio';
+import { VfioError } from '../../src/base/errors';
+import { SimBinding, parseSimSpec, parseSize, formatSize, BAR0, SIM_VENDOR_ID, SIM_DEVICE_ID, CAP_OFFSETS, PCI } from '../../src/sim';
+import * as s from '../../src/kernel/uapi/structs';
+import * as v from '../../src/kernel/uapi/vfio';
+import { MigState } from '../../src/kernel/uapi/vfio';
 
 const { RUNNING, STOP, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P, ERROR } = MigState;
 const O_RDWR = 2;

@@ -3,7 +3,7 @@
  * the header and the register trailer.
  */
 import { describe, expect, it } from 'vitest';
-import { simStream, SIM_PCI_ID } from '../../src/binding/sim';
+import { simStream, SIM_PCI_ID } from '../../src/sim';
 
 const { DataGenerator, encodeHeader, checkHeader, encodeTrailer, decodeTrailer, streamLength, HEADER_SIZE, TRAILER_SIZE, SCRATCH_SIZE } = simStream;
 

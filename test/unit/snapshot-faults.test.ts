@@ -20,20 +20,20 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { SimBinding, type SimDevice } from '../../src/binding/sim';
-import { loadBinding } from '../../src/binding';
-import type { Binding, PumpOptions, PumpResult } from '../../src/binding/types';
-import type { VfioDevice } from '../../src/device/device';
-import { openDevice } from '../../src/device/open';
-import { MigrationCoordinator } from '../../src/device/coordinator';
-import { VfioPciDevice } from '../../src/device/vfio-pci';
-import { ReferenceHost } from '../../src/host/reference';
-import { VfioError, errnoOf } from '../../src/errors';
-import { Migration } from '../../src/migration/migration';
-import { restoreSnapshot, saveSnapshot } from '../../src/snapshot/jobs';
+import { SimBinding, type SimDevice } from '../../src/sim';
+import { loadBinding } from '../../src/kernel/binding';
+import type { Binding, PumpOptions, PumpResult } from '../../src/kernel/binding/types';
+import type { VfioDevice } from '../../src/kernel/device';
+import { openDevice } from '../../src/kernel/open';
+import { MigrationCoordinator } from '../../src/vm/coordinator';
+import { VfioPciDevice } from '../../src/model/vfio-pci';
+import { ReferenceHost } from '../../src/model/host/reference';
+import { VfioError, errnoOf } from '../../src/base/errors';
+import { Migration } from '../../src/kernel/migration';
+import { restoreSnapshot, saveSnapshot } from '../../src/vm/jobs';
 import { SnapshotReader } from '../../src/snapshot/reader';
 import * as f from '../../src/snapshot/format';
-import { MigState } from '../../src/uapi/vfio';
+import { MigState } from '../../src/kernel/uapi/vfio';
 
 const { RUNNING, STOP } = MigState;
 
@@ -185,7 +185,7 @@ afterEach(() => {
 
 /** A named sim device (its model and the open VfioDevice). */
 function sim(name: string, spec = 'sim:64KiB'): { sd: SimDevice; dev: VfioDevice } {
-  const dev = openDevice(`${spec}#${name}`, { simBinding: env.binding });
+  const dev = openDevice(`${spec}#${name}`, { binding: env.binding });
   env.opened.push(dev);
   return { sd: env.sim.device(name), dev };
 }

@@ -6,10 +6,10 @@ import * as path from 'node:path';
 import * as zlib from 'node:zlib';
 import { SnapshotWriter } from '../../src/snapshot/writer';
 import { SnapshotReader, type ReaderBinding } from '../../src/snapshot/reader';
-import { loadBinding } from '../../src/binding';
+import { loadBinding } from '../../src/kernel/binding';
 import * as f from '../../src/snapshot/format';
 import { inspectSnapshot } from '../../src/snapshot/inspect';
-import { VfioError } from '../../src/errors';
+import { VfioError } from '../../src/base/errors';
 
 let dir: string;
 beforeEach(() => {

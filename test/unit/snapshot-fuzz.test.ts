@@ -17,15 +17,15 @@ import { describe, expect, it, beforeAll, afterAll } from 'vitest';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { SimBinding, type SimDevice, type SimDeviceOptions } from '../../src/binding/sim';
-import { loadBinding } from '../../src/binding';
-import type { Binding } from '../../src/binding/types';
-import { openDevice } from '../../src/device/open';
-import { VfioError, type VfioErrorKind } from '../../src/errors';
+import { SimBinding, type SimDevice, type SimDeviceOptions } from '../../src/sim';
+import { loadBinding } from '../../src/kernel/binding';
+import type { Binding } from '../../src/kernel/binding/types';
+import { openDevice } from '../../src/kernel/open';
+import { VfioError, type VfioErrorKind } from '../../src/base/errors';
 import * as f from '../../src/snapshot/format';
 import { SnapshotReader, type SnapshotSource } from '../../src/snapshot/reader';
-import { restoreSnapshot, saveSnapshot } from '../../src/snapshot/jobs';
-import { MigState } from '../../src/uapi/vfio';
+import { restoreSnapshot, saveSnapshot } from '../../src/vm/jobs';
+import { MigState } from '../../src/kernel/uapi/vfio';
 
 const CASES = Number(process.env.FUZZ_CASES ?? 100_000);
 const SEED = Number(process.env.FUZZ_SEED ?? 0x5eed4) >>> 0;
@@ -573,7 +573,7 @@ async function makeBase(name: string, opts: SimDeviceOptions[], bufferSize?: num
   const sim = new SimBinding(realOrNone());
   const devs = opts.map((o, i) => {
     const sd = sim.createDevice(`${name}-src${i}`, o);
-    const dev = openDevice(`sim#${name}-src${i}`, { simBinding: sim });
+    const dev = openDevice(`sim#${name}-src${i}`, { binding: sim });
     const scratch = Buffer.alloc(256);
     for (let k = 0; k < 256; k++) scratch[k] = (k * 7 + i * 31 + 3) & 0xff;
     sd.setRegisters({ control: 0xc0de0000 + i, irqCount: 40 + i, scratch });
@@ -664,7 +664,7 @@ async function runCase(caseNo: number): Promise<Outcome & { what: string }> {
   const sim = new SimBinding(realOrNone());
   const sd: SimDevice = sim.createDevice('dst', { ...target.options, seed: 0xdead_beefn });
   const binding = capped(sim, CALL_CAP);
-  const dev = openDevice('sim#dst', { simBinding: binding });
+  const dev = openDevice('sim#dst', { binding: binding });
   sd.setRegisters({ control: 0x11, irqCount: 3, scratch: DEST_SCRATCH });
   const before = sd.registers();
   let error: unknown;
@@ -754,7 +754,7 @@ describe('snapshot fuzzing: every mutant ends in a typed error or a correct rest
       for (const t of b.targets) {
         const sim = new SimBinding(realOrNone());
         const sd = sim.createDevice('dst', { ...t.options, seed: 0xdead_beefn });
-        const dev = openDevice('sim#dst', { simBinding: sim });
+        const dev = openDevice('sim#dst', { binding: sim });
         // The same file through both sources: the file path and the in-memory path.
         const file = path.join(dir, `${b.name}.vfiosnap`);
         await restoreSnapshot(dev, file, { index: t.index });

@@ -13,11 +13,11 @@ const test = require('node:test');
 const assert = require('node:assert/strict');
 const { lib, MDEVS, UART } = require('./helpers');
 
-const { openDevice, getDefaultBinding } = lib('device/open');
-const { VfioPciDevice } = lib('device/vfio-pci');
-const { MigrationCoordinator } = lib('device/coordinator');
-const { ReferenceHost, ReferenceAllocator } = lib('host/reference');
-const { MigState } = lib('uapi/vfio');
+const { openDevice, getDefaultBinding } = lib('kernel/open');
+const { VfioPciDevice } = lib('model/vfio-pci');
+const { MigrationCoordinator } = lib('vm/coordinator');
+const { ReferenceHost, ReferenceAllocator } = lib('model/host/reference');
+const { MigState } = lib('kernel/uapi/vfio');
 
 const ID = 'uart0';
 const PCI_COMMAND = 0x04;

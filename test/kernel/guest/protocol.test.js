@@ -6,13 +6,13 @@ const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const { lib, MDEVS, programUart, uartRegs, drainFifo, cli, openFds, freshMdev } = require('./helpers');
 
-const { openDevice } = lib('device/open');
-const { Migration } = lib('migration/migration');
-const { drainSession } = lib('migration/stream');
-const { planTransition } = lib('migration/plan');
-const { MigState, migStateName } = lib('uapi/vfio');
-const s = lib('uapi/structs');
-const v = lib('uapi/vfio');
+const { openDevice } = lib('kernel/open');
+const { Migration } = lib('kernel/migration');
+const { drainSession } = lib('kernel/stream');
+const { planTransition } = lib('kernel/plan');
+const { MigState, migStateName } = lib('kernel/uapi/vfio');
+const s = lib('kernel/uapi/structs');
+const v = lib('kernel/uapi/vfio');
 const { SnapshotReader } = lib('snapshot/reader');
 const { SnapshotWriter } = lib('snapshot/writer');
 const { SectionType } = lib('snapshot/format');
@@ -59,7 +59,7 @@ test('PRE_COPY: precopy info, temporary end, then STOP_COPY on the same fd gives
 });
 
 test('the planner accepts exactly what the kernel accepts, for every (from, to) pair on mtty', async () => {
-  const { feedSession } = lib('migration/stream');
+  const { feedSession } = lib('kernel/stream');
   const dev = openDevice(MDEVS[1]);
   const mismatches = [];
   let cases = 0;
@@ -190,7 +190,7 @@ test('a truncated or corrupted snapshot file is refused before the device is tou
 });
 
 test('no fd leaks across 30 open / snapshot / restore / close cycles on both paths', async () => {
-  const { saveSnapshot, restoreSnapshot } = lib('snapshot/jobs');
+  const { saveSnapshot, restoreSnapshot } = lib('vm/jobs');
   const cycle = async (iommu, a, b) => {
     const A = openDevice(MDEVS[a], { iommu });
     const B = openDevice(MDEVS[b], { iommu });

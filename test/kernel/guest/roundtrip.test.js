@@ -5,8 +5,8 @@ const test = require('node:test');
 const assert = require('node:assert/strict');
 const { lib, MDEVS, programUart, uartRegs, drainFifo, cli } = require('./helpers');
 
-const { openDevice } = lib('device/open');
-const { Migration } = lib('migration/migration');
+const { openDevice } = lib('kernel/open');
+const { Migration } = lib('kernel/migration');
 
 const PATHS = [
   { iommu: 'iommufd', a: 0, b: 1 },
@@ -117,6 +117,6 @@ test('a snapshot of another format version (older or newer) is refused with a cl
 });
 
 test('the default binding in the guest is the native addon (koffi is only the fallback)', () => {
-  const { getDefaultBinding } = lib('device/open');
+  const { getDefaultBinding } = lib('kernel/open');
   assert.equal(getDefaultBinding().name, 'native');
 });

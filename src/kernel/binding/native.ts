@@ -1,0 +1,130 @@
+/// <reference path="./native.d.ts" />
+import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { VfioError } from '../../base/errors';
+import type { Binding, ChunkWalk, PumpOptions, PumpResult } from './types';
+
+/**
+ * The `Binding` contract through the vfio_pci N-API addon (addon/binding.cc over addon/sys.cc).
+ * The addon validates arguments and throws TypeError/RangeError itself, so every method here
+ * is a straight pass-through; syscall errors are VfioErrors because the addon is handed the
+ * class when it is loaded.
+ */
+
+/** Where the addon is looked for, relative to the package root: node-gyp's output first, then cmake-js's. */
+export const NATIVE_ADDON_FILES: readonly string[] = ['build/Release/vfio_pci.node', 'build-cmake/Release/vfio_pci.node'];
+
+/** The package root: the nearest directory above this file that holds binding.gyp. */
+export function packageRoot(from: string = __dirname): string {
+  // The package's own package.json, found upwards from this file: in the source tree (src/),
+  // the build (dist/src/), an installed copy, or a copy with only dist/, build/ and
+  // package.json (the kernel tier's guest).
+  for (let dir = from; ; dir = dirname(dir)) {
+    const pj = join(dir, 'package.json');
+    if (existsSync(pj)) {
+      try {
+        if ((JSON.parse(readFileSync(pj, 'utf8')) as { name?: string }).name === 'node-vfio-pci') return dir;
+      } catch {
+        /* not ours, keep looking */
+      }
+    }
+    if (dirname(dir) === dir) throw new Error(`vfio_pci: no node-vfio-pci package.json above ${from}`);
+  }
+}
+
+/** The addon files that exist, in the order they are tried (absolute paths). */
+export function nativeAddonCandidates(root: string = packageRoot()): string[] {
+  return NATIVE_ADDON_FILES.map((f) => join(root, f)).filter((f) => existsSync(f));
+}
+
+const nodeRequire = createRequire(__filename);
+
+function loadAddon(file?: string): { addon: VfioPciNative.Addon; file: string } {
+  const candidates = file !== undefined ? [file] : nativeAddonCandidates();
+  if (candidates.length === 0) {
+    throw new Error(`vfio_pci addon not built (looked for ${NATIVE_ADDON_FILES.join(', ')}); run npm run build:addon`);
+  }
+  let firstError: unknown;
+  for (const f of candidates) {
+    try {
+      const addon = nodeRequire(f) as VfioPciNative.Addon;
+      // Per environment and idempotent: the last module instance to load wins, which is the
+      // VfioError class its callers import.
+      addon.setErrorClass(VfioError as unknown as VfioPciNative.ErrorClass);
+      return { addon, file: f };
+    } catch (e) {
+      firstError ??= e;
+    }
+  }
+  throw firstError;
+}
+
+/** The native implementation of the `Binding` contract, with `pump` (one dedicated thread per call). */
+export class NativeBinding implements Binding {
+  readonly name = 'native' as const;
+  /** The .node file that was loaded (absolute path). */
+  readonly file: string;
+  private readonly addon: VfioPciNative.Addon;
+
+  /**
+   * Load the addon: `file` if given, else the first of NATIVE_ADDON_FILES that loads.
+   * Throws (a plain Error from require) when none can be loaded.
+   */
+  constructor(file?: string) {
+    const { addon, file: loaded } = loadAddon(file);
+    this.addon = addon;
+    this.file = loaded;
+  }
+
+  open(path: string, flags: number, mode?: number): number {
+    return this.addon.open(path, flags, mode);
+  }
+  close(fd: number): void {
+    this.addon.close(fd);
+  }
+  ioctl(fd: number, request: number, arg?: Buffer | number): number {
+    return this.addon.ioctl(fd, request, arg);
+  }
+
+  ioctlAsync(fd: number, request: number, arg?: Buffer | number): Promise<number> {
+    return this.addon.ioctlAsync(fd, request, arg);
+  }
+
+  bufferAddress(buf: Buffer): bigint {
+    return this.addon.bufferAddress(buf);
+  }
+  pread(fd: number, buf: Buffer, offset: number, length?: number): number {
+    return this.addon.pread(fd, buf, offset, length);
+  }
+  pwrite(fd: number, buf: Buffer, offset: number, length?: number): number {
+    return this.addon.pwrite(fd, buf, offset, length);
+  }
+  walkChunks(fd: number, walk: ChunkWalk, size: number, maxChunk: number, maxHeaders: number, budgetUs?: number): ChunkWalk & { taken: number } {
+    return this.addon.walkChunks(fd, walk, size, maxChunk, maxHeaders, budgetUs);
+  }
+  read(fd: number, buf: Buffer, offset?: number, length?: number): Promise<number> {
+    return this.addon.read(fd, buf, offset, length);
+  }
+  write(fd: number, buf: Buffer, offset?: number, length?: number): Promise<number> {
+    return this.addon.write(fd, buf, offset, length);
+  }
+  pipe(flags?: number): [number, number] {
+    return this.addon.pipe(flags);
+  }
+  eventfd(initval: number, flags?: number): number {
+    return this.addon.eventfd(initval, flags);
+  }
+  eventfdRead(fd: number): bigint {
+    return this.addon.eventfdRead(fd);
+  }
+  eventfdWrite(fd: number, value: bigint): void {
+    this.addon.eventfdWrite(fd, value);
+  }
+  poll(fd: number, events: number, timeoutMs: number): Promise<number> {
+    return this.addon.poll(fd, events, timeoutMs);
+  }
+  pump(srcFd: number, dstFd: number, buf: Buffer, opts?: PumpOptions | number): Promise<PumpResult> {
+    return this.addon.pump(srcFd, dstFd, buf, opts);
+  }
+}

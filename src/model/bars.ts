@@ -1,0 +1,122 @@
+/**
+ * Placing the device's BARs in guest address space, and serving guest accesses to them.
+ *
+ * BARs are virtualised (src/pci/config-space.ts): the guest programs addresses into the
+ * shadow, and `sync()` keeps the host bus in line with it — a BAR is on the bus exactly when the
+ * shadow says it is mapped (decode enabled in COMMAND, a usable address). Accesses are
+ * forwarded to the VFIO region with pread/pwrite, except the MSI-X table and PBA, which are
+ * emulated wherever they sit in their BAR (the rest of that BAR still reaches the device:
+ * QEMU hw/vfio/pci.c vfio_msix_setup() does the same with an overlapping memory region).
+ *
+ * The allocator is used only by `assign()`, once, when a device is first attached; restore
+ * never allocates, it maps what the snapshot's shadow says.
+ */
+import type { VfioDevice } from '../kernel/device';
+import type { AddressSpace, BarAccessHandler, Host } from './host/types';
+import type { BarInfo, ConfigSpace, MsixState } from './pci/config-space';
+import type { MsixTable } from './pci/msix-table';
+import { logger } from '../base/log';
+
+const log = logger('bar');
+
+interface Mapped {
+  address: bigint;
+  size: number;
+  space: AddressSpace;
+}
+
+export class BarMapper {
+  private readonly mapped = new Map<number, Mapped>();
+
+  constructor(
+    private readonly dev: VfioDevice,
+    private readonly host: Host,
+    private readonly id: string,
+    private readonly config: () => ConfigSpace,
+    private readonly msixTable: () => MsixTable | undefined,
+  ) {}
+
+  /**
+   * Firmware's job on first attach: allocate an address for every BAR from the host's
+   * allocator and program it into the shadow. Never called on restore.
+   */
+  assign(): void {
+    const cfg = this.config();
+    for (const bar of cfg.bars()) {
+      if (bar.kind === 'rom') continue;
+      const space: AddressSpace = bar.kind === 'io' ? 'pio' : 'mmio';
+      const addr = this.host.allocator.allocate(space, bar.size, `${this.id}/bar${bar.index}`);
+      cfg.write(bar.offset, 4, Number(addr & 0xffff_ffffn));
+      if (bar.kind === 'mem64') cfg.write(bar.offset + 4, 4, Number(addr >> 32n));
+      log('%s: BAR%d %s %d bytes at 0x%s', this.id, bar.index, bar.kind, bar.size, addr.toString(16));
+    }
+  }
+
+  /** Release what assign() allocated (device removed from the VM). */
+  release(): void {
+    for (const bar of this.config().bars()) {
+      if (bar.kind === 'rom') continue;
+      this.host.allocator.free(bar.kind === 'io' ? 'pio' : 'mmio', bar.address, `${this.id}/bar${bar.index}`);
+    }
+  }
+
+  /** Map, move or unmap BARs so that the bus matches the shadow. */
+  sync(): void {
+    const want = new Map<number, BarInfo>();
+    for (const b of this.config().bars()) if (b.mapped && b.kind !== 'rom') want.set(b.index, b);
+    for (const [index, m] of this.mapped) {
+      const w = want.get(index);
+      if (!w || w.address !== m.address) {
+        this.host.bus.unmap(this.id, index);
+        this.mapped.delete(index);
+        log('%s: BAR%d unmapped from 0x%s', this.id, index, m.address.toString(16));
+      }
+    }
+    for (const [index, b] of want) {
+      if (this.mapped.has(index)) continue;
+      const space: AddressSpace = b.kind === 'io' ? 'pio' : 'mmio';
+      this.host.bus.map({ device: this.id, bar: index, space, address: b.address, size: b.size }, this.handler(index));
+      this.mapped.set(index, { address: b.address, size: b.size, space });
+      log('%s: BAR%d mapped at %s 0x%s', this.id, index, space, b.address.toString(16));
+    }
+  }
+
+  /** Take every BAR off the bus. */
+  unmapAll(): void {
+    for (const index of this.mapped.keys()) this.host.bus.unmap(this.id, index);
+    this.mapped.clear();
+  }
+
+  /** The BAR layout as mapped now (for snapshots and tests). */
+  mappings(): Array<{ bar: number } & Mapped> {
+    return [...this.mapped].map(([bar, m]) => ({ bar, ...m }));
+  }
+
+  private handler(index: number): BarAccessHandler {
+    const dev = this.dev;
+    const msixIn = (offset: number, len: number): { table?: number; pba?: number } => {
+      const msix: MsixState | null = this.config().msix();
+      const table = this.msixTable();
+      if (!msix || !table) return {};
+      const tableLen = msix.tableSize * 16;
+      const pbaLen = Math.ceil(msix.tableSize / 64) * 8;
+      if (msix.tableBir === index && offset >= msix.tableOffset && offset + len <= msix.tableOffset + tableLen) return { table: offset - msix.tableOffset };
+      if (msix.pbaBir === index && offset >= msix.pbaOffset && offset + len <= msix.pbaOffset + pbaLen) return { pba: offset - msix.pbaOffset };
+      return {};
+    };
+    return {
+      read: (offset, data) => {
+        const m = msixIn(offset, data.length);
+        if (m.table !== undefined) this.msixTable()!.readTable(m.table, data);
+        else if (m.pba !== undefined) this.msixTable()!.readPba(m.pba, data);
+        else dev.readRegion(index, offset, data.length).copy(data);
+      },
+      write: (offset, data) => {
+        const m = msixIn(offset, data.length);
+        if (m.table !== undefined) this.msixTable()!.writeTable(m.table, data);
+        else if (m.pba !== undefined) this.msixTable()!.writePba(m.pba, data);
+        else dev.writeRegion(index, offset, data);
+      },
+    };
+  }
+}

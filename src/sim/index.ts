@@ -1,0 +1,28 @@
+/**
+ * The simulated vfio-pci device: a model of the kernel's VFIO uAPI and of a migratable driver,
+ * served at the syscall level (`SimBinding`), so that everything above the binding runs on it
+ * unchanged. A test double and a demo device: the product's open path never imports it; call
+ * `registerSimulator()` to let `openDevice()` open `sim` specs.
+ */
+export { SimBinding, VIRTUAL_FD_BASE, POLLNVAL, type SimBindingOptions, type Session } from './binding';
+export { registerSimulator, openSimDevice, defaultSimBinding, simulatorProvider, simIommuContext } from './provider';
+export { SimDevice, DEFAULT_SIM_SIZE, DEFAULT_SIM_MIGRATION_FLAGS } from './device';
+export type { SimDeviceOptions, ResolvedSimDeviceOptions, SimOp, SimRegisters, SessionInfo, ExternalDataFd } from './device';
+export type { DataFault } from './session';
+export type { IrqSnapshot, IrqMode } from './irq';
+export { isSimPath, parseSimSpec, parseSize, formatSize, type ParsedSimSpec } from './spec';
+export * as simStream from './stream';
+export { BAR0, BAR0_SIZE, BAR0_ID_VALUE, BAR0_VERSION_VALUE, STATUS_RUNNING, STATUS_ERROR } from './bar0';
+export {
+  SIM_VENDOR_ID,
+  SIM_DEVICE_ID,
+  SIM_SUBSYS_VENDOR_ID,
+  SIM_SUBSYS_ID,
+  SIM_CLASS,
+  SIM_REVISION,
+  SIM_PCI_ID,
+  CAP_OFFSETS,
+  PCI,
+  VNDR_CAP_LENGTH,
+  COMMAND_MASTER,
+} from './config';
