@@ -204,9 +204,9 @@ describe('recovery from failures', () => {
     const reset = dev.reset.bind(dev);
     const writeConfig = dev.writeConfig.bind(dev);
     const setIrqs = dev.setIrqs.bind(dev);
-    dev.reset = () => {
+    dev.reset = async () => {
       calls.push('reset');
-      reset();
+      await reset();
     };
     dev.writeConfig = (off, data) => {
       calls.push(`writeConfig 0x${off.toString(16)}=0x${data.readUIntLE(0, data.length).toString(16)}`);

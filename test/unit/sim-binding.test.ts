@@ -140,6 +140,8 @@ describe('delegation to the inner binding', () => {
       open: rec('open', 5) as Binding['open'],
       close: rec('close', undefined) as Binding['close'],
       ioctl: rec('ioctl', 0) as Binding['ioctl'],
+      ioctlAsync: rec('ioctlAsync', Promise.resolve(0)) as Binding['ioctlAsync'],
+      bufferAddress: rec('bufferAddress', 0n) as Binding['bufferAddress'],
       pread: rec('pread', 1) as Binding['pread'],
       pwrite: rec('pwrite', 1) as Binding['pwrite'],
       read: rec('read', Promise.resolve(0)) as Binding['read'],
@@ -149,7 +151,7 @@ describe('delegation to the inner binding', () => {
       eventfdRead: rec('eventfdRead', 0n) as Binding['eventfdRead'],
       eventfdWrite: rec('eventfdWrite', undefined) as Binding['eventfdWrite'],
       poll: rec('poll', Promise.resolve(1)) as Binding['poll'],
-      pump: rec('pump', Promise.resolve({ bytes: 0, crc32: 0 } satisfies PumpResult)) as Binding['pump'],
+      pump: rec('pump', Promise.resolve({ bytes: 0, crc32: 0, end: 'eof' } satisfies PumpResult)) as Binding['pump'],
     };
     return { inner, calls };
   }
@@ -159,6 +161,8 @@ describe('delegation to the inner binding', () => {
     const b = new SimBinding(inner);
     expect(b.open('/tmp/x', 0, 0o600)).toBe(5);
     b.ioctl(5, 0x5401);
+    await b.ioctlAsync(5, 0x5402);
+    b.bufferAddress(Buffer.alloc(1));
     b.pread(5, Buffer.alloc(1), 9);
     b.pwrite(5, Buffer.alloc(1), 9);
     await b.read(5, Buffer.alloc(1));
@@ -171,7 +175,7 @@ describe('delegation to the inner binding', () => {
     b.eventfdWrite(8, 1n);
     b.close(5);
     expect(calls).toEqual([
-      'open(/tmp/x,0,384)', 'ioctl(5,21505)', 'pread(5,9)', 'pwrite(5,9)', 'read(5)', 'write(5)', 'poll(5,1,0)',
+      'open(/tmp/x,0,384)', 'ioctl(5,21505)', 'ioctlAsync(5,21506)', 'bufferAddress()', 'pread(5,9)', 'pwrite(5,9)', 'read(5)', 'write(5)', 'poll(5,1,0)',
       'pump(5,6)', 'pipe()', 'eventfd(0)', 'eventfdRead(8)', 'eventfdWrite(8)', 'close(5)',
     ]);
   });
