@@ -249,7 +249,8 @@ async function oursRestore(s: CaseSpec, real: Binding): Promise<CaseResult> {
     const r = await restoreSnapshot(dev, s.file, { bufferSize: s.oursBuffer });
     await sidesDone(sides, 'consumer');
     const res = stopClock(clock);
-    if (r.bytes !== s.bytes) return { ok: false, error: `restored ${r.bytes} bytes, expected ${s.bytes}` };
+    const got = r.devices[0]?.stateBytes;
+    if (got !== s.bytes) return { ok: false, error: `restored ${got} bytes, expected ${s.bytes}` };
     return res;
   } finally {
     dev.close();

@@ -1,34 +1,67 @@
 /**
  * node-vfio-pci: a vfio-pci device model with VFIO migration v2 for TypeScript VMMs.
  *
- * Layers (each folder one job):
- *  - uapi/       kernel uAPI constants and struct codecs (vfio.h, iommufd.h)
- *  - binding/    the syscall contract and its implementations: native addon, koffi, simulated device
- *  - device/     opening devices (iommufd or group/container) and typed device access
- *  - migration/  the migration v2 state machine (kernel planner port), sessions, data_fd streaming
- *  - snapshot/   the snapshot file format, its reader/writer and the save/restore jobs
- *  - cli/        the `vfio-pci` command
+ * The public API, by layer (each a folder of src/; imports only point down, checked by
+ * dependency-cruiser, .dependency-cruiser.cjs):
+ *
+ *  - base/      errors: `VfioError` (one class; `code` from one registry, `EVFIO_CODES`)
+ *  - kernel/    the kernel's VFIO device: `openDevice()` → `VfioDevice` (regions, IRQs, config
+ *               space, reset, DMA mapping through its IOMMU context), its one `Migration`
+ *               (`device.migration`: the migration v2 state machine, port of the kernel's
+ *               vfio_mig_get_next_state(), sessions and data_fd), the syscall `Binding`
+ *  - model/     what a VMM plugs in: `VfioPciDevice` (config-space shadow with QEMU's masks,
+ *               virtualised BARs, MSI/MSI-X/INTx wiring) over a `Host` the VMM implements
+ *               (`ReferenceHost` is a complete small one); `BareDevice` for a device on its own
+ *  - engine/    the one migration engine: pause / save / load / resume of a VM's devices with
+ *               the P2P order, blockers, pairing by id, checks before touching and recovery,
+ *               through a device-state stream (`StateSink` / `StateSource`)
+ *  - snapshot/  the snapshot file format (docs/snapshot-format.md) and its streams
+ *  - vm/        `MigrationCoordinator` (the engine over a VM's `VfioPciDevice`s, with snapshot
+ *               files), `saveSnapshot()` / `restoreSnapshot()` (the CLI's jobs on bare devices)
+ *
+ * The simulated device (a test double and demo device) is `node-vfio-pci/sim`:
+ * `require('node-vfio-pci/sim').registerSimulator()` lets `openDevice('sim:64MiB')` open one.
  */
-export { VfioError, isVfioError, errnoName, type VfioErrorInit, type VfioErrorKind } from './base/errors';
+export {
+  VfioError, isVfioError, errnoName, describeOutcome, EVFIO_CODES,
+  type VfioErrorInit, type VfioErrorKind, type VfioErrorCode, type EvfioCode, type ErrnoName, type DeviceOutcome,
+} from './base/errors';
+
+// ---- kernel: opening devices, the device, its migration state machine
 export type { Binding } from './kernel/binding/types';
-export { VfioDevice } from './kernel/device';
-export { openDevice, getDefaultBinding, registerDeviceProvider, type OpenOptions, type DeviceProvider } from './kernel/open';
 export { loadBinding } from './kernel/binding';
-export { resolveDevice, type ResolvedDevice } from './kernel/resolve';
+export { openDevice, getDefaultBinding, registerDeviceProvider, type OpenOptions, type DeviceProvider } from './kernel/open';
+export { VfioDevice } from './kernel/device';
 export type { IommuContext, IommuKind } from './kernel/iommu';
-export { Migration, sessionKindOf, type DataSession, type StateChange, type MigrationEvents } from './kernel/migration';
-export { planTransition, nextState, legalFlagSets, isSavingState } from './kernel/plan';
-export { drainSession, feedSession, DEFAULT_BUFFER_SIZE } from './kernel/stream';
-export { saveSnapshot, restoreSnapshot, checkIdentity, type SaveOptions, type RestoreOptions, type Progress } from './vm/jobs';
-export { SnapshotReader } from './snapshot/reader';
-export { SnapshotWriter } from './snapshot/writer';
-export { inspectSnapshot } from './snapshot/inspect';
-export * as uapi from './kernel/uapi/vfio';
-export * as structs from './kernel/uapi/structs';
-export * as iommufd from './kernel/uapi/iommufd';
+export { Migration, type DataSession, type SessionKind, type StateChange, type MigrationEvents } from './kernel/migration';
+export { planTransition } from './kernel/plan';
 export { MigState, migStateName, parseMigState } from './kernel/uapi/vfio';
-export * as pci from './model/pci';
-export { VfioPciDevice, type AttachOptions, type VfioPciEvents } from './model/vfio-pci';
-export { MigrationCoordinator, type Blocker, type CoordinatorOptions, type CoordinatorEvents } from './vm/coordinator';
+export * as uapi from './kernel/uapi/vfio';
+
+// ---- model: the device model a VMM plugs in, and the host it plugs into
+export { VfioPciDevice, type AttachOptions } from './model/vfio-pci';
+export { BareDevice } from './model/bare';
+export type { MigratableDevice, DeviceRecord, ModelPlan } from './model/migratable';
 export * from './model/host/types';
 export { ReferenceHost, ReferenceBus, ReferenceAllocator, ReferenceInterrupts, ReferenceMemory, type AllocationRecord } from './model/host/reference';
+export * as pci from './model/pci';
+
+// ---- engine: the one orchestration, and the stream interface it writes to and reads from
+export {
+  MigrationEngine,
+  type Blocker, type EngineEvents, type EngineOptions, type EnginePhase, type SaveOptions, type LoadOptions, type ResumeOptions, type SaveResult, type LoadResult,
+} from './engine/engine';
+export type { StateSink, StateSource, SavedDevice, LoadTargets, DataFdTarget, WriteStateOptions, Progress } from './engine/stream';
+
+// ---- snapshot files
+export { SnapshotWriter, type WriterOptions } from './snapshot/writer';
+export { SnapshotReader, type DeviceSections } from './snapshot/reader';
+export { SnapshotFileSink, SnapshotFileSource } from './snapshot/file-stream';
+export { inspectSnapshot, type Inspection } from './snapshot/inspect';
+
+// ---- vm: the VMM's coordinator, and the CLI's jobs
+export { MigrationCoordinator, type CoordinatorOptions } from './vm/coordinator';
+export {
+  saveSnapshot, restoreSnapshot,
+  type JobDevice, type JobOptions, type SaveSnapshotOptions, type SaveSnapshotResult, type RestoreSnapshotOptions,
+} from './vm/jobs';

@@ -1,4 +1,8 @@
 import { constants as osConstants } from 'node:os';
+import { kindOfCode, type ErrnoName, type VfioErrorCode, type VfioErrorKind } from './codes';
+
+export type { VfioErrorCode, VfioErrorKind, EvfioCode, ErrnoName } from './codes';
+export { EVFIO_CODES } from './codes';
 
 /**
  * errno names by number, from Node's own table (linux values). Where two names share a number
@@ -13,21 +17,45 @@ export function errnoName(errno: number): string {
 }
 
 /** The positive errno value of a symbolic name ('EINVAL' → 22). */
-export function errnoOf(name: keyof typeof osConstants.errno): number {
+export function errnoOf(name: ErrnoName): number {
   return osConstants.errno[name];
 }
 
 /**
- * Where the library's errors come from. `syscall` errors carry an errno; the others are
- * refusals made in userspace before the kernel is asked (`protocol`), a bad snapshot file
- * (`format`), a device that does not match a snapshot (`mismatch`), bad user input (`usage`),
- * and something the device does not support (`unsupported`).
+ * Where one device was left by a failed call or job: the one shape of `VfioError.deviceState`,
+ * a list with an entry per device the job involved.
  */
-export type VfioErrorKind = 'syscall' | 'protocol' | 'format' | 'mismatch' | 'usage' | 'unsupported';
+export interface DeviceOutcome {
+  /** The device: its attach id in a VM (`nic0`), else its name (PCI address, UUID, `sim:...`). */
+  device: string;
+  /**
+   * Its VFIO migration state read back after the failure ('RUNNING', 'STOP', ...; names of
+   * `MigState`), or 'unknown' when even reading it failed.
+   */
+  state: string;
+  /** False when the failing job had not touched the device yet (it is as it was before). */
+  touched: boolean;
+  /** True when VFIO_DEVICE_RESET was used to bring it there. */
+  reset: boolean;
+}
 
+/** `nic0 RUNNING (reset)`, `nic1 RUNNING (untouched)`. */
+export function describeOutcome(o: DeviceOutcome): string {
+  return `${o.device} ${o.state}${o.reset ? ' (reset)' : o.touched ? '' : ' (untouched)'}`;
+}
+
+/**
+ * Where the library's errors come from (`VfioErrorKind`, src/base/codes.ts): `syscall` errors
+ * carry an errno; the others are refusals made in userspace before the kernel is asked
+ * (`protocol`), a bad snapshot or stream (`format`), a device that does not match a snapshot
+ * (`mismatch`), bad user input (`usage`), something the device does not support
+ * (`unsupported`), a migration peer that failed or refused (`peer`) and a job cancelled by its
+ * caller (`cancelled`).
+ */
 export interface VfioErrorInit {
-  /** Symbolic code: an errno name ('EINVAL') for syscall errors, otherwise an `EVFIO_*` code. */
-  code: string;
+  /** Symbolic code: an errno name ('EINVAL') for syscall errors, otherwise an `EVFIO_*` code (src/base/codes.ts). */
+  code: VfioErrorCode;
+  /** Default: the code's kind in the registry. */
   kind?: VfioErrorKind;
   /** Positive errno value for syscall errors. */
   errno?: number;
@@ -41,8 +69,8 @@ export interface VfioErrorInit {
   device?: string;
   /** The path that was opened, for open errors. */
   path?: string;
-  /** The migration state the device was left in, when known (name, e.g. 'RUNNING'). */
-  deviceState?: string;
+  /** Where each device involved was left, when known. */
+  deviceState?: DeviceOutcome[];
   cause?: unknown;
 }
 
@@ -52,7 +80,7 @@ export interface VfioErrorInit {
  */
 export class VfioError extends Error {
   override name = 'VfioError';
-  code: string;
+  code: VfioErrorCode;
   kind: VfioErrorKind;
   errno?: number;
   syscall?: string;
@@ -60,12 +88,12 @@ export class VfioError extends Error {
   step?: string;
   device?: string;
   path?: string;
-  deviceState?: string;
+  deviceState?: DeviceOutcome[];
 
   constructor(message: string, init: VfioErrorInit) {
     super(message, init.cause !== undefined ? { cause: init.cause } : undefined);
     this.code = init.code;
-    this.kind = init.kind ?? (init.errno !== undefined ? 'syscall' : 'protocol');
+    this.kind = init.kind ?? kindOfCode(init.code);
     this.errno = init.errno;
     this.syscall = init.syscall;
     this.op = init.op;
@@ -77,7 +105,7 @@ export class VfioError extends Error {
 
   /** Build a syscall error from a positive errno. The message names syscall, op and device. */
   static fromErrno(errno: number, init: Omit<VfioErrorInit, 'code' | 'errno' | 'kind'> = {}): VfioError {
-    const code = errnoName(errno);
+    const code = errnoName(errno) as ErrnoName;
     const what = [init.syscall, init.op].filter(Boolean).join(' ');
     const where = init.device ? ` on ${init.device}` : init.path ? ` (${init.path})` : '';
     return new VfioError(`${what || 'syscall'} failed${where}: ${code}`, { ...init, code, errno, kind: 'syscall' });
@@ -85,7 +113,8 @@ export class VfioError extends Error {
 
   /**
    * Add context as the error travels up: fields already set are kept (the innermost layer
-   * knows best), missing ones are filled in. The message gains the device and state.
+   * knows best), missing ones are filled in; `deviceState` replaces the one before (the outer
+   * layer knows where the devices ended). The message gains the device and where it was left.
    */
   annotate(ctx: Partial<Pick<VfioErrorInit, 'op' | 'step' | 'device' | 'deviceState' | 'path'>>): this {
     if (ctx.op && !this.op) this.op = ctx.op;
@@ -97,14 +126,16 @@ export class VfioError extends Error {
     }
     if (ctx.deviceState !== undefined) {
       this.deviceState = ctx.deviceState;
-      this.message = this.message.replace(/; device left in \S+$/, '') + `; device left in ${ctx.deviceState}`;
+      const left = ctx.deviceState;
+      const text = left.length === 1 ? `; device left in ${left[0].state}${left[0].reset ? ' (reset)' : ''}` : `; devices left: ${left.map(describeOutcome).join(', ')}`;
+      this.message = this.message.replace(/; (device left in|devices left:) .*$/, '') + text;
     }
     return this;
   }
 }
 
 /** True when `e` is a VfioError whose code is `code` (an errno name or EVFIO_* code). */
-export function isVfioError(e: unknown, code?: string): e is VfioError {
+export function isVfioError(e: unknown, code?: VfioErrorCode): e is VfioError {
   return e instanceof VfioError && (code === undefined || e.code === code);
 }
 
@@ -117,6 +148,6 @@ export function fsError(e: unknown, what: string, init: { syscall: string; path?
   const err = e as NodeJS.ErrnoException;
   if (e instanceof VfioError || typeof err?.errno !== 'number' || !err.code) return e;
   return new VfioError(`${what}: ${err.code}`, {
-    code: err.code, errno: Math.abs(err.errno), syscall: err.syscall ?? init.syscall, path: init.path, step: init.step, cause: e,
+    code: err.code as ErrnoName, errno: Math.abs(err.errno), syscall: err.syscall ?? init.syscall, path: init.path, step: init.step, cause: e,
   });
 }

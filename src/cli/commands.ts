@@ -7,7 +7,6 @@ import { getDefaultBinding, openDevice, type OpenOptions } from '../kernel/open'
 import type { Binding } from '../kernel/binding/types';
 import { loadBinding } from '../kernel/binding';
 import type { VfioDevice } from '../kernel/device';
-import { Migration } from '../kernel/migration';
 import { saveSnapshot, restoreSnapshot, type Progress } from '../vm/jobs';
 import { inspectSnapshot, formatInspection } from '../snapshot/inspect';
 import { MigState, migStateName } from '../kernel/uapi/vfio';
@@ -22,8 +21,8 @@ export interface CommandContext {
     json?: boolean;
     output?: string;
     input?: string;
-    index?: string;
     'leave-stopped'?: boolean;
+    'allow-non-p2p'?: boolean;
     iommu?: string;
     binding?: string;
     size?: string;
@@ -108,33 +107,47 @@ const info: Command = async (ctx) => {
   });
 };
 
+/**
+ * `[ID=]DEVICE`: the id a device is saved under (and paired by on restore), then its spec. An
+ * id is letters, digits, `_`, `.` and `-`; without one the id is the spec itself. (A spec such
+ * as `sim:seed=7` holds an `=` too, but what stands before it is no id.)
+ */
+export function parseDeviceArg(arg: string): { id?: string; spec: string } {
+  const m = /^([A-Za-z0-9_.-]+)=(.+)$/.exec(arg);
+  return m ? { id: m[1], spec: m[2] } : { spec: arg };
+}
+
 const snapshot: Command = async (ctx) => {
   if (ctx.args.length < 1) throw usage('snapshot takes at least one DEVICE');
   if (!ctx.opts.output) throw usage('snapshot needs -o FILE');
   const file = ctx.opts.output;
-  return withDevices(ctx.args, openOptions(ctx), async (devs) => {
-    say(ctx, `snapshot of ${devs.map((d) => d.name).join(', ')} → ${file}`);
+  const args = ctx.args.map(parseDeviceArg);
+  return withDevices(args.map((a) => a.spec), openOptions(ctx), async (devs) => {
+    const jobDevs = devs.map((device, i) => ({ id: args[i].id ?? device.name, device }));
+    say(ctx, `snapshot of ${jobDevs.map((d) => (d.id === d.device.name ? d.id : `${d.id}=${d.device.name}`)).join(', ')} → ${file}`);
     const progress = progressPrinter(ctx);
-    const res = await saveSnapshot(devs, file, {
-      leaveStopped: ctx.opts['leave-stopped'], onState: arcLogger(ctx), onProgress: progress,
+    const res = await saveSnapshot(jobDevs, file, {
+      leaveStopped: ctx.opts['leave-stopped'], allowNonP2P: ctx.opts['allow-non-p2p'], onState: arcLogger(ctx), onProgress: progress,
     }).finally(progress.done);
-    for (const d of res.devices) say(ctx, `  ${d.name}: ${fmtBytes(d.stateBytes)} of device state, ${d.configBytes} bytes of config space`);
+    for (const d of res.devices) say(ctx, `  ${d.id}: ${fmtBytes(d.stateBytes)} of device state, ${d.configBytes} bytes of config space`);
     say(ctx, `wrote ${file}${ctx.opts['leave-stopped'] ? ' (devices left in STOP)' : ''}`);
     return 0;
   });
 };
 
 const restore: Command = async (ctx) => {
-  if (ctx.args.length !== 1) throw usage('restore takes one DEVICE');
+  if (ctx.args.length < 1) throw usage('restore takes at least one [ID=]DEVICE');
   if (!ctx.opts.input) throw usage('restore needs -i FILE');
   const file = ctx.opts.input;
-  const index = ctx.opts.index !== undefined ? Number(ctx.opts.index) : 0;
-  if (!Number.isInteger(index) || index < 0) throw usage(`--index must be a device index, not '${ctx.opts.index}'`);
-  return withDevices(ctx.args, openOptions(ctx), async ([dev]) => {
-    say(ctx, `restore ${file} (device ${index}) → ${dev.name}`);
+  const args = ctx.args.map(parseDeviceArg);
+  return withDevices(args.map((a) => a.spec), openOptions(ctx), async (devs) => {
+    const jobDevs = devs.map((device, i) => (args[i].id ? { id: args[i].id!, device } : device));
+    say(ctx, `restore ${file} → ${ctx.args.join(', ')}`);
     const progress = progressPrinter(ctx);
-    const { bytes } = await restoreSnapshot(dev, file, { index, onState: arcLogger(ctx), onProgress: progress }).finally(progress.done);
-    say(ctx, `  ${dev.name}: ${fmtBytes(bytes)} of device state loaded; now ${migStateName(Migration.require(dev).getState())}`);
+    const res = await restoreSnapshot(jobDevs, file, { allowNonP2P: ctx.opts['allow-non-p2p'], onState: arcLogger(ctx), onProgress: progress }).finally(progress.done);
+    for (const [i, d] of res.devices.entries()) {
+      say(ctx, `  ${d.from} → ${devs[i].name}: ${fmtBytes(d.stateBytes)} of device state loaded; now ${migStateName(devs[i].migration!.getState())}`);
+    }
     return 0;
   });
 };

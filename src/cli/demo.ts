@@ -75,7 +75,7 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
     await vmA.pause();
     say('snapshot:');
     const snap = await vmA.snapshot(file);
-    say(`  ${snap.stateBytes[0]} bytes of device state; file ${fs.statSync(file).size} bytes`);
+    say(`  ${snap.devices[0].stateBytes} bytes of device state; file ${fs.statSync(file).size} bytes`);
 
     // ---------------------------------------------------------------- destination VM
     const hostB = new ReferenceHost(real, ReferenceAllocator.from(hostA.allocator.export()));
@@ -89,7 +89,7 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
     vmB.on('progress', opts.progress);
     say(`restore into ${devB.name} (stays in RESUMING):`);
     const res = await vmB.restore(file);
-    say(`  ${res.stateBytes[0]} bytes loaded; BARs mapped at the saved addresses (${B.mappedBars.map((m) => `BAR${m.bar}@0x${m.address.toString(16)}`).join(' ')}), PCI_COMMAND 0x${B.configRead(PCI_COMMAND, 2).toString(16)} pushed, ${B.interrupts.mode.toUpperCase()} re-armed`);
+    say(`  ${res.devices[0].stateBytes} bytes loaded; BARs mapped at the saved addresses (${B.mappedBars.map((m) => `BAR${m.bar}@0x${m.address.toString(16)}`).join(' ')}), PCI_COMMAND 0x${B.configRead(PCI_COMMAND, 2).toString(16)} pushed, ${B.interrupts.mode.toUpperCase()} re-armed`);
     say('resume:');
     await vmB.resume();
 

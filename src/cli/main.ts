@@ -12,7 +12,7 @@
  * in), 2 usage error.
  */
 import { parseArgs } from 'node:util';
-import { VfioError } from '../base/errors';
+import { VfioError, describeOutcome } from '../base/errors';
 import { commands, type CommandContext } from './commands';
 import { registerSimulator } from '../sim/provider';
 
@@ -20,14 +20,17 @@ const USAGE = `usage: vfio-pci <command> [options]
 
 commands:
   info DEVICE [--json]                       device, region, IRQ and migration info
-  snapshot DEVICE... -o FILE [--leave-stopped]
+  snapshot [ID=]DEVICE... -o FILE [--leave-stopped] [--allow-non-p2p]
                                              pause, save state + config space, resume
-  restore DEVICE -i FILE [--index N]         load a snapshot into DEVICE and run it
+  restore [ID=]DEVICE... -i FILE [--allow-non-p2p]
+                                             load a snapshot into the devices (paired by ID) and run them
   inspect FILE [--json]                      list a snapshot's sections and check them
   demo [--size SIZE]                         pause → snapshot → restore → resume on simulated devices
 
 DEVICE: a PCI address (0000:01:00.0), an mdev UUID, a sysfs path,
         /dev/vfio/devices/vfioN, or a simulated device: sim, sim:SIZE (e.g. sim:1GiB)
+ID:     the name a device is saved under and paired by on restore (default: the DEVICE
+        as given); restoring a one-device snapshot into one DEVICE needs none
 
 options:
   --iommu iommufd|legacy    how to open real devices (default: iommufd when available)
@@ -47,8 +50,8 @@ export async function main(argv: string[], out: NodeJS.WritableStream = process.
         json: { type: 'boolean' },
         output: { type: 'string', short: 'o' },
         input: { type: 'string', short: 'i' },
-        index: { type: 'string' },
         'leave-stopped': { type: 'boolean' },
+        'allow-non-p2p': { type: 'boolean' },
         iommu: { type: 'string' },
         binding: { type: 'string' },
         size: { type: 'string' },
@@ -78,7 +81,7 @@ export async function main(argv: string[], out: NodeJS.WritableStream = process.
       err.write(`vfio-pci ${name}: ${e.message}\n`);
       const fields = [
         ['code', e.code], ['errno', e.errno], ['syscall', e.syscall], ['op', e.op], ['step', e.step],
-        ['device', e.device], ['device state', e.deviceState],
+        ['device', e.device], ['devices left', e.deviceState?.map(describeOutcome).join(', ')],
       ].filter(([, v]) => v !== undefined);
       err.write(fields.map(([k, v]) => `  ${k}: ${v}`).join('\n') + '\n');
       return e.kind === 'usage' ? 2 : 1;

@@ -13,12 +13,15 @@ import * as s from './uapi/structs';
 import * as v from './uapi/vfio';
 import type { IommuContext } from './iommu';
 import { ioctl, ioctlAsync } from './ioctl';
+import { probeMigration, type Migration } from './migration';
 
 export class VfioDevice {
   private fdValue: number;
   private readonly regionCache = new Map<number, s.RegionInfo>();
   private readonly irqCache = new Map<number, s.IrqInfo>();
   private infoCache?: s.DeviceInfo;
+  /** undefined: not probed yet; null: not migratable. */
+  private mig?: Migration | null;
 
   /**
    * @param name  how the device is named in errors and snapshots (PCI address, UUID, `sim:...`)
@@ -41,6 +44,16 @@ export class VfioDevice {
 
   get closed(): boolean {
     return this.fdValue < 0;
+  }
+
+  /**
+   * The device's one migration object (VFIO_DEVICE_FEATURE_MIGRATION GET, asked once per open
+   * device), or `null` when the device is not migratable (the kernel answers ENOTTY). Every
+   * migration state change, session and reset of this device goes through it.
+   */
+  get migration(): Migration | null {
+    if (this.mig === undefined) this.mig = probeMigration(this);
+    return this.mig;
   }
 
   /** ioctl on the device fd with errors annotated with this device and `op`. */
@@ -186,11 +199,17 @@ export class VfioDevice {
 
   /**
    * VFIO_DEVICE_RESET. The device returns to RUNNING and any migration session ends (vfio.h
-   * "VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE": "a reset ... returns the device to RUNNING").
-   * A function-level reset takes ~100 ms in hardware: it runs off the JS thread.
+   * "VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE": "a reset ... returns the device to RUNNING"); the
+   * device's `migration` object is told, closes the session's data_fd and forgets its cached
+   * state (also when the reset fails: the state is then read again). A function-level reset
+   * takes ~100 ms in hardware: it runs off the JS thread.
    */
   async reset(): Promise<void> {
-    await this.ioctlAsync(v.VFIO_DEVICE_RESET, undefined);
+    try {
+      await this.ioctlAsync(v.VFIO_DEVICE_RESET, undefined);
+    } finally {
+      this.mig?.noteReset();
+    }
   }
 
   /**
@@ -203,11 +222,18 @@ export class VfioDevice {
     return b.subarray(s.SIZEOF_DEVICE_FEATURE);
   }
 
-  /** Close the device fd, then its IOMMU context (group, container or iommufd). Idempotent. */
+  /**
+   * Close the migration session's data_fd, the device fd, then its IOMMU context (group,
+   * container or iommufd), in that order. Idempotent.
+   */
   close(): void {
     if (this.fdValue >= 0) {
       const fd = this.fdValue;
-      this.fdValue = -1;
+      try {
+        this.mig?.dispose();
+      } finally {
+        this.fdValue = -1;
+      }
       try {
         this.binding.close(fd);
       } finally {

@@ -17,7 +17,7 @@
  */
 import { EventEmitter } from 'eventemitter3';
 import { VfioError } from '../base/errors';
-import type { VfioDevice } from './device';
+import type { Binding } from './binding/types';
 import * as s from './uapi/structs';
 import * as v from './uapi/vfio';
 import { MigState, migStateName } from './uapi/vfio';
@@ -56,45 +56,82 @@ export interface MigrationEvents {
   state: (change: StateChange) => void;
   /** Emitted after a failed SET, with the state read back. */
   'state-error': (change: StateChange & { error: VfioError; actual: MigState }) => void;
+  /** Emitted after every VFIO_DEVICE_RESET of the device (through any path): the device is in RUNNING, its session ended. */
+  reset: (r: { device: string }) => void;
 }
 
+/**
+ * What a Migration uses of its device: `VfioDevice` (./device.ts), which owns the Migration
+ * (`VfioDevice.migration`). Named here so that the two modules do not import each other.
+ */
+export interface MigrationDevice {
+  readonly name: string;
+  readonly binding: Binding;
+  /** The device's one migration object (`VfioDevice.migration`). */
+  readonly migration: Migration | null;
+  feature(feature: number, op: s.FeatureOp, payloadSize: number, payload?: Buffer): Buffer;
+  ioctlAsync(request: number, arg?: Buffer | number, op?: string): Promise<number>;
+  /** VFIO_DEVICE_RESET; tells the Migration (noteReset()). */
+  reset(): Promise<void>;
+}
+
+/**
+ * VFIO_DEVICE_FEATURE_MIGRATION (GET) on `device`: a new `Migration` for a migratable device,
+ * or `null` when the kernel answers ENOTTY (device without migration support, or a kernel
+ * before 5.18), logged at debug level only. Other errors are thrown. Called once per open
+ * device by `VfioDevice.migration`, the device's one migration object: use that.
+ * @internal
+ */
+export function probeMigration(device: MigrationDevice): Migration | null {
+  let payload: Buffer;
+  try {
+    payload = device.feature(v.VFIO_DEVICE_FEATURE_MIGRATION, 'get', s.SIZEOF_FEATURE_MIGRATION);
+  } catch (e) {
+    if (e instanceof VfioError && e.code === 'ENOTTY') {
+      log('%s: VFIO_DEVICE_FEATURE_MIGRATION → ENOTTY: not migratable', device.name);
+      return null;
+    }
+    throw e;
+  }
+  const flags = Number(payload.readBigUInt64LE(0));
+  log('%s: migration flags %s', device.name, v.flagNames(flags, v.MIGRATION_FLAG_NAMES).join('|'));
+  return new Migration(device, flags, MIGRATION_TOKEN);
+}
+
+/** Keeps `new Migration()` to probeMigration(): one Migration per open device. */
+const MIGRATION_TOKEN = Symbol('Migration');
+
+/**
+ * The migration state of one open device, and the only object that changes it: every state
+ * change (SET), reset and session goes through it, so that its cached state is never stale. Get
+ * it from `VfioDevice.migration` (or `Migration.probe(device)`, the same object).
+ */
 export class Migration extends EventEmitter<MigrationEvents> {
   private sessionFd = -1;
   private sessionKind: SessionKind | undefined;
   private cached: MigState | undefined;
 
-  private constructor(
-    readonly device: VfioDevice,
+  constructor(
+    readonly device: MigrationDevice,
     /** VFIO_MIGRATION_* bits the device reports. */
     readonly flags: number,
+    token: symbol,
   ) {
     super();
+    if (token !== MIGRATION_TOKEN) throw new TypeError('a Migration comes from VfioDevice.migration');
   }
 
   /**
-   * VFIO_DEVICE_FEATURE_MIGRATION (GET). Resolves to a `Migration` for a migratable device, or
-   * `null` when the kernel answers ENOTTY (device without migration support, or a kernel
-   * before 5.18): logged at debug level only. Other errors are thrown.
+   * The device's migration object (`device.migration`: probed once per open device with
+   * VFIO_DEVICE_FEATURE_MIGRATION GET), or `null` when the device is not migratable (ENOTTY).
    */
-  static probe(device: VfioDevice): Migration | null {
-    let payload: Buffer;
-    try {
-      payload = device.feature(v.VFIO_DEVICE_FEATURE_MIGRATION, 'get', s.SIZEOF_FEATURE_MIGRATION);
-    } catch (e) {
-      if (e instanceof VfioError && e.code === 'ENOTTY') {
-        log('%s: VFIO_DEVICE_FEATURE_MIGRATION → ENOTTY: not migratable', device.name);
-        return null;
-      }
-      throw e;
-    }
-    const flags = Number(payload.readBigUInt64LE(0));
-    log('%s: migration flags %s', device.name, v.flagNames(flags, v.MIGRATION_FLAG_NAMES).join('|'));
-    return new Migration(device, flags);
+  static probe(device: MigrationDevice): Migration | null {
+    return device.migration;
   }
 
   /** Like probe(), but throws EVFIO_NOT_MIGRATABLE when the device does not support migration. */
-  static require(device: VfioDevice): Migration {
-    const m = Migration.probe(device);
+  static require(device: MigrationDevice): Migration {
+    const m = device.migration;
     if (!m) {
       throw new VfioError(`device ${device.name} does not support VFIO migration (VFIO_DEVICE_FEATURE_MIGRATION: ENOTTY)`, {
         code: 'EVFIO_NOT_MIGRATABLE', kind: 'unsupported', device: device.name,
@@ -119,6 +156,14 @@ export class Migration extends EventEmitter<MigrationEvents> {
   /** The current session, if any. */
   get session(): DataSession | undefined {
     return this.sessionFd >= 0 && this.sessionKind ? { kind: this.sessionKind, fd: this.sessionFd } : undefined;
+  }
+
+  /**
+   * The state as last set or read, without asking the kernel (every change goes through this
+   * object, so it is current); undefined before the first GET and after a reset.
+   */
+  get knownState(): MigState | undefined {
+    return this.cached;
   }
 
   /** VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE (GET): the device's state now. */
@@ -152,7 +197,10 @@ export class Migration extends EventEmitter<MigrationEvents> {
       const actual = this.stateOrError();
       this.endSessionIfLeft([from, actual]);
       if (e instanceof VfioError) {
-        e.annotate({ step: `set-state ${migStateName(from)}→${migStateName(target)}`, deviceState: migStateName(actual) });
+        e.annotate({
+          step: `set-state ${migStateName(from)}→${migStateName(target)}`,
+          deviceState: [{ device: this.device.name, state: migStateName(actual), touched: true, reset: false }],
+        });
         this.emit('state-error', { ...change, error: e, actual });
       }
       throw e;
@@ -194,9 +242,10 @@ export class Migration extends EventEmitter<MigrationEvents> {
    */
   precopyInfo(): s.PrecopyInfo {
     const session = this.session;
-    if (!session || session.kind !== 'save') {
-      throw new VfioError('VFIO_MIG_GET_PRECOPY_INFO needs an open saving session (PRE_COPY)', {
-        code: 'EVFIO_NO_SESSION', kind: 'protocol', device: this.device.name,
+    const st = this.cached ?? this.stateOrError();
+    if (!session || session.kind !== 'save' || (st !== MigState.PRE_COPY && st !== MigState.PRE_COPY_P2P)) {
+      throw new VfioError(`VFIO_MIG_GET_PRECOPY_INFO is valid only in PRE_COPY and PRE_COPY_P2P (the kernel answers EINVAL elsewhere); the device is in ${migStateName(st)}`, {
+        code: 'EVFIO_NO_SESSION', device: this.device.name, op: 'VFIO_MIG_GET_PRECOPY_INFO',
       });
     }
     const b = s.encodePrecopyInfoQuery();
@@ -209,16 +258,27 @@ export class Migration extends EventEmitter<MigrationEvents> {
   }
 
   /**
-   * VFIO_DEVICE_RESET: the way out of ERROR, and out of a RESUMING whose stream was refused.
-   * Ends any session. Resolves to the state read back (RUNNING on success). Off the JS thread.
+   * VFIO_DEVICE_RESET (through `VfioDevice.reset()`, which tells this object): the way out of
+   * ERROR, and out of a RESUMING whose stream was refused. Ends any session. Resolves to the
+   * state read back (RUNNING on success). Off the JS thread.
    */
   async reset(): Promise<MigState> {
-    this.closeSession();
-    this.cached = undefined;
     await this.device.reset();
     const st = this.getState();
     log('%s: reset → %s', this.device.name, migStateName(st));
     return st;
+  }
+
+  /**
+   * Called by `VfioDevice.reset()` after every VFIO_DEVICE_RESET, successful or not: the kernel
+   * ended the session (vfio.h: a reset returns the device to RUNNING), so the data_fd is closed
+   * and the cached state forgotten. Emits 'reset'.
+   * @internal
+   */
+  noteReset(): void {
+    this.closeSession();
+    this.cached = undefined;
+    this.emit('reset', { device: this.device.name });
   }
 
   /**
@@ -272,9 +332,10 @@ export class Migration extends EventEmitter<MigrationEvents> {
     }
   }
 
-  /** Release the session; the device itself stays open (its owner closes it). */
-  close(): void {
+  /** Called by `VfioDevice.close()`: the session's data_fd is closed and the listeners dropped. @internal */
+  dispose(): void {
     this.closeSession();
+    this.cached = undefined;
     this.removeAllListeners();
   }
 

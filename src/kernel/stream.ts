@@ -86,10 +86,11 @@ export async function feedSession(
   binding: Binding,
   fd: number,
   source: AsyncIterable<Buffer>,
-  opts: { onProgress?: (bytes: number) => void; device?: string } = {},
+  opts: { onProgress?: (bytes: number) => void; device?: string; signal?: AbortSignal } = {},
 ): Promise<{ bytes: number }> {
   let total = 0;
   for await (const chunk of source) {
+    opts.signal?.throwIfAborted();
     let off = 0;
     while (off < chunk.length) {
       let n: number;

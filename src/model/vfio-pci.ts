@@ -1,57 +1,54 @@
 /**
  * The vfio-pci device model: the piece a TypeScript VMM plugs in to pass a VFIO device through
- * to a guest and to pause, snapshot, restore and resume it.
+ * to a guest, and what the migration engine (src/engine) moves with the device's VFIO state.
  *
  * The VMM's PCI bus calls `configRead`/`configWrite` for the function's config space; BAR
  * accesses reach the device through the host bus (./bars.ts); interrupts are eventfds from the
- * host's router given to the kernel with SET_IRQS (./interrupts.ts). The lifecycle:
+ * host's router given to the kernel with SET_IRQS (./interrupts.ts). The VMM drives pause,
+ * snapshot, restore, resume and live migration through a `MigrationCoordinator` (src/vm) over
+ * its devices; this class implements the per-device part (MigratableDevice, ./migratable.ts):
  *
- *   attach() ─ pause() ─ snapshot(writer) ─ resume()            (source)
- *   attach({ assignBars: false }) ─ restore(reader) ─ resume()   (destination)
+ *   attach() ─ [engine: pause, save (VFIO state, then saveModel())] ─ resume    (source)
+ *   attach({ assignBars: false }) ─ [engine: checkRecord + checkModel before anything is
+ *     touched, RUNNING → RESUMING, load the VFIO state, applyModel()] ─ resume      (destination)
  *
- * Restore, in this order (each step a fix for a way VMMs have broken restores):
- *  1. compare the saved config space with the destination device under the saved masks
- *     (`(saved ^ current) & cmask & ~wmask & ~w1cmask`; a Vendor Specific capability's body is
- *     exempt, its 3-byte header is not) and the BAR sizes — before touching the device;
- *  2. rebuild the shadow from the snapshot and put the BARs on the host bus at the saved
- *     addresses, without asking the allocator again ("BAR already in use");
- *  3. ONE RUNNING → RESUMING request, write the state, stay in RESUMING;
- *  4. push PCI_COMMAND from the shadow to the device (a fresh device has bus mastering off:
- *     its command queue would wedge);
- *  5. re-arm VFIO_DEVICE_SET_IRQS for the enabled MSI/MSI-X vectors or INTx (the kernel keeps
- *     no interrupt set-up across migration: interrupts would stay silent).
- * `resume()` then takes the device to RUNNING.
+ * What a load guarantees, each step a fix for a way VMMs have broken restores:
+ *  1. before the device is touched: identity, and the saved config space compared with the
+ *     destination device under the DESTINATION's own masks (`(saved ^ current) & cmask & ~wmask
+ *     & ~w1cmask`; a Vendor Specific capability's body is exempt, its 3-byte header is not),
+ *     BAR and ROM sizes, and the MSI-X vector count;
+ *  2. ONE RUNNING → RESUMING request, the VFIO state written, the device stays in RESUMING;
+ *  3. applyModel(): the shadow from the saved state, BARs on the host bus at the saved
+ *     addresses without asking the allocator again ("BAR already in use"), PCI_COMMAND pushed
+ *     from the shadow to the device (a fresh device has bus mastering off: its command queue
+ *     would wedge), VFIO_DEVICE_SET_IRQS re-armed for the enabled MSI/MSI-X vectors or INTx (the
+ *     kernel keeps no interrupt set-up across migration: interrupts would stay silent).
+ * `resume()` then takes the device to RUNNING; a failure anywhere until then undoes the model
+ * and resets the device: it never runs half-loaded.
  */
 import { EventEmitter } from 'eventemitter3';
 import type { VfioDevice } from '../kernel/device';
 import { VfioError } from '../base/errors';
 import type { Host } from './host/types';
-import { Migration, type StateChange } from '../kernel/migration';
+import type { Migration } from '../kernel/migration';
 import { DEFAULT_BUFFER_SIZE } from '../kernel/stream';
-import { loadStateSection, saveStateSection } from '../snapshot/state-io';
 import { ConfigSpace } from './pci/config-space';
-import { checkConfig } from './pci/compare';
+import { checkConfig, destinationConfig } from './pci/compare';
 import { MsixTable } from './pci/msix-table';
 import { PCI_COMMAND } from './pci/regs';
-import * as f from '../snapshot/format';
-import type { DeviceSections, SnapshotReader } from '../snapshot/reader';
-import type { SnapshotWriter } from '../snapshot/writer';
-import { writeDeviceSections, type Progress } from '../vm/jobs';
-import { MigState, migStateName, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_ROM_REGION_INDEX } from '../kernel/uapi/vfio';
+import { VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_ROM_REGION_INDEX } from '../kernel/uapi/vfio';
 import { BarMapper } from './bars';
 import { InterruptWiring } from './interrupts';
-import { decodeModelState, encodeModelState } from './model-state';
+import { checkRecordAgainst, rawConfig, recordOf, regionSizes, type DeviceRecord, type MigratableDevice, type ModelPlan } from './migratable';
+import { decodeModelState, encodeModelState, type ModelState } from './model-state';
 import { logger } from '../base/log';
 
 const log = logger('vfio-pci');
 
+/** Events of a device model (none yet besides the engine's, which the coordinator emits). */
 export interface VfioPciEvents {
-  /** A migration state change, with the arcs the kernel walked. */
-  state: (change: StateChange) => void;
-  /** Bytes of device state moved so far. */
-  progress: (p: Progress) => void;
-  /** A failed step was recovered from; `reset` says whether VFIO_DEVICE_RESET was needed. */
-  recovered: (r: { device: string; step: string; state: MigState; reset: boolean; error: VfioError }) => void;
+  /** Reserved. */
+  detached: () => void;
 }
 
 export interface AttachOptions {
@@ -66,32 +63,22 @@ export interface AttachOptions {
   bufferSize?: number;
 }
 
-/** The device's config space padded to a standard size (256 or 4096): mtty reports 255 bytes. */
-function readRawConfig(dev: VfioDevice): Buffer {
-  const cfg = dev.configSpace();
-  const raw = Buffer.alloc(cfg.length > 256 ? 4096 : 256);
-  cfg.copy(raw);
-  return raw;
+/** What checkModel() found and applyModel() applies. */
+interface ModelLoad extends ModelPlan {
+  model: ModelState;
+  shadow: ConfigSpace;
 }
 
-/** What precheck() found: the saved device-model state and config space, checked against this device. */
-export interface RestoreCheck {
-  model: ReturnType<typeof decodeModelState>;
-  saved: ConfigSpace;
-}
-
-export class VfioPciDevice extends EventEmitter<VfioPciEvents> {
+export class VfioPciDevice extends EventEmitter<VfioPciEvents> implements MigratableDevice {
   private cfg: ConfigSpace;
   private msix?: MsixTable;
-  /** The shadow and MSI-X table restore() replaced, for undoing it (undoRestore()). */
-  private preRestore?: { cfg: ConfigSpace; msix?: MsixTable };
+  /** The shadow and MSI-X table applyModel() replaced, for undoLoad(). */
+  private preLoad?: { cfg: ConfigSpace; msix?: MsixTable };
   private readonly bars: BarMapper;
   private readonly irqs: InterruptWiring;
   private readonly cfgRegionSize: number;
-  private readonly bufferSize: number;
+  readonly bufferSize: number;
   private readonly dmaMapped = new Map<bigint, number>();
-  /** null when the device does not support migration (VFIO_DEVICE_FEATURE_MIGRATION: ENOTTY). */
-  readonly migration: Migration | null;
 
   private constructor(
     readonly device: VfioDevice,
@@ -106,8 +93,6 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> {
     this.msix = this.newMsixTable(this.cfg);
     this.bars = new BarMapper(device, host, id, () => this.cfg, () => this.msix);
     this.irqs = new InterruptWiring(device, host.interrupts, id, () => this.cfg, () => this.msix);
-    this.migration = Migration.probe(device);
-    this.migration?.on('state', (c) => this.emit('state', c));
   }
 
   /**
@@ -123,8 +108,7 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> {
   }
 
   private static shadowOf(device: VfioDevice): ConfigSpace {
-    const barSizes = [0, 1, 2, 3, 4, 5].map((i) => device.regionSize(i));
-    return ConfigSpace.fromDevice(readRawConfig(device), { barSizes, romSize: device.regionSize(VFIO_PCI_ROM_REGION_INDEX) });
+    return ConfigSpace.fromDevice(rawConfig(device), regionSizes(device));
   }
 
   private newMsixTable(cfg: ConfigSpace, saved?: Buffer): MsixTable | undefined {
@@ -178,191 +162,120 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> {
     if (changed.command || changed.msi || changed.msix) this.irqs.sync();
   }
 
-  // ------------------------------------------------------------------ lifecycle
+  // ------------------------------------------------------------------ migration (MigratableDevice)
 
-  /** Migration support, or an EVFIO_NOT_MIGRATABLE error naming the step. */
-  requireMigration(step: string): Migration {
-    if (!this.migration) {
-      throw new VfioError(`device ${this.id} does not support VFIO migration: ${step} is not possible`, {
-        code: 'EVFIO_NOT_MIGRATABLE', kind: 'unsupported', device: this.id, step,
-      });
-    }
-    return this.migration;
+  /** The device's one migration object (`device.migration`); null when not migratable (ENOTTY). */
+  get migration(): Migration | null {
+    return this.device.migration;
+  }
+
+  /** Identity, migration flags and the device's config space, under this device's id. */
+  record(): DeviceRecord {
+    return recordOf(this.device, this.id);
+  }
+
+  /** See MigratableDevice.checkRecord: identity, then config under this device's own masks. */
+  checkRecord(saved: DeviceRecord): void {
+    checkRecordAgainst(this.device, this.id, saved);
   }
 
   /**
-   * Move to `target`, recovering on failure: a recovery state first (`recoverTo`), then
-   * VFIO_DEVICE_RESET; after a reset PCI_COMMAND is pushed and interrupts re-armed. The error
-   * says which step failed and where the device was left.
+   * The PCI_MODEL body (src/model/model-state.ts): the config shadow with its masks, the MSI-X
+   * table, the BARs on the bus and the interrupt mode, as the guest left them. Taken after the
+   * device stopped, after its VFIO state ("config last"): the guest may change them until then.
    */
-  async transition(target: MigState, step: string, recoverTo: MigState = MigState.RUNNING): Promise<void> {
-    const mig = this.requireMigration(step);
-    try {
-      await mig.setState(target);
-    } catch (e) {
-      if (!(e instanceof VfioError) || e.kind === 'protocol') throw e;
-      await this.recoverAfter(e, step, recoverTo);
-      throw e;
-    }
-  }
-
-  /** pause(): RUNNING → STOP (the kernel passes RUNNING_P2P on P2P devices). The coordinator quiesces several devices first. */
-  pause(): Promise<void> {
-    return this.transition(MigState.STOP, 'pause', MigState.RUNNING);
-  }
-
-  /** Quiesce for a multi-device pause: RUNNING → RUNNING_P2P (P2P devices only). */
-  quiesce(): Promise<void> {
-    return this.transition(MigState.RUNNING_P2P, 'quiesce', MigState.RUNNING);
-  }
-
-  /** resume(): → RUNNING from STOP, RUNNING_P2P or RESUMING. */
-  resume(): Promise<void> {
-    return this.transition(MigState.RUNNING, 'resume', MigState.RUNNING);
-  }
-
-  /**
-   * snapshot(): with the device paused (STOP), write its sections into `writer` under device
-   * index `index`: DEVICE (identity), CONFIG (raw device config), PCI_MODEL (shadow, MSI-X
-   * table, BARs, interrupt mode) and DEVICE_STATE (STOP → STOP_COPY, data_fd drained to EOF,
-   * → STOP). The device is left in STOP.
-   */
-  async snapshot(writer: SnapshotWriter, index: number): Promise<{ stateBytes: number }> {
-    const mig = this.requireMigration('snapshot');
-    const st = mig.getState();
-    if (st !== MigState.STOP) {
-      throw new VfioError(`snapshot needs the device paused (STOP), it is ${migStateName(st)}`, {
-        code: 'EVFIO_NOT_PAUSED', kind: 'protocol', device: this.id, step: 'snapshot', deviceState: migStateName(st),
-      });
-    }
-    await writeDeviceSections(writer, index, this.device.configSpace(), mig.flags, this.id);
-    await writer.writeSection(f.SectionType.PCI_MODEL, index, encodeModelState({
+  saveModel(): Buffer {
+    return encodeModelState({
       id: this.id, config: this.cfg.serialize(), msixTable: this.msix?.serialize(), irqMode: this.irqs.armed.mode,
       bars: this.bars.mappings().map((m) => ({ bar: m.bar, space: m.space, size: m.size, address: m.address })),
-    }));
-    await this.transition(MigState.STOP_COPY, 'snapshot:stop-copy', MigState.STOP);
-    const expected = mig.dataSize();
-    try {
-      await writer.beginSection(f.SectionType.DEVICE_STATE, index);
-      await saveStateSection(this.device.binding, mig.session!.fd, writer, {
-        bufferSize: this.bufferSize, device: this.id,
-        onProgress: (bytes) => this.emit('progress', { device: this.id, phase: 'save', bytes, expected }),
-      });
-      const { bytes } = await writer.endSection();
-      await this.transition(MigState.STOP, 'snapshot:finish', MigState.STOP);
-      return { stateBytes: bytes };
-    } catch (e) {
-      if (e instanceof VfioError && mig.getState() !== MigState.STOP) await this.recoverAfter(e, 'snapshot', MigState.STOP);
-      throw e;
-    }
+    });
   }
 
   /**
-   * restore(): load device `entry` of a validated snapshot into this (freshly attached, with
-   * `assignBars: false`) device, in the order given at the top of this file. The device is
-   * left in RESUMING; call resume() to run it. Errors before step 3 leave the device untouched
-   * (`deviceState` 'untouched'); later ones reset it to RUNNING, take the BARs off the bus,
-   * disarm interrupts and put the shadow back as it was before the call. `checked`: what
-   * precheck() returned for the same entry, when the caller ran it already (step 1 then reuses it).
+   * Check a saved PCI_MODEL body against this device, touching nothing: it must be there (a
+   * bare snapshot has none), decode, belong to this id, its config shadow must match this
+   * device under this device's own masks, every BAR and the ROM must have the same size on both
+   * sides (one present on one side only included), and its MSI-X table must have as many
+   * vectors as this device's MSI-X capability (QSIZE + 1). Errors: EVFIO_BAD_SNAPSHOT (format),
+   * EVFIO_CONFIG_MISMATCH / EVFIO_DEVICE_MISMATCH (mismatch).
    */
-  async restore(reader: SnapshotReader, entry: DeviceSections, checked?: RestoreCheck): Promise<{ stateBytes: number }> {
-    const mig = this.requireMigration('restore');
-    // 1. compare, before touching anything
-    const { model, saved } = checked ?? this.precheck(reader, entry);
-    // 2. shadow and BARs from the snapshot; no allocation
-    this.preRestore = { cfg: this.cfg, msix: this.msix };
+  checkModel(saved: Buffer | undefined): ModelLoad {
+    const step = 'load:check-model';
+    if (!saved) {
+      throw new VfioError(`${this.id}: the saved state has no device-model part (PCI_MODEL; a bare 'vfio-pci snapshot'): it cannot restore a guest's view of the device`, {
+        code: 'EVFIO_BAD_SNAPSHOT', kind: 'format', device: this.id, step,
+      });
+    }
+    let model: ModelState;
+    let shadow: ConfigSpace;
+    try {
+      model = decodeModelState(saved);
+      shadow = ConfigSpace.deserialize(model.config);
+    } catch (e) {
+      throw e instanceof VfioError ? e.annotate({ device: this.id, step }) : e;
+    }
+    if (model.id !== this.id) {
+      throw new VfioError(`the saved device model is ${model.id}'s, not ${this.id}'s`, { code: 'EVFIO_DEVICE_MISMATCH', device: this.id, step });
+    }
+    const sizes = regionSizes(this.device);
+    checkConfig(shadow, destinationConfig(rawConfig(this.device), sizes), { device: this.id, step });
+    this.checkBarSizes(shadow, sizes);
+    const msix = shadow.msix();
+    const vectors = model.msixTable ? MsixTable.deserialize(model.msixTable).size : 0;
+    if ((msix?.tableSize ?? 0) !== vectors) {
+      throw new VfioError(`${this.id}: the saved MSI-X table has ${vectors} vectors, the device's MSI-X capability ${msix?.tableSize ?? 0} (QSIZE + 1)`, {
+        code: 'EVFIO_CONFIG_MISMATCH', device: this.id, step,
+      });
+    }
+    return { id: this.id, model, shadow };
+  }
+
+  /** See MigratableDevice.applyModel. */
+  applyModel(plan: ModelPlan): void {
+    const { model, shadow } = plan as ModelLoad;
+    this.preLoad ??= { cfg: this.cfg, msix: this.msix };
     this.bars.unmapAll();
-    this.cfg = saved;
-    this.msix = this.newMsixTable(saved, model.msixTable);
-    let step = 'restore:map-bars';
-    try {
-      this.bars.sync();
-      // 3. one RUNNING → RESUMING request, then the stream
-      step = 'restore:resuming';
-      await mig.setState(MigState.RESUMING);
-      step = 'restore:write';
-      const total = entry.state!.chunks!.total;
-      const { bytes } = await loadStateSection(this.device.binding, reader, entry.state!, mig.session!.fd, {
-        bufferSize: this.bufferSize, device: this.id, onProgress: (b) => this.emit('progress', { device: this.id, phase: 'load', bytes: b, expected: total }),
-      });
-      mig.closeSession();
-      // 4. PCI_COMMAND, 5. interrupts
-      step = 'restore:command';
-      this.pushCommand();
-      step = 'restore:irqs';
-      this.irqs.rearm();
-      log('%s: restored %d bytes; RESUMING, COMMAND 0x%s, irqs %o', this.id, bytes, this.cfg.command.toString(16), this.irqs.armed);
-      return { stateBytes: bytes };
-    } catch (e) {
-      this.undoRestore();
-      let left = 'ERROR';
-      try {
-        left = migStateName(await mig.reset());
-      } catch (re) {
-        log('%s: reset after failed restore failed: %o', this.id, re);
-      }
-      if (e instanceof VfioError) {
-        if (!e.step) e.step = step;
-        e.annotate({ device: this.id, deviceState: left });
-      }
-      throw e;
-    }
+    this.cfg = shadow;
+    this.msix = this.newMsixTable(shadow, model.msixTable);
+    this.bars.sync();
+    this.pushCommand();
+    this.irqs.rearm();
+    log('%s: model applied; COMMAND 0x%s, irqs %o, BARs %o', this.id, this.cfg.command.toString(16), this.irqs.armed, this.bars.mappings());
   }
 
   /**
-   * Restore step 1 alone: check that device `entry` of the snapshot can be restored into this
-   * device (sections present, saved config space against this device's under the saved masks,
-   * BAR sizes). Touches nothing. Throws VfioError kind 'format' or 'mismatch'
-   * (EVFIO_CONFIG_MISMATCH naming each offending offset and register), with `deviceState`
-   * 'untouched'.
+   * See MigratableDevice.undoLoad: BARs off the bus, interrupts disarmed, and the shadow (and
+   * MSI-X table) back to what they were before applyModel(), so that the model agrees with the
+   * reset device that follows (COMMAND 0, MSI-X off) and a later config write cannot put the
+   * saved BARs back on the bus. A later load starts from there.
    */
-  precheck(reader: SnapshotReader, entry: DeviceSections): RestoreCheck {
-    try {
-      return this.checkEntry(reader, entry);
-    } catch (e) {
-      // Nothing was done to the device yet: say so, as restore() documents ('untouched').
-      if (e instanceof VfioError && e.deviceState === undefined) e.deviceState = 'untouched';
-      throw e;
-    }
-  }
-
-  private checkEntry(reader: SnapshotReader, entry: DeviceSections): RestoreCheck {
-    if (!entry.model) throw f.formatError(`device ${entry.index} of ${reader.path} has no PCI_MODEL section (a bare 'vfio-pci snapshot'): restore it with 'vfio-pci restore'`);
-    if (!entry.state) throw f.formatError(`device ${entry.index} of ${reader.path} has no DEVICE_STATE section`);
-    const model = decodeModelState(entry.model);
-    const saved = ConfigSpace.deserialize(model.config);
-    checkConfig(saved, readRawConfig(this.device), { device: this.id, step: 'restore:check-config' });
-    this.checkBarSizes(saved);
-    return { model, saved };
-  }
-
-  /**
-   * Undo a restore that succeeded on this device when another device of the VM failed: BARs
-   * off the bus, interrupts disarmed, the shadow as before restore(), VFIO_DEVICE_RESET (→ RUNNING).
-   */
-  abortRestore(): Promise<MigState> {
-    this.undoRestore();
-    return this.requireMigration('restore:abort').reset();
-  }
-
-  /**
-   * Before the reset that ends a failed or aborted restore: BARs off the bus, interrupts
-   * disarmed, and the shadow (and MSI-X table) put back to what they were before restore(), so
-   * that the model agrees with the reset device (COMMAND 0, MSI-X off) and a later config write
-   * cannot put the snapshot's BARs back on the bus. A retry of restore() starts from there.
-   */
-  private undoRestore(): void {
+  undoLoad(): void {
     this.bars.unmapAll();
     try {
       this.irqs.disarm();
     } catch (e) {
-      log('%s: disarm while undoing a restore failed (the reset clears it anyway): %o', this.id, e);
+      log('%s: disarm while undoing a load failed (the reset clears it anyway): %o', this.id, e);
     }
-    if (this.preRestore) {
-      this.cfg = this.preRestore.cfg;
-      this.msix = this.preRestore.msix;
-      this.preRestore = undefined;
+    if (this.preLoad) {
+      this.cfg = this.preLoad.cfg;
+      this.msix = this.preLoad.msix;
+      this.preLoad = undefined;
     }
+  }
+
+  /** See MigratableDevice.afterReset: PCI_COMMAND pushed from the shadow, interrupts re-armed. */
+  afterReset(): void {
+    try {
+      this.pushCommand();
+      this.irqs.rearm();
+    } catch (e) {
+      log('%s: restoring COMMAND/interrupts after reset failed: %o', this.id, e);
+    }
+  }
+
+  /** A load is complete (the engine resumed the device): forget what undoLoad() would restore. */
+  commitLoad(): void {
+    this.preLoad = undefined;
   }
 
   /**
@@ -405,53 +318,35 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> {
     this.device.writeConfig(PCI_COMMAND, b);
   }
 
-  /** Take BARs off the bus, disarm interrupts, release BAR addresses if `release`, drop the migration session. The VfioDevice stays open. */
+  /**
+   * Take BARs off the bus, disarm interrupts, release BAR addresses if `release`. The VfioDevice
+   * stays open (its owner closes it, which also ends any migration session).
+   */
   detach(release = false): void {
     this.bars.unmapAll();
     try {
       this.irqs.disarm();
     } finally {
       if (release) this.bars.release();
-      this.migration?.close();
       this.removeAllListeners();
     }
   }
 
-  private checkBarSizes(saved: ConfigSpace): void {
+  /** Every BAR slot (0-5) and the ROM the same size in the saved shadow and on this device, absent on both or present on both. */
+  private checkBarSizes(saved: ConfigSpace, sizes: ReturnType<typeof regionSizes>): void {
+    const savedSizes = new Map(saved.bars().map((b) => [b.index, b.size]));
     const bad: string[] = [];
-    for (const b of saved.bars()) {
-      // BarInfo.index is the VFIO region index: 0-5, and 6 (VFIO_PCI_ROM_REGION_INDEX) for the ROM.
-      const have = this.device.regionSize(b.index);
-      if (have !== b.size) bad.push(`BAR${b.kind === 'rom' ? ' ROM' : b.index}: saved ${b.size} bytes, device has ${have}`);
+    const have = [...sizes.barSizes, sizes.romSize];
+    for (let index = 0; index <= VFIO_PCI_ROM_REGION_INDEX; index++) {
+      const was = savedSizes.get(index) ?? 0;
+      const name = index === VFIO_PCI_ROM_REGION_INDEX ? 'ROM' : `BAR${index}`;
+      // The upper half of a saved 64-bit BAR is no BAR of its own; the region reports 0 for it.
+      if (was !== have[index]) bad.push(`${name}: saved ${was ? `${was} bytes` : 'absent'}, device has ${have[index] ? `${have[index]} bytes` : 'none'}`);
     }
     if (bad.length) {
-      throw new VfioError(`BAR layout of ${this.id} does not match the snapshot: ${bad.join('; ')}`, {
-        code: 'EVFIO_CONFIG_MISMATCH', kind: 'mismatch', device: this.id, step: 'restore:check-bars', deviceState: 'untouched',
+      throw new VfioError(`BAR layout of ${this.id} does not match the saved one: ${bad.join('; ')}`, {
+        code: 'EVFIO_CONFIG_MISMATCH', device: this.id, step: 'load:check-bars',
       });
     }
   }
-
-  private async recoverAfter(e: VfioError, step: string, recoverTo: MigState): Promise<void> {
-    const mig = this.migration!;
-    let result: { state: MigState; reset: boolean };
-    try {
-      result = await mig.recover(recoverTo);
-    } catch (re) {
-      log('%s: recovery after %s failed: %o', this.id, step, re);
-      e.annotate({ step, deviceState: 'ERROR' });
-      return;
-    }
-    if (result.reset) {
-      // VFIO_DEVICE_RESET cleared PCI_COMMAND and the interrupt set-up in the device.
-      try {
-        this.pushCommand();
-        this.irqs.rearm();
-      } catch (re) {
-        log('%s: restoring COMMAND/interrupts after reset failed: %o', this.id, re);
-      }
-    }
-    e.annotate({ step, deviceState: migStateName(result.state) });
-    this.emit('recovered', { device: this.id, step, state: result.state, reset: result.reset, error: e });
-  }
 }
-

@@ -16,7 +16,9 @@
  * transitively while each byte is hashed once.
  */
 import * as zlib from 'node:zlib';
-import { VfioError } from '../base/errors';
+import { VfioError, type EvfioCode } from '../base/errors';
+import type { DeviceIdentity } from '../model/pci/identity';
+export { identityFromConfig, describeIdentity, identityDiff, type DeviceIdentity } from '../model/pci/identity';
 
 export const MAGIC = Buffer.from('VFIOSNAP', 'latin1');
 export const FORMAT_VERSION = 1;
@@ -57,7 +59,7 @@ export function crc32(data: Buffer, prev = 0): number {
   return zlib.crc32(data, prev) >>> 0;
 }
 
-export function formatError(message: string, code = 'EVFIO_BAD_SNAPSHOT'): VfioError {
+export function formatError(message: string, code: EvfioCode = 'EVFIO_BAD_SNAPSHOT'): VfioError {
   return new VfioError(message, { code, kind: 'format' });
 }
 
@@ -183,49 +185,12 @@ export function decodeEndBody(b: Buffer): EndBody {
 }
 
 // ---------------------------------------------------------------- DEVICE section body
-/** Identity of a PCI function, from its config space header (PCI Local Bus spec 6.2.1). */
-export interface DeviceIdentity {
-  vendorId: number;
-  deviceId: number;
-  subsystemVendorId: number;
-  subsystemId: number;
-  revision: number;
-  /** class code: base << 16 | sub << 8 | prog-if */
-  classCode: number;
-  headerType: number;
-}
-
 export interface DeviceRecord {
   identity: DeviceIdentity;
   /** VFIO_MIGRATION_* flags of the source device. */
   migrationFlags: number;
   /** The device spec on the source (informational). */
   name: string;
-}
-
-/** Identity from raw config-space bytes (at least 64). */
-export function identityFromConfig(cfg: Buffer): DeviceIdentity {
-  return {
-    vendorId: cfg.readUInt16LE(0x00),
-    deviceId: cfg.readUInt16LE(0x02),
-    revision: cfg.readUInt8(0x08),
-    classCode: cfg.readUInt8(0x09) | (cfg.readUInt8(0x0a) << 8) | (cfg.readUInt8(0x0b) << 16),
-    headerType: cfg.readUInt8(0x0e),
-    subsystemVendorId: (cfg.readUInt8(0x0e) & 0x7f) === 0 ? cfg.readUInt16LE(0x2c) : 0,
-    subsystemId: (cfg.readUInt8(0x0e) & 0x7f) === 0 ? cfg.readUInt16LE(0x2e) : 0,
-  };
-}
-
-export function describeIdentity(id: DeviceIdentity): string {
-  const h = (n: number, w: number): string => n.toString(16).padStart(w, '0');
-  return `${h(id.vendorId, 4)}:${h(id.deviceId, 4)} rev ${h(id.revision, 2)} class ${h(id.classCode, 6)}`;
-}
-
-/** Field-by-field difference of two identities, empty when equal. */
-export function identityDiff(a: DeviceIdentity, b: DeviceIdentity): string[] {
-  return (Object.keys(a) as (keyof DeviceIdentity)[])
-    .filter((k) => a[k] !== b[k])
-    .map((k) => `${k} 0x${a[k].toString(16)} ≠ 0x${b[k].toString(16)}`);
 }
 
 const DEVICE_FIXED = 24;

@@ -22,7 +22,7 @@
  */
 import * as fs from 'node:fs';
 import type { Binding, ChunkWalk } from '../kernel/binding/types';
-import { VfioError, fsError } from '../base/errors';
+import { VfioError, fsError, type ErrnoName } from '../base/errors';
 import { DEFAULT_BUFFER_SIZE } from '../kernel/stream';
 import * as f from './format';
 
@@ -92,7 +92,7 @@ class FileSource implements SnapshotSource {
       if (e instanceof VfioError) throw e;
       const err = e as NodeJS.ErrnoException;
       throw new VfioError(`cannot ${syscall} snapshot ${file}: ${err.code}`, {
-        code: err.code ?? 'EIO', errno: Math.abs(err.errno ?? 5), syscall, path: file, kind: 'syscall', step: 'snapshot:open', cause: e,
+        code: (err.code ?? 'EIO') as ErrnoName, errno: Math.abs(err.errno ?? 5), syscall, path: file, kind: 'syscall', step: 'snapshot:open', cause: e,
       });
     }
   }

@@ -48,6 +48,10 @@ export interface StateIoOptions {
   noPump?: boolean;
   /** Payload bytes one pump call moves at most, rounded down to whole chunks (default PUMP_CALL_BYTES; tests). */
   pumpCallBytes?: number;
+  /** Save: the data_fd is a PRE_COPY session (0 or ENOMSG end this call "for now"). */
+  precopy?: boolean;
+  /** Cancels the transfer (checked between pump calls and chunks). */
+  signal?: AbortSignal;
 }
 
 /**
@@ -75,7 +79,10 @@ export async function saveStateSection(binding: Binding, dataFd: number, writer:
   const size = opts.bufferSize ?? DEFAULT_BUFFER_SIZE;
   if (!binding.pump || opts.noPump) {
     const buf = Buffer.allocUnsafe(size);
-    const r = await drainSession(binding, dataFd, (c) => writer.writeChunk(c), { buffer: buf, device: opts.device, onProgress: opts.onProgress });
+    const r = await drainSession(binding, dataFd, (c) => {
+      opts.signal?.throwIfAborted();
+      return writer.writeChunk(c);
+    }, { buffer: buf, device: opts.device, onProgress: opts.onProgress, precopy: opts.precopy });
     return { bytes: r.bytes };
   }
   const chunk = Math.min(size, MAX_CHUNK);
@@ -85,6 +92,7 @@ export async function saveStateSection(binding: Binding, dataFd: number, writer:
   const limit = chunk * Math.max(1, Math.floor((opts.pumpCallBytes ?? PUMP_CALL_BYTES) / chunk));
   let total = 0;
   for (;;) {
+    opts.signal?.throwIfAborted();
     const at = writer.framedStart();
     let r: PumpResult;
     try {
@@ -92,6 +100,7 @@ export async function saveStateSection(binding: Binding, dataFd: number, writer:
         frame: { mode: 'write', chunk, tableCrc: at.tableCrc, skeletonCrc: at.skeletonCrc },
         dstOffset: at.offset,
         limit,
+        precopy: opts.precopy,
         writeback: writer.durable ? WRITEBACK_BYTES : 0,
       });
     } catch (e) {
@@ -119,7 +128,7 @@ export async function loadStateSection(binding: Binding, reader: SnapshotReader,
   const size = opts.bufferSize ?? DEFAULT_BUFFER_SIZE;
   if (!binding.pump || opts.noPump || fileFd === undefined) {
     const buf = Buffer.allocUnsafe(size);
-    return feedSession(binding, dataFd, reader.chunks(entry, buf), { device: opts.device, onProgress: opts.onProgress });
+    return feedSession(binding, dataFd, reader.chunks(entry, buf), { device: opts.device, onProgress: opts.onProgress, signal: opts.signal });
   }
   if (!entry.chunks) throw new VfioError('not a chunked section', { code: 'EVFIO_WRITER_STATE', kind: 'usage' });
   const count = entry.chunks.count;
@@ -135,6 +144,7 @@ export async function loadStateSection(binding: Binding, reader: SnapshotReader,
   let done = 0;
   let total = 0;
   for (;;) {
+    opts.signal?.throwIfAborted();
     const chunks = Math.min(perCall, count - done);
     const final = done + chunks === count;
     let r: PumpFramedReadResult;

@@ -20,6 +20,11 @@ export interface WriterOptions {
   created?: number;
   /** Skip the fsyncs (tests on tmpfs). Default false. */
   noSync?: boolean;
+  /**
+   * Permission bits of the file, whatever the umask (default 0o600: device state is guest data —
+   * framebuffers, NIC queues, keys — and libvirt writes its save images 0600 too).
+   */
+  mode?: number;
 }
 
 /** A Node fs error of `op` on `file` as a VfioError (errors.ts fsError); anything else unchanged. */
@@ -48,9 +53,17 @@ export class SnapshotWriter {
     let fh: fs.promises.FileHandle;
     try {
       // Node opens every file with O_CLOEXEC.
-      fh = await fs.promises.open(tempPath, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o644);
+      fh = await fs.promises.open(tempPath, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
     } catch (e) {
       throw ioError(e, 'open', tempPath);
+    }
+    try {
+      // The umask only narrows open()'s mode: fchmod sets exactly the one asked for.
+      await fh.chmod(opts.mode ?? 0o600);
+    } catch (e) {
+      await fh.close().catch(() => undefined);
+      await fs.promises.unlink(tempPath).catch(() => undefined);
+      throw ioError(e, 'fchmod', tempPath);
     }
     const w = new SnapshotWriter(finalPath, tempPath, fh, opts);
     try {

@@ -148,15 +148,19 @@ describe('blockers, reported before anything is touched', () => {
     const f = file(env);
     const err = await rejection(vm.snapshot(f));
     expect(err.code).toBe('EVFIO_NOT_MIGRATABLE');
-    expect(err.step).toBe('snapshot');
+    expect(err.step).toBe('save');
     expect(err.device).toBe('b');
+    expect(err.deviceState).toEqual([
+      { device: 'a', state: 'RUNNING', touched: false, reset: false },
+      { device: 'b', state: 'unknown', touched: false, reset: false },
+    ]);
     expect(fs.existsSync(f)).toBe(false);
     expect(fs.readdirSync(env.dir)).toEqual([]);
     expect((await rejection(() => vm.pause())).code).toBe('EVFIO_NOT_MIGRATABLE');
     expect(arcs).toEqual([]);
     expect(simOf(env, a.d).state).toBe(RUNNING);
-    // The device model says the same for the device alone.
-    expect((await rejection(() => b.d.pause())).code).toBe('EVFIO_NOT_MIGRATABLE');
+    // The same for the device alone.
+    expect((await rejection(() => new MigrationCoordinator([b.d]).pause())).code).toBe('EVFIO_NOT_MIGRATABLE');
   });
 });
 
@@ -166,15 +170,16 @@ describe('recovery from failures', () => {
     const sim = simOf(env, g.d);
     sim.failArc({ from: RUNNING_P2P, to: STOP }, 'EIO');
     const recovered: Array<{ step: string; state: MigState; reset: boolean }> = [];
-    g.d.on('recovered', (r) => recovered.push(r));
+    const vm = new MigrationCoordinator([g.d]);
+    vm.on('recovered', (r) => recovered.push(r));
     const arcs = recordArcs([g.d]);
-    const err = await rejection(() => new MigrationCoordinator([g.d]).pause());
+    const err = await rejection(() => vm.pause());
     expect(err.code).toBe('EIO');
     expect(err.errno).toBe(5);
     expect(err.step).toBe('set-state RUNNING→STOP');
-    expect(err.deviceState).toBe('RUNNING');
+    expect(err.deviceState).toEqual([{ device: 'nic0', state: 'RUNNING', touched: true, reset: false }]);
     expect(err.message).toMatch(/device left in RUNNING$/);
-    expect(recovered).toEqual([expect.objectContaining({ step: 'pause', state: RUNNING, reset: false })]);
+    expect(recovered).toEqual([expect.objectContaining({ device: 'nic0', step: 'pause:undo', state: RUNNING, reset: false })]);
     expect(arcs).toEqual(['nic0: RUNNING→RUNNING_P2P', 'nic0: RUNNING_P2P→RUNNING']);
     expect(sim.state).toBe(RUNNING);
     g.ring(0);
@@ -188,7 +193,10 @@ describe('recovery from failures', () => {
     const arcs = recordArcs([a.d, b.d]);
     const err = await rejection(() => vm.pause());
     expect(err.device).toBe(b.d.device.name);
-    expect(err.deviceState).toBe('RUNNING');
+    expect(err.deviceState).toEqual([
+      { device: 'a', state: 'RUNNING', touched: true, reset: false },
+      { device: 'b', state: 'RUNNING', touched: true, reset: false },
+    ]);
     expect([simOf(env, a.d).state, simOf(env, b.d).state]).toEqual([RUNNING, RUNNING]);
     expect(arcs).toEqual(['a: RUNNING→RUNNING_P2P', 'a: RUNNING_P2P→RUNNING']);
     // and a second attempt works
@@ -217,12 +225,13 @@ describe('recovery from failures', () => {
       setIrqs(set);
     };
     const recovered: Array<{ reset: boolean; state: MigState }> = [];
-    g.d.on('recovered', (r) => recovered.push(r));
+    const vm = new MigrationCoordinator([g.d]);
+    vm.on('recovered', (r) => recovered.push(r));
 
     sim.failArc({ to: STOP }, 'EIO', { enterError: true });
-    const err = await rejection(() => g.d.pause());
+    const err = await rejection(() => vm.pause());
     expect(err.code).toBe('EIO');
-    expect(err.deviceState).toBe('RUNNING');
+    expect(err.deviceState).toEqual([{ device: 'nic0', state: 'RUNNING', touched: true, reset: true }]);
     expect(recovered).toEqual([expect.objectContaining({ reset: true, state: RUNNING })]);
     expect(calls).toEqual(['reset', `writeConfig 0x4=0x${MEM_MASTER.toString(16)}`, 'setIrqs 2']);
     expect(sim.state).toBe(RUNNING);
@@ -237,7 +246,7 @@ describe('recovery from failures', () => {
     const g = bootedSource(env, 'sim:4096:master=required');
     g.d.pushCommand = () => {};
     simOf(env, g.d).failArc({ to: STOP }, 'EIO', { enterError: true });
-    await rejection(() => g.d.pause());
+    await rejection(() => new MigrationCoordinator([g.d]).pause());
     expect(rawCommand(g.d)).toBe(0);
     g.ring(0);
     expect(g.read32(BAR0.QUEUE_PENDING)).toBe(1);
@@ -253,7 +262,7 @@ describe('recovery from failures', () => {
     const f = file(env);
     const err = await rejection(vm.snapshot(f, { noSync: true }));
     expect(err.code).toBe('EIO');
-    expect(err.deviceState).toBe('STOP');
+    expect(err.deviceState).toEqual([{ device: 'nic0', state: 'STOP', touched: true, reset: false }]);
     expect(sim.state).toBe(STOP);
     expect(fs.readdirSync(env.dir)).toEqual([]);
     await vm.snapshot(f, { noSync: true });
@@ -263,23 +272,21 @@ describe('recovery from failures', () => {
   });
 });
 
-/** Snapshot `src` into `to`, flipping the stream byte at `at` before it is written (the file's own checksums stay valid). */
 /**
- * A snapshot of `src` whose device-state byte `at` is flipped, re-encoded with valid file
- * checksums: only the device itself can refuse it.
+ * Copy the snapshot `from` into `to` with the device-state byte `at` of device `id` flipped,
+ * re-encoded with valid file checksums: only the device itself can refuse it.
  */
-async function corruptedSnapshot(src: VfioPciDevice, to: string, at: number): Promise<void> {
-  const good = `${to}.good`;
-  (await snapshotVm([src], good)).resume();
-  const r = await SnapshotReader.open(good);
+async function corruptSection(from: string, to: string, id: string, at: number): Promise<void> {
+  const r = await SnapshotReader.open(from);
+  const index = r.devices().find((d) => d.record.name === id)!.index;
   const w = await SnapshotWriter.create(to, { noSync: true });
-  let pos = 0;
   for (const sec of r.sections) {
     if (sec.chunks) {
       await w.beginSection(sec.header.type, sec.header.device);
+      let pos = 0;
       for await (const chunk of r.chunks(sec)) {
         const copy = Buffer.from(chunk);
-        if (at >= pos && at < pos + copy.length) copy[at - pos] ^= 0xff;
+        if (sec.header.device === index && at >= pos && at < pos + copy.length) copy[at - pos] ^= 0xff;
         pos += copy.length;
         await w.writeChunk(copy);
       }
@@ -290,6 +297,13 @@ async function corruptedSnapshot(src: VfioPciDevice, to: string, at: number): Pr
   }
   await w.commit();
   await r.close();
+}
+
+/** A snapshot of `src` (left running) whose device-state byte `at` is flipped, with valid file checksums. */
+async function corruptedSnapshot(src: VfioPciDevice, to: string, at: number): Promise<void> {
+  const good = `${to}.good`;
+  await (await snapshotVm([src], good)).resume();
+  await corruptSection(good, to, src.id, at);
   fs.rmSync(good);
 }
 
@@ -318,7 +332,7 @@ describe('a failed restore', () => {
     expect(err.code).toBe('EFAULT');
     expect(err.step).toBe('load:write');
     expect(err.device).toBe(dst.device.name); // the VFIO device's own name (PCI address, UUID or spec)
-    expect(err.deviceState).toBe('RUNNING');
+    expect(err.deviceState).toEqual([{ device: 'nic0', state: 'RUNNING', touched: true, reset: true }]);
     expectBackToFresh(dst, host);
 
     const good = file(env, 'good.vfiosnap');
@@ -340,7 +354,7 @@ describe('a failed restore', () => {
     const err = await rejection(new MigrationCoordinator([dst]).restore(f));
     expect(err.code).toBe('EIO');
     expect(err.op).toBe('data_fd write');
-    expect(err.deviceState).toBe('RUNNING');
+    expect(err.deviceState).toEqual([{ device: 'nic0', state: 'RUNNING', touched: true, reset: true }]);
     expectBackToFresh(dst, host);
   });
 
@@ -357,11 +371,40 @@ describe('a failed restore', () => {
     const err = await rejection(() => vm.resume());
     expect(err.code).toBe('EINVAL');
     expect(err.step).toMatch(/^set-state RESUMING→/);
-    expect(err.deviceState).toBe('RUNNING');
+    expect(err.deviceState).toEqual([{ device: 'nic0', state: 'RUNNING', touched: true, reset: true }]);
     expect(simOf(env, dst).state).toBe(RUNNING);
   });
 
-  it('two devices, the second fails: the first, already loaded, is reset too (abortRestore)', async () => {
+  it('two devices, the second refused at the RESUMING exit in resume(): both reset, nothing armed, nothing mapped, neither runs the loaded state', async () => {
+    // Without P2P (allowNonP2P) the first device reaches RUNNING before the second's RESUMING
+    // exit fails: it must be undone too.
+    const host = newHost(env);
+    const a = bootedSource(env, 'sim:64KiB:mig=stop_copy', { id: 'a', host });
+    const b = bootedSource(env, 'sim:64KiB:mig=stop_copy', { id: 'b', host });
+    const f = file(env);
+    const good = file(env, 'good.vfiosnap');
+    await snapshotVm([a.d, b.d], good, { allowNonP2P: true });
+    await corruptSection(good, f, 'b', simStream.HEADER_SIZE + 100);
+    const dst = destination(env, host, [{ spec: 'sim:64KiB:mig=stop_copy', id: 'a' }, { spec: 'sim:64KiB:mig=stop_copy', id: 'b' }]);
+    const [da, db] = dst.devices;
+    const vm = new MigrationCoordinator(dst.devices, { allowNonP2P: true });
+    await vm.restore(f);
+    expect(dst.host.bus.mappings().length).toBe(2);
+    const arcs = recordArcs([da, db]);
+    const err = await rejection(() => vm.resume());
+    expect(err.code).toBe('EINVAL');
+    expect(err.device).toBe(db.device.name);
+    expect(arcs[0]).toBe('a: RESUMING→STOP'); // a had left RESUMING (and run) before b failed
+    expect(err.deviceState).toEqual([
+      { device: 'a', state: 'RUNNING', touched: true, reset: true },
+      { device: 'b', state: 'RUNNING', touched: true, reset: true },
+    ]);
+    for (const d of [da, db]) expectBackToFresh(d, dst.host);
+    // a was reset: the loaded registers are gone.
+    expect(new Guest(da, dst.host).d.device.readRegion(0, BAR0.SCRATCH, 4).readUInt32LE(0)).not.toBe(SECRET.readUInt32LE(0));
+  });
+
+  it('two devices, the second fails: the first, already loaded, is reset too', async () => {
     const host = newHost(env);
     const a = bootedSource(env, 'sim:64KiB', { id: 'a', host });
     const b = bootedSource(env, 'sim:64KiB', { id: 'b', host });
@@ -390,5 +433,58 @@ describe('a failed restore', () => {
     expect(simOf(env, g.d).state).toBe(RUNNING);
     g.ring(0);
     expect(await g.wait(0)).toBe(1);
+  });
+});
+
+describe('a restore pairs saved devices with the VM\'s by id', () => {
+  /** Two source devices a and b with different scratch contents, snapshotted into one file. */
+  async function twoSaved(): Promise<{ f: string; host: ReturnType<typeof newHost> }> {
+    const host = newHost(env);
+    const a = bootedSource(env, 'sim:4096', { id: 'a', host });
+    const b = bootedSource(env, 'sim:4096', { id: 'b', host });
+    a.setRegisters(0xaaaa_0001, Buffer.alloc(32, 0xaa));
+    b.setRegisters(0xbbbb_0001, Buffer.alloc(32, 0xbb));
+    const f = file(env);
+    await snapshotVm([a.d, b.d], f);
+    return { f, host };
+  }
+
+  it('a destination that lists its devices in another order gets each one its own state', async () => {
+    const { f, host } = await twoSaved();
+    const dst = destination(env, host, [{ spec: 'sim:4096', id: 'b' }, { spec: 'sim:4096', id: 'a' }]);
+    const vm = new MigrationCoordinator(dst.devices);
+    const r = await vm.restore(f);
+    expect(r.devices.map((d) => [d.id, d.from])).toEqual([['b', 'b'], ['a', 'a']]);
+    await vm.resume();
+    const [db, da] = dst.devices;
+    expect(new Guest(da, dst.host).scratch(32)).toEqual(Buffer.alloc(32, 0xaa));
+    expect(new Guest(db, dst.host).scratch(32)).toEqual(Buffer.alloc(32, 0xbb));
+  });
+
+  it('a saved device without a destination, or a destination without saved state, is refused by name before anything is touched', async () => {
+    const { f, host } = await twoSaved();
+    const dst = destination(env, host, [{ spec: 'sim:4096', id: 'a' }, { spec: 'sim:4096', id: 'c' }]);
+    const arcs = recordArcs(dst.devices);
+    const err = await rejection(new MigrationCoordinator(dst.devices).restore(f));
+    expect(err.code).toBe('EVFIO_DEVICE_MISMATCH');
+    expect(err.message).toContain('no saved state for c');
+    expect(err.message).toContain('no device for the saved b');
+    expect(err.deviceState!.every((o) => !o.touched && o.state === 'RUNNING')).toBe(true);
+    expect(arcs).toEqual([]);
+    // One device fewer than the file: refused too, naming the one left over.
+    const one = destination(env, host, [{ spec: 'sim:4096', id: 'a' }]);
+    expect((await rejection(new MigrationCoordinator(one.devices).restore(f))).message).toContain('no device for the saved b');
+  });
+
+  it('two devices of a VM with one id are refused (EVFIO_DUPLICATE_ID)', () => {
+    const a = bootedSource(env, 'sim:4096', { id: 'x' });
+    const b = bootedSource(env, 'sim:4096', { id: 'x' });
+    let err: unknown;
+    try {
+      new MigrationCoordinator([a.d, b.d]);
+    } catch (e) {
+      err = e;
+    }
+    expect((err as { code?: string }).code).toBe('EVFIO_DUPLICATE_ID');
   });
 });

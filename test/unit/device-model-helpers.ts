@@ -15,7 +15,7 @@ import { BAR0, SimBinding, type SimDevice } from '../../src/sim';
 import { VfioError } from '../../src/base/errors';
 import type { VfioDevice } from '../../src/kernel/device';
 import { openDevice } from '../../src/kernel/open';
-import { MigrationCoordinator } from '../../src/vm/coordinator';
+import { MigrationCoordinator, type CoordinatorOptions } from '../../src/vm/coordinator';
 import { VfioPciDevice, type AttachOptions } from '../../src/model/vfio-pci';
 import { ReferenceAllocator, ReferenceHost } from '../../src/model/host/reference';
 import { PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY, PCI_MSIX_FLAGS, PCI_MSIX_FLAGS_ENABLE } from '../../src/model/pci/regs';
@@ -179,8 +179,8 @@ export function bootedSource(env: Env, spec: string, opts: { id?: string; vector
 export const SECRET = Buffer.from('migrated scratch 0123456789abcde');
 
 /** Pause the source VM, snapshot it to `file`, and leave it paused. */
-export async function snapshotVm(sources: VfioPciDevice[], to: string): Promise<MigrationCoordinator> {
-  const vm = new MigrationCoordinator(sources);
+export async function snapshotVm(sources: VfioPciDevice[], to: string, opts: CoordinatorOptions = {}): Promise<MigrationCoordinator> {
+  const vm = new MigrationCoordinator(sources, opts);
   await vm.pause();
   await vm.snapshot(to, { noSync: true });
   return vm;

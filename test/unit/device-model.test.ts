@@ -5,7 +5,7 @@
  *  - PCI_COMMAND pushed back to the device (a `master=required` device wedges its queue);
  *  - interrupts re-armed with SET_IRQS (a fresh device has none: silence);
  *  - BARs placed from the snapshot, never allocated again (the restored allocator refuses);
- *  - config space compared under the saved masks (VSC body may differ, its header and the ids may not).
+ *  - config space compared under the destination's own masks (VSC body may differ, its header and the ids may not).
  * The coordinator and failure recovery are in device-model-coordinator.test.ts, the fd count in
  * device-model-fds.test.ts, the sim options themselves in device-model-sim.test.ts.
  */
@@ -15,6 +15,11 @@ import { MigrationCoordinator } from '../../src/vm/coordinator';
 import { VfioPciDevice } from '../../src/model/vfio-pci';
 import { ReferenceAllocator, type ReferenceHost } from '../../src/model/host/reference';
 import type { ConfigMismatchError } from '../../src/model/pci/compare';
+import { ConfigSpace } from '../../src/model/pci/config-space';
+import { decodeModelState, encodeModelState } from '../../src/model/model-state';
+import { SnapshotWriter } from '../../src/snapshot/writer';
+import { SnapshotFileSink } from '../../src/snapshot/file-stream';
+import type { StateSink } from '../../src/engine/stream';
 import { MigState } from '../../src/kernel/uapi/vfio';
 import {
   BAR0, Guest, MEM_MASTER, SECRET, attach, bootedSource, destination, dispose, file, makeEnv, newHost, openSim, rawCommand,
@@ -132,8 +137,8 @@ describe('snapshot on the source, restore into a fresh destination, resume', () 
     expect(dstSim.seed).not.toBe(srcSim.seed);
 
     const vmB = new MigrationCoordinator([dst]);
-    const { stateBytes } = await vmB.restore(f);
-    expect(stateBytes).toEqual([dstSim.streamLength]);
+    const { devices } = await vmB.restore(f);
+    expect(devices).toEqual([{ id: 'nic0', from: 'nic0', stateBytes: dstSim.streamLength }]);
     expect(dstSim.state).toBe(RESUMING);
     expect(host.bus.mappings()).toEqual(src.host.bus.mappings());
     expect(host.bus.find('nic0', 0)!.address).toBe(0xe000_0000n);
@@ -265,7 +270,7 @@ describe('a host allocator that refuses to register a BAR twice', () => {
   });
 });
 
-describe('config space on the destination (QEMU rule: saved masks, Vendor Specific body exempt)', () => {
+describe("config space on the destination (QEMU rule: the destination's masks, Vendor Specific body exempt)", () => {
   async function attempt(destSpec: string): Promise<{ dst: VfioPciDevice; host: ReferenceHost; run: () => Promise<void> }> {
     const src = bootedSource(env, 'sim:64KiB');
     const f = file(env);
@@ -293,20 +298,62 @@ describe('config space on the destination (QEMU rule: saved masks, Vendor Specif
     const err = (await rejection(run())) as ConfigMismatchError;
     expect(err.code).toBe('EVFIO_CONFIG_MISMATCH');
     expect(err.kind).toBe('mismatch');
-    expect(err.step).toBe('restore:check-config');
+    expect(err.step).toBe('load:check');
     expect(err.device).toBe('nic0');
-    expect(err.deviceState).toBe('untouched');
+    expect(err.deviceState).toEqual([{ device: 'nic0', state: 'RUNNING', touched: false, reset: false }]);
     expect(err.message).toContain('0xb2 Vendor Specific capability at 0xb0 header: saved 0x10, device 0x14');
     expect(err.mismatches).toEqual([{ offset: 0xb2, register: 'Vendor Specific capability at 0xb0 header', saved: 0x10, current: 0x14, mask: 0xff }]);
     expectUntouched(dst, host);
   });
 
-  it('a device id that differs (devid=0x5f11) fails with EVFIO_CONFIG_MISMATCH naming PCI_DEVICE_ID at 0x02; the device is untouched', async () => {
+  it('a device id that differs (devid=0x5f11) fails the identity check (EVFIO_DEVICE_MISMATCH) naming the field; the device is untouched', async () => {
     const { dst, host, run } = await attempt('sim:64KiB:devid=0x5f11');
-    const err = (await rejection(run())) as ConfigMismatchError;
+    const err = await rejection(run());
+    expect(err.code).toBe('EVFIO_DEVICE_MISMATCH');
+    expect(err.deviceState).toEqual([{ device: 'nic0', state: 'RUNNING', touched: false, reset: false }]);
+    expect(err.message).toContain('deviceId 0x5f10 ≠ 0x5f11');
+    expectUntouched(dst, host);
+  });
+
+  it('masks stored in the snapshot are not trusted: a file re-sealed with cmask zeroed and identity rewritten is still refused', async () => {
+    // The source's records and model rewritten on their way into the file, which the writer
+    // then seals with valid checksums: DEVICE and CONFIG claim device id 0x5f11, and the
+    // model's shadow has cmask zeroed (and wmask set) where the device id sits.
+    const src = bootedSource(env, 'sim:64KiB');
+    const f = file(env);
+    const vm = new MigrationCoordinator([src.d]);
+    await vm.pause();
+    const writer = await SnapshotWriter.create(f, { noSync: true });
+    const sink = new SnapshotFileSink(writer);
+    const tampering: StateSink = {
+      name: sink.name,
+      begin: (records) => sink.begin(records.map((r) => {
+        const config = Buffer.from(r.config);
+        config.writeUInt16LE(0x5f11, 2);
+        return { ...r, config, identity: { ...r.identity, deviceId: 0x5f11 } };
+      })),
+      writeState: (i, from, o) => sink.writeState(i, from, o),
+      endState: (i) => sink.endState(i),
+      writeModel: (i, body) => {
+        const m = decodeModelState(body);
+        const shadow = ConfigSpace.deserialize(m.config);
+        shadow.cmask.fill(0, 2, 4);
+        shadow.wmask.fill(0xff, 2, 4);
+        return sink.writeModel(i, encodeModelState({ ...m, config: shadow.serialize() }));
+      },
+      finish: () => sink.finish(),
+      abort: (r) => sink.abort(r),
+    };
+    await vm.save(tampering);
+    await writer.commit();
+
+    const { host, devices: [dst] } = destination(env, src.host, [{ spec: 'sim:64KiB:devid=0x5f11' }]);
+    const vmB = new MigrationCoordinator([dst]);
+    const err = (await rejection(vmB.restore(f))) as ConfigMismatchError;
+    // The identity and raw config now agree with the destination: the model's shadow is what
+    // gives it away, compared under the destination's own masks.
     expect(err.code).toBe('EVFIO_CONFIG_MISMATCH');
-    expect(err.deviceState).toBe('untouched');
-    expect(err.message).toContain('0x02 PCI_DEVICE_ID: saved 0x10, device 0x11');
+    expect(err.step).toBe('load:check-model');
     expect(err.mismatches.map((m) => [m.offset, m.register])).toEqual([[0x02, 'PCI_DEVICE_ID']]);
     expectUntouched(dst, host);
   });

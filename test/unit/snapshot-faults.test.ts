@@ -271,8 +271,8 @@ describe('saveSnapshot: a failure leaves no file and the devices where they were
         arm(fl, sd);
         const e = await rejection(saveSnapshot([dev], file, { bufferSize: 4096, noSync: true, leaveStopped: variant.leaveStopped }));
         expectFaultError(e, fl);
-        expect(e.deviceState).toBe(MigState[after]);
-        expect(e.message).toMatch(new RegExp(`devices left: sim:64KiB#src: ${MigState[after]}`));
+        expect(e.deviceState?.map((o) => [o.device, o.state])).toEqual([['sim:64KiB#src', MigState[after]]]);
+        expect(e.message).toMatch(new RegExp(`device left in ${MigState[after]}( \\(reset\\))?$`));
         expectNothingWritten(file, variant.existing ? OLD : undefined);
         expectSettled(sd, after);
       });
@@ -286,7 +286,7 @@ describe('saveSnapshot: a failure leaves no file and the devices where they were
     b.sd.failDataFd({ after: 5000, errno: 'ENODEV', on: 'read' });
     const e = await rejection(saveSnapshot([a.dev, b.dev], file, { bufferSize: 4096, noSync: true }));
     expect(e).toMatchObject({ code: 'ENODEV', step: 'save:read', syscall: 'read' });
-    expect(e.message).toMatch(/devices left: sim:64KiB#a: RUNNING, sim:32KiB#b: RUNNING/);
+    expect(e.message).toMatch(/devices left: sim:64KiB#a RUNNING, sim:32KiB#b RUNNING/);
     expectNothingWritten(file, undefined);
     expectSettled(a.sd, RUNNING);
     expectSettled(b.sd, RUNNING);
@@ -332,7 +332,7 @@ describe('saveSnapshot: a failure leaves no file and the devices where they were
       const e = await rejection(saveSnapshot([dev], file, { bufferSize: 8192 }));
       expect(e.step).toBe('snapshot:commit');
       expect(['EISDIR', 'ENOTEMPTY', 'EEXIST']).toContain(e.code);
-      expect(e.message).toMatch(/devices left: sim:64KiB#src: RUNNING/);
+      expect(e.message).toMatch(/device left in RUNNING$/);
       expect(leftovers(env.dir)).toEqual([]);
       expect(fs.readdirSync(file)).toEqual(['keep']);
       expectSettled(sd, RUNNING);
@@ -374,7 +374,7 @@ describe('saveSnapshot on a full disk (real ENOSPC)', () => {
     expect(e.errno).toBe(errnoOf('ENOSPC'));
     expect(['write', 'pwrite']).toContain(e.syscall);
     expect(e.step).toMatch(/^(snapshot|save):write$/);
-    expect(e.deviceState).toBe('RUNNING');
+    expect(e.deviceState?.map((o) => o.state)).toEqual(['RUNNING']);
     expectNothingWritten(file, OLD);
     expectSettled(sd, RUNNING);
     // The space is given back: a small device fits now.
@@ -414,8 +414,8 @@ describe('restoreSnapshot: a failure after the device was touched resets it to R
     const { sd, dev } = sim('dst');
     sd.failDataFd({ after: 9000, errno: 'EIO', on: 'write' });
     const e = await rejection(restoreSnapshot(dev, file, { bufferSize: 4096 }));
-    expect(e).toMatchObject({ code: 'EIO', errno: errnoOf('EIO'), syscall: 'write', step: 'load:write', deviceState: 'RUNNING' });
-    expect(e.message).toMatch(/reset to RUNNING/);
+    expect(e).toMatchObject({ code: 'EIO', errno: errnoOf('EIO'), syscall: 'write', step: 'load:write', deviceState: [expect.objectContaining({ state: 'RUNNING', touched: true })] });
+    expect(e.message).toMatch(/device left in RUNNING \(reset\)$/);
     expect(sd.arcLog.some(([, to]) => to === MigState.RESUMING)).toBe(true);
     expectSettled(sd, RUNNING);
   });
@@ -425,7 +425,7 @@ describe('restoreSnapshot: a failure after the device was touched resets it to R
     const { sd, dev } = sim('dst');
     sd.injectError('write', 'EIO');
     const e = await rejection(restoreSnapshot(dev, file, { bufferSize: 4096 }));
-    expect(e).toMatchObject({ code: 'EIO', step: 'load:write', deviceState: 'RUNNING' });
+    expect(e).toMatchObject({ code: 'EIO', step: 'load:write', deviceState: [expect.objectContaining({ state: 'RUNNING', touched: true })] });
     expectSettled(sd, RUNNING);
   });
 
@@ -434,7 +434,7 @@ describe('restoreSnapshot: a failure after the device was touched resets it to R
     const { sd, dev } = sim('dst');
     sd.failDataFd({ after: 20_000, errno: 'ENODEV', on: 'write', enterError: true });
     const e = await rejection(restoreSnapshot(dev, file, { bufferSize: 4096 }));
-    expect(e).toMatchObject({ code: 'ENODEV', step: 'load:write', deviceState: 'RUNNING' });
+    expect(e).toMatchObject({ code: 'ENODEV', step: 'load:write', deviceState: [expect.objectContaining({ state: 'RUNNING', touched: true })] });
     expectSettled(sd, RUNNING);
   });
 
@@ -449,8 +449,8 @@ describe('restoreSnapshot: a failure after the device was touched resets it to R
       expect(['EVFIO_SNAPSHOT_CHECKSUM', 'EVFIO_CHECKSUM']).toContain(e.code);
       expect(e.kind).toBe('format');
       expect(e.step).toMatch(/^(restore:write|load:verify)$/);
-      expect(e.deviceState).toBe('RUNNING');
-      expect(e.message).toMatch(/reset to RUNNING/);
+      expect(e.deviceState?.map((o) => o.state)).toEqual(['RUNNING']);
+      expect(e.message).toMatch(/device left in RUNNING \(reset\)$/);
       // Only the chunks before the bad one reached the device.
       expect(reached).toBe(n * 4096);
       expect(sd.arcLog.some(([, to]) => to === MigState.RESUMING)).toBe(true);
@@ -477,7 +477,7 @@ describe('restoreSnapshot: a failure after the device was touched resets it to R
     await reader.close();
     // Every chunk's own crc holds; the chunk table (checked after the last chunk, before the
     // RESUMING exit) does not.
-    expect(e).toMatchObject({ kind: 'format', code: 'EVFIO_SNAPSHOT_CHECKSUM', deviceState: 'RUNNING' });
+    expect(e).toMatchObject({ kind: 'format', code: 'EVFIO_SNAPSHOT_CHECKSUM', deviceState: [expect.objectContaining({ state: 'RUNNING', touched: true })] });
     expect(e.message).toMatch(/chunk table/);
     expectSettled(sd, RUNNING);
   });
@@ -497,7 +497,7 @@ describe('restoreSnapshot: a failure after the device was touched resets it to R
     const { file } = await saved();
     const { sd, dev } = sim('other', 'sim:64KiB:devid=0x5f11');
     const e = await rejection(restoreSnapshot(dev, file));
-    expect(e).toMatchObject({ code: 'EVFIO_DEVICE_MISMATCH', kind: 'mismatch', step: 'restore:identity', deviceState: 'untouched' });
+    expect(e).toMatchObject({ code: 'EVFIO_DEVICE_MISMATCH', kind: 'mismatch', step: 'load:check', deviceState: [{ device: 'sim:64KiB#origin', state: 'RUNNING', touched: false, reset: false }] });
     expect(sd.arcLog).toEqual([]);
     expectSettled(sd, RUNNING);
   });
@@ -505,11 +505,12 @@ describe('restoreSnapshot: a failure after the device was touched resets it to R
 
 // ------------------------------------------------------------------ the device model
 describe('MigrationCoordinator: snapshot and restore under faults', () => {
-  function vm(name: string, spec = 'sim:64KiB', assignBars = true): { sd: SimDevice; model: VfioPciDevice; coord: MigrationCoordinator } {
+  /** A VM of one device model; `id` is the attach id (a restore pairs by it), `name` the sim device's. */
+  function vm(name: string, spec = 'sim:64KiB', assignBars = true, id = name): { sd: SimDevice; model: VfioPciDevice; coord: MigrationCoordinator } {
     const { sd, dev } = sim(name, spec);
     const host = new ReferenceHost(env.binding);
     env.hosts.push(host);
-    const model = VfioPciDevice.attach(dev, host, { id: name, assignBars, bufferSize: 4096 });
+    const model = VfioPciDevice.attach(dev, host, { id, assignBars, bufferSize: 4096 });
     env.models.push(model);
     return { sd, model, coord: new MigrationCoordinator([model]) };
   }
@@ -539,7 +540,7 @@ describe('MigrationCoordinator: snapshot and restore under faults', () => {
       arm({ ...fl, after }, sd);
       const e = await rejection(coord.snapshot(file, { noSync: true }));
       expectFaultError(e, fl);
-      expect(e.deviceState).toBe('STOP');
+      expect(e.deviceState?.map((o) => o.state)).toEqual(['STOP']);
       expectNothingWritten(file, OLD);
       expectSettled(sd, STOP);
       await coord.resume();
@@ -570,21 +571,21 @@ describe('MigrationCoordinator: snapshot and restore under faults', () => {
 
   it('restore with a data_fd write failing mid-stream: device reset to RUNNING', async () => {
     const file = await vmSnapshot();
-    const { sd, coord } = vm('vm-dst', 'sim:64KiB', false);
+    const { sd, coord } = vm('vm-dst', 'sim:64KiB', false, 'vm-src');
     sd.failDataFd({ after: 7000, errno: 'EIO', on: 'write' });
     const e = await rejection(coord.restore(file));
-    expect(e).toMatchObject({ code: 'EIO', errno: errnoOf('EIO'), step: 'load:write', deviceState: 'RUNNING' });
+    expect(e).toMatchObject({ code: 'EIO', errno: errnoOf('EIO'), step: 'load:write', deviceState: [expect.objectContaining({ state: 'RUNNING', touched: true })] });
     expectSettled(sd, RUNNING);
   });
 
   it('restore with a corrupted chunk: refused, device reset to RUNNING', async () => {
     const file = await vmSnapshot();
     const bad = await withBadChunk(file, 3);
-    const { sd, coord } = vm('vm-dst', 'sim:64KiB', false);
+    const { sd, coord } = vm('vm-dst', 'sim:64KiB', false, 'vm-src');
     const e = await rejection(coord.restore(bad));
     expect(['EVFIO_SNAPSHOT_CHECKSUM', 'EVFIO_CHECKSUM']).toContain(e.code);
     expect(e.step).toMatch(/^(restore:write|load:verify)$/);
-    expect(e.deviceState).toBe('RUNNING');
+    expect(e.deviceState?.map((o) => o.state)).toEqual(['RUNNING']);
     expectSettled(sd, RUNNING);
   });
 });

@@ -545,6 +545,8 @@ function mutant(rng: Rng, base: Base): { buf: Buffer; what: string } {
 interface Target {
   /** Device index in the file. */
   index: number;
+  /** The id it was saved under (the source device's name). */
+  id: string;
   options: SimDeviceOptions;
   /** The source's state after saving: what a correct restore reproduces. */
   expect: { seed: bigint; control: number; irqCount: number; scratch: Buffer };
@@ -584,7 +586,7 @@ async function makeBase(name: string, opts: SimDeviceOptions[], bufferSize?: num
   const bytes = fs.readFileSync(file);
   const targets = devs.map(({ sd }, index): Target => {
     const r = sd.registers();
-    return { index, options: opts[index], expect: { seed: r.seed, control: r.control, irqCount: r.irqCount, scratch: Buffer.from(r.scratch) } };
+    return { index, id: `sim#${name}-src${index}`, options: opts[index], expect: { seed: r.seed, control: r.control, irqCount: r.irqCount, scratch: Buffer.from(r.scratch) } };
   });
   devs.forEach((d) => d.dev.close());
   const model = await parse(bytes);
@@ -657,23 +659,25 @@ const DEST_SCRATCH = Buffer.alloc(256, 0x5a);
 async function runCase(caseNo: number): Promise<Outcome & { what: string }> {
   const rng = new Rng(mix32(SEED ^ Math.imul(caseNo + 1, 0x9e3779b1)));
   const base = rng.pick(bases);
-  const target = rng.pick(base.targets);
   const { buf, what } = mutant(rng, base);
-  const label = `seed 0x${SEED.toString(16)} case ${caseNo} (${base.name}, device ${target.index}, ${what})`;
+  const label = `seed 0x${SEED.toString(16)} case ${caseNo} (${base.name}, ${what})`;
 
+  // One destination per saved device, paired by the saved id, as a VM restores them all.
   const sim = new SimBinding(realOrNone());
-  const sd: SimDevice = sim.createDevice('dst', { ...target.options, seed: 0xdead_beefn });
   const binding = capped(sim, CALL_CAP);
-  const dev = openDevice('sim#dst', { binding: binding });
-  sd.setRegisters({ control: 0x11, irqCount: 3, scratch: DEST_SCRATCH });
-  const before = sd.registers();
+  const dsts = base.targets.map((t, i) => {
+    const sd: SimDevice = sim.createDevice(`dst${i}`, { ...t.options, seed: 0xdead_beefn });
+    const dev = openDevice(`sim#dst${i}`, { binding });
+    sd.setRegisters({ control: 0x11, irqCount: 3, scratch: DEST_SCRATCH });
+    return { t, sd, dev, before: sd.registers() };
+  });
   let error: unknown;
   try {
     await withDeadline(
       (async () => {
         const reader = await SnapshotReader.fromSource(cappedSource(buf, READ_CAP), `case-${caseNo}`);
         try {
-          await restoreSnapshot(dev, reader, { index: target.index, bufferSize: rng.pick([16, 100, 4096, 65536]) });
+          await restoreSnapshot(dsts.map((d) => ({ id: d.t.id, device: d.dev })), reader, { bufferSize: rng.pick([16, 100, 4096, 65536]) });
         } finally {
           await reader.close();
         }
@@ -685,42 +689,49 @@ async function runCase(caseNo: number): Promise<Outcome & { what: string }> {
     error = e;
   }
 
-  const touched = sd.arcLog.length > 0;
+  const touched = dsts.some((d) => d.sd.arcLog.length > 0);
   const fail = (why: string): never => {
     throw new Error(`${label}: ${why}${error ? `\n  error: ${(error as Error).stack}` : ''}`);
   };
-  if (sd.state !== MigState.RUNNING) fail(`device left in ${MigState[sd.state]}`);
-  if (sd.openFds !== 1) fail(`${sd.openFds - 1} data_fd(s) left open`);
-  const s = sd.session();
-  if (s && !s.disabled) fail(`a ${s.kind} session is still live`);
+  for (const { t, sd } of dsts) {
+    if (sd.state !== MigState.RUNNING) fail(`device ${t.id} left in ${MigState[sd.state]}`);
+    if (sd.openFds !== 1) fail(`${sd.openFds - 1} data_fd(s) of ${t.id} left open`);
+    const s = sd.session();
+    if (s && !s.disabled) fail(`a ${s.kind} session of ${t.id} is still live`);
+  }
   let key: string;
   if (error === undefined) {
-    if (!touched) fail('restore succeeded without touching the device');
-    const r = sd.registers();
-    if (r.seed !== target.expect.seed) fail(`restore succeeded but the data seed is ${r.seed}, not ${target.expect.seed}`);
-    if (r.control !== target.expect.control || r.irqCount !== target.expect.irqCount || !r.scratch.equals(target.expect.scratch)) {
-      fail('restore succeeded but the registers differ from the source');
+    if (!touched) fail('restore succeeded without touching the devices');
+    for (const { t, sd } of dsts) {
+      const r = sd.registers();
+      if (r.seed !== t.expect.seed) fail(`restore succeeded but ${t.id}'s data seed is ${r.seed}, not ${t.expect.seed}`);
+      if (r.control !== t.expect.control || r.irqCount !== t.expect.irqCount || !r.scratch.equals(t.expect.scratch)) {
+        fail(`restore succeeded but ${t.id}'s registers differ from the source`);
+      }
     }
     key = 'ok';
   } else {
     if (!(error instanceof VfioError)) fail('not a VfioError');
     const e = error as VfioError;
     if (!ALLOWED_KINDS.has(e.kind)) fail(`error kind ${e.kind}`);
-    if (touched) {
-      if (e.deviceState !== 'RUNNING') fail(`touched device, but the error says it was left in ${e.deviceState}`);
-    } else {
-      const r = sd.registers();
-      if (r.seed !== before.seed || r.control !== before.control || !r.scratch.equals(before.scratch)) fail('untouched device changed');
+    for (const { t, sd, before } of dsts) {
+      if (sd.arcLog.length > 0) {
+        const left = e.deviceState?.find((o) => o.device === t.id);
+        if (left?.state !== 'RUNNING' || !left.touched) fail(`touched device ${t.id}, but the error says ${JSON.stringify(left)}`);
+      } else {
+        const r = sd.registers();
+        if (r.seed !== before.seed || r.control !== before.control || !r.scratch.equals(before.scratch)) fail(`untouched device ${t.id} changed`);
+      }
     }
     key = `${e.kind}:${e.code}@${e.step ?? '-'}`;
     // A damaged device stream in a snapshot whose own checksums hold gets past every check of
     // the container: only the device can refuse it (a write error, or EINVAL at the RESUMING
-    // exit), and then the device is reset.
+    // exit), and then the devices are reset.
     if (/^payload:[^+]*$/.test(what) && !(touched && e.kind === 'syscall' && ['EINVAL', 'EFAULT', 'ENOMEM'].includes(e.code))) {
       fail(`a damaged device stream with valid snapshot checksums ended in ${key}, not in a refusal by the device`);
     }
   }
-  dev.close();
+  dsts.forEach((d) => d.dev.close());
   if (sim.openFdCount() !== 0) fail(`${sim.openFdCount()} virtual fds leaked: ${JSON.stringify(sim.openFds())}`);
   if (caseNo % FILE_CHECK_EVERY === 0) {
     // The file source (header reads with fs.readSync, or with the addon's pread) and the
@@ -751,23 +762,25 @@ afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 describe('snapshot fuzzing: every mutant ends in a typed error or a correct restore', () => {
   it('restores every unmutated base file', async () => {
     for (const b of bases) {
-      for (const t of b.targets) {
-        const sim = new SimBinding(realOrNone());
-        const sd = sim.createDevice('dst', { ...t.options, seed: 0xdead_beefn });
-        const dev = openDevice('sim#dst', { binding: sim });
-        // The same file through both sources: the file path and the in-memory path.
-        const file = path.join(dir, `${b.name}.vfiosnap`);
-        await restoreSnapshot(dev, file, { index: t.index });
+      const sim = new SimBinding(realOrNone());
+      const dsts = b.targets.map((t, i) => ({ t, sd: sim.createDevice(`dst${i}`, { ...t.options, seed: 0xdead_beefn }), dev: openDevice(`sim#dst${i}`, { binding: sim }) }));
+      const pairs = dsts.map((d) => ({ id: d.t.id, device: d.dev }));
+      // The same file through both sources: the file path and the in-memory path.
+      const file = path.join(dir, `${b.name}.vfiosnap`);
+      await restoreSnapshot(pairs, file);
+      for (const { t, sd } of dsts) {
         expect(sd.seed).toBe(t.expect.seed);
         sd.setRegisters({ control: 0, irqCount: 0, scratch: Buffer.alloc(256) });
-        const reader = await SnapshotReader.fromBuffer(b.bytes, b.name);
-        await restoreSnapshot(dev, reader, { index: t.index });
-        await reader.close();
+      }
+      const reader = await SnapshotReader.fromBuffer(b.bytes, b.name);
+      await restoreSnapshot(pairs, reader);
+      await reader.close();
+      for (const { t, sd, dev } of dsts) {
         expect(sd.registers()).toMatchObject({ seed: t.expect.seed, control: t.expect.control, irqCount: t.expect.irqCount });
         expect(sd.registers().scratch.equals(t.expect.scratch)).toBe(true);
         dev.close();
-        expect(sim.openFdCount()).toBe(0);
       }
+      expect(sim.openFdCount()).toBe(0);
     }
   });
 

@@ -1,6 +1,6 @@
 import { constants as fsc, fstatSync } from 'node:fs';
 import { crc32 } from 'node:zlib';
-import { VfioError } from '../../base/errors';
+import { VfioError, type VfioErrorCode } from '../../base/errors';
 import { INT_MAX, buffer as bufferArg, fd as fdArg, int as intArg, optInt as optIntArg, rangeError, typeError, window as windowArg } from './args';
 import type { Binding, PumpEnd, PumpError, PumpOptions, PumpResult } from './types';
 
@@ -537,7 +537,7 @@ export async function runPump(io: PumpIo, src: number, dst: number, buf: Buffer,
     }
   };
   const done = (end: PumpEnd): PumpResult => ({ bytes: written, crc32: crc, end });
-  const formatError = (code: string, message: string, extra: object = {}): VfioError =>
+  const formatError = (code: VfioErrorCode, message: string, extra: object = {}): VfioError =>
     Object.assign(new VfioError(message, { code, kind: 'format' }), extra);
 
   if (a.verify) {

@@ -8,23 +8,42 @@
  * writable (the Vendor Specific body excepted). Guest-writable bits (wmask) and write-1-to-clear
  * bits (w1cmask) are state, not identity, and may differ.
  *
- * Which masks: the *saved* ones, built by ConfigSpace.fromDevice() on the source and stored in
- * the snapshot. (In QEMU the loading device's own masks are used; ours is a raw device read with
- * no masks of its own, and the two are built by the same rules from the same layout when the
- * devices match.) The destination's capability layout must match the source's too, and it is
- * checked by the same rule: cmask covers the capabilities pointer at 0x34, the STATUS CAP_LIST
- * bit, and every capability header (id, next pointer; the Vendor Specific length byte; the
- * extended capability header dwords), so a capability moved, added, removed or resized shows up
- * as a mismatch at a pointer or header byte.
+ * Which masks: the *destination's own*, built by ConfigSpace.fromDevice() from the
+ * destination device's config bytes, as QEMU's get_pci_config_device() uses the loading device's
+ * masks. Masks stored in a snapshot or sent by a source are never trusted: a file re-sealed with
+ * its cmask zeroed would otherwise pass any device. The destination's capability layout must
+ * match the source's too, and it is checked by the same rule: cmask covers the capabilities
+ * pointer at 0x34, the STATUS CAP_LIST bit, and every capability header (id, next pointer; the
+ * Vendor Specific length byte; the extended capability header dwords), so a capability moved,
+ * added, removed or resized shows up as a mismatch at a pointer or header byte.
  */
 import { VfioError } from '../../base/errors';
 import * as r from './regs';
 import { type Capability, capabilityAt, walkAllCapabilities } from './capabilities';
-import { ConfigSpace, type ConfigImage } from './config-space';
+import { ConfigSpace, type ConfigImage, type FromDeviceOptions } from './config-space';
 import { capabilityName, extCapabilityName, headerRegisterName, hex2 } from './names';
 
-/** A saved config space: a ConfigSpace or its bytes and masks. */
-export type SavedConfig = ConfigSpace | ConfigImage;
+/** A saved config space: its bytes (the masks that may come with them are not used). */
+export type SavedConfig = ConfigSpace | ConfigImage | Uint8Array;
+
+/**
+ * The destination side of the check: the config bytes read from the destination device now,
+ * and the masks built from them by the same rules as the device model's (ConfigSpace.fromDevice).
+ */
+export interface DestinationConfig {
+  raw: Uint8Array;
+  masks: ConfigImage;
+  capabilities: readonly Capability[];
+}
+
+/**
+ * The destination of a restore, from its raw config bytes (256 or 4096; a shorter config region,
+ * like mtty's 255 bytes, padded with zeros) and its BAR sizes. Errors as ConfigSpace.fromDevice().
+ */
+export function destinationConfig(raw: Uint8Array, opts: FromDeviceOptions = {}): DestinationConfig {
+  const model = ConfigSpace.fromDevice(raw, opts);
+  return { raw, masks: model.image(), capabilities: model.capabilities };
+}
 
 export interface ConfigMismatch {
   /** Config offset of the byte. For a size mismatch: the smaller of the two sizes. */
@@ -45,38 +64,32 @@ export type ConfigMismatchError = VfioError & { mismatches: ConfigMismatch[] };
 /** How many mismatches checkConfig() spells out in its message. */
 const MESSAGE_LIMIT = 16;
 
-function imageOf(saved: SavedConfig): ConfigImage {
-  return saved instanceof ConfigSpace ? saved.image() : saved;
+function bytesOf(saved: SavedConfig): Uint8Array {
+  return saved instanceof Uint8Array ? saved : saved.bytes;
 }
 
 /**
- * Compare the device's current config bytes with a saved config space by QEMU's rule, using
- * the saved masks. Returns one entry per failing byte, in offset order (empty: they match).
- * Images of different sizes (256 vs 4096) are compared over the common part and add one
+ * Compare a saved config space with the destination device's by QEMU's rule, under the
+ * destination's own masks. Returns one entry per failing byte, in offset order (empty: they
+ * match). Images of different sizes (256 vs 4096) are compared over the common part and add one
  * 'config space size' entry.
  */
-export function compareConfig(saved: SavedConfig, current: Uint8Array | ConfigSpace): ConfigMismatch[] {
-  const s = imageOf(saved);
-  const cur = current instanceof ConfigSpace ? current.bytes : current;
-  const n = Math.min(s.bytes.length, cur.length, s.cmask.length, s.wmask.length, s.w1cmask.length);
-  const caps = saved instanceof ConfigSpace ? saved.capabilities : capabilitiesOrNone(s.bytes);
+export function compareConfig(saved: SavedConfig, destination: DestinationConfig): ConfigMismatch[] {
+  const s = bytesOf(saved);
+  const { raw: cur, masks: m } = destination;
+  const n = Math.min(s.length, cur.length, m.cmask.length, m.wmask.length, m.w1cmask.length);
+  const caps = destination.capabilities.length ? destination.capabilities : capabilitiesOrNone(s);
   const out: ConfigMismatch[] = [];
-  if (s.bytes.length !== cur.length) {
-    out.push({
-      offset: n,
-      register: 'config space size',
-      saved: s.bytes.length,
-      current: cur.length,
-      mask: 0,
-    });
+  if (s.length !== cur.length) {
+    out.push({ offset: n, register: 'config space size', saved: s.length, current: cur.length, mask: 0 });
   }
   for (let i = 0; i < n; i++) {
-    const mask = s.cmask[i] & ~s.wmask[i] & ~s.w1cmask[i] & 0xff;
-    if ((s.bytes[i] ^ cur[i]) & mask) {
-      out.push({ offset: i, register: registerName(caps, i), saved: s.bytes[i], current: cur[i], mask });
+    const mask = m.cmask[i] & ~m.wmask[i] & ~m.w1cmask[i] & 0xff;
+    if ((s[i] ^ cur[i]) & mask) {
+      out.push({ offset: i, register: registerName(caps, i), saved: s[i], current: cur[i], mask });
     }
   }
-  return out.sort((a, b) => a.offset - b.offset);
+  return out;
 }
 
 /**
@@ -86,10 +99,10 @@ export function compareConfig(saved: SavedConfig, current: Uint8Array | ConfigSp
  */
 export function checkConfig(
   saved: SavedConfig,
-  current: Uint8Array | ConfigSpace,
+  destination: DestinationConfig,
   ctx: { device?: string; step?: string } = {},
 ): void {
-  const list = compareConfig(saved, current);
+  const list = compareConfig(saved, destination);
   if (list.length === 0) return;
   const shown = list.slice(0, MESSAGE_LIMIT).map(describeMismatch);
   const more = list.length > MESSAGE_LIMIT ? `; and ${list.length - MESSAGE_LIMIT} more` : '';

@@ -30,7 +30,7 @@
  *
  * BAR sizes come from the caller (the VFIO region sizes), never from probing the device.
  */
-import { VfioError } from '../../base/errors';
+import { VfioError, type EvfioCode } from '../../base/errors';
 import * as r from './regs';
 import { type Capability, walkAllCapabilities, findCapability } from './capabilities';
 import { capabilityName } from './names';
@@ -163,7 +163,7 @@ const SERIAL_BARS = 7;
 export const COMMAND_WMASK =
   r.PCI_COMMAND_IO | r.PCI_COMMAND_MEMORY | r.PCI_COMMAND_MASTER | r.PCI_COMMAND_SERR | r.PCI_COMMAND_INTX_DISABLE;
 
-function usage(message: string, code = 'EVFIO_CONFIG_ACCESS'): VfioError {
+function usage(message: string, code: EvfioCode = 'EVFIO_CONFIG_ACCESS'): VfioError {
   return new VfioError(message, { code, kind: 'usage' });
 }
 

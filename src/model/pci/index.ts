@@ -31,6 +31,6 @@ export {
   type MsiVector,
   type MsixState,
 } from './config-space';
-export { compareConfig, checkConfig, registerName, type ConfigMismatch, type ConfigMismatchError, type SavedConfig } from './compare';
+export { compareConfig, checkConfig, destinationConfig, registerName, type ConfigMismatch, type ConfigMismatchError, type SavedConfig, type DestinationConfig } from './compare';
 export { MsixTable, type MsixVectorState, type MsixChange, type MsixChangeListener } from './msix-table';
 export { capabilityName, extCapabilityName, headerRegisterName } from './names';

@@ -29,7 +29,7 @@ for (const { iommu, a, b } of PATHS) {
       const snap = cli('snapshot', A, '-o', file, '--iommu', iommu, '--binding', binding);
       assert.equal(snap.status, 0, `snapshot failed: ${snap.stderr}`);
       assert.match(snap.stdout, /RUNNING → STOP/);
-      assert.match(snap.stdout, /: 96 bytes of device state, 255 bytes of config space/);
+      assert.match(snap.stdout, /: 96 bytes of device state, 256 bytes of config space/);
 
       const rest = cli('restore', B, '-i', file, '--iommu', iommu, '--binding', binding);
       assert.equal(rest.status, 0, `restore failed: ${rest.stderr}`);
