@@ -239,6 +239,7 @@ export class MigrationEngine extends EventEmitter<EngineEvents> {
       }
       const result: SaveResult = { devices: [] };
       try {
+        opts.signal?.throwIfAborted();
         const records = this.devices.map((d) => d.record());
         await sink.begin(records);
         for (const [i, d] of this.devices.entries()) {
@@ -296,6 +297,7 @@ export class MigrationEngine extends EventEmitter<EngineEvents> {
       const targets = new Map<number, DataFdTarget>();
       let step = 'load:resuming';
       try {
+        opts.signal?.throwIfAborted();
         for (const [d, s] of pairs) {
           const session = await this.set(job, d, MigState.RESUMING);
           targets.set(s.index, this.targetOf(d, session, 'load'));
@@ -440,8 +442,15 @@ export class MigrationEngine extends EventEmitter<EngineEvents> {
     }));
   }
 
-  /** `e` with the step (when it has none) and every device's outcome. */
+  /**
+   * `e` with the step (when it has none) and every device's outcome. An abort (the job's
+   * AbortSignal: a DOMException 'AbortError', or the signal's own reason) becomes a VfioError
+   * ECANCELED of kind 'cancelled'.
+   */
   private fail(e: unknown, job: Job, step: string): unknown {
+    if (!(e instanceof VfioError) && (e as Error)?.name === 'AbortError') {
+      e = new VfioError(`${step} cancelled`, { code: 'ECANCELED', kind: 'cancelled', step, cause: e });
+    }
     if (e instanceof VfioError) {
       if (!e.step) e.step = step;
       e.annotate({ deviceState: this.outcomes(job) });

@@ -5,6 +5,10 @@ import * as path from 'node:path';
 import * as zlib from 'node:zlib';
 import { PassThrough } from 'node:stream';
 import { main } from '../../src/cli/main';
+import { getDefaultBinding, openDevice } from '../../src/kernel/open';
+import { ReferenceHost } from '../../src/model/host/reference';
+import { VfioPciDevice } from '../../src/model/vfio-pci';
+import { MigrationCoordinator } from '../../src/vm/coordinator';
 
 async function run(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
   const out = new PassThrough();
@@ -75,6 +79,61 @@ describe('vfio-pci CLI', () => {
     expect((await run('snapshot', 'sim')).code).toBe(2);
     expect((await run('info', 'sim', '--iommu', 'magic')).code).toBe(2);
     expect((await run('info', 'nonsense-device')).code).toBe(2);
+  });
+
+  it('snapshot of several devices without P2P is blocked (EVFIO_NO_P2P) before any is touched, unless --allow-non-p2p', async () => {
+    const file = path.join(dir, 'np.vfiosnap');
+    const r = await run('snapshot', 'sim:4KiB:mig=stop_copy#np-a', 'sim:4KiB:mig=stop_copy#np-b', '-o', file);
+    expect(r.code).toBe(1);
+    expect(r.err).toMatch(/code: EVFIO_NO_P2P/);
+    expect(r.err).toMatch(/devices left: sim:4KiB:mig=stop_copy#np-a RUNNING \(untouched\), sim:4KiB:mig=stop_copy#np-b RUNNING \(untouched\)/);
+    expect(r.out).not.toMatch(/RUNNING →/); // no state change was made
+    expect(fs.readdirSync(dir)).toEqual([]);
+    const ok = await run('snapshot', 'sim:4KiB:mig=stop_copy#np-a', 'sim:4KiB:mig=stop_copy#np-b', '-o', file, '--allow-non-p2p');
+    expect(ok.code, ok.err).toBe(0);
+    expect(ok.out).toMatch(/np-a: RUNNING → STOP {2}\[RUNNING→STOP\]/);
+  });
+
+  it('restore pairs devices by ID=, whatever their order, and refuses ids that do not pair', async () => {
+    const file = path.join(dir, 'ids.vfiosnap');
+    expect((await run('snapshot', 'nic0=sim:4KiB:seed=1#ids-a', 'nic1=sim:4KiB:seed=2#ids-b', '-o', file, '-q')).code).toBe(0);
+    const r = await run('restore', 'nic1=sim:4KiB#ids-d', 'nic0=sim:4KiB#ids-c', '-i', file);
+    expect(r.code, r.err).toBe(0);
+    expect(r.out).toMatch(/nic1 → sim:4KiB#ids-d: .* loaded; now RUNNING/);
+    expect(r.out).toMatch(/nic0 → sim:4KiB#ids-c: .* loaded; now RUNNING/);
+    const info = JSON.parse((await run('info', 'sim:4KiB#ids-d', '--json')).out);
+    expect(info.migration.state).toBe('RUNNING');
+    const bad = await run('restore', 'nic0=sim:4KiB#ids-e', 'nic2=sim:4KiB#ids-f', '-i', file);
+    expect(bad.code).toBe(1);
+    expect(bad.err).toMatch(/no saved state for nic2; no device for the saved nic1/);
+    expect(bad.err).toMatch(/code: EVFIO_DEVICE_MISMATCH/);
+    // Without ids, one DEVICE pairs only with a one-device snapshot.
+    const one = await run('restore', 'sim:4KiB#ids-g', '-i', file);
+    expect(one.code).toBe(1);
+    expect(one.err).toMatch(/no saved state for sim:4KiB#ids-g/);
+  });
+
+  it('restore of a device-model snapshot (PCI_MODEL) is refused, the device untouched (EVFIO_NEEDS_MODEL)', async () => {
+    const file = path.join(dir, 'vm.vfiosnap');
+    const host = new ReferenceHost(getDefaultBinding());
+    const dev = openDevice('sim:4KiB#model-src');
+    const nic = VfioPciDevice.attach(dev, host, { id: 'nic0' });
+    try {
+      const vm = new MigrationCoordinator([nic]);
+      await vm.pause();
+      await vm.snapshot(file, { noSync: true });
+      await vm.resume();
+    } finally {
+      nic.detach();
+      dev.close();
+      host.close();
+    }
+    const r = await run('restore', 'nic0=sim:4KiB#model-dst', '-i', file);
+    expect(r.code).toBe(1);
+    expect(r.err).toMatch(/code: EVFIO_NEEDS_MODEL/);
+    expect(r.err).toMatch(/PCI_MODEL/);
+    expect(r.err).toMatch(/devices left: nic0 RUNNING \(untouched\)/);
+    expect(r.out).not.toMatch(/RUNNING →/);
   });
 
   it('demo runs the whole cycle on the device model', async () => {

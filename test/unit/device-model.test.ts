@@ -20,6 +20,9 @@ import { decodeModelState, encodeModelState } from '../../src/model/model-state'
 import { SnapshotWriter } from '../../src/snapshot/writer';
 import { SnapshotFileSink } from '../../src/snapshot/file-stream';
 import type { StateSink } from '../../src/engine/stream';
+import type { DeviceRecord } from '../../src/model/migratable';
+import type { ModelState } from '../../src/model/model-state';
+import { MsixTable } from '../../src/model/pci/msix-table';
 import { MigState } from '../../src/kernel/uapi/vfio';
 import {
   BAR0, Guest, MEM_MASTER, SECRET, attach, bootedSource, destination, dispose, file, makeEnv, newHost, openSim, rawCommand,
@@ -270,6 +273,30 @@ describe('a host allocator that refuses to register a BAR twice', () => {
   });
 });
 
+/**
+ * Pause `src`'s VM and save it into `f` with its records and model rewritten on their way into
+ * the file, which the writer then seals with valid checksums: what a tampered or foreign file
+ * looks like to a destination.
+ */
+async function snapshotTampered(src: VfioPciDevice, f: string, edit: { record?: (r: DeviceRecord) => DeviceRecord; model?: (m: ModelState) => ModelState }): Promise<void> {
+  const vm = new MigrationCoordinator([src]);
+  await vm.pause();
+  const writer = await SnapshotWriter.create(f, { noSync: true });
+  const sink = new SnapshotFileSink(writer);
+  const tampering: StateSink = {
+    name: sink.name,
+    begin: (records) => sink.begin(records.map((r) => edit.record?.(r) ?? r)),
+    writeState: (i, from, o) => sink.writeState(i, from, o),
+    endState: (i) => sink.endState(i),
+    writeModel: (i, body) => sink.writeModel(i, edit.model ? encodeModelState(edit.model(decodeModelState(body))) : body),
+    finish: () => sink.finish(),
+    abort: (r) => sink.abort(r),
+  };
+  await vm.save(tampering);
+  await writer.commit();
+  await vm.resume();
+}
+
 describe("config space on the destination (QEMU rule: the destination's masks, Vendor Specific body exempt)", () => {
   async function attempt(destSpec: string): Promise<{ dst: VfioPciDevice; host: ReferenceHost; run: () => Promise<void> }> {
     const src = bootedSource(env, 'sim:64KiB');
@@ -321,31 +348,19 @@ describe("config space on the destination (QEMU rule: the destination's masks, V
     // model's shadow has cmask zeroed (and wmask set) where the device id sits.
     const src = bootedSource(env, 'sim:64KiB');
     const f = file(env);
-    const vm = new MigrationCoordinator([src.d]);
-    await vm.pause();
-    const writer = await SnapshotWriter.create(f, { noSync: true });
-    const sink = new SnapshotFileSink(writer);
-    const tampering: StateSink = {
-      name: sink.name,
-      begin: (records) => sink.begin(records.map((r) => {
+    await snapshotTampered(src.d, f, {
+      record: (r) => {
         const config = Buffer.from(r.config);
         config.writeUInt16LE(0x5f11, 2);
         return { ...r, config, identity: { ...r.identity, deviceId: 0x5f11 } };
-      })),
-      writeState: (i, from, o) => sink.writeState(i, from, o),
-      endState: (i) => sink.endState(i),
-      writeModel: (i, body) => {
-        const m = decodeModelState(body);
+      },
+      model: (m) => {
         const shadow = ConfigSpace.deserialize(m.config);
         shadow.cmask.fill(0, 2, 4);
         shadow.wmask.fill(0xff, 2, 4);
-        return sink.writeModel(i, encodeModelState({ ...m, config: shadow.serialize() }));
+        return { ...m, config: shadow.serialize() };
       },
-      finish: () => sink.finish(),
-      abort: (r) => sink.abort(r),
-    };
-    await vm.save(tampering);
-    await writer.commit();
+    });
 
     const { host, devices: [dst] } = destination(env, src.host, [{ spec: 'sim:64KiB:devid=0x5f11' }]);
     const vmB = new MigrationCoordinator([dst]);
@@ -355,6 +370,35 @@ describe("config space on the destination (QEMU rule: the destination's masks, V
     expect(err.code).toBe('EVFIO_CONFIG_MISMATCH');
     expect(err.step).toBe('load:check-model');
     expect(err.mismatches.map((m) => [m.offset, m.register])).toEqual([[0x02, 'PCI_DEVICE_ID']]);
+    expectUntouched(dst, host);
+  });
+});
+
+describe('the device model part of a restore is checked before anything is touched', () => {
+  it('a saved MSI-X table whose vector count is not the destination capability\'s (QSIZE + 1) is refused', async () => {
+    const src = bootedSource(env, 'sim:64KiB');
+    const f = file(env);
+    const vectors = src.d.config.msix()!.tableSize;
+    await snapshotTampered(src.d, f, { model: (m) => ({ ...m, msixTable: new MsixTable(vectors - 1).serialize() }) });
+    const { host, devices: [dst] } = destination(env, src.host, [{ spec: 'sim:64KiB' }]);
+    const err = await rejection(new MigrationCoordinator([dst]).restore(f));
+    expect(err.code).toBe('EVFIO_CONFIG_MISMATCH');
+    expect(err.message).toContain(`the saved MSI-X table has ${vectors - 1} vectors, the device's MSI-X capability ${vectors}`);
+    expectUntouched(dst, host);
+  });
+
+  it('a BAR present on the destination but not in the saved layout is refused (sizes are compared both ways)', async () => {
+    const src = bootedSource(env, 'sim:64KiB');
+    const f = file(env);
+    // The saved shadow as a device without BAR0 would have it.
+    await snapshotTampered(src.d, f, {
+      model: (m) => ({ ...m, bars: [], config: ConfigSpace.fromDevice(ConfigSpace.deserialize(m.config).bytes, { barSizes: [] }).serialize() }),
+    });
+    const { host, devices: [dst] } = destination(env, src.host, [{ spec: 'sim:64KiB' }]);
+    const err = await rejection(new MigrationCoordinator([dst]).restore(f));
+    expect(err.code).toBe('EVFIO_CONFIG_MISMATCH');
+    expect(err.step).toBe('load:check-bars');
+    expect(err.message).toMatch(/BAR0: saved absent, device has \d+ bytes/);
     expectUntouched(dst, host);
   });
 });
