@@ -35,6 +35,7 @@ import { DEFAULT_BUFFER_SIZE } from '../kernel/stream';
 import { MigState, migStateName } from '../kernel/uapi/vfio';
 import type { MigratableDevice, ModelPlan } from '../model/migratable';
 import type { DataFdTarget, Progress, SavedDevice, StateSink, StateSource } from './stream';
+import { LiveSave } from './live-save';
 
 const log = logger('engine');
 
@@ -47,7 +48,7 @@ export interface Blocker {
 }
 
 /** The engine's jobs, as its `phase` events name them. */
-export type EnginePhase = 'pause' | 'save' | 'load' | 'resume';
+export type EnginePhase = 'pause' | 'save' | 'load' | 'resume' | 'migrate';
 
 export interface EngineEvents {
   /** A migration state change of a device, with the arcs the kernel walked; `device` is the device's id. */
@@ -283,8 +284,14 @@ export class MigrationEngine extends EventEmitter<EngineEvents> {
    */
   load(source: StateSource, opts: LoadOptions = {}): Promise<LoadResult> {
     return this.exclusive('load', async (job) => {
-      this.assertMigratable('load');
-      const pairs = this.pair(source);
+      let pairs: Map<MigratableDevice, SavedDevice>;
+      try {
+        this.assertMigratable('load');
+        pairs = this.pair(source);
+      } catch (e) {
+        await source.abort?.(e);
+        throw e;
+      }
       const plans = new Map<MigratableDevice, ModelPlan>();
       try {
         for (const [d, s] of pairs) {
@@ -292,6 +299,7 @@ export class MigrationEngine extends EventEmitter<EngineEvents> {
           if (!s.modelLater) plans.set(d, d.checkModel(s.model));
         }
       } catch (e) {
+        await source.abort?.(e);
         throw this.fail(e, job, 'load:check');
       }
       const targets = new Map<number, DataFdTarget>();
@@ -302,6 +310,7 @@ export class MigrationEngine extends EventEmitter<EngineEvents> {
           const session = await this.set(job, d, MigState.RESUMING);
           targets.set(s.index, this.targetOf(d, session, 'load'));
         }
+        await source.ready?.();
         step = 'load:write';
         const byIndex = new Map([...pairs].map(([d, s]) => [s.index, { d, s }]));
         const loaded = await source.load({
@@ -327,9 +336,65 @@ export class MigrationEngine extends EventEmitter<EngineEvents> {
         return result;
       } catch (e) {
         await this.abandonLoad(job);
+        await source.abort?.(e);
         throw this.fail(e, job, step);
       }
     });
+  }
+
+  /**
+   * Begin a live save into `sink` (src/live): the devices' records are sent first — a live
+   * destination pairs and checks them and answers before anything here is touched, so that an
+   * incompatible destination refuses while the VM runs on — then PRECOPY_INFOv2 is asked for
+   * (ENOTTY: older semantics) and every device with PRE_COPY goes RUNNING → PRE_COPY. Devices
+   * without PRE_COPY stay RUNNING until the switchover (stop-copy only). The engine stays busy
+   * until the LiveSave is switched over or cancelled. Every device must be RUNNING. On failure
+   * the stream is aborted, every device returned to RUNNING, and the error thrown.
+   */
+  async beginLiveSave(sink: StateSink): Promise<LiveSave> {
+    if (this.busy) throw new VfioError(`cannot migrate: the VM's devices are busy with ${this.busy}`, { code: 'EVFIO_BUSY', step: 'migrate' });
+    this.busy = 'migrate';
+    const t0 = performance.now();
+    this.emit('phase', { phase: 'migrate', done: false });
+    const job = new Job();
+    const release = (ok: boolean): void => {
+      this.busy = undefined;
+      this.emit('phase', { phase: 'migrate', done: true, ms: performance.now() - t0 });
+      log('migrate of %s %s after %d ms', this.devices.map((d) => d.id).join(', '), ok ? 'done' : 'ended', (performance.now() - t0).toFixed(1));
+    };
+    try {
+      this.assertMigratable('migrate');
+      const notRunning = this.devices.filter((d) => d.migration!.getState() !== MigState.RUNNING);
+      if (notRunning.length) {
+        throw new VfioError(`live migration needs running devices; ${notRunning.map((d) => `${d.id} is in ${migStateName(d.migration!.getState())}`).join(', ')}`, {
+          code: 'EVFIO_BAD_TRANSITION', step: 'migrate',
+        });
+      }
+      await sink.begin(this.devices.map((d) => d.record()));
+      const precopy: number[] = [];
+      for (const [i, d] of this.devices.entries()) {
+        if (!d.migration!.supportsPreCopy) continue;
+        d.migration!.enablePrecopyInfoV2();
+        await this.set(job, d, MigState.PRE_COPY);
+        precopy.push(i);
+      }
+      return new LiveSave({
+        devices: this.devices,
+        usesP2P: this.usesP2P,
+        set: (d, target) => this.set(job, d, target),
+        target: (d, session) => this.targetOf(d, session, 'save'),
+        returnToRunning: (step) => this.returnToRunning(job, [...this.devices], step),
+        fail: (e, step) => this.fail(e, job, step),
+        progress: (p) => this.emit('progress', p),
+        release,
+      }, sink, precopy);
+    } catch (e) {
+      await sink.abort(e);
+      await this.returnToRunning(job, [...job.touched], 'migrate:undo');
+      for (const d of job.touched) d.migration!.closeSession();
+      release(false);
+      throw this.fail(e, job, 'migrate:setup');
+    }
   }
 
   /**

@@ -66,6 +66,14 @@ export interface StateSink {
   writeState(index: number, from: DataFdTarget, opts?: WriteStateOptions): Promise<{ bytes: number; end: 'eof' | 'for-now' }>;
   /** Device `index`'s state is complete. */
   endState(index: number): Promise<void>;
+  /**
+   * Live streams: all of device `index`'s initial precopy data has been written (its
+   * VFIO_MIG_GET_PRECOPY_INFO `initial_bytes` read 0 after its data was sent). The destination
+   * acknowledges the switchover once it has loaded every device's (QEMU switchover-ack).
+   */
+  initialSent?(index: number): Promise<void>;
+  /** Live streams: device `index` reported new initial data (PRECOPY_INFOv2 REINIT). */
+  reinit?(index: number): Promise<void>;
   /** Device `index`'s model state (after every device's state). */
   writeModel(index: number, body: Buffer): Promise<void>;
   /** Nothing more will be written. A file is complete but not yet committed (its owner commits). */
@@ -103,6 +111,16 @@ export interface StateSource {
   readonly name: string;
   /** The saved devices (a file: validated already; a live stream: from its handshake). */
   devices(): readonly SavedDevice[];
+  /**
+   * Every device passed its checks and is in RESUMING (a live stream answers the source's
+   * handshake with its acceptance here). Called once, before load().
+   */
+  ready?(): Promise<void>;
+  /**
+   * The load failed or was refused (before or after ready()): a live stream tells its source,
+   * which then resumes its devices. Never throws.
+   */
+  abort?(reason: unknown): Promise<void>;
   /**
    * Write every device's state into its target as the stream delivers it, each piece's checksum
    * checked before it reaches the device. Resolves, at the end of the stream, with each device's

@@ -110,6 +110,7 @@ export class Migration extends EventEmitter<MigrationEvents> {
   private sessionFd = -1;
   private sessionKind: SessionKind | undefined;
   private cached: MigState | undefined;
+  private v2 = false;
 
   constructor(
     readonly device: MigrationDevice,
@@ -254,7 +255,34 @@ export class Migration extends EventEmitter<MigrationEvents> {
     } catch (e) {
       throw e instanceof VfioError ? e.annotate({ op: 'VFIO_MIG_GET_PRECOPY_INFO', device: this.device.name }) : e;
     }
-    return s.decodePrecopyInfo(b);
+    // Without the PRECOPY_INFOv2 opt-in drivers echo the caller's flags: ignore them.
+    return { ...s.decodePrecopyInfo(b), flags: this.v2 ? s.precopyInfoFlags(b) : 0 };
+  }
+
+  /** Whether PRECOPY_INFOv2 is on (enablePrecopyInfoV2() succeeded). */
+  get precopyInfoV2(): boolean {
+    return this.v2;
+  }
+
+  /**
+   * Opt in to PRECOPY_INFOv2 (VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2 = 12, SET with no payload;
+   * Linux 7.1): afterwards precopyInfo()'s `flags` carry VFIO_PRECOPY_INFO_REINIT. Resolves
+   * false when the kernel or driver answers ENOTTY (older semantics: flags are ignored); other
+   * errors are thrown.
+   */
+  enablePrecopyInfoV2(): boolean {
+    if (this.v2) return true;
+    try {
+      this.device.feature(v.VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOV2, 'set', 0);
+    } catch (e) {
+      if (e instanceof VfioError && e.code === 'ENOTTY') {
+        log('%s: PRECOPY_INFOv2 → ENOTTY: older precopy-info semantics', this.device.name);
+        return false;
+      }
+      throw e;
+    }
+    this.v2 = true;
+    return true;
   }
 
   /**

@@ -244,6 +244,8 @@ export interface PrecopyInfo {
   initialBytes: number;
   /** Estimate of dirty state bytes since the last read. */
   dirtyBytes: number;
+  /** The `flags` the driver returned (meaningful only after the PRECOPY_INFOv2 opt-in; else the echoed 0). */
+  flags?: number;
 }
 /** flags are zeroed: some drivers echo them back (VFIO-NOTES "data_fd"). */
 export function encodePrecopyInfoQuery(): Buffer {
@@ -253,6 +255,10 @@ export function encodePrecopyInfoQuery(): Buffer {
 }
 export function decodePrecopyInfo(b: Buffer): PrecopyInfo {
   return { initialBytes: Number(b.readBigUInt64LE(8)), dirtyBytes: Number(b.readBigUInt64LE(16)) };
+}
+/** The flags word of a VFIO_MIG_GET_PRECOPY_INFO answer. */
+export function precopyInfoFlags(b: Buffer): number {
+  return b.readUInt32LE(4);
 }
 export function encodePrecopyInfo(b: Buffer, p: PrecopyInfo): void {
   b.writeBigUInt64LE(BigInt(p.initialBytes), 8);

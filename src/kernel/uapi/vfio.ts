@@ -175,6 +175,14 @@ export const VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP = 7;
 export const VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT = 8;
 export const VFIO_DEVICE_FEATURE_MIG_DATA_SIZE = 9;
 export const VFIO_DEVICE_FEATURE_BUS_MASTER = 10;
+/**
+ * SET with no payload opts in to PRECOPY_INFOv2: the `flags` of VFIO_MIG_GET_PRECOPY_INFO become
+ * meaningful (VFIO_PRECOPY_INFO_REINIT). Linux 7.1 (VFIO-NOTES "Live migration"); older kernels
+ * and drivers without it (6.12, mtty) answer ENOTTY.
+ */
+export const VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOV2 = 12;
+/** struct vfio_precopy_info flags, once PRECOPY_INFOv2 is on: new initial data appeared (initial_bytes may change either way, dirty_bytes reset). */
+export const VFIO_PRECOPY_INFO_REINIT = 1 << 0;
 
 export const FEATURE_NAMES: ReadonlyMap<number, string> = new Map([
   [VFIO_DEVICE_FEATURE_PCI_VF_TOKEN, 'VFIO_DEVICE_FEATURE_PCI_VF_TOKEN'],
@@ -188,6 +196,7 @@ export const FEATURE_NAMES: ReadonlyMap<number, string> = new Map([
   [VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT, 'VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT'],
   [VFIO_DEVICE_FEATURE_MIG_DATA_SIZE, 'VFIO_DEVICE_FEATURE_MIG_DATA_SIZE'],
   [VFIO_DEVICE_FEATURE_BUS_MASTER, 'VFIO_DEVICE_FEATURE_BUS_MASTER'],
+  [VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOV2, 'VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2'],
 ]);
 
 /** struct vfio_device_feature_migration flags (vfio.h "VFIO_DEVICE_FEATURE_MIGRATION"). */

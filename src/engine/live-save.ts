@@ -1,0 +1,266 @@
+/**
+ * A live save: the source half of a live migration, on the engine's devices, into a stream
+ * (src/live). The VMM owns RAM and vCPUs and decides when to switch over; this object owns the
+ * devices' migration states and what their data_fds hand out. Made by
+ * `MigrationEngine.beginLiveSave()`, which has already sent the devices' records (the
+ * destination's verdict came back) and taken every device with PRE_COPY to PRE_COPY.
+ *
+ * Rules (include/uapi/linux/vfio.h "VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE", "PRE_COPY",
+ * "VFIO_MIG_GET_PRECOPY_INFO"; QEMU hw/vfio/migration.c vfio_save_iterate(),
+ * vfio_state_pending_exact(), vfio_save_complete_precopy(); VFIO-NOTES "Live migration"):
+ *  - a round reads what each PRE_COPY device has now: read() == 0 or ENOMSG is "nothing more for
+ *    now", not the end;
+ *  - pending per device: precopy = initial_bytes + dirty_bytes (VFIO_MIG_GET_PRECOPY_INFO),
+ *    stop-copy = VFIO_DEVICE_FEATURE_MIG_DATA_SIZE less that; a failing query counts as
+ *    UNKNOWN_SIZE (100 GiB, QEMU's default), never 0, so that a downtime limit is never broken
+ *    on a guess;
+ *  - the initial data of a device is sent once its `initial_bytes` reads 0 after a round
+ *    (StateSink.initialSent); with PRECOPY_INFOv2 a REINIT flag means it must be sent again
+ *    (StateSink.reinit);
+ *  - switchover: every device to PRE_COPY_P2P (or RUNNING_P2P) before any goes to STOP_COPY
+ *    (P2P devices), each drained to its end, the models after all the states ("config last"),
+ *    and STOP_COPY → STOP only after the data is out, so that it adds no downtime. The downtime
+ *    is measured from the first device leaving PRE_COPY (or RUNNING) to the last device's state
+ *    sent;
+ *  - cancel, in any phase: every device back to RUNNING with its state intact
+ *    (PRE_COPY(_P2P) → RUNNING; STOP_COPY / STOP → RUNNING through RUNNING_P2P), the stream
+ *    aborted (the destination resets its devices).
+ */
+import { VfioError } from '../base/errors';
+import { logger } from '../base/log';
+import type { DataSession } from '../kernel/migration';
+import { MigState } from '../kernel/uapi/vfio';
+import type { MigratableDevice } from '../model/migratable';
+import type { DataFdTarget, Progress, StateSink } from './stream';
+
+const log = logger('engine:live');
+
+/** What a failing size query counts as, in bytes (QEMU's VFIO default stop-copy size: 100 GiB). */
+export const UNKNOWN_SIZE = 100 * 2 ** 30;
+
+/** One device's pending figures, in bytes. */
+export interface DevicePending {
+  /** The device's id. */
+  device: string;
+  /** PRE_COPY data the device has not handed over yet: initial + dirty (0 without PRE_COPY). */
+  precopyBytes: number;
+  /** Of which initial data (must be sent before the switchover-ack can come). */
+  initialBytes: number;
+  /** What the switchover would still have to move: MIG_DATA_SIZE less `precopyBytes` (UNKNOWN_SIZE when the query fails). */
+  stopCopyBytes: number;
+  /** Its initial data has not been sent completely yet (the switchover-ack cannot come before). */
+  initialPending: boolean;
+}
+
+/** What one precopy round moved. */
+export interface RoundResult {
+  /** Bytes of state moved this round, per device id. */
+  bytes: Map<string, number>;
+  /** Pending after the round. */
+  pending: DevicePending[];
+}
+
+/** What the switchover moved and cost. */
+export interface SwitchoverResult {
+  /** ms from the first device leaving PRE_COPY (or RUNNING) to the last device's state sent. */
+  downtimeMs: number;
+  devices: Array<{ id: string; precopyBytes: number; stopCopyBytes: number }>;
+}
+
+/** The engine's internals a live save uses (MigrationEngine.beginLiveSave() hands them over). */
+export interface LiveSaveOps {
+  readonly devices: readonly MigratableDevice[];
+  readonly usesP2P: boolean;
+  /** One state request on a device, recorded as touching it. */
+  set(d: MigratableDevice, target: MigState): Promise<DataSession | undefined>;
+  target(d: MigratableDevice, session: DataSession | undefined): DataFdTarget;
+  /** Every device back to RUNNING (P2P order), recovering where a request fails. */
+  returnToRunning(step: string): Promise<void>;
+  /** `e` annotated with the step and every device's outcome. */
+  fail(e: unknown, step: string): unknown;
+  progress(p: Progress): void;
+  /** The engine is free again. */
+  release(ok: boolean): void;
+}
+
+export interface LiveSaveRoundOptions {
+  signal?: AbortSignal;
+}
+
+type Phase = 'precopy' | 'switchover' | 'done' | 'cancelled' | 'failed';
+
+export class LiveSave {
+  private phase: Phase = 'precopy';
+  /** Devices in a PRE_COPY session, by index. */
+  private readonly precopy = new Set<number>();
+  private readonly sentPre = new Map<number, number>();
+  private readonly initialDone = new Set<number>();
+  private busy = false;
+
+  /** @internal MigrationEngine.beginLiveSave() makes it. */
+  constructor(
+    private readonly ops: LiveSaveOps,
+    readonly sink: StateSink,
+    precopy: readonly number[],
+  ) {
+    for (const i of precopy) this.precopy.add(i);
+  }
+
+  /** 'precopy' until switchover() or cancel(); then 'done', 'cancelled' or 'failed'. */
+  get state(): Phase {
+    return this.phase;
+  }
+
+  /** Whether every PRE_COPY device's initial data has been sent (there is nothing to wait for otherwise). */
+  get initialSent(): boolean {
+    return [...this.precopy].every((i) => this.initialDone.has(i));
+  }
+
+  /**
+   * The pending figures of every device now (VFIO_MIG_GET_PRECOPY_INFO and
+   * VFIO_DEVICE_FEATURE_MIG_DATA_SIZE; microseconds each).
+   */
+  pending(): DevicePending[] {
+    return this.ops.devices.map((d, i) => {
+      const mig = d.migration!;
+      let initialBytes = 0;
+      let precopyBytes = 0;
+      if (this.precopy.has(i) && this.phase === 'precopy') {
+        try {
+          const info = mig.precopyInfo();
+          initialBytes = info.initialBytes;
+          precopyBytes = info.initialBytes + info.dirtyBytes;
+        } catch (e) {
+          log('%s: precopy info failed (%s): counted as %d bytes', d.id, (e as Error).message, UNKNOWN_SIZE);
+          precopyBytes = UNKNOWN_SIZE;
+        }
+      }
+      let stopCopyBytes: number;
+      try {
+        const size = mig.dataSize();
+        stopCopyBytes = size === undefined ? UNKNOWN_SIZE : Math.max(0, size - precopyBytes);
+      } catch (e) {
+        log('%s: MIG_DATA_SIZE failed (%s): counted as %d bytes', d.id, (e as Error).message, UNKNOWN_SIZE);
+        stopCopyBytes = UNKNOWN_SIZE;
+      }
+      return { device: d.id, precopyBytes, initialBytes, stopCopyBytes, initialPending: this.precopy.has(i) && !this.initialDone.has(i) };
+    });
+  }
+
+  /**
+   * One precopy round: every PRE_COPY device's data_fd read to its temporary end and sent; then
+   * each device whose initial data is now all sent is announced (StateSink.initialSent), and one
+   * whose driver reports REINIT (PRECOPY_INFOv2) is announced again (StateSink.reinit). A failure
+   * cancels the whole save (every device back to RUNNING) and throws.
+   */
+  async round(opts: LiveSaveRoundOptions = {}): Promise<RoundResult> {
+    return this.step('precopy', 'migrate:precopy', async () => {
+      const bytes = new Map<string, number>();
+      for (const [i, d] of this.ops.devices.entries()) {
+        if (!this.precopy.has(i)) continue;
+        opts.signal?.throwIfAborted();
+        const mig = d.migration!;
+        const before = this.sentPre.get(i) ?? 0;
+        const r = await this.sink.writeState(i, this.ops.target(d, mig.session), {
+          precopy: true, signal: opts.signal,
+          onProgress: (b) => this.ops.progress({ device: d.id, phase: 'save', bytes: before + b }),
+        });
+        this.sentPre.set(i, before + r.bytes);
+        bytes.set(d.id, r.bytes);
+        const info = mig.precopyInfo();
+        if (info.flags && (info.flags & 1) && this.initialDone.has(i)) {
+          // VFIO_PRECOPY_INFO_REINIT: new initial data; the switchover-ack must be earned again.
+          this.initialDone.delete(i);
+          await this.sink.reinit?.(i);
+          log('%s: REINIT: new initial data (%d bytes)', d.id, info.initialBytes);
+        }
+        if (info.initialBytes === 0 && !this.initialDone.has(i)) {
+          this.initialDone.add(i);
+          await this.sink.initialSent?.(i);
+          log('%s: initial data sent (%d bytes so far)', d.id, this.sentPre.get(i));
+        }
+      }
+      return { bytes, pending: this.pending() };
+    });
+  }
+
+  /**
+   * The switchover, once the VMM has stopped its vCPUs: P2P quiesce, each device's stop-copy data
+   * drained and sent, the models, STOP_COPY → STOP, and the sink finished (a live stream waits
+   * for the destination's LOADED). The devices stay in STOP. A failure before the sink finished
+   * cancels the whole save (every device back to RUNNING, state intact) and throws.
+   */
+  async switchover(opts: LiveSaveRoundOptions = {}): Promise<SwitchoverResult> {
+    return this.step('precopy', 'migrate:switchover', async () => {
+      this.phase = 'switchover';
+      const { devices, usesP2P } = this.ops;
+      const t0 = performance.now();
+      if (usesP2P) {
+        for (const [i, d] of devices.entries()) await this.ops.set(d, this.precopy.has(i) ? MigState.PRE_COPY_P2P : MigState.RUNNING_P2P);
+      }
+      const stopCopy = new Map<number, number>();
+      for (const [i, d] of devices.entries()) {
+        opts.signal?.throwIfAborted();
+        const session = await this.ops.set(d, MigState.STOP_COPY);
+        const before = this.sentPre.get(i) ?? 0;
+        const r = await this.sink.writeState(i, this.ops.target(d, session), {
+          signal: opts.signal,
+          onProgress: (b) => this.ops.progress({ device: d.id, phase: 'save', bytes: before + b }),
+        });
+        stopCopy.set(i, r.bytes);
+        await this.sink.endState(i);
+      }
+      const downtimeMs = performance.now() - t0;
+      for (const [i, d] of devices.entries()) {
+        const model = d.saveModel();
+        if (model) await this.sink.writeModel(i, model);
+      }
+      for (const d of devices) {
+        await this.ops.set(d, MigState.STOP);
+        d.migration!.closeSession();
+      }
+      await this.sink.finish();
+      log('switchover: device downtime %d ms', downtimeMs.toFixed(2));
+      return {
+        downtimeMs,
+        devices: devices.map((d, i) => ({ id: d.id, precopyBytes: this.sentPre.get(i) ?? 0, stopCopyBytes: stopCopy.get(i) ?? 0 })),
+      };
+    }, 'done');
+  }
+
+  /**
+   * Give up, in any phase: the stream aborted (a live destination resets its devices) and every
+   * device back to RUNNING with its state intact. Idempotent; never throws.
+   */
+  async cancel(reason: unknown = new VfioError('migration cancelled', { code: 'ECANCELED', kind: 'cancelled' })): Promise<void> {
+    if (this.phase === 'done' || this.phase === 'cancelled' || this.phase === 'failed') return;
+    this.phase = 'cancelled';
+    await this.sink.abort(reason);
+    await this.ops.returnToRunning('migrate:cancel');
+    for (const d of this.ops.devices) d.migration?.closeSession();
+    this.ops.release(false);
+  }
+
+  /** Run one step in `from`; on failure cancel everything and throw the annotated error. */
+  private async step<T>(from: Phase, step: string, fn: () => Promise<T>, then?: Phase): Promise<T> {
+    if (this.phase !== from || this.busy) {
+      throw new VfioError(`${step}: the live save is ${this.busy ? 'busy' : `in ${this.phase}`}`, { code: 'EVFIO_BUSY', step });
+    }
+    this.busy = true;
+    try {
+      const r = await fn();
+      if (then) {
+        this.phase = then;
+        this.ops.release(true);
+      }
+      return r;
+    } catch (e) {
+      const err = this.ops.fail(e, step);
+      await this.cancel(err);
+      this.phase = 'failed';
+      throw this.ops.fail(err, step);
+    } finally {
+      this.busy = false;
+    }
+  }
+}
