@@ -56,7 +56,7 @@
  *    EINVAL, iova + length overflowing → EOVERFLOW, overlapping an earlier range → EINVAL; the
  *    control struct is copied back with the driver's page_size. REPORT: page_size < 4096 or not a
  *    power of two → EINVAL, iova + length overflowing → EOVERFLOW, the bitmap not in user memory
- *    → EFAULT; length 0 → EINVAL (a sim choice: the kernel's answer is not specified)).
+ *    → EFAULT; length 0 → 0 with nothing done (mtty on 6.12 answers 0)).
  *  - Then the driver, modelled on mlx5's page tracker: START while logging → EINVAL, REPORT while
  *    not logging → EINVAL, STOP while not logging → 0. More ranges than `dmaLoggingMaxRanges` are
  *    combined, smallest gaps first (vfio_combine_iova_ranges(), as mlx5 and pds do): the holes are
@@ -875,7 +875,7 @@ export class SimDevice {
     const r = decodeDmaLoggingReport(payload);
     if (r.pageSize < 4096n || (r.pageSize & (r.pageSize - 1n)) !== 0n) raise(E.EINVAL);
     if (r.iova + r.length >= U64) raise(E.EOVERFLOW);
-    if (r.length === 0n) raise(E.EINVAL);
+    if (r.length === 0n) return 0;
     const pages = (r.length + r.pageSize - 1n) / r.pageSize;
     const bytes = ((pages + 63n) / 64n) * 8n;
     if (bytes > 1n << 30n) raise(E.ENOMEM);

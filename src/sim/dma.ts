@@ -15,7 +15,7 @@
 import { VfioError } from '../base/errors';
 import { DirtyBitmap } from '../kernel/dirty/bitmap';
 import { checkIommuRead, type IommuDirtyTracking } from '../kernel/dirty/hwpt';
-import { readFailure, type ReportFailurePolicy, type ReportResult } from '../kernel/dirty/report';
+import { bitmapFor, readFailure, type DirtyTarget, type ReportFailurePolicy, type ReportResult } from '../kernel/dirty/report';
 import { E, raise } from './errno';
 
 /** The IOPTE size of the simulated IOMMU (its dirty-bit granularity). */
@@ -162,13 +162,13 @@ export class SimIommuDirty implements IommuDirtyTracking {
     for (let i = 0; i < times; i++) this.failures.push(errno);
   }
 
-  async read(bitmap: DirtyBitmap, opts: { noClear?: boolean; onError?: ReportFailurePolicy } = {}): Promise<ReportResult> {
+  async read(target: DirtyTarget, opts: { noClear?: boolean; onError?: ReportFailurePolicy } = {}): Promise<ReportResult> {
     if (!this.enabled) {
       throw new VfioError('IOMMU dirty tracking is not enabled', { code: 'EVFIO_DIRTY_NOT_STARTED', kind: 'usage', device: this.label, op: 'IOMMU dirty bitmap' });
     }
-    checkIommuRead(bitmap, this.label);
+    checkIommuRead(target, this.label);
+    const bitmap = bitmapFor(target).zero();
     await Promise.resolve();
-    bitmap.zero();
     const errno = this.failures.shift();
     if (errno !== undefined) {
       const e = VfioError.fromErrno(errno, { syscall: 'ioctl', op: 'IOMMU_HWPT_GET_DIRTY_BITMAP', device: this.label });

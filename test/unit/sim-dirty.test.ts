@@ -302,6 +302,7 @@ describe('device DMA logging', () => {
     }
     expect(await errnoOf(reportRaw(dev, (1n << 64n) - PN, PN, PN, Buffer.alloc(8)))).toBe('EOVERFLOW');
     await expect(logging.report(new DirtyBitmap(RAM, 64n * PN, 2048))).rejects.toMatchObject({ code: 'EVFIO_DIRTY_PAGE_SIZE', kind: 'usage' });
+    await expect(logging.report({ iova: RAM, length: 64n * PN, pageSize: 12288 })).rejects.toMatchObject({ code: 'EVFIO_DIRTY_PAGE_SIZE', kind: 'usage' });
     await expect(logging.report(new DirtyBitmap(RAM, 64n * PN, 8192))).resolves.toMatchObject({ bitmap: expect.any(DirtyBitmap) });
   });
 
@@ -431,8 +432,9 @@ describe('IOMMU dirty tracking on the simulated IOMMU context', () => {
     const { dev } = rig('sim', { iommuDirtyTracking: 'on' });
     const dirty = dev.iommu.dirty!;
     await dirty.enable();
-    const fake = Object.create(DirtyBitmap.prototype, { iova: { value: 0n }, length: { value: 4000n * 64n }, pageSize: { value: 1000 } }) as DirtyBitmap;
-    await expect(dirty.read(fake)).rejects.toMatchObject({ code: 'EVFIO_DIRTY_PAGE_SIZE', kind: 'usage' });
+    await expect(dirty.read({ iova: 0n, length: 64_000n, pageSize: 1000 })).rejects.toMatchObject({ code: 'EVFIO_DIRTY_PAGE_SIZE', kind: 'usage' });
+    await expect(dirty.read({ iova: RAM, length: 4n * PN, pageSize: 2048 })).rejects.toMatchObject({ code: 'EVFIO_DIRTY_PAGE_SIZE' });
+    expect((await dirty.read({ iova: RAM, length: 4n * PN, pageSize: P })).bitmap.pages).toBe(4);
     await expect(dirty.read(new DirtyBitmap(RAM + 512n, 4n * PN, P))).rejects.toMatchObject({ code: 'EVFIO_DIRTY_RANGES' });
   });
 

@@ -25,7 +25,7 @@ import type { Binding } from '../binding/types';
 import { ioctl, ioctlAsync } from '../ioctl';
 import * as io from '../uapi/iommufd';
 import { DirtyBitmap, isPowerOfTwo } from './bitmap';
-import { MIN_DIRTY_PAGE_SIZE, readFailure, type ReportFailurePolicy, type ReportResult } from './report';
+import { MIN_DIRTY_PAGE_SIZE, bitmapFor, readFailure, type DirtyTarget, type ReportFailurePolicy, type ReportResult } from './report';
 
 const log = logger('dirty');
 
@@ -55,12 +55,13 @@ export interface IommuDirtyTracking {
   /** Stop tracking. */
   disable(): Promise<void>;
   /**
-   * The dirty pages of `bitmap`'s range at `bitmap.pageSize` into `bitmap` (zeroed first),
-   * cleared in the IOMMU unless `noClear`. The page size must be a power of two of at least 4 KiB
-   * and divide the range's iova and length (EVFIO_DIRTY_PAGE_SIZE, EVFIO_DIRTY_RANGES);
+   * The dirty pages of `target`'s range at its page size into its bitmap (a new one for a plain
+   * range; zeroed first), cleared in the IOMMU unless `noClear`. The page size must be a power of
+   * two of at least 4 KiB and divide the range's iova and length (EVFIO_DIRTY_PAGE_SIZE,
+   * EVFIO_DIRTY_RANGES), checked before the kernel is asked (6.12 accepts 1000);
    * EVFIO_DIRTY_NOT_STARTED while disabled. A failed read follows `onError` (default 'throw').
    */
-  read(bitmap: DirtyBitmap, opts?: { noClear?: boolean; onError?: ReportFailurePolicy }): Promise<ReportResult>;
+  read(target: DirtyTarget, opts?: { noClear?: boolean; onError?: ReportFailurePolicy }): Promise<ReportResult>;
 }
 
 /**
@@ -132,7 +133,7 @@ function usage(code: string, message: string, device: string): VfioError {
  * least 4 KiB: EVFIO_DIRTY_PAGE_SIZE) and what it would refuse with a bare EINVAL (iova and
  * length not multiples of the page size: EVFIO_DIRTY_RANGES).
  */
-export function checkIommuRead(bitmap: DirtyBitmap, device: string): void {
+export function checkIommuRead(bitmap: DirtyTarget, device: string): void {
   if (!isPowerOfTwo(bitmap.pageSize) || bitmap.pageSize < MIN_DIRTY_PAGE_SIZE) {
     throw usage(
       'EVFIO_DIRTY_PAGE_SIZE',
@@ -141,7 +142,7 @@ export function checkIommuRead(bitmap: DirtyBitmap, device: string): void {
     );
   }
   const ps = BigInt(bitmap.pageSize);
-  if (bitmap.iova % ps || bitmap.length % ps) {
+  if (bitmap.iova % ps || bitmap.length % ps || bitmap.length <= 0n) {
     throw usage('EVFIO_DIRTY_RANGES', `IOMMU dirty bitmap range 0x${bitmap.iova.toString(16)}+0x${bitmap.length.toString(16)} is not aligned to its page size ${bitmap.pageSize}`, device);
   }
 }
@@ -186,9 +187,10 @@ export class HwptDirtyTracker implements IommuDirtyTracking {
     log('%s: IOMMU dirty tracking off (HWPT %d)', this.iommufd.label, this.hwptId);
   }
 
-  async read(bitmap: DirtyBitmap, opts: { noClear?: boolean; onError?: ReportFailurePolicy } = {}): Promise<ReportResult> {
+  async read(target: DirtyTarget, opts: { noClear?: boolean; onError?: ReportFailurePolicy } = {}): Promise<ReportResult> {
     if (!this.on) throw usage('EVFIO_DIRTY_NOT_STARTED', `IOMMU dirty tracking is not enabled on HWPT ${this.hwptId}`, this.iommufd.label);
-    checkIommuRead(bitmap, this.iommufd.label);
+    checkIommuRead(target, this.iommufd.label);
+    const bitmap = bitmapFor(target);
     try {
       await readDirtyBitmap(this.iommufd, this.hwptId, bitmap, opts);
       return { bitmap };

@@ -4,7 +4,7 @@
  * arithmetic between a VMM's RAM regions and what the kernel accepts.
  */
 export { DirtyBitmap, isPowerOfTwo, type DirtyRun } from './bitmap';
-export { MIN_DIRTY_PAGE_SIZE, type ReportFailurePolicy, type ReportResult } from './report';
+export { MIN_DIRTY_PAGE_SIZE, type DirtyTarget, type ReportFailurePolicy, type ReportResult } from './report';
 export {
   DMA_LOGGING_MAX_RANGES,
   checkLoggingRanges,

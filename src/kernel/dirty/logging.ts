@@ -17,9 +17,9 @@ import type { VfioDevice } from '../device';
 import { hasDmaLogging } from './probe';
 import * as s from '../uapi/structs';
 import * as v from '../uapi/vfio';
-import { DirtyBitmap, isPowerOfTwo } from './bitmap';
+import { isPowerOfTwo } from './bitmap';
 import { checkLoggingRanges, rangeCovered, type DmaRange } from './ranges';
-import { MIN_DIRTY_PAGE_SIZE, readFailure, type ReportFailurePolicy, type ReportResult } from './report';
+import { MIN_DIRTY_PAGE_SIZE, bitmapFor, readFailure, type DirtyTarget, type ReportFailurePolicy, type ReportResult } from './report';
 
 const log = logger('dirty');
 
@@ -115,29 +115,30 @@ export class DmaLogging {
   }
 
   /**
-   * REPORT the dirty pages of `bitmap`'s range at `bitmap.pageSize` into `bitmap` (zeroed first:
-   * the kernel only sets bits), and clear them in the device. The range must lie inside the
-   * started ranges (EVFIO_DIRTY_UNTRACKED: outside, the device logs nothing and the bitmap would
-   * say "clean" falsely); the page size must be a power of two of at least 4 KiB
-   * (EVFIO_DIRTY_PAGE_SIZE; the kernel's rule). EVFIO_DIRTY_NOT_STARTED before start().
-   * A failed REPORT follows `onError` (default 'throw'; see {@link ReportFailurePolicy}).
-   * Off the JS thread.
+   * REPORT the dirty pages of `target`'s range at its page size into its bitmap (a new one for a
+   * plain range; zeroed first either way: the kernel only sets bits), and clear them in the
+   * device. The range must lie inside the started ranges (EVFIO_DIRTY_UNTRACKED: outside, the
+   * device logs nothing and the bitmap would say "clean" falsely); the page size must be a power
+   * of two of at least 4 KiB (EVFIO_DIRTY_PAGE_SIZE; the kernel's rule).
+   * EVFIO_DIRTY_NOT_STARTED before start(). A failed REPORT follows `onError` (default 'throw';
+   * see {@link ReportFailurePolicy}). Off the JS thread.
    */
-  async report(bitmap: DirtyBitmap, opts: { onError?: ReportFailurePolicy } = {}): Promise<ReportResult> {
+  async report(target: DirtyTarget, opts: { onError?: ReportFailurePolicy } = {}): Promise<ReportResult> {
     const device = this.device.name;
     const op = 'DMA logging report';
     const st = this.state;
     if (!st) throw usage('EVFIO_DIRTY_NOT_STARTED', 'DMA logging is not started on this device', device, op);
-    checkPageSize(bitmap.pageSize, device, op);
-    if (!rangeCovered(st.ranges, bitmap.iova, bitmap.length)) {
+    checkPageSize(target.pageSize, device, op);
+    if (target.length <= 0n) throw usage('EVFIO_DIRTY_RANGES', 'an empty range has nothing to report', device, op);
+    if (!rangeCovered(st.ranges, target.iova, target.length)) {
       throw usage(
         'EVFIO_DIRTY_UNTRACKED',
-        `the range 0x${bitmap.iova.toString(16)}+0x${bitmap.length.toString(16)} is not inside the logged ranges: the device does not log it`,
+        `the range 0x${target.iova.toString(16)}+0x${target.length.toString(16)} is not inside the logged ranges: the device does not log it`,
         device,
         op,
       );
     }
-    bitmap.zero();
+    const bitmap = bitmapFor(target).zero();
     try {
       await reportRaw(this.device, bitmap.iova, bitmap.length, BigInt(bitmap.pageSize), bitmap.buffer);
       return { bitmap };
@@ -156,7 +157,7 @@ export class DmaLogging {
     const st = this.state;
     if (!st) throw usage('EVFIO_DIRTY_NOT_STARTED', 'DMA logging is not started on this device', this.device.name, 'DMA logging report');
     const out: ReportResult[] = [];
-    for (const r of st.ranges) out.push(await this.report(new DirtyBitmap(r.iova, r.length, opts.pageSize ?? st.pageSize), opts));
+    for (const r of st.ranges) out.push(await this.report({ iova: r.iova, length: r.length, pageSize: opts.pageSize ?? st.pageSize }, opts));
     return out;
   }
 

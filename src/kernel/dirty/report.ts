@@ -3,7 +3,7 @@
  * (./logging.ts) and IOMMU dirty tracking (./hwpt.ts).
  */
 import { VfioError } from '../../base/errors';
-import type { DirtyBitmap } from './bitmap';
+import { DirtyBitmap } from './bitmap';
 
 /**
  * The smallest page size a dirty bitmap may be read at: SZ_4K, the kernel's rule for DMA
@@ -23,6 +23,12 @@ export const MIN_DIRTY_PAGE_SIZE = 4096;
  */
 export type ReportFailurePolicy = 'throw' | 'all-dirty';
 
+/**
+ * What to read: a bitmap to fill (reused across iterations), or a range and page size (bytes)
+ * for a new one. Either way the page size is checked before any bitmap is made.
+ */
+export type DirtyTarget = DirtyBitmap | { iova: bigint; length: bigint; pageSize: number };
+
 export interface ReportResult {
   /** The bitmap asked for, filled: the pages written since the previous (clearing) read. */
   bitmap: DirtyBitmap;
@@ -35,4 +41,9 @@ export function readFailure(e: unknown, bitmap: DirtyBitmap, policy: ReportFailu
   if (policy !== 'all-dirty' || !(e instanceof VfioError) || e.kind !== 'syscall') throw e;
   bitmap.fill();
   return { bitmap, error: e };
+}
+
+/** The bitmap for `target`: itself, or a new one over its range (call after checking it). */
+export function bitmapFor(target: DirtyTarget): DirtyBitmap {
+  return target instanceof DirtyBitmap ? target : new DirtyBitmap(target.iova, target.length, target.pageSize);
 }
