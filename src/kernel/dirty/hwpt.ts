@@ -19,7 +19,7 @@
  * clears the dirty bits first (iopt_set_dirty_tracking). An emulated device (mdev) bound to
  * iommufd has an access object, not a device object: its id answers ENOENT to all of this.
  */
-import { VfioError } from '../../base/errors';
+import { VfioError, errnoOf } from '../../base/errors';
 import { logger } from '../../base/log';
 import type { Binding } from '../binding/types';
 import { ioctl, ioctlAsync } from '../ioctl';
@@ -28,6 +28,7 @@ import { DirtyBitmap, isPowerOfTwo } from './bitmap';
 import { MIN_DIRTY_PAGE_SIZE, bitmapFor, readFailure, type DirtyTarget, type ReportFailurePolicy, type ReportResult } from './report';
 
 const log = logger('dirty');
+const EOPNOTSUPP = errnoOf('EOPNOTSUPP');
 
 /** An open iommufd (`/dev/iommu`) and how errors name its user. */
 export interface Iommufd {
@@ -102,7 +103,7 @@ export async function setDirtyTracking(iommufd: Iommufd, hwptId: number, enable:
   try {
     await ioctlAsync(iommufd.binding, iommufd.fd, io.IOMMU_HWPT_SET_DIRTY_TRACKING, io.encodeHwptSetDirtyTracking(hwptId, enable), { device: iommufd.label });
   } catch (e) {
-    if (e instanceof VfioError && e.code === 'EOPNOTSUPP') {
+    if (e instanceof VfioError && e.errno === EOPNOTSUPP) {
       throw new VfioError(
         `HWPT ${hwptId} cannot track dirty pages (IOMMU_HWPT_SET_DIRTY_TRACKING: EOPNOTSUPP): it was allocated without IOMMU_HWPT_ALLOC_DIRTY_TRACKING; open the device with iommuDirtyTracking 'on', or use device DMA logging`,
         { code: 'EVFIO_NO_IOMMU_DIRTY', kind: 'unsupported', errno: e.errno, syscall: e.syscall, op: e.op, device: iommufd.label, cause: e },
