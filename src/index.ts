@@ -15,7 +15,27 @@ export { VfioDevice } from './kernel/device';
 export { openDevice, getDefaultBinding, registerDeviceProvider, type OpenOptions, type DeviceProvider } from './kernel/open';
 export { loadBinding } from './kernel/binding';
 export { resolveDevice, type ResolvedDevice } from './kernel/resolve';
-export type { IommuContext, IommuKind } from './kernel/iommu';
+export type { IommuContext, IommuKind, IommuDirtyMode, IommufdContext } from './kernel/iommu';
+export {
+  DirtyBitmap,
+  DmaLogging,
+  HwptDirtyTracker,
+  checkLoggingRanges,
+  collapseRanges,
+  loggingRanges,
+  normaliseRanges,
+  DMA_LOGGING_MAX_RANGES,
+  MIN_DIRTY_PAGE_SIZE,
+  type DirtyRun,
+  type DirtyTarget,
+  type DmaRange,
+  type IommuDirtyTracking,
+  type LoggingState,
+  type RangeVerdict,
+  type ReportFailurePolicy,
+  type ReportResult,
+  type TrackedRegion,
+} from './kernel/dirty';
 export { Migration, sessionKindOf, type DataSession, type StateChange, type MigrationEvents } from './kernel/migration';
 export { planTransition, nextState, legalFlagSets, isSavingState } from './kernel/plan';
 export { drainSession, feedSession, DEFAULT_BUFFER_SIZE } from './kernel/stream';
