@@ -28,6 +28,8 @@ import {
   type SimIommuDirty,
 } from '../../src/sim';
 import type { OpenOptions } from '../../src/kernel/open';
+import { NativeBinding } from '../../src/kernel/binding/native';
+import { ReferenceMemory } from '../../src/model/host/reference';
 
 const P = 4096;
 const PN = 4096n;
@@ -377,6 +379,20 @@ describe('device DMA logging', () => {
     const again = rig('sim#rel', {}, b);
     expect(again.sim).toBe(sim);
     expect(await errnoOf(reportRaw(again.dev, RAM, PN, PN, Buffer.alloc(8)))).toBe('EINVAL');
+  });
+
+  it('over a real inner binding: real addresses, and guest memory from ReferenceMemory, work the same', async () => {
+    const real = new NativeBinding();
+    const { dev, logging } = rig('sim', {}, new SimBinding(real));
+    const region = new ReferenceMemory(real).add(RAM, 8 * P);
+    await dev.iommu.mapDma(region.gpa, region.buffer);
+    await logging.start([range(RAM, 8n * PN)]);
+    expect(dma(dev, RAM + 3n * PN + 1n, 2, 0x0000beef)).toBe(DMA_STATUS_DONE);
+    expect(region.buffer.readUInt16LE(3 * P + 1)).toBe(0xbeef);
+    expect((await logging.report({ iova: RAM, length: 8n * PN, pageSize: P })).bitmap.toArray()).toEqual([3]);
+    // The address the simulated kernel wrote through is the buffer's real one.
+    const bitmap = new DirtyBitmap(RAM, 8n * PN, P);
+    expect(dev.binding.bufferAddress(bitmap.buffer)).toBe(real.bufferAddress(bitmap.buffer));
   });
 
   it('a device without DMA logging answers ENOTTY to START', async () => {
