@@ -32,7 +32,12 @@ export type { Binding } from './kernel/binding/types';
 export { loadBinding } from './kernel/binding';
 export { openDevice, getDefaultBinding, registerDeviceProvider, type OpenOptions, type DeviceProvider } from './kernel/open';
 export { VfioDevice } from './kernel/device';
-export type { IommuContext, IommuKind } from './kernel/iommu';
+export type { IommuContext, IommuKind, IommuDirtyMode, IommufdContext } from './kernel/iommu';
+export {
+  DirtyBitmap, DmaLogging, HwptDirtyTracker, loggingRanges, checkLoggingRanges, DMA_LOGGING_MAX_RANGES, MIN_DIRTY_PAGE_SIZE,
+  type DirtyRun, type DirtyTarget, type DmaRange, type IommuDirtyTracking, type LoggingState, type RangeVerdict,
+  type ReportFailurePolicy, type ReportResult, type TrackedRegion,
+} from './kernel/dirty';
 export { Migration, type DataSession, type SessionKind, type StateChange, type MigrationEvents } from './kernel/migration';
 export { planTransition } from './kernel/plan';
 export { MigState, migStateName, parseMigState } from './kernel/uapi/vfio';

@@ -24,6 +24,12 @@ export const EVFIO_CODES = {
   EVFIO_MSIX_ACCESS: ['usage', 'an MSI-X table access of a bad size or alignment'],
   EVFIO_ADDRESS_IN_USE: ['usage', 'an address range is allocated already'],
   EVFIO_NO_MAPPING: ['usage', 'no mapping at that address'],
+  EVFIO_DIRTY_RANGES: ['usage', 'DMA logging ranges the kernel would refuse (count, alignment, overlap, overflow)'],
+  EVFIO_DIRTY_PAGE_SIZE: ['usage', 'a dirty-tracking page size that is not a power of two of at least 4 KiB'],
+  EVFIO_DIRTY_BITMAP: ['usage', 'a dirty bitmap of the wrong size or range'],
+  EVFIO_DIRTY_ACTIVE: ['usage', 'dirty tracking is already started'],
+  EVFIO_DIRTY_NOT_STARTED: ['usage', 'dirty tracking is not started'],
+  EVFIO_DIRTY_UNTRACKED: ['usage', 'a dirty report outside the tracked ranges (it would falsely say clean)'],
   // protocol: a request the kernel rules forbid, refused before the kernel is asked
   EVFIO_BAD_TRANSITION: ['protocol', 'the kernel would refuse this migration state change (EINVAL)'],
   EVFIO_UNSAFE_TRANSITION: ['protocol', 'a state change that hangs unfixed kernels'],
@@ -40,6 +46,8 @@ export const EVFIO_CODES = {
   EVFIO_GROUP_NOT_VIABLE: ['unsupported', 'a device of the IOMMU group is bound to another driver'],
   EVFIO_API_VERSION: ['unsupported', 'unknown VFIO API version'],
   EVFIO_NEEDS_MODEL: ['unsupported', 'a device-model snapshot cannot be loaded into a bare device'],
+  EVFIO_NO_HWPT: ['unsupported', 'the device has no IOMMU page table of its own (an mdev, or the legacy path)'],
+  EVFIO_NO_IOMMU_DIRTY: ['unsupported', 'the IOMMU does not track dirty pages (no IOMMU_HW_CAP_DIRTY_TRACKING, or a HWPT without it)'],
   EVFIO_DEMO: ['unsupported', 'the demo device lacks what the demo needs'],
   // format: a snapshot or stream that is malformed
   EVFIO_BAD_SNAPSHOT: ['format', 'the snapshot file is malformed'],

@@ -10,6 +10,8 @@ export { EVFIO_CODES } from './codes';
  */
 const ERRNO_NAMES: Map<number, string> = new Map();
 for (const [name, num] of Object.entries(osConstants.errno)) if (!ERRNO_NAMES.has(num)) ERRNO_NAMES.set(num, name);
+// Node lists ENOTSUP before EOPNOTSUPP (both 95 on Linux); the addon and the kernel say EOPNOTSUPP.
+if (osConstants.errno.EOPNOTSUPP !== undefined) ERRNO_NAMES.set(osConstants.errno.EOPNOTSUPP, 'EOPNOTSUPP');
 
 /** The symbolic name of a positive errno value ('EINVAL' for 22), or `E<n>` when unknown. */
 export function errnoName(errno: number): string {

@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import type { Binding } from './binding/types';
 import { loadBinding } from './binding';
 import { VfioDevice } from './device';
-import { openIommufd, openLegacy, type IommuKind } from './iommu';
+import { openIommufd, openLegacy, type IommuDirtyMode, type IommuKind } from './iommu';
 import { resolveDevice, type SysfsRoots } from './resolve';
 
 export interface OpenOptions {
@@ -21,6 +21,12 @@ export interface OpenOptions {
   binding?: Binding;
   /** Which IOMMU path to use for real devices; default iommufd when available. */
   iommu?: IommuKind;
+  /**
+   * IOMMU dirty tracking (src/kernel/iommu.ts `IommuDirtyMode`): 'off' (default), 'auto' (a
+   * dirty-tracking HWPT when the IOMMU can and the device has no DMA logging), 'on' (or fail:
+   * EVFIO_NO_HWPT, EVFIO_NO_IOMMU_DIRTY). The tracker is then `device.iommu.dirty`.
+   */
+  iommuDirtyTracking?: IommuDirtyMode;
   /** sysfs and /dev roots (tests). */
   roots?: SysfsRoots;
 }
@@ -80,6 +86,7 @@ export function openDevice(spec: string, opts: OpenOptions = {}): VfioDevice {
   const binding = opts.binding ?? getDefaultBinding();
   const dev = resolveDevice(spec, opts.roots);
   const kind = opts.iommu ?? (dev.cdevPath && fs.existsSync('/dev/iommu') ? 'iommufd' : 'legacy');
-  const { fd, ctx } = kind === 'iommufd' ? openIommufd(binding, dev) : openLegacy(binding, dev);
+  const dirty = { dirtyTracking: opts.iommuDirtyTracking };
+  const { fd, ctx } = kind === 'iommufd' ? openIommufd(binding, dev, dirty) : openLegacy(binding, dev, dirty);
   return new VfioDevice(binding, spec, fd, ctx);
 }

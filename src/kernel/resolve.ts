@@ -23,6 +23,8 @@ export interface ResolvedDevice {
   cdevPath?: string;
   /** IOMMU group number and its file, when the device has a group. */
   group?: { id: string; path: string };
+  /** A mediated device (`<sysfs>/mdev_type` exists): no IOMMU page table of its own. */
+  mdev?: boolean;
 }
 
 const PCI_ADDR = /^(?:([0-9a-f]{4,}):)?([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$/i;
@@ -94,6 +96,7 @@ export function resolveDevice(spec: string, roots: SysfsRoots = DEFAULT_ROOTS): 
   }
   const name = path.basename(sysfsPath);
   const out: ResolvedDevice = { spec, name, sysfsPath };
+  if (exists(path.join(sysfsPath, 'mdev_type'))) out.mdev = true;
 
   const vfioDev = path.join(sysfsPath, 'vfio-dev');
   if (exists(vfioDev)) {

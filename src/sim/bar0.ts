@@ -14,20 +14,32 @@
  * 0x014   IRQ_COUNT   RO      doorbells accepted since reset; migrated
  * 0x018   SEED_LO/HI  RO      the seed of the device data (changes when a stream is restored)
  * 0x020   SIZE_LO/HI  RO      device data size in bytes
- * 0x028   QUEUE_PENDING RO    doorbells queued but never completed (see "bus mastering"); not
- *                             migrated, cleared by reset
+ * 0x028   QUEUE_PENDING RO    doorbells (of either kind) queued but never completed (see "bus
+ *                             mastering"); not migrated, cleared by reset
+ * 0x030   DMA_ADDR_LO/HI RW   the DMA engine's target IOVA (64 bits)
+ * 0x038   DMA_LEN     RW      bytes to write, 0 .. 16 MiB (DMA_MAX_LEN)
+ * 0x03C   DMA_PATTERN RW      the u32 written over and over (byte i of the transfer is byte i % 4
+ *                             of the pattern, little-endian)
+ * 0x040   DMA_DOORBELL WO     writing anything starts one transfer; reads 0
+ * 0x044   DMA_STATUS  RO      result of the last transfer: bit 0 done, bit 1 IOMMU fault (some
+ *                             byte not mapped writable: nothing was written), bit 2 bad length
+ * 0x048   DMA_COUNT   RO      transfers done since reset
  * 0x100   SCRATCH     RW      256 bytes free for the user; migrated
  * 0x800   MSI-X table RW      8 entries of 16 bytes (the MSI-X capability points here)
  * 0xC00   MSI-X PBA   RO      pending bits, always 0
  * ```
  *
+ * The DMA engine writes guest memory through the device's IOMMU context (src/sim/dma.ts), and
+ * what it writes is what the device's DMA logging reports. Its registers are not migrated and
+ * reset to 0.
+ *
  * While the device is stopped (STOP, STOP_COPY, RESUMING, ERROR) it must not change its internal
- * state (uAPI, "RUNNING_P2P -> STOP"): writes to CONTROL and SCRATCH are dropped and doorbells are
- * ignored, while the MSI-X table stays writable (the uAPI names MSI-X as something a stopped
+ * state (uAPI, "RUNNING_P2P -> STOP"), nor guest memory: writes to CONTROL, SCRATCH and the DMA
+ * registers are dropped and both doorbells are ignored, while the MSI-X table stays writable (the uAPI names MSI-X as something a stopped
  * device keeps serving). Writes never fail.
  *
  * Bus mastering (device option `busMaster: 'required'`, spec `master=required`): completing a
- * command means DMA and an MSI write, which a PCI function may only issue with PCI_COMMAND.MASTER
+ * command means DMA and an MSI write (a DMA doorbell is a command too), which a PCI function may only issue with PCI_COMMAND.MASTER
  * set in its own config space. A doorbell rung while MASTER is clear cannot complete: it stays
  * in the queue (QUEUE_PENDING + 1), no interrupt is raised and IRQ_COUNT does not move. The queue
  * is then wedged, as a real command queue whose head never finished: later doorbells queue
@@ -52,6 +64,13 @@ export const BAR0 = {
   SIZE_LO: 0x020,
   SIZE_HI: 0x024,
   QUEUE_PENDING: 0x028,
+  DMA_ADDR_LO: 0x030,
+  DMA_ADDR_HI: 0x034,
+  DMA_LEN: 0x038,
+  DMA_PATTERN: 0x03c,
+  DMA_DOORBELL: 0x040,
+  DMA_STATUS: 0x044,
+  DMA_COUNT: 0x048,
   SCRATCH: 0x100,
   MSIX_TABLE: 0x800,
   MSIX_PBA: 0xc00,
@@ -62,6 +81,12 @@ export const BAR0_VERSION_VALUE = 0x00010000;
 export const STATUS_RUNNING = 1 << 0;
 export const STATUS_ERROR = 1 << 1;
 export const MSIX_ENTRY_SIZE = 16;
+/** DMA_STATUS bits. */
+export const DMA_STATUS_DONE = 1 << 0;
+export const DMA_STATUS_FAULT = 1 << 1;
+export const DMA_STATUS_BAD_LENGTH = 1 << 2;
+/** The longest transfer the DMA engine does: 16 MiB. */
+export const DMA_MAX_LEN = 16 << 20;
 
 /** What BAR0 needs from the device. */
 export interface Bar0Host {
@@ -75,6 +100,8 @@ export interface Bar0Host {
   doorbell(value: number): void;
   /** May the device master the bus now (PCI_COMMAND.MASTER set, or the device does not care)? */
   busMaster(): boolean;
+  /** Write `length` bytes of `pattern` at `iova` through the IOMMU; false on an IOMMU fault. */
+  dma(iova: bigint, length: number, pattern: number): boolean;
 }
 
 export class Bar0 {
@@ -106,8 +133,11 @@ export class Bar0 {
     this.mem.writeUInt32LE(size % 0x100000000, BAR0.SIZE_LO);
     this.mem.writeUInt32LE(Math.floor(size / 0x100000000), BAR0.SIZE_HI);
     this.mem.copy(target, targetOff, off, off + len);
-    // DOORBELL is write-only and reads back 0.
-    for (let i = 0; i < len; i++) if (off + i >= BAR0.DOORBELL && off + i < BAR0.DOORBELL + 4) target[targetOff + i] = 0;
+    // DOORBELL and DMA_DOORBELL are write-only and read back 0.
+    for (let i = 0; i < len; i++) {
+      const at = off + i;
+      if ((at >= BAR0.DOORBELL && at < BAR0.DOORBELL + 4) || (at >= BAR0.DMA_DOORBELL && at < BAR0.DMA_DOORBELL + 4)) target[targetOff + i] = 0;
+    }
   }
 
   /** Write `len` bytes of `src` at `srcOff` to BAR0 offset `off` (caller clips to the region). */
@@ -115,6 +145,7 @@ export class Bar0 {
     const running = this.host.running();
     let doorbell = 0;
     let rang = false;
+    let dmaRang = false;
     for (let i = 0; i < len; i++) {
       const at = off + i;
       const v = src[srcOff + i];
@@ -123,6 +154,10 @@ export class Bar0 {
       } else if (at >= BAR0.DOORBELL && at < BAR0.DOORBELL + 4) {
         doorbell |= v << (8 * (at - BAR0.DOORBELL));
         rang = true;
+      } else if (at >= BAR0.DMA_ADDR_LO && at < BAR0.DMA_DOORBELL) {
+        if (running) this.mem[at] = v;
+      } else if (at >= BAR0.DMA_DOORBELL && at < BAR0.DMA_DOORBELL + 4) {
+        dmaRang = true;
       } else if (at >= BAR0.SCRATCH && at < BAR0.SCRATCH + SCRATCH_SIZE) {
         if (running) this.mem[at] = v;
       } else if (at >= BAR0.MSIX_TABLE && at < BAR0.MSIX_TABLE + this.msixVectors * MSIX_ENTRY_SIZE) {
@@ -130,17 +165,36 @@ export class Bar0 {
       }
       // Everything else is read-only: the write is dropped.
     }
-    if (rang && running) {
-      const pending = this.mem.readUInt32LE(BAR0.QUEUE_PENDING);
-      if (pending > 0 || !this.host.busMaster()) {
-        // Wedged: the command cannot complete (module comment, "Bus mastering").
-        this.mem.writeUInt32LE((pending + 1) >>> 0, BAR0.QUEUE_PENDING);
-        return;
-      }
+    if (rang && running && this.admit()) {
       const count = this.mem.readUInt32LE(BAR0.IRQ_COUNT);
       this.mem.writeUInt32LE((count + 1) >>> 0, BAR0.IRQ_COUNT);
       this.host.doorbell(doorbell >>> 0);
     }
+    if (dmaRang && running && this.admit()) this.runDma();
+  }
+
+  /**
+   * May a command run now? Not while the queue is wedged or bus mastering is off: then it joins
+   * the wedged queue (module comment, "Bus mastering").
+   */
+  private admit(): boolean {
+    const pending = this.mem.readUInt32LE(BAR0.QUEUE_PENDING);
+    if (pending === 0 && this.host.busMaster()) return true;
+    this.mem.writeUInt32LE((pending + 1) >>> 0, BAR0.QUEUE_PENDING);
+    return false;
+  }
+
+  /** One DMA transfer from the DMA registers. */
+  private runDma(): void {
+    const length = this.mem.readUInt32LE(BAR0.DMA_LEN);
+    if (length > DMA_MAX_LEN) {
+      this.mem.writeUInt32LE(DMA_STATUS_BAD_LENGTH, BAR0.DMA_STATUS);
+      return;
+    }
+    const iova = (BigInt(this.mem.readUInt32LE(BAR0.DMA_ADDR_HI)) << 32n) | BigInt(this.mem.readUInt32LE(BAR0.DMA_ADDR_LO));
+    const ok = this.host.dma(iova, length, this.mem.readUInt32LE(BAR0.DMA_PATTERN));
+    this.mem.writeUInt32LE(ok ? DMA_STATUS_DONE : DMA_STATUS_FAULT, BAR0.DMA_STATUS);
+    if (ok) this.mem.writeUInt32LE((this.mem.readUInt32LE(BAR0.DMA_COUNT) + 1) >>> 0, BAR0.DMA_COUNT);
   }
 
   /** Doorbells stuck in the wedged queue (QUEUE_PENDING). */

@@ -37,6 +37,7 @@ import { EFD_SEMAPHORE, VirtualEventfd } from './eventfd';
 import { VirtualPipe } from './pipe';
 import type { ResumeSession, SaveSession, Session } from './session';
 import { isSimPath, parseSimSpec, type ParsedSimSpec } from './spec';
+import { UserMemory } from './memory';
 
 
 const log = logger('sim');
@@ -78,6 +79,8 @@ export class SimBinding implements Binding {
   private readonly all: SimDevice[] = [];
   private readonly waiters = new Set<() => void>();
   private readonly host: DeviceHost;
+  /** Process memory the simulated kernel may dereference (src/sim/memory.ts). */
+  private readonly memory: UserMemory;
 
   /**
    * @param inner the real binding for every fd that is not virtual (optional: without it,
@@ -87,11 +90,13 @@ export class SimBinding implements Binding {
     readonly inner?: Binding,
     readonly options: SimBindingOptions = {},
   ) {
+    this.memory = new UserMemory(inner ? (buf) => inner.bufferAddress(buf) : undefined);
     this.host = {
       allocFd: (device, session) => this.alloc(session.kind === 'save' ? { kind: 'save', device, session } : { kind: 'resume', device, session }),
       wake: () => this.wake(),
       checkEventfd: (fd) => this.checkEventfd(fd),
       signal: (fd) => this.signalEventfd(fd),
+      userMemory: (addr, length) => this.memory.view(addr, length) ?? raise(E.EFAULT),
     };
     const walk = inner?.walkChunks?.bind(inner);
     // The inner binding's fast path for real files; a virtual fd is never a snapshot file: the
@@ -204,10 +209,13 @@ export class SimBinding implements Binding {
     this.wake();
   }
 
-  /** Real memory has a real address: the inner binding says it (the sim itself does no DMA). */
+  /**
+   * The address of a Buffer's memory: the real one from the inner binding, or (without one) a
+   * made-up address unique to its ArrayBuffer. Either way the buffer is remembered (weakly), so
+   * that the simulated kernel can dereference pointers to it in ioctl structs (src/sim/memory.ts).
+   */
   bufferAddress(buf: Buffer): bigint {
-    if (!this.inner) throw A.typeError('bufferAddress: the simulated binding has no inner binding to ask');
-    return this.inner.bufferAddress(buf);
+    return this.memory.address(A.buffer('bufferAddress', buf, 'buf'));
   }
 
   /** Virtual fds: the simulated device answers at once (on a later tick); real fds go to the inner binding. */
@@ -578,6 +586,10 @@ function specOptions(p: ParsedSimSpec): SimDeviceOptions {
   if (p.vscLength !== undefined) o.vscLength = p.vscLength;
   if (p.deviceId !== undefined) o.deviceId = p.deviceId;
   if (p.busMaster !== undefined) o.busMaster = p.busMaster;
+  if (p.dmaLogging !== undefined) o.dmaLogging = p.dmaLogging;
+  if (p.dmaLoggingMaxRanges !== undefined) o.dmaLoggingMaxRanges = p.dmaLoggingMaxRanges;
+  if (p.dmaLoggingPageSize !== undefined) o.dmaLoggingPageSize = p.dmaLoggingPageSize;
+  if (p.dmaLoggingFailEvery !== undefined) o.dmaLoggingFailEvery = p.dmaLoggingFailEvery;
   return o;
 }
 

@@ -22,7 +22,8 @@
  *    MIG_DEVICE_STATE (GET, SET), MIG_DATA_SIZE (GET) — ENOTTY on a device built with
  *    `migration: false`, before any other check, PROBE included; an op the feature lacks → EINVAL;
  *    PROBE → 0; neither GET nor SET → EINVAL; payload shorter than the feature's struct → EINVAL.
- *    DMA logging features → ENOTTY (no dirty tracking); other ids → ENOTTY (vfio-pci's default).
+ *    DMA_LOGGING_START / STOP / REPORT: see "DMA and DMA logging" below; other ids → ENOTTY
+ *    (vfio-pci's default).
  *  - MIG_DEVICE_STATE SET: the arcs are walked one by one; the state moves after each successful
  *    arc. The struct is copied back with the *requested* state and data_fd = the new fd or -1,
  *    also on failure (then with -1), which leaves the device where the failing arc started. The
@@ -40,18 +41,50 @@
  *    resets registers and config, and puts the device back in RUNNING (vfio_pci_core_disable(),
  *    mtty_close_device()). The device data (seed) survives, like memory contents would in a model
  *    where only the function is reset.
+ *
+ * DMA and DMA logging:
+ *  - The DMA engine (BAR0 DMA_* registers, src/sim/bar0.ts; or the `dmaWrite()` test hook) writes
+ *    guest memory through the IOMMU context the device was opened with (src/sim/dma.ts
+ *    `SimDmaSpace`, attached by src/sim/provider.ts). No context, or a byte not mapped writable:
+ *    an IOMMU fault, nothing written.
+ *  - DMA logging (option `dmaLogging`, default on; spec `dirty=off` removes it): the kernel core's
+ *    checks of vfio_ioctl_device_feature_logging_start() / _report() / _stop() first (no logging
+ *    ops → ENOTTY before anything, PROBE included; vfio_check_feature(): START and STOP are
+ *    SET-only, REPORT GET-only, payload shorter than the struct → EINVAL; START: 0 ranges →
+ *    EINVAL, more than 256 → E2BIG, then range by range as read from user memory (EFAULT if the
+ *    pointer is not a buffer the binding has seen): iova or length not aligned to page_size →
+ *    EINVAL, iova + length overflowing → EOVERFLOW, overlapping an earlier range → EINVAL; the
+ *    control struct is copied back with the driver's page_size. REPORT: page_size < 4096 or not a
+ *    power of two → EINVAL, iova + length overflowing → EOVERFLOW, the bitmap not in user memory
+ *    → EFAULT; length 0 → 0 with nothing done (mtty on 6.12 answers 0)).
+ *  - Then the driver, modelled on mlx5's page tracker: START while logging → EINVAL, REPORT while
+ *    not logging → EINVAL, STOP while not logging → 0. More ranges than `dmaLoggingMaxRanges` are
+ *    combined, smallest gaps first (vfio_combine_iova_ranges(), as mlx5 and pds do): the holes are
+ *    tracked too. The page size is `dmaLoggingPageSize` when set (the driver's choice), else the
+ *    requested one rounded down to a power of two within [4 KiB, 1 GiB] (mlx5 clamps to its
+ *    limits). Logging marks exactly the pages the DMA engine wrote inside the tracked ranges, at
+ *    that page size; REPORT sets the report-size pages each covers and clears it (read-and-clear).
+ *    Every `dmaLoggingFailEvery`-th REPORT fails with EIO (mlx5: a tracker error). Releasing the
+ *    device stops logging; a reset does not (mlx5 keeps its tracker across resets).
  */
 import { logger } from '../base/log';
 import { isRejection, isSavingState, nextState } from '../kernel/plan';
 import {
   SIZEOF_DEVICE_FEATURE,
   SIZEOF_DEVICE_INFO,
+  SIZEOF_DMA_LOGGING_CONTROL,
+  SIZEOF_DMA_LOGGING_RANGE,
+  SIZEOF_DMA_LOGGING_REPORT,
   SIZEOF_FEATURE_MIG_DATA_SIZE,
   SIZEOF_FEATURE_MIG_STATE,
   SIZEOF_FEATURE_MIGRATION,
   SIZEOF_IRQ_INFO,
   SIZEOF_REGION_INFO,
+  decodeDmaLoggingControl,
+  decodeDmaLoggingRanges,
+  decodeDmaLoggingReport,
   encodeDeviceInfo,
+  encodeDmaLoggingControl,
   encodeIrqInfo,
   encodeMigDataSize,
   encodeMigState,
@@ -97,6 +130,8 @@ import {
   migStateName,
 } from '../kernel/uapi/vfio';
 import { BAR0, BAR0_SIZE, Bar0, STATUS_ERROR, STATUS_RUNNING } from './bar0';
+import { DirtyBitmap } from '../kernel/dirty/bitmap';
+import { SimDmaLog, combineRanges, type Interval, type SimDmaSpace } from './dma';
 import { COMMAND_MASTER, ConfigSpace, SIM_DEVICE_ID, SIM_VENDOR_ID, VNDR_CAP_LENGTH, VSC_LENGTH_MAX, VSC_LENGTH_MIN, buildConfig } from './config';
 import { E, raise, toErrno, type ErrnoName } from './errno';
 import { IrqModel, type IrqHost, type IrqSnapshot } from './irq';
@@ -110,6 +145,9 @@ export const DEFAULT_SIM_SIZE = 64 * 1024;
 /** Default migration flags: STOP_COPY | P2P | PRE_COPY, like mtty. */
 export const DEFAULT_SIM_MIGRATION_FLAGS = VFIO_MIGRATION_STOP_COPY | VFIO_MIGRATION_P2P | VFIO_MIGRATION_PRE_COPY;
 const REGION_STRIDE = 2 ** VFIO_PCI_OFFSET_SHIFT;
+/** LOG_MAX_RANGES of drivers/vfio/vfio_main.c on 4 KiB pages. */
+const LOG_MAX_RANGES = 256;
+const U64 = 1n << 64n;
 const MSIX_TABLE_OFFSET = BAR0.MSIX_TABLE;
 const MSIX_PBA_OFFSET = BAR0.MSIX_PBA;
 
@@ -151,6 +189,14 @@ export interface SimDeviceOptions {
    * doorbells complete whatever COMMAND holds.
    */
   busMaster?: 'required' | 'ignored';
+  /** `false`: no DMA logging (the DMA_LOGGING features answer ENOTTY, as without log ops). Default true. */
+  dmaLogging?: boolean;
+  /** Ranges the device's tracker holds, 1..256 (default 256): more are combined at START. */
+  dmaLoggingMaxRanges?: number;
+  /** The page size the driver logs at, a power of two of at least 4096, whatever START asks (default: START's, clamped). */
+  dmaLoggingPageSize?: number;
+  /** Every N-th DMA_LOGGING_REPORT fails with EIO (default 0: none). */
+  dmaLoggingFailEvery?: number;
   /**
    * Hand out a REAL fd as the data_fd of STOP_COPY and RESUMING sessions (benchmarks: bench/;
    * see {@link ExternalDataFd}). Not settable from a spec string.
@@ -202,6 +248,10 @@ export interface ResolvedSimDeviceOptions {
   vscLength: number;
   deviceId: number;
   busMaster: 'required' | 'ignored';
+  dmaLogging: boolean;
+  dmaLoggingMaxRanges: number;
+  dmaLoggingPageSize?: number;
+  dmaLoggingFailEvery: number;
   externalDataFd?: ExternalDataFd;
 }
 
@@ -229,7 +279,10 @@ export type SimOp =
   | 'pwrite'
   | 'read'
   | 'write'
-  | 'open';
+  | 'open'
+  | 'DMA_LOGGING_START'
+  | 'DMA_LOGGING_STOP'
+  | 'DMA_LOGGING_REPORT';
 
 /** What the device needs from its binding. */
 export interface DeviceHost extends IrqHost {
@@ -237,6 +290,11 @@ export interface DeviceHost extends IrqHost {
   allocFd(device: SimDevice, session: Session): number;
   /** Something poll() may wait for changed. */
   wake(): void;
+  /**
+   * `length` bytes of process memory at user address `addr` (copy_from_user / copy_to_user of a
+   * pointer in an ioctl struct). Throws Errno EFAULT when the binding cannot reach them.
+   */
+  userMemory(addr: bigint, length: number): Buffer;
 }
 
 /** The migrated registers plus the read-only identity of the device data, for tests. */
@@ -290,6 +348,14 @@ function resolveOptions(o: SimDeviceOptions, serial: number): ResolvedSimDeviceO
   if (!Number.isInteger(deviceId) || deviceId < 0 || deviceId > 0xffff) throw new RangeError(`deviceId must be a 16-bit number, got ${deviceId}`);
   const busMaster = o.busMaster ?? 'ignored';
   if (busMaster !== 'required' && busMaster !== 'ignored') throw new RangeError(`busMaster must be 'required' or 'ignored', got ${String(busMaster)}`);
+  const maxRanges = o.dmaLoggingMaxRanges ?? LOG_MAX_RANGES;
+  if (!Number.isInteger(maxRanges) || maxRanges < 1 || maxRanges > LOG_MAX_RANGES) throw new RangeError(`dmaLoggingMaxRanges must be 1..${LOG_MAX_RANGES}, got ${maxRanges}`);
+  const page = o.dmaLoggingPageSize;
+  if (page !== undefined && !(Number.isSafeInteger(page) && page >= 4096 && (page & (page - 1)) === 0 && page <= 2 ** 30)) {
+    throw new RangeError(`dmaLoggingPageSize must be a power of two from 4096 to 1 GiB, got ${page}`);
+  }
+  const failEvery = o.dmaLoggingFailEvery ?? 0;
+  if (!Number.isInteger(failEvery) || failEvery < 0) throw new RangeError(`dmaLoggingFailEvery must be a non-negative integer, got ${failEvery}`);
   return {
     name: o.name,
     size,
@@ -307,6 +373,10 @@ function resolveOptions(o: SimDeviceOptions, serial: number): ResolvedSimDeviceO
     vscLength,
     deviceId,
     busMaster,
+    dmaLogging: o.dmaLogging ?? true,
+    dmaLoggingMaxRanges: maxRanges,
+    dmaLoggingPageSize: page,
+    dmaLoggingFailEvery: failEvery,
     externalDataFd: o.externalDataFd,
   };
 }
@@ -324,6 +394,10 @@ export class SimDevice {
   private readonly bar0: Bar0;
   private readonly cfg: ConfigSpace;
   private readonly irq: IrqModel;
+  /** IOMMU contexts the device was opened with; DMA goes through the latest. */
+  private readonly dmaSpaces: SimDmaSpace[] = [];
+  private dmaLog?: SimDmaLog;
+  private reports = 0;
   private saving?: SaveSession;
   private resuming?: ResumeSession;
   private deviceFds = 0;
@@ -356,6 +430,13 @@ export class SimDevice {
         size: () => this.options.size,
         doorbell: (v) => void this.irq.raise(v),
         busMaster: () => this.options.busMaster === 'ignored' || (this.cfg.command & COMMAND_MASTER) !== 0,
+        dma: (iova, length, pattern) => {
+          const data = Buffer.alloc(length);
+          const p = Buffer.alloc(4);
+          p.writeUInt32LE(pattern >>> 0, 0);
+          for (let i = 0; i < length; i += 4) p.copy(data, i, 0, Math.min(4, length - i));
+          return this.dmaWrite(iova, data);
+        },
       },
       this.options.msixVectors,
     );
@@ -405,6 +486,43 @@ export class SimDevice {
   /** Config dword 0 (vendor | device << 16), as the stream header carries it. */
   get pciId(): number {
     return (SIM_VENDOR_ID | (this.options.deviceId << 16)) >>> 0;
+  }
+
+  /**
+   * DMA logging as the driver runs it: the tracked ranges (after combining), the page size, and
+   * the pages written but not yet reported; undefined when not logging.
+   */
+  get dmaLogging(): { ranges: readonly Interval[]; pageSize: number; pending: number } | undefined {
+    const l = this.dmaLog;
+    return l && { ranges: l.ranges, pageSize: l.pageSize, pending: l.pending };
+  }
+
+  /** The IOMMU context DMA goes through now (the latest attached), if any. */
+  get dmaSpace(): SimDmaSpace | undefined {
+    return this.dmaSpaces[this.dmaSpaces.length - 1];
+  }
+
+  /** An IOMMU context was opened for this device: DMA goes through it from now on. */
+  attachDma(space: SimDmaSpace): void {
+    this.dmaSpaces.push(space);
+  }
+
+  /** The IOMMU context closed. */
+  detachDma(space: SimDmaSpace): void {
+    const i = this.dmaSpaces.lastIndexOf(space);
+    if (i >= 0) this.dmaSpaces.splice(i, 1);
+  }
+
+  /**
+   * A device write of `data` at `iova`, as the DMA engine makes it (through the IOMMU context,
+   * logged by DMA logging), whatever the state: the engine's doorbell is what the device state
+   * and bus mastering gate. False on an IOMMU fault (nothing written, nothing logged).
+   */
+  dmaWrite(iova: bigint, data: Buffer): boolean {
+    const space = this.dmaSpace;
+    if (!space || !space.write(iova, data)) return false;
+    this.dmaLog?.mark(iova, data.length);
+    return true;
   }
 
   /** Doorbells stuck in a wedged command queue (BAR0 QUEUE_PENDING; `busMaster: 'required'`). */
@@ -695,14 +813,80 @@ export class SimDevice {
         encodeMigDataSize(b, this.remainingStream());
         return 0;
       }
-      case VFIO_DEVICE_FEATURE_DMA_LOGGING_START:
-      case VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP:
-      case VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT:
+      case VFIO_DEVICE_FEATURE_DMA_LOGGING_START: {
         // No log_ops: the kernel answers ENOTTY before looking at anything else.
-        raise(E.ENOTTY);
+        if (!this.options.dmaLogging) raise(E.ENOTTY);
+        if (!check(VFIO_DEVICE_FEATURE_SET, SIZEOF_DMA_LOGGING_CONTROL)) return 0;
+        need(b, SIZEOF_DEVICE_FEATURE + SIZEOF_DMA_LOGGING_CONTROL);
+        return this.loggingStart(b.subarray(SIZEOF_DEVICE_FEATURE, SIZEOF_DEVICE_FEATURE + SIZEOF_DMA_LOGGING_CONTROL));
+      }
+      case VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP: {
+        if (!this.options.dmaLogging) raise(E.ENOTTY);
+        if (!check(VFIO_DEVICE_FEATURE_SET, 0)) return 0;
+        this.consume('DMA_LOGGING_STOP');
+        if (this.dmaLog) log('%s: DMA logging stopped', this.label);
+        this.dmaLog = undefined;
+        return 0;
+      }
+      case VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT: {
+        if (!this.options.dmaLogging) raise(E.ENOTTY);
+        if (!check(VFIO_DEVICE_FEATURE_GET, SIZEOF_DMA_LOGGING_REPORT)) return 0;
+        need(b, SIZEOF_DEVICE_FEATURE + SIZEOF_DMA_LOGGING_REPORT);
+        return this.loggingReport(b.subarray(SIZEOF_DEVICE_FEATURE));
+      }
       default:
         raise(E.ENOTTY);
     }
+  }
+
+  /** DMA_LOGGING_START with `control` (the payload, written back): the core's checks, then the driver. */
+  private loggingStart(control: Buffer): number {
+    const c = decodeDmaLoggingControl(control);
+    if (c.numRanges === 0) raise(E.EINVAL);
+    if (c.numRanges > LOG_MAX_RANGES) raise(E.E2BIG);
+    const mask = (c.pageSize - 1n) & (U64 - 1n); // IS_ALIGNED() is a mask test
+    const nodes: Interval[] = [];
+    for (let i = 0; i < c.numRanges; i++) {
+      const one = this.host.userMemory(c.rangesAddr + BigInt(i * SIZEOF_DMA_LOGGING_RANGE), SIZEOF_DMA_LOGGING_RANGE);
+      const [r] = decodeDmaLoggingRanges(one, 1);
+      if (r.iova & mask || r.length & mask) raise(E.EINVAL);
+      if (r.iova + r.length >= U64) raise(E.EOVERFLOW);
+      const node = { start: r.iova, last: (r.iova + r.length - 1n) & (U64 - 1n) };
+      if (nodes.some((n) => n.start <= node.last && node.start <= n.last)) raise(E.EINVAL);
+      nodes.push(node);
+    }
+    // The driver (mlx5's log_start).
+    if (this.dmaLog) raise(E.EINVAL);
+    this.consume('DMA_LOGGING_START');
+    const pageSize = this.options.dmaLoggingPageSize ?? clampPageSize(c.pageSize);
+    const tracked = combineRanges(
+      nodes.sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0)),
+      this.options.dmaLoggingMaxRanges,
+    );
+    this.dmaLog = new SimDmaLog(tracked, pageSize);
+    this.reports = 0;
+    encodeDmaLoggingControl(BigInt(pageSize), c.numRanges, c.rangesAddr).copy(control);
+    log('%s: DMA logging started: %d ranges (%d tracked) at %d bytes/page', this.label, c.numRanges, tracked.length, pageSize);
+    return 0;
+  }
+
+  /** DMA_LOGGING_REPORT of `payload`: the core's checks, the user bitmap, then the driver. */
+  private loggingReport(payload: Buffer): number {
+    const r = decodeDmaLoggingReport(payload);
+    if (r.pageSize < 4096n || (r.pageSize & (r.pageSize - 1n)) !== 0n) raise(E.EINVAL);
+    if (r.iova + r.length >= U64) raise(E.EOVERFLOW);
+    if (r.length === 0n) return 0;
+    const pages = (r.length + r.pageSize - 1n) / r.pageSize;
+    const bytes = ((pages + 63n) / 64n) * 8n;
+    if (bytes > 1n << 30n) raise(E.ENOMEM);
+    const view = this.host.userMemory(r.bitmapAddr, Number(bytes));
+    // The driver (mlx5's log_read_and_clear).
+    if (!this.dmaLog) raise(E.EINVAL);
+    this.consume('DMA_LOGGING_REPORT');
+    this.reports++;
+    if (this.options.dmaLoggingFailEvery && this.reports % this.options.dmaLoggingFailEvery === 0) raise(E.EIO);
+    this.dmaLog.readAndClear(new DirtyBitmap(r.iova, r.length, Number(r.pageSize), view));
+    return 0;
   }
 
   /** Stream bytes still to come: what the current saving session has not delivered, or the whole stream. */
@@ -885,11 +1069,19 @@ export class SimDevice {
     log('%s: released', this.label);
     this.endSessions();
     this.irq.disableAll();
+    this.dmaLog = undefined;
     this.mig = MigState.RUNNING;
     this.bar0.reset();
     this.cfg.reset();
     this.host.wake();
   }
+}
+
+/** mlx5's choice of a page size: the request rounded down to a power of two, within [4 KiB, 1 GiB]. */
+function clampPageSize(requested: bigint): number {
+  let log2 = 0;
+  for (let v = requested; v > 1n; v >>= 1n) log2++;
+  return 2 ** Math.min(30, Math.max(12, log2));
 }
 
 /** The ioctl argument as a struct buffer of at least `min` bytes (copy_from_user: EFAULT otherwise). */

@@ -25,6 +25,7 @@ export const E = {
   ESPIPE: osConstants.errno.ESPIPE,
   ENOMSG: osConstants.errno.ENOMSG,
   E2BIG: osConstants.errno.E2BIG,
+  EOVERFLOW: osConstants.errno.EOVERFLOW,
   EPIPE: osConstants.errno.EPIPE,
 } as const;
 

@@ -12,7 +12,19 @@ export type { DataFault } from './session';
 export type { IrqSnapshot, IrqMode } from './irq';
 export { isSimPath, parseSimSpec, parseSize, formatSize, type ParsedSimSpec } from './spec';
 export * as simStream from './stream';
-export { BAR0, BAR0_SIZE, BAR0_ID_VALUE, BAR0_VERSION_VALUE, STATUS_RUNNING, STATUS_ERROR } from './bar0';
+export {
+  BAR0,
+  BAR0_SIZE,
+  BAR0_ID_VALUE,
+  BAR0_VERSION_VALUE,
+  STATUS_RUNNING,
+  STATUS_ERROR,
+  DMA_STATUS_DONE,
+  DMA_STATUS_FAULT,
+  DMA_STATUS_BAD_LENGTH,
+  DMA_MAX_LEN,
+} from './bar0';
+export { SimDmaSpace, SimIommuDirty, SimDmaLog, combineRanges, SIM_IOMMU_PAGE, type Interval } from './dma';
 export {
   SIM_VENDOR_ID,
   SIM_DEVICE_ID,

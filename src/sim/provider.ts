@@ -11,29 +11,50 @@ import { VfioDevice } from '../kernel/device';
 import { dmaAddress, type IommuContext } from '../kernel/iommu';
 import { getDefaultBinding, registerDeviceProvider, type DeviceProvider, type OpenOptions } from '../kernel/open';
 import { SimBinding } from './binding';
+import type { SimDevice } from './device';
+import { SimDmaSpace, SimIommuDirty } from './dma';
+import { Errno } from './errno';
 import { isSimPath } from './spec';
 
 /**
- * The simulated device's IOMMU context: it does no DMA, so mappings are only checked (alignment,
- * overlap) and recorded, the way the kernel would refuse them.
+ * The simulated device's IOMMU context: mappings are checked (alignment, overlap) the way the
+ * kernel would refuse them, and kept with their Buffers in a `SimDmaSpace` that the device's DMA
+ * engine writes through (src/sim/dma.ts). With `dirty`, the context also has the simulated
+ * IOMMU's dirty tracking (`IommuContext.dirty`), as a dirty-tracking HWPT would give.
  */
-export function simIommuContext(binding: Binding, device: string): IommuContext & { mappings: Map<bigint, number> } {
-  const mappings = new Map<bigint, number>();
+export function simIommuContext(
+  binding: Binding,
+  device: string,
+  opts: { sim?: SimDevice; dirty?: boolean } = {},
+): IommuContext & { space: SimDmaSpace; mappings: ReadonlyMap<bigint, number>; dirty?: SimIommuDirty } {
+  const space = new SimDmaSpace();
+  opts.sim?.attachDma(space);
+  const errno = (e: unknown, op: string): unknown => (e instanceof Errno ? VfioError.fromErrno(e.errno, { syscall: 'ioctl', op, device }) : e);
   return {
     kind: 'virtual',
-    mappings,
-    async mapDma(iova, buffer) {
+    space,
+    get mappings() {
+      return space.mappings;
+    },
+    dirty: opts.dirty ? new SimIommuDirty(space, device) : undefined,
+    async mapDma(iova, buffer, access = {}) {
       dmaAddress(binding, iova, buffer, device);
-      for (const [at, len] of mappings) {
-        if (iova < at + BigInt(len) && at < iova + BigInt(buffer.length)) throw VfioError.fromErrno(17, { syscall: 'ioctl', op: 'DMA map', device });
+      try {
+        space.map(iova, buffer, access);
+      } catch (e) {
+        throw errno(e, 'DMA map');
       }
-      mappings.set(iova, buffer.length);
     },
     async unmapDma(iova) {
-      if (!mappings.delete(iova)) throw VfioError.fromErrno(2, { syscall: 'ioctl', op: 'DMA unmap', device });
+      try {
+        space.unmap(iova);
+      } catch (e) {
+        throw errno(e, 'DMA unmap');
+      }
     },
     close() {
-      mappings.clear();
+      opts.sim?.detachDma(space);
+      space.clear();
     },
   };
 }
@@ -52,8 +73,13 @@ export function defaultSimBinding(inner: Binding = getDefaultBinding()): SimBind
  * Open a simulated device through `binding` (a SimBinding), as `openDevice()` does for the
  * specs the simulator serves. Tests use it with a SimBinding of their own.
  */
-export function openSimDevice(spec: string, binding: SimBinding = defaultSimBinding()): VfioDevice {
-  return new VfioDevice(binding, spec, binding.open(spec, fs.constants.O_RDWR), simIommuContext(binding, spec));
+export function openSimDevice(spec: string, binding: SimBinding = defaultSimBinding(), opts: Pick<OpenOptions, 'iommuDirtyTracking'> = {}): VfioDevice {
+  const fd = binding.open(spec, fs.constants.O_RDWR);
+  const sim = binding.device(fd);
+  const mode = opts.iommuDirtyTracking ?? 'off';
+  // 'auto' as on iommufd: IOMMU tracking only for a device without DMA logging of its own.
+  const dirty = mode === 'on' || (mode === 'auto' && !sim.options.dmaLogging);
+  return new VfioDevice(binding, spec, fd, simIommuContext(binding, spec, { sim, dirty }));
 }
 
 /**
@@ -66,7 +92,7 @@ export const simulatorProvider: DeviceProvider = {
   handles: isSimPath,
   open(spec: string, opts: OpenOptions): VfioDevice {
     const b = opts.binding;
-    return openSimDevice(spec, b instanceof SimBinding ? b : defaultSimBinding(b));
+    return openSimDevice(spec, b instanceof SimBinding ? b : defaultSimBinding(b), opts);
   },
 };
 

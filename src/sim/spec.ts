@@ -16,11 +16,20 @@
  *         | "devid"     VALUE: decimal or 0x-hex u16, the PCI device id (default 0x5f10)
  *         | "master"    VALUE: "required" (doorbells wedge while COMMAND.MASTER is clear, as real
  *                              DMA engines do) | "ignored" (default: doorbells always complete)
+ *         | "dirty"     VALUE: "on" (default: DMA logging) | "off" (no DMA logging: the
+ *                              DMA_LOGGING features answer ENOTTY)
+ *         | "dirtyranges" VALUE: 1..256, the ranges the device's tracker holds; START with more
+ *                              combines them, smallest gaps first (default 256)
+ *         | "dirtypage" VALUE: SIZE, a power of two from 4KiB to 1GiB: the page size the driver
+ *                              logs at whatever START asks (default: START's, clamped)
+ *         | "dirtyfail" VALUE: N, every N-th DMA_LOGGING_REPORT fails with EIO (default 0: none)
  * ```
  *
  * Examples: `sim`, `sim:4096`, `sim:1MiB:seed=7`, `sim:1GiB#big`, `sim#dst`, `sim:64KiB:mig=stop_copy+p2p`,
  * `sim:master=required#dst` (a destination that needs PCI_COMMAND back), `sim:devid=0x5f11` (another
- * device), `sim:vsc=2` (same device, other host driver), `sim:vsclen=20` (another VSC layout).
+ * device), `sim:vsc=2` (same device, other host driver), `sim:vsclen=20` (another VSC layout),
+ * `sim:dirty=off` (a device for IOMMU dirty tracking or the all-dirty policy),
+ * `sim:dirtypage=64KiB:dirtyranges=2:dirtyfail=3` (a coarse, small tracker that fails now and then).
  * A spec with a NAME names a device in the binding's registry: opening it again reaches the same
  * device. Without a NAME every open creates a fresh device.
  */
@@ -46,6 +55,10 @@ export interface ParsedSimSpec {
   vscLength?: number;
   deviceId?: number;
   busMaster?: 'required' | 'ignored';
+  dmaLogging?: boolean;
+  dmaLoggingMaxRanges?: number;
+  dmaLoggingPageSize?: number;
+  dmaLoggingFailEvery?: number;
 }
 
 const UNITS: Record<string, number> = {
@@ -187,8 +200,30 @@ export function parseSimSpec(spec: string): ParsedSimSpec | string {
         if (value !== 'required' && value !== 'ignored') return `bad master ${JSON.stringify(value)} (required or ignored)`;
         out.busMaster = value;
         break;
+      case 'dirty':
+        if (value !== 'on' && value !== 'off') return `bad dirty ${JSON.stringify(value)} (on or off)`;
+        out.dmaLogging = value === 'on';
+        break;
+      case 'dirtyranges': {
+        const n = /^\d+$/.test(value) ? Number(value) : NaN;
+        if (!(n >= 1 && n <= 256)) return `bad dirtyranges ${JSON.stringify(value)} (1..256)`;
+        out.dmaLoggingMaxRanges = n;
+        break;
+      }
+      case 'dirtypage': {
+        const n = parseSize(value);
+        if (n === undefined || n < 4096 || n > 2 ** 30 || (n & (n - 1)) !== 0) return `bad dirtypage ${JSON.stringify(value)} (a power of two from 4KiB to 1GiB)`;
+        out.dmaLoggingPageSize = n;
+        break;
+      }
+      case 'dirtyfail': {
+        const n = /^\d+$/.test(value) ? Number(value) : NaN;
+        if (!Number.isSafeInteger(n)) return `bad dirtyfail ${JSON.stringify(value)} (N: every N-th report fails; 0: none)`;
+        out.dmaLoggingFailEvery = n;
+        break;
+      }
       default:
-        return `unknown sim spec key ${JSON.stringify(key)} (seed, mig, precopy, end, maxread, maxwrite, vsc, vsclen, devid, master)`;
+        return `unknown sim spec key ${JSON.stringify(key)} (seed, mig, precopy, end, maxread, maxwrite, vsc, vsclen, devid, master, dirty, dirtyranges, dirtypage, dirtyfail)`;
     }
   }
   return out;

@@ -7,7 +7,11 @@
  * `offsetof`, and decoders must read it from there.
  *
  * UAPI_INCLUDE_DIR=/path/to/linux/usr/include checks against another header install (for
- * example `make headers_install` of a newer kernel); CC picks the compiler.
+ * example `make headers_install` of a newer kernel) instead of the system's; CC picks the
+ * compiler. When the kernel tier's cache holds the 6.12 uAPI headers
+ * ($VFIO_KERNEL_CACHE/uapi/include, default ~/.cache/vfio-kernel; built by
+ * ../shared/kernel-vfio/build.sh), the whole suite runs a second time against them, so that what
+ * an older system header lacks (iommufd.h: HWPT and dirty tracking) is checked too.
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -64,6 +68,13 @@ const ENUM_GATES: ReadonlyMap<string, string | null> = new Map<string, string | 
   ['IOMMU_IOAS_MAP_FIXED_IOVA', 'IOMMU_IOAS_MAP'],
   ['IOMMU_IOAS_MAP_WRITEABLE', 'IOMMU_IOAS_MAP'],
   ['IOMMU_IOAS_MAP_READABLE', 'IOMMU_IOAS_MAP'],
+  // GET_HW_INFO (6.6); HWPT data types, dirty tracking and out_capabilities (6.7).
+  ['IOMMU_HW_INFO_TYPE_NONE', 'IOMMU_GET_HW_INFO'],
+  ['IOMMU_HWPT_DATA_NONE', 'IOMMU_HWPT_GET_DIRTY_BITMAP'],
+  ['IOMMU_HWPT_ALLOC_DIRTY_TRACKING', 'IOMMU_HWPT_GET_DIRTY_BITMAP'],
+  ['IOMMU_HW_CAP_DIRTY_TRACKING', 'IOMMU_HWPT_GET_DIRTY_BITMAP'],
+  ['IOMMU_HWPT_DIRTY_TRACKING_ENABLE', 'IOMMU_HWPT_SET_DIRTY_TRACKING'],
+  ['IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR', 'IOMMU_HWPT_GET_DIRTY_BITMAP'],
 ]);
 
 /**
@@ -84,6 +95,10 @@ const MACRO_SIBLINGS: ReadonlyMap<string, string> = new Map([
   ...['DESTROY', 'IOAS_ALLOC', 'IOAS_ALLOW_IOVAS', 'IOAS_COPY', 'IOAS_IOVA_RANGES', 'IOAS_MAP', 'IOAS_UNMAP'].map(
     (c) => [`IOMMU_${c}`, 'IOMMUFD_TYPE'] as const,
   ),
+  ['IOMMU_HWPT_ALLOC', 'IOMMU_GET_HW_INFO'],
+  ['IOMMU_GET_HW_INFO', 'IOMMU_HWPT_ALLOC'],
+  ['IOMMU_HWPT_SET_DIRTY_TRACKING', 'IOMMU_HWPT_GET_DIRTY_BITMAP'],
+  ['IOMMU_HWPT_GET_DIRTY_BITMAP', 'IOMMU_HWPT_SET_DIRTY_TRACKING'],
 ]);
 
 /** Our constants that are not in any uAPI header, with the reason. */
@@ -518,6 +533,13 @@ const STRUCTS: readonly StructSpec[] = [
         }),
       },
     ],
+    decode: [
+      {
+        name: 'decodeDmaLoggingControl',
+        run: (b) => ({ ...S.decodeDmaLoggingControl(b) }),
+        fields: { page_size: 'pageSize', num_ranges: 'numRanges', ranges: 'rangesAddr' },
+      },
+    ],
   },
   {
     c: 'vfio_device_feature_dma_logging_range',
@@ -548,6 +570,13 @@ const STRUCTS: readonly StructSpec[] = [
         },
       },
     ],
+    decode: [
+      {
+        name: 'decodeDmaLoggingRanges (the first of one)',
+        run: (b) => ({ ...S.decodeDmaLoggingRanges(b, 1)[0] }),
+        fields: { iova: 'iova', length: 'length' },
+      },
+    ],
   },
   {
     c: 'vfio_device_feature_dma_logging_report',
@@ -567,6 +596,13 @@ const STRUCTS: readonly StructSpec[] = [
           buf: S.encodeDmaLoggingReport({ iova: U64(1), length: U64(2), pageSize: U64(3), bitmapAddr: U64(4) }),
           checks: [['iova', U64(1)], ['length', U64(2)], ['page_size', U64(3)], ['bitmap', U64(4)]],
         }),
+      },
+    ],
+    decode: [
+      {
+        name: 'decodeDmaLoggingReport',
+        run: (b) => ({ ...S.decodeDmaLoggingReport(b) }),
+        fields: { iova: 'iova', length: 'length', page_size: 'pageSize', bitmap: 'bitmapAddr' },
       },
     ],
   },
@@ -775,6 +811,145 @@ const STRUCTS: readonly StructSpec[] = [
       },
     ],
   },
+  {
+    c: 'iommu_hw_info',
+    header: 'iommufd.h',
+    // out_capabilities came with dirty tracking (6.7); the 6.6 struct ends before it.
+    gate: 'IOMMU_HWPT_GET_DIRTY_BITMAP',
+    sizes: { SIZEOF_IOMMU_HW_INFO: I.SIZEOF_IOMMU_HW_INFO },
+    members: [
+      ['size', 'u32'],
+      ['flags', 'u32'],
+      ['dev_id', 'u32'],
+      ['data_len', 'u32'],
+      ['data_uptr', 'u64'],
+      ['out_data_type', 'u32'],
+      ['out_max_pasid_log2', 'u8'],
+      ['out_capabilities', 'u64'],
+    ],
+    encode: [
+      {
+        name: 'encodeHwInfo',
+        run: (L) => ({
+          buf: I.encodeHwInfo(U32(1)),
+          checks: [['size', L.size], ['flags', 0], ['dev_id', U32(1)], ['data_len', 0], ['data_uptr', 0n]],
+        }),
+      },
+    ],
+    decode: [
+      {
+        name: 'decodeHwInfo',
+        run: (b) => ({ ...I.decodeHwInfo(b) }),
+        fields: { out_data_type: 'dataType', out_max_pasid_log2: 'maxPasidLog2', out_capabilities: 'capabilities' },
+      },
+    ],
+  },
+  {
+    c: 'iommu_hwpt_alloc',
+    header: 'iommufd.h',
+    // data_type / data_len / data_uptr came in 6.7 (with dirty tracking); fault_id in 6.11.
+    gate: 'IOMMU_HWPT_GET_DIRTY_BITMAP',
+    sizes: { SIZEOF_IOMMU_HWPT_ALLOC: I.SIZEOF_IOMMU_HWPT_ALLOC },
+    members: [
+      ['size', 'u32'],
+      ['flags', 'u32'],
+      ['dev_id', 'u32'],
+      ['pt_id', 'u32'],
+      ['out_hwpt_id', 'u32'],
+      ['__reserved', 'u32'],
+      ['data_type', 'u32'],
+      ['data_len', 'u32'],
+      ['data_uptr', 'u64'],
+    ],
+    variants: [
+      {
+        size: 40,
+        note: 'header of 6.7–6.10: ends at data_uptr, no fault_id (we zero it; iommufd takes any size from the base struct up)',
+      },
+    ],
+    encode: [
+      {
+        name: 'encodeHwptAlloc',
+        run: (L) => ({
+          buf: I.encodeHwptAlloc({ flags: U32(1), devId: U32(2), ptId: U32(3) }),
+          checks: [
+            ['size', I.SIZEOF_IOMMU_HWPT_ALLOC],
+            ['flags', U32(1)],
+            ['dev_id', U32(2)],
+            ['pt_id', U32(3)],
+            ['__reserved', 0],
+            ['data_type', I.IOMMU_HWPT_DATA_NONE],
+            ['data_len', 0],
+            ['data_uptr', 0n],
+          ],
+          raw: L.size > 40 ? [['fault_id and __reserved2 (bytes 40..48) zero', 40, 'u64', 0n]] : [],
+        }),
+      },
+    ],
+    decode: [{ name: 'decodeHwptAlloc', run: (b) => ({ ...I.decodeHwptAlloc(b) }), fields: { out_hwpt_id: 'hwptId' } }],
+  },
+  {
+    c: 'iommu_hwpt_set_dirty_tracking',
+    header: 'iommufd.h',
+    gate: 'IOMMU_HWPT_SET_DIRTY_TRACKING',
+    sizes: { SIZEOF_IOMMU_HWPT_SET_DIRTY_TRACKING: I.SIZEOF_IOMMU_HWPT_SET_DIRTY_TRACKING },
+    members: [
+      ['size', 'u32'],
+      ['flags', 'u32'],
+      ['hwpt_id', 'u32'],
+      ['__reserved', 'u32'],
+    ],
+    encode: [
+      {
+        name: 'encodeHwptSetDirtyTracking (enable)',
+        run: (L) => ({
+          buf: I.encodeHwptSetDirtyTracking(U32(1), true),
+          checks: [['size', L.size], ['flags', I.IOMMU_HWPT_DIRTY_TRACKING_ENABLE], ['hwpt_id', U32(1)], ['__reserved', 0]],
+        }),
+      },
+      {
+        name: 'encodeHwptSetDirtyTracking (disable)',
+        run: (L) => ({
+          buf: I.encodeHwptSetDirtyTracking(U32(2), false),
+          checks: [['size', L.size], ['flags', 0], ['hwpt_id', U32(2)]],
+        }),
+      },
+    ],
+  },
+  {
+    c: 'iommu_hwpt_get_dirty_bitmap',
+    header: 'iommufd.h',
+    gate: 'IOMMU_HWPT_GET_DIRTY_BITMAP',
+    sizes: { SIZEOF_IOMMU_HWPT_GET_DIRTY_BITMAP: I.SIZEOF_IOMMU_HWPT_GET_DIRTY_BITMAP },
+    members: [
+      ['size', 'u32'],
+      ['hwpt_id', 'u32'],
+      ['flags', 'u32'],
+      ['__reserved', 'u32'],
+      ['iova', 'u64'],
+      ['length', 'u64'],
+      ['page_size', 'u64'],
+      ['data', 'u64'],
+    ],
+    encode: [
+      {
+        name: 'encodeHwptGetDirtyBitmap',
+        run: (L) => ({
+          buf: I.encodeHwptGetDirtyBitmap({ hwptId: U32(1), flags: U32(2), iova: U64(3), length: U64(4), pageSize: U64(5), data: U64(6) }),
+          checks: [
+            ['size', L.size],
+            ['hwpt_id', U32(1)],
+            ['flags', U32(2)],
+            ['__reserved', 0],
+            ['iova', U64(3)],
+            ['length', U64(4)],
+            ['page_size', U64(5)],
+            ['data', U64(6)],
+          ],
+        }),
+      },
+    ],
+  },
 ];
 
 // ------------------------------------------------------------------------------------ C program
@@ -856,11 +1031,11 @@ interface Probe {
   absentStructs: Map<string, string>;
 }
 
-function runProbe(dir: string): Probe {
+function runProbe(dir: string, includeDir: string | undefined): Probe {
   const src = path.join(dir, 'uapi-probe.c');
   const exe = path.join(dir, 'uapi-probe');
   fs.writeFileSync(src, generateC());
-  const inc = process.env.UAPI_INCLUDE_DIR ? ['-isystem', process.env.UAPI_INCLUDE_DIR] : [];
+  const inc = includeDir ? ['-isystem', includeDir] : [];
   const cc = spawnSync(CC!, ['-std=gnu11', '-Wall', ...inc, '-o', exe, src], { encoding: 'utf8', timeout: 60_000 });
   if (cc.error || cc.status !== 0) {
     throw new Error(`${CC} failed to compile the header probe (${src}):\n${cc.error ?? ''}${cc.stderr}`);
@@ -961,7 +1136,19 @@ const hex = (v: number | bigint) => {
 
 // ------------------------------------------------------------------------------------ tests
 
-describe.skipIf(!CC)(`uAPI values vs the system headers${CC ? '' : ` (SKIPPED: ${NO_CC_REASON})`}`, () => {
+/** The 6.12 uAPI headers the kernel tier's build exported, when they are there. */
+const KERNEL_CACHE_UAPI = path.join(process.env.VFIO_KERNEL_CACHE || path.join(os.homedir(), '.cache/vfio-kernel'), 'uapi/include');
+const HEADER_SETS: ReadonlyArray<{ label: string; includeDir?: string }> = [
+  { label: process.env.UAPI_INCLUDE_DIR ? `the headers in ${process.env.UAPI_INCLUDE_DIR}` : 'the system headers', includeDir: process.env.UAPI_INCLUDE_DIR },
+  ...(!process.env.UAPI_INCLUDE_DIR && fs.existsSync(path.join(KERNEL_CACHE_UAPI, 'linux/iommufd.h'))
+    ? [{ label: `the kernel tier's 6.12 headers (${KERNEL_CACHE_UAPI})`, includeDir: KERNEL_CACHE_UAPI }]
+    : []),
+];
+if (HEADER_SETS.length === 1 && !process.env.UAPI_INCLUDE_DIR) {
+  console.log(`uapi-header.test: no 6.12 headers at ${KERNEL_CACHE_UAPI}: only the system headers are checked`);
+}
+
+for (const headerSet of HEADER_SETS) describe.skipIf(!CC)(`uAPI values vs ${headerSet.label}${CC ? '' : ` (SKIPPED: ${NO_CC_REASON})`}`, () => {
   let dir: string;
   let probe: Probe;
   const ctx: Layouts = {
@@ -974,7 +1161,7 @@ describe.skipIf(!CC)(`uAPI values vs the system headers${CC ? '' : ` (SKIPPED: $
 
   beforeAll(() => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'uapi-header-'));
-    probe = runProbe(dir);
+    probe = runProbe(dir, headerSet.includeDir);
     console.log(
       `uapi-header: ${CC}, headers ${probe.headers.join(', ') || '(unknown)'}` +
         `${probe.version ? ` (linux/version.h ${probe.version})` : ''}; <linux/iommufd.h> ${probe.haveIommufdH ? 'present' : 'ABSENT'}`,
@@ -1114,7 +1301,7 @@ describe.skipIf(!CC)(`uAPI values vs the system headers${CC ? '' : ` (SKIPPED: $
         const expected = new Map<string, bigint>();
         s.members.forEach(([m, w], i) => {
           if (w === 'flex') return;
-          const v = w === 'u64' ? U64(100 + i) : w === 's32' ? S32(100 + i) : U32(100 + i);
+          const v = w === 'u64' ? U64(100 + i) : w === 's32' ? S32(100 + i) : w === 'u8' ? 0x40 + i : U32(100 + i);
           writeAt(buf, base + L.off(m), w, v);
           expected.set(m, BigInt(v));
         });

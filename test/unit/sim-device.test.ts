@@ -656,10 +656,21 @@ describe('VFIO_DEVICE_FEATURE validation (vfio_ioctl_device_feature, vfio_check_
     }
   });
 
-  it('DMA logging and unknown features are ENOTTY', () => {
-    const { b, fd } = fresh();
-    expectErrno(() => feature(b, fd, v.VFIO_DEVICE_FEATURE_DMA_LOGGING_START, 'set', 24), 'ENOTTY');
-    expectErrno(() => feature(b, fd, v.VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT, 'probe-get', 0), 'ENOTTY');
+  it('without DMA logging (dirty=off) the logging features are ENOTTY, PROBE included; unknown features are ENOTTY', () => {
+    const { b, fd } = fresh('sim:dirty=off');
+    for (const [id, op] of [
+      [v.VFIO_DEVICE_FEATURE_DMA_LOGGING_START, 'set'],
+      [v.VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP, 'set'],
+      [v.VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT, 'get'],
+    ] as const) {
+      expectErrno(() => feature(b, fd, id, op, 32), 'ENOTTY');
+      expectErrno(() => feature(b, fd, id, `probe-${op}`, 0), 'ENOTTY');
+    }
+    // With logging (the default), PROBE answers 0 and the ops the feature lacks are EINVAL.
+    const d = fresh();
+    expect(() => feature(d.b, d.fd, v.VFIO_DEVICE_FEATURE_DMA_LOGGING_START, 'probe-set', 0)).not.toThrow();
+    expectErrno(() => feature(d.b, d.fd, v.VFIO_DEVICE_FEATURE_DMA_LOGGING_START, 'probe-get', 0), 'EINVAL');
+    expectErrno(() => feature(d.b, d.fd, v.VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT, 'set', 32), 'EINVAL');
     expectErrno(() => feature(b, fd, 42, 'get', 8), 'ENOTTY');
   });
 

@@ -235,6 +235,21 @@ export function encodeDmaLoggingReport(r: DmaRange & { pageSize: bigint; bitmapA
   b.writeBigUInt64LE(r.bitmapAddr, 24);
   return b;
 }
+/** The control payload as the kernel reads it (and copies it back, with the driver's page_size). */
+export function decodeDmaLoggingControl(b: Buffer): { pageSize: bigint; numRanges: number; rangesAddr: bigint } {
+  return { pageSize: b.readBigUInt64LE(0), numRanges: b.readUInt32LE(8), rangesAddr: b.readBigUInt64LE(16) };
+}
+/** `count` ranges from an encoded array (the caller checked that `b` holds them). */
+export function decodeDmaLoggingRanges(b: Buffer, count: number): DmaRange[] {
+  const out: DmaRange[] = [];
+  for (let i = 0; i < count; i++) {
+    out.push({ iova: b.readBigUInt64LE(i * SIZEOF_DMA_LOGGING_RANGE), length: b.readBigUInt64LE(i * SIZEOF_DMA_LOGGING_RANGE + 8) });
+  }
+  return out;
+}
+export function decodeDmaLoggingReport(b: Buffer): DmaRange & { pageSize: bigint; bitmapAddr: bigint } {
+  return { iova: b.readBigUInt64LE(0), length: b.readBigUInt64LE(8), pageSize: b.readBigUInt64LE(16), bitmapAddr: b.readBigUInt64LE(24) };
+}
 
 // ---------------------------------------------------------------- struct vfio_precopy_info
 /** struct vfio_precopy_info { u32 argsz, flags; u64 initial_bytes, dirty_bytes; } */
