@@ -26,6 +26,8 @@ export const E = {
   ENOMSG: osConstants.errno.ENOMSG,
   E2BIG: osConstants.errno.E2BIG,
   EPIPE: osConstants.errno.EPIPE,
+  ENOTSOCK: osConstants.errno.ENOTSOCK,
+  EAFNOSUPPORT: osConstants.errno.EAFNOSUPPORT,
 } as const;
 
 /** Accept an errno as a number or a name ('EIO'). */
