@@ -24,6 +24,7 @@ const CONSTANTS = [
   'AF_UNIX', 'AF_INET', 'AF_INET6', 'SOCK_STREAM', 'SOCK_DGRAM', 'SOL_SOCKET', 'IPPROTO_TCP', 'IPPROTO_IPV6',
   'SO_REUSEADDR', 'SO_TYPE', 'SO_ERROR', 'SO_SNDBUF', 'SO_RCVBUF', 'SO_KEEPALIVE', 'SO_LINGER', 'SO_PEERCRED', 'SO_ACCEPTCONN', 'SO_DOMAIN',
   'TCP_NODELAY', 'TCP_KEEPIDLE', 'TCP_KEEPINTVL', 'TCP_KEEPCNT', 'TCP_USER_TIMEOUT', 'IPV6_V6ONLY', 'SHUT_RD', 'SHUT_WR', 'SHUT_RDWR',
+  'FIONBIO', 'FIOCLEX',
 ] as const;
 
 /** Sample addresses: [name, C statements filling `struct sockaddr_* a` and `socklen_t len`, our address]. */
@@ -64,6 +65,7 @@ function program(): string {
     '#include <stddef.h>',
     '#include <stdio.h>',
     '#include <string.h>',
+    '#include <sys/ioctl.h>',
     '#include <sys/socket.h>',
     '#include <sys/un.h>',
     'static void hex(const char* name, const void* p, size_t n) { printf("bytes %s ", name); for (size_t i = 0; i < n; i++) printf("%02x", ((const unsigned char*)p)[i]); printf("\\n"); }',

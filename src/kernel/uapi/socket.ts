@@ -52,6 +52,10 @@ export const TCP_USER_TIMEOUT = 18;
 /** IPPROTO_IPV6 options (linux/in6.h). */
 export const IPV6_V6ONLY = 26;
 
+/** Generic ioctls on any fd (asm-generic/ioctls.h): FIONBIO (int by pointer: non-blocking on/off), FIOCLEX (close-on-exec on). */
+export const FIONBIO = 0x5421;
+export const FIOCLEX = 0x5451;
+
 /** shutdown(2) `how`. */
 export const SHUT_RD = 0;
 export const SHUT_WR = 1;
