@@ -85,8 +85,9 @@ describe('round trips in one process', () => {
   ];
 
   for (const [what, uri, skip] of uris) {
-    for (const [bname, make] of bindings) {
-      it.skipIf(skip !== undefined || (bname !== 'native' && what !== 'tcp IPv4' && what !== 'unix path'))(
+    // Every URI on the native binding; the other bindings on one URI of each family.
+    for (const [bname, make] of bindings.filter(([n]) => n === 'native' || what === 'tcp IPv4' || what === 'unix path')) {
+      it.skipIf(skip !== undefined)(
         `${what} (${bname}): bytes both ways, exact reads across writes, end, close; nothing left open${skip ? ` (skipped: ${skip})` : ''}`,
         async () => {
           const binding = make();
