@@ -394,7 +394,7 @@ class IoWorker : public PromiseWorker {
 
  protected:
   void Execute() override {
-    int64_t n = kWrite ? vfio_write_wait(fd_, data_, len_) : vfio_read_wait(fd_, data_, len_);
+    int64_t n = kWrite ? vfio_write_wait_nosigpipe(fd_, data_, len_) : vfio_read_wait(fd_, data_, len_);
     if (n < 0) {
       error_ = static_cast<int>(-n);
       syscall_ = kWrite ? "write" : "read";
@@ -870,8 +870,12 @@ Napi::Value Pump(const Napi::CallbackInfo& info) {
 
 // ---- module ------------------------------------------------------------------------------
 
+// The socket calls (defined at the end of this file).
+void RegisterSocketCalls(Napi::Env env, Napi::Object exports);
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData(new AddonData());  // deleted by node-addon-api when env is torn down
+  RegisterSocketCalls(env, exports);
 
   exports.Set("setErrorClass", Napi::Function::New(env, SetErrorClass, "setErrorClass"));
   exports.Set("open", Napi::Function::New(env, Open, "open"));
@@ -897,3 +901,156 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
 }  // namespace
 
 NODE_API_MODULE(vfio_pci, Init)
+
+// ---- sockets --------------------------------------------------------------------------------
+//
+// The socket calls of the Binding contract (src/kernel/binding/types.ts): synchronous, since
+// none of them waits (the sockets are non-blocking; callers wait with poll). A socket address is
+// a Buffer holding a struct sockaddr_* (src/kernel/uapi/socket.ts).
+
+namespace {
+
+// sizeof(struct sockaddr_storage): the largest socket address.
+constexpr size_t kSockaddrMax = 128;
+
+// A socket address argument: a Buffer of 2 (the family alone: AF_UNIX autobind) to 128 bytes.
+BufArg SockaddrArg(const Napi::CallbackInfo& info, size_t i, const char* fn) {
+  BufArg a = BufferArg(info, i, fn, "addr");
+  if (a.length < 2 || a.length > kSockaddrMax) {
+    ThrowRangeError(info.Env(), ArgName(fn, "addr") + " must be 2 to 128 bytes (a struct sockaddr)");
+  }
+  return a;
+}
+
+// socket(domain, type, protocol = 0) -> fd, with SOCK_CLOEXEC | SOCK_NONBLOCK added.
+Napi::Value Socket(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int domain = static_cast<int>(IntArg(info, 0, "socket", "domain", 0, INT_MAX));
+  int type = static_cast<int>(IntArg(info, 1, "socket", "type", 0, INT_MAX));
+  int protocol = static_cast<int>(OptIntArg(info, 2, "socket", "protocol", 0, INT_MAX, 0));
+  int fd = vfio_socket(domain, type, protocol);
+  if (fd < 0) ThrowSysError(env, -fd, "socket");
+  return Napi::Number::New(env, fd);
+}
+
+// bind(fd, addr)
+Napi::Value Bind(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0, "bind");
+  BufArg addr = SockaddrArg(info, 1, "bind");
+  int r = vfio_bind(fd, addr.data, static_cast<uint32_t>(addr.length));
+  if (r < 0) ThrowSysError(env, -r, "bind");
+  return env.Undefined();
+}
+
+// listen(fd, backlog)
+Napi::Value Listen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0, "listen");
+  int backlog = static_cast<int>(IntArg(info, 1, "listen", "backlog", 0, INT_MAX));
+  int r = vfio_listen(fd, backlog);
+  if (r < 0) ThrowSysError(env, -r, "listen");
+  return env.Undefined();
+}
+
+// accept(fd) -> fd (EAGAIN thrown when none is pending)
+Napi::Value Accept(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0, "accept");
+  int conn = vfio_accept(fd, nullptr, nullptr);
+  if (conn < 0) ThrowSysError(env, -conn, "accept4");
+  return Napi::Number::New(env, conn);
+}
+
+// connect(fd, addr) -> true when connected, false when in progress
+Napi::Value Connect(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0, "connect");
+  BufArg addr = SockaddrArg(info, 1, "connect");
+  int r = vfio_connect(fd, addr.data, static_cast<uint32_t>(addr.length));
+  if (r < 0) ThrowSysError(env, -r, "connect");
+  return Napi::Boolean::New(env, r == 0);
+}
+
+// getsockopt(fd, level, name) -> the int value; getsockopt(fd, level, name, buffer) -> the length
+// the kernel wrote into the (non-empty) buffer.
+Napi::Value Getsockopt(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "getsockopt";
+  int fd = FdArg(info, 0, fn);
+  int level = static_cast<int>(IntArg(info, 1, fn, "level", 0, INT_MAX));
+  int name = static_cast<int>(IntArg(info, 2, fn, "name", 0, INT_MAX));
+  if (info[3].IsUndefined()) {
+    int value = 0;
+    uint32_t len = sizeof value;
+    int r = vfio_getsockopt(fd, level, name, &value, &len);
+    if (r < 0) ThrowSysError(env, -r, "getsockopt");
+    return Napi::Number::New(env, value);
+  }
+  BufArg buf = BufferArg(info, 3, fn);
+  if (buf.length == 0 || buf.length > UINT32_MAX) ThrowRangeError(env, ArgName(fn, "buffer") + " must not be empty");
+  uint32_t len = static_cast<uint32_t>(buf.length);
+  int r = vfio_getsockopt(fd, level, name, buf.data, &len);
+  if (r < 0) ThrowSysError(env, -r, "getsockopt");
+  return Napi::Number::New(env, len);
+}
+
+// setsockopt(fd, level, name, value: number (an int) | Buffer (non-empty))
+Napi::Value Setsockopt(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "setsockopt";
+  int fd = FdArg(info, 0, fn);
+  int level = static_cast<int>(IntArg(info, 1, fn, "level", 0, INT_MAX));
+  int name = static_cast<int>(IntArg(info, 2, fn, "name", 0, INT_MAX));
+  int r;
+  if (info[3].IsNumber()) {
+    int value = static_cast<int>(IntArg(info, 3, fn, "value", INT_MIN, INT_MAX));
+    r = vfio_setsockopt(fd, level, name, &value, sizeof value);
+  } else if (info[3].IsBuffer()) {
+    BufArg buf = BufferArg(info, 3, fn, "value");
+    if (buf.length == 0 || buf.length > UINT32_MAX) ThrowRangeError(env, ArgName(fn, "value") + " Buffer must not be empty");
+    r = vfio_setsockopt(fd, level, name, buf.data, static_cast<uint32_t>(buf.length));
+  } else {
+    ThrowTypeError(env, ArgName(fn, "value") + " must be a number or a Buffer");
+  }
+  if (r < 0) ThrowSysError(env, -r, "setsockopt");
+  return env.Undefined();
+}
+
+// shutdown(fd, how): SHUT_RD 0, SHUT_WR 1, SHUT_RDWR 2
+Napi::Value Shutdown(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0, "shutdown");
+  int how = static_cast<int>(IntArg(info, 1, "shutdown", "how", 0, 2));
+  int r = vfio_shutdown(fd, how);
+  if (r < 0) ThrowSysError(env, -r, "shutdown");
+  return env.Undefined();
+}
+
+// getsockname(fd) / getpeername(fd) -> Buffer: the address, as long as the kernel says it is.
+template <bool kPeer>
+Napi::Value SockName(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = kPeer ? "getpeername" : "getsockname";
+  int fd = FdArg(info, 0, fn);
+  unsigned char addr[kSockaddrMax] = {};
+  uint32_t len = sizeof addr;
+  int r = kPeer ? vfio_getpeername(fd, addr, &len) : vfio_getsockname(fd, addr, &len);
+  if (r < 0) ThrowSysError(env, -r, fn);
+  return Napi::Buffer<uint8_t>::Copy(env, addr, len < sizeof addr ? len : sizeof addr);
+}
+
+void RegisterSocketCalls(Napi::Env env, Napi::Object exports) {
+  exports.Set("socket", Napi::Function::New(env, Socket, "socket"));
+  exports.Set("bind", Napi::Function::New(env, Bind, "bind"));
+  exports.Set("listen", Napi::Function::New(env, Listen, "listen"));
+  exports.Set("accept", Napi::Function::New(env, Accept, "accept"));
+  exports.Set("connect", Napi::Function::New(env, Connect, "connect"));
+  exports.Set("getsockopt", Napi::Function::New(env, Getsockopt, "getsockopt"));
+  exports.Set("setsockopt", Napi::Function::New(env, Setsockopt, "setsockopt"));
+  exports.Set("shutdown", Napi::Function::New(env, Shutdown, "shutdown"));
+  exports.Set("getsockname", Napi::Function::New(env, SockName<false>, "getsockname"));
+  exports.Set("getpeername", Napi::Function::New(env, SockName<true>, "getpeername"));
+}
+
+}  // namespace

@@ -4,8 +4,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -737,6 +739,88 @@ const char* vfio_errno_name(int err) {
     default:
       return nullptr;
   }
+}
+
+}  // namespace vfio_sys
+
+// ---- sockets ------------------------------------------------------------------------------------
+
+namespace vfio_sys {
+
+int vfio_socket(int domain, int type, int protocol) {
+  int fd = ::socket(domain, type | SOCK_CLOEXEC | SOCK_NONBLOCK, protocol);
+  return fd >= 0 ? fd : -errno;
+}
+
+int vfio_bind(int fd, const void* addr, uint32_t len) {
+  return ::bind(fd, static_cast<const struct sockaddr*>(addr), static_cast<socklen_t>(len)) == 0 ? 0 : -errno;
+}
+
+int vfio_listen(int fd, int backlog) { return ::listen(fd, backlog) == 0 ? 0 : -errno; }
+
+int vfio_accept(int fd, void* addr, uint32_t* len) {
+  for (;;) {
+    socklen_t l = len ? static_cast<socklen_t>(*len) : 0;
+    int conn = ::accept4(fd, static_cast<struct sockaddr*>(addr), len ? &l : nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (conn >= 0) {
+      if (len) *len = static_cast<uint32_t>(l);
+      return conn;
+    }
+    if (errno != EINTR) return -errno;
+  }
+}
+
+int vfio_connect(int fd, const void* addr, uint32_t len) {
+  if (::connect(fd, static_cast<const struct sockaddr*>(addr), static_cast<socklen_t>(len)) == 0) return 0;
+  // A connect(2) that is interrupted goes on asynchronously (POSIX): retrying it would answer
+  // EALREADY. Either way the caller waits for POLLOUT and reads SO_ERROR.
+  return errno == EINPROGRESS || errno == EINTR ? 1 : -errno;
+}
+
+int vfio_getsockopt(int fd, int level, int name, void* val, uint32_t* len) {
+  socklen_t l = static_cast<socklen_t>(*len);
+  if (::getsockopt(fd, level, name, val, &l) != 0) return -errno;
+  *len = static_cast<uint32_t>(l);
+  return 0;
+}
+
+int vfio_setsockopt(int fd, int level, int name, const void* val, uint32_t len) {
+  return ::setsockopt(fd, level, name, val, static_cast<socklen_t>(len)) == 0 ? 0 : -errno;
+}
+
+int vfio_shutdown(int fd, int how) { return ::shutdown(fd, how) == 0 ? 0 : -errno; }
+
+int vfio_getsockname(int fd, void* addr, uint32_t* len) {
+  socklen_t l = static_cast<socklen_t>(*len);
+  if (::getsockname(fd, static_cast<struct sockaddr*>(addr), &l) != 0) return -errno;
+  *len = static_cast<uint32_t>(l);
+  return 0;
+}
+
+int vfio_getpeername(int fd, void* addr, uint32_t* len) {
+  socklen_t l = static_cast<socklen_t>(*len);
+  if (::getpeername(fd, static_cast<struct sockaddr*>(addr), &l) != 0) return -errno;
+  *len = static_cast<uint32_t>(l);
+  return 0;
+}
+
+int64_t vfio_write_wait_nosigpipe(int fd, const void* buf, size_t len) {
+  sigset_t sigpipe, saved, pending;
+  sigemptyset(&sigpipe);
+  sigaddset(&sigpipe, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &sigpipe, &saved);
+  // A SIGPIPE pending before the write (for the thread or the process) is not ours to take.
+  sigemptyset(&pending);
+  sigpending(&pending);
+  const bool was_pending = sigismember(&pending, SIGPIPE) == 1;
+  const int64_t n = vfio_write_wait(fd, buf, len);
+  if (n == -EPIPE && !was_pending) {
+    const struct timespec zero = {0, 0};
+    while (sigtimedwait(&sigpipe, nullptr, &zero) < 0 && errno == EINTR) {
+    }
+  }
+  if (sigismember(&saved, SIGPIPE) != 1) pthread_sigmask(SIG_SETMASK, &saved, nullptr);
+  return n;
 }
 
 }  // namespace vfio_sys

@@ -276,6 +276,61 @@ const char* vfio_errno_name(int err);
 // Which CRC-32 implementation the pump uses: "isa-l" (built with VFIO_PCI_HAVE_ISAL) or "zlib".
 const char* vfio_crc32_implementation();
 
+// ---- sockets (the live-migration transport, src/live/) ----------------------------------------
+//
+// Sockets the library owns: created close-on-exec and non-blocking, driven through read(2) /
+// write(2) and waited on with poll(2), never also read by libuv. Socket addresses are passed as
+// the raw bytes of a struct sockaddr_* (src/kernel/uapi/socket.ts builds them); `len` is their
+// size in bytes.
+
+/** socket(2) with SOCK_CLOEXEC | SOCK_NONBLOCK added to `type`. Returns the fd. */
+int vfio_socket(int domain, int type, int protocol);
+
+/** bind(2). */
+int vfio_bind(int fd, const void* addr, uint32_t len);
+
+/** listen(2). */
+int vfio_listen(int fd, int backlog);
+
+/**
+ * accept4(2) with SOCK_CLOEXEC | SOCK_NONBLOCK; EINTR retried. Returns the new fd; -EAGAIN
+ * when no connection is pending (the listening socket is non-blocking). `addr`/`len` may be
+ * null; otherwise *len is the room in `addr` on entry and the address size on return.
+ */
+int vfio_accept(int fd, void* addr, uint32_t* len);
+
+/**
+ * connect(2) on a non-blocking socket: 0 when connected at once, 1 when the connection is in
+ * progress (EINPROGRESS, and EINTR, after which Linux also goes on connecting in the
+ * background): the caller waits for POLLOUT and reads SO_ERROR. -errno otherwise (AF_UNIX:
+ * -EAGAIN when the listener's backlog is full).
+ */
+int vfio_connect(int fd, const void* addr, uint32_t len);
+
+/** getsockopt(2): *len is the room in `val` on entry and the option's size on return. */
+int vfio_getsockopt(int fd, int level, int name, void* val, uint32_t* len);
+
+/** setsockopt(2). */
+int vfio_setsockopt(int fd, int level, int name, const void* val, uint32_t len);
+
+/** shutdown(2): how is SHUT_RD (0), SHUT_WR (1) or SHUT_RDWR (2). */
+int vfio_shutdown(int fd, int how);
+
+/** getsockname(2) / getpeername(2): *len as in vfio_accept. */
+int vfio_getsockname(int fd, void* addr, uint32_t* len);
+int vfio_getpeername(int fd, void* addr, uint32_t* len);
+
+/**
+ * vfio_write_wait that cannot raise SIGPIPE in the calling thread: a write(2) to a socket or
+ * pipe whose reader is gone sends the writing thread a SIGPIPE, which kills the process when
+ * its disposition is the default (Node ignores SIGPIPE at start-up, but removing the last
+ * process.on('SIGPIPE') listener puts the default back). SIGPIPE is blocked around the write
+ * and, when the write failed with EPIPE, the SIGPIPE it raised is taken off the thread's pending
+ * set (sigtimedwait(2) with a zero timeout) unless one was already pending before; then the
+ * thread's mask is restored. Returns what vfio_write_wait returns: -EPIPE reaches the caller.
+ */
+int64_t vfio_write_wait_nosigpipe(int fd, const void* buf, size_t len);
+
 }  // namespace vfio_sys
 
 #endif  // VFIO_PCI_SYS_H

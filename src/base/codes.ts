@@ -49,6 +49,12 @@ export const EVFIO_CODES = {
   EVFIO_NO_HWPT: ['unsupported', 'the device has no IOMMU page table of its own (an mdev, or the legacy path)'],
   EVFIO_NO_IOMMU_DIRTY: ['unsupported', 'the IOMMU does not track dirty pages (no IOMMU_HW_CAP_DIRTY_TRACKING, or a HWPT without it)'],
   EVFIO_DEMO: ['unsupported', 'the demo device lacks what the demo needs'],
+  // peer and transport: the other end of a live migration, and the connection to it
+  EVFIO_PEER_CLOSED: ['peer', 'the peer closed the connection before the bytes expected'],
+  EVFIO_CHANNEL_BROKEN: ['peer', 'the connection lost its place in the stream after an earlier failure'],
+  EVFIO_TLS: ['peer', 'TLS credentials unusable, a TLS handshake failed, or a peer not authenticated'],
+  EVFIO_TRANSPORT: ['peer', 'another failure of the connection'],
+  EVFIO_RESOLVE: ['usage', 'a host name that does not resolve'],
   // format: a snapshot or stream that is malformed
   EVFIO_BAD_SNAPSHOT: ['format', 'the snapshot file is malformed'],
   EVFIO_SNAPSHOT_VERSION: ['format', 'the snapshot format version is not readable here'],

@@ -13,9 +13,12 @@ for (const [name, num] of Object.entries(osConstants.errno)) if (!ERRNO_NAMES.ha
 // Node lists ENOTSUP before EOPNOTSUPP (both 95 on Linux); the addon and the kernel say EOPNOTSUPP.
 if (osConstants.errno.EOPNOTSUPP !== undefined) ERRNO_NAMES.set(osConstants.errno.EOPNOTSUPP, 'EOPNOTSUPP');
 
-/** The symbolic name of a positive errno value ('EINVAL' for 22), or `E<n>` when unknown. */
-export function errnoName(errno: number): string {
-  return ERRNO_NAMES.get(errno) ?? `E${errno}`;
+/**
+ * The symbolic name of a positive errno value ('EINVAL' for 22), or `E<n>` when Node's table
+ * does not know it (typed as an errno name all the same: the union covers Linux's table).
+ */
+export function errnoName(errno: number): ErrnoName {
+  return (ERRNO_NAMES.get(errno) ?? `E${errno}`) as ErrnoName;
 }
 
 /** The positive errno value of a symbolic name ('EINVAL' → 22). */
@@ -107,7 +110,7 @@ export class VfioError extends Error {
 
   /** Build a syscall error from a positive errno. The message names syscall, op and device. */
   static fromErrno(errno: number, init: Omit<VfioErrorInit, 'code' | 'errno' | 'kind'> = {}): VfioError {
-    const code = errnoName(errno) as ErrnoName;
+    const code = errnoName(errno);
     const what = [init.syscall, init.op].filter(Boolean).join(' ');
     const where = init.device ? ` on ${init.device}` : init.path ? ` (${init.path})` : '';
     return new VfioError(`${what || 'syscall'} failed${where}: ${code}`, { ...init, code, errno, kind: 'syscall' });

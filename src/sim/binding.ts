@@ -349,6 +349,88 @@ export class SimBinding implements Binding {
     return runPump(io, srcFd, dstFd, a.buf, a.options);
   }
 
+  // ------------------------------------------------------------------ sockets
+  //
+  // The sim has no sockets of its own: socket() makes a real one with the inner binding, and the
+  // socket calls on real fds go to it. A virtual fd (a device, a data_fd) is not a socket:
+  // ENOTSOCK, after the same argument checks as the real bindings.
+
+  socket(domain: number, type: number, protocol?: number): number {
+    if (this.inner) return this.inner.socket(domain, type, protocol);
+    A.int('socket', 'domain', domain, 0, A.INT_MAX);
+    A.int('socket', 'type', type, 0, A.INT_MAX);
+    A.optInt('socket', 'protocol', protocol, 0, A.INT_MAX, 0);
+    throw VfioError.fromErrno(E.EAFNOSUPPORT, { syscall: 'socket' });
+  }
+
+  bind(fd: number, addr: Buffer): void {
+    this.notSocket('bind', fd, () => A.sockaddr('bind', addr));
+    return this.innerFor(fd, 'bind').bind(fd, addr);
+  }
+
+  listen(fd: number, backlog: number): void {
+    this.notSocket('listen', fd, () => A.int('listen', 'backlog', backlog, 0, A.INT_MAX));
+    return this.innerFor(fd, 'listen').listen(fd, backlog);
+  }
+
+  accept(fd: number): number {
+    this.notSocket('accept', fd, () => undefined, 'accept4');
+    return this.innerFor(fd, 'accept4').accept(fd);
+  }
+
+  connect(fd: number, addr: Buffer): boolean {
+    this.notSocket('connect', fd, () => A.sockaddr('connect', addr));
+    return this.innerFor(fd, 'connect').connect(fd, addr);
+  }
+
+  getsockopt(fd: number, level: number, name: number, buf?: Buffer): number {
+    this.notSocket('getsockopt', fd, () => {
+      A.int('getsockopt', 'level', level, 0, A.INT_MAX);
+      A.int('getsockopt', 'name', name, 0, A.INT_MAX);
+      if (buf !== undefined && A.buffer('getsockopt', buf).length === 0) throw A.rangeError('getsockopt: "buffer" must not be empty');
+    });
+    return this.innerFor(fd, 'getsockopt').getsockopt(fd, level, name, buf);
+  }
+
+  setsockopt(fd: number, level: number, name: number, value: number | Buffer): void {
+    this.notSocket('setsockopt', fd, () => {
+      A.int('setsockopt', 'level', level, 0, A.INT_MAX);
+      A.int('setsockopt', 'name', name, 0, A.INT_MAX);
+      if (typeof value === 'number') A.int('setsockopt', 'value', value, -0x80000000, A.INT_MAX);
+      else if (!Buffer.isBuffer(value)) throw A.typeError('setsockopt: "value" must be a number or a Buffer');
+      else if (value.length === 0) throw A.rangeError('setsockopt: "value" Buffer must not be empty');
+    });
+    return this.innerFor(fd, 'setsockopt').setsockopt(fd, level, name, value);
+  }
+
+  shutdown(fd: number, how: number): void {
+    this.notSocket('shutdown', fd, () => A.int('shutdown', 'how', how, 0, 2));
+    return this.innerFor(fd, 'shutdown').shutdown(fd, how);
+  }
+
+  getsockname(fd: number): Buffer {
+    this.notSocket('getsockname', fd, () => undefined);
+    return this.innerFor(fd, 'getsockname').getsockname(fd);
+  }
+
+  getpeername(fd: number): Buffer {
+    this.notSocket('getpeername', fd, () => undefined);
+    return this.innerFor(fd, 'getpeername').getpeername(fd);
+  }
+
+  /**
+   * For a virtual fd: check the call's other arguments (`check`) and throw ENOTSOCK (EBADF when
+   * it is not open). Returns for a real fd, which the caller hands to the inner binding.
+   */
+  private notSocket(fn: string, fd: number, check: () => unknown, syscall = fn): void {
+    if (!SimBinding.isVirtualFd(fd)) return;
+    A.fd(fn, fd);
+    const f = this.virtual(syscall, fd);
+    if (!f) return;
+    check();
+    throw this.err(E.ENOTSOCK, syscall, f);
+  }
+
   // ------------------------------------------------------------------ internals
 
   /** Argument check of an fd for the async calls; true when it is in the virtual range. */

@@ -27,6 +27,8 @@ export const E = {
   E2BIG: osConstants.errno.E2BIG,
   EOVERFLOW: osConstants.errno.EOVERFLOW,
   EPIPE: osConstants.errno.EPIPE,
+  ENOTSOCK: osConstants.errno.ENOTSOCK,
+  EAFNOSUPPORT: osConstants.errno.EAFNOSUPPORT,
 } as const;
 
 /** Accept an errno as a number or a name ('EIO'). */

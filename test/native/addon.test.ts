@@ -37,6 +37,9 @@ afterAll(() => {
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
+/** The socket calls (native.d.ts "sockets"; exercised by test/contract/socket-suite.ts). */
+const SOCKET_CALLS = ['accept', 'bind', 'connect', 'getpeername', 'getsockname', 'getsockopt', 'listen', 'setsockopt', 'shutdown', 'socket'];
+
 describe('loading', () => {
   it('at least one build of the addon exists', () => {
     expect(addonFile, `none of ${NATIVE_ADDON_FILES.join(', ')} under ${root}`).toBeDefined();
@@ -45,6 +48,7 @@ describe('loading', () => {
   it('exposes exactly the documented functions', () => {
     expect(Object.keys(raw()).sort()).toEqual(
       [
+        ...SOCKET_CALLS,
         'bufferAddress',
         'close',
         'crc32Implementation',

@@ -152,6 +152,16 @@ describe('delegation to the inner binding', () => {
       eventfdWrite: rec('eventfdWrite', undefined) as Binding['eventfdWrite'],
       poll: rec('poll', Promise.resolve(1)) as Binding['poll'],
       pump: rec('pump', Promise.resolve({ bytes: 0, crc32: 0, end: 'eof' } satisfies PumpResult)) as Binding['pump'],
+      socket: rec('socket', 9) as Binding['socket'],
+      bind: rec('bind', undefined) as Binding['bind'],
+      listen: rec('listen', undefined) as Binding['listen'],
+      accept: rec('accept', 10) as Binding['accept'],
+      connect: rec('connect', false) as Binding['connect'],
+      getsockopt: rec('getsockopt', 0) as Binding['getsockopt'],
+      setsockopt: rec('setsockopt', undefined) as Binding['setsockopt'],
+      shutdown: rec('shutdown', undefined) as Binding['shutdown'],
+      getsockname: rec('getsockname', Buffer.alloc(2)) as Binding['getsockname'],
+      getpeername: rec('getpeername', Buffer.alloc(2)) as Binding['getpeername'],
     };
     return { inner, calls };
   }
@@ -178,6 +188,41 @@ describe('delegation to the inner binding', () => {
       'open(/tmp/x,0,384)', 'ioctl(5,21505)', 'ioctlAsync(5,21506)', 'bufferAddress()', 'pread(5,9)', 'pwrite(5,9)', 'read(5)', 'write(5)', 'poll(5,1,0)',
       'pump(5,6)', 'pipe()', 'eventfd(0)', 'eventfdRead(8)', 'eventfdWrite(8)', 'close(5)',
     ]);
+  });
+
+  it('hands the socket calls on real fds to the inner binding; a virtual fd is ENOTSOCK after the argument checks', () => {
+    const { inner, calls } = recorder();
+    const b = new SimBinding(inner);
+    const addr = Buffer.from([1, 0, 0x2f, 0]);
+    expect(b.socket(1, 1)).toBe(9);
+    b.bind(9, addr);
+    b.listen(9, 4);
+    expect(b.accept(9)).toBe(10);
+    expect(b.connect(9, addr)).toBe(false);
+    b.getsockopt(9, 1, 4);
+    b.setsockopt(9, 6, 1, 1);
+    b.shutdown(10, 2);
+    b.getsockname(9);
+    b.getpeername(10);
+    expect(calls).toEqual([
+      'socket(1,1)', 'bind(9)', 'listen(9,4)', 'accept(9)', 'connect(9)', 'getsockopt(9,1,4)', 'setsockopt(9,6,1,1)', 'shutdown(10,2)',
+      'getsockname(9)', 'getpeername(10)',
+    ]);
+    const dev = b.open('sim', 2);
+    expect(thrown(() => b.getsockname(dev))).toMatchObject({ code: 'ENOTSOCK', syscall: 'getsockname' });
+    expect(thrown(() => b.accept(dev))).toMatchObject({ code: 'ENOTSOCK', syscall: 'accept4' });
+    expect(() => b.bind(dev, Buffer.alloc(1))).toThrow(RangeError);
+    expect(() => b.shutdown(dev, 7)).toThrow(RangeError);
+    b.close(dev);
+    expect(thrown(() => b.getsockname(dev))).toMatchObject({ code: 'EBADF', syscall: 'getsockname' });
+    expect(calls).toHaveLength(10);
+  });
+
+  it('without an inner binding, socket() is EAFNOSUPPORT and a real fd EBADF', () => {
+    const b = new SimBinding();
+    expect(thrown(() => b.socket(1, 1))).toMatchObject({ code: 'EAFNOSUPPORT', syscall: 'socket' });
+    expect(thrown(() => b.listen(3, 1))).toMatchObject({ code: 'EBADF', syscall: 'listen' });
+    expect(() => b.socket(-1, 1)).toThrow(RangeError);
   });
 
   it('keeps eventfds and pipes virtual when asked to', () => {

@@ -47,3 +47,13 @@ export function window(fn: string, buf: Buffer, offset: unknown, length: unknown
   const len = optInt(fn, 'length', length, 0, buf.length - off, buf.length - off);
   return buf.subarray(off, off + len);
 }
+
+/** sizeof(struct sockaddr_storage): the largest socket address. */
+export const SOCKADDR_MAX = 128;
+
+/** A socket address: a Buffer holding a struct sockaddr_*, 2 (the family alone) to 128 bytes. */
+export function sockaddr(fn: string, v: unknown, name = 'addr'): Buffer {
+  const b = buffer(fn, v, name);
+  if (b.length < 2 || b.length > SOCKADDR_MAX) throw rangeError(`${fn}: "${name}" must be 2 to 128 bytes (a struct sockaddr)`);
+  return b;
+}

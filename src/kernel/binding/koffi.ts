@@ -1,7 +1,10 @@
 import { constants as fsc, fstatSync } from 'node:fs';
 import { crc32 } from 'node:zlib';
 import { VfioError, type VfioErrorCode } from '../../base/errors';
-import { INT_MAX, buffer as bufferArg, fd as fdArg, int as intArg, optInt as optIntArg, rangeError, typeError, window as windowArg } from './args';
+import {
+  INT_MAX, SOCKADDR_MAX, buffer as bufferArg, fd as fdArg, int as intArg, optInt as optIntArg, rangeError, sockaddr as sockaddrArg, typeError,
+  window as windowArg,
+} from './args';
 import type { Binding, PumpEnd, PumpError, PumpOptions, PumpResult } from './types';
 
 /**
@@ -41,6 +44,13 @@ const EINTR = 4;
 const EAGAIN = 11;
 const EIO = 5;
 const ENOMSG = 42;
+const EINPROGRESS = 115;
+/** SOCK_CLOEXEC and SOCK_NONBLOCK are O_CLOEXEC and O_NONBLOCK (asm-generic). */
+const SOCK_CLOEXEC = O_CLOEXEC;
+const SOCK_NONBLOCK = O_NONBLOCK;
+/** send(2) flags (linux/socket.h): no SIGPIPE for a peer that is gone; do not wait. */
+const MSG_NOSIGNAL = 0x4000;
+const MSG_DONTWAIT = 0x40;
 /** A pipe write of at most PIPE_BUF bytes into a pipe that has room never blocks (pipe(7)). */
 const PIPE_BUF = 4096;
 const POLLIN = 0x1;
@@ -66,6 +76,18 @@ interface Libc {
   pipe2: CFunction;
   eventfd: CFunction;
   poll: CFunction;
+  // sockets
+  socket: CFunction;
+  bind: CFunction;
+  listen: CFunction;
+  accept4: CFunction;
+  connect: CFunction;
+  getsockopt: CFunction;
+  setsockopt: CFunction;
+  shutdown: CFunction;
+  getsockname: CFunction;
+  getpeername: CFunction;
+  send: CFunction;
 }
 
 type Koffi = typeof import('koffi');
@@ -105,6 +127,17 @@ function loadLibc(): Libc {
     pipe2: fn(lib.func('int pipe2(void *fds, int flags)')),
     eventfd: fn(lib.func('int eventfd(unsigned int initval, int flags)')),
     poll: fn(lib.func('poll', 'int', [koffi.inout(koffi.pointer(pollfd)), 'unsigned long', 'int'])),
+    socket: fn(lib.func('int socket(int domain, int type, int protocol)')),
+    bind: fn(lib.func('int bind(int fd, const void *addr, uint32_t len)')),
+    listen: fn(lib.func('int listen(int fd, int backlog)')),
+    accept4: fn(lib.func('int accept4(int fd, void *addr, void *len, int flags)')),
+    connect: fn(lib.func('int connect(int fd, const void *addr, uint32_t len)')),
+    getsockopt: fn(lib.func('int getsockopt(int fd, int level, int name, void *val, void *len)')),
+    setsockopt: fn(lib.func('int setsockopt(int fd, int level, int name, const void *val, uint32_t len)')),
+    shutdown: fn(lib.func('int shutdown(int fd, int how)')),
+    getsockname: fn(lib.func('int getsockname(int fd, void *addr, void *len)')),
+    getpeername: fn(lib.func('int getpeername(int fd, void *addr, void *len)')),
+    send: fn(lib.func('intptr_t send(int fd, const void *buf, size_t count, int flags)')),
   };
   return libc;
 }
@@ -272,15 +305,21 @@ export class KoffiBinding implements Binding {
    */
   private async transfer(kind: 'read' | 'write', fd: number, view: Buffer, position?: number): Promise<number> {
     const positional = position !== undefined;
+    // A socket is written with send(2) and MSG_NOSIGNAL: a peer that is gone is EPIPE, never a
+    // SIGPIPE (the contract). A pipe's write(2) cannot avoid it: there, the process relies on
+    // Node's ignoring SIGPIPE (the addon blocks it around its writes instead).
+    const send = kind === 'write' && !positional && isSocket(fd);
     const f = kind === 'read' ? (positional ? this.c.pread : this.c.read) : positional ? this.c.pwrite : this.c.write;
     const call = (len: number): Promise<number> | number =>
-      positional ? callAsync(f, fd, view, len, position) : callAsync(f, fd, view, len);
+      send ? callAsync(this.c.send, fd, view, len, MSG_NOSIGNAL) : positional ? callAsync(f, fd, view, len, position) : callAsync(f, fd, view, len);
     for (;;) {
       const n = await call(view.length);
       if (n >= 0) return n;
       // Learn errno by re-issuing the call here (it does not wait: see the file comment).
       const len = kind === 'write' ? Math.min(view.length, PIPE_BUF) : view.length;
-      const again = Number(positional ? f(fd, view, len, position) : f(fd, view, len));
+      const again = Number(
+        send ? this.c.send(fd, view, len, MSG_NOSIGNAL | MSG_DONTWAIT) : positional ? f(fd, view, len, position) : f(fd, view, len),
+      );
       if (again >= 0) return again;
       const e = koffi.errno();
       if (e === EAGAIN) {
@@ -351,6 +390,108 @@ export class KoffiBinding implements Binding {
       a.buf,
       a.options,
     );
+  }
+
+  // ---- sockets: synchronous calls on the JS thread (none of them waits: the sockets are non-blocking) ----
+
+  socket(domain: number, type: number, protocol?: number): number {
+    const d = intArg('socket', 'domain', domain, 0, INT_MAX);
+    const t = intArg('socket', 'type', type, 0, INT_MAX);
+    const p = optIntArg('socket', 'protocol', protocol, 0, INT_MAX, 0);
+    const fd = this.c.socket(d, t | SOCK_CLOEXEC | SOCK_NONBLOCK, p) as number;
+    if (fd < 0) throw sysError(koffi.errno(), 'socket');
+    return fd;
+  }
+
+  bind(fd: number, addr: Buffer): void {
+    fdArg('bind', fd);
+    const a = sockaddrArg('bind', addr);
+    if ((this.c.bind(fd, a, a.length) as number) !== 0) throw sysError(koffi.errno(), 'bind');
+  }
+
+  listen(fd: number, backlog: number): void {
+    fdArg('listen', fd);
+    const n = intArg('listen', 'backlog', backlog, 0, INT_MAX);
+    if ((this.c.listen(fd, n) as number) !== 0) throw sysError(koffi.errno(), 'listen');
+  }
+
+  accept(fd: number): number {
+    fdArg('accept', fd);
+    for (;;) {
+      const conn = this.c.accept4(fd, null, null, SOCK_CLOEXEC | SOCK_NONBLOCK) as number;
+      if (conn >= 0) return conn;
+      const e = koffi.errno();
+      if (e !== EINTR) throw sysError(e, 'accept4');
+    }
+  }
+
+  connect(fd: number, addr: Buffer): boolean {
+    fdArg('connect', fd);
+    const a = sockaddrArg('connect', addr);
+    if ((this.c.connect(fd, a, a.length) as number) === 0) return true;
+    const e = koffi.errno();
+    // EINTR: the connection goes on in the background (POSIX), as with EINPROGRESS.
+    if (e === EINPROGRESS || e === EINTR) return false;
+    throw sysError(e, 'connect');
+  }
+
+  getsockopt(fd: number, level: number, name: number, buf?: Buffer): number {
+    fdArg('getsockopt', fd);
+    const lv = intArg('getsockopt', 'level', level, 0, INT_MAX);
+    const nm = intArg('getsockopt', 'name', name, 0, INT_MAX);
+    const val = buf === undefined ? Buffer.alloc(4) : bufferArg('getsockopt', buf);
+    if (val.length === 0) throw rangeError('getsockopt: "buffer" must not be empty');
+    const len = Uint32Array.of(val.length);
+    if ((this.c.getsockopt(fd, lv, nm, val, len) as number) !== 0) throw sysError(koffi.errno(), 'getsockopt');
+    return buf === undefined ? val.readInt32LE(0) : len[0];
+  }
+
+  setsockopt(fd: number, level: number, name: number, value: number | Buffer): void {
+    fdArg('setsockopt', fd);
+    const lv = intArg('setsockopt', 'level', level, 0, INT_MAX);
+    const nm = intArg('setsockopt', 'name', name, 0, INT_MAX);
+    let val: Buffer;
+    if (typeof value === 'number') {
+      val = Buffer.alloc(4);
+      val.writeInt32LE(intArg('setsockopt', 'value', value, -0x80000000, INT_MAX), 0);
+    } else if (Buffer.isBuffer(value)) {
+      if (value.length === 0) throw rangeError('setsockopt: "value" Buffer must not be empty');
+      val = value;
+    } else {
+      throw typeError('setsockopt: "value" must be a number or a Buffer');
+    }
+    if ((this.c.setsockopt(fd, lv, nm, val, val.length) as number) !== 0) throw sysError(koffi.errno(), 'setsockopt');
+  }
+
+  shutdown(fd: number, how: number): void {
+    fdArg('shutdown', fd);
+    const h = intArg('shutdown', 'how', how, 0, 2);
+    if ((this.c.shutdown(fd, h) as number) !== 0) throw sysError(koffi.errno(), 'shutdown');
+  }
+
+  getsockname(fd: number): Buffer {
+    return this.sockName('getsockname', this.c.getsockname, fd);
+  }
+
+  getpeername(fd: number): Buffer {
+    return this.sockName('getpeername', this.c.getpeername, fd);
+  }
+
+  private sockName(fn: string, f: CFunction, fd: number): Buffer {
+    fdArg(fn, fd);
+    const addr = Buffer.alloc(SOCKADDR_MAX);
+    const len = Uint32Array.of(SOCKADDR_MAX);
+    if ((f(fd, addr, len) as number) !== 0) throw sysError(koffi.errno(), fn);
+    return Buffer.from(addr.subarray(0, Math.min(len[0], SOCKADDR_MAX)));
+  }
+}
+
+/** True for a socket (false for a bad fd: the syscall reports it). */
+function isSocket(fd: number): boolean {
+  try {
+    return fstatSync(fd).isSocket();
+  } catch {
+    return false;
   }
 }
 

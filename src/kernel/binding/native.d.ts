@@ -152,5 +152,23 @@ declare namespace VfioPciNative {
      * on its errors. A worker_thread terminated during a pump cancels it and drops the result.
      */
     pump(srcFd: number, dstFd: number, buf: Buffer, options?: PumpOptions | number): Promise<PumpResult>;
+
+    // ---- sockets: synchronous, errors thrown as by open(); addresses are struct sockaddr bytes (2 to 128) ----
+    /** socket(2) with SOCK_CLOEXEC | SOCK_NONBLOCK added. */
+    socket(domain: number, type: number, protocol?: number): number;
+    bind(fd: number, addr: Buffer): void;
+    listen(fd: number, backlog: number): void;
+    /** accept4(2) with SOCK_CLOEXEC | SOCK_NONBLOCK; throws EAGAIN (syscall 'accept4') when none is pending. */
+    accept(fd: number): number;
+    /** true: connected; false: in progress (EINPROGRESS). */
+    connect(fd: number, addr: Buffer): boolean;
+    /** Without `buf`: the int option's value. With `buf`: the length written into it. */
+    getsockopt(fd: number, level: number, name: number, buf?: Buffer): number;
+    /** `value`: an int, or a non-empty Buffer. */
+    setsockopt(fd: number, level: number, name: number, value: number | Buffer): void;
+    /** `how` in [0, 2]. */
+    shutdown(fd: number, how: number): void;
+    getsockname(fd: number): Buffer;
+    getpeername(fd: number): Buffer;
   }
 }

@@ -127,4 +127,36 @@ export class NativeBinding implements Binding {
   pump(srcFd: number, dstFd: number, buf: Buffer, opts?: PumpOptions | number): Promise<PumpResult> {
     return this.addon.pump(srcFd, dstFd, buf, opts);
   }
+
+  // ---- sockets ----
+  socket(domain: number, type: number, protocol?: number): number {
+    return this.addon.socket(domain, type, protocol);
+  }
+  bind(fd: number, addr: Buffer): void {
+    this.addon.bind(fd, addr);
+  }
+  listen(fd: number, backlog: number): void {
+    this.addon.listen(fd, backlog);
+  }
+  accept(fd: number): number {
+    return this.addon.accept(fd);
+  }
+  connect(fd: number, addr: Buffer): boolean {
+    return this.addon.connect(fd, addr);
+  }
+  getsockopt(fd: number, level: number, name: number, buf?: Buffer): number {
+    return this.addon.getsockopt(fd, level, name, buf);
+  }
+  setsockopt(fd: number, level: number, name: number, value: number | Buffer): void {
+    this.addon.setsockopt(fd, level, name, value);
+  }
+  shutdown(fd: number, how: number): void {
+    this.addon.shutdown(fd, how);
+  }
+  getsockname(fd: number): Buffer {
+    return this.addon.getsockname(fd);
+  }
+  getpeername(fd: number): Buffer {
+    return this.addon.getpeername(fd);
+  }
 }

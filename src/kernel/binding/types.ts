@@ -129,6 +129,65 @@ export interface Binding {
    * Optional: a binding without it leaves streaming to read/write.
    */
   pump?(srcFd: number, dstFd: number, buf: Buffer, opts?: PumpOptions | number): Promise<PumpResult>;
+
+  // ---- sockets (the live-migration transport, src/live/) ----
+  //
+  // Sockets the library owns and drives itself: every one is close-on-exec and non-blocking, its
+  // bytes move with `read` / `write` (off the JS thread) or the addon's pump, and its waits are
+  // `poll` calls; libuv never reads it. Socket addresses are the bytes of a struct sockaddr_*
+  // (a Buffer of 2 to 128 bytes, RangeError otherwise), built and decoded by
+  // src/kernel/uapi/socket.ts. All of these are synchronous: none of them waits.
+  //
+  // A `write` to a socket (or pipe) whose reader is gone fails with EPIPE and never raises
+  // SIGPIPE in the process, whatever its SIGPIPE disposition (native: blocked around the write;
+  // koffi: send(2) with MSG_NOSIGNAL for sockets).
+
+  /**
+   * socket(2) with SOCK_CLOEXEC | SOCK_NONBLOCK added to `type`. `domain` AF_*, `type` SOCK_*,
+   * `protocol` (default 0) as in socket(2); the values are in src/kernel/uapi/socket.ts.
+   */
+  socket(domain: number, type: number, protocol?: number): number;
+
+  /** bind(2) to `addr` (struct sockaddr bytes). An AF_UNIX path that exists fails with EADDRINUSE. */
+  bind(fd: number, addr: Buffer): void;
+
+  /** listen(2); `backlog` in [0, 2^31) (the kernel caps it at net.core.somaxconn). */
+  listen(fd: number, backlog: number): void;
+
+  /**
+   * accept4(2) with SOCK_CLOEXEC | SOCK_NONBLOCK: the connected socket's fd. Throws EAGAIN when
+   * no connection is pending (wait with `poll(fd, POLLIN)`); accept(2) also reports errors of
+   * the pending connection (ECONNABORTED, EPROTO, network errors), which callers skip.
+   */
+  accept(fd: number): number;
+
+  /**
+   * connect(2) on the non-blocking socket: true when connected at once (AF_UNIX), false when
+   * the connection is in progress (EINPROGRESS): wait with `poll(fd, POLLOUT)` and read the
+   * outcome with `getsockopt(fd, SOL_SOCKET, SO_ERROR)` (0, or the errno connect(2) would have
+   * failed with, e.g. ECONNREFUSED). Throws at once for errors found at once (ECONNREFUSED and
+   * ENOENT for AF_UNIX; EAGAIN when an AF_UNIX listener's backlog is full).
+   */
+  connect(fd: number, addr: Buffer): boolean;
+
+  /**
+   * getsockopt(2). Without `buf`: an int option (SO_ERROR, SO_TYPE, SO_SNDBUF, TCP_NODELAY, ...)
+   * and its value is returned. With `buf` (non-empty): the option is written into it and the
+   * length the kernel wrote is returned (SO_PEERCRED: struct ucred, 12 bytes).
+   */
+  getsockopt(fd: number, level: number, name: number, buf?: Buffer): number;
+
+  /** setsockopt(2): `value` an int (in [-2^31, 2^31)), or a non-empty Buffer for struct options (SO_LINGER). */
+  setsockopt(fd: number, level: number, name: number, value: number | Buffer): void;
+
+  /** shutdown(2): `how` SHUT_RD 0, SHUT_WR 1, SHUT_RDWR 2 (RangeError otherwise). Wakes the fd's pending polls. */
+  shutdown(fd: number, how: number): void;
+
+  /** getsockname(2): the socket's own address (struct sockaddr bytes, as long as the kernel says). */
+  getsockname(fd: number): Buffer;
+
+  /** getpeername(2): the connected peer's address; ENOTCONN when there is none. */
+  getpeername(fd: number): Buffer;
 }
 
 /** Where a walk over a chunked section's headers stands (Binding.walkChunks; docs/snapshot-format.md). */
