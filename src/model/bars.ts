@@ -9,10 +9,12 @@
  * QEMU hw/vfio/pci.c vfio_msix_setup() does the same with an overlapping memory region).
  *
  * The allocator is used only by `assign()`, once, when a device is first attached; restore
- * never allocates, it maps what the snapshot's shadow says.
+ * never allocates, it maps what the snapshot's shadow says. The allocation records the
+ * allocator handed out are kept here, and `release()` gives exactly those back: the guest may
+ * have moved a BAR since, and its shadow address is not an allocation.
  */
 import type { VfioDevice } from '../kernel/device';
-import type { AddressSpace, BarAccessHandler, Host } from './host/types';
+import type { AddressSpace, AllocationRecord, BarAccessHandler, Host } from './host/types';
 import type { BarInfo, ConfigSpace, MsixState } from './pci/config-space';
 import type { MsixTable } from './pci/msix-table';
 import { logger } from '../base/log';
@@ -27,6 +29,8 @@ interface Mapped {
 
 export class BarMapper {
   private readonly mapped = new Map<number, Mapped>();
+  /** What assign() got from the allocator, until release() gives it back. */
+  private allocations: AllocationRecord[] = [];
 
   constructor(
     private readonly dev: VfioDevice,
@@ -45,19 +49,24 @@ export class BarMapper {
     for (const bar of cfg.bars()) {
       if (bar.kind === 'rom') continue;
       const space: AddressSpace = bar.kind === 'io' ? 'pio' : 'mmio';
-      const addr = this.host.allocator.allocate(space, bar.size, `${this.id}/bar${bar.index}`);
+      const allocation = this.host.allocator.allocate(space, bar.size, `${this.id}/bar${bar.index}`);
+      this.allocations.push(allocation);
+      const addr = allocation.address;
       cfg.write(bar.offset, 4, Number(addr & 0xffff_ffffn));
       if (bar.kind === 'mem64') cfg.write(bar.offset + 4, 4, Number(addr >> 32n));
       log('%s: BAR%d %s %d bytes at 0x%s', this.id, bar.index, bar.kind, bar.size, addr.toString(16));
     }
   }
 
-  /** Release what assign() allocated (device removed from the VM). */
+  /**
+   * Give back what assign() allocated (device removed from the VM), once. A device attached
+   * without assign() (a restore destination) holds no allocation: the VMM restored its
+   * allocator's table and owns those entries.
+   */
   release(): void {
-    for (const bar of this.config().bars()) {
-      if (bar.kind === 'rom') continue;
-      this.host.allocator.free(bar.kind === 'io' ? 'pio' : 'mmio', bar.address, `${this.id}/bar${bar.index}`);
-    }
+    const held = this.allocations;
+    this.allocations = [];
+    for (const a of held) this.host.allocator.free(a);
   }
 
   /** Map, move or unmap BARs so that the bus matches the shadow. */

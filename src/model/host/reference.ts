@@ -14,8 +14,11 @@ import type { Binding } from '../../kernel/binding/types';
 import { POLLIN } from '../../kernel/binding/types';
 import { VfioError } from '../../base/errors';
 import type {
-  AddressAllocator, AddressSpace, BarAccessHandler, BarMapping, GuestMemory, GuestMemoryRegion, Host, HostBus, InterruptRouter, MsiMessage,
+  AddressAllocator, AddressSpace, AllocationRecord, BarAccessHandler, BarMapping, GuestMemory, GuestMemoryRegion, Host, HostBus, InterruptRouter,
+  MsiMessage,
 } from './types';
+
+export type { AllocationRecord };
 
 function inUse(message: string): VfioError {
   return new VfioError(message, { code: 'EVFIO_ADDRESS_IN_USE', kind: 'usage' });
@@ -84,13 +87,6 @@ export class ReferenceBus implements HostBus {
   }
 }
 
-export interface AllocationRecord {
-  space: AddressSpace;
-  address: bigint;
-  size: number;
-  owner: string;
-}
-
 export class ReferenceAllocator implements AddressAllocator {
   private readonly live: AllocationRecord[] = [];
   private readonly next: Record<AddressSpace, bigint>;
@@ -100,7 +96,7 @@ export class ReferenceAllocator implements AddressAllocator {
     this.next = { mmio: base.mmio ?? 0xe000_0000n, pio: base.pio ?? 0xc000n };
   }
 
-  allocate(space: AddressSpace, size: number, owner: string): bigint {
+  allocate(space: AddressSpace, size: number, owner: string): AllocationRecord {
     if (!(size > 0 && (size & (size - 1)) === 0)) throw new RangeError(`BAR size ${size} is not a power of two`);
     const prev = this.live.find((a) => a.owner === owner);
     if (prev) throw inUse(`${owner} already has ${prev.space} ${hex(prev.address)}+${prev.size}: allocated twice`);
@@ -111,13 +107,14 @@ export class ReferenceAllocator implements AddressAllocator {
       if (!clash) break;
       at = (clash.address + BigInt(clash.size) + align - 1n) & ~(align - 1n);
     }
-    this.live.push({ space, address: at, size, owner });
+    const record = { space, address: at, size, owner };
+    this.live.push(record);
     this.next[space] = at + align;
-    return at;
+    return { ...record };
   }
 
-  free(space: AddressSpace, address: bigint, owner: string): void {
-    const i = this.live.findIndex((a) => a.space === space && a.address === address && a.owner === owner);
+  free(a: AllocationRecord): void {
+    const i = this.live.findIndex((l) => l.space === a.space && l.address === a.address && l.size === a.size && l.owner === a.owner);
     if (i >= 0) this.live.splice(i, 1);
   }
 

@@ -43,14 +43,29 @@ export interface HostBus {
   unmap(device: string, bar: number): void;
 }
 
+/** One range an allocator handed out. The device model keeps it and gives it back to `free()` as it came. */
+export interface AllocationRecord {
+  space: AddressSpace;
+  /** Guest physical address (mmio) or port number (pio) of the range's start. */
+  address: bigint;
+  /** Bytes. */
+  size: number;
+  /** Who asked: `<device id>/bar<index>`. */
+  owner: string;
+}
+
 export interface AddressAllocator {
   /**
-   * Allocate `size` bytes (a power of two, naturally aligned) in `space`. Throws a VfioError
-   * (EVFIO_ADDRESS_IN_USE / EVFIO_ADDRESS_EXHAUSTED) when it cannot.
+   * Allocate `size` bytes (a power of two, naturally aligned) in `space` for `owner`. Throws a
+   * VfioError (EVFIO_ADDRESS_IN_USE / EVFIO_ADDRESS_EXHAUSTED) when it cannot.
    */
-  allocate(space: AddressSpace, size: number, owner: string): bigint;
-  /** Release what `owner` allocated at `address`. */
-  free(space: AddressSpace, address: bigint, owner: string): void;
+  allocate(space: AddressSpace, size: number, owner: string): AllocationRecord;
+  /**
+   * Release a range `allocate()` returned. The device model frees what it was given, never
+   * where the guest has since moved the BAR (the guest's BAR address is not an allocation).
+   * Freeing a record that is not live is a no-op.
+   */
+  free(allocation: AllocationRecord): void;
 }
 
 /** An MSI message: what the guest programmed into the MSI capability or an MSI-X table entry. */
