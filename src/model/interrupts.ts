@@ -33,6 +33,8 @@ export type IrqMode = 'none' | 'intx' | 'msi' | 'msix';
 export class InterruptWiring {
   private mode: IrqMode = 'none';
   private armedVectors = 0;
+  /** The last sync() failed: the kernel's set-up may differ from the shadow (the next config write tries again). */
+  stale = false;
 
   constructor(
     private readonly dev: VfioDevice,
@@ -55,10 +57,12 @@ export class InterruptWiring {
     const cfg = this.config();
     const msix = cfg.msix();
     const msi = cfg.msi();
+    this.stale = true;
     if (msix?.enabled) this.armMsix();
     else if (msi?.enabled) this.armMsi();
     else if (this.hasIntx(cfg)) this.armIntx();
     else this.disarm();
+    this.stale = false;
   }
 
   /** Forget what the kernel had (after a reset or on a fresh destination) and arm again from the shadow. */
@@ -68,24 +72,24 @@ export class InterruptWiring {
     this.sync();
   }
 
-  /** Disable whatever index is armed and release the host routes. */
+  /**
+   * Disable whatever index is armed and release the host routes. When the kernel refuses the
+   * disable, nothing changed there: the wiring stays as it was (and armed) and the error is thrown.
+   */
   disarm(): void {
     if (this.mode === 'none') return;
     const index = this.indexOf(this.mode);
-    try {
-      this.dev.setIrqs({ flags: v.VFIO_IRQ_SET_DATA_NONE | v.VFIO_IRQ_SET_ACTION_TRIGGER, index, start: 0, count: 0 });
-    } finally {
-      if (this.mode === 'intx') this.router.releaseIntx(this.id);
-      else for (let i = 0; i < this.armedVectors; i++) this.router.releaseMsi(this.id, i);
-      log('%s: %s disabled', this.id, this.mode);
-      this.mode = 'none';
-      this.armedVectors = 0;
-    }
+    this.dev.setIrqs({ flags: v.VFIO_IRQ_SET_DATA_NONE | v.VFIO_IRQ_SET_ACTION_TRIGGER, index, start: 0, count: 0 });
+    if (this.mode === 'intx') this.router.releaseIntx(this.id);
+    else for (let i = 0; i < this.armedVectors; i++) this.router.releaseMsi(this.id, i);
+    log('%s: %s disabled', this.id, this.mode);
+    this.mode = 'none';
+    this.armedVectors = 0;
   }
 
-  /** A single MSI-X vector changed (mask, address or data): re-arm MSI-X if it is the mode. */
+  /** A single MSI-X vector changed (mask, address or data): re-arm MSI-X if the guest enabled it. */
   msixVectorChanged(): void {
-    if (this.mode === 'msix') this.armMsix();
+    if (this.config().msix()?.enabled) this.sync();
   }
 
   private hasIntx(cfg: ConfigSpace): boolean {

@@ -18,6 +18,7 @@ import { openDevice } from '../../src/kernel/open';
 import { MigrationCoordinator } from '../../src/vm/coordinator';
 import { VfioPciDevice, type AttachOptions } from '../../src/model/vfio-pci';
 import { ReferenceAllocator, ReferenceHost } from '../../src/model/host/reference';
+import type { Host } from '../../src/model/host/types';
 import { PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY, PCI_MSIX_FLAGS, PCI_MSIX_FLAGS_ENABLE } from '../../src/model/pci/regs';
 
 export { BAR0 };
@@ -70,7 +71,7 @@ export function newHost(env: Env, allocator?: ReferenceAllocator): ReferenceHost
 }
 
 /** Attach (detached by dispose()). */
-export function attach(env: Env, dev: VfioDevice, host: ReferenceHost, opts: AttachOptions = {}): VfioPciDevice {
+export function attach(env: Env, dev: VfioDevice, host: Host, opts: AttachOptions = {}): VfioPciDevice {
   const d = VfioPciDevice.attach(dev, host, opts);
   env.cleanup.push(() => d.detach());
   return d;

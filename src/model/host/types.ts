@@ -17,7 +17,11 @@
 /** Memory or I/O port space. */
 export type AddressSpace = 'mmio' | 'pio';
 
-/** Handler of guest accesses to one BAR. `offset` is from the BAR's start; `data` is 1, 2, 4 or 8 bytes, little-endian. */
+/**
+ * Handler of guest accesses to one BAR. `offset` is from the BAR's start; `data` is 1, 2, 4 or 8
+ * bytes, little-endian. Never throws: a failed read fills `data` with all-ones, a failed write is
+ * dropped, and both are reported on the device model's `guest-error` event.
+ */
 export interface BarAccessHandler {
   read(offset: number, data: Buffer): void;
   write(offset: number, data: Buffer): void;
@@ -37,7 +41,14 @@ export interface BarMapping {
 }
 
 export interface HostBus {
-  /** Route guest accesses to `[address, address + size)` to `handler`. Throws a VfioError (EVFIO_ADDRESS_IN_USE) on overlap. */
+  /**
+   * Route guest accesses to `[address, address + size)` to `handler`. Called when the guest
+   * enables decoding or moves a BAR: the range may overlap another device's BAR, which is legal
+   * PCI (QEMU accepts it too): which BAR an access then reaches is the bus's choice (the
+   * reference bus: the latest mapping). A bus that throws anyway has the error reported as a
+   * `guest-error` ('bus'); the BAR then stays off the bus until the guest's next BAR or COMMAND
+   * write. The device model unmaps a BAR before it maps it again.
+   */
   map(mapping: BarMapping, handler: BarAccessHandler): void;
   /** Stop routing a BAR. No-op when it is not mapped. */
   unmap(device: string, bar: number): void;
