@@ -578,6 +578,7 @@ function specOptions(p: ParsedSimSpec): SimDeviceOptions {
   if (p.vscLength !== undefined) o.vscLength = p.vscLength;
   if (p.deviceId !== undefined) o.deviceId = p.deviceId;
   if (p.busMaster !== undefined) o.busMaster = p.busMaster;
+  if (p.msixAlloc !== undefined) o.msixAlloc = p.msixAlloc;
   return o;
 }
 

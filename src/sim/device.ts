@@ -152,6 +152,12 @@ export interface SimDeviceOptions {
    */
   busMaster?: 'required' | 'ignored';
   /**
+   * MSI-X vector allocation (src/sim/irq.ts): 'static' (default) reports VFIO_IRQ_INFO_NORESIZE
+   * and refuses a trigger for a vector beyond those enabled first, as vfio-pci does without
+   * dynamic MSI-X; 'dynamic' allocates such a vector on the spot (kernel 6.5+, `has_dyn_msix`).
+   */
+  msixAlloc?: 'static' | 'dynamic';
+  /**
    * Hand out a REAL fd as the data_fd of STOP_COPY and RESUMING sessions (benchmarks: bench/;
    * see {@link ExternalDataFd}). Not settable from a spec string.
    */
@@ -202,6 +208,7 @@ export interface ResolvedSimDeviceOptions {
   vscLength: number;
   deviceId: number;
   busMaster: 'required' | 'ignored';
+  msixAlloc: 'static' | 'dynamic';
   externalDataFd?: ExternalDataFd;
 }
 
@@ -290,6 +297,8 @@ function resolveOptions(o: SimDeviceOptions, serial: number): ResolvedSimDeviceO
   if (!Number.isInteger(deviceId) || deviceId < 0 || deviceId > 0xffff) throw new RangeError(`deviceId must be a 16-bit number, got ${deviceId}`);
   const busMaster = o.busMaster ?? 'ignored';
   if (busMaster !== 'required' && busMaster !== 'ignored') throw new RangeError(`busMaster must be 'required' or 'ignored', got ${String(busMaster)}`);
+  const msixAlloc = o.msixAlloc ?? 'static';
+  if (msixAlloc !== 'static' && msixAlloc !== 'dynamic') throw new RangeError(`msixAlloc must be 'static' or 'dynamic', got ${String(msixAlloc)}`);
   return {
     name: o.name,
     size,
@@ -307,6 +316,7 @@ function resolveOptions(o: SimDeviceOptions, serial: number): ResolvedSimDeviceO
     vscLength,
     deviceId,
     busMaster,
+    msixAlloc,
     externalDataFd: o.externalDataFd,
   };
 }
@@ -379,7 +389,7 @@ export class SimDevice {
     counts[VFIO_PCI_MSIX_IRQ_INDEX] = this.options.msixVectors;
     counts[VFIO_PCI_ERR_IRQ_INDEX] = 1;
     counts[VFIO_PCI_REQ_IRQ_INDEX] = 1;
-    this.irq = new IrqModel(host, counts);
+    this.irq = new IrqModel(host, counts, { msixDynamic: this.options.msixAlloc === 'dynamic' });
   }
 
   // ------------------------------------------------------------------ state for tests

@@ -16,6 +16,9 @@
  *         | "devid"     VALUE: decimal or 0x-hex u16, the PCI device id (default 0x5f10)
  *         | "master"    VALUE: "required" (doorbells wedge while COMMAND.MASTER is clear, as real
  *                              DMA engines do) | "ignored" (default: doorbells always complete)
+ *         | "msixalloc" VALUE: "static" (default: MSI-X is VFIO_IRQ_INFO_NORESIZE, the vectors
+ *                              enabled first are all there are) | "dynamic" (kernel 6.5+ on a
+ *                              platform that allocates MSI-X vectors one by one: no NORESIZE)
  * ```
  *
  * Examples: `sim`, `sim:4096`, `sim:1MiB:seed=7`, `sim:1GiB#big`, `sim#dst`, `sim:64KiB:mig=stop_copy+p2p`,
@@ -46,6 +49,7 @@ export interface ParsedSimSpec {
   vscLength?: number;
   deviceId?: number;
   busMaster?: 'required' | 'ignored';
+  msixAlloc?: 'static' | 'dynamic';
 }
 
 const UNITS: Record<string, number> = {
@@ -187,8 +191,12 @@ export function parseSimSpec(spec: string): ParsedSimSpec | string {
         if (value !== 'required' && value !== 'ignored') return `bad master ${JSON.stringify(value)} (required or ignored)`;
         out.busMaster = value;
         break;
+      case 'msixalloc':
+        if (value !== 'static' && value !== 'dynamic') return `bad msixalloc ${JSON.stringify(value)} (static or dynamic)`;
+        out.msixAlloc = value;
+        break;
       default:
-        return `unknown sim spec key ${JSON.stringify(key)} (seed, mig, precopy, end, maxread, maxwrite, vsc, vsclen, devid, master)`;
+        return `unknown sim spec key ${JSON.stringify(key)} (seed, mig, precopy, end, maxread, maxwrite, vsc, vsclen, devid, master, msixalloc)`;
     }
   }
   return out;
