@@ -135,8 +135,10 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> {
   private newMsixTable(cfg: ConfigSpace, saved?: Buffer): MsixTable | undefined {
     const m = cfg.msix();
     if (!m) return undefined;
-    const onChange = (): void => this.irqs.msixVectorChanged();
-    return saved ? MsixTable.deserialize(saved, onChange) : new MsixTable(m.tableSize, onChange);
+    const onChange = (vector: number): void => this.irqs.msixVectorChanged(vector);
+    const table = saved ? MsixTable.deserialize(saved, onChange) : new MsixTable(m.tableSize, onChange);
+    table.syncPending = () => this.irqs.collectPending(table);
+    return table;
   }
 
   /** The config-space shadow (read-only use: write through configWrite). */

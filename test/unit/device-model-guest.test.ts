@@ -2,17 +2,21 @@
  * What a guest can do to the device model on a simulated device, and what it must not be able
  * to do (issue 8, section 6):
  *  - the BAR allocations follow the device, not the guest's BAR writes (6.1);
+ *  - a masked MSI-X vector keeps a trigger in the kernel: what fires while it is masked shows in
+ *    the PBA and is delivered on unmask; only the vector that changed is touched (6.2);
  *  - no guest access throws out of the config-space or BAR handlers: overlapping BARs are legal,
  *    and every failure is reported as a 'guest-error' event instead (6.5).
  */
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { VfioError } from '../../src/base/errors';
 import type { GuestError } from '../../src/model/guest-error';
 import { ReferenceBus } from '../../src/model/host/reference';
 import type { BarAccessHandler, BarMapping } from '../../src/model/host/types';
 import type { VfioPciDevice } from '../../src/model/vfio-pci';
 import { PCI_COMMAND, PCI_COMMAND_INTX_DISABLE } from '../../src/model/pci/regs';
-import { BAR0, Guest, MEM_MASTER, attach, dispose, makeEnv, newHost, openSim, simOf, type Env } from './device-model-helpers';
+import { BAR0, Guest, MEM_MASTER, SECRET, attach, bootedSource, destination, dispose, file, makeEnv, newHost, openSim, simOf, snapshotVm, type Env } from './device-model-helpers';
+import { MigrationCoordinator } from '../../src/vm/coordinator';
+import * as uapi from '../../src/kernel/uapi/vfio';
 
 let env: Env;
 beforeEach(() => {
@@ -230,5 +234,144 @@ describe("guest accesses never throw: failures are 'guest-error' events", () => 
       ['bar-read', 0, BAR0.ID, 4, undefined, 'device', 'EIO'],
       ['bar-write', 0, BAR0.CONTROL, 4, 7, 'device', 'EIO'],
     ]);
+  });
+});
+
+/** The SET_IRQS calls made on a device from now on, as [index, start, count, data type] (the calls go through). */
+function setIrqsCalls(d: VfioPciDevice): () => Array<[number, number, number, string]> {
+  const spy = vi.spyOn(d.device, 'setIrqs');
+  return () => spy.mock.calls.map(([set]) => [set.index, set.start, set.count, set.flags & uapi.VFIO_IRQ_SET_DATA_NONE ? 'none' : 'eventfd']);
+}
+
+const MSIX = uapi.VFIO_PCI_MSIX_IRQ_INDEX;
+
+describe('MSI-X masking (QEMU vfio_msix_vector_release: keep a trigger, use the PBA)', () => {
+  it('masking the top vector: the range stays, the vector keeps a trigger; what fires while masked sets its PBA bit and arrives on unmask, once', async () => {
+    const g = bootedSource(env, 'sim:4096', { vectors: [0, 1, 2, 3] });
+    const sim = simOf(env, g.d);
+    expect(g.d.interrupts).toEqual({ mode: 'msix', vectors: 4 });
+    const live = sim.irqs().vectors;
+    const calls = setIrqsCalls(g.d);
+
+    g.maskVector(3, true);
+    // Before the fix: SET_IRQS [0, 3) re-issued, vector 3 left armed on the route fd the host had just closed.
+    expect(calls()).toEqual([[MSIX, 3, 1, 'eventfd']]);
+    expect(g.d.interrupts).toEqual({ mode: 'msix', vectors: 4 });
+    const parked = sim.irqs().vectors;
+    expect(parked.slice(0, 3)).toEqual(live.slice(0, 3));
+    expect(parked[3]).not.toBeNull();
+    expect(parked[3]).not.toBe(live[3]);
+
+    g.ring(3);
+    g.ring(3);
+    expect(g.take(3)).toBe(0);
+    expect(g.pba()).toBe(0b1000n);
+    g.ring(1);
+    expect(await g.wait(1)).toBe(1);
+
+    g.maskVector(3, false);
+    expect(calls()).toEqual([[MSIX, 3, 1, 'eventfd'], [MSIX, 3, 1, 'eventfd']]);
+    expect(await g.wait(3)).toBe(1); // the two interrupts while masked: one pending bit, one delivery
+    expect(g.pba()).toBe(0n);
+    g.ring(3);
+    expect(await g.wait(3)).toBe(1);
+    expect(calls().filter(([, , , t]) => t === 'none')).toEqual([]);
+  });
+
+  it('the function mask (Message Control bit 14) masks every vector the same way, vector by vector', async () => {
+    const g = bootedSource(env, 'sim:4096', { vectors: [0, 1, 2] });
+    const calls = setIrqsCalls(g.d);
+    g.functionMask(true);
+    expect(calls()).toEqual([[MSIX, 0, 1, 'eventfd'], [MSIX, 1, 1, 'eventfd'], [MSIX, 2, 1, 'eventfd']]);
+    for (const v of [0, 2]) g.ring(v);
+    expect([g.take(0), g.take(1), g.take(2)]).toEqual([0, 0, 0]);
+    expect(g.pba()).toBe(0b101n);
+    g.maskVector(1, true); // masked twice over: nothing to do in the kernel
+    expect(calls()).toHaveLength(3);
+
+    g.functionMask(false);
+    expect(calls().slice(3)).toEqual([[MSIX, 0, 1, 'eventfd'], [MSIX, 2, 1, 'eventfd']]);
+    expect([await g.wait(0), await g.wait(2)]).toEqual([1, 1]);
+    expect(g.take(1)).toBe(0);
+    expect(g.pba()).toBe(0n);
+    g.maskVector(1, false);
+    g.ring(1);
+    expect(await g.wait(1)).toBe(1);
+  });
+
+  it('only the vector that changed is touched; a new message on a live vector reaches the router without SET_IRQS when its fd stays', () => {
+    const g = bootedSource(env, 'sim:4096', { vectors: [0, 1, 2, 3] });
+    const calls = setIrqsCalls(g.d);
+    g.maskVector(1, true);
+    g.programVector(1, { address: 0xfee0_2000n, data: 0x77 });
+    expect(calls()).toEqual([[MSIX, 1, 1, 'eventfd'], [MSIX, 1, 1, 'eventfd']]);
+    expect(g.host.interrupts.message('nic0', 1)).toEqual({ address: 0xfee0_2000n, data: 0x77 });
+    g.programVector(2, { address: 0xfee0_3000n, data: 0x99 }); // still unmasked
+    expect(calls()).toHaveLength(2);
+    expect(g.host.interrupts.message('nic0', 2)).toEqual({ address: 0xfee0_3000n, data: 0x99 });
+  });
+
+  it('NORESIZE (static MSI-X): a vector unmasked past the range grows it with one disable + enable; the masked ones between get a trigger', async () => {
+    const g = bootedSource(env, 'sim:4096', { vectors: [0] });
+    const calls = setIrqsCalls(g.d);
+    g.programVector(5);
+    expect(calls()).toEqual([[MSIX, 0, 0, 'none'], [MSIX, 0, 6, 'eventfd']]);
+    expect(g.d.interrupts).toEqual({ mode: 'msix', vectors: 6 });
+    const fds = simOf(env, g.d).irqs().vectors;
+    expect(fds.every((fd) => fd !== null)).toBe(true);
+    g.ring(3); // masked, inside the range: pending
+    expect(g.pba()).toBe(0b1000n);
+    for (const v of [5, 0]) {
+      g.ring(v);
+      expect(await g.wait(v)).toBe(1);
+    }
+  });
+
+  it('dynamic MSI-X (no NORESIZE): a vector unmasked past the range is set alone; the vectors between stay without a trigger', async () => {
+    const g = bootedSource(env, 'sim:4096:msixalloc=dynamic', { vectors: [0] });
+    const calls = setIrqsCalls(g.d);
+    const sim = simOf(env, g.d);
+    g.programVector(5);
+    expect(calls()).toEqual([[MSIX, 5, 1, 'eventfd']]);
+    expect(g.d.interrupts).toEqual({ mode: 'msix', vectors: 6 });
+    expect(sim.irqs().vectors.map((fd) => fd !== null)).toEqual([true, false, false, false, false, true]);
+    g.ring(5);
+    expect(await g.wait(5)).toBe(1);
+    g.maskVector(5, true);
+    g.ring(5);
+    expect(g.pba()).toBe(0b10_0000n);
+    g.maskVector(3, true); // never armed: nothing to do
+    expect(calls()).toEqual([[MSIX, 5, 1, 'eventfd'], [MSIX, 5, 1, 'eventfd']]);
+    g.maskVector(5, false);
+    expect(await g.wait(5)).toBe(1);
+  });
+
+  it('a pending interrupt travels in the snapshot: the destination delivers it when the guest unmasks the vector', async () => {
+    const src = bootedSource(env, 'sim:64KiB', { vectors: [0, 1] });
+    src.maskVector(1, true);
+    src.ring(1);
+    const f = file(env);
+    await snapshotVm([src.d], f);
+    const { host, devices: [dst] } = destination(env, src.host, [{ spec: 'sim:64KiB' }]);
+    const vm = new MigrationCoordinator([dst]);
+    await vm.restore(f);
+    await vm.resume();
+    const g = new Guest(dst, host);
+    expect(g.scratch(SECRET.length)).toEqual(SECRET);
+    expect(g.pba()).toBe(0b10n);
+    expect(g.take(1)).toBe(0);
+    g.maskVector(1, false);
+    expect(await g.wait(1)).toBe(1);
+    expect(g.pba()).toBe(0n);
+  });
+
+  it('disabling MSI-X releases the routes and closes the parks; INTx comes back', () => {
+    const g = bootedSource(env, 'sim:4096', { vectors: [0, 1] });
+    g.maskVector(1, true);
+    const cap = g.d.config.msix()!.offset;
+    g.d.configWrite(cap + 2, 2, 0);
+    expect(g.d.interrupts).toEqual({ mode: 'intx', vectors: 1 });
+    expect(simOf(env, g.d).irqs().mode).toBe('intx');
+    expect(g.host.interrupts.message('nic0', 0)).toBeUndefined();
   });
 });

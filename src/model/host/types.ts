@@ -9,8 +9,10 @@
  *  - puts BARs on `bus` (and takes them off) as the guest programs BAR registers and the
  *    COMMAND decode bits, with a handler that forwards accesses to the device or emulates them
  *    (MSI-X table and PBA);
- *  - gets one eventfd per MSI/MSI-X vector, and a trigger + resample eventfd pair for INTx,
- *    from `interrupts`, and gives them to the kernel with VFIO_DEVICE_SET_IRQS;
+ *  - gets one eventfd per live (unmasked) MSI/MSI-X vector, and a trigger + resample eventfd
+ *    pair for INTx, from `interrupts`, and gives them to the kernel with VFIO_DEVICE_SET_IRQS;
+ *  - reports what a guest access could not do as VfioPciDevice's `guest-error` event: no guest
+ *    access throws into the VMM (../guest-error.ts);
  *  - maps guest memory for device DMA through `memory` (if given).
  */
 
@@ -88,11 +90,16 @@ export interface MsiMessage {
 export interface InterruptRouter {
   /**
    * An eventfd that injects `message` into the guest when signalled (KVM's irqfd on a real
-   * VMM). Called again for the same vector when the guest reprograms it; the router may
-   * return the same fd. The router owns the fd.
+   * VMM). Called again for the same vector when the guest reprograms it or its interrupt set-up
+   * is brought up to date (the message may be unchanged); the router may return the same fd.
+   * The router owns the fd. The device model also signals it itself, once, to deliver an MSI-X
+   * interrupt that was pending while the vector was masked.
    */
   msiRoute(device: string, vector: number, message: MsiMessage): number;
-  /** The vector is no longer used (masked, or MSI/MSI-X disabled). */
+  /**
+   * The vector is no longer used: masked (an MSI-X vector then keeps a trigger of the device
+   * model's own, which records what fires in the PBA), or MSI/MSI-X disabled.
+   */
   releaseMsi(device: string, vector: number): void;
   /**
    * INTx: `trigger` asserts the line; the VMM signals `resample` when the guest has serviced
