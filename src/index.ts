@@ -29,6 +29,7 @@ export * as iommufd from './kernel/uapi/iommufd';
 export { MigState, migStateName, parseMigState } from './kernel/uapi/vfio';
 export * as pci from './model/pci';
 export { VfioPciDevice, type AttachOptions, type VfioPciEvents } from './model/vfio-pci';
+export type { GuestError, GuestAccess, GuestErrorStep } from './model/guest-error';
 export { MigrationCoordinator, type Blocker, type CoordinatorOptions, type CoordinatorEvents } from './vm/coordinator';
 export * from './model/host/types';
 export { ReferenceHost, ReferenceBus, ReferenceAllocator, ReferenceInterrupts, ReferenceMemory, type AllocationRecord } from './model/host/reference';
