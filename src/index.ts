@@ -44,7 +44,8 @@ export { MigState, migStateName, parseMigState } from './kernel/uapi/vfio';
 export * as uapi from './kernel/uapi/vfio';
 
 // ---- model: the device model a VMM plugs in, and the host it plugs into
-export { VfioPciDevice, type AttachOptions } from './model/vfio-pci';
+export { VfioPciDevice, type AttachOptions, type VfioPciEvents } from './model/vfio-pci';
+export type { GuestError, GuestAccess, GuestErrorStep } from './model/guest-error';
 export { BareDevice } from './model/bare';
 export type { MigratableDevice, DeviceRecord, ModelPlan } from './model/migratable';
 export * from './model/host/types';

@@ -41,14 +41,15 @@ import { BarMapper } from './bars';
 import { InterruptWiring } from './interrupts';
 import { checkRecordAgainst, rawConfig, recordOf, regionSizes, type DeviceRecord, type MigratableDevice, type ModelPlan } from './migratable';
 import { decodeModelState, encodeModelState, type ModelState } from './model-state';
+import { reportGuestError, type GuestError, type GuestErrorSink } from './guest-error';
 import { logger } from '../base/log';
 
 const log = logger('vfio-pci');
 
-/** Events of a device model (none yet besides the engine's, which the coordinator emits). */
+/** Events of a device model (migration events come from the engine: MigrationCoordinator). */
 export interface VfioPciEvents {
-  /** Reserved. */
-  detached: () => void;
+  /** A guest config or BAR access that failed; the access itself never throws (./guest-error.ts). */
+  'guest-error': (e: GuestError) => void;
 }
 
 export interface AttachOptions {
@@ -79,6 +80,8 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> implements Migrat
   private readonly cfgRegionSize: number;
   readonly bufferSize: number;
   private readonly dmaMapped = new Map<bigint, number>();
+  /** Guest errors go out as 'guest-error' events. */
+  private readonly report: GuestErrorSink = (e) => void this.emit('guest-error', e);
 
   private constructor(
     readonly device: VfioDevice,
@@ -91,7 +94,7 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> implements Migrat
     this.cfgRegionSize = device.region(VFIO_PCI_CONFIG_REGION_INDEX).size;
     this.cfg = VfioPciDevice.shadowOf(device);
     this.msix = this.newMsixTable(this.cfg);
-    this.bars = new BarMapper(device, host, id, () => this.cfg, () => this.msix);
+    this.bars = new BarMapper(device, host, id, () => this.cfg, () => this.msix, this.report);
     this.irqs = new InterruptWiring(device, host.interrupts, id, () => this.cfg, () => this.msix);
   }
 
@@ -114,8 +117,10 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> implements Migrat
   private newMsixTable(cfg: ConfigSpace, saved?: Buffer): MsixTable | undefined {
     const m = cfg.msix();
     if (!m) return undefined;
-    const onChange = (): void => this.irqs.msixVectorChanged();
-    return saved ? MsixTable.deserialize(saved, onChange) : new MsixTable(m.tableSize, onChange);
+    const onChange = (vector: number): void => this.irqs.msixVectorChanged(vector);
+    const table = saved ? MsixTable.deserialize(saved, onChange) : new MsixTable(m.tableSize, onChange);
+    table.syncPending = () => this.irqs.collectPending(table);
+    return table;
   }
 
   /** The config-space shadow (read-only use: write through configWrite). */
@@ -135,12 +140,29 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> implements Migrat
 
   // ------------------------------------------------------------------ guest config access
 
-  /** A guest config read of 1, 2 or 4 bytes: emulated bytes from the shadow, the rest from the device. */
+  /**
+   * A guest config read of 1, 2 or 4 bytes within one dword: emulated bytes from the shadow, the
+   * rest from the device. Never throws: an invalid access reads all-ones, a failed device read
+   * gives all-ones for the device's bytes; both are reported as 'guest-error'.
+   */
   configRead(offset: number, size: number): number {
-    if (this.cfg.isEmulated(offset, size)) return this.cfg.read(offset, size);
-    const n = Math.max(0, Math.min(size, this.cfgRegionSize - offset));
+    const guest = { device: this.id, access: 'config-read', offset, size } as const;
+    let emulated: boolean;
+    try {
+      emulated = this.cfg.isEmulated(offset, size);
+    } catch (e) {
+      reportGuestError(this.report, { ...guest, step: 'access', error: e });
+      return size > 0 && size < 4 ? 2 ** (8 * size) - 1 : 0xffff_ffff;
+    }
+    if (emulated) return this.cfg.read(offset, size);
     const buf = Buffer.alloc(4);
-    if (n > 0) this.device.readConfig(offset, n).copy(buf);
+    try {
+      const n = Math.max(0, Math.min(size, this.cfgRegionSize - offset));
+      if (n > 0) this.device.readConfig(offset, n).copy(buf);
+    } catch (e) {
+      buf.fill(0xff);
+      reportGuestError(this.report, { ...guest, step: 'device', error: e });
+    }
     return this.cfg.mergeRead(offset, size, buf.readUInt32LE(0));
   }
 
@@ -148,18 +170,40 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> implements Migrat
    * A guest config write. The shadow takes it first (src/pci/config-space.ts decides what is
    * emulated); every non-emulated byte is ALSO written to the device here, so the shadow and the
    * device agree and a snapshot records what the guest wrote — PCI_COMMAND above all. Then BARs
-   * and interrupts follow the change.
+   * and interrupts follow the change. Never throws: an invalid access is dropped, and a failed
+   * device write, BAR (un)mapping or interrupt set-up is reported as 'guest-error' while the
+   * shadow keeps what the guest wrote (the next change tries the BARs and interrupts again).
    */
   configWrite(offset: number, size: number, value: number): void {
-    const { passthrough, changed } = this.cfg.write(offset, size, value);
-    if (passthrough) {
-      const b = Buffer.alloc(4);
-      b.writeUInt32LE(passthrough.value >>> 0, 0);
-      const n = Math.max(0, Math.min(passthrough.size, this.cfgRegionSize - passthrough.offset));
-      if (n > 0) this.device.writeConfig(passthrough.offset, b.subarray(0, n));
+    const guest = { device: this.id, access: 'config-write', offset, size, value } as const;
+    let result: ReturnType<ConfigSpace['write']>;
+    try {
+      result = this.cfg.write(offset, size, value);
+    } catch (e) {
+      reportGuestError(this.report, { ...guest, step: 'access', error: e });
+      return;
     }
-    if (changed.command || changed.bars.length) this.bars.sync();
-    if (changed.command || changed.msi || changed.msix) this.irqs.sync();
+    const { passthrough, changed } = result;
+    if (passthrough) {
+      try {
+        const b = Buffer.alloc(4);
+        b.writeUInt32LE(passthrough.value >>> 0, 0);
+        const n = Math.max(0, Math.min(passthrough.size, this.cfgRegionSize - passthrough.offset));
+        if (n > 0) this.device.writeConfig(passthrough.offset, b.subarray(0, n));
+      } catch (e) {
+        reportGuestError(this.report, { ...guest, step: 'device', error: e });
+      }
+    }
+    try {
+      if (changed.command || changed.bars.length || this.bars.stale) this.bars.sync();
+    } catch (e) {
+      reportGuestError(this.report, { ...guest, step: 'bus', error: e });
+    }
+    try {
+      if (changed.command || changed.msi || changed.msix || this.irqs.stale) this.irqs.sync();
+    } catch (e) {
+      reportGuestError(this.report, { ...guest, step: 'interrupts', error: e });
+    }
   }
 
   // ------------------------------------------------------------------ migration (MigratableDevice)

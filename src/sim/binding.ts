@@ -672,6 +672,7 @@ function specOptions(p: ParsedSimSpec): SimDeviceOptions {
   if (p.dmaLoggingMaxRanges !== undefined) o.dmaLoggingMaxRanges = p.dmaLoggingMaxRanges;
   if (p.dmaLoggingPageSize !== undefined) o.dmaLoggingPageSize = p.dmaLoggingPageSize;
   if (p.dmaLoggingFailEvery !== undefined) o.dmaLoggingFailEvery = p.dmaLoggingFailEvery;
+  if (p.msixAlloc !== undefined) o.msixAlloc = p.msixAlloc;
   return o;
 }
 

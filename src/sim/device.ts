@@ -198,6 +198,12 @@ export interface SimDeviceOptions {
   /** Every N-th DMA_LOGGING_REPORT fails with EIO (default 0: none). */
   dmaLoggingFailEvery?: number;
   /**
+   * MSI-X vector allocation (src/sim/irq.ts): 'static' (default) reports VFIO_IRQ_INFO_NORESIZE
+   * and refuses a trigger for a vector beyond those enabled first, as vfio-pci does without
+   * dynamic MSI-X; 'dynamic' allocates such a vector on the spot (kernel 6.5+, `has_dyn_msix`).
+   */
+  msixAlloc?: 'static' | 'dynamic';
+  /**
    * Hand out a REAL fd as the data_fd of STOP_COPY and RESUMING sessions (benchmarks: bench/;
    * see {@link ExternalDataFd}). Not settable from a spec string.
    */
@@ -252,6 +258,7 @@ export interface ResolvedSimDeviceOptions {
   dmaLoggingMaxRanges: number;
   dmaLoggingPageSize?: number;
   dmaLoggingFailEvery: number;
+  msixAlloc: 'static' | 'dynamic';
   externalDataFd?: ExternalDataFd;
 }
 
@@ -356,6 +363,8 @@ function resolveOptions(o: SimDeviceOptions, serial: number): ResolvedSimDeviceO
   }
   const failEvery = o.dmaLoggingFailEvery ?? 0;
   if (!Number.isInteger(failEvery) || failEvery < 0) throw new RangeError(`dmaLoggingFailEvery must be a non-negative integer, got ${failEvery}`);
+  const msixAlloc = o.msixAlloc ?? 'static';
+  if (msixAlloc !== 'static' && msixAlloc !== 'dynamic') throw new RangeError(`msixAlloc must be 'static' or 'dynamic', got ${String(msixAlloc)}`);
   return {
     name: o.name,
     size,
@@ -377,6 +386,7 @@ function resolveOptions(o: SimDeviceOptions, serial: number): ResolvedSimDeviceO
     dmaLoggingMaxRanges: maxRanges,
     dmaLoggingPageSize: page,
     dmaLoggingFailEvery: failEvery,
+    msixAlloc,
     externalDataFd: o.externalDataFd,
   };
 }
@@ -460,7 +470,7 @@ export class SimDevice {
     counts[VFIO_PCI_MSIX_IRQ_INDEX] = this.options.msixVectors;
     counts[VFIO_PCI_ERR_IRQ_INDEX] = 1;
     counts[VFIO_PCI_REQ_IRQ_INDEX] = 1;
-    this.irq = new IrqModel(host, counts);
+    this.irq = new IrqModel(host, counts, { msixDynamic: this.options.msixAlloc === 'dynamic' });
   }
 
   // ------------------------------------------------------------------ state for tests

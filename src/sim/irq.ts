@@ -13,11 +13,17 @@
  *  - INTx, MSI and MSI-X are exclusive: enabling one while another is enabled is EINVAL;
  *    DATA_NONE | TRIGGER with count 0 disables the enabled one; on an index that is not enabled
  *    that request is EINVAL;
- *  - the first DATA_EVENTFD | TRIGGER on MSI/MSI-X enables `start + count` vectors; later calls
- *    may only touch those (EINVAL beyond); fd -1 (any negative) de-assigns a vector; a failing fd
- *    (EBADF: not open, EINVAL: not an eventfd) de-assigns the vectors set earlier in the same
- *    call and, if the call enabled the index, disables it again;
- *  - DATA_NONE / DATA_BOOL with TRIGGER fire the armed eventfds (loopback test);
+ *  - the first DATA_EVENTFD | TRIGGER on MSI/MSI-X enables (allocates) `start + count` vectors.
+ *    Later calls go vector by vector (vfio_msi_set_block(), vfio_msi_set_vector_signal() of
+ *    6.5+): each vector first loses its trigger, then fd -1 (any negative) leaves it so, while an
+ *    fd needs the vector allocated — one beyond those enabled is EINVAL on an index flagged
+ *    VFIO_IRQ_INFO_NORESIZE (MSI always; MSI-X unless the device allocates dynamically, which
+ *    then allocates it: vfio_msi_alloc_irq()) — and a usable eventfd (EBADF: not open, EINVAL:
+ *    not an eventfd). A failure leaves every vector of the call up to the failing one without a
+ *    trigger (earlier ones set by the same call included) and, if the call enabled the index,
+ *    disables it again;
+ *  - DATA_NONE / DATA_BOOL with TRIGGER fire the armed eventfds of the range, skipping vectors
+ *    without one (loopback test);
  *  - INTx is automasked: an interrupt masks the line until UNMASK; one raised while masked is
  *    kept pending and delivered on unmask. MASK with DATA_EVENTFD is ENOTTY.
  *  - ERR and REQ take one eventfd each (start 0, count <= 1); DATA_NONE with count 0 releases it,
@@ -85,18 +91,25 @@ export class IrqModel {
   private req: number | null = null;
   private delivered = 0;
 
-  /** `counts[index]`: vectors of INTX, MSI, MSIX, ERR, REQ. */
+  private readonly msixDynamic: boolean;
+
+  /**
+   * `counts[index]`: vectors of INTX, MSI, MSIX, ERR, REQ. `msixDynamic`: MSI-X vectors beyond
+   * those enabled are allocated when a trigger is set (`vdev->has_dyn_msix`); default false.
+   */
   constructor(
     private readonly host: IrqHost,
     private readonly counts: readonly number[],
-  ) {}
+    opts: { msixDynamic?: boolean } = {},
+  ) {
+    this.msixDynamic = opts.msixDynamic ?? false;
+  }
 
   /** GET_IRQ_INFO's answer for a valid index (vfio_pci_ioctl_get_irq_info()). */
   info(index: number): IrqInfo {
     let flags = VFIO_IRQ_INFO_EVENTFD;
     if (index === VFIO_PCI_INTX_IRQ_INDEX) flags |= VFIO_IRQ_INFO_MASKABLE | VFIO_IRQ_INFO_AUTOMASKED;
-    // No dynamic MSI-X allocation in the sim: every index but INTx is NORESIZE.
-    else flags |= VFIO_IRQ_INFO_NORESIZE;
+    else if (index !== VFIO_PCI_MSIX_IRQ_INDEX || !this.msixDynamic) flags |= VFIO_IRQ_INFO_NORESIZE;
     return { index, flags, count: this.counts[index] ?? 0 };
   }
 
@@ -290,15 +303,16 @@ export class IrqModel {
       return;
     }
     if (!(isThis || this.mode === 'none')) raise(E.EINVAL, OP);
+    const dynamic = want === 'msix' && this.msixDynamic;
     if (dataType === VFIO_IRQ_SET_DATA_EVENTFD) {
       if (isThis) {
-        this.setBlock(start, count, fds);
+        this.setBlock(start, count, fds, dynamic);
         return;
       }
       this.mode = want;
       this.vectors = new Array<number | null>(start + count).fill(null);
       try {
-        this.setBlock(start, count, fds);
+        this.setBlock(start, count, fds, dynamic);
       } catch (e) {
         this.mode = 'none';
         this.vectors = [];
@@ -306,26 +320,33 @@ export class IrqModel {
       }
       return;
     }
-    if (!isThis || start + count > this.vectors.length) raise(E.EINVAL, OP);
+    if (!isThis) raise(E.EINVAL, OP);
     for (let i = start; i < start + count; i++) {
       if (dataType === VFIO_IRQ_SET_DATA_NONE || bools[i - start]) this.fire(this.vectors[i]);
     }
   }
 
-  /** vfio_msi_set_block(): assign in order; on failure de-assign what this call assigned. */
-  private setBlock(start: number, count: number, fds: number[]): void {
-    if (start >= this.vectors.length || start + count > this.vectors.length) raise(E.EINVAL, OP);
+  /**
+   * vfio_msi_set_block() with vfio_msi_set_vector_signal() (module comment): vector by vector;
+   * `this.vectors.length` is the allocated range. On failure, every vector from `start` to the
+   * failing one is left without a trigger.
+   */
+  private setBlock(start: number, count: number, fds: number[], dynamic: boolean): void {
     let j = start;
     try {
       for (let i = 0; i < count; i++, j++) {
         const fd = fds[i];
-        this.vectors[j] = null;
+        if (j < this.vectors.length) this.vectors[j] = null;
         if (fd < 0) continue;
+        if (j >= this.vectors.length) {
+          if (!dynamic) raise(E.EINVAL, OP); // pci_irq_vector(): not allocated
+          while (this.vectors.length <= j) this.vectors.push(null); // pci_msix_alloc_irq_at()
+        }
         this.checkFd(fd);
         this.vectors[j] = fd;
       }
     } catch (e) {
-      for (let k = j - 1; k >= start; k--) this.vectors[k] = null;
+      for (let k = start; k <= j && k < this.vectors.length; k++) this.vectors[k] = null;
       throw e;
     }
   }

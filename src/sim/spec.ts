@@ -23,6 +23,9 @@
  *         | "dirtypage" VALUE: SIZE, a power of two from 4KiB to 1GiB: the page size the driver
  *                              logs at whatever START asks (default: START's, clamped)
  *         | "dirtyfail" VALUE: N, every N-th DMA_LOGGING_REPORT fails with EIO (default 0: none)
+ *         | "msixalloc" VALUE: "static" (default: MSI-X is VFIO_IRQ_INFO_NORESIZE, the vectors
+ *                              enabled first are all there are) | "dynamic" (kernel 6.5+ on a
+ *                              platform that allocates MSI-X vectors one by one: no NORESIZE)
  * ```
  *
  * Examples: `sim`, `sim:4096`, `sim:1MiB:seed=7`, `sim:1GiB#big`, `sim#dst`, `sim:64KiB:mig=stop_copy+p2p`,
@@ -59,6 +62,7 @@ export interface ParsedSimSpec {
   dmaLoggingMaxRanges?: number;
   dmaLoggingPageSize?: number;
   dmaLoggingFailEvery?: number;
+  msixAlloc?: 'static' | 'dynamic';
 }
 
 const UNITS: Record<string, number> = {
@@ -222,8 +226,12 @@ export function parseSimSpec(spec: string): ParsedSimSpec | string {
         out.dmaLoggingFailEvery = n;
         break;
       }
+      case 'msixalloc':
+        if (value !== 'static' && value !== 'dynamic') return `bad msixalloc ${JSON.stringify(value)} (static or dynamic)`;
+        out.msixAlloc = value;
+        break;
       default:
-        return `unknown sim spec key ${JSON.stringify(key)} (seed, mig, precopy, end, maxread, maxwrite, vsc, vsclen, devid, master, dirty, dirtyranges, dirtypage, dirtyfail)`;
+        return `unknown sim spec key ${JSON.stringify(key)} (seed, mig, precopy, end, maxread, maxwrite, vsc, vsclen, devid, master, dirty, dirtyranges, dirtypage, dirtyfail, msixalloc)`;
     }
   }
   return out;

@@ -18,7 +18,8 @@ import { openDevice } from '../../src/kernel/open';
 import { MigrationCoordinator, type CoordinatorOptions } from '../../src/vm/coordinator';
 import { VfioPciDevice, type AttachOptions } from '../../src/model/vfio-pci';
 import { ReferenceAllocator, ReferenceHost } from '../../src/model/host/reference';
-import { PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY, PCI_MSIX_FLAGS, PCI_MSIX_FLAGS_ENABLE } from '../../src/model/pci/regs';
+import type { Host } from '../../src/model/host/types';
+import { PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY, PCI_MSIX_FLAGS, PCI_MSIX_FLAGS_ENABLE, PCI_MSIX_FLAGS_MASKALL } from '../../src/model/pci/regs';
 
 export { BAR0 };
 export const MEM_MASTER = PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER;
@@ -70,7 +71,7 @@ export function newHost(env: Env, allocator?: ReferenceAllocator): ReferenceHost
 }
 
 /** Attach (detached by dispose()). */
-export function attach(env: Env, dev: VfioDevice, host: ReferenceHost, opts: AttachOptions = {}): VfioPciDevice {
+export function attach(env: Env, dev: VfioDevice, host: Host, opts: AttachOptions = {}): VfioPciDevice {
   const d = VfioPciDevice.attach(dev, host, opts);
   env.cleanup.push(() => d.detach());
   return d;
@@ -123,6 +124,24 @@ export class Guest {
     this.host.bus.write('mmio', at + 4n, 4, Number(message.address >> 32n));
     this.host.bus.write('mmio', at + 8n, 4, message.data);
     this.host.bus.write('mmio', at + 12n, 4, 0); // vector control: unmasked
+  }
+
+  /** Set or clear the mask bit of MSI-X table entry `vector` (its vector control dword). */
+  maskVector(vector: number, masked: boolean): void {
+    const m = this.d.config.msix()!;
+    this.host.bus.write('mmio', this.bar0 + BigInt(m.tableOffset + vector * 16 + 12), 4, masked ? 1 : 0);
+  }
+
+  /** Set or clear the MSI-X function mask (Message Control bit 14), MSI-X staying enabled. */
+  functionMask(masked: boolean): void {
+    const cap = this.d.config.msix()!.offset;
+    this.d.configWrite(cap + PCI_MSIX_FLAGS, 2, PCI_MSIX_FLAGS_ENABLE | (masked ? PCI_MSIX_FLAGS_MASKALL : 0));
+  }
+
+  /** The first PBA qword as the guest reads it through the bus: bit n = vector n pending. */
+  pba(): bigint {
+    const m = this.d.config.msix()!;
+    return this.host.bus.read('mmio', this.bar0 + BigInt(m.pbaOffset), 8);
   }
 
   read32(offset: number): number {

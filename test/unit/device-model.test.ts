@@ -14,6 +14,7 @@ import { BAR0_ID_VALUE, CAP_OFFSETS } from '../../src/sim';
 import { MigrationCoordinator } from '../../src/vm/coordinator';
 import { VfioPciDevice } from '../../src/model/vfio-pci';
 import { ReferenceAllocator, type ReferenceHost } from '../../src/model/host/reference';
+import type { AllocationRecord } from '../../src/model/host/types';
 import type { ConfigMismatchError } from '../../src/model/pci/compare';
 import { ConfigSpace } from '../../src/model/pci/config-space';
 import { decodeModelState, encodeModelState } from '../../src/model/model-state';
@@ -61,7 +62,7 @@ describe('guest flow on a source device', () => {
     // Firmware's part: one BAR, 4 KiB of MMIO, at the allocator's first address, in the shadow.
     expect(allocate).toHaveBeenCalledTimes(1);
     expect(allocate).toHaveBeenCalledWith('mmio', 4096, 'nic0/bar0');
-    const addr = allocate.mock.results[0].value as bigint;
+    const addr = (allocate.mock.results[0].value as AllocationRecord).address;
     expect(addr).toBe(0xe000_0000n);
     expect(d.configRead(0x10, 4)).toBe(Number(addr));
     expect(host.bus.mappings()).toEqual([]); // decode is off

@@ -111,6 +111,26 @@ describe('MsixTable', () => {
     expect(t.vectors().filter((v) => v.pending).map((v) => v.index)).toEqual([0, 65]);
   });
 
+  it('syncPending runs before the PBA is observed (a valid guest read, serialize), so its bits are current there', () => {
+    const t = new MsixTable(4);
+    let calls = 0;
+    t.syncPending = () => {
+      calls++;
+      t.setPending(2, true);
+    };
+    const q = Buffer.alloc(8);
+    t.readPba(0, q);
+    expect([calls, q.readBigUInt64LE()]).toEqual([1, 4n]);
+    expect(code(() => t.readPba(2, Buffer.alloc(2)))).toBe('EVFIO_MSIX_ACCESS');
+    expect(calls).toBe(1); // not for an access that is refused
+    t.setPending(2, false);
+    const saved = MsixTable.deserialize(t.serialize());
+    expect([calls, saved.isPending(2)]).toEqual([2, true]);
+    expect(t.isPending(2)).toBe(true);
+    t.vectors(); // the model's own view does not call it
+    expect(calls).toBe(2);
+  });
+
   it('refuses accesses the spec does not allow', () => {
     const t = new MsixTable(2);
     expect(code(() => t.readTable(0, Buffer.alloc(2)))).toBe('EVFIO_MSIX_ACCESS');

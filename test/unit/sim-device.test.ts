@@ -81,6 +81,12 @@ function readU8(b: SimBinding, fd: number, off: number): number {
   return buf[0];
 }
 
+function irqInfo(b: SimBinding, fd: number, index: number): s.IrqInfo {
+  const q = s.encodeIrqInfoQuery(index);
+  b.ioctl(fd, v.VFIO_DEVICE_GET_IRQ_INFO, q);
+  return s.decodeIrqInfo(q);
+}
+
 function fresh(spec = 'sim'): { b: SimBinding; fd: number } {
   const b = new SimBinding();
   return { b, fd: b.open(spec, O_RDWR) };
@@ -118,7 +124,8 @@ describe('device spec grammar', () => {
   });
 
   it('rejects malformed specs with a reason', () => {
-    for (const bad of ['sim:', 'sim:12parsecs', 'sim:1MiB:colour=red', 'sim:seed=1:4096', 'sim#', 'sim#a b', 'sim:end=maybe', 'sim:seed=-1']) {
+    expect(parseSimSpec('sim:msixalloc=dynamic')).toMatchObject({ msixAlloc: 'dynamic' });
+    for (const bad of ['sim:', 'sim:12parsecs', 'sim:1MiB:colour=red', 'sim:seed=1:4096', 'sim#', 'sim#a b', 'sim:end=maybe', 'sim:seed=-1', 'sim:msixalloc=lazy']) {
       expect(typeof parseSimSpec(bad), bad).toBe('string');
     }
   });
@@ -536,6 +543,45 @@ describe('VFIO_DEVICE_SET_IRQS and interrupts', () => {
     expect(b.device(fd).irqs().vectors).toEqual([efd, null]);
     // only the vectors enabled first can be touched later
     expectErrno(() => set(b, fd, { flags: EVFD | T, index: msi, start: 2, count: 1, eventfds: [efd] }), 'EINVAL');
+  });
+
+  it('vfio_msi_set_vector_signal() (6.5+), NORESIZE: vector by vector; an fd beyond the enabled range is EINVAL and unsets the call\'s vectors up to it; -1 beyond is fine', () => {
+    const { b, fd } = fresh();
+    const msix = v.VFIO_PCI_MSIX_IRQ_INDEX;
+    const e = [0, 1, 2, 3, 4].map(() => b.eventfd(0));
+    expect(irqInfo(b, fd, msix).flags & v.VFIO_IRQ_INFO_NORESIZE).toBeTruthy();
+    set(b, fd, { flags: EVFD | T, index: msix, start: 0, count: 3, eventfds: [e[0], e[1], e[2]] });
+    // Vector 1 gets e3, vector 2 loses e2, then vector 3 is not allocated: EINVAL, vectors 1..3 left without a trigger.
+    expectErrno(() => set(b, fd, { flags: EVFD | T, index: msix, start: 1, count: 3, eventfds: [e[3], -1, e[4]] }), 'EINVAL');
+    expect(b.device(fd).irqs().vectors).toEqual([e[0], null, null]);
+    // -1 past the enabled range touches nothing that exists: no error.
+    set(b, fd, { flags: EVFD | T, index: msix, start: 1, count: 4, eventfds: [e[1], e[2], -1, -1] });
+    expect(b.device(fd).irqs().vectors).toEqual([e[0], e[1], e[2]]);
+    // Loopback over a range wider than the enabled one fires what is armed.
+    set(b, fd, { flags: NONE | T, index: msix, start: 0, count: 8 });
+    expect(e.map((x) => b.eventfdRead(x))).toEqual([1n, 1n, 1n, 0n, 0n]);
+    // A device interrupt on a vector beyond the range is dropped.
+    b.pwrite(fd, u32(5), BAR0.DOORBELL);
+    expect(e.map((x) => b.eventfdRead(x))).toEqual([0n, 0n, 0n, 0n, 0n]);
+  });
+
+  it('msixalloc=dynamic (has_dyn_msix): MSI-X without NORESIZE allocates a vector beyond the enabled range on the spot; MSI stays NORESIZE', () => {
+    const { b, fd } = fresh('sim:msixalloc=dynamic');
+    const msix = v.VFIO_PCI_MSIX_IRQ_INDEX;
+    expect(irqInfo(b, fd, msix).flags & v.VFIO_IRQ_INFO_NORESIZE).toBe(0);
+    expect(irqInfo(b, fd, v.VFIO_PCI_MSI_IRQ_INDEX).flags & v.VFIO_IRQ_INFO_NORESIZE).toBeTruthy();
+    const e0 = b.eventfd(0);
+    const e5 = b.eventfd(0);
+    set(b, fd, { flags: EVFD | T, index: msix, start: 0, count: 1, eventfds: [-1] }); // MSI-X on, no vector armed
+    expect(b.device(fd).irqs()).toMatchObject({ mode: 'msix', vectors: [null] });
+    set(b, fd, { flags: EVFD | T, index: msix, start: 5, count: 1, eventfds: [e5] });
+    set(b, fd, { flags: EVFD | T, index: msix, start: 0, count: 1, eventfds: [e0] });
+    expect(b.device(fd).irqs().vectors).toEqual([e0, null, null, null, null, e5]);
+    for (const vec of [5, 3, 0]) b.pwrite(fd, u32(vec), BAR0.DOORBELL);
+    expect([b.eventfdRead(e0), b.eventfdRead(e5)]).toEqual([1n, 1n]);
+    expect(b.device(fd).irqs().delivered).toBe(2);
+    // Past the index's count is still EINVAL (the header check).
+    expectErrno(() => set(b, fd, { flags: EVFD | T, index: msix, start: 8, count: 1, eventfds: [e0] }), 'EINVAL');
   });
 
   it('INTx, MSI and MSI-X are exclusive; DATA_NONE|TRIGGER count 0 disables only the enabled one', () => {

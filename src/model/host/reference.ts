@@ -3,8 +3,8 @@
  * device model for real (tests, the demo, the kernel tier) and to show a VMM author what each
  * piece must do.
  *
- *  - `ReferenceBus`: BAR routing with overlap checks, and `access()` to play the guest's
- *    MMIO/port accesses;
+ *  - `ReferenceBus`: BAR routing (overlapping BARs allowed: the latest mapping wins), and
+ *    `access()` to play the guest's MMIO/port accesses;
  *  - `ReferenceAllocator`: naturally aligned BAR addresses; allocating twice for one owner
  *    throws, and its table can be exported and restored like a VMM's own state;
  *  - `ReferenceInterrupts`: eventfds per MSI vector and for INTx, with counters and waits;
@@ -13,30 +13,55 @@
 import type { Binding } from '../../kernel/binding/types';
 import { POLLIN } from '../../kernel/binding/types';
 import { VfioError } from '../../base/errors';
+import { logger } from '../../base/log';
 import type {
-  AddressAllocator, AddressSpace, BarAccessHandler, BarMapping, GuestMemory, GuestMemoryRegion, Host, HostBus, InterruptRouter, MsiMessage,
+  AddressAllocator, AddressSpace, AllocationRecord, BarAccessHandler, BarMapping, GuestMemory, GuestMemoryRegion, Host, HostBus, InterruptRouter,
+  MsiMessage,
 } from './types';
+
+export type { AllocationRecord };
 
 function inUse(message: string): VfioError {
   return new VfioError(message, { code: 'EVFIO_ADDRESS_IN_USE', kind: 'usage' });
 }
 
+const log = logger('host');
 const hex = (n: bigint): string => `0x${n.toString(16)}`;
 const PAGE = 4096;
 
+const overlapping = (a: BarMapping, b: BarMapping): boolean =>
+  a.space === b.space && a.address < b.address + BigInt(b.size) && b.address < a.address + BigInt(a.size);
+
+/**
+ * BAR routing. Overlapping BARs are legal PCI (a guest may program two BARs to the same range,
+ * and does while it sizes or moves them), so `map()` accepts them, and the bus decides like
+ * QEMU's memory core does with region priorities: the LATEST mapping wins. A guest access goes
+ * to the most recently mapped BAR that holds its first byte; where that BAR is unmapped or moved
+ * away, the one it covered is reached again. `overlaps()` lists the pairs that overlap now.
+ */
 export class ReferenceBus implements HostBus {
+  /** Oldest first. */
   private readonly maps: Array<{ m: BarMapping; h: BarAccessHandler }> = [];
 
+  /** Throws EVFIO_ADDRESS_IN_USE only when this device's BAR is mapped already (unmap it first). */
   map(m: BarMapping, handler: BarAccessHandler): void {
-    const end = m.address + BigInt(m.size);
+    const same = this.maps.find(({ m: o }) => o.device === m.device && o.bar === m.bar);
+    if (same) throw inUse(`${m.device} BAR${m.bar} is already mapped at ${hex(same.m.address)}`);
     for (const { m: o } of this.maps) {
-      if (o.space !== m.space) continue;
-      if (o.device === m.device && o.bar === m.bar) throw inUse(`${m.device} BAR${m.bar} is already mapped at ${hex(o.address)}`);
-      if (m.address < o.address + BigInt(o.size) && o.address < end) {
-        throw inUse(`${m.space} ${hex(m.address)}+${m.size} for ${m.device} BAR${m.bar} overlaps ${o.device} BAR${o.bar} at ${hex(o.address)}+${o.size}`);
-      }
+      if (overlapping(m, o)) log('%s %s+%d for %s BAR%d covers %s BAR%d at %s+%d', m.space, hex(m.address), m.size, m.device, m.bar, o.device, o.bar, hex(o.address), o.size);
     }
     this.maps.push({ m: { ...m }, h: handler });
+  }
+
+  /** Pairs of mappings that overlap now, the one that wins (the later) second. */
+  overlaps(): Array<[BarMapping, BarMapping]> {
+    const out: Array<[BarMapping, BarMapping]> = [];
+    for (let i = 0; i < this.maps.length; i++) {
+      for (let j = i + 1; j < this.maps.length; j++) {
+        if (overlapping(this.maps[i].m, this.maps[j].m)) out.push([{ ...this.maps[i].m }, { ...this.maps[j].m }]);
+      }
+    }
+    return out;
   }
 
   unmap(device: string, bar: number): void {
@@ -55,19 +80,21 @@ export class ReferenceBus implements HostBus {
   }
 
   /**
-   * A guest access: route `data` (1, 2, 4 or 8 bytes) to whoever maps `address`. Throws
-   * EVFIO_NO_MAPPING when nothing does (a real VMM would return all-ones / ignore).
+   * A guest access: route `data` (1, 2, 4 or 8 bytes) to the latest mapping that holds
+   * `address`. Throws EVFIO_NO_MAPPING when none does, or when the access runs past the end of
+   * that mapping (a real VMM would return all-ones / ignore; this bus is for tests and tools).
    */
   access(space: AddressSpace, address: bigint, data: Buffer, write: boolean): void {
-    for (const { m, h } of this.maps) {
-      if (m.space === space && address >= m.address && address + BigInt(data.length) <= m.address + BigInt(m.size)) {
-        const off = Number(address - m.address);
-        if (write) h.write(off, data);
-        else h.read(off, data);
-        return;
-      }
+    for (let i = this.maps.length - 1; i >= 0; i--) {
+      const { m, h } = this.maps[i];
+      if (m.space !== space || address < m.address || address >= m.address + BigInt(m.size)) continue;
+      if (address + BigInt(data.length) > m.address + BigInt(m.size)) break;
+      const off = Number(address - m.address);
+      if (write) h.write(off, data);
+      else h.read(off, data);
+      return;
     }
-    throw new VfioError(`no BAR maps ${space} ${hex(address)}`, { code: 'EVFIO_NO_MAPPING', kind: 'usage' });
+    throw new VfioError(`no BAR maps ${space} ${hex(address)}+${data.length}`, { code: 'EVFIO_NO_MAPPING', kind: 'usage' });
   }
 
   read(space: AddressSpace, address: bigint, size: 1 | 2 | 4 | 8): bigint {
@@ -84,13 +111,6 @@ export class ReferenceBus implements HostBus {
   }
 }
 
-export interface AllocationRecord {
-  space: AddressSpace;
-  address: bigint;
-  size: number;
-  owner: string;
-}
-
 export class ReferenceAllocator implements AddressAllocator {
   private readonly live: AllocationRecord[] = [];
   private readonly next: Record<AddressSpace, bigint>;
@@ -100,7 +120,7 @@ export class ReferenceAllocator implements AddressAllocator {
     this.next = { mmio: base.mmio ?? 0xe000_0000n, pio: base.pio ?? 0xc000n };
   }
 
-  allocate(space: AddressSpace, size: number, owner: string): bigint {
+  allocate(space: AddressSpace, size: number, owner: string): AllocationRecord {
     if (!(size > 0 && (size & (size - 1)) === 0)) throw new RangeError(`BAR size ${size} is not a power of two`);
     const prev = this.live.find((a) => a.owner === owner);
     if (prev) throw inUse(`${owner} already has ${prev.space} ${hex(prev.address)}+${prev.size}: allocated twice`);
@@ -111,13 +131,14 @@ export class ReferenceAllocator implements AddressAllocator {
       if (!clash) break;
       at = (clash.address + BigInt(clash.size) + align - 1n) & ~(align - 1n);
     }
-    this.live.push({ space, address: at, size, owner });
+    const record = { space, address: at, size, owner };
+    this.live.push(record);
     this.next[space] = at + align;
-    return at;
+    return { ...record };
   }
 
-  free(space: AddressSpace, address: bigint, owner: string): void {
-    const i = this.live.findIndex((a) => a.space === space && a.address === address && a.owner === owner);
+  free(a: AllocationRecord): void {
+    const i = this.live.findIndex((l) => l.space === a.space && l.address === a.address && l.size === a.size && l.owner === a.owner);
     if (i >= 0) this.live.splice(i, 1);
   }
 

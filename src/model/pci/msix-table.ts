@@ -8,7 +8,8 @@
  * vector control (+12, bit 0 = mask). Only the mask bit of vector control is kept; its other
  * bits read as 0. Entries start masked with a zero message, as after reset.
  * The PBA is one bit per vector in little-endian qwords (`ceil(n / 64) * 8` bytes), read-only to
- * the guest; `setPending()` is the device model's side.
+ * the guest; `setPending()` is the device model's side, and `syncPending` lets it post the
+ * interrupts it holds for masked vectors just before the PBA is read by the guest or serialised.
  *
  * Accesses are 4 or 8 bytes, naturally aligned, inside the structure (the spec allows nothing
  * else); anything else throws VfioError `EVFIO_MSIX_ACCESS` (kind 'usage'). A VMM that cannot
@@ -58,6 +59,12 @@ export class MsixTable {
   readonly size: number;
   /** The listener for guest changes; may be replaced at any time. */
   onChange: MsixChangeListener | undefined;
+  /**
+   * Called before the PBA is observed — a guest PBA read (a valid one), `serialize()` — so the
+   * device model can bring the pending bits up to date with `setPending()`. May be replaced at
+   * any time.
+   */
+  syncPending: (() => void) | undefined;
   private readonly table: Buffer;
   private readonly pba: Buffer;
 
@@ -130,9 +137,10 @@ export class MsixTable {
     }
   }
 
-  /** Guest read of the PBA: fills `out` (4 or 8 bytes) from `offset` (relative to the PBA start). */
+  /** Guest read of the PBA: fills `out` (4 or 8 bytes) from `offset` (relative to the PBA start), after `syncPending`. */
   readPba(offset: number, out: Uint8Array): void {
     if (!this.isValidPbaAccess(offset, out.length)) throw accessError('PBA', offset, out.length, this.pba.length);
+    this.syncPending?.();
     out.set(this.pba.subarray(offset, offset + out.length));
   }
 
@@ -181,6 +189,7 @@ export class MsixTable {
    * u16, vector count u32, reserved u32, then the table (16 bytes per vector) and the PBA.
    */
   serialize(): Buffer {
+    this.syncPending?.();
     const out = Buffer.alloc(SERIAL_HEADER + this.table.length + this.pba.length);
     out.writeUInt32LE(SERIAL_MAGIC, 0);
     out.writeUInt16LE(SERIAL_VERSION, 4);
