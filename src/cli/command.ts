@@ -82,13 +82,13 @@ export class CommandContext {
     readonly command: string,
     readonly out: Output,
     readonly err: Output,
-    opts: { json?: boolean; quiet?: boolean },
+    opts: { json?: boolean; quiet?: boolean; progressAfterMs?: number },
     /** Aborted by the first SIGINT / SIGTERM / SIGHUP when the command is cancellable. */
     readonly signal: AbortSignal,
   ) {
     this.json = opts.json === true;
     this.quiet = opts.quiet === true;
-    this.display = new ProgressDisplay(err, !this.quiet);
+    this.display = new ProgressDisplay(err, !this.quiet, opts.progressAfterMs);
     this.shareTerminal = sameTerminal(out, err);
   }
 

@@ -21,6 +21,8 @@ export class ProgressDisplay {
   private bar?: SingleBar;
   private key = '';
   private started = Date.now();
+  /** The first report of the current transfer: the rate is measured from it. */
+  private base = { at: performance.now(), bytes: 0 };
   private stopped = false;
 
   /**
@@ -50,6 +52,7 @@ export class ProgressDisplay {
       this.end();
       this.key = key;
       this.started = Date.now();
+      this.base = { at: performance.now(), bytes: p.bytes };
     }
     const total = p.expected !== undefined && p.expected >= p.bytes ? p.expected : p.bytes;
     if (!this.multi) {
@@ -101,7 +104,8 @@ export class ProgressDisplay {
 
   private payload(p: Progress): Record<string, string> {
     const mib = (n: number): string => (n / 1048576).toFixed(1);
-    const secs = Math.max((Date.now() - this.started) / 1000, 0.001);
-    return { done: mib(p.bytes), all: mib(p.expected ?? p.bytes), rate: mib(p.bytes / secs) };
+    const secs = (performance.now() - this.base.at) / 1000;
+    const moved = p.bytes - this.base.bytes;
+    return { done: mib(p.bytes), all: mib(p.expected ?? p.bytes), rate: secs > 0.05 && moved > 0 ? mib(moved / secs) : '-' };
   }
 }
