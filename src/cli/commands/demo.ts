@@ -127,8 +127,9 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
     if (!got.equals(secret) || irqB < 1) {
       throw new VfioError(`destination check failed: registers ${got.equals(secret) ? 'ok' : 'differ'}, interrupts ${irqB}`, { code: 'EVFIO_DEMO', kind: 'protocol' });
     }
-    say(`done: destination registers match ("${got.toString()}"), doorbell → ${irqB} interrupt(s) through the re-armed eventfd`);
+    say('source resumes:');
     await vmA.resume();
+    say(`done: destination registers match ("${got.toString()}"), doorbell → ${irqB} interrupt(s) through the re-armed eventfd`);
     return {
       source: devA.name, destination: devB.name, stateBytes: res.devices[0].stateBytes, fileBytes: fs.statSync(file).size,
       interrupts: { source: irqA, destination: irqB },
