@@ -30,10 +30,10 @@ function nodeKind(st: fs.Stats): string {
   return 'not a regular file';
 }
 
-function sysError(e: unknown, message: string, file: string, syscall: string): VfioError {
+function sysError(e: unknown, message: string, file: string, syscall: string, step: string): VfioError {
   const err = e as NodeJS.ErrnoException;
   return new VfioError(message, {
-    code: (err.code ?? 'EIO') as ErrnoName, errno: Math.abs(err.errno ?? 5), syscall: err.syscall ?? syscall, path: file, step: 'snapshot:target', cause: e,
+    code: (err.code ?? 'EIO') as ErrnoName, errno: Math.abs(err.errno ?? 5), syscall: err.syscall ?? syscall, path: file, step, cause: e,
   });
 }
 
@@ -41,9 +41,9 @@ function sysError(e: unknown, message: string, file: string, syscall: string): V
  * Check that `file` may receive a snapshot (rules above). Synchronous: a few stat calls.
  * Throws VfioError: EVFIO_NOT_A_FILE (usage) for a node that is not a regular file or a
  * symbolic link; ENOENT / ENOTDIR / EACCES / EROFS (syscall) for a directory that does not
- * exist, is not one, or is not writable.
+ * exist, is not one, or is not writable. `step` is the errors' step (the commit passes its own).
  */
-export function checkSnapshotTarget(file: string): void {
+export function checkSnapshotTarget(file: string, step = 'snapshot:target'): void {
   const dir = path.dirname(file);
   let st: fs.Stats | undefined;
   try {
@@ -53,16 +53,16 @@ export function checkSnapshotTarget(file: string): void {
     if (code === 'ENOENT') {
       st = undefined; // a new file, or a missing directory: looked at below
     } else if (code === 'ENOTDIR') {
-      throw sysError(e, `cannot write snapshot ${file}: a component of ${dir} is not a directory`, file, 'lstat');
+      throw sysError(e, `cannot write snapshot ${file}: a component of ${dir} is not a directory`, file, 'lstat', step);
     } else {
-      throw sysError(e, `cannot write snapshot ${file}: ${code}`, file, 'lstat');
+      throw sysError(e, `cannot write snapshot ${file}: ${code}`, file, 'lstat', step);
     }
   }
   if (st && !st.isFile()) {
     const why = st.isSymbolicLink()
       ? 'it is a symbolic link (snapshots never follow or replace links: give the path of the file itself)'
       : `it is ${nodeKind(st)} (only a regular file is ever replaced)`;
-    throw new VfioError(`refusing to write snapshot ${file}: ${why}`, { code: 'EVFIO_NOT_A_FILE', kind: 'usage', path: file, step: 'snapshot:target' });
+    throw new VfioError(`refusing to write snapshot ${file}: ${why}`, { code: 'EVFIO_NOT_A_FILE', kind: 'usage', path: file, step });
   }
   let ds: fs.Stats;
   try {
@@ -70,14 +70,14 @@ export function checkSnapshotTarget(file: string): void {
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     const what = code === 'ENOENT' ? 'does not exist' : code === 'ENOTDIR' ? 'is not a directory' : `cannot be looked at (${code})`;
-    throw sysError(e, `cannot write snapshot ${file}: directory ${dir} ${what}`, file, 'stat');
+    throw sysError(e, `cannot write snapshot ${file}: directory ${dir} ${what}`, file, 'stat', step);
   }
   if (!ds.isDirectory()) {
-    throw new VfioError(`cannot write snapshot ${file}: ${dir} is not a directory`, { code: 'ENOTDIR', errno: 20, syscall: 'stat', path: file, step: 'snapshot:target' });
+    throw new VfioError(`cannot write snapshot ${file}: ${dir} is not a directory`, { code: 'ENOTDIR', errno: 20, syscall: 'stat', path: file, step });
   }
   try {
     fs.accessSync(dir, fs.constants.W_OK | fs.constants.X_OK);
   } catch (e) {
-    throw sysError(e, `cannot write snapshot ${file}: directory ${dir} is not writable (${(e as NodeJS.ErrnoException).code})`, file, 'access');
+    throw sysError(e, `cannot write snapshot ${file}: directory ${dir} is not writable (${(e as NodeJS.ErrnoException).code})`, file, 'access', step);
   }
 }

@@ -187,7 +187,7 @@ export class SnapshotWriter {
       this.done = true;
       const t1 = performance.now();
       signal?.throwIfAborted();
-      checkSnapshotTarget(this.finalPath); // nothing but a regular file appeared there meanwhile
+      checkSnapshotTarget(this.finalPath, 'snapshot:commit'); // nothing but a regular file appeared there meanwhile
       await fs.promises.rename(this.tempPath, this.finalPath);
       const t2 = performance.now();
       if (!this.opts.noSync) await syncDir(path.dirname(path.resolve(this.finalPath)));

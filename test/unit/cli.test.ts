@@ -161,7 +161,7 @@ describe('vfio-pci CLI: a conventional command line', () => {
     }
     const snap = await run('help', 'snapshot');
     expect(snap.out).toMatch(/--leave-stopped/);
-    expect(snap.out).toMatch(/closing a\s+VFIO device lets the kernel reset it/);
+    expect(snap.out).toMatch(/Whether they are still in STOP\s+after vfio-pci exits/);
     expect((await run('help')).code).toBe(0);
   });
 

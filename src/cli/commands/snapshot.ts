@@ -6,6 +6,7 @@
  * devices.
  */
 import type { Command } from 'commander';
+import { VfioError } from '../../base/errors';
 import { saveSnapshot } from '../../vm/jobs';
 import { migStateName } from '../../kernel/uapi/vfio';
 import { addCommonOptions, type CliCommand } from '../command';
@@ -31,10 +32,11 @@ renamed into place: it appears complete or not at all. Only a regular file is ev
 directory, device node, FIFO, socket or symbolic link at FILE is refused before any device is
 touched, as is a directory that does not exist or is not writable. Files are created 0600.
 
---leave-stopped keeps the devices in STOP, their state as saved: nothing they would do after the
-snapshot happens. It lasts while they are open: vfio-pci closes them when it exits, and closing a
-VFIO device lets the kernel reset it (drivers open a device in RUNNING). It is for devices that
-stay open elsewhere (named sim devices in one process, a VMM through the library).
+--leave-stopped keeps the devices in STOP, their state as saved, so that they do nothing after
+the snapshot (e.g. before their state is restored elsewhere). Whether they are still in STOP
+after vfio-pci exits and closes them is the driver's choice: mtty keeps the state across close
+and open; a driver may also reset a device on its last close or next open (info shows the
+state). A later restore runs them again (STOP → RESUMING → RUNNING).
 
 SIGINT, SIGTERM or SIGHUP cancels: the copy stops, the temporary file is removed, the devices
 run again, and vfio-pci exits 130, 143 or 129.
@@ -50,10 +52,16 @@ Examples:
     return withDevices(args.map((a) => a.spec), openOptions(opts), async (devs) => {
       const jobDevs = devs.map((device, i) => ({ id: args[i].id ?? device.name, device }));
       ctx.say(`snapshot of ${jobDevs.map((d) => (d.id === d.device.name ? d.id : `${d.id}=${d.device.name}`)).join(', ')} → ${file}`);
-      ctx.note(`no snapshot was written: ${file} is as it was`);
-      const res = await saveSnapshot(jobDevs, file, {
-        leaveStopped: opts.leaveStopped === true, allowNonP2P: opts.allowNonP2p === true, onState: ctx.onState, onProgress: ctx.onProgress, signal: ctx.signal,
-      });
+      let res;
+      try {
+        res = await saveSnapshot(jobDevs, file, {
+          leaveStopped: opts.leaveStopped === true, allowNonP2P: opts.allowNonP2p === true, onState: ctx.onState, onProgress: ctx.onProgress, signal: ctx.signal,
+        });
+      } catch (e) {
+        // Up to the commit nothing is renamed; a commit error says itself what happened.
+        if (!(e instanceof VfioError && e.step === 'snapshot:commit')) ctx.note(`no snapshot was written: ${file} is as it was`);
+        throw e;
+      }
       ctx.endProgress();
       const out = res.devices.map((d) => {
         const dev = jobDevs.find((j) => j.id === d.id)!.device;
