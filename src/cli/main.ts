@@ -1,92 +1,175 @@
 /**
  * `vfio-pci`: the library's jobs from a shell.
  *
- *   vfio-pci info DEVICE [--json]
- *   vfio-pci snapshot DEVICE... -o FILE [--leave-stopped]
- *   vfio-pci restore DEVICE -i FILE [--index N]
- *   vfio-pci inspect FILE [--json]
- *   vfio-pci demo [--size SIZE]
+ * How the CLI is put together (to add a command, e.g. `migrate` or `incoming`, write one module
+ * in commands/ and list it in COMMANDS below; nothing else changes):
  *
- * Common options: --iommu iommufd|legacy, --binding native|koffi, --quiet.
- * Exit status: 0 success, 1 failure (message on stderr, with the state the device was left
- * in), 2 usage error.
+ *  - commands/*.ts   one `CliCommand` each (command.ts): `define(cmd)` declares its arguments,
+ *                    options (`addCommonOptions` adds --json, --quiet and, for device commands,
+ *                    --iommu/--binding) and help text on a commander Command; `run(ctx, args,
+ *                    opts)` does the work and resolves with `{ json, exitCode? }`; `cancellable`
+ *                    marks a job that signals cancel.
+ *  - main.ts         builds the commander program from COMMANDS (per-command help, `help CMD`,
+ *                    --version, unknown options and commands refused with exit 2), runs the
+ *                    chosen command, and prints its result or error: text on stdout/stderr, or
+ *                    with --json one object on stdout — `{ ok: true, ...json }` or
+ *                    `{ ok: false, error: { message, code, kind, errno, syscall, op, step,
+ *                    device, path, deviceState }, notes?, signal? }` (report.ts).
+ *  - command.ts      `CommandContext`, what a command works with: `say()` (state lines; above
+ *                    the progress bar, dropped with --json/--quiet), `print()` (a text result),
+ *                    `onState` / `onProgress` (give them to a job), `signal` (the job's
+ *                    AbortSignal), `note()` (a line for the failure report), `onCleanup()`.
+ *  - signals.ts      one SignalScope per cancellable command: the first SIGINT/SIGTERM/SIGHUP
+ *                    aborts `ctx.signal` (the library then cleans up: no temporary file, devices
+ *                    back), later ones only say the cleanup is under way; exit 128 + signal.
+ *  - output.ts       stdout/stderr wrapped so that EPIPE or a closed stream ends the output,
+ *                    never the job.
+ *  - progress.ts     the bar (cli-progress, stderr, terminals only; lines printed above it).
+ *  - devices.ts      `[ID=]DEVICE` parsing (sim specs checked here), opening, closing.
+ *  - report.ts       exit codes, error text and JSON, the driver-refused-state explanation.
+ *
+ * Exit status: 0 success; 1 failure (message on stderr with where each device was left);
+ * 2 usage (bad command line, no such device, a path that cannot be used); 129 / 130 / 143
+ * after SIGHUP / SIGINT / SIGTERM (the job cancelled and cleaned up, or completed if the signal
+ * came too late to cancel it: the message says which).
  */
-import { parseArgs } from 'node:util';
-import { VfioError, describeOutcome } from '../base/errors';
-import { commands, type CommandContext } from './commands';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Command, CommanderError } from 'commander';
+import { logger } from '../base/log';
 import { registerSimulator } from '../sim/provider';
+import { CommandContext, type CliCommand } from './command';
+import { demoCommand } from './commands/demo';
+import { infoCommand } from './commands/info';
+import { inspectCommand } from './commands/inspect';
+import { restoreCommand } from './commands/restore';
+import { snapshotCommand } from './commands/snapshot';
+import { Output } from './output';
+import { EXIT, errorJson, exitCodeOf, formatError } from './report';
+import { SignalScope, type SignalSource } from './signals';
+import { VfioError } from '../base/errors';
 
-const USAGE = `usage: vfio-pci <command> [options]
+const log = logger('cli');
 
-commands:
-  info DEVICE [--json]                       device, region, IRQ and migration info
-  snapshot [ID=]DEVICE... -o FILE [--leave-stopped] [--allow-non-p2p]
-                                             pause, save state + config space, resume
-  restore [ID=]DEVICE... -i FILE [--allow-non-p2p]
-                                             load a snapshot into the devices (paired by ID) and run them
-  inspect FILE [--json]                      list a snapshot's sections and check them
-  demo [--size SIZE]                         pause → snapshot → restore → resume on simulated devices
+/** The commands, in the order `vfio-pci --help` lists them. */
+export const COMMANDS: readonly CliCommand[] = [infoCommand, snapshotCommand, restoreCommand, inspectCommand, demoCommand];
 
-DEVICE: a PCI address (0000:01:00.0), an mdev UUID, a sysfs path,
-        /dev/vfio/devices/vfioN, or a simulated device: sim, sim:SIZE (e.g. sim:1GiB)
-ID:     the name a device is saved under and paired by on restore (default: the DEVICE
-        as given); restoring a one-device snapshot into one DEVICE needs none
+const PROGRAM_HELP = `
+DEVICE: a PCI address (0000:01:00.0), an mdev UUID, a sysfs path, /dev/vfio/devices/vfioN, or a
+        simulated device: sim, sim:SIZE, sim:SIZE:KEY=VALUE...#NAME (README "Simulated devices")
+ID=:    the name a device is saved under and paired by on restore (default: DEVICE as given)
 
-options:
-  --iommu iommufd|legacy    how to open real devices (default: iommufd when available)
-  --binding native|koffi    syscall binding (default: native addon, koffi if it cannot load)
-  -q, --quiet               print only errors
-  -h, --help
-`;
+Exit status: 0 success, 1 failure, 2 usage error (bad arguments, no such device, unusable
+path), 129/130/143 after SIGHUP/SIGINT/SIGTERM (the job cancelled and cleaned up).
+Logging: DEBUG=vfio:* prints every phase with its duration.`;
 
-export async function main(argv: string[], out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
-  registerSimulator();
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: argv,
-      allowPositionals: true,
-      options: {
-        json: { type: 'boolean' },
-        output: { type: 'string', short: 'o' },
-        input: { type: 'string', short: 'i' },
-        'leave-stopped': { type: 'boolean' },
-        'allow-non-p2p': { type: 'boolean' },
-        iommu: { type: 'string' },
-        binding: { type: 'string' },
-        size: { type: 'string' },
-        quiet: { type: 'boolean', short: 'q' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    });
-  } catch (e) {
-    err.write(`vfio-pci: ${(e as Error).message}\n\n${USAGE}`);
-    return 2;
-  }
-  const [name, ...args] = parsed.positionals;
-  if (parsed.values.help || !name) {
-    (parsed.values.help ? out : err).write(USAGE);
-    return parsed.values.help ? 0 : 2;
-  }
-  const cmd = commands[name];
-  if (!cmd) {
-    err.write(`vfio-pci: unknown command '${name}'\n\n${USAGE}`);
-    return 2;
-  }
-  const ctx: CommandContext = { args, opts: parsed.values, out, err };
-  try {
-    return await cmd(ctx);
-  } catch (e) {
-    if (e instanceof VfioError) {
-      err.write(`vfio-pci ${name}: ${e.message}\n`);
-      const fields = [
-        ['code', e.code], ['errno', e.errno], ['syscall', e.syscall], ['op', e.op], ['step', e.step],
-        ['device', e.device], ['devices left', e.deviceState?.map(describeOutcome).join(', ')],
-      ].filter(([, v]) => v !== undefined);
-      err.write(fields.map(([k, v]) => `  ${k}: ${v}`).join('\n') + '\n');
-      return e.kind === 'usage' ? 2 : 1;
+/** The package's version, from the package.json above this file (src/ or dist/src/). */
+function packageVersion(): string {
+  for (let dir = __dirname; ; dir = path.dirname(dir)) {
+    try {
+      const pkg = JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8')) as { name?: string; version?: string };
+      if (pkg.name === 'node-vfio-pci' && pkg.version) return pkg.version;
+    } catch {
+      /* not here */
     }
-    err.write(`vfio-pci ${name}: ${(e as Error)?.stack ?? e}\n`);
-    return 1;
+    if (path.dirname(dir) === dir) return 'unknown';
   }
+}
+
+export interface MainOptions {
+  /** Where signals come from (default: process). */
+  signals?: SignalSource;
+}
+
+/**
+ * Run the command line `argv` (without node and the script). Resolves with the exit status;
+ * never rejects for a failed command (the error is printed).
+ */
+export async function main(
+  argv: string[],
+  out: NodeJS.WritableStream = process.stdout,
+  err: NodeJS.WritableStream = process.stderr,
+  opts: MainOptions = {},
+): Promise<number> {
+  registerSimulator();
+  const io = { out: new Output(out), err: new Output(err) };
+  const wantsJson = argv.includes('--json');
+  let current = '';
+  let exit: number = EXIT.OK;
+  const program = new Command('vfio-pci')
+    .description('Pause, snapshot and restore VFIO PCI devices (VFIO migration v2), on real or simulated devices.')
+    .version(packageVersion(), '-V, --version', 'print the version')
+    .helpOption('-h, --help', 'show help (vfio-pci help COMMAND: a command\'s help)')
+    .helpCommand('help [command]', "show a command's help")
+    .configureOutput({
+      writeOut: (s) => io.out.write(s),
+      writeErr: (s) => io.err.write(s),
+      outputError: (s, write) => {
+        if (!wantsJson) write(`vfio-pci${current ? ' ' + current : ''}: ${s.replace(/^error: /, '')}`);
+      },
+    })
+    .exitOverride()
+    .showHelpAfterError("(see 'vfio-pci --help')")
+    .addHelpText('after', PROGRAM_HELP);
+  program.hook('preSubcommand', (_, sub) => {
+    current = sub.name();
+  });
+  for (const c of COMMANDS) {
+    const cmd = program.command(c.name).description(c.summary).showHelpAfterError(`(see 'vfio-pci help ${c.name}')`);
+    c.define(cmd);
+    cmd.action(async (...a: unknown[]) => {
+      const self = a[a.length - 1] as Command;
+      exit = await runCommand(c, self.processedArgs as unknown[], self.opts(), io, opts.signals);
+    });
+  }
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+  } catch (e) {
+    if (!(e instanceof CommanderError)) throw e;
+    if (e.exitCode === 0) return EXIT.OK; // --help, help, --version
+    if (wantsJson) {
+      const error = { message: e.message.replace(/^error: /, ''), code: 'EVFIO_USAGE', kind: 'usage' };
+      io.out.write(JSON.stringify({ ok: false, error }, null, 2) + '\n');
+    }
+    return EXIT.USAGE;
+  }
+  return exit;
+}
+
+/** Run one command: its signals, its output, its result or error; resolves with the exit status. */
+async function runCommand(c: CliCommand, args: unknown[], opts: Record<string, unknown>, io: { out: Output; err: Output }, signals?: SignalSource): Promise<number> {
+  const json = opts.json === true;
+  let ctx: CommandContext | undefined;
+  const scope = c.cancellable
+    ? new SignalScope((sig, n) => {
+        ctx?.endProgress(true);
+        io.err.write(n === 1
+          ? `\nvfio-pci ${c.name}: ${sig}: cancelling (the transfer stops, a temporary file is removed, the devices are returned)\n`
+          : `vfio-pci ${c.name}: ${sig} again: still cleaning up; waiting for it to finish\n`);
+      }, signals).install()
+    : undefined;
+  ctx = new CommandContext(c.name, io.out, io.err, opts, scope?.signal ?? new AbortController().signal);
+  let code: number;
+  const signalField = (): Record<string, unknown> => (scope?.received ? { signal: scope.received } : {});
+  try {
+    const r = await c.run(ctx, args, opts);
+    code = r.exitCode ?? EXIT.OK;
+    ctx.endProgress(true);
+    if (scope?.received) io.err.write(`vfio-pci ${c.name}: ${scope.received} came after the last step that could be cancelled: the ${c.name} completed\n`);
+    if (json) io.out.write(JSON.stringify({ ok: code === EXIT.OK, ...signalField(), ...r.json }, null, 2) + '\n');
+  } catch (e) {
+    ctx.endProgress(true);
+    log('%s failed: %s', c.name, (e as Error)?.message ?? e);
+    code = exitCodeOf(e);
+    if (scope?.received && e instanceof VfioError && e.kind === 'cancelled') e.message = `cancelled by ${scope.received}: ${e.message}`;
+    io.err.write(formatError(c.name, e, ctx.notes));
+    if (json) {
+      const notes = ctx.notes.length ? { notes: ctx.notes } : {};
+      io.out.write(JSON.stringify({ ok: false, ...signalField(), error: errorJson(e), ...notes }, null, 2) + '\n');
+    }
+  } finally {
+    await ctx.close();
+    scope?.dispose();
+  }
+  return scope?.exitCode ?? code;
 }

@@ -14,6 +14,10 @@ import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { VfioError, fsError } from '../base/errors';
 import * as f from './format';
+import { checkSnapshotTarget } from './target';
+import { logger } from '../base/log';
+
+const log = logger('snapshot');
 
 export interface WriterOptions {
   /** ms since the epoch recorded in the header (default: now). */
@@ -46,8 +50,13 @@ export class SnapshotWriter {
     private readonly opts: WriterOptions,
   ) {}
 
-  /** Create the temporary file next to `finalPath` and write the file header. */
+  /**
+   * Create the temporary file next to `finalPath` and write the file header. `finalPath` is
+   * checked first (./target.ts): only a regular file is ever replaced, never a link, and its
+   * directory must exist and be writable.
+   */
   static async create(finalPath: string, opts: WriterOptions = {}): Promise<SnapshotWriter> {
+    checkSnapshotTarget(finalPath);
     const dir = path.dirname(path.resolve(finalPath));
     const tempPath = path.join(dir, `.${path.basename(finalPath)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
     let fh: fs.promises.FileHandle;
@@ -162,21 +171,29 @@ export class SnapshotWriter {
 
   /**
    * Write the END section, fsync, rename over the destination, fsync the directory. On any
-   * failure the temporary file is removed and the error rethrown.
+   * failure the temporary file is removed and the error rethrown. `signal`, aborted before the
+   * rename, cancels the commit the same way (its AbortError rethrown, nothing renamed).
    */
-  async commit(): Promise<void> {
+  async commit(signal?: AbortSignal): Promise<void> {
     this.assertOpen(false);
     try {
       const endAt = this.pos;
       const body = f.encodeEndBody({ endOffset: endAt, skeletonCrc: this.skeleton, sections: this.sections });
       await this.put(f.encodeSectionHeader({ type: f.SectionType.END, flags: f.SECTION_FLAG_REQUIRED, device: f.FILE_WIDE, length: body.length, crc: f.crc32(body) }), false);
       await this.put(body, false);
+      const t0 = performance.now();
       if (!this.opts.noSync) await this.fh.sync();
       await this.fh.close();
       this.done = true;
+      const t1 = performance.now();
+      signal?.throwIfAborted();
+      checkSnapshotTarget(this.finalPath, 'snapshot:commit'); // nothing but a regular file appeared there meanwhile
       await fs.promises.rename(this.tempPath, this.finalPath);
+      const t2 = performance.now();
       if (!this.opts.noSync) await syncDir(path.dirname(path.resolve(this.finalPath)));
+      log('%s: fsync %s ms, rename %s ms, directory fsync %s ms (%d bytes)', this.finalPath, (t1 - t0).toFixed(1), (t2 - t1).toFixed(1), (performance.now() - t2).toFixed(1), this.pos);
     } catch (e) {
+      log('commit of %s failed: %s', this.finalPath, (e as Error)?.message ?? e);
       await this.abort();
       throw ioError(e, 'commit', this.tempPath, 'snapshot:commit');
     }

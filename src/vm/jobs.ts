@@ -18,6 +18,7 @@
  *    every device is reset (VFIO_DEVICE_RESET → RUNNING) and never runs the loaded state.
  */
 import { VfioError } from '../base/errors';
+import { logger } from '../base/log';
 import { MigrationEngine, type EngineEvents, type LoadResult, type SaveResult } from '../engine/engine';
 import type { Progress } from '../engine/stream';
 import type { StateChange } from '../kernel/migration';
@@ -29,6 +30,8 @@ import { SnapshotReader } from '../snapshot/reader';
 import { SnapshotWriter, type WriterOptions } from '../snapshot/writer';
 
 export type { Progress } from '../engine/stream';
+
+const log = logger('jobs');
 
 /** A device and the id it is saved under (default: its name). */
 export type JobDevice = VfioDevice | { id: string; device: VfioDevice };
@@ -59,6 +62,12 @@ export interface SaveSnapshotResult extends SaveResult {
 export interface RestoreSnapshotOptions extends JobOptions {
   /** State to leave the devices in: RUNNING (default) or RESUMING (the caller resumes them). */
   finalState?: MigState.RUNNING | MigState.RESUMING;
+  /**
+   * Read every state chunk and check its checksum before any device is touched: one more read
+   * of the whole file (default false: each chunk is checked as it is loaded, before it reaches
+   * the device, so a corrupt chunk is found with the devices in RESUMING, and they are reset).
+   */
+  verify?: boolean;
 }
 
 function unitsOf(devices: readonly JobDevice[], bufferSize?: number): BareDevice[] {
@@ -97,18 +106,23 @@ export async function saveSnapshot(devices: readonly JobDevice[], file: string, 
   }
   let resumed = false;
   try {
+    opts.signal?.throwIfAborted();
     await engine.pause();
     const r = await engine.save(new SnapshotFileSink(writer), { signal: opts.signal });
     if (!opts.leaveStopped) await engine.resume({ keep });
     resumed = true;
     try {
-      await writer.commit();
+      // A cancel up to the rename still leaves no file (the point of no return is the rename).
+      await writer.commit(opts.signal);
     } catch (e) {
-      if (e instanceof VfioError) e.annotate({ step: 'snapshot:commit', deviceState: engine.describeDevices(true) });
-      throw e;
+      const err = cancelled(e, 'snapshot:commit');
+      if (err instanceof VfioError) err.annotate({ step: 'snapshot:commit', deviceState: engine.describeDevices(true) });
+      throw err;
     }
     return { ...r, file };
-  } catch (e) {
+  } catch (caught) {
+    const e = cancelled(caught, 'snapshot:start');
+    if (e instanceof VfioError && !e.deviceState) e.annotate({ deviceState: engine.describeDevices(false) });
     await writer.abort();
     if (!resumed && !opts.leaveStopped) {
       // Back to where they were (the engine left them in STOP, or RUNNING after a failed pause).
@@ -150,6 +164,15 @@ export async function restoreSnapshot(devices: JobDevice | readonly JobDevice[],
       ? [new BareDevice(list[0], saved[0].record.id, opts.bufferSize)]
       : unitsOf(list, opts.bufferSize);
     engine = engineFor(units, opts);
+    if (opts.verify) {
+      try {
+        await verifyStateChunks(reader, opts.signal);
+      } catch (e) {
+        const err = cancelled(e, 'restore:verify');
+        if (err instanceof VfioError) err.annotate({ step: 'restore:verify', deviceState: engine.describeDevices(false) });
+        throw err;
+      }
+    }
     const r = await engine.load(stream, { signal: opts.signal });
     if ((opts.finalState ?? MigState.RUNNING) === MigState.RUNNING) await engine.resume();
     return r;
@@ -157,6 +180,23 @@ export async function restoreSnapshot(devices: JobDevice | readonly JobDevice[],
     engine?.dispose();
     if (owned) await reader.close();
   }
+}
+
+/** Every state chunk of the file read and its checksum checked (SnapshotReader.chunks), in file order. */
+async function verifyStateChunks(reader: SnapshotReader, signal?: AbortSignal): Promise<void> {
+  const t0 = performance.now();
+  for (const d of reader.devices()) {
+    if (!d.state) continue;
+    signal?.throwIfAborted();
+    for await (const _ of reader.chunks(d.state)) signal?.throwIfAborted();
+  }
+  log('%s: every state chunk verified in %s ms', reader.path, (performance.now() - t0).toFixed(1));
+}
+
+/** An abort of the job's signal (an AbortError) as the engine reports one: ECANCELED, kind 'cancelled'. */
+function cancelled(e: unknown, step: string): unknown {
+  if (e instanceof VfioError || (e as Error)?.name !== 'AbortError') return e;
+  return new VfioError(`${step} cancelled`, { code: 'ECANCELED', kind: 'cancelled', step, cause: e });
 }
 
 /** Re-read the state of every device an error's `deviceState` lists (after they were brought back). */

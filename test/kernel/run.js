@@ -48,8 +48,15 @@ copy('test/kernel/guest');
 // binaries for every platform: only this one's goes in.
 const seen = new Set();
 function stageDep(name, fromDir) {
-  const pkgJson = require.resolve(`${name}/package.json`, { paths: [fromDir] });
-  const dir = path.dirname(pkgJson);
+  // Node's lookup, by hand: require.resolve(`${name}/package.json`) fails for a package whose
+  // "exports" omits it (commander).
+  let dir;
+  for (let at = fromDir; !dir; at = path.dirname(at)) {
+    const d = path.join(at, 'node_modules', name);
+    if (fs.existsSync(path.join(d, 'package.json'))) dir = d;
+    else if (path.dirname(at) === at) throw new Error(`runtime dependency ${name} not found from ${fromDir}`);
+  }
+  const pkgJson = path.join(dir, 'package.json');
   if (seen.has(dir)) return;
   seen.add(dir);
   const rel = path.relative(ROOT, dir);

@@ -40,7 +40,7 @@ describe('vfio-pci CLI', () => {
   it('info on a non-migratable device says so', async () => {
     const r = await run('info', 'sim:mig=off#cli-nomig');
     expect(r.code).toBe(0);
-    expect(r.out).toMatch(/migration: not supported/);
+    expect(r.out).toMatch(/migration +not supported/);
   });
 
   it('snapshot then restore in the same format, with arcs printed; inspect --json lists it', async () => {
@@ -142,5 +142,198 @@ describe('vfio-pci CLI', () => {
     expect(r.out).toMatch(/RUNNING → RESUMING {2}\[RUNNING→RUNNING_P2P, RUNNING_P2P→STOP, STOP→RESUMING\]/);
     expect(r.out).toMatch(/PCI_COMMAND 0x6 pushed, MSIX re-armed/);
     expect(r.out).toMatch(/done: destination registers match/);
+  });
+});
+
+describe('vfio-pci CLI: a conventional command line', () => {
+  it('--help lists every command; help CMD and CMD --help show that command only (exit 0)', async () => {
+    const top = await run('--help');
+    expect(top.code).toBe(0);
+    for (const c of ['info', 'snapshot', 'restore', 'inspect', 'demo', 'help']) expect(top.out).toMatch(new RegExp(`^  ${c} `, 'm'));
+    expect(top.out).toMatch(/Exit status: 0 success, 1 failure, 2 usage error/);
+    for (const argv of [['help', 'restore'], ['restore', '--help'], ['restore', '-h']]) {
+      const r = await run(...argv);
+      expect(r.code, argv.join(' ')).toBe(0);
+      expect(r.out).toMatch(/^Usage: vfio-pci restore \[options\] <devices\.\.\.>/);
+      expect(r.out).toMatch(/-i, --input <file>/);
+      expect(r.out).toMatch(/--verify/);
+      expect(r.out).not.toMatch(/Commands:/);
+    }
+    const snap = await run('help', 'snapshot');
+    expect(snap.out).toMatch(/--leave-stopped/);
+    expect(snap.out).toMatch(/Whether they are still in STOP\s+after vfio-pci exits/);
+    expect((await run('help')).code).toBe(0);
+  });
+
+  it('--version prints the package version', async () => {
+    const r = await run('--version');
+    expect(r.code).toBe(0);
+    expect(r.out).toBe(`${JSON.parse(fs.readFileSync(path.join(__dirname, '../../package.json'), 'utf8')).version}\n`);
+  });
+
+  it("options that are not a command's are refused with exit 2, naming the option, without EVFIO_USAGE noise", async () => {
+    const cases: Array<[string[], RegExp]> = [
+      [['info', 'sim', '--index', '3'], /unknown option '--index'/],
+      [['inspect', 'x.vfiosnap', '--iommu', 'legacy'], /unknown option '--iommu'/],
+      [['demo', '-o', 'x'], /unknown option '-o'/],
+      [['snapshot', 'sim', '-o', 'x', '--verify'], /unknown option '--verify'/],
+      [['restore', 'sim', '-i', 'x', '--leave-stopped'], /unknown option '--leave-stopped'/],
+      [['snapshot', 'sim'], /required option '-o, --output <file>' not specified/],
+      [['info', 'sim', '--iommu', 'magic'], /'magic' is invalid\. Allowed choices are iommufd, legacy/],
+      [['info'], /missing required argument 'device'/],
+      [['info', 'sim', 'sim'], /too many arguments/],
+      [['frobnicate'], /unknown command 'frobnicate'/],
+    ];
+    for (const [argv, msg] of cases) {
+      const r = await run(...argv);
+      expect(r.code, argv.join(' ')).toBe(2);
+      expect(r.err, argv.join(' ')).toMatch(msg);
+      expect(r.err).toMatch(/^vfio-pci/);
+      expect(r.err).not.toMatch(/EVFIO_USAGE|code:/);
+      expect(r.out).toBe('');
+    }
+  });
+
+  it('no command prints the help on stderr and exits 2', async () => {
+    const r = await run();
+    expect(r.code).toBe(2);
+    expect(r.err).toMatch(/Commands:/);
+  });
+
+  it('a malformed sim spec is a usage error that says what is wrong, not the simulated kernel\'s EINVAL', async () => {
+    for (const [spec, why] of [['sim:abc', /bad size "abc"/], ['sim:1MiB:colour=red', /unknown sim spec key "colour"/], ['nic0=sim#bad name', /bad device name/]] as const) {
+      const r = await run('info', spec);
+      expect(r.code, spec).toBe(2);
+      expect(r.err).toMatch(/is not a valid simulated-device spec/);
+      expect(r.err).toMatch(why);
+      expect(r.err).not.toMatch(/EINVAL|syscall/);
+    }
+  });
+
+  it('info shows PCI identity, driver, IOMMU group and migration; --json has the same fields', async () => {
+    const r = await run('info', 'sim:1MiB:devid=0x5f11#cli-id');
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/^ {2}pci {8}1234:5f11 rev 01, subsystem 1234:\w{4}, class 120000$/m);
+    expect(r.out).toMatch(/^ {2}driver {5}- \(simulated device\)$/m);
+    expect(r.out).toMatch(/^ {2}iommu {6}none: a simulated device \(sim\), no IOMMU group or cdev$/m);
+    expect(r.out).toMatch(/^ {2}migration {2}STOP_COPY\|P2P\|PRE_COPY, state RUNNING, stop-copy size \d+ bytes$/m);
+    const j = JSON.parse((await run('info', 'sim:1MiB:devid=0x5f11#cli-id', '--json')).out);
+    expect(j).toMatchObject({
+      ok: true, device: 'sim:1MiB:devid=0x5f11#cli-id', iommu: 'virtual',
+      pci: { id: '1234:5f11', vendor: '1234', deviceId: '5f11', class: '120000', revision: '01', subsystem: expect.stringMatching(/^1234:[0-9a-f]{4}$/) },
+      driver: null, iommuGroup: null, groupFile: null, cdev: null, sysfs: null, simulated: 'sim',
+      migration: { flags: ['STOP_COPY', 'P2P', 'PRE_COPY'], state: 'RUNNING' },
+    });
+  });
+});
+
+describe('vfio-pci CLI: --json on every command', () => {
+  /** stdout must be exactly one JSON object. */
+  function one(out: string): Record<string, any> {
+    const j = JSON.parse(out);
+    expect(typeof j).toBe('object');
+    return j;
+  }
+
+  it('snapshot, restore, inspect, demo: one object with ok, the result and the state changes', async () => {
+    const file = path.join(dir, 'j.vfiosnap');
+    const s = await run('snapshot', 'nic0=sim:64KiB#json-a', '-o', file, '--json');
+    expect(s.code, s.err).toBe(0);
+    const sj = one(s.out);
+    expect(sj).toMatchObject({ ok: true, file, devices: [{ id: 'nic0', device: 'sim:64KiB#json-a', stateBytes: expect.any(Number), configBytes: 4096, state: 'RUNNING' }] });
+    expect(sj.transitions.map((t: { from: string; to: string }) => `${t.from}>${t.to}`)).toEqual(['RUNNING>STOP', 'STOP>STOP_COPY', 'STOP_COPY>STOP', 'STOP>RUNNING']);
+    expect(sj.transitions[0].path).toEqual(['RUNNING', 'RUNNING_P2P', 'STOP']);
+    const r = await run('restore', 'nic0=sim:64KiB#json-b', '-i', file, '--json');
+    expect(r.code, r.err).toBe(0);
+    expect(one(r.out)).toMatchObject({ ok: true, file, devices: [{ id: 'nic0', from: 'nic0', device: 'sim:64KiB#json-b', state: 'RUNNING', stateBytes: sj.devices[0].stateBytes }] });
+    const i = one((await run('inspect', file, '--json')).out);
+    expect(i).toMatchObject({ ok: true, file, devices: [{ name: 'nic0' }] });
+    const d = await run('demo', '--size', '1MiB', '--json'); // the demo's named devices are 1 MiB in this process already
+    expect(d.code, d.err).toBe(0);
+    expect(one(d.out)).toMatchObject({ ok: true, stateBytes: expect.any(Number), interrupts: { source: expect.any(Number), destination: expect.any(Number) } });
+  });
+
+  it('an error is one object with the VfioError fields, deviceState included (exit 1)', async () => {
+    const r = await run('snapshot', 'sim:4KiB:mig=stop_copy#jnp-a', 'sim:4KiB:mig=stop_copy#jnp-b', '-o', path.join(dir, 'x.vfiosnap'), '--json');
+    expect(r.code).toBe(1);
+    const j = one(r.out);
+    expect(j.ok).toBe(false);
+    expect(j.error).toMatchObject({
+      code: 'EVFIO_NO_P2P', kind: 'unsupported', step: 'snapshot', message: expect.stringMatching(/cannot quiesce peer-to-peer traffic/),
+      deviceState: [
+        { device: 'sim:4KiB:mig=stop_copy#jnp-a', state: 'RUNNING', touched: false, reset: false },
+        { device: 'sim:4KiB:mig=stop_copy#jnp-b', state: 'RUNNING', touched: false, reset: false },
+      ],
+    });
+    expect(j.notes).toEqual([expect.stringMatching(/no snapshot was written/)]);
+  });
+
+  it('a usage error is one object too (exit 2)', async () => {
+    for (const argv of [['info', 'sim', '--index', '3', '--json'], ['info', 'sim:abc', '--json'], ['info', 'nonsense-device', '--json']]) {
+      const r = await run(...argv);
+      expect(r.code, argv.join(' ')).toBe(2);
+      const j = one(r.out);
+      expect(j).toMatchObject({ ok: false, error: { kind: 'usage', code: expect.stringMatching(/^EVFIO_(USAGE|NO_DEVICE)$/), message: expect.any(String) } });
+    }
+  });
+
+  it('inspect of a bad file: ok false and the first problem, exit 1', async () => {
+    const file = path.join(dir, 'bad.vfiosnap');
+    fs.writeFileSync(file, Buffer.alloc(100));
+    const r = await run('inspect', file, '--json');
+    expect(r.code).toBe(1);
+    expect(one(r.out)).toMatchObject({ ok: false, error: { code: expect.stringMatching(/^EVFIO_/) } });
+  });
+});
+
+describe('vfio-pci restore: what is checked when', () => {
+  /** A one-device snapshot of `spec` with a payload byte of its state flipped (its checksum no longer matches). */
+  async function corrupted(spec: string): Promise<string> {
+    const file = path.join(dir, 'c.vfiosnap');
+    expect((await run('snapshot', spec, '-o', file, '-q')).code).toBe(0);
+    const b = fs.readFileSync(file);
+    b[Math.floor(b.length / 2)] ^= 0xff; // in the middle of the 1 MiB state: a chunk's payload
+    fs.writeFileSync(file, b);
+    return file;
+  }
+
+  it('a corrupt state chunk is found as it is loaded: the device was in RESUMING and is reset', async () => {
+    const file = await corrupted('sim:1MiB#vf-a');
+    const r = await run('restore', 'sim:1MiB#vf-b', '-i', file, '--json');
+    expect(r.code).toBe(1);
+    const j = JSON.parse(r.out);
+    expect(j.error).toMatchObject({ code: 'EVFIO_SNAPSHOT_CHECKSUM', kind: 'format', deviceState: [{ state: 'RUNNING', touched: true, reset: true }] });
+    expect(j.error.message).toMatch(/nothing of it was written to the device/);
+    expect(JSON.parse((await run('info', 'sim:1MiB#vf-b', '--json')).out).migration.state).toBe('RUNNING');
+  });
+
+  it('--verify finds it before any device is touched', async () => {
+    const file = await corrupted('sim:1MiB#vf-c');
+    const r = await run('restore', 'sim:1MiB#vf-d', '-i', file, '--verify');
+    expect(r.code).toBe(1);
+    expect(r.err).toMatch(/code: EVFIO_SNAPSHOT_CHECKSUM/);
+    expect(r.err).toMatch(/step: restore:verify/);
+    expect(r.err).toMatch(/devices left: sim:1MiB#vf-c RUNNING \(untouched\)/);
+    expect(r.out).not.toMatch(/→ RESUMING/);
+    // A good file restores with --verify.
+    const good = path.join(dir, 'g.vfiosnap');
+    expect((await run('snapshot', 'sim:1MiB#vf-e', '-o', good, '-q')).code).toBe(0);
+    expect((await run('restore', 'sim:1MiB#vf-f', '-i', good, '--verify', '-q')).code).toBe(0);
+  });
+
+  it('a driver refusing the saved state (EFAULT / ENOMEM on the data_fd write) is said so, errno and code kept', async () => {
+    const small = path.join(dir, 'small.vfiosnap');
+    const big = path.join(dir, 'big.vfiosnap');
+    expect((await run('snapshot', 'sim:4KiB#rf-a', '-o', small, '-q')).code).toBe(0);
+    expect((await run('snapshot', 'sim:8KiB#rf-b', '-o', big, '-q')).code).toBe(0);
+    // The simulated driver checks the stream's header against its own device (its state size).
+    for (const [into, file, code, errno] of [['sim:8KiB#rf-c', small, 'EFAULT', 14], ['sim:4KiB#rf-d', big, 'ENOMEM', 12]] as const) {
+      const r = await run('restore', into, '-i', file, '--json');
+      expect(r.code).toBe(1);
+      const j = JSON.parse(r.out);
+      expect(j.error).toMatchObject({ code, errno, syscall: 'write', step: 'load:write', op: 'data_fd write' });
+      expect(j.error.message).toMatch(/^the destination driver refused the saved state while it was being written \(a different device type, firmware or driver version\?\): write on data_fd failed/);
+      expect(r.err).toMatch(new RegExp(`code: ${code}\\n  errno: ${errno}`));
+    }
   });
 });

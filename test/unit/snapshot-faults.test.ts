@@ -324,14 +324,18 @@ describe('saveSnapshot: a failure leaves no file and the devices where they were
 
   it('a commit that fails after the device runs again: no file, no temporary, the device RUNNING and the error says so', async () => {
     const { sd, dev } = sim('src');
-    // rename(2) onto a non-empty directory fails (EISDIR / ENOTEMPTY): the last step of the commit.
+    // A directory appears at the destination while the device resumes: the commit's last check
+    // before the rename refuses it (only a regular file is ever replaced).
     const file = path.join(env.dir, 'occupied.vfiosnap');
-    fs.mkdirSync(file);
-    fs.writeFileSync(path.join(file, 'keep'), 'x');
+    const occupy = (c: { to: number }): void => {
+      if (c.to !== RUNNING || fs.existsSync(file)) return;
+      fs.mkdirSync(file);
+      fs.writeFileSync(path.join(file, 'keep'), 'x');
+    };
     try {
-      const e = await rejection(saveSnapshot([dev], file, { bufferSize: 8192 }));
+      const e = await rejection(saveSnapshot([dev], file, { bufferSize: 8192, onState: occupy }));
       expect(e.step).toBe('snapshot:commit');
-      expect(['EISDIR', 'ENOTEMPTY', 'EEXIST']).toContain(e.code);
+      expect(e.code).toBe('EVFIO_NOT_A_FILE');
       expect(e.message).toMatch(/device left in RUNNING$/);
       expect(leftovers(env.dir)).toEqual([]);
       expect(fs.readdirSync(file)).toEqual(['keep']);

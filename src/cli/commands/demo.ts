@@ -10,16 +10,21 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { getDefaultBinding } from '../kernel/open';
-import { defaultSimBinding, openSimDevice } from '../sim/provider';
-import { VfioPciDevice } from '../model/vfio-pci';
-import { MigrationCoordinator } from '../vm/coordinator';
-import { ReferenceAllocator, ReferenceHost } from '../model/host/reference';
-import type { Binding } from '../kernel/binding/types';
-import { VfioError } from '../base/errors';
-import { PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY } from '../model/pci/regs';
-import { formatStateChange } from './format';
-import type { Progress } from '../vm/jobs';
+import type { Command } from 'commander';
+import { getDefaultBinding } from '../../kernel/open';
+import { defaultSimBinding, openSimDevice } from '../../sim/provider';
+import { formatSize, parseSize } from '../../sim/spec';
+import { VfioPciDevice } from '../../model/vfio-pci';
+import { MigrationCoordinator } from '../../vm/coordinator';
+import { ReferenceAllocator, ReferenceHost } from '../../model/host/reference';
+import type { Binding } from '../../kernel/binding/types';
+import type { StateChange } from '../../kernel/migration';
+import { VfioError } from '../../base/errors';
+import { PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY } from '../../model/pci/regs';
+import type { Progress } from '../../vm/jobs';
+import { addCommonOptions, type CliCommand } from '../command';
+import { openOptions } from '../devices';
+import { usageError } from '../report';
 
 /** BAR0 registers of the simulated device (src/binding/sim/bar0.ts). */
 const SIM_DOORBELL = 0x010;
@@ -29,11 +34,24 @@ export interface DemoOptions {
   size: string;
   binding?: Binding;
   say: (line: string) => void;
+  /** Every state change, `device` being 'source' or 'destination'. */
+  onState: (c: StateChange) => void;
   progress: (p: Progress) => void;
+  /** Cancels the snapshot or restore under way; the demo's devices and files are cleaned up. */
+  signal?: AbortSignal;
+}
+
+/** What the demo moved. */
+export interface DemoResult {
+  source: string;
+  destination: string;
+  stateBytes: number;
+  fileBytes: number;
+  interrupts: { source: number; destination: number };
 }
 
 /** Run the demo; resolves when the destination runs with the source's state, throws otherwise. */
-export async function runDemo(opts: DemoOptions): Promise<void> {
+export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
   const { say } = opts;
   const real = opts.binding ?? getDefaultBinding();
   const simBinding = defaultSimBinding(real);
@@ -68,13 +86,20 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
 
     // ---------------------------------------------------------------- pause + snapshot
     const vmA = new MigrationCoordinator([A]);
-    const arcs = (c: Parameters<typeof formatStateChange>[0]): void => say(formatStateChange(c));
-    vmA.on('state', (c) => arcs({ ...c, device: 'source' }));
+    vmA.on('state', (c) => opts.onState({ ...c, device: 'source' }));
     vmA.on('progress', opts.progress);
     say('pause:');
     await vmA.pause();
     say('snapshot:');
-    const snap = await vmA.snapshot(file);
+    let snap;
+    try {
+      snap = await vmA.snapshot(file, { signal: opts.signal });
+    } catch (e) {
+      // The VMM's part after a failed or cancelled snapshot: the paused source runs again.
+      await vmA.resume().catch(() => undefined);
+      if (e instanceof VfioError) e.annotate({ deviceState: vmA.describeDevices(true) });
+      throw e;
+    }
     say(`  ${snap.devices[0].stateBytes} bytes of device state; file ${fs.statSync(file).size} bytes`);
 
     // ---------------------------------------------------------------- destination VM
@@ -85,10 +110,10 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
     const B = VfioPciDevice.attach(devB, hostB, { id: 'nic0', assignBars: false });
     cleanup.unshift(() => B.detach());
     const vmB = new MigrationCoordinator([B]);
-    vmB.on('state', (c) => arcs({ ...c, device: 'destination' }));
+    vmB.on('state', (c) => opts.onState({ ...c, device: 'destination' }));
     vmB.on('progress', opts.progress);
     say(`restore into ${devB.name} (stays in RESUMING):`);
-    const res = await vmB.restore(file);
+    const res = await vmB.restore(file, { signal: opts.signal });
     say(`  ${res.devices[0].stateBytes} bytes loaded; BARs mapped at the saved addresses (${B.mappedBars.map((m) => `BAR${m.bar}@0x${m.address.toString(16)}`).join(' ')}), PCI_COMMAND 0x${B.configRead(PCI_COMMAND, 2).toString(16)} pushed, ${B.interrupts.mode.toUpperCase()} re-armed`);
     say('resume:');
     await vmB.resume();
@@ -102,8 +127,13 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
     if (!got.equals(secret) || irqB < 1) {
       throw new VfioError(`destination check failed: registers ${got.equals(secret) ? 'ok' : 'differ'}, interrupts ${irqB}`, { code: 'EVFIO_DEMO', kind: 'protocol' });
     }
-    say(`done: destination registers match ("${got.toString()}"), doorbell → ${irqB} interrupt(s) through the re-armed eventfd`);
+    say('source resumes:');
     await vmA.resume();
+    say(`done: destination registers match ("${got.toString()}"), doorbell → ${irqB} interrupt(s) through the re-armed eventfd`);
+    return {
+      source: devA.name, destination: devB.name, stateBytes: res.devices[0].stateBytes, fileBytes: fs.statSync(file).size,
+      interrupts: { source: irqA, destination: irqB },
+    };
   } finally {
     for (const fn of cleanup) {
       try {
@@ -114,3 +144,29 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
     }
   }
 }
+
+export const demoCommand: CliCommand = {
+  name: 'demo',
+  summary: 'attach → guest I/O → pause → snapshot → restore → resume, on two simulated devices',
+  cancellable: true,
+  define(cmd: Command) {
+    cmd.option('--size <size>', 'device state size of the simulated devices (4096, 64KiB, 1GiB, ...)', '16MiB');
+    addCommonOptions(cmd, { binding: true });
+    cmd.addHelpText('after', `
+Runs the whole VMM cycle on two simulated devices through the device model and the reference
+host, printing every migration state change: no hardware, root or kernel module needed. The
+snapshot goes to a temporary directory that is removed at the end.`);
+  },
+  async run(ctx, _args, opts) {
+    const size = parseSize(String(opts.size));
+    if (size === undefined || size === 0) throw usageError(`--size ${String(opts.size)}: expected a size such as 4096, 64KiB, 16MiB or 1GiB`);
+    const res = await runDemo({
+      size: formatSize(size), binding: openOptions(opts).binding, signal: ctx.signal, onState: ctx.onState, progress: ctx.onProgress,
+      say: (l) => {
+        ctx.endProgress();
+        ctx.say(l);
+      },
+    });
+    return { json: { ...res, transitions: ctx.transitions } };
+  },
+};

@@ -1,0 +1,158 @@
+// The `vfio-pci` command as a user runs it: a real child process (bin/vfio-pci.js over dist/),
+// real signals, real pipes. Device states are the child's own (simulated devices live in its
+// process), reported through --json: `deviceState` is read back from the device after cleanup.
+import { describe, it, expect, beforeEach, afterEach } from 'vitest';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { openDevice } from '../../src/kernel/open';
+import { saveSnapshot } from '../../src/vm/jobs';
+
+const ROOT = path.resolve(__dirname, '../..');
+const BIN = path.join(ROOT, 'bin/vfio-pci.js');
+
+interface Child {
+  proc: ChildProcess;
+  out: () => string;
+  err: () => string;
+  /** Resolves when stderr matches `re`. */
+  waitErr: (re: RegExp) => Promise<void>;
+  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+function cli(args: string[], env: Record<string, string> = {}): Child {
+  const proc = spawn(process.execPath, [BIN, ...args], { cwd: dir, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  const waiters: Array<{ re: RegExp; resolve: () => void }> = [];
+  proc.stdout!.on('data', (d) => (out += d));
+  proc.stderr!.on('data', (d) => {
+    err += d;
+    for (const w of waiters.splice(0)) (w.re.test(err) ? w.resolve() : waiters.push(w));
+  });
+  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => proc.on('close', (code, signal) => resolve({ code, signal })));
+  return {
+    proc,
+    out: () => out,
+    err: () => err,
+    waitErr: (re) =>
+      new Promise<void>((resolve, reject) => {
+        if (re.test(err)) return resolve();
+        waiters.push({ re, resolve });
+        void exit.then(() => reject(new Error(`exited before stderr matched ${re}:\n${err}`)));
+      }),
+    exit,
+  };
+}
+
+let dir: string;
+beforeEach(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cli-proc-'));
+});
+afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+/** DEBUG output of the migration layer: the line for a state change tells where the job is. */
+const DEBUG_MIG = { DEBUG: 'vfio:migration' };
+
+describe('signals during a job', () => {
+  for (const [sig, status] of [['SIGINT', 130], ['SIGTERM', 143], ['SIGHUP', 129]] as const) {
+    it(`${sig} during a 2 GiB snapshot: the copy stops, no file is left, the device runs; exit ${status}`, async () => {
+      const c = cli(['snapshot', 'nic0=sim:2GiB#sig', '-o', 'big.vfiosnap', '--json'], DEBUG_MIG);
+      await c.waitErr(/ STOP → STOP_COPY via /);
+      await new Promise((r) => setTimeout(r, 100)); // some state copied: a temporary file exists
+      expect(fs.readdirSync(dir).some((f) => f.endsWith('.tmp'))).toBe(true);
+      c.proc.kill(sig);
+      const { code } = await c.exit;
+      expect(code, c.err()).toBe(status);
+      expect(fs.readdirSync(dir)).toEqual([]); // neither the temporary file nor a snapshot
+      const j = JSON.parse(c.out());
+      expect(j).toMatchObject({
+        ok: false, signal: sig,
+        error: { code: 'ECANCELED', kind: 'cancelled', deviceState: [{ device: 'nic0', state: 'RUNNING', touched: true, reset: false }] },
+      });
+      expect(j.error.message).toMatch(new RegExp(`^cancelled by ${sig}: `));
+      expect(c.err()).toContain(`vfio-pci snapshot: ${sig}: cancelling`);
+      expect(c.err()).toMatch(/STOP_COPY → STOP via/); // the device left STOP_COPY
+    });
+  }
+
+  it('a second signal while cleaning up changes nothing: still no file, the device runs, exit of the first', async () => {
+    const c = cli(['snapshot', 'nic0=sim:2GiB#sig2', '-o', 'big.vfiosnap', '--json'], DEBUG_MIG);
+    await c.waitErr(/ STOP → STOP_COPY via /);
+    c.proc.kill('SIGINT');
+    c.proc.kill('SIGTERM');
+    const { code, signal } = await c.exit;
+    expect(signal).toBeNull();
+    expect(code, c.err()).toBe(130);
+    expect(c.err()).toContain('vfio-pci snapshot: SIGTERM again: still cleaning up');
+    expect(fs.readdirSync(dir)).toEqual([]);
+    expect(JSON.parse(c.out()).error.deviceState).toEqual([{ device: 'nic0', state: 'RUNNING', touched: true, reset: false }]);
+  });
+
+  it('SIGTERM during a restore: the load stops, the device is reset (RUNNING, not the partial state); exit 143', async () => {
+    const file = path.join(dir, 'src.vfiosnap');
+    const dev = openDevice('sim:512MiB#restore-src');
+    try {
+      await saveSnapshot([{ id: 'nic0', device: dev }], file, { noSync: true });
+    } finally {
+      dev.close();
+    }
+    const size = fs.statSync(file).size;
+    // Short writes (64 KiB a write) make the load take a few seconds.
+    const c = cli(['restore', 'nic0=sim:512MiB:maxwrite=64KiB#dst', '-i', file, '--json'], DEBUG_MIG);
+    await c.waitErr(/ RUNNING → RESUMING via /);
+    await new Promise((r) => setTimeout(r, 100));
+    c.proc.kill('SIGTERM');
+    const { code } = await c.exit;
+    expect(code, c.err()).toBe(143);
+    const j = JSON.parse(c.out());
+    expect(j).toMatchObject({ ok: false, signal: 'SIGTERM', error: { code: 'ECANCELED', kind: 'cancelled', deviceState: [{ device: 'nic0', state: 'RUNNING', touched: true, reset: true }] } });
+    expect(fs.statSync(file).size).toBe(size); // the snapshot is only read
+  });
+
+  it('SIGINT during the demo: its temporary directory is removed; exit 130', async () => {
+    const tmp = fs.mkdtempSync(path.join(dir, 'tmp-'));
+    const c = cli(['demo', '--size', '2GiB', '--json'], { ...DEBUG_MIG, TMPDIR: tmp });
+    await c.waitErr(/ STOP → STOP_COPY via /);
+    c.proc.kill('SIGINT');
+    const { code } = await c.exit;
+    expect(code, c.err()).toBe(130);
+    expect(JSON.parse(c.out()).error).toMatchObject({ code: 'ECANCELED', deviceState: [{ device: 'nic0', state: 'RUNNING' }] });
+    expect(fs.readdirSync(tmp)).toEqual([]);
+  });
+});
+
+describe('output can never end the job', () => {
+  it('stdout and stderr closed before the first line: the snapshot is written, exit 0', async () => {
+    const c = cli(['snapshot', 'sim:64MiB', '-o', 'p.vfiosnap']);
+    c.proc.stdout!.destroy();
+    c.proc.stderr!.destroy();
+    const { code, signal } = await c.exit;
+    expect(signal).toBeNull();
+    expect(code).toBe(0);
+    const i = spawnSync(process.execPath, [BIN, 'inspect', path.join(dir, 'p.vfiosnap'), '--json'], { encoding: 'utf8' });
+    expect(i.status).toBe(0);
+    expect(JSON.parse(i.stdout).ok).toBe(true);
+  });
+
+  it('`| head -1`: the first line is printed, the rest of the job goes on', () => {
+    const r = spawnSync('bash', ['-c', `"${process.execPath}" "${BIN}" snapshot sim:64MiB -o p.vfiosnap | head -1; echo "status \${PIPESTATUS[*]}"`], { cwd: dir, encoding: 'utf8' });
+    expect(r.stdout).toBe('snapshot of sim:64MiB → p.vfiosnap\nstatus 0 0\n');
+    expect(r.stderr).toBe('');
+    expect(fs.statSync(path.join(dir, 'p.vfiosnap')).size).toBeGreaterThan(64 << 20);
+  });
+});
+
+describe('DEBUG=vfio:*', () => {
+  it('shows every phase of a snapshot with its duration, and errors as they happen', () => {
+    const r = spawnSync(process.execPath, [BIN, 'snapshot', 'sim:4MiB', '-o', 'd.vfiosnap', '-q'], { cwd: dir, encoding: 'utf8', env: { ...process.env, DEBUG: 'vfio:*' } });
+    expect(r.status, r.stderr).toBe(0);
+    for (const re of [/vfio:engine pause of sim:4MiB: [\d.]+ ms/, /vfio:engine save of sim:4MiB: [\d.]+ ms/, /vfio:engine resume of sim:4MiB: [\d.]+ ms/, /vfio:snapshot d\.vfiosnap: fsync [\d.]+ ms, rename [\d.]+ ms, directory fsync [\d.]+ ms/]) {
+      expect(r.stderr).toMatch(re);
+    }
+    const bad = spawnSync(process.execPath, [BIN, 'snapshot', 'sim:4MiB', '-o', 'nodir/d.vfiosnap', '-q'], { cwd: dir, encoding: 'utf8', env: { ...process.env, DEBUG: 'vfio:*' } });
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toMatch(/vfio:cli snapshot failed: cannot write snapshot nodir\/d\.vfiosnap: directory nodir does not exist/);
+  });
+});
