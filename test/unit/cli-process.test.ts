@@ -85,7 +85,9 @@ describe('signals during a job', () => {
     const { code, signal } = await c.exit;
     expect(signal).toBeNull();
     expect(code, c.err()).toBe(130);
-    expect(c.err()).toContain('vfio-pci snapshot: SIGTERM again: still cleaning up');
+    // Usually the second signal lands while the first one's cleanup runs; on a loaded machine the
+    // cleanup (a few ms) may be over first. Either way the exit is the first signal's.
+    if (!/SIGTERM again: still cleaning up/.test(c.err())) expect(c.err()).toMatch(/SIGINT/);
     expect(fs.readdirSync(dir)).toEqual([]);
     expect(JSON.parse(c.out()).error.deviceState).toEqual([{ device: 'nic0', state: 'RUNNING', touched: true, reset: false }]);
   });
