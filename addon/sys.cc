@@ -223,6 +223,9 @@ void PrepareEnd(PumpEnd& e, mode_t type, bool waits, bool write_side) {
   if (!e.prewait || type != S_IFIFO) return;
   const int fl = ::fcntl(e.fd, F_GETFL);
   if (fl < 0 || (fl & O_NONBLOCK)) return;
+  // Only for the access the fd itself has: a read end given as dst must still fail (EBADF).
+  const int acc = fl & O_ACCMODE;
+  if (acc != O_RDWR && acc != (write_side ? O_WRONLY : O_RDONLY)) return;
   char path[48];
   std::snprintf(path, sizeof path, "/proc/self/fd/%d", e.fd);
   const int fd = ::open(path, (write_side ? O_WRONLY : O_RDONLY) | O_NONBLOCK | O_CLOEXEC);
@@ -724,6 +727,9 @@ int vfio_pump(int src, int dst, void* buf, size_t buf_len, void* buf2, size_t bu
   }
   const mode_t dst_type = FileType(dst);
   PrepareEnd(pr.in, FileType(src), waits, false);
+  // PRE_COPY's "no more data for now" comes from read(2) (0 or ENOMSG), at once, and a driver's
+  // poll need not report it (mlx5 signals new data only): read without polling first.
+  if (o.precopy) pr.in.prewait = false;
   PrepareEnd(co.to, dst_type, waits, true);
   pr.waits = Waits{o.cancel_fd, -1, waits ? o.idle_timeout_ms : -1};
   co.waits = pr.waits;

@@ -64,6 +64,8 @@ export interface StateIoOptions {
   overlap?: boolean;
   /** Cancels the copy: the pump rejects with code 'ECANCELED'. */
   signal?: AbortSignal;
+  /** The pump to move the bytes with (default: `pumpFor(binding, fds)`, src/kernel/pump). */
+  pump?: Pump;
 }
 
 /** Whether to give the pump two buffers. */
@@ -105,7 +107,7 @@ export async function saveStateSection(binding: Binding, dataFd: number, writer:
     const r = await drainSession(binding, dataFd, (c) => writer.writeChunk(c), { buffer: buf, device: opts.device, onProgress: opts.onProgress });
     return { bytes: r.bytes };
   }
-  const pump = pumpFor(binding, [dataFd, writer.fd]);
+  const pump = opts.pump ?? pumpFor(binding, [dataFd, writer.fd]);
   const chunk = Math.min(size, MAX_CHUNK);
   // The pump gathers each chunk's payload after an 8-byte gap for its header.
   const bufs = buffers(chunk + CHUNK_HEADER_SIZE, overlapping(opts));
@@ -153,7 +155,7 @@ export async function loadStateSection(binding: Binding, reader: SnapshotReader,
     return feedSession(binding, dataFd, reader.chunks(entry, buf), { device: opts.device, onProgress: opts.onProgress });
   }
   if (!entry.chunks) throw new VfioError('not a chunked section', { code: 'EVFIO_WRITER_STATE', kind: 'usage' });
-  const pump = pumpFor(binding, [fileFd, dataFd]);
+  const pump = opts.pump ?? pumpFor(binding, [fileFd, dataFd]);
   const count = entry.chunks.count;
   // A writer makes every chunk but the last one the same size: the first chunk sizes the
   // buffers. A later, longer chunk (another writer's) makes the pump refuse it before writing

@@ -6,8 +6,10 @@
  *
  * How it does the syscalls:
  *  - streams: `binding.read` / `binding.write` (off the JS thread for real fds);
- *  - by position (`srcOffset` / `dstOffset`): fs.read / fs.write with a position for a real fd
- *    (the thread pool, like koffi's async calls), `binding.pread` / `pwrite` for a virtual one;
+ *  - by position (`srcOffset` / `dstOffset`): `binding.pread` / `binding.pwrite`, which are
+ *    synchronous, in slices of at most POSITIONAL_SLICE bytes with a turn of the event loop
+ *    after each, so that no call holds the loop for long (a slice from the page cache takes
+ *    tens of microseconds);
  *  - before each call on an fd that may wait forever (not a regular file or block device, or
  *    a virtual fd), `binding.poll` in slices of at most POLL_SLICE_MS, so that a pending pump
  *    holds no pool thread for long, the `signal` is seen within a slice, and `idleTimeoutMs`
@@ -31,6 +33,10 @@ const ETIMEDOUT = 110;
 const ECANCELED = 125;
 /** Longest single readiness wait: how long a pending pump may hold a pool thread, and how late it sees `signal`. */
 export const POLL_SLICE_MS = 20;
+/** Most bytes of one synchronous pread / pwrite. */
+export const POSITIONAL_SLICE = 256 * 1024;
+
+const immediate = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 const hex = (v: number): string => `0x${v.toString(16).padStart(8, '0')}`;
 
@@ -71,8 +77,6 @@ interface Side {
   fd: number;
   /** File position, when read / written by position. */
   pos?: number;
-  /** A real fd (fstat works): positional calls go through fs. */
-  real: boolean;
   /** May wait indefinitely: polled before each call. */
   waits: boolean;
   /** The syscall its failures name. */
@@ -90,30 +94,16 @@ function side(fd: number, offset: number, read: boolean): Side {
   return {
     fd,
     pos: positional ? offset : undefined,
-    real: st !== undefined,
     waits: !(st && (st.isFile() || st.isBlockDevice())),
     syscall: read ? (positional ? 'pread' : 'read') : positional ? 'pwrite' : 'write',
   };
 }
 
-/** fs.read / fs.write at a position, as a promise of the byte count. */
-function fsIo(kind: 'read' | 'write', fd: number, view: Buffer, pos: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const done = (e: NodeJS.ErrnoException | null, n: number): void => (e ? reject(e) : resolve(n));
-    if (kind === 'read') fs.read(fd, view, 0, view.length, pos, done);
-    else fs.write(fd, view, 0, view.length, pos, done);
-  });
-}
-
-/** A Node fs error as the VfioError a binding's call would have thrown. */
-function asVfioError(e: unknown, syscall: string): unknown {
-  const err = e as NodeJS.ErrnoException;
-  if (e instanceof VfioError || typeof err?.errno !== 'number') return e;
-  return VfioError.fromErrno(Math.abs(err.errno), { syscall });
-}
-
 async function run(b: Binding, a: PumpArgs): Promise<CopyResult | WriteRecordsResult | ReadRecordsResult> {
   const src = side(a.src, a.srcOffset, true);
+  // PRE_COPY's "no more data for now" comes from read(2) (0 or ENOMSG), at once, and a driver's
+  // poll need not report it (mlx5, and the simulated device, signal new data only).
+  if (a.precopy) src.waits = false;
   const dst = side(a.dst, a.dstOffset, false);
   const records = a.mode !== 'copy';
   const headerLen = a.prefix.length + RECORD_HEADER;
@@ -161,11 +151,15 @@ async function run(b: Binding, a: PumpArgs): Promise<CopyResult | WriteRecordsRe
     if (src.waits) await ready(src, POLLIN, stop);
     let n: number;
     try {
-      if (src.pos === undefined) n = await b.read(src.fd, view);
-      else n = src.real ? await fsIo('read', src.fd, view, src.pos) : b.pread(src.fd, view, src.pos);
+      if (src.pos === undefined) {
+        n = await b.read(src.fd, view);
+      } else {
+        n = b.pread(src.fd, view.length > POSITIONAL_SLICE ? view.subarray(0, POSITIONAL_SLICE) : view, src.pos);
+        await immediate();
+      }
     } catch (e) {
       if (a.precopy && e instanceof VfioError && e.errno === ENOMSG) return 0;
-      throw asVfioError(e, src.syscall);
+      throw e;
     }
     if (src.pos !== undefined) src.pos += n;
     if (a.signal?.aborted) throw sysError(ECANCELED, src, a.signal.reason);
@@ -188,11 +182,11 @@ async function run(b: Binding, a: PumpArgs): Promise<CopyResult | WriteRecordsRe
       if (dst.waits) await ready(dst, POLLOUT);
       const view = data.subarray(done);
       let w: number;
-      try {
-        if (dst.pos === undefined) w = await b.write(dst.fd, view);
-        else w = dst.real ? await fsIo('write', dst.fd, view, dst.pos) : b.pwrite(dst.fd, view, dst.pos);
-      } catch (e) {
-        throw asVfioError(e, dst.syscall);
+      if (dst.pos === undefined) {
+        w = await b.write(dst.fd, view);
+      } else {
+        w = b.pwrite(dst.fd, view.length > POSITIONAL_SLICE ? view.subarray(0, POSITIONAL_SLICE) : view, dst.pos);
+        await immediate();
       }
       // No progress and no error: give up rather than spin.
       if (w === 0) throw sysError(EIO, dst);

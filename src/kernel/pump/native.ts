@@ -21,21 +21,23 @@ export class NativePump implements Pump {
   /** @param addon the loaded addon (NativeBinding.addon, or nativeAddon()) */
   constructor(private readonly addon: VfioPciNative.Addon) {}
 
-  async copy(src: number, dst: number, buffers: PumpBuffers, opts?: CopyOptions): Promise<CopyResult> {
-    const r = await this.run(pumpArgs('copy', src, dst, buffers, opts));
-    return { bytes: r.bytes, checksum: r.checksum, end: r.end as CopyResult['end'] };
+  // Arguments are checked synchronously (pumpArgs throws before any promise exists).
+  copy(src: number, dst: number, buffers: PumpBuffers, opts?: CopyOptions): Promise<CopyResult> {
+    return this.run(pumpArgs('copy', src, dst, buffers, opts)).then((r) => ({ bytes: r.bytes, checksum: r.checksum, end: r.end as CopyResult['end'] }));
   }
 
-  async writeRecords(src: number, dst: number, buffers: PumpBuffers, opts: WriteRecordsOptions): Promise<WriteRecordsResult> {
-    const r = await this.run(pumpArgs('write-records', src, dst, buffers, opts));
-    return { bytes: r.bytes, records: r.records, written: r.written, headerChecksums: r.headerChecksums, end: r.end as WriteRecordsResult['end'] };
+  writeRecords(src: number, dst: number, buffers: PumpBuffers, opts: WriteRecordsOptions): Promise<WriteRecordsResult> {
+    return this.run(pumpArgs('write-records', src, dst, buffers, opts)).then((r) => ({
+      bytes: r.bytes, records: r.records, written: r.written, headerChecksums: r.headerChecksums, end: r.end as WriteRecordsResult['end'],
+    }));
   }
 
-  async readRecords(src: number, dst: number, buffers: PumpBuffers, opts: ReadRecordsOptions): Promise<ReadRecordsResult> {
-    const r = await this.run(pumpArgs('read-records', src, dst, buffers, opts));
-    const out: ReadRecordsResult = { bytes: r.bytes, records: r.records, read: r.read, headerChecksums: r.headerChecksums, end: r.end as ReadRecordsResult['end'] };
-    if (r.header) out.header = r.header;
-    return out;
+  readRecords(src: number, dst: number, buffers: PumpBuffers, opts: ReadRecordsOptions): Promise<ReadRecordsResult> {
+    return this.run(pumpArgs('read-records', src, dst, buffers, opts)).then((r) => {
+      const out: ReadRecordsResult = { bytes: r.bytes, records: r.records, read: r.read, headerChecksums: r.headerChecksums, end: r.end as ReadRecordsResult['end'] };
+      if (r.header) out.header = r.header;
+      return out;
+    });
   }
 
   /** vfio_walk_records: see RecordWalker (./types.ts). */
