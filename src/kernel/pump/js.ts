@@ -13,8 +13,8 @@
  *  - before each call on an fd that may wait forever (not a regular file or block device, or
  *    a virtual fd), `binding.poll` in slices of at most POLL_SLICE_MS, so that a pending pump
  *    holds no pool thread for long, the `signal` is seen within a slice, and `idleTimeoutMs`
- *    is kept. (A write into a blocking pipe or socket larger than the room there can still
- *    wait on a pool thread until the reader takes some, though the promise has failed by then.)
+ *    is kept. (A write into a blocking pipe or socket larger than the room there still waits
+ *    inside write(2), on a pool thread, until the reader takes some: see ./types.ts.)
  *  - sockets: Node ignores SIGPIPE, so a write to a closed peer is EPIPE.
  * With two buffers, the next block (or record) is read into one while the other is written.
  */

@@ -32,10 +32,15 @@ import type { ChecksumAlgorithm } from './checksum';
  *    pump uses: the next bytes of a socket belong to the caller (the live stream reads its own
  *    control frames from it). By position, the pump may read a header ahead with a payload.
  *  - Waits on fds that can block forever (anything but a regular file or block device) are
- *    bounded by `idleTimeoutMs` and by `signal`. (The native pump reopens a blocking pipe with
- *    O_NONBLOCK for itself so that not even a write sleeps out of their reach; the JS pump's
- *    writes into a blocking pipe or socket run on the binding's thread pool and may outlast
- *    them there, though not in the promise.)
+ *    bounded by `idleTimeoutMs` and by `signal`. The native pump reopens a blocking pipe with
+ *    O_NONBLOCK for itself, and sends to sockets with MSG_DONTWAIT, so that not even a write
+ *    sleeps out of their reach. The JS pump polls before each call; but a write larger than
+ *    the room in a blocking pipe or socket, on a real fd (koffi), waits inside write(2) on the
+ *    binding's thread pool until the peer reads, and so does the pump (the contract suite's
+ *    `boundedWrites`).
+ *  - A `precopy` source is read without polling it first: PRE_COPY's "no more data for now"
+ *    comes from read(2) (0 or ENOMSG, at once), and a driver's poll need not report it. Without
+ *    `precopy`, a PRE_COPY data_fd is waited on like any stream.
  *  - Bad arguments throw synchronously (TypeError / RangeError, codes ERR_INVALID_ARG_TYPE /
  *    ERR_OUT_OF_RANGE, the same messages from both: ./args.ts) and never reach the kernel.
  *  - Every rejection is a `PumpError`.
