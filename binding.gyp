@@ -8,12 +8,6 @@
         "<!(node -p \"require('node-addon-api').include_dir\")"
       ],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
-      "variables": {
-        "has_isal": "<!(node -p \"require('fs').existsSync('/usr/include/isa-l/crc.h') ? 1 : 0\")"
-      },
-      "conditions": [
-        ["has_isal==1", { "defines": ["VFIO_PCI_HAVE_ISAL"], "libraries": ["-lisal"] }]
-      ],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
       "cflags": ["-Wall", "-Wextra"],

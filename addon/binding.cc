@@ -21,10 +21,13 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <system_error>
 #include <thread>
+#include <utility>
 
 #include "vfio_pci_sys.h"
 
@@ -245,35 +248,105 @@ Napi::Value PreadPwrite(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(n));
 }
 
-// walkChunks(fd, walk, size, maxChunk, maxHeaders, budgetUs) -> the walk advanced, with `taken`:
-// vfio_walk_chunks; walk is { pos, count, total, tableCrc, skeletonCrc }. Never fails on the
-// file's content or a read error: it stops at that header, for the caller to read and judge.
-Napi::Value WalkChunks(const Napi::CallbackInfo& info) {
+// The checksum algorithm named by a string argument ('crc32c' or 'crc32').
+int ChecksumArg(Napi::Env env, const Napi::Value& v, const char* fn, const char* name) {
+  if (!v.IsString()) ThrowTypeError(env, ArgName(fn, name) + " must be 'crc32c' or 'crc32'");
+  const std::string s = v.As<Napi::String>().Utf8Value();
+  if (s == "crc32c") return VFIO_CHECKSUM_CRC32C;
+  if (s == "crc32") return VFIO_CHECKSUM_CRC32;
+  ThrowRangeError(env, ArgName(fn, name) + " must be 'crc32c' or 'crc32'");
+}
+
+// A record prefix: a Buffer of at most VFIO_PUMP_MAX_PREFIX bytes, copied into `out`.
+unsigned PrefixArg(Napi::Env env, const Napi::Value& v, const char* fn, const char* name, unsigned char* out) {
+  if (!v.IsBuffer()) ThrowTypeError(env, ArgName(fn, name) + " must be a Buffer");
+  Napi::Buffer<uint8_t> b = v.As<Napi::Buffer<uint8_t>>();
+  if (b.Length() > VFIO_PUMP_MAX_PREFIX) ThrowRangeError(env, ArgName(fn, name) + " is longer than 8 bytes");
+  std::memcpy(out, b.Data(), b.Length());
+  return static_cast<unsigned>(b.Length());
+}
+
+// An array of at most VFIO_PUMP_MAX_SEEDS checksums (u32), copied into `out`.
+unsigned SeedsArg(Napi::Env env, const Napi::Value& v, const char* fn, const char* name, uint32_t* out) {
+  if (!v.IsArray()) ThrowTypeError(env, ArgName(fn, name) + " must be an array");
+  Napi::Array a = v.As<Napi::Array>();
+  if (a.Length() > VFIO_PUMP_MAX_SEEDS) ThrowRangeError(env, ArgName(fn, name) + " has more than 4 entries");
+  for (uint32_t i = 0; i < a.Length(); i++) out[i] = static_cast<uint32_t>(IntValue(env, a.Get(i), fn, name, 0, 4294967295.0));
+  return a.Length();
+}
+
+Napi::Array SumsValue(Napi::Env env, const uint32_t* sums, unsigned n) {
+  Napi::Array a = Napi::Array::New(env, n);
+  for (unsigned i = 0; i < n; i++) a.Set(i, Napi::Number::New(env, sums[i]));
+  return a;
+}
+
+// walkRecords(fd, walk, size, options) -> the walk advanced, with `taken`: vfio_walk_records.
+// walk is { pos, count, total, sums: number[] }; options { prefix: Buffer, maxRecord, checksum,
+// maxHeaders, budgetUs }. Never fails on the file's content or a read error: it stops at that
+// header, for the caller to read and judge.
+Napi::Value WalkRecords(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const char* fn = "walkChunks";
+  const char* fn = "walkRecords";
   int fd = FdArg(info, 0, fn);
-  if (info[1].Type() != napi_object) ThrowTypeError(env, "walkChunks: \"walk\" must be an object");
+  if (info[1].Type() != napi_object) ThrowTypeError(env, "walkRecords: \"walk\" must be an object");
   Napi::Object in = info[1].As<Napi::Object>();
-  vfio_chunk_walk w;
+  vfio_record_walk w{};
   w.pos = IntValue(env, in.Get("pos"), fn, "walk.pos", 0, kMaxSafeInteger);
   w.count = static_cast<uint64_t>(IntValue(env, in.Get("count"), fn, "walk.count", 0, kMaxSafeInteger));
   w.total = static_cast<uint64_t>(IntValue(env, in.Get("total"), fn, "walk.total", 0, kMaxSafeInteger));
-  w.table_crc = static_cast<uint32_t>(IntValue(env, in.Get("tableCrc"), fn, "walk.tableCrc", 0, 4294967295.0));
-  w.skeleton_crc = static_cast<uint32_t>(IntValue(env, in.Get("skeletonCrc"), fn, "walk.skeletonCrc", 0, 4294967295.0));
+  w.seeds = SeedsArg(env, in.Get("sums"), fn, "walk.sums", w.sum);
   int64_t size = IntArg(info, 2, fn, "size", 0, kMaxSafeInteger);
-  uint32_t max_chunk = static_cast<uint32_t>(IntArg(info, 3, fn, "maxChunk", 1, 4294967295.0));
-  uint64_t max_headers = static_cast<uint64_t>(IntArg(info, 4, fn, "maxHeaders", 0, kMaxSafeInteger));
-  int64_t budget_us = OptIntArg(info, 5, fn, "budgetUs", -1, kMaxSafeInteger, -1);
-  // Totals stay below 2^53: a walk only passes chunks that end within `size`.
-  uint64_t taken = vfio_walk_chunks(fd, &w, size, max_chunk, max_headers, budget_us);
+  if (info[3].Type() != napi_object) ThrowTypeError(env, "walkRecords: \"options\" must be an object");
+  Napi::Object o = info[3].As<Napi::Object>();
+  unsigned char prefix[VFIO_PUMP_MAX_PREFIX];
+  unsigned prefix_len = PrefixArg(env, o.Get("prefix"), fn, "options.prefix", prefix);
+  uint32_t max_record = static_cast<uint32_t>(IntValue(env, o.Get("maxRecord"), fn, "options.maxRecord", 1, 4294967295.0));
+  int alg = ChecksumArg(env, o.Get("checksum"), fn, "options.checksum");
+  uint64_t max_headers = static_cast<uint64_t>(IntValue(env, o.Get("maxHeaders"), fn, "options.maxHeaders", 0, kMaxSafeInteger));
+  Napi::Value budget = o.Get("budgetUs");
+  int64_t budget_us = budget.IsUndefined() ? -1 : IntValue(env, budget, fn, "options.budgetUs", -1, kMaxSafeInteger);
+  // Totals stay below 2^53: a walk only passes records that end within `size`.
+  uint64_t taken = vfio_walk_records(fd, &w, size, prefix, prefix_len, max_record, alg, max_headers, budget_us);
   Napi::Object out = Napi::Object::New(env);
   out.Set("pos", Napi::Number::New(env, static_cast<double>(w.pos)));
   out.Set("count", Napi::Number::New(env, static_cast<double>(w.count)));
   out.Set("total", Napi::Number::New(env, static_cast<double>(w.total)));
-  out.Set("tableCrc", Napi::Number::New(env, w.table_crc));
-  out.Set("skeletonCrc", Napi::Number::New(env, w.skeleton_crc));
+  out.Set("sums", SumsValue(env, w.sum, w.seeds));
   out.Set("taken", Napi::Number::New(env, static_cast<double>(taken)));
   return out;
+}
+
+// checksum(algorithm, buffer, seed = 0, implementation = 0) -> u32: vfio_checksum(_with), on
+// the JS thread (a buffer of 1 MiB takes ~20-50 µs).
+Napi::Value Checksum(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "checksum";
+  int alg = ChecksumArg(env, info[0], fn, "algorithm");
+  BufArg buf = BufferArg(info, 1, fn);
+  uint32_t seed = static_cast<uint32_t>(OptIntArg(info, 2, fn, "seed", 0, 4294967295.0, 0));
+  int impl = static_cast<int>(OptIntArg(info, 3, fn, "implementation", 0, 15, 0));
+  uint32_t out = 0;
+  if (vfio_checksum_with(alg, impl, seed, buf.data, buf.length, &out) < 0) {
+    ThrowRangeError(env, "checksum: \"implementation\" is not one this CPU has");
+  }
+  return Napi::Number::New(env, out);
+}
+
+// { crc32c: [...], crc32: [...] }: the implementations this CPU has, best (the one used) first.
+Napi::Value ChecksumImplementations(Napi::Env env) {
+  Napi::Object o = Napi::Object::New(env);
+  for (auto [name, alg] : {std::pair<const char*, int>{"crc32c", VFIO_CHECKSUM_CRC32C}, {"crc32", VFIO_CHECKSUM_CRC32}}) {
+    Napi::Array a = Napi::Array::New(env);
+    for (int i = 0;; i++) {
+      const char* impl = vfio_checksum_implementation(alg, i);
+      if (!impl) break;
+      a.Set(static_cast<uint32_t>(i), Napi::String::New(env, impl));
+    }
+    o.Set(name, a);
+  }
+  o.Freeze();
+  return o;
 }
 
 // pipe(flags = 0) -> [readFd, writeFd]
@@ -504,10 +577,11 @@ Napi::Value Poll(const Napi::CallbackInfo& info) {
 
 // ---- pump: one dedicated thread per call ---------------------------------------------------
 //
-// A pump can wait for a long time (a data_fd that produces slowly, a pipe nobody writes to
-// yet), so it does not run on the libuv pool, whose few threads (4 by default) also serve fs,
+// A pump can wait for a long time (a data_fd that produces slowly, a socket whose peer is
+// slow), so it does not run on the libuv pool, whose few threads (4 by default) also serve fs,
 // dns and zlib: a handful of pending pumps would starve them. Each call gets its own
-// std::thread and settles its promise through a ThreadSafeFunction (node-pty's exit thread,
+// std::thread (and, with two buffers, vfio_pump starts a second one that reads while the first
+// writes) and settles its promise through a ThreadSafeFunction (node-pty's exit thread,
 // node-usb's event thread).
 //
 // Lifetime of a PumpJob: created on the JS thread, deleted by the ThreadSafeFunction's
@@ -515,24 +589,51 @@ Napi::Value Poll(const Napi::CallbackInfo& info) {
 // the function and the result was delivered (normal path), or while the environment is torn
 // down (worker_thread terminated, process exiting) with the pump still running. The finalizer
 // cancels the pump (every indefinite wait in vfio_pump is a poll(2) that includes the job's
-// cancel eventfd), joins the thread, and only then drops the reference that pins the Buffer:
-// the thread never touches the Buffer's memory after V8 may free it. A result that was
-// queued when the environment went away is dropped (the delivery sees a null env).
+// cancel eventfd), joins the thread, and only then drops the references that pin the Buffers:
+// the thread never touches their memory after V8 may free it. A result that was queued when
+// the environment went away is dropped (the delivery sees a null env).
+//
+// The cancel eventfd is shared with the `cancel` function handed to JS (an AbortSignal's
+// listener calls it): whichever outlives the other, it is written only while the pump runs.
 
 class PumpJob;
 void PumpDeliver(Napi::Env env, Napi::Function callback, PumpJob* job, PumpJob* data);
 void PumpFinalize(Napi::Env env, PumpJob* job, PumpJob* context);
 using PumpTsfn = Napi::TypedThreadSafeFunction<PumpJob, PumpJob, PumpDeliver>;
 
+// The job's cancel eventfd, -1 once the pump has returned and closed it.
+struct CancelState {
+  std::mutex mu;
+  int fd = -1;
+
+  void Signal() {
+    std::lock_guard<std::mutex> lock(mu);
+    if (fd >= 0) vfio_eventfd_write(fd, 1);
+  }
+  void Close() {
+    std::lock_guard<std::mutex> lock(mu);
+    if (fd >= 0) vfio_close(fd);
+    fd = -1;
+  }
+};
+
 class PumpJob {
  public:
-  // Validated arguments in; the promise out. Throws (synchronously) only when the eventfd or
-  // the ThreadSafeFunction cannot be created.
-  static Napi::Promise Start(Napi::Env env, int src, int dst, const BufArg& buf, const vfio_pump_options& opts) {
+  // Validated arguments in; { promise, cancel } out. Throws (synchronously) only when the
+  // eventfd or the ThreadSafeFunction cannot be created.
+  static Napi::Object Start(Napi::Env env, int src, int dst, const BufArg* bufs, int nbufs, const vfio_pump_options& opts) {
     int cancel_fd = vfio_eventfd(0, 0);
     if (cancel_fd < 0) ThrowSysError(env, -cancel_fd, "eventfd");
-    PumpJob* job = new PumpJob(env, src, dst, buf, opts, cancel_fd);
+    PumpJob* job = new PumpJob(env, src, dst, bufs, nbufs, opts, cancel_fd);
     Napi::Promise promise = job->deferred_.Promise();
+    std::shared_ptr<CancelState> state = job->cancel_;
+    Napi::Function cancel = Napi::Function::New(
+        env,
+        [state](const Napi::CallbackInfo& info) -> Napi::Value {
+          state->Signal();
+          return info.Env().Undefined();
+        },
+        "cancel");
     try {
       job->tsfn_ = PumpTsfn::New(env, "vfio:pump", 0, 1, job, PumpFinalize, job);
     } catch (...) {
@@ -541,13 +642,16 @@ class PumpJob {
     }
     if (int err = job->Launch()) {
       // No thread: reject now. Releasing the only thread slot lets N-API finalize (delete) the job.
-      job->Settle(false, [&] { return job->Failure(env, err, "pthread_create"); });
+      job->Settle(false, [&] { return job->WithBytesDone(env, SysError(env, err, "pthread_create")); });
       job->tsfn_.Release();
     }
-    return promise;
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("promise", promise);
+    out.Set("cancel", cancel);
+    return out;
   }
 
-  // JS thread: build the result or the error and settle the promise; unpin the Buffer.
+  // JS thread: build the result or the error and settle the promise; unpin the Buffers.
   void Deliver(Napi::Env env) {
     if (rc_ == 0) {
       Settle(true, [&] { return ResultObject(env); });
@@ -557,35 +661,32 @@ class PumpJob {
   }
 
   // Any thread: wake the pump out of its waits. A no-op once the pump has returned.
-  void Cancel() {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (cancel_fd_ >= 0) vfio_eventfd_write(cancel_fd_, 1);
-  }
+  void Cancel() { cancel_->Signal(); }
 
   // JS thread, from the finalizer: wait for the thread (cancelled first, so not for long).
   void Join() {
     if (thread_.joinable()) thread_.join();
   }
 
-  ~PumpJob() {
-    if (cancel_fd_ >= 0) vfio_close(cancel_fd_);
-  }
+  ~PumpJob() { cancel_->Close(); }
 
  private:
-  PumpJob(Napi::Env env, int src, int dst, const BufArg& buf, const vfio_pump_options& opts, int cancel_fd)
+  PumpJob(Napi::Env env, int src, int dst, const BufArg* bufs, int nbufs, const vfio_pump_options& opts, int cancel_fd)
       : src_(src),
         dst_(dst),
-        data_(buf.data),
-        len_(buf.length),
+        data_{bufs[0].data, nbufs > 1 ? bufs[1].data : nullptr},
+        len_{bufs[0].length, nbufs > 1 ? bufs[1].length : 0},
         opts_(opts),
-        cancel_fd_(cancel_fd),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        pinned_(Napi::Persistent(buf.object)) {
+        cancel_(std::make_shared<CancelState>()),
+        deferred_(Napi::Promise::Deferred::New(env)) {
+    cancel_->fd = cancel_fd;
     opts_.cancel_fd = cancel_fd;
+    for (int i = 0; i < nbufs; i++) pinned_[i] = Napi::Persistent(bufs[i].object);
   }
 
-  // Start the thread with the asynchronous signals blocked (it inherits the mask), so that
-  // process-directed signals go to Node's threads and never interrupt the pump. 0 or errno.
+  // Start the thread with the asynchronous signals blocked (it inherits the mask, and so does
+  // the reading thread vfio_pump may start), so that process-directed signals go to Node's
+  // threads and never interrupt the pump. 0 or errno.
   int Launch() {
     sigset_t all, saved;
     sigfillset(&all);
@@ -605,94 +706,69 @@ class PumpJob {
   // the finalizer may delete it as soon as it has joined this thread.
   void Run() {
     pthread_setname_np(pthread_self(), "vfio-pump");
-    rc_ = vfio_pump(src_, dst_, data_, len_, &opts_, &result_);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      vfio_close(cancel_fd_);  // before the promise settles: no fd outlives the call
-      cancel_fd_ = -1;
-    }
+    rc_ = vfio_pump(src_, dst_, data_[0], len_[0], data_[1], len_[1], &opts_, &result_);
+    cancel_->Close();  // before the promise settles: no fd outlives the call
     // napi_closing: the environment is going away and has already dropped this thread's slot.
     if (tsfn_.BlockingCall(this) != napi_closing) tsfn_.Release();
   }
 
   Napi::Value ResultObject(Napi::Env env) {
-    static const char* const kEnds[] = {"eof", "limit", "for-now"};
+    static const char* const kEnds[] = {"eof", "limit", "for-now", "count", "header"};
     Napi::Object o = Napi::Object::New(env);
     o.Set("bytes", Napi::Number::New(env, static_cast<double>(result_.bytes)));
-    o.Set("crc32", Napi::Number::New(env, result_.crc32));
-    o.Set("end", Napi::String::New(env, kEnds[result_.end >= 0 && result_.end <= 2 ? result_.end : 0]));
-    if (opts_.frame == VFIO_PUMP_FRAME_WRITE) {
-      o.Set("chunks", Napi::Number::New(env, static_cast<double>(result_.chunks)));
-      o.Set("written", Napi::Number::New(env, static_cast<double>(result_.written)));
-      o.Set("tableCrc", Napi::Number::New(env, result_.table_crc));
-      o.Set("skeletonCrc", Napi::Number::New(env, result_.skeleton_crc));
-    } else if (opts_.frame == VFIO_PUMP_FRAME_READ) {
-      o.Set("chunks", Napi::Number::New(env, static_cast<double>(result_.chunks)));
-      o.Set("tableCrc", Napi::Number::New(env, result_.table_crc));
-      if (opts_.frame_final) {
-        o.Set("endTableCrc", Napi::Number::New(env, result_.end_table_crc));
-        o.Set("endTotal", Napi::Number::New(env, static_cast<double>(result_.end_total)));
-      }
+    o.Set("read", Napi::Number::New(env, static_cast<double>(result_.bytes_read)));
+    o.Set("written", Napi::Number::New(env, static_cast<double>(result_.written)));
+    o.Set("records", Napi::Number::New(env, static_cast<double>(result_.records)));
+    o.Set("checksum", Napi::Number::New(env, result_.checksum));
+    o.Set("headerChecksums", SumsValue(env, result_.header_sums, opts_.seeds));
+    o.Set("end", Napi::String::New(env, kEnds[result_.end >= 0 && result_.end <= 4 ? result_.end : 0]));
+    if (result_.end == VFIO_PUMP_END_HEADER) {
+      o.Set("header", Napi::Buffer<uint8_t>::Copy(env, result_.stop_header, opts_.prefix_len + 8));
     }
     return o;
   }
 
+  // The format refusals (the same messages as the JS pump, src/kernel/pump/js.ts), and every
+  // rejection with `bytesDone`; records ones with `recordOffset` (and `recordLength`).
   Napi::Value ErrorObject(Napi::Env env) {
-    if (opts_.frame == VFIO_PUMP_FRAME_READ) return FramedReadError(env);
-    char message[160];
-    switch (result_.status) {
-      case VFIO_PUMP_CHECKSUM:
-        std::snprintf(message, sizeof message,
-                      "pump: CRC-32 mismatch over %lld bytes: expected 0x%08x, got 0x%08x; nothing was written",
-                      static_cast<long long>(opts_.limit), static_cast<unsigned>(opts_.expect_crc),
-                      static_cast<unsigned>(result_.crc32));
-        return WithBytesDone(env, FormatError(env, "EVFIO_CHECKSUM", message));
-      case VFIO_PUMP_TRUNCATED:
-        std::snprintf(message, sizeof message, "pump: the source ended after %llu of %lld bytes; nothing was written",
-                      static_cast<unsigned long long>(result_.bytes_read), static_cast<long long>(opts_.limit));
-        return WithBytesDone(env, FormatError(env, "EVFIO_SNAPSHOT_TRUNCATED", message));
-      case VFIO_PUMP_WRITE:
-        return Failure(env, result_.error, opts_.dst_offset >= 0 ? "pwrite" : "write");
-      default:
-        return Failure(env, result_.error, opts_.src_offset >= 0 ? "pread" : "read");
-    }
-  }
-
-  // A framed read's rejection: the format refusals with their own codes (the same messages as
-  // runPump in src/binding/koffi.ts), and every rejection with `chunkOffset`, the file offset of
-  // the chunk (or end chunk) being handled.
-  Napi::Value FramedReadError(Napi::Env env) {
     char message[256];
-    const long long at = static_cast<long long>(result_.chunk_offset);
-    const bool at_end = result_.chunks == opts_.frame_chunks;
+    const bool records = opts_.mode == VFIO_PUMP_READ_RECORDS;
+    const long long at = static_cast<long long>(result_.record_offset);
     Napi::Value error;
     switch (result_.status) {
       case VFIO_PUMP_CHECKSUM:
-        std::snprintf(message, sizeof message,
-                      "pump: CRC-32 mismatch in the chunk at offset %lld (%u bytes): expected 0x%08x, got 0x%08x; "
-                      "nothing of it was written",
-                      at, static_cast<unsigned>(result_.chunk_length), static_cast<unsigned>(result_.chunk_crc_expected),
-                      static_cast<unsigned>(result_.chunk_crc_actual));
-        error = FormatError(env, "EVFIO_SNAPSHOT_CHECKSUM", message);
+        if (records) {
+          std::snprintf(message, sizeof message,
+                        "pump: checksum mismatch in the record at offset %lld (%u bytes): expected 0x%08x, got 0x%08x; "
+                        "nothing of it was written",
+                        at, static_cast<unsigned>(result_.record_length), static_cast<unsigned>(result_.record_expected),
+                        static_cast<unsigned>(result_.record_actual));
+        } else {
+          std::snprintf(message, sizeof message,
+                        "pump: checksum mismatch over %lld bytes: expected 0x%08x, got 0x%08x; nothing was written",
+                        static_cast<long long>(opts_.limit), static_cast<unsigned>(opts_.expect),
+                        static_cast<unsigned>(result_.checksum));
+        }
+        error = FormatError(env, "EVFIO_CHECKSUM", message);
         break;
       case VFIO_PUMP_TRUNCATED:
-        std::snprintf(message, sizeof message, "pump: the source ends inside the %s at offset %lld",
-                      at_end ? "end chunk" : "chunk", at);
-        error = FormatError(env, "EVFIO_SNAPSHOT_TRUNCATED", message);
-        break;
-      case VFIO_PUMP_BAD_FRAME:
-        if (at_end) {
-          std::snprintf(message, sizeof message,
-                        "pump: no end chunk at offset %lld after %llu chunks (a chunk of %u bytes starts there)", at,
-                        static_cast<unsigned long long>(result_.chunks), static_cast<unsigned>(result_.chunk_length));
+        if (records) {
+          std::snprintf(message, sizeof message, "pump: the source ends inside the record at offset %lld", at);
         } else {
-          std::snprintf(message, sizeof message, "pump: the chunk at offset %lld claims %u bytes, outside [1, %llu]", at,
-                        static_cast<unsigned>(result_.chunk_length),
-                        static_cast<unsigned long long>(opts_.frame_max_chunk < len_ ? opts_.frame_max_chunk : len_));
+          std::snprintf(message, sizeof message, "pump: the source ended after %llu of %lld bytes; nothing was written",
+                        static_cast<unsigned long long>(result_.bytes_read), static_cast<long long>(opts_.limit));
         }
-        error = FormatError(env, "EVFIO_BAD_SNAPSHOT", message);
-        if (error.IsObject()) error.As<Napi::Object>().Set("chunkLength", Napi::Number::New(env, result_.chunk_length));
+        error = FormatError(env, "EVFIO_TRUNCATED", message);
         break;
+      case VFIO_PUMP_BAD_LENGTH: {
+        const uint64_t room = len_[1] > 0 && len_[1] < len_[0] ? len_[1] : len_[0];
+        std::snprintf(message, sizeof message, "pump: the record at offset %lld claims %u bytes, outside [1, %llu]", at,
+                      static_cast<unsigned>(result_.record_length),
+                      static_cast<unsigned long long>(opts_.max_record < room ? opts_.max_record : room));
+        error = FormatError(env, "EVFIO_RECORD_LENGTH", message);
+        if (error.IsObject()) error.As<Napi::Object>().Set("recordLength", Napi::Number::New(env, result_.record_length));
+        break;
+      }
       case VFIO_PUMP_WRITE:
         error = SysError(env, result_.error, opts_.dst_offset >= 0 ? "pwrite" : "write");
         break;
@@ -700,14 +776,10 @@ class PumpJob {
         error = SysError(env, result_.error, opts_.src_offset >= 0 ? "pread" : "read");
         break;
     }
-    if (result_.chunk_offset >= 0 && error.IsObject()) {
-      error.As<Napi::Object>().Set("chunkOffset", Napi::Number::New(env, static_cast<double>(result_.chunk_offset)));
+    if (records && result_.record_offset >= 0 && error.IsObject()) {
+      error.As<Napi::Object>().Set("recordOffset", Napi::Number::New(env, static_cast<double>(result_.record_offset)));
     }
     return WithBytesDone(env, error);
-  }
-
-  Napi::Value Failure(Napi::Env env, int err, const char* syscall) {
-    return WithBytesDone(env, SysError(env, err, syscall));
   }
 
   // Every pump error says how many bytes reached dst before it.
@@ -736,27 +808,26 @@ class PumpJob {
       } catch (const Napi::Error&) {
       }
     }
-    pinned_.Reset();
+    pinned_[0].Reset();
+    pinned_[1].Reset();
   }
 
   // Set on the JS thread before the thread starts, read-only afterwards.
   const int src_;
   const int dst_;
-  uint8_t* const data_;
-  const size_t len_;
+  void* const data_[2];
+  const size_t len_[2];
   vfio_pump_options opts_;
+  const std::shared_ptr<CancelState> cancel_;
   PumpTsfn tsfn_;
   std::thread thread_;
   // Written by the thread, read on the JS thread after the ThreadSafeFunction handed the job
   // over (its queue's mutex orders the two).
   int rc_ = 0;
   vfio_pump_result result_{};
-  // The cancel eventfd; -1 once the pump returned and the thread closed it.
-  std::mutex mu_;
-  int cancel_fd_;
   // JS thread only.
   Napi::Promise::Deferred deferred_;
-  Napi::ObjectReference pinned_;
+  Napi::ObjectReference pinned_[2];
 };
 
 void PumpDeliver(Napi::Env env, Napi::Function /*callback*/, PumpJob* job, PumpJob* /*data*/) {
@@ -772,100 +843,75 @@ void PumpFinalize(Napi::Env /*env*/, PumpJob* job, PumpJob* /*context*/) {
   delete job;
 }
 
-// options.frame of pump (after the other options): the section framing of
-// docs/snapshot-format.md, written ('write') or read ('read'); see vfio_pump_frame. Checked in
-// this order, with these messages, by the koffi binding too (frameArg in src/binding/koffi.ts).
-void FrameArg(Napi::Env env, const Napi::Value& v, const BufArg& buf, vfio_pump_options* o) {
-  if (v.Type() != napi_object) ThrowTypeError(env, "pump: \"frame\" must be an object");
-  Napi::Object f = v.As<Napi::Object>();
-  Napi::Value mode = f.Get("mode");
-  const std::string m = mode.IsString() ? mode.As<Napi::String>().Utf8Value() : std::string();
-  auto crc = [&](const char* key, const char* name) -> uint32_t {
-    Napi::Value c = f.Get(key);
-    return c.IsUndefined() ? 0 : static_cast<uint32_t>(IntValue(env, c, "pump", name, 0, 4294967295.0));
-  };
-  if (m == "write") {
-    o->frame = VFIO_PUMP_FRAME_WRITE;
-    o->frame_chunk = static_cast<uint32_t>(IntValue(env, f.Get("chunk"), "pump", "frame.chunk", 1, 1073741824.0));
-    o->table_crc = crc("tableCrc", "frame.tableCrc");
-    o->skeleton_crc = crc("skeletonCrc", "frame.skeletonCrc");
-    if (o->verify) ThrowRangeError(env, "pump: \"expectCrc\" cannot be used with \"frame\"");
-    if (static_cast<uint64_t>(o->frame_chunk) + 8 > buf.length) {
-      ThrowRangeError(env, "pump: \"frame.chunk\" needs a buffer of at least frame.chunk + 8 bytes (it has " +
-                               std::to_string(buf.length) + ")");
-    }
-  } else if (m == "read") {
-    o->frame = VFIO_PUMP_FRAME_READ;
-    o->frame_chunks = static_cast<uint64_t>(IntValue(env, f.Get("chunks"), "pump", "frame.chunks", 0, kMaxSafeInteger));
-    Napi::Value max_chunk = f.Get("maxChunk");
-    if (!max_chunk.IsUndefined()) {
-      o->frame_max_chunk = static_cast<uint32_t>(IntValue(env, max_chunk, "pump", "frame.maxChunk", 1, 4294967295.0));
-    }
-    o->table_crc = crc("tableCrc", "frame.tableCrc");
-    Napi::Value final_chunk = f.Get("final");
-    if (!final_chunk.IsUndefined()) {
-      if (!final_chunk.IsBoolean()) ThrowTypeError(env, "pump: \"frame.final\" must be a boolean");
-      o->frame_final = final_chunk.As<Napi::Boolean>().Value();
-    }
-    if (o->verify || o->limit >= 0 || o->precopy) {
-      ThrowRangeError(env, "pump: \"limit\", \"expectCrc\" and \"precopy\" cannot be used with frame mode 'read'");
-    }
-  } else {
-    ThrowTypeError(env, "pump: \"frame.mode\" must be 'read' or 'write'");
-  }
-}
-
-// The optional 4th argument of pump: undefined, an options object, or (the older form) a
-// number that is the limit, -1 meaning none. Checked in this order, with these messages, by
-// the koffi binding too (pumpArgs in src/binding/koffi.ts).
-vfio_pump_options PumpOptionsArg(const Napi::CallbackInfo& info, size_t i, const BufArg& buf) {
-  Napi::Env env = info.Env();
-  vfio_pump_options o;
-  Napi::Value v = info[i];
-  if (v.IsUndefined()) return o;
-  if (v.IsNumber()) {
-    o.limit = IntValue(env, v, "pump", "limit", -1, kMaxSafeInteger);
-    return o;
-  }
+// The options of pump: an object with `mode`, already normalized and checked by
+// src/kernel/pump/args.ts (these checks keep the addon safe from anything else).
+vfio_pump_options PumpOptionsArg(Napi::Env env, const Napi::Value& v) {
+  const char* fn = "pump";
   if (v.Type() != napi_object) ThrowTypeError(env, "pump: \"options\" must be an object");
   Napi::Object obj = v.As<Napi::Object>();
-  Napi::Value limit = obj.Get("limit");
-  Napi::Value src_offset = obj.Get("srcOffset");
-  Napi::Value dst_offset = obj.Get("dstOffset");
-  Napi::Value expect_crc = obj.Get("expectCrc");
-  Napi::Value precopy = obj.Get("precopy");
-  if (!limit.IsUndefined()) o.limit = IntValue(env, limit, "pump", "limit", 0, kMaxSafeInteger);
-  if (!src_offset.IsUndefined()) o.src_offset = IntValue(env, src_offset, "pump", "srcOffset", 0, kMaxSafeInteger);
-  if (!dst_offset.IsUndefined()) o.dst_offset = IntValue(env, dst_offset, "pump", "dstOffset", 0, kMaxSafeInteger);
-  if (!expect_crc.IsUndefined()) {
-    o.expect_crc = static_cast<uint32_t>(IntValue(env, expect_crc, "pump", "expectCrc", 0, 4294967295.0));
+  vfio_pump_options o;
+  Napi::Value mode = obj.Get("mode");
+  const std::string m = mode.IsString() ? mode.As<Napi::String>().Utf8Value() : std::string();
+  if (m == "copy") {
+    o.mode = VFIO_PUMP_COPY;
+  } else if (m == "write-records") {
+    o.mode = VFIO_PUMP_WRITE_RECORDS;
+  } else if (m == "read-records") {
+    o.mode = VFIO_PUMP_READ_RECORDS;
+  } else {
+    ThrowTypeError(env, "pump: \"mode\" must be 'copy', 'write-records' or 'read-records'");
+  }
+  auto opt = [&](const char* key) { return obj.Get(key); };
+  auto has = [&](const char* key) { return !obj.Get(key).IsUndefined(); };
+  if (has("checksum")) o.checksum = ChecksumArg(env, opt("checksum"), fn, "checksum");
+  if (has("limit")) o.limit = IntValue(env, opt("limit"), fn, "limit", 0, kMaxSafeInteger);
+  if (has("srcOffset")) o.src_offset = IntValue(env, opt("srcOffset"), fn, "srcOffset", 0, kMaxSafeInteger);
+  if (has("dstOffset")) o.dst_offset = IntValue(env, opt("dstOffset"), fn, "dstOffset", 0, kMaxSafeInteger);
+  if (has("writeback")) o.writeback = static_cast<uint64_t>(IntValue(env, opt("writeback"), fn, "writeback", 0, kMaxSafeInteger));
+  if (has("expectChecksum")) {
+    o.expect = static_cast<uint32_t>(IntValue(env, opt("expectChecksum"), fn, "expectChecksum", 0, 4294967295.0));
     o.verify = true;
   }
-  if (!precopy.IsUndefined()) {
-    if (!precopy.IsBoolean()) ThrowTypeError(env, "pump: \"precopy\" must be a boolean");
-    o.precopy = precopy.As<Napi::Boolean>().Value();
+  if (has("precopy")) {
+    if (!opt("precopy").IsBoolean()) ThrowTypeError(env, "pump: \"precopy\" must be a boolean");
+    o.precopy = opt("precopy").As<Napi::Boolean>().Value();
   }
-  Napi::Value writeback = obj.Get("writeback");
-  if (!writeback.IsUndefined()) o.writeback = static_cast<uint64_t>(IntValue(env, writeback, "pump", "writeback", 0, kMaxSafeInteger));
-  if (o.verify && (o.limit < 0 || static_cast<uint64_t>(o.limit) > buf.length)) {
-    ThrowRangeError(env, "pump: \"expectCrc\" needs \"limit\", at most the buffer length (" +
-                             std::to_string(buf.length) + ")");
-  }
-  Napi::Value frame = obj.Get("frame");
-  if (!frame.IsUndefined()) FrameArg(env, frame, buf, &o);
+  if (has("prefix")) o.prefix_len = PrefixArg(env, opt("prefix"), fn, "prefix", o.prefix);
+  if (has("recordSize")) o.record_size = static_cast<uint32_t>(IntValue(env, opt("recordSize"), fn, "recordSize", 1, 1073741824.0));
+  if (has("maxRecord")) o.max_record = static_cast<uint32_t>(IntValue(env, opt("maxRecord"), fn, "maxRecord", 1, 4294967295.0));
+  if (has("records")) o.records = IntValue(env, opt("records"), fn, "records", 0, kMaxSafeInteger);
+  if (has("headerChecksums")) o.seeds = SeedsArg(env, opt("headerChecksums"), fn, "headerChecksums", o.seed);
+  if (has("idleTimeoutMs")) o.idle_timeout_ms = static_cast<int>(IntValue(env, opt("idleTimeoutMs"), fn, "idleTimeoutMs", 0, INT_MAX));
   return o;
 }
 
-// pump(srcFd, dstFd, buffer, options?) -> { bytes, crc32, end } (and, framed, the fields of
-// ResultObject); see native.d.ts.
+// pump(srcFd, dstFd, buffers: Buffer | Buffer[1..2], options) -> { promise, cancel }: see
+// native.d.ts. Options that do not fit together or in the buffers reject (EINVAL from
+// vfio_pump) rather than throw: src/kernel/pump/args.ts refuses them first.
 Napi::Value Pump(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int src = FdArg(info, 0, "pump", "srcFd");
   int dst = FdArg(info, 1, "pump", "dstFd");
-  BufArg buf = BufferArg(info, 2, "pump");
-  if (buf.length == 0) ThrowRangeError(env, "pump: \"buffer\" must not be empty");
-  vfio_pump_options opts = PumpOptionsArg(info, 3, buf);
-  return PumpJob::Start(env, src, dst, buf, opts);
+  BufArg bufs[2];
+  int nbufs = 0;
+  if (info[2].IsArray()) {
+    Napi::Array a = info[2].As<Napi::Array>();
+    if (a.Length() < 1 || a.Length() > 2) ThrowRangeError(env, "pump: \"buffers\" must hold 1 or 2 Buffers");
+    for (uint32_t i = 0; i < a.Length(); i++) {
+      Napi::Value b = a.Get(i);
+      if (!b.IsBuffer()) ThrowTypeError(env, "pump: \"buffers\" must hold Buffers");
+      Napi::Buffer<uint8_t> buf = b.As<Napi::Buffer<uint8_t>>();
+      bufs[nbufs++] = BufArg{buf, buf.Data(), buf.Length()};
+    }
+  } else {
+    bufs[nbufs++] = BufferArg(info, 2, "pump");
+  }
+  for (int i = 0; i < nbufs; i++) {
+    if (bufs[i].length == 0) ThrowRangeError(env, "pump: \"buffer\" must not be empty");
+  }
+  if (nbufs == 2 && bufs[0].data == bufs[1].data) ThrowRangeError(env, "pump: the two buffers must be different");
+  vfio_pump_options opts = PumpOptionsArg(env, info[3]);
+  return PumpJob::Start(env, src, dst, bufs, nbufs, opts);
 }
 
 // ---- module ------------------------------------------------------------------------------
@@ -883,10 +929,11 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("ioctl", Napi::Function::New(env, Ioctl, "ioctl"));
   exports.Set("ioctlAsync", Napi::Function::New(env, IoctlAsync, "ioctlAsync"));
   exports.Set("bufferAddress", Napi::Function::New(env, BufferAddress, "bufferAddress"));
-  exports.Set("crc32Implementation", Napi::String::New(env, vfio_crc32_implementation()));
+  exports.Set("checksum", Napi::Function::New(env, Checksum, "checksum"));
+  exports.Set("checksumImplementations", ChecksumImplementations(env));
   exports.Set("pread", Napi::Function::New(env, PreadPwrite<false>, "pread"));
   exports.Set("pwrite", Napi::Function::New(env, PreadPwrite<true>, "pwrite"));
-  exports.Set("walkChunks", Napi::Function::New(env, WalkChunks, "walkChunks"));
+  exports.Set("walkRecords", Napi::Function::New(env, WalkRecords, "walkRecords"));
   exports.Set("pipe", Napi::Function::New(env, Pipe, "pipe"));
   exports.Set("eventfd", Napi::Function::New(env, Eventfd, "eventfd"));
   exports.Set("eventfdRead", Napi::Function::New(env, EventfdRead, "eventfdRead"));

@@ -13,37 +13,21 @@
 #include <unistd.h>
 
 #include <climits>
+#include <condition_variable>
+#include <cstdio>
 #include <cstring>
-
-// Node's bundled zlib (or the shared one it links) exports crc32; the header is in Node's
-// include dir, so no library is linked here: the symbol resolves against the node binary.
-#include <zlib.h>
-// With Intel ISA-L (Debian: libisal-dev) the build defines VFIO_PCI_HAVE_ISAL and checksums with
-// its crc32_gzip_refl(): the same CRC-32 as zlib's crc32() (reflected IEEE polynomial, same
-// chaining), with PCLMULQDQ/AVX-512 folding: ~40 GiB/s on one core here against ~3 GiB/s for
-// Node's table-driven zlib. Results are identical, so the snapshot format does not change.
-#ifdef VFIO_PCI_HAVE_ISAL
-#include <isa-l/crc.h>
-#endif
+#include <mutex>
+#include <system_error>
+#include <thread>
 
 namespace vfio_sys {
 
 namespace {
 
-// One read/write never asks for more than this: read(2) caps at 0x7ffff000 anyway, and
-// zlib's crc32() takes a uInt length.
+// One read/write never asks for more than this: read(2) caps at 0x7ffff000 anyway.
 constexpr size_t kMaxIo = size_t{1} << 30;
 
 inline size_t CapIo(size_t len) { return len > kMaxIo ? kMaxIo : len; }
-
-// CRC-32 of `len` bytes continuing from `crc` (0 to start), zlib's definition.
-inline uLong Crc32(uLong crc, const unsigned char* p, size_t len) {
-#ifdef VFIO_PCI_HAVE_ISAL
-  return crc32_gzip_refl(static_cast<uint32_t>(crc), p, static_cast<uint64_t>(len));
-#else
-  return crc32(crc, p, static_cast<uInt>(len));
-#endif
-}
 
 int64_t NowNs() {
   struct timespec ts;
@@ -183,13 +167,27 @@ int vfio_poll(int fd, short events, int timeout_ms) {
 
 namespace {
 
+// ---- the two ends of a pump ------------------------------------------------------------------
+
+// What a wait may be interrupted by: the caller's cancel fd, the pump's own stop fd (the other
+// stage of a two-buffer pump failed), and how long it may see no readiness.
+struct Waits {
+  int cancel_fd = -1;
+  int stop_fd = -1;
+  int idle_ms = -1;
+};
+
 // One end of a pump: the fd, its file position when pread/pwrite are used (< 0: read/write),
 // the poll(2) event it waits for, and whether to poll before every call (see `cancel_fd`).
 struct PumpEnd {
   int fd;
   int64_t pos;
   short events;
-  bool prewait;
+  bool prewait = false;
+  // A socket (not read by position): recv(2)/send(2), with MSG_DONTWAIT when prewait.
+  bool socket = false;
+  // The fd the pump opened for itself (a FIFO reopened with O_NONBLOCK), closed at the end; -1.
+  int own = -1;
   // Write side: start write-back every `writeback` bytes (0: never), from `flushed` on.
   uint64_t writeback = 0;
   int64_t flushed = 0;
@@ -204,7 +202,7 @@ void MaybeWriteback(PumpEnd& e) {
 }
 
 // The fd's file type (st_mode & S_IFMT), or 0 when fstat(2) fails: the pump's own calls then
-// report the bad fd.
+// report the bad fd. (A data_fd is an anonymous inode: 0 too.)
 mode_t FileType(int fd) {
   struct stat st;
   return ::fstat(fd, &st) == 0 ? (st.st_mode & S_IFMT) : 0;
@@ -214,39 +212,78 @@ mode_t FileType(int fd) {
 // cancellable); pipes, sockets, ttys and data_fds may.
 bool MayWaitIndefinitely(mode_t type) { return type != S_IFREG && type != S_IFBLK; }
 
+// Set up one end: sockets are recv'd / sent; a FIFO in blocking mode is reopened with
+// O_NONBLOCK through /proc/self/fd (a new open file description of the same pipe: the
+// caller's fd and its flags are untouched), so that a write larger than the room in the pipe
+// returns short instead of sleeping in the kernel beyond the reach of the waits. When the
+// reopen fails (no /proc), the fd is used as it is.
+void PrepareEnd(PumpEnd& e, mode_t type, bool waits, bool write_side) {
+  e.prewait = waits && MayWaitIndefinitely(type);
+  if (e.pos >= 0) return;  // pread/pwrite: ESPIPE from the syscall itself for a stream
+  e.socket = type == S_IFSOCK;
+  if (!e.prewait || type != S_IFIFO) return;
+  const int fl = ::fcntl(e.fd, F_GETFL);
+  if (fl < 0 || (fl & O_NONBLOCK)) return;
+  // Only for the access the fd itself has: a read end given as dst must still fail (EBADF).
+  const int acc = fl & O_ACCMODE;
+  if (acc != O_RDWR && acc != (write_side ? O_WRONLY : O_RDONLY)) return;
+  char path[48];
+  std::snprintf(path, sizeof path, "/proc/self/fd/%d", e.fd);
+  const int fd = ::open(path, (write_side ? O_WRONLY : O_RDONLY) | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return;
+  e.own = fd;
+  e.fd = fd;
+}
+
 // Wait until `e.fd` is ready (or reports POLLHUP/POLLERR/POLLNVAL: the next call tells what
-// happened) or `cancel_fd` is readable. Returns > 0, -ECANCELED, or -errno of poll(2).
-int WaitReady(const PumpEnd& e, int cancel_fd) {
-  struct pollfd p[2];
-  p[0].fd = e.fd;
-  p[0].events = e.events;
-  p[0].revents = 0;
-  p[1].fd = cancel_fd;
-  p[1].events = POLLIN;
-  p[1].revents = 0;
-  const nfds_t n = cancel_fd >= 0 ? 2 : 1;
+// happened). Returns > 0, -ECANCELED (cancel or stop fd), -ETIMEDOUT (idle), or -errno of poll(2).
+int WaitReady(const PumpEnd& e, const Waits& w) {
+  struct pollfd p[3];
+  nfds_t n = 0;
+  p[n++] = {e.fd, e.events, 0};
+  const nfds_t i_cancel = n;
+  if (w.cancel_fd >= 0) p[n++] = {w.cancel_fd, POLLIN, 0};
+  const nfds_t i_stop = n;
+  if (w.stop_fd >= 0) p[n++] = {w.stop_fd, POLLIN, 0};
+  const int64_t deadline = w.idle_ms >= 0 ? NowMs() + w.idle_ms : -1;
+  int wait = w.idle_ms;
   for (;;) {
-    int r = ::poll(p, n, -1);
+    int r = ::poll(p, n, wait);
     if (r < 0) {
-      if (errno == EINTR) continue;
-      return -errno;
+      if (errno != EINTR) return -errno;
+    } else if (r == 0) {
+      return -ETIMEDOUT;
+    } else {
+      if (w.cancel_fd >= 0 && p[i_cancel].revents != 0) return -ECANCELED;
+      if (w.stop_fd >= 0 && p[i_stop].revents != 0) return -ECANCELED;
+      if (p[0].revents != 0) return p[0].revents;
     }
-    if (n == 2 && p[1].revents != 0) return -ECANCELED;
-    if (p[0].revents != 0) return p[0].revents;
+    if (deadline >= 0) {
+      const int64_t left = deadline - NowMs();
+      if (left <= 0) return -ETIMEDOUT;
+      wait = static_cast<int>(left > INT_MAX ? INT_MAX : left);
+    }
   }
 }
 
 // True once `cancel_fd` (>= 0) is readable (or invalid). One poll(2) that does not wait.
 bool Cancelled(int cancel_fd) { return vfio_poll(cancel_fd, POLLIN, 0) > 0; }
 
-// One read(2)/pread(2) of up to `len` bytes: EINTR retried, EAGAIN waited out. n >= 0 or -errno.
-int64_t PumpRead(PumpEnd& e, unsigned char* buf, size_t len, int cancel_fd) {
+// One read(2)/pread(2)/recv(2) of up to `len` bytes: EINTR retried, EAGAIN waited out. n >= 0 or -errno.
+int64_t PumpRead(PumpEnd& e, unsigned char* buf, size_t len, const Waits& w) {
   for (;;) {
     if (e.prewait) {
-      int p = WaitReady(e, cancel_fd);
+      int p = WaitReady(e, w);
       if (p < 0) return p;
     }
-    ssize_t n = e.pos >= 0 ? ::pread(e.fd, buf, len, static_cast<off_t>(e.pos)) : ::read(e.fd, buf, len);
+    ssize_t n;
+    if (e.pos >= 0) {
+      n = ::pread(e.fd, buf, len, static_cast<off_t>(e.pos));
+    } else if (e.socket) {
+      n = ::recv(e.fd, buf, len, e.prewait ? MSG_DONTWAIT : 0);
+    } else {
+      n = ::read(e.fd, buf, len);
+    }
     if (n >= 0) {
       if (e.pos >= 0) e.pos += n;
       return n;
@@ -255,37 +292,44 @@ int64_t PumpRead(PumpEnd& e, unsigned char* buf, size_t len, int cancel_fd) {
     if (err == EINTR) continue;
     if (!WouldBlock(err)) return -err;
     if (!e.prewait) {
-      int p = WaitReady(e, cancel_fd);
+      int p = WaitReady(e, w);
       if (p < 0) return p;
     }
   }
 }
 
-// Write all `len` bytes with write(2)/pwrite(2): EINTR retried, EAGAIN waited out, short
-// writes looped on. Every byte written is added to *written. 0 or -errno.
-int PumpWriteAll(PumpEnd& e, const unsigned char* buf, size_t len, int cancel_fd, uint64_t* written) {
+// Write all `len` bytes with write(2)/pwrite(2)/send(2): EINTR retried, EAGAIN waited out,
+// short writes looped on. Every byte written is added to *written. 0 or -errno.
+int PumpWriteAll(PumpEnd& e, const unsigned char* buf, size_t len, const Waits& w, uint64_t* written) {
   size_t done = 0;
   while (done < len) {
     if (e.prewait) {
-      int p = WaitReady(e, cancel_fd);
+      int p = WaitReady(e, w);
       if (p < 0) return p;
     }
     const size_t want = CapIo(len - done);
-    ssize_t w = e.pos >= 0 ? ::pwrite(e.fd, buf + done, want, static_cast<off_t>(e.pos)) : ::write(e.fd, buf + done, want);
-    if (w < 0) {
+    ssize_t n;
+    if (e.pos >= 0) {
+      n = ::pwrite(e.fd, buf + done, want, static_cast<off_t>(e.pos));
+    } else if (e.socket) {
+      n = ::send(e.fd, buf + done, want, MSG_NOSIGNAL | (e.prewait ? MSG_DONTWAIT : 0));
+    } else {
+      n = ::write(e.fd, buf + done, want);
+    }
+    if (n < 0) {
       const int err = errno;
       if (err == EINTR) continue;
       if (!WouldBlock(err)) return -err;
       if (!e.prewait) {
-        int p = WaitReady(e, cancel_fd);
+        int p = WaitReady(e, w);
         if (p < 0) return p;
       }
       continue;
     }
-    if (w == 0) return -EIO;  // no progress and no error: give up rather than spin
-    done += static_cast<size_t>(w);
-    *written += static_cast<uint64_t>(w);
-    if (e.pos >= 0) e.pos += w;
+    if (n == 0) return -EIO;  // no progress and no error: give up rather than spin
+    done += static_cast<size_t>(n);
+    *written += static_cast<uint64_t>(n);
+    if (e.pos >= 0) e.pos += n;
   }
   MaybeWriteback(e);
   return 0;
@@ -293,20 +337,16 @@ int PumpWriteAll(PumpEnd& e, const unsigned char* buf, size_t len, int cancel_fd
 
 // Read up to `len` bytes, stopping early only at the end of src (a read of 0). The bytes read,
 // or -errno (a failure after some bytes were read loses the count: the pump fails either way).
-int64_t PumpReadFull(PumpEnd& e, unsigned char* buf, size_t len, int cancel_fd) {
+int64_t PumpReadFull(PumpEnd& e, unsigned char* buf, size_t len, const Waits& w) {
   size_t got = 0;
   while (got < len) {
-    int64_t n = PumpRead(e, buf + got, CapIo(len - got), cancel_fd);
+    int64_t n = PumpRead(e, buf + got, CapIo(len - got), w);
     if (n < 0) return n;
     if (n == 0) break;
     got += static_cast<size_t>(n);
   }
   return static_cast<int64_t>(got);
 }
-
-// Chunk framing (vfio_pump_frame): little-endian fields, whatever the host.
-constexpr size_t kChunkHeader = 8;
-constexpr size_t kEndChunk = 16;
 
 inline void PutLe32(unsigned char* p, uint32_t v) {
   p[0] = static_cast<unsigned char>(v);
@@ -320,281 +360,442 @@ inline uint32_t GetLe32(const unsigned char* p) {
          static_cast<uint32_t>(p[3]) << 24;
 }
 
-inline uint64_t GetLe64(const unsigned char* p) {
-  return static_cast<uint64_t>(GetLe32(p)) | static_cast<uint64_t>(GetLe32(p + 4)) << 32;
-}
+// ---- the two stages: produce (read src into a buffer) and consume (write it to dst) -----------
 
-// The crc32 of A followed by B from crc32(A), crc32(B) and B's length, in O(log length): a
-// framed pump checksums each chunk once and still returns the crc32 of all the payload. zlib.h
-// only declares crc32_combine64 when large-file offsets are on (node-gyp builds with
-// _FILE_OFFSET_BITS=64); Node exports both.
-inline uLong CrcCombine(uLong a, uLong b, size_t len_b) {
-#ifdef Z_WANT64
-  return crc32_combine64(a, b, static_cast<z_off_t>(len_b));
-#else
-  return crc32_combine(a, b, static_cast<z_off_t>(len_b));
-#endif
+// What one produce step hands the writing stage: bytes to write, what they were (payload bytes,
+// a record header), and, on the last one, how the pump ends (after those bytes are written).
+struct Segment {
+  const unsigned char* data = nullptr;
+  size_t len = 0;
+  uint64_t payload = 0;
+  bool record = false;
+  unsigned char header[VFIO_PUMP_MAX_PREFIX + 8];
+  bool last = false;
+  int status = VFIO_PUMP_OK;
+  int error = 0;
+  int end = VFIO_PUMP_END_EOF;
+  unsigned char stop_header[VFIO_PUMP_MAX_PREFIX + 8];
+  int64_t record_offset = -1;
+  uint32_t record_length = 0;
+  uint32_t record_expected = 0;
+  uint32_t record_actual = 0;
+};
+
+// The reading stage's state: only its thread touches it.
+struct Producer {
+  const vfio_pump_options& o;
+  PumpEnd in;
+  Waits waits;
+  bool poll_cancel;       // check cancel_fd before each step (neither end waits)
+  size_t header_len;      // records: prefix_len + 8
+  uint64_t taken = 0;     // bytes read from src (records read: of accepted records)
+  uint32_t crc = 0;       // COPY: checksum of everything read
+  bool done = false;      // a last segment was produced
+  // READ_RECORDS
+  uint64_t produced = 0;
+  bool have_head = false;  // head holds the next header, read ahead with the last payload
+  bool eof_next = false;   // the read-ahead found the end of src right after the last payload
+  unsigned char head[VFIO_PUMP_MAX_PREFIX + 8];
+
+  Producer(const vfio_pump_options& opts, int src) : o(opts), in{src, opts.src_offset, POLLIN} {}
+
+  bool Ended(int64_t n) const { return n == 0 || (o.precopy && n == -ENOMSG); }
+
+  void Last(Segment* s, int status, int error, int end = VFIO_PUMP_END_EOF) {
+    s->last = true;
+    s->status = status;
+    s->error = error;
+    s->end = end;
+    done = true;
+  }
+
+  // One step into `buf` (`len` bytes).
+  void Produce(unsigned char* buf, size_t len, Segment* s) {
+    *s = Segment{};
+    if (poll_cancel && Cancelled(o.cancel_fd)) return Last(s, VFIO_PUMP_READ, ECANCELED);
+    switch (o.mode) {
+      case VFIO_PUMP_WRITE_RECORDS:
+        return WriteRecord(buf, s);
+      case VFIO_PUMP_READ_RECORDS:
+        return ReadRecord(buf, len, s);
+      default:
+        return o.verify ? Verify(buf, s) : Copy(buf, len, s);
+    }
+  }
+
+  void Copy(unsigned char* buf, size_t len, Segment* s) {
+    size_t want = CapIo(len);
+    if (o.limit >= 0) {
+      const uint64_t left = static_cast<uint64_t>(o.limit) - taken;
+      if (left == 0) return Last(s, VFIO_PUMP_OK, 0, VFIO_PUMP_END_LIMIT);
+      if (left < want) want = static_cast<size_t>(left);
+    }
+    const int64_t n = PumpRead(in, buf, want, waits);
+    if (Ended(n)) return Last(s, VFIO_PUMP_OK, 0, o.precopy ? VFIO_PUMP_END_FOR_NOW : VFIO_PUMP_END_EOF);
+    if (n < 0) return Last(s, VFIO_PUMP_READ, static_cast<int>(-n));
+    // Checksummed right after the kernel wrote it into buf, while it is in cache.
+    crc = vfio_checksum(o.checksum, crc, buf, static_cast<size_t>(n));
+    taken += static_cast<uint64_t>(n);
+    s->data = buf;
+    s->len = static_cast<size_t>(n);
+    s->payload = s->len;
+  }
+
+  // Buffer the whole `limit` bytes, check them, and only then let them reach dst.
+  void Verify(unsigned char* buf, Segment* s) {
+    const uint64_t want = static_cast<uint64_t>(o.limit);
+    while (taken < want) {
+      const int64_t n = PumpRead(in, buf + taken, CapIo(static_cast<size_t>(want - taken)), waits);
+      if (Ended(n)) return Last(s, VFIO_PUMP_TRUNCATED, ENODATA);
+      if (n < 0) return Last(s, VFIO_PUMP_READ, static_cast<int>(-n));
+      crc = vfio_checksum(o.checksum, crc, buf + taken, static_cast<size_t>(n));
+      taken += static_cast<uint64_t>(n);
+    }
+    if (crc != o.expect) return Last(s, VFIO_PUMP_CHECKSUM, EBADMSG);
+    s->data = buf;
+    s->len = static_cast<size_t>(want);
+    s->payload = want;
+    Last(s, VFIO_PUMP_OK, 0, VFIO_PUMP_END_LIMIT);
+  }
+
+  // Gather up to record_size payload bytes at buf + header_len, then put the header in front:
+  // header and payload go out in one write.
+  void WriteRecord(unsigned char* buf, Segment* s) {
+    size_t want = o.record_size;
+    if (o.limit >= 0) {
+      const uint64_t left = static_cast<uint64_t>(o.limit) - taken;
+      if (left == 0) return Last(s, VFIO_PUMP_OK, 0, VFIO_PUMP_END_LIMIT);
+      if (left < want) want = static_cast<size_t>(left);
+    }
+    unsigned char* const payload = buf + header_len;
+    size_t got = 0;
+    bool at_end = false;
+    uint32_t sum = 0;
+    while (got < want) {
+      const int64_t n = PumpRead(in, payload + got, want - got, waits);
+      if (Ended(n)) {
+        at_end = true;
+        break;
+      }
+      if (n < 0) return Last(s, VFIO_PUMP_READ, static_cast<int>(-n));
+      sum = vfio_checksum(o.checksum, sum, payload + got, static_cast<size_t>(n));
+      got += static_cast<size_t>(n);
+      taken += static_cast<uint64_t>(n);
+    }
+    if (got > 0) {  // never an empty record: a length of 0 is a terminator
+      std::memcpy(buf, o.prefix, o.prefix_len);
+      PutLe32(buf + o.prefix_len, static_cast<uint32_t>(got));
+      PutLe32(buf + o.prefix_len + 4, sum);
+      s->data = buf;
+      s->len = header_len + got;
+      s->payload = got;
+      s->record = true;
+      std::memcpy(s->header, buf, header_len);
+    }
+    if (at_end) Last(s, VFIO_PUMP_OK, 0, o.precopy ? VFIO_PUMP_END_FOR_NOW : VFIO_PUMP_END_EOF);
+  }
+
+  // One record: its header (unless read ahead), its payload into buf (with, when src is read by
+  // position and buf has room, the next header in the same read), its checksum; the payload is
+  // handed on only when the checksum matches.
+  void ReadRecord(unsigned char* buf, size_t len, Segment* s) {
+    const uint64_t base = o.src_offset >= 0 ? static_cast<uint64_t>(o.src_offset) : 0;
+    const int64_t here = static_cast<int64_t>(base + taken);
+    if (o.records >= 0 && produced == static_cast<uint64_t>(o.records)) return Last(s, VFIO_PUMP_OK, 0, VFIO_PUMP_END_COUNT);
+    if (eof_next) return Last(s, VFIO_PUMP_OK, 0, VFIO_PUMP_END_EOF);
+    s->record_offset = here;
+    if (!have_head) {
+      const int64_t n = PumpReadFull(in, head, header_len, waits);
+      if (n < 0) return Last(s, VFIO_PUMP_READ, static_cast<int>(-n));
+      if (n == 0) {
+        s->record_offset = -1;
+        return Last(s, VFIO_PUMP_OK, 0, VFIO_PUMP_END_EOF);
+      }
+      if (static_cast<size_t>(n) < header_len) return Last(s, VFIO_PUMP_TRUNCATED, ENODATA);
+    }
+    have_head = false;
+    const uint32_t n = GetLe32(head + o.prefix_len);
+    if (n == 0 || std::memcmp(head, o.prefix, o.prefix_len) != 0) {
+      std::memcpy(s->stop_header, head, header_len);
+      s->record_offset = -1;
+      return Last(s, VFIO_PUMP_OK, 0, VFIO_PUMP_END_HEADER);
+    }
+    const uint64_t cap = o.max_record < len ? o.max_record : len;
+    if (n > cap) {
+      s->record_length = n;
+      return Last(s, VFIO_PUMP_BAD_LENGTH, EPROTO);
+    }
+    const bool more = o.records < 0 || produced + 1 < static_cast<uint64_t>(o.records);
+    const size_t ahead = in.pos >= 0 && more && n + header_len <= len ? header_len : 0;
+    const int64_t got = PumpReadFull(in, buf, n + ahead, waits);
+    if (got < 0) return Last(s, VFIO_PUMP_READ, static_cast<int>(-got));
+    if (static_cast<uint64_t>(got) < n) return Last(s, VFIO_PUMP_TRUNCATED, ENODATA);
+    const uint32_t want_sum = GetLe32(head + o.prefix_len + 4);
+    const uint32_t sum = vfio_checksum(o.checksum, 0, buf, n);
+    if (sum != want_sum) {
+      s->record_length = n;
+      s->record_expected = want_sum;
+      s->record_actual = sum;
+      return Last(s, VFIO_PUMP_CHECKSUM, EBADMSG);
+    }
+    s->data = buf;
+    s->len = n;
+    s->payload = n;
+    s->record = true;
+    std::memcpy(s->header, head, header_len);
+    s->record_offset = -1;
+    produced++;
+    taken += header_len + n;
+    const size_t extra = static_cast<size_t>(got) - n;
+    if (ahead > 0 && extra == ahead) {
+      std::memcpy(head, buf + n, header_len);
+      have_head = true;
+    } else if (ahead > 0 && extra == 0) {
+      eof_next = true;  // src ends right after this record
+    } else if (ahead > 0) {
+      // src ends inside the header that follows: this record is whole and goes out; the
+      // failure is that header's, as if it had been read on its own.
+      s->record_offset = static_cast<int64_t>(base + taken);
+      Last(s, VFIO_PUMP_TRUNCATED, ENODATA);
+    }
+  }
+};
+
+// The writing stage: only the calling thread touches it (and `out`).
+struct Consumer {
+  const vfio_pump_options& o;
+  PumpEnd to;
+  Waits waits;
+  size_t header_len;
+  vfio_pump_result* out;
+
+  // Write a segment's bytes and account for them. 0 or -errno of the write.
+  int Write(const Segment& s) {
+    if (s.len > 0) {
+      const uint64_t before = out->written;
+      int w = PumpWriteAll(to, s.data, s.len, waits, &out->written);
+      if (o.mode != VFIO_PUMP_WRITE_RECORDS) out->bytes += out->written - before;
+      if (w < 0) return w;
+      if (s.record) {
+        if (o.mode == VFIO_PUMP_WRITE_RECORDS) out->bytes += s.payload;
+        out->records++;
+        for (unsigned i = 0; i < o.seeds; i++) out->header_sums[i] = vfio_checksum(o.checksum, out->header_sums[i], s.header, header_len);
+      }
+    }
+    return 0;
+  }
+
+  // The end a last segment carries, into `out`. Returns what vfio_pump returns.
+  int Finish(const Segment& s) {
+    out->status = s.status;
+    out->error = s.error;
+    out->end = s.end;
+    out->record_offset = s.record_offset;
+    out->record_length = s.record_length;
+    out->record_expected = s.record_expected;
+    out->record_actual = s.record_actual;
+    if (s.status == VFIO_PUMP_OK && s.end == VFIO_PUMP_END_HEADER) std::memcpy(out->stop_header, s.stop_header, header_len);
+    return s.status == VFIO_PUMP_OK ? 0 : -s.error;
+  }
+};
+
+// The two-buffer pump: a reading thread produces into the buffers in turn while this thread
+// writes what it produced, in order. Returns what vfio_pump returns, or 1 when the reading
+// thread could not be started (the caller then pumps with one buffer).
+int RunTwoStage(Producer& pr, Consumer& co, unsigned char* bufs[2], size_t lens[2]) {
+  struct Slot {
+    Segment seg;
+    bool full = false;
+  };
+  std::mutex mu;
+  std::condition_variable cv;
+  Slot slots[2];
+  bool stop = false;
+  const int stop_fd = vfio_eventfd(0, 0);
+  if (stop_fd < 0) return 1;
+  pr.waits.stop_fd = stop_fd;
+  std::thread reader;
+  try {
+    reader = std::thread([&] {
+      for (int i = 0;; i ^= 1) {
+        {
+          std::unique_lock<std::mutex> lock(mu);
+          cv.wait(lock, [&] { return !slots[i].full || stop; });
+          if (stop) return;
+        }
+        Segment seg;
+        pr.Produce(bufs[i], lens[i], &seg);
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          slots[i].seg = seg;
+          slots[i].full = true;
+        }
+        cv.notify_all();
+        if (seg.last) return;
+      }
+    });
+  } catch (const std::system_error&) {
+    vfio_close(stop_fd);
+    pr.waits.stop_fd = -1;
+    return 1;
+  }
+  int rc = 0;
+  for (int i = 0;; i ^= 1) {
+    Segment seg;
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      cv.wait(lock, [&] { return slots[i].full; });
+      seg = slots[i].seg;
+    }
+    const int w = co.Write(seg);
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      slots[i].full = false;
+      if (w < 0) stop = true;
+    }
+    cv.notify_all();
+    if (w < 0) {
+      vfio_eventfd_write(stop_fd, 1);  // out of a wait for src
+      co.out->status = VFIO_PUMP_WRITE;
+      co.out->error = -w;
+      rc = w;
+      break;
+    }
+    if (seg.last) {
+      rc = co.Finish(seg);
+      break;
+    }
+  }
+  reader.join();
+  vfio_close(stop_fd);
+  return rc;
 }
 
 }  // namespace
 
-int vfio_pump(int src, int dst, void* buf, size_t buf_len, const vfio_pump_options* opts, vfio_pump_result* out) {
+int vfio_pump(int src, int dst, void* buf, size_t buf_len, void* buf2, size_t buf2_len, const vfio_pump_options* opts,
+              vfio_pump_result* out) {
   static const vfio_pump_options kDefaults{};
   const vfio_pump_options& o = opts ? *opts : kDefaults;
-  unsigned char* const bytes = static_cast<unsigned char*>(buf);
-  const size_t chunk = CapIo(buf_len);
-  const bool cancellable = o.cancel_fd >= 0;
-  PumpEnd in{src, o.src_offset, POLLIN, false};
-  PumpEnd to{dst, o.dst_offset, POLLOUT, false};
-  uLong crc = crc32(0L, Z_NULL, 0);
-
-  out->bytes = 0;
-  out->bytes_read = 0;
-  out->crc32 = 0;
-  out->status = VFIO_PUMP_OK;
-  out->error = 0;
-  out->end = VFIO_PUMP_END_EOF;
-  out->chunks = 0;
-  out->written = 0;
-  out->table_crc = o.table_crc;
-  out->skeleton_crc = o.skeleton_crc;
-  out->end_table_crc = 0;
-  out->end_total = 0;
-  out->chunk_offset = -1;
-  out->chunk_length = 0;
-  out->chunk_crc_expected = 0;
-  out->chunk_crc_actual = 0;
-
-  auto fail = [&](int status, int err) {
-    out->crc32 = static_cast<uint32_t>(crc);
+  std::memset(out, 0, sizeof *out);
+  out->record_offset = -1;
+  for (unsigned i = 0; i < VFIO_PUMP_MAX_SEEDS; i++) out->header_sums[i] = i < o.seeds ? o.seed[i] : 0;
+  auto invalid = [&](int status) {
     out->status = status;
-    out->error = err;
-    return -err;
+    out->error = EINVAL;
+    return -EINVAL;
   };
-  auto finish = [&](int end) {
-    out->crc32 = static_cast<uint32_t>(crc);
-    out->end = end;
-    return 0;
-  };
-  // A read that found no data: 'for now' (precopy) or the end of src.
-  auto ended = [&](int64_t n) { return n == 0 || (o.precopy && n == -ENOMSG); };
 
-  if (chunk == 0) return fail(VFIO_PUMP_READ, EINVAL);
-  if (o.verify && (o.limit < 0 || static_cast<uint64_t>(o.limit) > buf_len)) return fail(VFIO_PUMP_READ, EINVAL);
-  switch (o.frame) {
-    case VFIO_PUMP_FRAME_NONE:
+  const size_t header_len = o.prefix_len + 8;
+  size_t room = buf_len;  // what each buffer holds
+  if (buf2 != nullptr && buf2_len < room) room = buf2_len;
+  if (buf == nullptr || buf_len == 0 || (buf2 != nullptr && buf2_len == 0)) return invalid(VFIO_PUMP_READ);
+  if (o.prefix_len > VFIO_PUMP_MAX_PREFIX || o.seeds > VFIO_PUMP_MAX_SEEDS) return invalid(VFIO_PUMP_READ);
+  switch (o.mode) {
+    case VFIO_PUMP_COPY:
+      if (o.verify && (o.limit < 0 || static_cast<uint64_t>(o.limit) > buf_len)) return invalid(VFIO_PUMP_READ);
       break;
-    case VFIO_PUMP_FRAME_WRITE:
-      if (o.verify || o.frame_chunk == 0 || o.frame_chunk > kMaxIo || buf_len < kChunkHeader ||
-          buf_len - kChunkHeader < o.frame_chunk) {
-        return fail(VFIO_PUMP_READ, EINVAL);
+    case VFIO_PUMP_WRITE_RECORDS:
+      if (o.verify || o.record_size == 0 || o.record_size > kMaxIo || room < header_len ||
+          room - header_len < o.record_size) {
+        return invalid(VFIO_PUMP_READ);
       }
       break;
-    case VFIO_PUMP_FRAME_READ:
-      if (o.verify || o.precopy || o.limit >= 0 || o.frame_max_chunk == 0) return fail(VFIO_PUMP_READ, EINVAL);
+    case VFIO_PUMP_READ_RECORDS:
+      if (o.verify || o.precopy || o.limit >= 0 || o.max_record == 0) return invalid(VFIO_PUMP_READ);
       break;
     default:
-      return fail(VFIO_PUMP_READ, EINVAL);
+      return invalid(VFIO_PUMP_READ);
   }
-  const mode_t dst_type = cancellable || o.writeback > 0 ? FileType(dst) : 0;
-  if (cancellable) {
+
+  Producer pr(o, src);
+  Consumer co{o, PumpEnd{dst, o.dst_offset, POLLOUT}, Waits{}, header_len, out};
+  pr.header_len = header_len;
+  const bool waits = o.cancel_fd >= 0;
+  if (waits) {
     // cancel_fd was opened after the caller got its fds, so it can only share a number with
     // one that was not open at that time: that fd is bad, whatever now lives at its number.
-    if (src == o.cancel_fd) return fail(VFIO_PUMP_READ, EBADF);
-    if (dst == o.cancel_fd) return fail(VFIO_PUMP_WRITE, EBADF);
-    in.prewait = MayWaitIndefinitely(FileType(src));
-    to.prewait = MayWaitIndefinitely(dst_type);
-  }
-  if (o.writeback > 0 && to.pos >= 0 && dst_type == S_IFREG) {
-    to.writeback = o.writeback;
-    to.flushed = to.pos;
-  }
-  // Cancellation is seen within one chunk: an end that may wait polls cancel_fd before each of
-  // its calls (WaitReady); when neither does (file to file), each chunk starts with a check.
-  const bool poll_cancel = cancellable && !in.prewait && !to.prewait;
-
-  if (o.verify) {
-    // Buffer the whole chunk, check it, and only then let it reach dst.
-    const uint64_t want = static_cast<uint64_t>(o.limit);
-    while (out->bytes_read < want) {
-      const size_t len = CapIo(static_cast<size_t>(want - out->bytes_read));
-      int64_t n = PumpRead(in, bytes + out->bytes_read, len, o.cancel_fd);
-      if (ended(n)) return fail(VFIO_PUMP_TRUNCATED, ENODATA);
-      if (n < 0) return fail(VFIO_PUMP_READ, static_cast<int>(-n));
-      crc = Crc32(crc, bytes + out->bytes_read, static_cast<size_t>(n));
-      out->bytes_read += static_cast<uint64_t>(n);
+    if (src == o.cancel_fd) {
+      out->status = VFIO_PUMP_READ;
+      out->error = EBADF;
+      return -EBADF;
     }
-    if (static_cast<uint32_t>(crc) != o.expect_crc) return fail(VFIO_PUMP_CHECKSUM, EBADMSG);
-    int w = PumpWriteAll(to, bytes, static_cast<size_t>(want), o.cancel_fd, &out->bytes);
-    if (w < 0) return fail(VFIO_PUMP_WRITE, -w);
-    return finish(VFIO_PUMP_END_LIMIT);
+    if (dst == o.cancel_fd) {
+      out->status = VFIO_PUMP_WRITE;
+      out->error = EBADF;
+      return -EBADF;
+    }
   }
+  const mode_t dst_type = FileType(dst);
+  PrepareEnd(pr.in, FileType(src), waits, false);
+  // PRE_COPY's "no more data for now" comes from read(2) (0 or ENOMSG), at once, and a driver's
+  // poll need not report it (mlx5 signals new data only): read without polling first.
+  if (o.precopy) pr.in.prewait = false;
+  PrepareEnd(co.to, dst_type, waits, true);
+  pr.waits = Waits{o.cancel_fd, -1, waits ? o.idle_timeout_ms : -1};
+  co.waits = pr.waits;
+  if (o.writeback > 0 && co.to.pos >= 0 && dst_type == S_IFREG) {
+    co.to.writeback = o.writeback;
+    co.to.flushed = co.to.pos;
+  }
+  // Cancellation is seen within one step: an end that may wait polls cancel_fd before each of
+  // its calls (WaitReady); when neither does (file to file), each step starts with a check.
+  pr.poll_cancel = waits && !pr.in.prewait && !co.to.prewait;
 
-  if (o.frame == VFIO_PUMP_FRAME_WRITE) {
-    // Each chunk is gathered at buf + 8 and goes out with its header in front, in one write
-    // (pwrite at the running offset): the header and the payload land together.
-    unsigned char* const payload = bytes + kChunkHeader;
+  int rc = 1;
+  if (buf2 != nullptr && !o.verify) {
+    unsigned char* bufs[2] = {static_cast<unsigned char*>(buf), static_cast<unsigned char*>(buf2)};
+    size_t lens[2] = {buf_len, buf2_len};
+    rc = RunTwoStage(pr, co, bufs, lens);
+  }
+  if (rc == 1) {
+    // One buffer: read, then write, in turn.
+    unsigned char* const b = static_cast<unsigned char*>(buf);
     for (;;) {
-      if (poll_cancel && Cancelled(o.cancel_fd)) return fail(VFIO_PUMP_READ, ECANCELED);
-      size_t want = o.frame_chunk;
-      if (o.limit >= 0) {
-        const uint64_t left = static_cast<uint64_t>(o.limit) - out->bytes_read;
-        if (left == 0) return finish(VFIO_PUMP_END_LIMIT);
-        if (left < want) want = static_cast<size_t>(left);
+      Segment seg;
+      pr.Produce(b, buf_len, &seg);
+      const int w = co.Write(seg);
+      if (w < 0) {
+        out->status = VFIO_PUMP_WRITE;
+        out->error = -w;
+        rc = w;
+        break;
       }
-      size_t got = 0;
-      bool at_end = false;
-      uLong chunk_crc = crc32(0L, Z_NULL, 0);
-      while (got < want) {
-        int64_t n = PumpRead(in, payload + got, want - got, o.cancel_fd);
-        if (ended(n)) {
-          at_end = true;
-          break;
-        }
-        if (n < 0) return fail(VFIO_PUMP_READ, static_cast<int>(-n));
-        // Checksummed right after the kernel wrote it into buf, while it is in cache.
-        chunk_crc = Crc32(chunk_crc, payload + got, static_cast<size_t>(n));
-        got += static_cast<size_t>(n);
-        out->bytes_read += static_cast<uint64_t>(n);
+      if (seg.last) {
+        rc = co.Finish(seg);
+        break;
       }
-      if (got > 0) {  // never an empty chunk: a length of 0 marks the end chunk
-        PutLe32(bytes, static_cast<uint32_t>(got));
-        PutLe32(bytes + 4, static_cast<uint32_t>(chunk_crc));
-        uint64_t sent = 0;
-        int w = PumpWriteAll(to, bytes, kChunkHeader + got, o.cancel_fd, &sent);
-        if (w < 0) return fail(VFIO_PUMP_WRITE, -w);
-        crc = CrcCombine(crc, chunk_crc, got);
-        out->bytes += got;
-        out->written += kChunkHeader + got;
-        out->chunks++;
-        out->table_crc = static_cast<uint32_t>(Crc32(out->table_crc, bytes, kChunkHeader));
-        out->skeleton_crc = static_cast<uint32_t>(Crc32(out->skeleton_crc, bytes, kChunkHeader));
-      }
-      if (at_end) return finish(o.precopy ? VFIO_PUMP_END_FOR_NOW : VFIO_PUMP_END_EOF);
     }
   }
-
-  if (o.frame == VFIO_PUMP_FRAME_READ) {
-    // Each payload is read whole into buf and checked before any of it reaches dst. When buf has
-    // room, the next chunk's header (or the end chunk) is read with the payload, in one pread:
-    // one syscall per chunk instead of two.
-    const uint64_t cap = o.frame_max_chunk < buf_len ? o.frame_max_chunk : buf_len;
-    const int64_t base = o.src_offset >= 0 ? o.src_offset : 0;
-    unsigned char head[kEndChunk];
-    bool have_head = false;  // head holds the header that follows, read with the last payload
-    // Read exactly `len` bytes into `to_buf`, or fail (TRUNCATED at the end of src).
-    auto read_exact = [&](unsigned char* to_buf, size_t len) -> int {
-      int64_t n = PumpReadFull(in, to_buf, len, o.cancel_fd);
-      if (n < 0) return fail(VFIO_PUMP_READ, static_cast<int>(-n));
-      out->bytes_read += static_cast<uint64_t>(n);
-      return static_cast<size_t>(n) < len ? fail(VFIO_PUMP_TRUNCATED, ENODATA) : 0;
-    };
-    uint64_t at = 0;  // offset of the current chunk header from base
-    for (uint64_t i = 0; i < o.frame_chunks; i++) {
-      if (poll_cancel && Cancelled(o.cancel_fd)) return fail(VFIO_PUMP_READ, ECANCELED);
-      out->chunk_offset = base + static_cast<int64_t>(at);
-      if (!have_head) {
-        if (int r = read_exact(head, kChunkHeader)) return r;
-      }
-      const uint32_t len = GetLe32(head);
-      const uint32_t want_crc = GetLe32(head + 4);
-      if (len == 0 || len > cap) {
-        out->chunk_length = len;
-        return fail(VFIO_PUMP_BAD_FRAME, EPROTO);
-      }
-      const size_t next = i + 1 < o.frame_chunks ? kChunkHeader : (o.frame_final ? kEndChunk : 0);
-      const size_t ahead = next > 0 && len + next <= buf_len ? next : 0;
-      const int64_t n = PumpReadFull(in, bytes, len + ahead, o.cancel_fd);
-      if (n < 0) return fail(VFIO_PUMP_READ, static_cast<int>(-n));
-      out->bytes_read += static_cast<uint64_t>(n);
-      if (static_cast<uint64_t>(n) < len) return fail(VFIO_PUMP_TRUNCATED, ENODATA);
-      // src ends inside the header that follows: this chunk is whole and goes out; the failure
-      // is that header's, as if it had been read on its own.
-      const bool cut = static_cast<size_t>(n) < len + ahead;
-      have_head = ahead > 0 && !cut;
-      const uint32_t got_crc = static_cast<uint32_t>(Crc32(0, bytes, len));
-      if (got_crc != want_crc) {
-        out->chunk_length = len;
-        out->chunk_crc_expected = want_crc;
-        out->chunk_crc_actual = got_crc;
-        return fail(VFIO_PUMP_CHECKSUM, EBADMSG);
-      }
-      int w = PumpWriteAll(to, bytes, len, o.cancel_fd, &out->bytes);
-      if (w < 0) return fail(VFIO_PUMP_WRITE, -w);
-      crc = CrcCombine(crc, got_crc, len);
-      out->chunks++;
-      out->table_crc = static_cast<uint32_t>(Crc32(out->table_crc, head, kChunkHeader));
-      at += kChunkHeader + len;
-      if (have_head) std::memcpy(head, bytes + len, next);  // the header read ahead is next
-      if (cut) {
-        out->chunk_offset = base + static_cast<int64_t>(at);
-        return fail(VFIO_PUMP_TRUNCATED, ENODATA);
-      }
-    }
-    if (!o.frame_final) {
-      out->chunk_offset = -1;
-      return finish(VFIO_PUMP_END_LIMIT);
-    }
-    out->chunk_offset = base + static_cast<int64_t>(at);
-    if (!have_head) {
-      if (int r = read_exact(head, kEndChunk)) return r;
-    }
-    if (GetLe32(head) != 0) {
-      out->chunk_length = GetLe32(head);
-      return fail(VFIO_PUMP_BAD_FRAME, EPROTO);
-    }
-    out->end_table_crc = GetLe32(head + 4);
-    out->end_total = GetLe64(head + 8);
-    out->chunk_offset = -1;
-    return finish(VFIO_PUMP_END_EOF);
-  }
-
-  for (;;) {
-    if (poll_cancel && Cancelled(o.cancel_fd)) return fail(VFIO_PUMP_READ, ECANCELED);
-    size_t want = chunk;
-    if (o.limit >= 0) {
-      const uint64_t left = static_cast<uint64_t>(o.limit) - out->bytes_read;
-      if (left == 0) return finish(VFIO_PUMP_END_LIMIT);
-      if (left < want) want = static_cast<size_t>(left);
-    }
-    int64_t n = PumpRead(in, bytes, want, o.cancel_fd);
-    if (ended(n)) return finish(o.precopy ? VFIO_PUMP_END_FOR_NOW : VFIO_PUMP_END_EOF);
-    if (n < 0) return fail(VFIO_PUMP_READ, static_cast<int>(-n));
-    // The chunk was just written into buf by the kernel: checksum it while it is in cache.
-    crc = Crc32(crc, bytes, static_cast<size_t>(n));
-    out->bytes_read += static_cast<uint64_t>(n);
-    int w = PumpWriteAll(to, bytes, static_cast<size_t>(n), o.cancel_fd, &out->bytes);
-    if (w < 0) return fail(VFIO_PUMP_WRITE, -w);
-  }
+  out->bytes_read = pr.taken;
+  out->checksum = pr.crc;
+  if (pr.in.own >= 0) vfio_close(pr.in.own);
+  if (co.to.own >= 0) vfio_close(co.to.own);
+  return rc;
 }
 
-uint64_t vfio_walk_chunks(int fd, vfio_chunk_walk* w, int64_t size, uint32_t max_chunk, uint64_t max_headers, int64_t budget_us) {
+uint64_t vfio_walk_records(int fd, vfio_record_walk* w, int64_t size, const unsigned char* prefix, unsigned prefix_len,
+                           uint32_t max_record, int alg, uint64_t max_headers, int64_t budget_us) {
   const int64_t deadline_ns = budget_us >= 0 ? NowNs() + budget_us * 1000 : -1;
+  const int64_t header_len = static_cast<int64_t>(prefix_len) + 8;
   uint64_t taken = 0;
-  unsigned char head[kChunkHeader];
+  unsigned char head[VFIO_PUMP_MAX_PREFIX + 8];
+  if (prefix_len > VFIO_PUMP_MAX_PREFIX || w->seeds > VFIO_PUMP_MAX_SEEDS) return 0;
   while (taken < max_headers) {
-    if (w->pos < 0 || size - w->pos < static_cast<int64_t>(kChunkHeader)) break;
-    if (vfio_pread(fd, head, kChunkHeader, w->pos) != static_cast<int64_t>(kChunkHeader)) break;
-    const uint32_t len = GetLe32(head);
-    if (len == 0 || len > max_chunk || size - w->pos - static_cast<int64_t>(kChunkHeader) < static_cast<int64_t>(len)) break;
-    w->table_crc = static_cast<uint32_t>(Crc32(w->table_crc, head, kChunkHeader));
-    w->skeleton_crc = static_cast<uint32_t>(Crc32(w->skeleton_crc, head, kChunkHeader));
+    if (w->pos < 0 || size - w->pos < header_len) break;
+    if (vfio_pread(fd, head, static_cast<size_t>(header_len), w->pos) != header_len) break;
+    if (std::memcmp(head, prefix, prefix_len) != 0) break;
+    const uint32_t len = GetLe32(head + prefix_len);
+    if (len == 0 || len > max_record || size - w->pos - header_len < static_cast<int64_t>(len)) break;
+    for (unsigned i = 0; i < w->seeds; i++) w->sum[i] = vfio_checksum(alg, w->sum[i], head, static_cast<size_t>(header_len));
     w->total += len;
     w->count++;
-    w->pos += static_cast<int64_t>(kChunkHeader) + len;
+    w->pos += header_len + len;
     taken++;
     // The clock is read every 16 headers: a header costs ~1 us from the page cache.
     if (deadline_ns >= 0 && taken % 16 == 0 && NowNs() >= deadline_ns) break;
   }
   return taken;
-}
-
-const char* vfio_crc32_implementation() {
-#ifdef VFIO_PCI_HAVE_ISAL
-  return "isa-l";
-#else
-  return "zlib";
-#endif
 }
 
 const char* vfio_errno_name(int err) {

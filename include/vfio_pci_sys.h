@@ -73,113 +73,101 @@ int vfio_eventfd_write(int fd, uint64_t value);
  */
 int vfio_poll(int fd, short events, int timeout_ms);
 
-/** How a pump ended or failed (vfio_pump_result::status). */
-enum vfio_pump_status : int {
-  VFIO_PUMP_OK = 0,
-  /** read(2)/pread(2) on src failed, or the wait for src (poll(2), cancellation). */
-  VFIO_PUMP_READ = 1,
-  /** write(2)/pwrite(2) on dst failed, or the wait for dst. */
-  VFIO_PUMP_WRITE = 2,
-  /** verify: the crc32 of the `limit` bytes read is not expect_crc. Nothing was written. */
-  VFIO_PUMP_CHECKSUM = 3,
-  /**
-   * verify: src ended before `limit` bytes. Nothing was written.
-   * frame read: src ended inside a chunk header, a payload or the end chunk; nothing of that
-   * chunk was written.
-   */
-  VFIO_PUMP_TRUNCATED = 4,
-  /**
-   * frame read: a chunk header's length is outside [1, min(frame_max_chunk, buf_len)], or the
-   * u32 where the end chunk should start is not 0. Nothing of that chunk was written.
-   */
-  VFIO_PUMP_BAD_FRAME = 5,
+// ---- Checksums (addon/checksum.cc) -----------------------------------------------------------
+
+/** Checksum algorithms. The numbers are what files and streams record (src/kernel/pump/checksum.ts). */
+enum vfio_checksum_alg : int {
+  /** CRC-32, IEEE 802.3 polynomial, as zlib's crc32() computes it. */
+  VFIO_CHECKSUM_CRC32 = 1,
+  /** CRC-32C, the Castagnoli polynomial (iSCSI, SCTP, ext4, btrfs), with zlib's conventions. */
+  VFIO_CHECKSUM_CRC32C = 2,
 };
 
 /**
- * The chunk framing of a snapshot's chunked section body (docs/snapshot-format.md, "Chunked
- * body"; src/snapshot/format.ts), which a pump can write or read itself so that one call moves a
- * whole DEVICE_STATE section:
- *
- *   chunk*    : [u32 length n, 1..][u32 crc32 of the payload][n bytes of payload]
- *   end chunk : [u32 0][u32 crc32 over the 8-byte headers of all chunks][u64 total payload bytes]
- *
- * All little-endian; CRC-32 is zlib's crc32(). Which lengths are acceptable (the format's
- * 16 MiB) and whether the chunk table matches is the caller's policy.
+ * The checksum `alg` of `len` bytes at `buf`, continued from `crc` (0 to start, or the result
+ * over the bytes before), with the fastest implementation this CPU has. An unknown `alg` is
+ * taken as CRC-32C. Never fails; any length.
  */
-enum vfio_pump_frame : int {
-  /** No framing: copy bytes (the default). */
-  VFIO_PUMP_FRAME_NONE = 0,
+uint32_t vfio_checksum(int alg, uint32_t crc, const void* buf, size_t len);
+
+/**
+ * The same with implementation number `index` of `alg` (0 is the one vfio_checksum uses; see
+ * vfio_checksum_implementation), into *out: 0, or -EINVAL when there is no such one. For tests
+ * that hold every implementation this CPU has to the same results.
+ */
+int vfio_checksum_with(int alg, int index, uint32_t crc, const void* buf, size_t len, uint32_t* out);
+
+/**
+ * The name of implementation number `index` of `alg` on this CPU, best first ("avx512-vpclmulqdq",
+ * "sse4.2", "armv8-crc", "table", "zlib"), or nullptr past the last one.
+ */
+const char* vfio_checksum_implementation(int alg, int index);
+
+// ---- Pump ----------------------------------------------------------------------------------------
+
+/** What a pump does (vfio_pump_options::mode). */
+enum vfio_pump_mode : int {
+  /** Copy bytes from src to dst. */
+  VFIO_PUMP_COPY = 0,
   /**
-   * Save: read src until its end (or `limit` payload bytes, or precopy's "for now"), gather
-   * each `frame_chunk` bytes (the last chunk may be shorter; an empty chunk is never emitted)
-   * into buf + 8, and write [header][payload] to dst with one write per chunk (looping on short
-   * writes). buf_len must be at least frame_chunk + 8.
+   * Read src and write its bytes as checksummed records:
+   *   record = [prefix: prefix_len bytes][u32 LE payload length n][u32 LE checksum of the payload][n bytes]
+   * each record_size payload bytes (the last one may be shorter; never an empty one), one
+   * write per record (looping on short writes).
    */
-  VFIO_PUMP_FRAME_WRITE = 1,
+  VFIO_PUMP_WRITE_RECORDS = 1,
   /**
-   * Restore: read `frame_chunks` chunks from src; for each, read its header, check its length,
-   * read its payload into buf, check its crc32, and only then write the payload to dst. With
-   * `frame_final`, then read the 16-byte end chunk, check its first u32 is 0, and return its
-   * fields (the caller compares them with table_crc and bytes). The header that follows a
-   * payload (the next chunk's, or the end chunk) is read with it when buf has room for both:
-   * give buf 16 bytes more than the longest chunk for one read per chunk. Nothing past the last
-   * chunk (or the end chunk, with `frame_final`) is read.
+   * Read records from src, check each payload's checksum, and write only the payloads to dst,
+   * each once checked. Stops before a header whose prefix is not `prefix` or whose length is 0
+   * (handing it back: vfio_pump_result::stop_header), after `records` records, or at the end of
+   * src on a record boundary.
    */
-  VFIO_PUMP_FRAME_READ = 2,
+  VFIO_PUMP_READ_RECORDS = 2,
+};
+
+/** How a pump ended or failed (vfio_pump_result::status). */
+enum vfio_pump_status : int {
+  VFIO_PUMP_OK = 0,
+  /** read(2)/pread(2)/recv(2) on src failed, or the wait for src (poll(2), cancellation, idle timeout). */
+  VFIO_PUMP_READ = 1,
+  /** write(2)/pwrite(2)/send(2) on dst failed, or the wait for dst. */
+  VFIO_PUMP_WRITE = 2,
+  /** A checksum mismatch: copy with verify (nothing written), or a record's payload (none of it written). */
+  VFIO_PUMP_CHECKSUM = 3,
+  /** src ended before `limit` bytes (copy with verify; nothing written), or inside a record's header or payload. */
+  VFIO_PUMP_TRUNCATED = 4,
+  /** read records: a length over min(max_record, buffer room). Nothing of that record was written. */
+  VFIO_PUMP_BAD_LENGTH = 5,
 };
 
 /** Why a successful pump stopped (vfio_pump_result::end). */
 enum vfio_pump_end : int {
-  /** read(2) returned 0: end of file (for a STOP_COPY data_fd, the end of the device state). */
+  /** src ended (read(2) returned 0); read records: at a record boundary. */
   VFIO_PUMP_END_EOF = 0,
-  /** Exactly `limit` bytes were copied. */
+  /** Exactly `limit` bytes (write records: payload bytes) were copied. */
   VFIO_PUMP_END_LIMIT = 1,
   /** precopy: read(2) returned 0 or failed with ENOMSG, PRE_COPY's "no more data for now". */
   VFIO_PUMP_END_FOR_NOW = 2,
+  /** read records: `records` records were moved; nothing after them was read (or used). */
+  VFIO_PUMP_END_COUNT = 3,
+  /** read records: a header with another prefix or a length of 0 was read: stop_header holds it. */
+  VFIO_PUMP_END_HEADER = 4,
 };
 
+/** Largest record prefix, and most running header checksums a pump keeps. */
+constexpr unsigned VFIO_PUMP_MAX_PREFIX = 8;
+constexpr unsigned VFIO_PUMP_MAX_SEEDS = 4;
+
 struct vfio_pump_options {
-  /** Copy exactly this many bytes (or fewer at the end of src); < 0: until the end of src. */
+  int mode = VFIO_PUMP_COPY;
+  /** A vfio_checksum_alg: of the copy, and of each record. */
+  int checksum = VFIO_CHECKSUM_CRC32C;
+  /** Copy this many bytes (write records: payload bytes) at most; < 0: until the end of src. Not with READ_RECORDS. */
   int64_t limit = -1;
   /** >= 0: read src with pread(2) from this offset on (advancing), not read(2). */
   int64_t src_offset = -1;
   /** >= 0: write dst with pwrite(2) from this offset on (advancing), not write(2). */
   int64_t dst_offset = -1;
-  /**
-   * Read all `limit` bytes (limit <= buf_len) into buf first and write them only when their
-   * crc32 is `expect_crc`; otherwise fail with VFIO_PUMP_CHECKSUM (or VFIO_PUMP_TRUNCATED when
-   * src ends first) and write nothing.
-   */
-  bool verify = false;
-  uint32_t expect_crc = 0;
-  /** A read(2) of 0 and ENOMSG both end the pump with VFIO_PUMP_END_FOR_NOW (uAPI PRE_COPY). */
-  bool precopy = false;
-  /**
-   * -1, or an fd that becomes readable to cancel the pump (an eventfd). With it, every wait
-   * on a src or dst that may block indefinitely (anything but a regular file or block device)
-   * is a poll(2) on both fds before the syscall, the fd is also checked between chunks, and a
-   * pump cancelled that way fails with -ECANCELED. Without it, the pump blocks inside read(2)/write(2) as the fds dictate.
-   * It must be opened after src and dst: a src or dst equal to it is taken for a stale
-   * number and fails with EBADF.
-   */
-  int cancel_fd = -1;
-  /**
-   * A vfio_pump_frame. WRITE: `limit` counts payload bytes (headers not included); verify must
-   * be off. READ: `limit`, verify and precopy must be off (-EINVAL otherwise).
-   */
-  int frame = VFIO_PUMP_FRAME_NONE;
-  /** WRITE: payload bytes per chunk, >= 1, with frame_chunk + 8 <= buf_len. */
-  uint32_t frame_chunk = 0;
-  /** READ: the largest chunk payload accepted (besides buf_len). */
-  uint32_t frame_max_chunk = UINT32_MAX;
-  /** READ: the number of chunks to move. */
-  uint64_t frame_chunks = 0;
-  /** READ: after the chunks, read the end chunk (VFIO_PUMP_END_EOF); else stop (VFIO_PUMP_END_LIMIT). */
-  bool frame_final = true;
-  /** WRITE and READ: the chunk-table crc32 so far; continued over each 8-byte chunk header. */
-  uint32_t table_crc = 0;
-  /** WRITE: the file's skeleton crc32 so far; continued over each 8-byte chunk header. */
-  uint32_t skeleton_crc = 0;
   /**
    * > 0, with dst a regular file written by position (dst_offset >= 0): after every `writeback`
    * bytes written, start the write-back of them with sync_file_range(SYNC_FILE_RANGE_WRITE), so
@@ -187,94 +175,121 @@ struct vfio_pump_options {
    * pages do not pile up. A hint: its failures are ignored (fsync reports write errors).
    */
   uint64_t writeback = 0;
+  /**
+   * COPY: read all `limit` bytes (limit <= the buffer) first and write them only when their
+   * checksum is `expect`; otherwise fail with VFIO_PUMP_CHECKSUM (or VFIO_PUMP_TRUNCATED when
+   * src ends first) and write nothing.
+   */
+  bool verify = false;
+  uint32_t expect = 0;
+  /** COPY, WRITE_RECORDS: a read(2) of 0 and ENOMSG both end with VFIO_PUMP_END_FOR_NOW (uAPI PRE_COPY). */
+  bool precopy = false;
+  /** Records: the prefix written in front of every header, or expected there. */
+  unsigned prefix_len = 0;
+  unsigned char prefix[VFIO_PUMP_MAX_PREFIX] = {};
+  /** WRITE_RECORDS: payload bytes per record, >= 1; a buffer holds prefix_len + 8 + record_size. */
+  uint32_t record_size = 0;
+  /** READ_RECORDS: the largest payload accepted (besides the buffer's room). */
+  uint32_t max_record = UINT32_MAX;
+  /** READ_RECORDS: stop after this many records (< 0: no limit). */
+  int64_t records = -1;
+  /**
+   * Records: running checksums (`checksum` algorithm) over the headers (prefix, length and
+   * checksum: prefix_len + 8 bytes) of the records written or read, each continued from its seed.
+   */
+  unsigned seeds = 0;
+  uint32_t seed[VFIO_PUMP_MAX_SEEDS] = {};
+  /**
+   * -1, or an fd that becomes readable to cancel the pump (an eventfd). With it, every wait on a
+   * src or dst that may block indefinitely (anything but a regular file or block device) is a
+   * poll(2) on both fds before the syscall, the fd is also checked between chunks, and a pump
+   * cancelled that way fails with -ECANCELED. It must be opened after src and dst: a src or dst
+   * equal to it is taken for a stale number and fails with EBADF.
+   */
+  int cancel_fd = -1;
+  /** >= 0 (with cancel_fd): a wait for src or dst that sees no readiness for this long fails with -ETIMEDOUT. */
+  int idle_timeout_ms = -1;
 };
 
 struct vfio_pump_result {
-  /** Bytes written to dst: all of them on success; on failure, also part of a failing chunk. */
+  /** Bytes written to dst (records: payload bytes), exact on failure too (part of a record only after a failed write). */
   uint64_t bytes;
-  /** Bytes read from src (verify: the bytes buffered before the check or the truncation). */
+  /** Bytes taken from src (read records: up to the end of the last record written; not a handed-back header). */
   uint64_t bytes_read;
-  /** zlib crc32 of the bytes read (equal to those written on success). */
-  uint32_t crc32;
+  /** Bytes written to dst, record headers included. */
+  uint64_t written;
+  /** Records completely written. */
+  uint64_t records;
+  /** COPY: the checksum of the bytes read (equal to those written on success). */
+  uint32_t checksum;
+  /** The running header checksums, continued from opts->seed over the headers of `records` records. */
+  uint32_t header_sums[VFIO_PUMP_MAX_SEEDS];
   /** A vfio_pump_status. */
   int status;
-  /** 0, or the positive errno of the failing syscall (EBADMSG / ENODATA for the verify failures). */
+  /** 0, or the positive errno of the failing syscall (EBADMSG / ENODATA / EPROTO for the format failures). */
   int error;
   /** A vfio_pump_end, when status is VFIO_PUMP_OK. */
   int end;
-  // ---- framed pumps (opts->frame != NONE); with framing, `bytes` counts payload bytes:
-  //      WRITE: those of the chunks completely written (header and payload), also on failure;
-  //      READ: those written to dst, also on failure (part of a chunk may be among them).
-  /** Chunks completely written to dst. */
-  uint64_t chunks;
-  /** WRITE: bytes written to dst for those chunks, headers included (bytes + 8 * chunks). */
-  uint64_t written;
-  /** The chunk-table crc32, continued from opts->table_crc over the headers of those chunks. */
-  uint32_t table_crc;
-  /** WRITE: the skeleton crc32, continued from opts->skeleton_crc over the same headers. */
-  uint32_t skeleton_crc;
-  /** READ with frame_final, on success: the end chunk's chunk-table crc32 and total. */
-  uint32_t end_table_crc;
-  uint64_t end_total;
+  /** READ_RECORDS, end HEADER: the header read (prefix_len + 8 bytes). */
+  unsigned char stop_header[VFIO_PUMP_MAX_PREFIX + 8];
   /**
-   * READ failures of status TRUNCATED, CHECKSUM, BAD_FRAME (and syscall failures): the src
-   * position of the header of the chunk (or end chunk) being handled: opts->src_offset plus
-   * the bytes read before it (from 0 when src is read with read(2)); -1 before any framing.
+   * READ_RECORDS failures: the src position of the header of the record being handled
+   * (opts->src_offset plus what was read before it; from 0 with read(2)); -1 otherwise.
    */
-  int64_t chunk_offset;
-  /** READ, BAD_FRAME: the length field found (for the end chunk, the u32 that is not 0). */
-  uint32_t chunk_length;
-  /** READ, CHECKSUM: the crc32 in the header and the one computed over the payload. */
-  uint32_t chunk_crc_expected;
-  uint32_t chunk_crc_actual;
+  int64_t record_offset;
+  /** BAD_LENGTH: the length found. CHECKSUM (records): the length, and the checksums in the header and computed. */
+  uint32_t record_length;
+  uint32_t record_expected;
+  uint32_t record_actual;
 };
 
 /**
- * Copy from `src` to `dst` through `buf` (`buf_len` bytes, the chunk size); `opts` nullptr
- * means the defaults (read until 0, no limit). EINTR is retried; EAGAIN on either side is
- * waited out with poll(2); short writes are looped on; a write(2) of 0 fails with EIO rather
- * than spin. The crc32 of every chunk is computed right after it is read, while it is in
- * cache.
- *
- * With opts->frame, the section framing above is written or read (vfio_pump_frame).
+ * Move bytes from `src` to `dst` (opts->mode), through `buf` (`buf_len` bytes, not 0) or, with
+ * `buf2` (`buf2_len` bytes), through two buffers: src is then read (and checksummed) on a second
+ * thread into one buffer while the other is written to dst, so that a pump costs about the
+ * longer of the two sides rather than their sum, on a machine with a core free. `opts` nullptr
+ * means the defaults (copy until the end of src). EINTR is retried; EAGAIN on either side is
+ * waited out with poll(2); short writes are looped on; a write of 0 fails with EIO rather than
+ * spin. Sockets are read and written with recv(2)/send(2) (MSG_DONTWAIT, and MSG_NOSIGNAL:
+ * a closed peer is EPIPE, never SIGPIPE); a FIFO without O_NONBLOCK is reopened (through
+ * /proc/self/fd) with O_NONBLOCK for the pump, so that no write blocks inside the kernel where
+ * cancellation and the idle timeout cannot reach it. A record source is never read past what
+ * the pump uses unless it is read by position (a socket's next bytes belong to the caller).
  *
  * Returns 0 (out->end tells why it stopped) or a negative errno with out->status telling what
- * failed: -errno of a syscall (READ/WRITE), -ECANCELED (cancel_fd), -EBADMSG (CHECKSUM),
- * -ENODATA (TRUNCATED), -EPROTO (BAD_FRAME), -EINVAL for a zero `buf_len`, verify with limit
- * outside [0, buf_len], or framing options that do not fit (see vfio_pump_options).
- * out->bytes is exact in every case.
+ * failed: -errno of a syscall (READ/WRITE), -ECANCELED (cancel_fd), -ETIMEDOUT (idle timeout),
+ * -EBADMSG (CHECKSUM), -ENODATA (TRUNCATED), -EPROTO (BAD_LENGTH), -EINVAL for options that do
+ * not fit together or in the buffers. out->bytes is exact in every case.
  */
-int vfio_pump(int src, int dst, void* buf, size_t buf_len, const vfio_pump_options* opts, vfio_pump_result* out);
+int vfio_pump(int src, int dst, void* buf, size_t buf_len, void* buf2, size_t buf2_len, const vfio_pump_options* opts,
+              vfio_pump_result* out);
 
 /**
- * Where a walk over a chunked section's headers (docs/snapshot-format.md) stands: the file
- * offset of the next chunk header, the chunks and payload bytes passed, and the running CRC-32s
- * of their headers (the chunk table's, and the skeleton's that the END section checks).
+ * Where a walk over record headers stands (vfio_walk_records): the file offset of the next
+ * header, the records and payload bytes passed, and the running header checksums.
  */
-struct vfio_chunk_walk {
+struct vfio_record_walk {
   int64_t pos;
   uint64_t count;
   uint64_t total;
-  uint32_t table_crc;
-  uint32_t skeleton_crc;
+  unsigned seeds;
+  uint32_t sum[VFIO_PUMP_MAX_SEEDS];
 };
 
 /**
- * The reader's fast path (src/snapshot/reader.ts, SnapshotReader validation): from `w->pos`,
- * pass over regular chunks — a whole 8-byte header with a length in [1, max_chunk] whose
- * payload ends within `size` — reading only their headers (one pread(2) each) and advancing
- * `*w`. Stops, leaving `w->pos` at that header, at the first one it does not take: the end
- * chunk (length 0), a header that is cut off, out of range or cannot be read (the caller reads
- * it again and says what is wrong), or once `max_headers` were taken or `budget_us`
- * microseconds have passed (the caller calls again). Returns the number of headers taken.
+ * A fast pass over a file's records (the snapshot reader's validation): from `w->pos`, pass over
+ * records — a whole header with `prefix`, a length in [1, max_record], a payload that ends
+ * within `size` — reading only their headers (one pread(2) each) and advancing `*w` (the
+ * header checksums with algorithm `alg`). Stops, leaving `w->pos` at that header, at the first
+ * one it does not take (a length of 0, another prefix, a header cut off, out of range or
+ * unreadable: the caller reads it again and judges), or once `max_headers` were taken or
+ * `budget_us` microseconds have passed (the caller calls again). Returns the headers taken.
  */
-uint64_t vfio_walk_chunks(int fd, vfio_chunk_walk* w, int64_t size, uint32_t max_chunk, uint64_t max_headers, int64_t budget_us);
+uint64_t vfio_walk_records(int fd, vfio_record_walk* w, int64_t size, const unsigned char* prefix, unsigned prefix_len,
+                           uint32_t max_record, int alg, uint64_t max_headers, int64_t budget_us);
 
 /** The symbolic name of a positive errno ("EINVAL"), or nullptr when unknown. */
 const char* vfio_errno_name(int err);
-
-// Which CRC-32 implementation the pump uses: "isa-l" (built with VFIO_PCI_HAVE_ISAL) or "zlib".
-const char* vfio_crc32_implementation();
 
 // ---- sockets (the live-migration transport, src/live/) ----------------------------------------
 //

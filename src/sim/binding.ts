@@ -14,8 +14,9 @@
  *    `virtualFds` is set); with an inner binding these are real kernel objects, and the device
  *    signals a real eventfd through the inner binding's `eventfdWrite`.
  *
- * `pump` copies between any mix of virtual and real fds with this binding's read/write (the inner
- * binding's own pump when both are real), with the options and results of the contract.
+ * The data pump (src/kernel/pump) moves bytes between any mix of virtual and real fds with this
+ * binding's read/write (the JS pump), or, when all of them are real, the inner binding's native
+ * pump (`kernelBinding`).
  *
  * Device specs (src/binding/sim/spec.ts): `sim`, `sim:SIZE`, `sim:SIZE:seed=N:...`, `...#NAME`.
  * Each open of a spec makes a fresh device, unless the spec has a NAME already in this binding's
@@ -27,8 +28,7 @@
  */
 import { VfioError } from '../base/errors';
 import { logger } from '../base/log';
-import { POLLERR, POLLHUP, POLLIN, POLLOUT, type Binding, type PumpOptions, type PumpResult } from '../kernel/binding/types';
-import { pumpArgs, runPump, type PumpIo } from '../kernel/binding/koffi';
+import { POLLERR, POLLHUP, POLLIN, POLLOUT, type Binding } from '../kernel/binding/types';
 import { VFIO_MIG_GET_PRECOPY_INFO } from '../kernel/uapi/vfio';
 import { SimDevice, type DeviceHost, type SimDeviceOptions } from './device';
 import { E, Errno, raise, toVfioError } from './errno';
@@ -98,13 +98,7 @@ export class SimBinding implements Binding {
       signal: (fd) => this.signalEventfd(fd),
       userMemory: (addr, length) => this.memory.view(addr, length) ?? raise(E.EFAULT),
     };
-    const walk = inner?.walkChunks?.bind(inner);
-    // The inner binding's fast path for real files; a virtual fd is never a snapshot file: the
-    // walk takes nothing and the caller's own reads get the virtual fd's errors.
-    if (walk) this.walkChunks = (fd, w, ...rest) => (SimBinding.isVirtualFd(fd) ? { ...w, taken: 0 } : walk(fd, w, ...rest));
   }
-
-  readonly walkChunks?: Binding['walkChunks'];
 
   // ------------------------------------------------------------------ registry and hooks
 
@@ -329,24 +323,14 @@ export class SimBinding implements Binding {
   }
 
   /**
-   * The stream copy of the contract, for any mix of virtual and real fds: the inner binding's
-   * own pump when both fds are real, else the contract's JS loop (runPump, shared with the koffi
-   * binding: same options, ends and errors) over this binding's read/write, or pread/pwrite
-   * with `srcOffset`/`dstOffset`, framing included (`frame`: a virtual data_fd drained into
-   * snapshot chunks, or a snapshot's chunks checked and fed to a virtual RESUMING data_fd). A
-   * virtual PRE_COPY data_fd's temporary end (read() == 0, or ENOMSG with `precopyEnd: 'enomsg'`)
-   * ends it with 'for-now' under `precopy`.
+   * The inner binding when none of `fds` is virtual (it does the syscalls on them: the data
+   * pump's native implementation then serves them, e.g. a device whose data_fd is a real pipe,
+   * SimDeviceOptions.externalDataFd), else undefined: virtual fds are served by the JS pump over
+   * this binding (src/kernel/pump).
    */
-  pump(srcFd: number, dstFd: number, buf: Buffer, opts?: PumpOptions | number): Promise<PumpResult> {
-    const a = pumpArgs('pump', srcFd, dstFd, buf, opts);
-    if (!SimBinding.isVirtualFd(srcFd) && !SimBinding.isVirtualFd(dstFd) && this.inner?.pump) {
-      return this.inner.pump(srcFd, dstFd, buf, opts);
-    }
-    const io: PumpIo = {
-      read: async (fd, view, pos) => (pos === undefined ? this.read(fd, view) : this.pread(fd, view, pos)),
-      write: async (fd, view, pos) => (pos === undefined ? this.write(fd, view) : this.pwrite(fd, view, pos)),
-    };
-    return runPump(io, srcFd, dstFd, a.buf, a.options);
+  kernelBinding(fds: readonly number[]): Binding | undefined {
+    if (!this.inner || fds.some((fd) => SimBinding.isVirtualFd(fd))) return undefined;
+    return this.inner.kernelBinding ? this.inner.kernelBinding(fds) : this.inner;
   }
 
   // ------------------------------------------------------------------ sockets

@@ -3,6 +3,7 @@ import { VfioError } from '../base/errors';
 import * as f from './format';
 import { SnapshotReader, type OpenOptions } from './reader';
 import { flagNames, MIGRATION_FLAG_NAMES } from '../kernel/uapi/vfio';
+import { CHECKSUM_TITLES, isChecksumAlgorithm } from '../kernel/pump/checksum';
 
 export interface Inspection {
   file: string;
@@ -10,6 +11,8 @@ export interface Inspection {
   /** The first problem found, when not ok. */
   error?: { code: string; message: string };
   version?: number;
+  /** The checksum algorithm of the file ('crc32c', 'crc32'). */
+  checksum?: string;
   created?: string;
   size?: number;
   sections: Array<{ offset: number; type: string; device: number | null; required: boolean; chunked: boolean; bytes: number; chunks?: number; checksum: 'ok' | 'bad' | 'unchecked' }>;
@@ -17,7 +20,7 @@ export interface Inspection {
 }
 
 /**
- * Validate `file` fully (every chunk's crc32 too) and describe it. Never throws for a bad file.
+ * Validate `file` fully (every chunk's checksum too) and describe it. Never throws for a bad file.
  * `opts.binding`: read headers through it (SnapshotReader.open); the verdict is the same.
  */
 export async function inspectSnapshot(file: string, opts: OpenOptions = {}): Promise<Inspection> {
@@ -26,6 +29,7 @@ export async function inspectSnapshot(file: string, opts: OpenOptions = {}): Pro
   try {
     reader = await SnapshotReader.open(file, opts);
     res.version = reader.header.version;
+    res.checksum = reader.checksum;
     res.created = new Date(reader.header.created).toISOString();
     res.size = reader.size;
     for (const s of reader.sections) {
@@ -68,7 +72,10 @@ export async function inspectSnapshot(file: string, opts: OpenOptions = {}): Pro
 
 export function formatInspection(r: Inspection): string {
   const lines = [`${r.file}: ${r.ok ? 'OK' : `INVALID (${r.error?.code})`}`];
-  if (r.version !== undefined) lines.push(`  format version ${r.version}, created ${r.created}, ${r.size} bytes`);
+  if (r.version !== undefined) {
+    const alg = r.checksum && isChecksumAlgorithm(r.checksum) ? CHECKSUM_TITLES[r.checksum] : r.checksum;
+    lines.push(`  format version ${r.version}, checksums ${alg}, created ${r.created}, ${r.size} bytes`);
+  }
   for (const s of r.sections) {
     const chunks = s.chunks !== undefined ? `, ${s.chunks} chunks` : '';
     lines.push(`  @${s.offset} ${s.type.padEnd(12)} device ${s.device ?? '-'} ${s.required ? 'required' : 'optional'} ${s.bytes} bytes${chunks}  checksum ${s.checksum}`);

@@ -2,11 +2,11 @@
  * Reading and validating a snapshot file (format: ./format.ts, docs/snapshot-format.md).
  *
  * `SnapshotReader.open()` checks everything that can be checked without reading the state
- * streams' payloads: the file header, every section header, every plain body's crc32, the
+ * streams' payloads: the file header, every section header, every plain body's checksum, the
  * chain of chunk headers of every chunked section (lengths within the file, the end chunk's
- * total and chunk-table crc), the END section and the skeleton crc32 over all of it, and that
+ * total and chunk-table crc), the END section and the skeleton checksum over all of it, and that
  * every required section is of a known type. Chunk payloads are checked as they are streamed
- * (`chunks()`): each chunk's crc32 is verified before the chunk is handed out, so a corrupted
+ * (`chunks()`): each chunk's checksum is verified before the chunk is handed out, so a corrupted
  * chunk never reaches a device.
  *
  * Any malformed input ends in a `VfioError` of kind 'format' — never a crash or a hang: every
@@ -15,13 +15,17 @@
  * The bytes come from a `SnapshotSource` (a size and positional reads): a file (`open()`) or a
  * Buffer already in memory (`fromBuffer()`, for tests and fuzzing). Both go through the same
  * validation and streaming code. A file opened with a binding (`open(file, { binding })`, as
- * restore does with the device's) reads its headers through it, and lets the native addon pass
- * over runs of regular chunk headers (Binding.walkChunks); every header the fast path does not
- * take — the end chunk, anything malformed — is judged here, so the verdicts are the same
- * (the fuzz test compares them).
+ * restore does with the device's) reads its headers through it, and lets the native pump pass
+ * over runs of regular chunk headers (its record walk, src/kernel/pump); every header the fast
+ * path does not take — the end chunk, anything malformed — is judged here, so the verdicts are
+ * the same (the fuzz test compares them).
+ *
+ * Every checksum is the file's algorithm (FileHeader.checksum): CRC-32C in version 2 files, or
+ * whatever their header names; CRC-32 in version 1 files.
  */
 import * as fs from 'node:fs';
-import type { Binding, ChunkWalk } from '../kernel/binding/types';
+import type { Binding } from '../kernel/binding/types';
+import { recordWalkerFor } from '../kernel/pump';
 import { VfioError, fsError, type ErrnoName } from '../base/errors';
 import { DEFAULT_BUFFER_SIZE } from '../kernel/stream';
 import * as f from './format';
@@ -39,24 +43,40 @@ export interface SnapshotSource {
   read(buf: Buffer, pos: number): Promise<number>;
   readSync?(buf: Buffer, pos: number): number;
   /**
-   * Pass over regular chunks from `walk.pos` (Binding.walkChunks: whole headers, lengths in
-   * [1, maxChunk], payloads within the source), without waiting longer than about a
+   * Pass over regular chunks from `walk.pos` (the native pump's record walk: whole headers,
+   * lengths in [1, maxChunk], payloads within the source), without waiting longer than about a
    * millisecond; stops at the first header it does not take, for the reader to judge.
    */
-  walkChunks?(walk: ChunkWalk, maxChunk: number): ChunkWalk & { taken: number };
+  walkChunks?(walk: ChunkWalk, maxChunk: number, alg: f.ChecksumAlgorithm): ChunkWalk & { taken: number };
   close(): Promise<void>;
   /** The file descriptor when the source is a file (for a pump reading it by position). */
   readonly fd?: number;
 }
 
+/** Where a walk over a chunked section's headers stands (SnapshotSource.walkChunks). */
+export interface ChunkWalk {
+  /** File offset of the next chunk header. */
+  pos: number;
+  /** Chunks passed. */
+  count: number;
+  /** Their payload bytes. */
+  total: number;
+  /** Running checksum of the headers passed: the end chunk's chunk-table checksum. */
+  tableCrc: number;
+  /** The same headers added to the file skeleton's checksum (the END section's). */
+  skeletonCrc: number;
+}
+
+const NO_PREFIX = Buffer.alloc(0);
+
 /**
  * A snapshot file opened read-only (close-on-exec, as Node opens every file). With a binding,
  * header reads go through its pread (~1 µs a call even before the JIT has warmed up, against
- * 5–10 µs for fs.readSync in a fresh process) and runs of chunk headers through its
- * walkChunks when it has one (the native addon: 1024 headers, a 1 GiB state, in ~0.5 ms).
+ * 5–10 µs for fs.readSync in a fresh process) and runs of chunk headers through the native
+ * pump's record walk when it serves the binding (1024 headers, a 1 GiB state, in ~0.5 ms).
  */
 class FileSource implements SnapshotSource {
-  readonly walkChunks?: (walk: ChunkWalk, maxChunk: number) => ChunkWalk & { taken: number };
+  readonly walkChunks?: (walk: ChunkWalk, maxChunk: number, alg: f.ChecksumAlgorithm) => ChunkWalk & { taken: number };
   private closed = false;
 
   private constructor(
@@ -64,8 +84,15 @@ class FileSource implements SnapshotSource {
     readonly size: number,
     private readonly binding?: ReaderBinding,
   ) {
-    const walk = binding?.walkChunks?.bind(binding);
-    if (walk) this.walkChunks = (w, maxChunk) => walk(fd, w, size, maxChunk, WALK_MAX_HEADERS, WALK_BUDGET_US);
+    const walk = binding && recordWalkerFor(binding, fd);
+    if (walk) {
+      this.walkChunks = (w, maxChunk, alg) => {
+        const r = walk(fd, { pos: w.pos, count: w.count, total: w.total, sums: [w.tableCrc, w.skeletonCrc] }, size, {
+          prefix: NO_PREFIX, maxRecord: maxChunk, checksum: alg, maxHeaders: WALK_MAX_HEADERS, budgetUs: WALK_BUDGET_US,
+        });
+        return { pos: r.pos, count: r.count, total: r.total, tableCrc: r.sums[0], skeletonCrc: r.sums[1], taken: r.taken };
+      };
+    }
   }
 
   /**
@@ -129,14 +156,14 @@ function fsRead(fd: number, buf: Buffer, off: number, len: number, pos: number):
   return new Promise((resolve, reject) => fs.read(fd, buf, off, len, pos, (e, n) => (e ? reject(e) : resolve(n))));
 }
 
-/** What the reader uses of a binding (src/binding/types.ts). */
-export type ReaderBinding = Pick<Binding, 'pread' | 'walkChunks'>;
+/** The binding a reader may read headers with (src/kernel/binding/types.ts). */
+export type ReaderBinding = Binding;
 
 /** Options of SnapshotReader.open. */
 export interface OpenOptions {
   /**
-   * Read headers with this binding (e.g. the device's): its pread, and its walkChunks when it
-   * has one. Default: fs.readSync. The verdict is the same either way.
+   * Read headers with this binding (e.g. the device's): its pread, and the native pump's record
+   * walk when that serves it. Default: fs.readSync. The verdict is the same either way.
    */
   binding?: ReaderBinding;
 }
@@ -144,7 +171,7 @@ export interface OpenOptions {
 /** Plain bodies up to this size are read synchronously, like headers. */
 const SMALL_BODY = 64 * 1024;
 
-/** One Binding.walkChunks call takes at most this many headers, or runs about this long. */
+/** One record walk takes at most this many headers, or runs about this long. */
 const WALK_MAX_HEADERS = 4096;
 const WALK_BUDGET_US = 1000;
 
@@ -243,6 +270,11 @@ export class SnapshotReader {
     return this.source.fd;
   }
 
+  /** The algorithm of every checksum in the file (from its header; CRC-32 for version 1). */
+  get checksum(): f.ChecksumAlgorithm {
+    return this.header.checksum;
+  }
+
   /** Body of a plain section (validated at open). */
   body(entry: SectionEntry): Buffer {
     const b = this.plain.get(entry);
@@ -288,7 +320,7 @@ export class SnapshotReader {
 
   /**
    * Stream the payload of a chunked section, chunk by chunk, into `buf` (reused; each yielded
-   * Buffer is a view of it, valid until the next iteration). Each chunk's crc32 is checked
+   * Buffer is a view of it, valid until the next iteration). Each chunk's checksum is checked
    * before it is yielded; the chunk table crc and total at the end. The chunk headers are read
    * again and held to what open() found (lengths within the file, the same count), so a file
    * changed since open() cannot make the reader over-allocate or run past the section. A
@@ -299,7 +331,7 @@ export class SnapshotReader {
       if (c.length > buf.length) buf = Buffer.allocUnsafe(c.length);
       const view = buf.subarray(0, c.length);
       await this.readExact(view, c.payloadAt);
-      if (f.crc32(view) !== c.crc) throw this.changed(entry, `checksum mismatch in chunk ${c.index} (file offset ${c.payloadAt - f.CHUNK_HEADER_SIZE})`);
+      if (f.sum(this.checksum, view) !== c.crc) throw this.changed(entry, `checksum mismatch in chunk ${c.index} (file offset ${c.payloadAt - f.CHUNK_HEADER_SIZE})`);
       yield view;
     }
   }
@@ -307,8 +339,8 @@ export class SnapshotReader {
   /**
    * Walk the chunk headers of a chunked section, re-reading them from the source (a file may
    * change after it was validated): each length is checked against the file and MAX_CHUNK, and
-   * after the last chunk the end chunk's table crc32 and total are verified — so a consumer
-   * that writes each chunk somewhere (a native pump with `expectCrc`) learns of lost, reordered
+   * after the last chunk the end chunk's table checksum and total are verified — so a consumer
+   * that writes each chunk somewhere (a pump with `expectChecksum`) learns of lost, reordered
    * or altered chunks before the device leaves RESUMING. Payloads are not read here.
    */
   async *chunkHeaders(entry: SectionEntry): AsyncGenerator<{ index: number; payloadAt: number; length: number; crc: number }> {
@@ -326,11 +358,22 @@ export class SnapshotReader {
       if (len === 0 || len > f.MAX_CHUNK || pos + f.CHUNK_HEADER_SIZE + len > this.size) {
         throw this.changed(entry, `chunk ${i} (file offset ${pos}) changed since the file was opened`);
       }
-      table = f.crc32(head, table);
+      table = f.sum(this.checksum, head, table);
       total += len;
       yield { index: i, payloadAt: pos + f.CHUNK_HEADER_SIZE, length: len, crc };
       pos += f.CHUNK_HEADER_SIZE + len;
     }
+    await this.checkEndChunk(entry, pos, table, total);
+  }
+
+  /**
+   * Read the end chunk of `entry` at file offset `pos` again and hold it to the chunk table
+   * checksum and total of the chunks streamed before it: EVFIO_SNAPSHOT_CHECKSUM (this.changed)
+   * when the file no longer says so (chunks lost, reordered or altered since it was validated).
+   */
+  async checkEndChunk(entry: SectionEntry, pos: number, table: number, total: number): Promise<void> {
+    const hdr = Buffer.alloc(f.END_CHUNK_SIZE);
+    if (pos + f.END_CHUNK_SIZE > this.size) throw this.changed(entry, tableMismatch(pos));
     await this.readSmall(hdr, pos);
     if (hdr.readUInt32LE(0) !== 0 || hdr.readUInt32LE(4) !== table >>> 0 || Number(hdr.readBigUInt64LE(8)) !== total) {
       throw this.changed(entry, tableMismatch(pos));
@@ -354,18 +397,19 @@ export class SnapshotReader {
     const head = Buffer.alloc(f.FILE_HEADER_SIZE);
     const n = this.source.readSync ? this.readNow(head, 0) : await this.readAt(head, 0);
     this.header = f.decodeFileHeader(head.subarray(0, n));
-    let skeleton = f.crc32(head);
+    const alg = this.checksum;
+    let skeleton = f.sum(alg, head);
     let pos = f.FILE_HEADER_SIZE;
     const sh = Buffer.alloc(f.SECTION_HEADER_SIZE);
     for (;;) {
       if (pos + f.SECTION_HEADER_SIZE > this.size) throw truncated(`the file ends at ${this.size} before an END section`);
       await this.readSmall(sh, pos);
-      const header = f.decodeSectionHeader(sh, pos);
+      const header = f.decodeSectionHeader(sh, pos, alg);
       if (header.type === f.SectionType.END) {
         await this.checkEnd(header, pos, skeleton);
         return;
       }
-      skeleton = f.crc32(sh, skeleton);
+      skeleton = f.sum(alg, sh, skeleton);
       // An optional section with reserved flag bits is skipped like one of an unknown type.
       const unknown = !KNOWN_TYPES.has(header.type) || (header.flags & ~f.KNOWN_SECTION_FLAGS) !== 0;
       if (unknown && header.flags & f.SECTION_FLAG_REQUIRED) {
@@ -388,10 +432,10 @@ export class SnapshotReader {
         // Plain bodies are small (DEVICE, CONFIG, PCI_MODEL: at most a few KiB): read like headers.
         if (header.length <= SMALL_BODY) await this.readSmall(body, entry.bodyAt);
         else await this.readExact(body, entry.bodyAt);
-        if (f.crc32(body) !== header.crc) {
+        if (f.sum(alg, body) !== header.crc) {
           throw new VfioError(`checksum mismatch in the ${f.sectionTypeName(header.type)} section at offset ${pos}`, { code: 'EVFIO_SNAPSHOT_CHECKSUM', kind: 'format' });
         }
-        skeleton = f.crc32(body, skeleton);
+        skeleton = f.sum(alg, body, skeleton);
         if (!unknown) this.plain.set(entry, body);
         pos = entry.bodyAt + header.length;
       }
@@ -400,6 +444,7 @@ export class SnapshotReader {
   }
 
   private async walkChunks(start: number, skeleton: number): Promise<{ count: number; total: number; end: number; skeleton: number }> {
+    const alg = this.checksum;
     const hdr = Buffer.alloc(f.END_CHUNK_SIZE);
     const h = hdr.subarray(0, f.CHUNK_HEADER_SIZE);
     let pos = start;
@@ -410,7 +455,7 @@ export class SnapshotReader {
       if (this.source.walkChunks) {
         // The source's fast path passes over the regular chunks; the loop below judges the
         // header it stopped at (the end chunk, a bad one, or one past its time budget).
-        const w = this.source.walkChunks({ pos, count, total, tableCrc: table, skeletonCrc: skeleton }, f.MAX_CHUNK);
+        const w = this.source.walkChunks({ pos, count, total, tableCrc: table, skeletonCrc: skeleton }, f.MAX_CHUNK, alg);
         if (w.taken > 0) {
           ({ pos, count, total } = w);
           table = w.tableCrc;
@@ -425,7 +470,7 @@ export class SnapshotReader {
       if (len === 0) {
         if (pos + f.END_CHUNK_SIZE > this.size) throw truncated(`the end chunk at ${pos} is cut off`);
         await this.readSmall(hdr, pos);
-        skeleton = f.crc32(hdr, skeleton);
+        skeleton = f.sum(alg, hdr, skeleton);
         if (hdr.readUInt32LE(4) !== table >>> 0 || Number(hdr.readBigUInt64LE(8)) !== total) {
           throw new VfioError(tableMismatch(pos), { code: 'EVFIO_SNAPSHOT_CHECKSUM', kind: 'format' });
         }
@@ -433,8 +478,8 @@ export class SnapshotReader {
       }
       if (len > f.MAX_CHUNK) throw f.formatError(`chunk at ${pos} claims ${len} bytes, over the ${f.MAX_CHUNK}-byte limit`);
       if (pos + f.CHUNK_HEADER_SIZE + len > this.size) throw truncated(`chunk at ${pos} needs ${len} bytes`);
-      table = f.crc32(h, table);
-      skeleton = f.crc32(h, skeleton);
+      table = f.sum(alg, h, table);
+      skeleton = f.sum(alg, h, skeleton);
       total += len;
       count++;
       pos += f.CHUNK_HEADER_SIZE + len;
@@ -447,7 +492,7 @@ export class SnapshotReader {
     if (bodyAt + f.END_BODY_SIZE > this.size) throw truncated('the END section is cut off');
     const body = Buffer.alloc(f.END_BODY_SIZE);
     await this.readSmall(body, bodyAt);
-    if (f.crc32(body) !== header.crc) throw f.formatError('END section checksum mismatch');
+    if (f.sum(this.checksum, body) !== header.crc) throw f.formatError('END section checksum mismatch');
     const end = f.decodeEndBody(body);
     if (end.endOffset !== at || end.sections !== this.sections.length) {
       throw f.formatError(`END section says ${end.sections} sections ending at ${end.endOffset}, found ${this.sections.length} ending at ${at}`);
@@ -507,7 +552,7 @@ export class SnapshotReader {
   }
 }
 
-/** What an end chunk at `pos` whose chunk-table crc32 or total does not match says. */
+/** What an end chunk at `pos` whose chunk-table checksum or total does not match says. */
 export function tableMismatch(pos: number): string {
   return `chunk table checksum or total mismatch at offset ${pos} (chunks lost, reordered or altered)`;
 }

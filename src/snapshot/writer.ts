@@ -5,9 +5,11 @@
  * removes the temporary file; the destination is untouched until the rename.
  *
  * All writes are positional (pwrite at the writer's own position; the fd's offset is unused),
- * so the chunks of a section can be written straight into the file by a framed pump
- * (`Binding.pump` with `frame: { mode: 'write' }`) from `framedStart()` on and then accounted
- * with `commitFramed()`: the writer stays the only owner of its position and checksums.
+ * so the chunks of a section can be written straight into the file by the data pump
+ * (`Pump.writeRecords`, src/kernel/pump) from `framedStart()` on and then accounted with
+ * `commitFramed()`: the writer stays the only owner of its position and checksums.
+ *
+ * Files are written in format version 2 with CRC-32C (or `checksum`), named in the header.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -29,6 +31,8 @@ export interface WriterOptions {
    * framebuffers, NIC queues, keys — and libvirt writes its save images 0600 too).
    */
   mode?: number;
+  /** The checksum algorithm of the file (default 'crc32c'), recorded in its header. */
+  checksum?: f.ChecksumAlgorithm;
 }
 
 /** A Node fs error of `op` on `file` as a VfioError (errors.ts fsError); anything else unchanged. */
@@ -76,7 +80,7 @@ export class SnapshotWriter {
     }
     const w = new SnapshotWriter(finalPath, tempPath, fh, opts);
     try {
-      await w.put(f.encodeFileHeader(opts.created ?? Date.now()), true);
+      await w.put(f.encodeFileHeader(opts.created ?? Date.now(), w.checksum), true);
     } catch (e) {
       await w.abort();
       throw e;
@@ -84,7 +88,12 @@ export class SnapshotWriter {
     return w;
   }
 
-  /** The temporary file's fd (for a native pump writing chunk payloads). */
+  /** The checksum algorithm of every checksum in the file (a pump writing chunks uses it too). */
+  get checksum(): f.ChecksumAlgorithm {
+    return this.opts.checksum ?? f.DEFAULT_FILE_CHECKSUM;
+  }
+
+  /** The temporary file's fd (for a pump writing chunks). */
   get fd(): number {
     return this.fh.fd;
   }
@@ -99,11 +108,11 @@ export class SnapshotWriter {
     return this.pos;
   }
 
-  /** Write a plain section: header with the body's length and crc32, then the body. */
+  /** Write a plain section: header with the body's length and checksum, then the body. */
   async writeSection(type: f.SectionType, device: number, body: Buffer, required = true): Promise<void> {
     this.assertOpen(false);
     const flags = required ? f.SECTION_FLAG_REQUIRED : 0;
-    await this.put(f.encodeSectionHeader({ type, flags, device, length: body.length, crc: f.crc32(body) }), true);
+    await this.put(f.encodeSectionHeader({ type, flags, device, length: body.length, crc: f.sum(this.checksum, body) }, this.checksum), true);
     await this.put(body, true);
     this.sections++;
   }
@@ -113,24 +122,25 @@ export class SnapshotWriter {
     this.assertOpen(false);
     const flags = (required ? f.SECTION_FLAG_REQUIRED : 0) | f.SECTION_FLAG_CHUNKED;
     const headerAt = this.pos;
-    await this.put(f.encodeSectionHeader({ type, flags, device, length: 0, crc: 0 }), true);
+    await this.put(f.encodeSectionHeader({ type, flags, device, length: 0, crc: 0 }, this.checksum), true);
     this.chunked = { table: 0, total: 0, count: 0, headerAt };
   }
 
   /** Append one chunk whose payload is `data` (not kept after the promise settles). Empty data is skipped. */
   async writeChunk(data: Buffer): Promise<void> {
     if (data.length === 0) return;
-    const crc = f.crc32(data);
+    const crc = f.sum(this.checksum, data);
     const hdr = this.chunkHeader(data.length, crc);
     await this.put(hdr, true);
     await this.put(data, false);
   }
 
   /**
-   * Where a framed pump writes the next chunks of the open chunked section, and the running
-   * CRC-32s it continues over their 8-byte headers: `offset` (the file offset of the next chunk
-   * header: the pump's `dstOffset`), `tableCrc` (the section's chunk table so far) and
-   * `skeletonCrc` (the file's skeleton so far). Nothing else may write until `commitFramed()`.
+   * Where a pump writes the next chunks of the open chunked section (`Pump.writeRecords`, no
+   * prefix, the writer's `checksum`), and the running checksums it continues over their 8-byte
+   * headers: `offset` (the file offset of the next chunk header: the pump's `dstOffset`),
+   * `tableCrc` (the section's chunk table so far) and `skeletonCrc` (the file's skeleton so
+   * far). Nothing else may write until `commitFramed()`.
    */
   framedStart(): { offset: number; tableCrc: number; skeletonCrc: number } {
     this.assertOpen(true);
@@ -138,9 +148,9 @@ export class SnapshotWriter {
   }
 
   /**
-   * Account the chunks a framed pump wrote from `framedStart()` on (its PumpFramedWriteResult):
-   * the position advances by `written`, the section's total by `bytes` and its chunk count by
-   * `chunks`; the chunk-table and skeleton CRC-32s become the pump's. A result whose sizes do not
+   * Account the chunks a pump wrote from `framedStart()` on: the position advances by
+   * `written`, the section's total by `bytes` and its chunk count by `chunks`; the chunk-table
+   * and skeleton checksums become the pump's. A result whose sizes do not
    * add up (`written` ≠ `bytes` + 8 × `chunks`, or more chunks than payload bytes) is refused
    * (EVFIO_WRITER_STATE) and nothing changes.
    */
@@ -179,7 +189,10 @@ export class SnapshotWriter {
     try {
       const endAt = this.pos;
       const body = f.encodeEndBody({ endOffset: endAt, skeletonCrc: this.skeleton, sections: this.sections });
-      await this.put(f.encodeSectionHeader({ type: f.SectionType.END, flags: f.SECTION_FLAG_REQUIRED, device: f.FILE_WIDE, length: body.length, crc: f.crc32(body) }), false);
+      await this.put(
+        f.encodeSectionHeader({ type: f.SectionType.END, flags: f.SECTION_FLAG_REQUIRED, device: f.FILE_WIDE, length: body.length, crc: f.sum(this.checksum, body) }, this.checksum),
+        false,
+      );
       await this.put(body, false);
       const t0 = performance.now();
       if (!this.opts.noSync) await this.fh.sync();
@@ -213,7 +226,7 @@ export class SnapshotWriter {
     if (length > f.MAX_CHUNK) throw new RangeError(`chunk of ${length} bytes is over the ${f.MAX_CHUNK}-byte limit`);
     const hdr = f.encodeChunkHeader(length, crc);
     const c = this.chunked!;
-    c.table = f.crc32(hdr, c.table);
+    c.table = f.sum(this.checksum, hdr, c.table);
     c.total += length;
     c.count++;
     return hdr;
@@ -237,7 +250,7 @@ export class SnapshotWriter {
     } catch (e) {
       throw ioError(e, 'write', this.tempPath);
     }
-    if (skeleton) this.skeleton = f.crc32(b, this.skeleton);
+    if (skeleton) this.skeleton = f.sum(this.checksum, b, this.skeleton);
     this.pos += b.length;
   }
 }

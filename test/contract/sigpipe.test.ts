@@ -17,6 +17,7 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VfioError } from '../../src/base/errors';
 import { KoffiBinding } from '../../src/kernel/binding/koffi';
+import { pumpFor } from '../../src/kernel/pump';
 import { NativeBinding } from '../../src/kernel/binding/native';
 import { POLLIN, type Binding } from '../../src/kernel/binding/types';
 import { AF_UNIX, SOCK_STREAM, encodeSockaddr } from '../../src/kernel/uapi/socket';
@@ -124,15 +125,17 @@ describe('SIGPIPE with the default disposition: native addon, other writers', ()
   });
 
   const native = new NativeBinding();
-  it.skipIf(typeof native.pump !== 'function')(
-    'the pump, writing from its own thread into a socket whose peer closed, rejects EPIPE',
+  it(
+    'the native pump, writing from its own thread into a socket whose peer closed, rejects EPIPE',
     async () => {
       const fd = await deadPeer(native, 'pump');
       const [r, w] = native.pipe();
       try {
         await native.write(w, Buffer.alloc(64 * 1024, 1));
         native.close(w);
-        const e = await native.pump!(r, fd, Buffer.alloc(4096)).then(
+        const pump = pumpFor(native, [r, fd]);
+        expect(pump.name).toBe('native');
+        const e = await pump.copy(r, fd, Buffer.alloc(4096)).then(
           () => undefined,
           (err: unknown) => err,
         );

@@ -1,19 +1,18 @@
 /**
- * The pump of the simulated binding on virtual fds (the JS loop it shares with koffi), where the
- * contract suite cannot reach: a PRE_COPY data_fd whose temporary end is ENOMSG (the uAPI's
+ * The data pump on the simulated device's virtual fds (the JS pump over SimBinding), where the
+ * pump contract suite cannot reach: a PRE_COPY data_fd whose temporary end is ENOMSG (the uAPI's
  * wording) or a read of 0 (mtty's), and a RESUMING data_fd that must never see a corrupted
- * chunk. Real files come from the native binding the sim wraps.
+ * record. Real files come from the native binding the sim wraps; a set of fds that are all
+ * real goes to the native pump.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { crc32 } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VfioError } from '../../src/base/errors';
-import { KoffiBinding } from '../../src/kernel/binding/koffi';
 import { NativeBinding } from '../../src/kernel/binding/native';
+import { jsChecksum, pumpFor, type Pump, type PumpError } from '../../src/kernel/pump';
 import { SimBinding, simStream } from '../../src/sim';
-import type { PumpError } from '../../src/kernel/binding/types';
 import * as s from '../../src/kernel/uapi/structs';
 import * as v from '../../src/kernel/uapi/vfio';
 import { MigState } from '../../src/kernel/uapi/vfio';
@@ -22,6 +21,7 @@ const { O_RDONLY, O_RDWR, O_CREAT, O_TRUNC } = fs.constants;
 const ENOMSG = os.constants.errno.ENOMSG;
 const HDR = simStream.HEADER_SIZE;
 const TRL = simStream.TRAILER_SIZE;
+const crc32c = (b: Buffer, seed = 0) => jsChecksum.crc32c(b, seed);
 
 function setState(b: SimBinding, fd: number, state: number): number {
   const buf = s.encodeMigStateSet(state);
@@ -48,6 +48,9 @@ beforeAll(() => {
 });
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
+/** The pump for these fds of `b`. */
+const pump = (...fds: number[]): Pump => pumpFor(b, fds);
+
 /** A fresh named sim device, opened. */
 function device(opts: Parameters<SimBinding['createDevice']>[1]): number {
   const name = `pump${++serial}`;
@@ -60,31 +63,45 @@ function output(name: string): { fd: number; file: string } {
   return { fd: b.open(file, O_RDWR | O_CREAT | O_TRUNC, 0o600), file };
 }
 
-describe('sim pump on a PRE_COPY data_fd', () => {
-  it("precopy: ENOMSG (uAPI) ends the pump with 'for-now'; without precopy it rejects, with bytesDone", async () => {
+describe('which pump serves which fds', () => {
+  it('the JS pump for any virtual fd, the native pump when every fd is real', () => {
+    const dev = device({});
+    const out = output('which.bin');
+    try {
+      expect(pump(dev, out.fd).name).toBe('js');
+      expect(pump(out.fd, dev).name).toBe('js');
+      expect(pump(out.fd, out.fd).name).toBe('native');
+      expect(pumpFor(new SimBinding(undefined, { virtualFds: true }), [3, 4]).name).toBe('js');
+    } finally {
+      b.close(out.fd);
+      b.close(dev);
+    }
+  });
+});
+
+describe('pump on a PRE_COPY data_fd', () => {
+  it("precopy: ENOMSG (uAPI) ends the copy with 'for-now'; without precopy the pump waits for data like on any stream", async () => {
     const dev = device({ size: 8192, precopyBytes: 4096, precopyEnd: 'enomsg', seed: 5 });
     const out = output('enomsg.bin');
     const dataFd = setState(b, dev, MigState.PRE_COPY);
     try {
-      // Without precopy, ENOMSG is an ordinary read error, after everything available was copied.
-      const err = await rejection(b.pump(dataFd, out.fd, Buffer.alloc(1000)));
-      expect({ code: err.code, errno: err.errno, syscall: err.syscall, bytesDone: err.bytesDone }).toEqual({
-        code: 'ENOMSG',
-        errno: ENOMSG,
-        syscall: 'read',
-        bytesDone: HDR + 4096,
-      });
-      // With precopy it is "no more data for now", again and again.
-      expect(await b.pump(dataFd, out.fd, Buffer.alloc(1000), { precopy: true })).toEqual({ bytes: 0, crc32: 0, end: 'for-now' });
-      // STOP_COPY on the same fd: the rest of the stream, to its permanent end.
+      const p = pump(dataFd, out.fd);
+      // Without precopy: what there is, then a wait for more (the device's poll reports new
+      // data only, as mlx5's does), here cut short by the idle timeout.
+      const err = await rejection(p.copy(dataFd, out.fd, Buffer.alloc(1000), { idleTimeoutMs: 50 }));
+      expect({ code: err.code, syscall: err.syscall, bytesDone: err.bytesDone }).toEqual({ code: 'ETIMEDOUT', syscall: 'read', bytesDone: HDR + 4096 });
+      // ... and a read there is ENOMSG, the uAPI's "no more data for now".
+      const none = await rejection(b.read(dataFd, Buffer.alloc(8)));
+      expect({ code: none.code, errno: none.errno }).toEqual({ code: 'ENOMSG', errno: ENOMSG });
+      expect(await p.copy(dataFd, out.fd, Buffer.alloc(1000), { precopy: true })).toEqual({ bytes: 0, checksum: 0, end: 'for-now' });
       expect(setState(b, dev, MigState.STOP_COPY)).toBe(-1);
-      const rest = await b.pump(dataFd, out.fd, Buffer.alloc(1000), { precopy: true });
+      const rest = await p.copy(dataFd, out.fd, Buffer.alloc(1000), { precopy: true });
       expect(rest.bytes).toBe(8192 - 4096 + TRL);
       expect(rest.end).toBe('for-now'); // precopy reads 0 as "for now"; the caller knows it is STOP_COPY
-      expect(await b.pump(dataFd, out.fd, Buffer.alloc(1000))).toEqual({ bytes: 0, crc32: 0, end: 'eof' });
+      expect(await p.copy(dataFd, out.fd, Buffer.alloc(1000))).toEqual({ bytes: 0, checksum: 0, end: 'eof' });
       const saved = fs.readFileSync(out.file);
       expect(saved.length).toBe(HDR + 8192 + TRL);
-      expect(rest.crc32).toBe(crc32(saved.subarray(HDR + 4096)));
+      expect(rest.checksum).toBe(crc32c(saved.subarray(HDR + 4096)));
     } finally {
       b.close(dataFd);
       b.close(out.fd);
@@ -97,11 +114,29 @@ describe('sim pump on a PRE_COPY data_fd', () => {
     const out = output('zero.bin');
     const dataFd = setState(b, dev, MigState.PRE_COPY);
     try {
-      const first = await b.pump(dataFd, out.fd, Buffer.alloc(512), { precopy: true, limit: 100 });
-      expect(first.end).toBe('limit');
-      const second = await b.pump(dataFd, out.fd, Buffer.alloc(512), { precopy: true });
-      expect(second).toEqual({ bytes: HDR + 2048 - 100, crc32: second.crc32, end: 'for-now' });
-      expect(crc32(fs.readFileSync(out.file).subarray(100), 0)).toBe(second.crc32);
+      const p = pump(dataFd, out.fd);
+      expect((await p.copy(dataFd, out.fd, Buffer.alloc(512), { precopy: true, limit: 100 })).end).toBe('limit');
+      const second = await p.copy(dataFd, out.fd, Buffer.alloc(512), { precopy: true });
+      expect(second).toEqual({ bytes: HDR + 2048 - 100, checksum: second.checksum, end: 'for-now' });
+      expect(crc32c(fs.readFileSync(out.file).subarray(100))).toBe(second.checksum);
+    } finally {
+      b.close(dataFd);
+      b.close(out.fd);
+      b.close(dev);
+    }
+  });
+
+  it("writeRecords with precopy: ENOMSG ends with 'for-now' after whole records of what was there, never an empty one", async () => {
+    const dev = device({ size: 8192, precopyBytes: 5000, precopyEnd: 'enomsg', seed: 83 });
+    const out = output('records-precopy.bin');
+    const dataFd = setState(b, dev, MigState.PRE_COPY);
+    try {
+      const p = pump(dataFd, out.fd);
+      const res = await p.writeRecords(dataFd, out.fd, Buffer.alloc(2048 + 8), { recordSize: 2048, dstOffset: 0, precopy: true });
+      expect(res).toMatchObject({ bytes: HDR + 5000, records: 3, written: HDR + 5000 + 24, end: 'for-now' });
+      expect(await p.writeRecords(dataFd, out.fd, Buffer.alloc(2048 + 8), { recordSize: 2048, dstOffset: res.written, precopy: true, headerChecksums: [1, 2] })).toEqual({
+        bytes: 0, records: 0, written: 0, end: 'for-now', headerChecksums: [1, 2],
+      });
     } finally {
       b.close(dataFd);
       b.close(out.fd);
@@ -114,7 +149,7 @@ describe('sim pump on a PRE_COPY data_fd', () => {
     const out = output('espipe.bin');
     const dataFd = setState(b, dev, MigState.STOP_COPY);
     try {
-      const err = await rejection(b.pump(dataFd, out.fd, Buffer.alloc(512), { srcOffset: 0 }));
+      const err = await rejection(pump(dataFd, out.fd).copy(dataFd, out.fd, Buffer.alloc(512), { srcOffset: 0 }));
       expect({ code: err.code, syscall: err.syscall, bytesDone: err.bytesDone }).toEqual({ code: 'ESPIPE', syscall: 'pread', bytesDone: 0 });
     } finally {
       b.close(dataFd);
@@ -124,117 +159,29 @@ describe('sim pump on a PRE_COPY data_fd', () => {
   });
 });
 
-describe('sim pump into a RESUMING data_fd', () => {
-  /** Save a device's STOP_COPY stream into a real file; returns its path and CRC. */
-  async function saveStream(seed: number, size: number): Promise<{ file: string; crc: number; length: number }> {
+describe('pump into a RESUMING data_fd', () => {
+  /** A device's STOP_COPY stream as records in a file (then a terminator): its path, the stream, the header checksum. */
+  async function saveRecords(seed: number, size: number, chunk: number, two = false): Promise<{ file: string; stream: Buffer; sum: number; count: number }> {
     const dev = device({ size, seed });
-    const out = output(`saved-${seed}.bin`);
+    const out = output(`records-${seed}.bin`);
     const dataFd = setState(b, dev, MigState.STOP_COPY);
     try {
-      const res = await b.pump(dataFd, out.fd, Buffer.alloc(4096));
-      expect(res.end).toBe('eof');
-      return { file: out.file, crc: res.crc32, length: res.bytes };
-    } finally {
-      b.close(dataFd);
-      b.close(out.fd);
-      b.close(dev);
-    }
-  }
-
-  it('expectCrc keeps a corrupted chunk away from the device; the good chunk then restores it', async () => {
-    const saved = await saveStream(77, 6000);
-    const corrupt = path.join(dir, 'corrupt.bin');
-    const bytes = fs.readFileSync(saved.file);
-    bytes[HDR + 10] ^= 0x40; // one flipped bit in the device data
-    fs.writeFileSync(corrupt, bytes);
-
-    const target = device({ size: 6000 });
-    const resumeFd = setState(b, target, MigState.RESUMING);
-    const bad = b.open(corrupt, O_RDONLY);
-    const good = b.open(saved.file, O_RDONLY);
-    try {
-      const buf = Buffer.alloc(saved.length);
-      const err = await rejection(b.pump(bad, resumeFd, buf, { srcOffset: 0, limit: saved.length, expectCrc: saved.crc }));
-      expect({ code: err.code, kind: err.kind, bytesDone: err.bytesDone }).toEqual({ code: 'EVFIO_CHECKSUM', kind: 'format', bytesDone: 0 });
-      const truncated = await rejection(b.pump(good, resumeFd, buf, { srcOffset: 100, limit: saved.length, expectCrc: saved.crc }));
-      expect({ code: truncated.code, kind: truncated.kind, bytesDone: truncated.bytesDone }).toEqual({
-        code: 'EVFIO_SNAPSHOT_TRUNCATED',
-        kind: 'format',
-        bytesDone: 0,
-      });
-      // Nothing reached the device: the whole good stream still fits and validates.
-      expect(await b.pump(good, resumeFd, buf, { srcOffset: 0, limit: saved.length, expectCrc: saved.crc })).toEqual({
-        bytes: saved.length,
-        crc32: saved.crc,
-        end: 'limit',
-      });
-      expect(setState(b, target, MigState.RUNNING)).toBe(-1);
-      expect(b.device(target).seed).toBe(77n);
-    } finally {
-      for (const fd of [bad, good, resumeFd, target]) b.close(fd);
-    }
-  });
-
-  it('a stream pumped in limited pieces by position restores the device', async () => {
-    const saved = await saveStream(78, 10_000);
-    const target = device({ size: 10_000, maxWrite: 333 }); // short writes on the device side
-    const resumeFd = setState(b, target, MigState.RESUMING);
-    const src = b.open(saved.file, O_RDONLY);
-    try {
-      let crc = 0;
-      for (let off = 0; off < saved.length; off += 4096) {
-        const res = await b.pump(src, resumeFd, Buffer.alloc(1500), { srcOffset: off, limit: Math.min(4096, saved.length - off) });
-        crc = crc32(fs.readFileSync(saved.file).subarray(off, off + res.bytes), crc);
+      const bufs = two ? ([Buffer.alloc(chunk + 8), Buffer.alloc(chunk + 8)] as const) : Buffer.alloc(chunk + 8);
+      const res = await pump(dataFd, out.fd).writeRecords(dataFd, out.fd, bufs, { recordSize: chunk, dstOffset: 0, headerChecksums: [0] });
+      const bytes = fs.readFileSync(out.file);
+      const payloads: Buffer[] = [];
+      for (let pos = 0; pos < bytes.length; ) {
+        const len = bytes.readUInt32LE(pos);
+        const payload = bytes.subarray(pos + 8, pos + 8 + len);
+        expect(bytes.readUInt32LE(pos + 4)).toBe(crc32c(payload));
+        payloads.push(payload);
+        pos += 8 + len;
       }
-      expect(crc).toBe(saved.crc);
-      expect(setState(b, target, MigState.RUNNING)).toBe(-1);
-      expect(b.device(target).seed).toBe(78n);
-    } finally {
-      for (const fd of [src, resumeFd, target]) b.close(fd);
-    }
-  });
-});
-
-describe('sim pump with frame on virtual data_fds', () => {
-  /** The chunks of a framed file (the test's own reading): payloads and the 8-byte headers. */
-  function chunksOf(bytes: Buffer): { payloads: Buffer[]; headers: Buffer } {
-    const payloads: Buffer[] = [];
-    const headers: Buffer[] = [];
-    for (let pos = 0; pos < bytes.length; ) {
-      const len = bytes.readUInt32LE(pos);
-      const payload = bytes.subarray(pos + 8, pos + 8 + len);
-      expect(bytes.readUInt32LE(pos + 4)).toBe(crc32(payload));
-      headers.push(bytes.subarray(pos, pos + 8));
-      payloads.push(payload);
-      pos += 8 + len;
-    }
-    return { payloads, headers: Buffer.concat(headers) };
-  }
-
-  /** Frame a device's STOP_COPY stream into a file (then an end chunk); returns its path, the stream, and the chunk table. */
-  async function saveFramed(seed: number, size: number, chunk: number): Promise<{ file: string; stream: Buffer; table: number; count: number }> {
-    const dev = device({ size, seed });
-    const out = output(`framed-${seed}.bin`);
-    const dataFd = setState(b, dev, MigState.STOP_COPY);
-    try {
-      const res = await b.pump(dataFd, out.fd, Buffer.alloc(chunk + 8), { frame: { mode: 'write', chunk }, dstOffset: 0 });
-      const { payloads, headers } = chunksOf(fs.readFileSync(out.file));
+      expect(payloads.slice(0, -1).every((x) => x.length === chunk)).toBe(true);
       const stream = Buffer.concat(payloads);
-      expect(payloads.slice(0, -1).every((p) => p.length === chunk)).toBe(true);
-      expect(res).toEqual({
-        bytes: HDR + size + TRL,
-        crc32: crc32(stream),
-        end: 'eof',
-        chunks: payloads.length,
-        written: stream.length + 8 * payloads.length,
-        tableCrc: crc32(headers),
-        skeletonCrc: crc32(headers),
-      });
-      const end = Buffer.alloc(16);
-      end.writeUInt32LE(res.tableCrc!, 4);
-      end.writeBigUInt64LE(BigInt(res.bytes), 8);
-      fs.appendFileSync(out.file, end);
-      return { file: out.file, stream, table: res.tableCrc!, count: res.chunks! };
+      expect(res).toMatchObject({ bytes: HDR + size + TRL, records: payloads.length, written: stream.length + 8 * payloads.length, end: 'eof' });
+      fs.appendFileSync(out.file, Buffer.alloc(16)); // a terminator
+      return { file: out.file, stream, sum: res.headerChecksums[0], count: res.records };
     } finally {
       b.close(dataFd);
       b.close(out.fd);
@@ -242,53 +189,42 @@ describe('sim pump with frame on virtual data_fds', () => {
     }
   }
 
-  it('write frames a virtual STOP_COPY data_fd; read feeds the chunks to a RESUMING one (short device writes), which restores', async () => {
-    const saved = await saveFramed(81, 20_000, 3000);
-    const target = device({ size: 20_000, maxWrite: 777 });
-    const resumeFd = setState(b, target, MigState.RESUMING);
-    const src = b.open(saved.file, O_RDONLY);
-    try {
-      expect(await b.pump(src, resumeFd, Buffer.alloc(3000), { srcOffset: 0, frame: { mode: 'read', chunks: saved.count, maxChunk: 3000 } })).toEqual({
-        bytes: saved.stream.length,
-        crc32: crc32(saved.stream),
-        end: 'eof',
-        chunks: saved.count,
-        tableCrc: saved.table,
-        endTableCrc: saved.table,
-        endTotal: saved.stream.length,
-      });
-      expect(setState(b, target, MigState.RUNNING)).toBe(-1);
-      expect(b.device(target).seed).toBe(81n);
-    } finally {
-      for (const fd of [src, resumeFd, target]) b.close(fd);
-    }
-  });
+  for (const two of [false, true]) {
+    it(`writeRecords frames a STOP_COPY data_fd; readRecords feeds the payloads to a RESUMING one (short device writes), which restores${two ? ' (two buffers)' : ''}`, async () => {
+      const saved = await saveRecords(81 + (two ? 10 : 0), 20_000, 3000, two);
+      const target = device({ size: 20_000, maxWrite: 777 });
+      const resumeFd = setState(b, target, MigState.RESUMING);
+      const src = b.open(saved.file, O_RDONLY);
+      try {
+        const bufs = two ? ([Buffer.alloc(3008), Buffer.alloc(3008)] as const) : Buffer.alloc(3008);
+        const res = await pump(src, resumeFd).readRecords(src, resumeFd, bufs, { srcOffset: 0, maxRecord: 3000, headerChecksums: [0] });
+        expect(res).toMatchObject({ bytes: saved.stream.length, records: saved.count, end: 'header', headerChecksums: [saved.sum] });
+        expect(setState(b, target, MigState.RUNNING)).toBe(-1);
+        expect(b.device(target).seed).toBe(BigInt(81 + (two ? 10 : 0)));
+      } finally {
+        for (const fd of [src, resumeFd, target]) b.close(fd);
+      }
+    });
+  }
 
-  it('read keeps a corrupted chunk away from the device: the chunks before it arrived, none of it, and the rest restores', async () => {
-    const saved = await saveFramed(82, 10_000, 4096);
+  it('a corrupted record never reaches the device: the records before it do, none of it, and the rest then restores', async () => {
+    const saved = await saveRecords(82, 10_000, 4096);
     const bytes = fs.readFileSync(saved.file);
-    const second = 8 + 4096; // file offset of chunk 1's header
+    const second = 8 + 4096; // file offset of record 1's header
     bytes[second + 8 + 5] ^= 0x10;
-    const corrupt = path.join(dir, 'framed-corrupt.bin');
+    const corrupt = path.join(dir, 'records-corrupt.bin');
     fs.writeFileSync(corrupt, bytes);
     const target = device({ size: 10_000 });
     const resumeFd = setState(b, target, MigState.RESUMING);
     const bad = b.open(corrupt, O_RDONLY);
     const good = b.open(saved.file, O_RDONLY);
     try {
-      const err = await rejection(b.pump(bad, resumeFd, Buffer.alloc(4096), { srcOffset: 0, frame: { mode: 'read', chunks: saved.count } }));
-      expect({ code: err.code, kind: err.kind, bytesDone: err.bytesDone, chunkOffset: err.chunkOffset }).toEqual({
-        code: 'EVFIO_SNAPSHOT_CHECKSUM',
-        kind: 'format',
-        bytesDone: 4096,
-        chunkOffset: second,
+      const err = await rejection(pump(bad, resumeFd).readRecords(bad, resumeFd, Buffer.alloc(4104), { srcOffset: 0 }));
+      expect({ code: err.code, kind: err.kind, bytesDone: err.bytesDone, recordOffset: err.recordOffset }).toEqual({
+        code: 'EVFIO_CHECKSUM', kind: 'format', bytesDone: 4096, recordOffset: second,
       });
-      // Chunk 0 reached the device and nothing of chunk 1: the good file from chunk 1 on completes the stream.
-      const rest = await b.pump(good, resumeFd, Buffer.alloc(4096), {
-        srcOffset: second,
-        frame: { mode: 'read', chunks: saved.count - 1, tableCrc: crc32(bytes.subarray(0, 8)) },
-      });
-      expect(rest).toMatchObject({ bytes: saved.stream.length - 4096, tableCrc: saved.table, endTableCrc: saved.table, endTotal: saved.stream.length });
+      const rest = await pump(good, resumeFd).readRecords(good, resumeFd, Buffer.alloc(4104), { srcOffset: second, headerChecksums: [crc32c(bytes.subarray(0, 8))] });
+      expect(rest).toMatchObject({ bytes: saved.stream.length - 4096, headerChecksums: [saved.sum], end: 'header' });
       expect(setState(b, target, MigState.RUNNING)).toBe(-1);
       expect(b.device(target).seed).toBe(82n);
     } finally {
@@ -296,73 +232,47 @@ describe('sim pump with frame on virtual data_fds', () => {
     }
   });
 
-  it("write with precopy: a PRE_COPY data_fd's ENOMSG ends with 'for-now' after whole chunks of what was there", async () => {
-    const dev = device({ size: 8192, precopyBytes: 5000, precopyEnd: 'enomsg', seed: 83 });
-    const out = output('framed-precopy.bin');
-    const dataFd = setState(b, dev, MigState.PRE_COPY);
+  it('expectChecksum keeps a corrupted block away from the device; the good block then restores it', async () => {
+    const dev = device({ size: 6000, seed: 77 });
+    const out = output('saved-77.bin');
+    const dataFd = setState(b, dev, MigState.STOP_COPY);
+    const saved = await pump(dataFd, out.fd).copy(dataFd, out.fd, Buffer.alloc(4096));
+    b.close(dataFd);
+    b.close(out.fd);
+    b.close(dev);
+    const bytes = fs.readFileSync(out.file);
+    bytes[HDR + 10] ^= 0x40;
+    const corrupt = path.join(dir, 'corrupt.bin');
+    fs.writeFileSync(corrupt, bytes);
+    const target = device({ size: 6000 });
+    const resumeFd = setState(b, target, MigState.RESUMING);
+    const bad = b.open(corrupt, O_RDONLY);
+    const good = b.open(out.file, O_RDONLY);
     try {
-      const res = await b.pump(dataFd, out.fd, Buffer.alloc(2048 + 8), { frame: { mode: 'write', chunk: 2048 }, dstOffset: 0, precopy: true });
-      const { payloads } = chunksOf(fs.readFileSync(out.file));
-      expect(payloads.map((p) => p.length)).toEqual([2048, 2048, HDR + 5000 - 4096]);
-      expect(res).toMatchObject({ bytes: HDR + 5000, chunks: 3, written: HDR + 5000 + 24, end: 'for-now' });
-      // Nothing more for now: no chunk at all, not an empty one.
-      expect(await b.pump(dataFd, out.fd, Buffer.alloc(2048 + 8), { frame: { mode: 'write', chunk: 2048, tableCrc: 1, skeletonCrc: 2 }, dstOffset: res.written!, precopy: true })).toEqual({
-        bytes: 0,
-        crc32: 0,
-        end: 'for-now',
-        chunks: 0,
-        written: 0,
-        tableCrc: 1,
-        skeletonCrc: 2,
-      });
+      const buf = Buffer.alloc(saved.bytes);
+      const p = pump(bad, resumeFd);
+      const err = await rejection(p.copy(bad, resumeFd, buf, { srcOffset: 0, limit: saved.bytes, expectChecksum: saved.checksum }));
+      expect({ code: err.code, kind: err.kind, bytesDone: err.bytesDone }).toEqual({ code: 'EVFIO_CHECKSUM', kind: 'format', bytesDone: 0 });
+      const truncated = await rejection(p.copy(good, resumeFd, buf, { srcOffset: 100, limit: saved.bytes, expectChecksum: saved.checksum }));
+      expect({ code: truncated.code, kind: truncated.kind, bytesDone: truncated.bytesDone }).toEqual({ code: 'EVFIO_TRUNCATED', kind: 'format', bytesDone: 0 });
+      expect(await p.copy(good, resumeFd, buf, { srcOffset: 0, limit: saved.bytes, expectChecksum: saved.checksum })).toEqual({ bytes: saved.bytes, checksum: saved.checksum, end: 'limit' });
+      expect(setState(b, target, MigState.RUNNING)).toBe(-1);
+      expect(b.device(target).seed).toBe(77n);
     } finally {
-      b.close(dataFd);
-      b.close(out.fd);
-      b.close(dev);
+      for (const fd of [bad, good, resumeFd, target]) b.close(fd);
     }
   });
 });
 
-describe('sim pump arguments', () => {
-  it('checks virtual-fd pumps exactly as the native and koffi bindings do', () => {
-    const dev = device({});
-    const native = new NativeBinding();
-    const koffi = new KoffiBinding();
-    const buf = Buffer.alloc(8);
-    const bad: unknown[] = [
-      null, 'x', { limit: -1 }, { expectCrc: 1 }, { expectCrc: 1, limit: 9 }, { precopy: 'yes' }, { srcOffset: 0.5 }, -2,
-      { frame: 1 }, { frame: { mode: 'both' } }, { frame: { mode: 'write', chunk: 1 } }, { frame: { mode: 'write' } },
-      { frame: { mode: 'read', chunks: 1, final: 0 } }, { frame: { mode: 'read', chunks: 1 }, expectCrc: 0, limit: 1 },
-    ];
-    const thrown = (f: () => unknown) => {
-      try {
-        f();
-      } catch (e) {
-        return { ctor: (e as Error).constructor.name, message: (e as Error).message, code: (e as { code?: string }).code };
-      }
-      return undefined;
-    };
-    try {
-      for (const opts of bad) {
-        const want = thrown(() => native.pump(0, 1, buf, opts as never));
-        expect(want, JSON.stringify(opts)).toBeDefined();
-        expect(thrown(() => b.pump(dev, dev, buf, opts as never)), JSON.stringify(opts)).toEqual(want);
-        expect(thrown(() => koffi.pump(0, 1, buf, opts as never)), JSON.stringify(opts)).toEqual(want);
-      }
-    } finally {
-      b.close(dev);
-    }
-  });
-});
-
-describe('sim pump through its own virtual pipes', () => {
-  it('copies between virtual fds with one reused buffer and the stream CRC', async () => {
+describe('pump through purely virtual fds', () => {
+  it('copies a virtual data_fd into a virtual pipe with one reused buffer, and its checksum', async () => {
     const sim = new SimBinding(undefined, { virtualFds: true });
     const [r, w] = sim.pipe();
     const dev = sim.open('sim:4096:seed=9', O_RDWR);
     const dataFd = setState(sim, dev, MigState.STOP_COPY);
+    const p = pumpFor(sim, [dataFd, w]);
     try {
-      const pumping = sim.pump(dataFd, w, Buffer.alloc(700));
+      const pumping = p.copy(dataFd, w, Buffer.alloc(700));
       const got: Buffer[] = [];
       const chunk = Buffer.alloc(1024);
       let total = 0;
@@ -371,16 +281,13 @@ describe('sim pump through its own virtual pipes', () => {
         got.push(Buffer.from(chunk.subarray(0, n)));
         total += n;
       }
-      const res = await pumping;
-      expect(res).toEqual({ bytes: HDR + 4096 + TRL, crc32: crc32(Buffer.concat(got)), end: 'eof' });
-      // The writer gone and the pipe empty: a read of 0, which precopy reports as 'for-now'.
+      expect(await pumping).toEqual({ bytes: HDR + 4096 + TRL, checksum: crc32c(Buffer.concat(got)), end: 'eof' });
       sim.close(w);
       const [r2, w2] = sim.pipe();
-      expect(await sim.pump(r, w2, Buffer.alloc(8), { precopy: true })).toEqual({ bytes: 0, crc32: 0, end: 'for-now' });
-      expect(await sim.pump(r, w2, Buffer.alloc(8))).toEqual({ bytes: 0, crc32: 0, end: 'eof' });
+      expect(await p.copy(r, w2, Buffer.alloc(8), { precopy: true })).toEqual({ bytes: 0, checksum: 0, end: 'for-now' });
+      expect(await p.copy(r, w2, Buffer.alloc(8))).toEqual({ bytes: 0, checksum: 0, end: 'eof' });
       sim.close(r2);
-      // A closed virtual fd: EBADF on the side it is on, bytesDone 0.
-      const err = await rejection(sim.pump(r2, w2, Buffer.alloc(8)));
+      const err = await rejection(p.copy(r2, w2, Buffer.alloc(8)));
       expect({ code: err.code, syscall: err.syscall, bytesDone: err.bytesDone }).toEqual({ code: 'EBADF', syscall: 'read', bytesDone: 0 });
       sim.close(w2);
     } finally {

@@ -10,12 +10,14 @@ import * as path from 'node:path';
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
 import { Worker } from 'node:worker_threads';
-import { crc32 } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VfioError } from '../../src/base/errors';
 import { KoffiBinding } from '../../src/kernel/binding/koffi';
 import { NATIVE_ADDON_FILES, NativeBinding, nativeAddonCandidates, packageRoot } from '../../src/kernel/binding/native';
 import { POLLIN, type Binding } from '../../src/kernel/binding/types';
+import { JsPump, NativePump, jsChecksum, type Pump } from '../../src/kernel/pump';
+
+const crc32c = (b: Buffer) => jsChecksum.crc32c(b);
 
 const root = packageRoot();
 const nodeRequire = createRequire(__filename);
@@ -50,8 +52,9 @@ describe('loading', () => {
       [
         ...SOCKET_CALLS,
         'bufferAddress',
+        'checksum',
+        'checksumImplementations',
         'close',
-        'crc32Implementation',
         'eventfd',
         'eventfdRead',
         'eventfdWrite',
@@ -65,12 +68,16 @@ describe('loading', () => {
         'pwrite',
         'read',
         'setErrorClass',
-        'walkChunks',
+        'walkRecords',
         'write',
       ].sort(),
     );
-    for (const [k, f] of Object.entries(raw())) if (k !== 'crc32Implementation') expect(typeof f).toBe('function');
-    expect(['isa-l', 'zlib']).toContain(raw().crc32Implementation);
+    for (const [k, f] of Object.entries(raw())) if (k !== 'checksumImplementations') expect(typeof f).toBe('function');
+    // Every CPU has the portable implementations, last.
+    const impls = raw().checksumImplementations as unknown as { crc32c: string[]; crc32: string[] };
+    expect(impls.crc32c.at(-1)).toBe('table');
+    expect(impls.crc32.at(-1)).toBe('zlib');
+    expect(Object.isFrozen(impls)).toBe(true);
   });
 
   for (const rel of NATIVE_ADDON_FILES) {
@@ -100,8 +107,8 @@ describe('loading', () => {
       const [r, w] = b.pipe();
       const sfd = b.open(src, fs.constants.O_RDONLY);
       try {
-        const res = await b.pump(sfd, w, Buffer.alloc(7));
-        expect(res).toEqual({ bytes: data.length, crc32: crc32(data), end: 'eof' });
+        const res = await new NativePump(b.addon).copy(sfd, w, Buffer.alloc(7));
+        expect(res).toEqual({ bytes: data.length, checksum: crc32c(data), end: 'eof' });
         const got = Buffer.alloc(64);
         expect(await b.read(r, got)).toBe(data.length);
         expect(got.subarray(0, data.length).equals(data)).toBe(true);
@@ -159,33 +166,6 @@ function abuseCases(fd: number): Array<[string, (b: Binding) => unknown, typeof 
     ['poll: events beyond a short', (b) => b.poll(fd, 0x10000, 0), RangeError],
     ['poll: fractional timeout', (b) => b.poll(fd, POLLIN, 1.5), RangeError],
     ['pipe: negative flags', (b) => b.pipe(-1), RangeError],
-    ['pump: empty buffer', (b) => b.pump!(fd, fd, Buffer.alloc(0)), RangeError],
-    ['pump: limit -2', (b) => b.pump!(fd, fd, buf, -2), RangeError],
-    ['pump: limit beyond 2^53', (b) => b.pump!(fd, fd, buf, 2 ** 53), RangeError],
-    ['pump: negative srcFd', (b) => b.pump!(-1, fd, buf), RangeError],
-    ['pump: buffer not a Buffer', (b) => b.pump!(fd, fd, a([1, 2, 3])), TypeError],
-    ['pump: options null', (b) => b.pump!(fd, fd, buf, a(null)), TypeError],
-    ['pump: options a function', (b) => b.pump!(fd, fd, buf, a(() => 1)), TypeError],
-    ['pump: limit -1 in options', (b) => b.pump!(fd, fd, buf, { limit: -1 }), RangeError],
-    ['pump: NaN dstOffset', (b) => b.pump!(fd, fd, buf, { dstOffset: NaN }), RangeError],
-    ['pump: expectCrc without limit', (b) => b.pump!(fd, fd, buf, { expectCrc: 5 }), RangeError],
-    ['pump: expectCrc with limit beyond the buffer', (b) => b.pump!(fd, fd, buf, { expectCrc: 5, limit: 11 }), RangeError],
-    ['pump: negative expectCrc', (b) => b.pump!(fd, fd, buf, { expectCrc: -1, limit: 1 }), RangeError],
-    ['pump: precopy as a number', (b) => b.pump!(fd, fd, buf, { precopy: a(1) }), TypeError],
-    ['pump: frame a function', (b) => b.pump!(fd, fd, buf, { frame: a(() => 1) }), TypeError],
-    ['pump: frame mode missing', (b) => b.pump!(fd, fd, buf, { frame: a({ chunk: 2 }) }), TypeError],
-    ['pump: frame mode as a String object', (b) => b.pump!(fd, fd, buf, { frame: a({ mode: new String('write'), chunk: 2 }) }), TypeError],
-    ['pump: frame write without chunk', (b) => b.pump!(fd, fd, buf, { frame: a({ mode: 'write' }) }), TypeError],
-    ['pump: frame write, chunk + 8 beyond the buffer', (b) => b.pump!(fd, fd, buf, { frame: { mode: 'write', chunk: 3 } }), RangeError],
-    ['pump: frame write, chunk beyond 2^30', (b) => b.pump!(fd, fd, Buffer.alloc(16), { frame: { mode: 'write', chunk: 2 ** 30 + 1 } }), RangeError],
-    ['pump: frame write, NaN chunk', (b) => b.pump!(fd, fd, buf, { frame: { mode: 'write', chunk: NaN } }), RangeError],
-    ['pump: frame write with expectCrc', (b) => b.pump!(fd, fd, buf, { frame: { mode: 'write', chunk: 2 }, expectCrc: 1, limit: 2 }), RangeError],
-    ['pump: frame write, skeletonCrc as bigint', (b) => b.pump!(fd, fd, buf, { frame: { mode: 'write', chunk: 2, skeletonCrc: a(1n) } }), TypeError],
-    ['pump: frame read without chunks', (b) => b.pump!(fd, fd, buf, { frame: a({ mode: 'read' }) }), TypeError],
-    ['pump: frame read, chunks beyond 2^53', (b) => b.pump!(fd, fd, buf, { frame: { mode: 'read', chunks: 2 ** 53 } }), RangeError],
-    ['pump: frame read, maxChunk 2^32', (b) => b.pump!(fd, fd, buf, { frame: { mode: 'read', chunks: 1, maxChunk: 2 ** 32 } }), RangeError],
-    ['pump: frame read, final as a string', (b) => b.pump!(fd, fd, buf, { frame: { mode: 'read', chunks: 1, final: a('no') } }), TypeError],
-    ['pump: frame read with limit', (b) => b.pump!(fd, fd, buf, { frame: { mode: 'read', chunks: 1 }, limit: 0 }), RangeError],
   ];
 }
 
@@ -226,6 +206,47 @@ describe('abuse', () => {
     });
   }
 
+  it("the raw pump, walkRecords and checksum check their own arguments (TypeError / RangeError), whatever the caller's checks", () => {
+    const addon = raw();
+    const b = new NativeBinding();
+    const fd = b.eventfd(0);
+    const buf = Buffer.alloc(16);
+    const cases: Array<[string, () => unknown, typeof TypeError | typeof RangeError]> = [
+      ['pump: no options', () => addon.pump(fd, fd, buf), TypeError],
+      ['pump: unknown mode', () => addon.pump(fd, fd, buf, { mode: 'both' }), TypeError],
+      ['pump: empty buffer', () => addon.pump(fd, fd, Buffer.alloc(0), { mode: 'copy' }), RangeError],
+      ['pump: three buffers', () => addon.pump(fd, fd, [buf, Buffer.alloc(1), Buffer.alloc(1)], { mode: 'copy' }), RangeError],
+      ['pump: the same buffer twice', () => addon.pump(fd, fd, [buf, buf], { mode: 'copy' }), RangeError],
+      ['pump: a string among the buffers', () => addon.pump(fd, fd, [buf, 'x'], { mode: 'copy' }), TypeError],
+      ['pump: limit -1', () => addon.pump(fd, fd, buf, { mode: 'copy', limit: -1 }), RangeError],
+      ['pump: checksum md5', () => addon.pump(fd, fd, buf, { mode: 'copy', checksum: 'md5' }), RangeError],
+      ['pump: a prefix of 9 bytes', () => addon.pump(fd, fd, buf, { mode: 'read-records', prefix: Buffer.alloc(9) }), RangeError],
+      ['pump: five seeds', () => addon.pump(fd, fd, buf, { mode: 'read-records', headerChecksums: [1, 2, 3, 4, 5] }), RangeError],
+      ['pump: recordSize 0', () => addon.pump(fd, fd, buf, { mode: 'write-records', recordSize: 0 }), RangeError],
+      ['walkRecords: walk null', () => addon.walkRecords(fd, null, 0, {}), TypeError],
+      ['walkRecords: pos -1', () => addon.walkRecords(fd, { pos: -1, count: 0, total: 0, sums: [] }, 0, {}), RangeError],
+      ['walkRecords: sums not an array', () => addon.walkRecords(fd, { pos: 0, count: 0, total: 0, sums: 1 }, 0, {}), TypeError],
+      ['walkRecords: maxRecord 0', () => addon.walkRecords(fd, { pos: 0, count: 0, total: 0, sums: [] }, 0, { prefix: Buffer.alloc(0), maxRecord: 0, checksum: 'crc32c', maxHeaders: 1 }), RangeError],
+      ['checksum: unknown algorithm', () => addon.checksum('adler32', buf), RangeError],
+      ['checksum: not a Buffer', () => addon.checksum('crc32c', 'x'), TypeError],
+      ['checksum: seed 2^32', () => addon.checksum('crc32c', buf, 2 ** 32), RangeError],
+      ['checksum: no such implementation', () => addon.checksum('crc32c', buf, 0, 15), RangeError],
+    ];
+    try {
+      for (const [what, call, ctor] of cases) {
+        let thrown: unknown;
+        try {
+          call();
+        } catch (e) {
+          thrown = e;
+        }
+        expect(thrown, what).toBeInstanceOf(ctor);
+      }
+    } finally {
+      b.close(fd);
+    }
+  });
+
   it('setErrorClass rejects a non-constructor and keeps the class it had', () => {
     const addon = raw();
     expect(() => addon.setErrorClass('VfioError')).toThrow(TypeError);
@@ -256,6 +277,9 @@ const PINNING: Array<[string, () => Binding]> = [
   ['native', () => new NativeBinding()],
   ['koffi', () => new KoffiBinding()],
 ];
+
+/** The pump of each binding of PINNING. */
+const pumpOf = (b: Binding): Pump => (b instanceof NativeBinding ? new NativePump(b.addon) : new JsPump(b));
 
 /** Two full GCs, each after a new macrotask (WeakRef targets are held until the creating job ends). */
 async function collectGarbage(): Promise<void> {
@@ -295,13 +319,13 @@ describe('pump keeps its Buffer alive', () => {
     const [r, w] = b.pipe();
     const [r2, w2] = b.pipe();
     try {
-      const { pending, pinned, control } = startOnFreshBuffer((buf) => b.pump!(r, w2, buf));
+      const { pending, pinned, control } = startOnFreshBuffer((buf) => pumpOf(b).copy(r, w2, buf));
       await collectGarbage();
       expect(control.deref()).toBeUndefined();
       expect(pinned.deref()).toBeDefined(); // held by the pending pump
       fs.writeSync(w, 'through the pinned buffer');
       b.close(w);
-      expect(await pending).toEqual({ bytes: 25, crc32: crc32(Buffer.from('through the pinned buffer')), end: 'eof' });
+      expect(await pending).toEqual({ bytes: 25, checksum: crc32c(Buffer.from('through the pinned buffer')), end: 'eof' });
       const memory = pinned.deref();
       expect(memory && Buffer.from(memory, 0, 25).toString()).toBe('through the pinned buffer');
       const got = Buffer.alloc(32);
@@ -343,14 +367,56 @@ describe('pump threads', () => {
     const pipes = [b.pipe(), b.pipe(), b.pipe()];
     const dst = b.open('/dev/null', fs.constants.O_WRONLY);
     try {
-      const pending = pipes.map(([r]) => b.pump(r, dst, Buffer.alloc(64)));
+      const p = new NativePump(b.addon);
+      const pending = pipes.map(([r]) => p.copy(r, dst, Buffer.alloc(64)));
       expect(await pumpThreadsReach(3)).toBe(3);
       for (const [, w] of pipes) b.close(w);
-      expect(await Promise.all(pending)).toEqual(pipes.map(() => ({ bytes: 0, crc32: 0, end: 'eof' })));
+      expect(await Promise.all(pending)).toEqual(pipes.map(() => ({ bytes: 0, checksum: 0, end: 'eof' })));
       expect(await pumpThreadsReach(0)).toBe(0);
+      // With two buffers, a second thread reads while the first writes; both end with the pump.
+      const [r, w] = b.pipe();
+      try {
+        const two = p.copy(r, dst, [Buffer.alloc(64), Buffer.alloc(64)]);
+        expect(await pumpThreadsReach(2)).toBe(2);
+        fs.writeSync(w, 'ab');
+        b.close(w);
+        expect(await two).toEqual({ bytes: 2, checksum: crc32c(Buffer.from('ab')), end: 'eof' });
+        expect(await pumpThreadsReach(0)).toBe(0);
+      } finally {
+        b.close(r);
+      }
     } finally {
       for (const [r] of pipes) b.close(r);
       b.close(dst);
+    }
+  });
+});
+
+describe('pump cancel', () => {
+  it("the job's cancel() ends a waiting pump with ECANCELED; after the pump ended, and after the job was collected, it is a no-op", async () => {
+    const addon = raw() as unknown as VfioPciNative.Addon;
+    const b = new NativeBinding();
+    const [r, w] = b.pipe();
+    const dst = b.open('/dev/null', fs.constants.O_WRONLY);
+    try {
+      const job = addon.pump(r, dst, Buffer.alloc(64), { mode: 'copy' });
+      await sleep(20);
+      job.cancel();
+      const e = await job.promise.catch((x: unknown) => x as VfioError & { bytesDone: number });
+      expect(e).toBeInstanceOf(VfioError);
+      expect(e).toMatchObject({ code: 'ECANCELED', syscall: 'read', bytesDone: 0 });
+      const done = addon.pump(r, dst, Buffer.alloc(64), { mode: 'copy', limit: 0 });
+      expect(await done.promise).toMatchObject({ bytes: 0, end: 'limit' });
+      done.cancel();
+      done.cancel();
+      const keep = done.cancel;
+      await collectGarbage();
+      keep();
+      // No fd of a job outlives it.
+      fs.writeSync(w, 'still a pipe');
+      expect(fs.readSync(r, Buffer.alloc(32))).toBe(12);
+    } finally {
+      for (const fd of [r, w, dst]) b.close(fd);
     }
   });
 });
@@ -385,7 +451,7 @@ describe('worker_threads', () => {
       const dstPath = workerData.src + '.dst';
       fs.writeFileSync(dstPath, '');
       const dst = addon.open(dstPath, fs.constants.O_WRONLY);
-      out.pump = await addon.pump(src, dst, Buffer.alloc(4096), {});
+      out.pump = await addon.pump(src, dst, Buffer.alloc(4096), { mode: 'copy' }).promise;
       out.copied = fs.readFileSync(dstPath).equals(data);
       const n = await addon.write(w, Buffer.from('via pipe'));
       const got = Buffer.alloc(16);
@@ -416,7 +482,7 @@ describe('worker_threads', () => {
       expect(out.plain).toEqual({ isError: true, name: 'Error', code: 'EBADF', errno: 9, syscall: 'close' });
       expect(out.classed).toEqual({ mine: true, message: 'close failed: EBADF', code: 'EBADF' });
       expect(out.counter).toBe('7');
-      expect(out.pump).toEqual({ bytes: 100_000 + id, crc32: crc32(Buffer.alloc(100_000 + id, id)), end: 'eof' });
+      expect(out.pump).toMatchObject({ bytes: 100_000 + id, checksum: crc32c(Buffer.alloc(100_000 + id, id)), end: 'eof' });
       expect(out.copied).toBe(true);
       expect(out.piped).toEqual([8, 8, 'via pipe']);
       expect(out.poll).toBe(0);
@@ -455,15 +521,15 @@ describe('worker_threads', () => {
       const zero = addon.open('/dev/zero', fs.constants.O_RDONLY);
       const out = {};
       // One pump waits on a pipe nobody writes to; one copies /dev/zero to /dev/null for ever.
-      addon.pump(r, sink, Buffer.alloc(1 << 20)).then((v) => { out.waited = v; });
-      addon.pump(zero, sink, Buffer.alloc(1 << 20)).then((v) => { out.copied = v; });
+      addon.pump(r, sink, Buffer.alloc(1 << 20), { mode: 'copy' }).promise.then((v) => { out.waited = v; });
+      addon.pump(zero, sink, [Buffer.alloc(1 << 20), Buffer.alloc(1 << 20)], { mode: 'copy' }).promise.then((v) => { out.copied = v; });
       parentPort.postMessage({ r, w, sink, zero });
     `;
     const b = new NativeBinding();
     const worker = new Worker(code, { eval: true, workerData: { file: addonFile } });
     const fds = await new Promise<{ r: number; w: number; sink: number; zero: number }>((resolve) => worker.once('message', resolve));
     try {
-      expect(await pumpThreadsReach(2)).toBe(2);
+      expect(await pumpThreadsReach(3)).toBe(3); // the copying pump reads on a second thread
       await sleep(30); // the copying pump is well under way
       expect(await worker.terminate()).toBe(1);
       // Teardown cancelled both pumps and joined their threads before freeing the Buffers.
@@ -475,9 +541,9 @@ describe('worker_threads', () => {
       expect(got.subarray(0, 5).toString()).toBe('after');
       // And this thread's pumps still work.
       b.close(fds.w);
-      expect(await b.pump(fds.zero, fds.sink, Buffer.alloc(4096), { limit: 10_000 })).toEqual({
+      expect(await new NativePump(b.addon).copy(fds.zero, fds.sink, Buffer.alloc(4096), { limit: 10_000 })).toEqual({
         bytes: 10_000,
-        crc32: crc32(Buffer.alloc(10_000)),
+        checksum: crc32c(Buffer.alloc(10_000)),
         end: 'limit',
       });
     } finally {
@@ -485,7 +551,7 @@ describe('worker_threads', () => {
     }
   });
 
-  it('survives a worker terminated while framed pumps wait and copy: cancelled between chunks and in their waits', async () => {
+  it('survives a worker terminated while record pumps wait and copy: cancelled between records and in their waits', async () => {
     const code = `
       const { parentPort, workerData } = require('node:worker_threads');
       const fs = require('node:fs');
@@ -493,9 +559,9 @@ describe('worker_threads', () => {
       const [r, w] = addon.pipe();
       const sink = addon.open('/dev/null', fs.constants.O_WRONLY);
       const zero = addon.open('/dev/zero', fs.constants.O_RDONLY);
-      // A framed read waits for a chunk header nobody writes; a framed write frames /dev/zero for ever.
-      addon.pump(r, sink, Buffer.alloc(4096), { frame: { mode: 'read', chunks: 1 } });
-      addon.pump(zero, sink, Buffer.alloc((1 << 20) + 8), { frame: { mode: 'write', chunk: 1 << 20 } });
+      // A records read waits for a header nobody writes; a records write frames /dev/zero for ever.
+      addon.pump(r, sink, Buffer.alloc(4096), { mode: 'read-records', records: 1 });
+      addon.pump(zero, sink, Buffer.alloc((1 << 20) + 8), { mode: 'write-records', recordSize: 1 << 20 });
       parentPort.postMessage({ r, w, sink, zero });
     `;
     const b = new NativeBinding();
@@ -506,19 +572,17 @@ describe('worker_threads', () => {
       await sleep(30);
       expect(await worker.terminate()).toBe(1);
       expect(await pumpThreadsReach(0)).toBe(0);
-      // The waiting framed read is gone: it does not take what is written now.
+      // The waiting records read is gone: it does not take what is written now.
       fs.writeSync(fds.w, 'after');
       const got = Buffer.alloc(16);
       expect(fs.readSync(fds.r, got)).toBe(5);
-      // And this thread's framed pumps still work.
-      expect(await b.pump(fds.zero, fds.sink, Buffer.alloc(1008), { frame: { mode: 'write', chunk: 1000 }, limit: 2500 })).toEqual({
+      // And this thread's record pumps still work.
+      expect(await new NativePump(b.addon).writeRecords(fds.zero, fds.sink, Buffer.alloc(1008), { recordSize: 1000, limit: 2500, headerChecksums: [0] })).toEqual({
         bytes: 2500,
-        crc32: crc32(Buffer.alloc(2500)),
         end: 'limit',
-        chunks: 3,
+        records: 3,
         written: 2524,
-        tableCrc: expect.any(Number),
-        skeletonCrc: expect.any(Number),
+        headerChecksums: [expect.any(Number)],
       });
     } finally {
       for (const fd of [fds.r, fds.w, fds.sink, fds.zero]) b.close(fd);
@@ -532,8 +596,8 @@ describe('worker_threads', () => {
       const addon = require(workerData.file);
       const zero = addon.open('/dev/zero', fs.constants.O_RDONLY);
       const sink = addon.open('/dev/null', fs.constants.O_WRONLY);
-      for (let i = 0; i < 4; i++) addon.pump(zero, sink, Buffer.alloc(65536), { limit: 1 << 30 });
-      for (let i = 0; i < 2; i++) addon.pump(zero, sink, Buffer.alloc(65536 + 8), { frame: { mode: 'write', chunk: 65536 }, limit: 1 << 30 });
+      for (let i = 0; i < 4; i++) addon.pump(zero, sink, Buffer.alloc(65536), { mode: 'copy', limit: 1 << 30 });
+      for (let i = 0; i < 2; i++) addon.pump(zero, sink, [Buffer.alloc(65536 + 8), Buffer.alloc(65536 + 8)], { mode: 'write-records', recordSize: 65536, limit: 1 << 30 });
       parentPort.postMessage([zero, sink]);
     `;
     const b = new NativeBinding();

@@ -64,12 +64,12 @@ describe('vfio-pci CLI', () => {
     const file = path.join(dir, 'v.vfiosnap');
     expect((await run('snapshot', 'sim:4KiB#cli-v', '-o', file, '-q')).code).toBe(0);
     const b = fs.readFileSync(file);
-    b.writeUInt16LE(2, 8);
+    b.writeUInt16LE(3, 8);
     b.writeUInt32LE(zlib.crc32(b.subarray(0, 28)) >>> 0, 28);
     fs.writeFileSync(file, b);
     const r = await run('restore', 'sim:4KiB#cli-w', '-i', file);
     expect(r.code).toBe(1);
-    expect(r.err).toMatch(/format version 2 is not supported .*newer node-vfio-pci/);
+    expect(r.err).toMatch(/format version 3 is not supported .*newer node-vfio-pci/);
     expect(r.err).toMatch(/code: EVFIO_SNAPSHOT_VERSION/);
   });
 

@@ -5,7 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import { VfioError } from '../../src/base/errors';
 import { SimBinding, VIRTUAL_FD_BASE, POLLNVAL } from '../../src/sim';
-import { POLLHUP, POLLIN, POLLOUT, type Binding, type PumpResult } from '../../src/kernel/binding/types';
+import { POLLHUP, POLLIN, POLLOUT, type Binding } from '../../src/kernel/binding/types';
 
 async function rejection(p: Promise<unknown>): Promise<VfioError> {
   try {
@@ -109,7 +109,6 @@ describe('argument checks and unknown fds', () => {
     expect(() => b.read(fd, {} as Buffer)).toThrow(TypeError);
     expect(() => b.write(fd, Buffer.alloc(4), 5)).toThrow(RangeError);
     expect(() => b.poll(fd, 1, 1.5)).toThrow(RangeError);
-    expect(() => b.pump(fd, fd, Buffer.alloc(0))).toThrow(RangeError);
     expect(() => b.ioctl(fd, -1)).toThrow(RangeError);
     expect(() => b.ioctl(fd, 1, 'x' as unknown as number)).toThrow(TypeError);
     expect(() => b.open(7 as unknown as string, 0)).toThrow(TypeError);
@@ -151,7 +150,6 @@ describe('delegation to the inner binding', () => {
       eventfdRead: rec('eventfdRead', 0n) as Binding['eventfdRead'],
       eventfdWrite: rec('eventfdWrite', undefined) as Binding['eventfdWrite'],
       poll: rec('poll', Promise.resolve(1)) as Binding['poll'],
-      pump: rec('pump', Promise.resolve({ bytes: 0, crc32: 0, end: 'eof' } satisfies PumpResult)) as Binding['pump'],
       socket: rec('socket', 9) as Binding['socket'],
       bind: rec('bind', undefined) as Binding['bind'],
       listen: rec('listen', undefined) as Binding['listen'],
@@ -178,7 +176,6 @@ describe('delegation to the inner binding', () => {
     await b.read(5, Buffer.alloc(1));
     await b.write(5, Buffer.alloc(1));
     await b.poll(5, 1, 0);
-    await b.pump(5, 6, Buffer.alloc(1));
     expect(b.pipe()).toEqual([6, 7]);
     expect(b.eventfd(0)).toBe(8);
     b.eventfdRead(8);
@@ -186,7 +183,7 @@ describe('delegation to the inner binding', () => {
     b.close(5);
     expect(calls).toEqual([
       'open(/tmp/x,0,384)', 'ioctl(5,21505)', 'ioctlAsync(5,21506)', 'bufferAddress()', 'pread(5,9)', 'pwrite(5,9)', 'read(5)', 'write(5)', 'poll(5,1,0)',
-      'pump(5,6)', 'pipe()', 'eventfd(0)', 'eventfdRead(8)', 'eventfdWrite(8)', 'close(5)',
+      'pipe()', 'eventfd(0)', 'eventfdRead(8)', 'eventfdWrite(8)', 'close(5)',
     ]);
   });
 
@@ -223,6 +220,19 @@ describe('delegation to the inner binding', () => {
     expect(thrown(() => b.socket(1, 1))).toMatchObject({ code: 'EAFNOSUPPORT', syscall: 'socket' });
     expect(thrown(() => b.listen(3, 1))).toMatchObject({ code: 'EBADF', syscall: 'listen' });
     expect(() => b.socket(-1, 1)).toThrow(RangeError);
+  });
+
+  it('names the inner binding as the one that handles a set of fds in the kernel only when none is virtual', () => {
+    const { inner } = recorder();
+    const b = new SimBinding(inner);
+    const dev = b.open('sim', 2);
+    expect(b.kernelBinding([5, 6])).toBe(inner);
+    expect(b.kernelBinding([])).toBe(inner);
+    expect(b.kernelBinding([5, dev])).toBeUndefined();
+    expect(new SimBinding().kernelBinding([5])).toBeUndefined();
+    // A wrapped wrapper answers for its own inner binding.
+    expect(new SimBinding(b).kernelBinding([5, 6])).toBe(inner);
+    expect(new SimBinding(b).kernelBinding([dev])).toBeUndefined();
   });
 
   it('keeps eventfds and pipes virtual when asked to', () => {

@@ -5,9 +5,9 @@
  * Faults:
  *  - the snapshot file's writes fail mid-stream (EIO), or the disk fills up (ENOSPC): injected
  *    at the file-handle level (fs.promises FileHandle.write, what the writer uses) and, for a
- *    job that streams with `Binding.pump` or `Binding.write` into the file, in a wrapper of the
- *    device's binding — one byte budget over both, so the fault hits whichever path the job
- *    takes; plus a real ENOSPC on a 512 KiB tmpfs when the test runs as root and can mount one;
+ *    job that streams its state into the file with the data pump (the JS pump over the
+ *    device's binding: `Binding.pwrite` / `Binding.write`), in a wrapper of that binding — one
+ *    byte budget over both, so the fault hits whichever path the job takes; plus a real ENOSPC on a 512 KiB tmpfs when the test runs as root and can mount one;
  *  - the device's data_fd fails mid-read (save) or mid-write (restore): SimDevice.failDataFd;
  *  - a corrupted chunk in the snapshot (restore).
  * After each: the destination file does not exist (or a file that was there is unchanged), no
@@ -22,7 +22,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { SimBinding, type SimDevice } from '../../src/sim';
 import { loadBinding } from '../../src/kernel/binding';
-import type { Binding, PumpOptions, PumpResult } from '../../src/kernel/binding/types';
+import type { Binding } from '../../src/kernel/binding/types';
 import type { VfioDevice } from '../../src/kernel/device';
 import { openDevice } from '../../src/kernel/open';
 import { MigrationCoordinator } from '../../src/vm/coordinator';
@@ -111,9 +111,10 @@ afterAll(() => {
 });
 
 /**
- * The device's binding with file-side faults: `write` to a real fd and `pump` into a real fd
- * draw on the same budget as FileHandle.write (a job that streams state with the pump writes
- * the file through the binding, not through fs).
+ * The device's binding with file-side faults: `write` and `pwrite` to a real fd draw on the
+ * same budget as FileHandle.write (a job that streams state with the data pump writes the file
+ * through the binding, not through fs: the data_fd is virtual, so the JS pump over this binding
+ * serves it).
  */
 function faultyBinding(inner: SimBinding): Binding {
   const fileSide = (fd: number): boolean => fault !== undefined && !SimBinding.isVirtualFd(fd);
@@ -126,20 +127,13 @@ function faultyBinding(inner: SimBinding): Binding {
       fault!.written += done;
       return done;
     },
-    pump: async (src: number, dst: number, buf: Buffer, opts?: PumpOptions | number): Promise<PumpResult> => {
-      const o: PumpOptions = typeof opts === 'number' ? (opts < 0 ? {} : { limit: opts }) : { ...opts };
-      if (!fileSide(dst)) return inner.pump(src, dst, buf, o);
-      const syscall = o.dstOffset !== undefined ? 'pwrite' : 'write';
-      const fail = (): Error => Object.assign(VfioError.fromErrno(fault!.errno, { syscall }), { bytesDone: 0 });
-      const left = fault!.allow(o.limit ?? Infinity, fail);
-      const capped = o.limit === undefined || o.limit > left;
-      const r = await inner.pump(src, dst, buf, capped ? { ...o, limit: left } : o);
-      fault!.written += r.bytes;
-      if (capped && r.end === 'limit') {
-        fault!.hits++;
-        throw Object.assign(VfioError.fromErrno(fault!.errno, { syscall }), { bytesDone: r.bytes });
-      }
-      return r;
+    pwrite: (fd: number, buf: Buffer, position: number, length?: number): number => {
+      if (!fileSide(fd)) return inner.pwrite(fd, buf, position, length);
+      const len = length ?? buf.length;
+      const n = fault!.allow(len, () => VfioError.fromErrno(fault!.errno, { syscall: 'pwrite' }));
+      const done = inner.pwrite(fd, buf, position, n);
+      fault!.written += done;
+      return done;
     },
   };
   return new Proxy(inner, {
@@ -472,7 +466,7 @@ describe('restoreSnapshot: a failure after the device was touched resets it to R
     const at = entry.bodyAt + 2 * (f.CHUNK_HEADER_SIZE + 4096);
     const payload = b.subarray(at + f.CHUNK_HEADER_SIZE, at + f.CHUNK_HEADER_SIZE + 4096);
     payload[100] ^= 1;
-    b.writeUInt32LE(f.crc32(payload), at + 4);
+    b.writeUInt32LE(f.sum(reader.checksum, payload), at + 4);
     const fd = fs.openSync(file, 'r+');
     fs.writeSync(fd, b.subarray(at, at + f.CHUNK_HEADER_SIZE + 4096), 0, f.CHUNK_HEADER_SIZE + 4096, at);
     fs.closeSync(fd);

@@ -10,6 +10,14 @@ import { loadBinding } from '../../src/kernel/binding';
 import * as f from '../../src/snapshot/format';
 import { inspectSnapshot } from '../../src/snapshot/inspect';
 import { VfioError } from '../../src/base/errors';
+import { jsChecksum } from '../../src/kernel/pump/checksum';
+import { SimBinding } from '../../src/sim';
+import { openSimDevice } from '../../src/sim/provider';
+import { restoreSnapshot } from '../../src/vm/jobs';
+
+const crc32c = (b: Buffer) => jsChecksum.crc32c(b);
+/** A snapshot of format version 1 (CRC-32), written by the version 1 writer: test/fixtures/README.md. */
+const V1_FIXTURE = path.join(__dirname, '../fixtures/snapshot-v1.vfiosnap');
 
 let dir: string;
 beforeEach(() => {
@@ -62,13 +70,13 @@ async function openErr(file: string): Promise<VfioError> {
   throw new Error('expected a VfioError');
 }
 
-describe('snapshot format v1', () => {
+describe('snapshot format v2', () => {
   it('round-trips devices, config space and a chunked state stream', async () => {
     const file = path.join(dir, 's.snap');
     const chunks = [Buffer.from('hello '), Buffer.alloc(100_000, 0xab), Buffer.from('world')];
     await writeSample(file, chunks, 2);
     const r = await SnapshotReader.open(file);
-    expect(r.header).toEqual({ version: 1, created: 1_700_000_000_000, flags: 0 });
+    expect(r.header).toEqual({ version: 2, created: 1_700_000_000_000, flags: 0, checksum: 'crc32c' });
     const devs = r.devices();
     expect(devs.map((d) => d.record.name)).toEqual(['dev0', 'dev1']);
     expect(devs[1].record.identity).toMatchObject({ vendorId: 0x1b36, deviceId: 0x11, revision: 2, classCode: 0xff8001, subsystemVendorId: 0x1af4, subsystemId: 0x1100 });
@@ -78,13 +86,18 @@ describe('snapshot format v1', () => {
     await r.close();
   });
 
-  it('lays the file header out as documented (magic, version, LE mark, crc)', async () => {
+  it('lays the file header out as documented (magic, version 2, LE mark, algorithm, CRC-32C)', async () => {
     const file = path.join(dir, 'h.snap');
     await writeSample(file, [Buffer.from('x')]);
     const b = fs.readFileSync(file);
     expect(b.subarray(0, 8).toString('latin1')).toBe('VFIOSNAP');
-    expect([b[8], b[9], b[10], b[11]]).toEqual([1, 0, 0xff, 0xfe]);
-    expect(b.readUInt32LE(28)).toBe(zlib.crc32(b.subarray(0, 28)) >>> 0);
+    expect([b[8], b[9], b[10], b[11]]).toEqual([2, 0, 0xff, 0xfe]);
+    expect(b.readUInt32LE(12)).toBe(32);
+    expect(b.readUInt16LE(24)).toBe(2); // CRC-32C
+    expect(b.readUInt16LE(26)).toBe(0);
+    expect(b.readUInt32LE(28)).toBe(crc32c(b.subarray(0, 28)));
+    // Every other checksum is the file's algorithm: the first section header's own, here.
+    expect(b.readUInt32LE(32 + 28)).toBe(crc32c(b.subarray(32, 32 + 28)));
     // the END section is the last 48 bytes and points at itself
     const endAt = b.length - 48;
     expect(b.readUInt32LE(endAt)).toBe(0);
@@ -117,21 +130,110 @@ describe('snapshot format v1', () => {
     const patch = (fn: (b: Buffer) => void, fixCrc = true): void => {
       const b = Buffer.from(orig);
       fn(b);
-      if (fixCrc) b.writeUInt32LE(zlib.crc32(b.subarray(0, 28)) >>> 0, 28);
+      if (fixCrc) b.writeUInt32LE(crc32c(b.subarray(0, 28)), 28);
       fs.writeFileSync(file, b);
     };
     patch((b) => b.write('NOTASNAP', 0, 'latin1'));
     expect((await openErr(file)).message).toMatch(/bad magic/);
-    patch((b) => b.writeUInt16LE(2, 8));
-    const v2 = await openErr(file);
-    expect(v2.code).toBe('EVFIO_SNAPSHOT_VERSION');
-    expect(v2.message).toMatch(/version 2 is not supported .* newer node-vfio-pci/);
+    // The version is judged before the header's checksum: another version may check it otherwise.
+    patch((b) => b.writeUInt16LE(3, 8), false);
+    const v3 = await openErr(file);
+    expect(v3.code).toBe('EVFIO_SNAPSHOT_VERSION');
+    expect(v3.message).toMatch(/version 3 is not supported \(this library reads versions 1 and 2\); .*newer node-vfio-pci/);
     patch((b) => b.writeUInt16LE(0, 8));
-    expect((await openErr(file)).code).toBe('EVFIO_SNAPSHOT_VERSION');
+    expect((await openErr(file)).message).toMatch(/version 0 is not supported .*predates the first released format/);
+    // A version 2 header checked with CRC-32 (version 1's) is damaged.
+    patch((b) => b.writeUInt32LE(zlib.crc32(b.subarray(0, 28)) >>> 0, 28), false);
+    expect((await openErr(file)).message).toMatch(/header checksum/);
     patch((b) => b.writeUInt16BE(0xfeff, 10));
     expect((await openErr(file)).message).toMatch(/byte-order mark/);
     patch((b) => (b[20] ^= 1), false);
     expect((await openErr(file)).message).toMatch(/header checksum/);
+  });
+
+  it('refuses a checksum algorithm it does not know, with its own code, only when the header is intact', async () => {
+    const file = path.join(dir, 'alg.snap');
+    await writeSample(file, [Buffer.from('abc')]);
+    const orig = fs.readFileSync(file);
+    for (const id of [0, 3, 0xffff]) {
+      const b = Buffer.from(orig);
+      b.writeUInt16LE(id, 24);
+      b.writeUInt32LE(crc32c(b.subarray(0, 28)), 28);
+      fs.writeFileSync(file, b);
+      const e = await openErr(file);
+      expect({ code: e.code, kind: e.kind }).toEqual({ code: 'EVFIO_SNAPSHOT_ALGORITHM', kind: 'format' });
+      expect(e.message).toContain(`checksum algorithm ${id} is not supported`);
+      expect(e.message).toMatch(/1 CRC-32 .*, 2 CRC-32C/);
+      // The same field damaged without the header checksum following: a damaged header.
+      b.writeUInt32LE(orig.readUInt32LE(28), 28);
+      fs.writeFileSync(file, b);
+      expect((await openErr(file)).message).toMatch(/header checksum/);
+    }
+  });
+
+  it("writes CRC-32 files too when asked ('crc32', algorithm 1), which read back alike", async () => {
+    const file = path.join(dir, 'crc32.snap');
+    const w = await SnapshotWriter.create(file, { noSync: true, checksum: 'crc32' });
+    await w.beginSection(f.SectionType.DEVICE_STATE, 0);
+    await w.writeChunk(Buffer.from('payload'));
+    await w.endSection();
+    await w.commit();
+    const b = fs.readFileSync(file);
+    expect(b.readUInt16LE(24)).toBe(1);
+    expect(b.readUInt32LE(28)).toBe(crc32c(b.subarray(0, 28))); // the version 2 header's own: always CRC-32C
+    const r = await SnapshotReader.open(file);
+    expect(r.checksum).toBe('crc32');
+    const chunk = r.sections[0].bodyAt;
+    expect(b.readUInt32LE(chunk + 4)).toBe(zlib.crc32(Buffer.from('payload')) >>> 0);
+    await r.close();
+  });
+
+  describe('version 1 files (CRC-32), as the version 1 writer made them', () => {
+    it('validate, inspect, and stream their state, every CRC-32 checked', async () => {
+      const r = await SnapshotReader.open(V1_FIXTURE);
+      try {
+        expect(r.header).toMatchObject({ version: 1, flags: 0, checksum: 'crc32' });
+        const [d] = r.devices();
+        expect(d.record.name).toBe('sim:10000:seed=4242#v1fixture');
+        expect(d.state!.chunks).toEqual({ count: 3, total: 10320 });
+        const parts: Buffer[] = [];
+        for await (const c of r.chunks(d.state!)) parts.push(Buffer.from(c));
+        expect(Buffer.concat(parts).length).toBe(10320);
+      } finally {
+        await r.close();
+      }
+      const i = await inspectSnapshot(V1_FIXTURE);
+      expect({ ok: i.ok, version: i.version, checksum: i.checksum }).toEqual({ ok: true, version: 1, checksum: 'crc32' });
+    });
+
+    for (const [how, inner] of [
+      ['the native pump', () => loadBinding('native')],
+      ['the JS pump (koffi)', () => loadBinding('koffi')],
+    ] as const) {
+      it(`restore into a device through ${how}, and a damaged one is refused`, async () => {
+        const sim = new SimBinding(inner());
+        const dev = openSimDevice('sim:10000#v1into', sim);
+        try {
+          expect(await restoreSnapshot(dev, V1_FIXTURE)).toEqual({ bytes: 10320 });
+          expect(sim.device('v1into').seed).toBe(4242n);
+        } finally {
+          dev.close();
+        }
+        // One bit flipped in the last chunk's payload: its CRC-32 no longer holds.
+        const bad = path.join(dir, 'v1-bad.vfiosnap');
+        const b = fs.readFileSync(V1_FIXTURE);
+        b[b.length - 48 - 16 - 10] ^= 0x20;
+        fs.writeFileSync(bad, b);
+        const dev2 = openSimDevice('sim:10000#v1bad', sim);
+        try {
+          const e = await restoreSnapshot(dev2, bad).catch((x: unknown) => x as VfioError);
+          expect(e).toBeInstanceOf(VfioError);
+          expect(e).toMatchObject({ code: 'EVFIO_SNAPSHOT_CHECKSUM', kind: 'format' });
+        } finally {
+          dev2.close();
+        }
+      });
+    }
   });
 
   it('detects every truncation with a typed error', async () => {

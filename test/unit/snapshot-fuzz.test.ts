@@ -23,6 +23,7 @@ import type { Binding } from '../../src/kernel/binding/types';
 import { openDevice } from '../../src/kernel/open';
 import { VfioError, type VfioErrorKind } from '../../src/base/errors';
 import * as f from '../../src/snapshot/format';
+import { CHECKSUM_IDS, checksumById } from '../../src/kernel/pump/checksum';
 import { SnapshotReader, type SnapshotSource } from '../../src/snapshot/reader';
 import { restoreSnapshot, saveSnapshot } from '../../src/vm/jobs';
 import { MigState } from '../../src/kernel/uapi/vfio';
@@ -69,6 +70,8 @@ interface MSection {
 interface Model {
   created: number;
   version: number;
+  /** Checksum algorithm id of the header (CHECKSUM_IDS); every checksum is sealed with it (CRC-32C when unknown). */
+  algorithm: number;
   mark: number;
   headerLen: number;
   flags: number;
@@ -94,17 +97,21 @@ function seal(m: Model): { buf: Buffer; layout: Layout } {
   const layout: Layout = { payloads: [], chunkHeaders: [], sectionHeaders: [] };
   let pos = 0;
   let skeleton = 0;
+  const alg = checksumById(m.algorithm) ?? 'crc32c';
+  const crc = (b: Buffer, prev = 0): number => f.sum(alg, b, prev);
   const put = (b: Buffer, inSkeleton: boolean): void => {
     parts.push(b);
     pos += b.length;
-    if (inSkeleton) skeleton = f.crc32(b, skeleton);
+    if (inSkeleton) skeleton = crc(b, skeleton);
   };
   const h = f.encodeFileHeader(m.created);
   h.writeUInt16LE(m.version, 8);
   h.writeUInt16LE(m.mark, 10);
   h.writeUInt32LE(m.headerLen >>> 0, 12);
-  h.writeUInt32LE(m.flags >>> 0, 24);
-  h.writeUInt32LE(f.crc32(h.subarray(0, 28)), 28);
+  h.writeUInt16LE(m.algorithm, 24);
+  h.writeUInt16LE(m.flags & 0xffff, 26);
+  // The header's own checksum is CRC-32C in version 2 (CRC-32 in version 1).
+  h.writeUInt32LE(f.sum(m.version === 1 ? 'crc32' : 'crc32c', h.subarray(0, 28)), 28);
   put(h, true);
   for (const s of m.sections) {
     layout.sectionHeaders.push(pos);
@@ -113,11 +120,11 @@ function seal(m: Model): { buf: Buffer; layout: Layout } {
       flags: s.flags,
       device: s.device,
       length: s.chunks ? (s.length ?? 0) : (s.length ?? s.body!.length),
-      crc: s.chunks ? (s.bodyCrc ?? 0) : (s.bodyCrc ?? f.crc32(s.body!)),
-    });
+      crc: s.chunks ? (s.bodyCrc ?? 0) : (s.bodyCrc ?? crc(s.body!)),
+    }, alg);
     if (s.reserved !== undefined) {
       sh.writeUInt32LE(s.reserved >>> 0, 20);
-      sh.writeUInt32LE(f.crc32(sh.subarray(0, 28)), 28);
+      sh.writeUInt32LE(crc(sh.subarray(0, 28)), 28);
     }
     put(sh, true);
     if (s.chunks) {
@@ -125,10 +132,10 @@ function seal(m: Model): { buf: Buffer; layout: Layout } {
       let total = 0;
       for (const c of s.chunks) {
         const len = c.len ?? c.data.length;
-        const ch = f.encodeChunkHeader(len, c.crc ?? f.crc32(c.data));
+        const ch = f.encodeChunkHeader(len, c.crc ?? crc(c.data));
         layout.chunkHeaders.push(pos);
         put(ch, true);
-        table = f.crc32(ch, table);
+        table = crc(ch, table);
         total += len;
         layout.payloads.push([pos, pos + c.data.length]);
         put(c.data, false);
@@ -142,7 +149,7 @@ function seal(m: Model): { buf: Buffer; layout: Layout } {
   }
   if (!m.noEnd) {
     const body = f.encodeEndBody({ endOffset: m.endOffset ?? pos, skeletonCrc: m.endSkeleton ?? skeleton, sections: m.endSections ?? m.sections.length });
-    put(f.encodeSectionHeader({ type: m.endType ?? f.SectionType.END, flags: f.SECTION_FLAG_REQUIRED, device: f.FILE_WIDE, length: body.length, crc: f.crc32(body) }), false);
+    put(f.encodeSectionHeader({ type: m.endType ?? f.SectionType.END, flags: f.SECTION_FLAG_REQUIRED, device: f.FILE_WIDE, length: body.length, crc: crc(body) }, alg), false);
     put(body, false);
   }
   if (m.trailing) put(m.trailing, false);
@@ -164,7 +171,9 @@ async function parse(buf: Buffer): Promise<Model> {
     }
   }
   await r.close();
-  return { created: r.header.created, version: r.header.version, mark: f.ENDIAN_MARK, headerLen: f.FILE_HEADER_SIZE, flags: r.header.flags, sections };
+  return {
+    created: r.header.created, version: r.header.version, algorithm: CHECKSUM_IDS[r.checksum], mark: f.ENDIAN_MARK, headerLen: f.FILE_HEADER_SIZE, flags: r.header.flags, sections,
+  };
 }
 
 function cloneModel(m: Model): Model {
@@ -278,7 +287,7 @@ function mutateStructure(rng: Rng, m: Model, kind: Structural): string {
       const s = stateSection(m, rng);
       if (!s) return 'chunk-crc(none)';
       const c = rng.pick(s.chunks!);
-      c.crc = (f.crc32(c.data) ^ (1 << rng.int(32))) >>> 0;
+      c.crc = (f.sum('crc32c', c.data) ^ (1 << rng.int(32))) >>> 0;
       return 'chunk-crc';
     }
     case 'chunk-len': {
@@ -409,13 +418,17 @@ function mutateStructure(rng: Rng, m: Model, kind: Structural): string {
       return `add-unknown type ${type}${required ? ' required' : ''}${chunked ? ' chunked' : ''}`;
     }
     case 'header': {
-      switch (rng.int(5)) {
+      switch (rng.int(6)) {
         case 0:
-          m.version = rng.pick([0, 2, 3, 0xffff, rng.int(0x10000)]);
+          m.version = rng.pick([0, 1, 3, 0xffff, rng.int(0x10000)]);
           return `version=${m.version}`;
         case 1:
-          m.flags = rng.pick([1, 0x80000000, rng.u32()]) >>> 0;
+          m.flags = rng.pick([1, 0x8000, rng.int(0x10000)]);
           return `file-flags=0x${m.flags.toString(16)}`;
+        case 5:
+          // 1 (CRC-32) re-seals a valid file with the other algorithm; the rest are unknown.
+          m.algorithm = rng.pick([0, 1, 3, 0xffff, rng.int(0x10000)]);
+          return `algorithm=${m.algorithm}`;
         case 2:
           m.mark = rng.pick([0xfffe, 0, rng.int(0x10000)]);
           return `mark=0x${m.mark.toString(16)}`;

@@ -1,18 +1,19 @@
 /**
- * src/snapshot/state-io.ts with a pump: a DEVICE_STATE section moves in framed pump calls
- * (`frame: 'write'` / `'read'`) of at most `pumpCallBytes`, and gives the same file, the same
- * bytes and the same errors as the JS loops (`noPump`). Run on the native binding, koffi (the JS
- * pump over libc) and the sim (the JS pump over a virtual data_fd).
+ * src/snapshot/state-io.ts with the data pump: a DEVICE_STATE section moves in pump calls
+ * (`writeRecords` / `readRecords`) of at most `pumpCallBytes`, and gives the same file, the same
+ * bytes and the same errors as the JS loops (`noPump`). Run on the native binding (the native
+ * pump), koffi (the JS pump over libc) and the sim (the JS pump over a virtual data_fd), each
+ * with one buffer and with two.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { crc32 } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KoffiBinding } from '../../src/kernel/binding/koffi';
 import { NativeBinding } from '../../src/kernel/binding/native';
 import { SimBinding } from '../../src/sim';
-import type { Binding, PumpOptions } from '../../src/kernel/binding/types';
+import type { Binding } from '../../src/kernel/binding/types';
+import { pumpFor, type Pump } from '../../src/kernel/pump';
 import { VfioError } from '../../src/base/errors';
 import * as f from '../../src/snapshot/format';
 import { SnapshotReader } from '../../src/snapshot/reader';
@@ -35,22 +36,32 @@ afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 const tmp = (name: string) => path.join(dir, `${++serial}-${name}`);
 
 
-/** `inner` with its pump calls recorded (options as given). */
-function counting(inner: Binding): { binding: Binding; calls: PumpOptions[] } {
-  const calls: PumpOptions[] = [];
-  const binding = new Proxy(inner, {
-    get(target, key) {
-      const value = Reflect.get(target, key, target) as unknown;
-      if (key === 'pump') {
-        return (src: number, dst: number, buf: Buffer, opts?: PumpOptions) => {
-          calls.push({ ...opts });
-          return target.pump!(src, dst, buf, opts);
-        };
-      }
-      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+interface PumpCall {
+  method: 'copy' | 'writeRecords' | 'readRecords';
+  opts: Record<string, unknown>;
+}
+
+/** The pump `binding` gets (pumpFor), with its calls recorded (options as given): pass it as `opts.pump`. */
+function counting(binding: Binding): { pump: Pump; calls: PumpCall[] } {
+  const calls: PumpCall[] = [];
+  const pump: Pump = {
+    get name() {
+      return pumpFor(binding, []).name;
     },
-  });
-  return { binding, calls };
+    copy: (src, dst, bufs, opts) => {
+      calls.push({ method: 'copy', opts: { ...opts } });
+      return pumpFor(binding, [src, dst]).copy(src, dst, bufs, opts);
+    },
+    writeRecords: (src, dst, bufs, opts) => {
+      calls.push({ method: 'writeRecords', opts: { ...opts } });
+      return pumpFor(binding, [src, dst]).writeRecords(src, dst, bufs, opts);
+    },
+    readRecords: (src, dst, bufs, opts) => {
+      calls.push({ method: 'readRecords', opts: { ...opts } });
+      return pumpFor(binding, [src, dst]).readRecords(src, dst, bufs, opts);
+    },
+  };
+  return { pump, calls };
 }
 
 /** A snapshot with one DEVICE_STATE section saved from `source` (an fd to read to its end). */
@@ -106,37 +117,42 @@ async function load(binding: Binding, file: string, opts: StateIoOptions, change
   }
 }
 
-const bindings: Array<[string, () => Binding]> = [
-  ['native', () => new NativeBinding()],
-  ['koffi', () => new KoffiBinding()],
+const bindings: Array<[string, () => Binding, boolean]> = [
+  ['native', () => new NativeBinding(), false],
+  ['native', () => new NativeBinding(), true],
+  ['koffi', () => new KoffiBinding(), false],
+  ['koffi', () => new KoffiBinding(), true],
 ];
 
-for (const [name, make] of bindings) {
-  describe(`state-io with the ${name} pump`, () => {
+for (const [name, make, overlap] of bindings) {
+  describe(`state-io with the ${name} pump, ${overlap ? 'two buffers' : 'one buffer'}`, () => {
     let b: Binding;
     beforeAll(() => {
       b = make();
     });
+    /** `save` and `load` of this describe: its buffers. */
+    const saveHere = (binding: Binding, source: number, opts: StateIoOptions) => save(binding, source, { overlap, ...opts });
+    const loadHere = (binding: Binding, file: string, opts: StateIoOptions, change?: Parameters<typeof load>[3]) => load(binding, file, { overlap, ...opts }, change);
 
     it('save: framed calls of at most pumpCallBytes, progress after each, the same file as the JS loop', async () => {
       const data = pattern(100_000, 7);
       const src = tmp('src.bin');
       fs.writeFileSync(src, data);
-      const { binding, calls } = counting(b);
+      const { pump, calls } = counting(b);
       const fd = b.open(src, O_RDONLY);
       let pumped: Awaited<ReturnType<typeof save>>;
       try {
-        pumped = await save(binding, fd, { bufferSize: 4096, pumpCallBytes: 5 * 4096 + 100 });
+        pumped = await saveHere(b, fd, { bufferSize: 4096, pumpCallBytes: 5 * 4096 + 100, pump });
       } finally {
         b.close(fd);
       }
       expect(pumped.bytes).toBe(data.length);
-      expect(calls.map((c) => [c.frame?.mode, c.limit])).toEqual(Array(5).fill(['write', 5 * 4096]));
+      expect(calls.map((c) => [c.method, c.opts.limit, c.opts.recordSize])).toEqual(Array(5).fill(['writeRecords', 5 * 4096, 4096]));
       expect(pumped.progress).toEqual([20480, 40960, 61440, 81920, 100_000]);
       const fd2 = b.open(src, O_RDONLY);
       let js: Awaited<ReturnType<typeof save>>;
       try {
-        js = await save(b, fd2, { bufferSize: 4096, noPump: true });
+        js = await saveHere(b, fd2, { bufferSize: 4096, noPump: true });
       } finally {
         b.close(fd2);
       }
@@ -152,11 +168,11 @@ for (const [name, make] of bindings) {
       fs.writeFileSync(src, '');
       const fd = b.open(src, O_RDONLY);
       try {
-        const { file, bytes, progress } = await save(b, fd, { bufferSize: 4096 });
+        const { file, bytes, progress } = await saveHere(b, fd, { bufferSize: 4096 });
         expect({ bytes, progress }).toEqual({ bytes: 0, progress: [] });
         const r = await SnapshotReader.open(file);
         expect(r.sections[0].chunks).toEqual({ count: 0, total: 0 });
-        expect((await load(b, file, {})).data.length).toBe(0);
+        expect((await loadHere(b, file, {})).data.length).toBe(0);
         await r.close();
       } finally {
         b.close(fd);
@@ -170,33 +186,34 @@ for (const [name, make] of bindings) {
       const fd = b.open(src, O_RDONLY);
       let file: string;
       try {
-        file = (await save(b, fd, { bufferSize: 8192 })).file;
+        file = (await saveHere(b, fd, { bufferSize: 8192 })).file;
       } finally {
         b.close(fd);
       }
-      const { binding, calls } = counting(b);
+      const { pump, calls } = counting(b);
       // A buffer smaller than the file's chunks: the first chunk's length sizes it.
-      const got = await load(binding, file, { bufferSize: 1000, pumpCallBytes: 3 * 8192 });
+      const got = await loadHere(b, file, { bufferSize: 1000, pumpCallBytes: 3 * 8192, pump });
       expect(got.error).toBeUndefined();
       expect(got.data.equals(data)).toBe(true);
-      expect(calls.map((c) => [c.frame?.mode, c.frame && 'chunks' in c.frame ? c.frame.chunks : -1, c.frame && 'final' in c.frame ? c.frame.final : undefined])).toEqual([
-        ['read', 3, false],
-        ['read', 3, false],
-        ['read', 3, true],
+      expect(calls.map((c) => [c.method, c.opts.records])).toEqual([
+        ['readRecords', 3],
+        ['readRecords', 3],
+        ['readRecords', 3],
       ]);
       expect(got.progress).toEqual([24576, 49152, 70_000]);
-      expect((await load(b, file, { noPump: true })).data.equals(data)).toBe(true);
+      expect((await loadHere(b, file, { noPump: true })).data.equals(data)).toBe(true);
     });
 
     it('load: a chunk longer than the first (another writer) falls back to chunk-by-chunk calls and restores', async () => {
       const payloads = [pattern(100, 1), pattern(300, 2), pattern(5000, 3), pattern(20, 4)];
       const file = await snapshotOf(payloads);
-      const { binding, calls } = counting(b);
-      const got = await load(binding, file, { bufferSize: 64 });
+      const { pump, calls } = counting(b);
+      const got = await loadHere(b, file, { bufferSize: 64, pump });
       expect(got.error).toBeUndefined();
       expect(got.data.equals(Buffer.concat(payloads))).toBe(true);
-      // The framed call stopped before chunk 1 (300 > the 100-byte buffer); the rest went one by one.
-      expect(calls.map((c) => (c.frame ? 'frame' : c.limit))).toEqual(['frame', 300, 5000, 20]);
+      // The records call stopped before chunk 1 (300 > the buffer sized by the 100-byte first
+      // chunk); the rest went one by one.
+      expect(calls.map((c) => (c.method === 'readRecords' ? 'records' : c.opts.limit))).toEqual(['records', 300, 5000, 20]);
       expect(got.progress).toEqual([100, 400, 5400, 5420]);
     });
 
@@ -225,7 +242,7 @@ for (const [name, make] of bindings) {
             payload[7] ^= 1;
             const head = Buffer.alloc(8);
             head.writeUInt32LE(payload.length, 0);
-            head.writeUInt32LE(crc32(payload), 4);
+            head.writeUInt32LE(f.sum('crc32c', payload), 4);
             edit(file, chunkAt(e, 1), Buffer.concat([head, payload]));
           },
           { code: 'EVFIO_SNAPSHOT_CHECKSUM', sameMessage: true, progress: [4096, 8192, 12288, 16384, 17384] },
@@ -255,8 +272,8 @@ for (const [name, make] of bindings) {
             fs.copyFileSync(pristine, name);
             return name;
           };
-          const pumped = await load(b, copy(), { bufferSize: 4096 }, change);
-          const js = await load(b, copy(), { bufferSize: 4096, noPump: true }, change);
+          const pumped = await loadHere(b, copy(), { bufferSize: 4096 }, change);
+          const js = await loadHere(b, copy(), { bufferSize: 4096, noPump: true }, change);
           for (const r of [pumped, js]) {
             expect(r.error, 'an error').toBeInstanceOf(VfioError);
             expect({ code: r.error!.code, kind: r.error!.kind }).toEqual({ code: want.code, kind: 'format' });
@@ -281,23 +298,24 @@ describe('state-io on the sim (the JS pump over a virtual data_fd)', () => {
     return s.decodeMigState(buf).dataFd;
   }
 
-  it('saves a STOP_COPY stream in framed calls and restores it into a RESUMING device', async () => {
+  it('saves a STOP_COPY stream in records calls and restores it into a RESUMING device; the pump is the JS one', async () => {
     const sim = new SimBinding(new NativeBinding());
     sim.createDevice('src', { size: 50_000, seed: 0x51n });
     sim.createDevice('dst', { size: 50_000, seed: 0x99n });
     const src = sim.open('sim#src', O_RDWR);
     const dst = sim.open('sim#dst', O_RDWR);
-    const { binding, calls } = counting(sim);
+    const { pump, calls } = counting(sim);
     try {
       const out = setState(sim, src, MigState.STOP_COPY);
+      expect(pumpFor(sim, [out, 3]).name).toBe('js');
       let saved: Awaited<ReturnType<typeof save>>;
       try {
-        saved = await save(binding, out, { bufferSize: 4096, pumpCallBytes: 16_384 });
+        saved = await save(sim, out, { bufferSize: 4096, pumpCallBytes: 16_384, pump });
       } finally {
         sim.close(out);
       }
       expect(saved.bytes).toBe(sim.device('src').streamLength);
-      expect(calls.every((c) => c.frame?.mode === 'write' && c.limit === 16_384)).toBe(true);
+      expect(calls.every((c) => c.method === 'writeRecords' && c.opts.limit === 16_384)).toBe(true);
       expect(calls.length).toBe(Math.ceil(saved.bytes / 16_384) + (saved.bytes % 16_384 === 0 ? 1 : 0));
       calls.length = 0;
       const reader = await SnapshotReader.open(saved.file);
@@ -305,8 +323,8 @@ describe('state-io on the sim (the JS pump over a virtual data_fd)', () => {
       try {
         const entry = reader.sections[0];
         const progress: number[] = [];
-        expect(await loadStateSection(binding, reader, entry, into, { bufferSize: 4096, pumpCallBytes: 16_384, onProgress: (n) => progress.push(n) })).toEqual({ bytes: saved.bytes });
-        expect(calls.every((c) => c.frame?.mode === 'read')).toBe(true);
+        expect(await loadStateSection(sim, reader, entry, into, { bufferSize: 4096, pumpCallBytes: 16_384, onProgress: (n) => progress.push(n), pump })).toEqual({ bytes: saved.bytes });
+        expect(calls.every((c) => c.method === 'readRecords')).toBe(true);
         expect(progress.at(-1)).toBe(saved.bytes);
       } finally {
         sim.close(into);

@@ -4,7 +4,7 @@ import { KoffiBinding } from './koffi';
 import { NativeBinding } from './native';
 import type { Binding } from './types';
 
-export type { Binding, PumpResult } from './types';
+export type { Binding } from './types';
 export { POLLERR, POLLHUP, POLLIN, POLLOUT } from './types';
 
 const log = logger('binding');

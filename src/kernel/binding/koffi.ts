@@ -1,11 +1,10 @@
 import { constants as fsc, fstatSync } from 'node:fs';
-import { crc32 } from 'node:zlib';
-import { VfioError, type VfioErrorCode } from '../../base/errors';
+import { VfioError } from '../../base/errors';
 import {
   INT_MAX, SOCKADDR_MAX, buffer as bufferArg, fd as fdArg, int as intArg, optInt as optIntArg, rangeError, sockaddr as sockaddrArg, typeError,
   window as windowArg,
 } from './args';
-import type { Binding, PumpEnd, PumpError, PumpOptions, PumpResult } from './types';
+import type { Binding } from './types';
 
 /**
  * The `Binding` contract through libc with koffi: the fallback for when the native addon
@@ -24,14 +23,7 @@ import type { Binding, PumpEnd, PumpError, PumpOptions, PumpResult } from './typ
  *    the re-issued call could wait on the JS thread; Node's signal handlers restart syscalls.)
  *  - A Buffer's memory stays alive until the promise settles: the pending transfer holds the
  *    window it reads or writes (it uses it again after the await), and with it the ArrayBuffer.
- *  - `pump` is a JS loop (`runPump`, also the simulated binding's) over the same async
- *    read/write, or pread/pwrite with `srcOffset`/`dstOffset`, with one reused Buffer and
- *    zlib.crc32, and the same results and errors as the addon. koffi cannot start a thread of
- *    its own, so its calls run on the libuv pool; to keep pending pumps from holding pool
- *    threads indefinitely (a pipe nobody writes to), a pump waits for an fd that is not a
- *    regular file or block device with poll(2) slices of PUMP_POLL_SLICE_MS before each call,
- *    letting queued fs work in between. (A blocking write into a pipe whose reader stalls
- *    midway can still hold one pool thread until the reader resumes.)
+ *  - The data pump over koffi's fds is the JS pump (src/kernel/pump/js.ts) on these calls.
  */
 
 // ---- Linux constants (asm-generic values; fs.constants has no O_CLOEXEC) ----
@@ -43,7 +35,6 @@ const O_NONBLOCK = fsc.O_NONBLOCK;
 const EINTR = 4;
 const EAGAIN = 11;
 const EIO = 5;
-const ENOMSG = 42;
 const EINPROGRESS = 115;
 /** SOCK_CLOEXEC and SOCK_NONBLOCK are O_CLOEXEC and O_NONBLOCK (asm-generic). */
 const SOCK_CLOEXEC = O_CLOEXEC;
@@ -55,8 +46,6 @@ const MSG_DONTWAIT = 0x40;
 const PIPE_BUF = 4096;
 const POLLIN = 0x1;
 const POLLOUT = 0x4;
-/** How long one readiness wait of a pump may hold a pool thread (see the file comment). */
-const PUMP_POLL_SLICE_MS = 20;
 
 // ---- libc ----
 
@@ -330,14 +319,6 @@ export class KoffiBinding implements Binding {
     }
   }
 
-  /**
-   * Wait until `fd` is ready for `events` (or reports an error or hangup, which the next call
-   * tells) in poll(2) slices, so that no pool thread is held for long.
-   */
-  private async waitReady(fd: number, events: number): Promise<void> {
-    while ((await this.pollAsync(fd, events, PUMP_POLL_SLICE_MS)) === 0);
-  }
-
   poll(fd: number, events: number, timeoutMs: number): Promise<number> {
     fdArg('poll', fd);
     intArg('poll', 'events', events, 0, 0x7fff);
@@ -369,30 +350,6 @@ export class KoffiBinding implements Binding {
     }
   }
 
-  pump(srcFd: number, dstFd: number, buf: Buffer, opts?: PumpOptions | number): Promise<PumpResult> {
-    const a = pumpArgs('pump', srcFd, dstFd, buf, opts);
-    const mayWait = (fd: number) => !isFileOrBlockDevice(fd);
-    const srcWaits = mayWait(srcFd);
-    const dstWaits = mayWait(dstFd);
-    return runPump(
-      {
-        read: async (fd, view, position) => {
-          if (srcWaits) await this.waitReady(fd, POLLIN);
-          return this.transfer('read', fd, view, position);
-        },
-        write: async (fd, view, position) => {
-          if (dstWaits) await this.waitReady(fd, POLLOUT);
-          return this.transfer('write', fd, view, position);
-        },
-      },
-      srcFd,
-      dstFd,
-      a.buf,
-      a.options,
-    );
-  }
-
-  // ---- sockets: synchronous calls on the JS thread (none of them waits: the sockets are non-blocking) ----
 
   socket(domain: number, type: number, protocol?: number): number {
     const d = intArg('socket', 'domain', domain, 0, INT_MAX);
@@ -492,322 +449,5 @@ function isSocket(fd: number): boolean {
     return fstatSync(fd).isSocket();
   } catch {
     return false;
-  }
-}
-
-/** True for a regular file or a block device: their reads and writes never wait indefinitely. */
-function isFileOrBlockDevice(fd: number): boolean {
-  try {
-    const st = fstatSync(fd);
-    return st.isFile() || st.isBlockDevice();
-  } catch {
-    return false; // a bad fd: the syscall reports it
-  }
-}
-
-// ---- the JS pump (koffi, and the simulated binding for virtual fds) ----
-
-/** `PumpOptions` after the checks: -1 where an option is absent. */
-export interface PumpArgs {
-  buf: Buffer;
-  options: {
-    limit: number;
-    srcOffset: number;
-    dstOffset: number;
-    expectCrc: number;
-    verify: boolean;
-    precopy: boolean;
-    /** `frame.mode`, 'none' without a frame. */
-    frame: 'none' | 'write' | 'read';
-    /** write: payload bytes per chunk. */
-    chunk: number;
-    /** read: the largest payload accepted (with buf.length). */
-    maxChunk: number;
-    /** read: chunks to move. */
-    chunks: number;
-    /** read: read the end chunk after them. */
-    final: boolean;
-    /** The chunk-table and (write) skeleton CRC-32s to continue. */
-    tableCrc: number;
-    skeletonCrc: number;
-  };
-}
-
-/**
- * The argument checks of `Binding.pump`, in the addon's order and with its messages
- * (addon/binding.cc PumpOptionsArg): fds, a non-empty Buffer, then the options, which may be
- * undefined, an object, or a number (the older form: the limit, -1 meaning none).
- */
-export function pumpArgs(fn: string, srcFd: unknown, dstFd: unknown, buf: unknown, opts: unknown): PumpArgs {
-  fdArg(fn, srcFd, 'srcFd');
-  fdArg(fn, dstFd, 'dstFd');
-  const b = bufferArg(fn, buf);
-  if (b.length === 0) throw rangeError(`${fn}: "buffer" must not be empty`);
-  const o: PumpArgs['options'] = {
-    limit: -1, srcOffset: -1, dstOffset: -1, expectCrc: 0, verify: false, precopy: false,
-    frame: 'none', chunk: 0, maxChunk: 0xffffffff, chunks: 0, final: true, tableCrc: 0, skeletonCrc: 0,
-  };
-  if (opts === undefined) return { buf: b, options: o };
-  if (typeof opts === 'number') {
-    o.limit = intArg(fn, 'limit', opts, -1, MAX_SAFE);
-    return { buf: b, options: o };
-  }
-  if (typeof opts !== 'object' || opts === null) throw typeError(`${fn}: "options" must be an object`);
-  const { limit, srcOffset, dstOffset, expectCrc, precopy, frame, writeback } = opts as Record<string, unknown>;
-  if (limit !== undefined) o.limit = intArg(fn, 'limit', limit, 0, MAX_SAFE);
-  if (srcOffset !== undefined) o.srcOffset = intArg(fn, 'srcOffset', srcOffset, 0, MAX_SAFE);
-  if (dstOffset !== undefined) o.dstOffset = intArg(fn, 'dstOffset', dstOffset, 0, MAX_SAFE);
-  if (expectCrc !== undefined) {
-    o.expectCrc = intArg(fn, 'expectCrc', expectCrc, 0, 0xffffffff);
-    o.verify = true;
-  }
-  if (precopy !== undefined) {
-    if (typeof precopy !== 'boolean') throw typeError(`${fn}: "precopy" must be a boolean`);
-    o.precopy = precopy;
-  }
-  // A hint this loop does not act on (no sync_file_range here); checked like the addon does.
-  if (writeback !== undefined) intArg(fn, 'writeback', writeback, 0, MAX_SAFE);
-  if (o.verify && (o.limit < 0 || o.limit > b.length)) {
-    throw rangeError(`${fn}: "expectCrc" needs "limit", at most the buffer length (${b.length})`);
-  }
-  if (frame !== undefined) frameArg(fn, frame, b.length, o);
-  return { buf: b, options: o };
-}
-
-/** `options.frame`, after the other options: the addon's FrameArg (addon/binding.cc), same order and messages. */
-function frameArg(fn: string, v: unknown, bufLength: number, o: PumpArgs['options']): void {
-  if (typeof v !== 'object' || v === null) throw typeError(`${fn}: "frame" must be an object`);
-  const f = v as Record<string, unknown>;
-  const mode = typeof f.mode === 'string' ? f.mode : '';
-  const crc = (key: string): number => (f[key] === undefined ? 0 : intArg(fn, `frame.${key}`, f[key], 0, 0xffffffff));
-  if (mode === 'write') {
-    o.frame = 'write';
-    o.chunk = intArg(fn, 'frame.chunk', f.chunk, 1, 2 ** 30);
-    o.tableCrc = crc('tableCrc');
-    o.skeletonCrc = crc('skeletonCrc');
-    if (o.verify) throw rangeError(`${fn}: "expectCrc" cannot be used with "frame"`);
-    if (o.chunk + FRAME_HEADER > bufLength) {
-      throw rangeError(`${fn}: "frame.chunk" needs a buffer of at least frame.chunk + 8 bytes (it has ${bufLength})`);
-    }
-  } else if (mode === 'read') {
-    o.frame = 'read';
-    o.chunks = intArg(fn, 'frame.chunks', f.chunks, 0, MAX_SAFE);
-    if (f.maxChunk !== undefined) o.maxChunk = intArg(fn, 'frame.maxChunk', f.maxChunk, 1, 0xffffffff);
-    o.tableCrc = crc('tableCrc');
-    if (f.final !== undefined) {
-      if (typeof f.final !== 'boolean') throw typeError(`${fn}: "frame.final" must be a boolean`);
-      o.final = f.final;
-    }
-    if (o.verify || o.limit >= 0 || o.precopy) {
-      throw rangeError(`${fn}: "limit", "expectCrc" and "precopy" cannot be used with frame mode 'read'`);
-    }
-  } else {
-    throw typeError(`${fn}: "frame.mode" must be 'read' or 'write'`);
-  }
-}
-
-/** Chunk framing (PumpFrame, docs/snapshot-format.md): an 8-byte chunk header, a 16-byte end chunk. */
-const FRAME_HEADER = 8;
-const FRAME_END = 16;
-
-/**
- * The calls a JS pump is made of. Each does one read(2)/write(2) of `view` (pread/pwrite at
- * `position` when given) with EINTR and EAGAIN handled, resolves with the byte count, and
- * rejects with the VfioError of the syscall ('read', 'pread', 'write', 'pwrite').
- */
-export interface PumpIo {
-  read(fd: number, view: Buffer, position: number | undefined): Promise<number>;
-  write(fd: number, view: Buffer, position: number | undefined): Promise<number>;
-}
-
-const hex = (v: number): string => `0x${v.toString(16).padStart(8, '0')}`;
-
-/**
- * The pump of the `Binding` contract as a JS loop over `io`, with `buf` reused for every chunk:
- * the same results, ends and errors as addon/sys.cc vfio_pump, framing included. `a` comes
- * from `pumpArgs`.
- */
-export async function runPump(io: PumpIo, src: number, dst: number, buf: Buffer, a: PumpArgs['options']): Promise<PumpResult> {
-  let srcPos = a.srcOffset >= 0 ? a.srcOffset : undefined;
-  let dstPos = a.dstOffset >= 0 ? a.dstOffset : undefined;
-  /** Bytes written to the destination. */
-  let written = 0;
-  /** Bytes read from the source. */
-  let read = 0;
-  let crc = 0;
-  // Framed: chunks done, the payload bytes of those chunks (write: what bytesDone reports), the
-  // header CRC-32s, and (read) where the chunk being handled starts.
-  let chunks = 0;
-  let payload = 0;
-  let tableCrc = a.tableCrc;
-  let skeletonCrc = a.skeletonCrc;
-  let chunkOffset = -1;
-
-  const fail = (e: unknown): never => {
-    if (e instanceof VfioError) {
-      (e as PumpError).bytesDone = a.frame === 'write' ? payload : written;
-      if (a.frame === 'read' && chunkOffset >= 0) (e as PumpError).chunkOffset = chunkOffset;
-    }
-    throw e;
-  };
-  /** One read: the byte count, or 0 for "no data" (a read of 0, or ENOMSG with precopy). */
-  const readSome = async (view: Buffer): Promise<number> => {
-    let n: number;
-    try {
-      n = await io.read(src, view, srcPos);
-    } catch (e) {
-      if (a.precopy && e instanceof VfioError && e.errno === ENOMSG) return 0;
-      return fail(e);
-    }
-    if (srcPos !== undefined) srcPos += n;
-    return n;
-  };
-  const writeAll = async (chunk: Buffer): Promise<void> => {
-    for (let done = 0; done < chunk.length; ) {
-      let w: number;
-      try {
-        w = await io.write(dst, chunk.subarray(done), dstPos);
-      } catch (e) {
-        return fail(e);
-      }
-      // No progress and no error: give up rather than spin.
-      if (w === 0) return fail(VfioError.fromErrno(EIO, { syscall: dstPos !== undefined ? 'pwrite' : 'write' }));
-      done += w;
-      written += w;
-      if (dstPos !== undefined) dstPos += w;
-    }
-  };
-  const done = (end: PumpEnd): PumpResult => ({ bytes: written, crc32: crc, end });
-  const formatError = (code: VfioErrorCode, message: string, extra: object = {}): VfioError =>
-    Object.assign(new VfioError(message, { code, kind: 'format' }), extra);
-
-  if (a.verify) {
-    // Buffer the whole chunk, check it, and only then let it reach the destination.
-    while (read < a.limit) {
-      const n = await readSome(buf.subarray(read, a.limit));
-      if (n === 0) {
-        return fail(formatError('EVFIO_SNAPSHOT_TRUNCATED', `pump: the source ended after ${read} of ${a.limit} bytes; nothing was written`));
-      }
-      crc = crc32(buf.subarray(read, read + n), crc);
-      read += n;
-    }
-    if (crc !== a.expectCrc) {
-      return fail(
-        formatError('EVFIO_CHECKSUM', `pump: CRC-32 mismatch over ${a.limit} bytes: expected ${hex(a.expectCrc)}, got ${hex(crc)}; nothing was written`),
-      );
-    }
-    await writeAll(buf.subarray(0, a.limit));
-    return done('limit');
-  }
-
-  if (a.frame === 'write') {
-    // Each chunk is gathered at buf[8..] and goes out with its header in front, in one write.
-    // (zlib.crc32 has no crc32_combine: the running crc32 is a second pass over each piece.)
-    for (;;) {
-      let want = a.chunk;
-      if (a.limit >= 0) {
-        if (read === a.limit) return { ...done('limit'), bytes: payload, chunks, written, tableCrc, skeletonCrc };
-        want = Math.min(want, a.limit - read);
-      }
-      let got = 0;
-      let atEnd = false;
-      let chunkCrc = 0;
-      while (got < want) {
-        const n = await readSome(buf.subarray(FRAME_HEADER + got, FRAME_HEADER + want));
-        if (n === 0) {
-          atEnd = true;
-          break;
-        }
-        const piece = buf.subarray(FRAME_HEADER + got, FRAME_HEADER + got + n);
-        chunkCrc = crc32(piece, chunkCrc);
-        crc = crc32(piece, crc);
-        got += n;
-        read += n;
-      }
-      if (got > 0) {
-        // Never an empty chunk: a length of 0 marks the end chunk.
-        buf.writeUInt32LE(got, 0);
-        buf.writeUInt32LE(chunkCrc, 4);
-        await writeAll(buf.subarray(0, FRAME_HEADER + got));
-        const header = buf.subarray(0, FRAME_HEADER);
-        tableCrc = crc32(header, tableCrc);
-        skeletonCrc = crc32(header, skeletonCrc);
-        payload += got;
-        chunks++;
-      }
-      if (atEnd) return { ...done(a.precopy ? 'for-now' : 'eof'), bytes: payload, chunks, written, tableCrc, skeletonCrc };
-    }
-  }
-
-  if (a.frame === 'read') {
-    // Each payload is read whole into buf and checked before any of it reaches the destination.
-    const cap = Math.min(a.maxChunk, buf.length);
-    const base = a.srcOffset >= 0 ? a.srcOffset : 0;
-    const head = Buffer.alloc(FRAME_END);
-    const atEnd = (): boolean => chunks === a.chunks;
-    const readExact = async (view: Buffer): Promise<void> => {
-      let got = 0;
-      while (got < view.length) {
-        const n = await readSome(view.subarray(got));
-        if (n === 0) break;
-        got += n;
-      }
-      read += got;
-      if (got < view.length) {
-        fail(formatError('EVFIO_SNAPSHOT_TRUNCATED', `pump: the source ends inside the ${atEnd() ? 'end chunk' : 'chunk'} at offset ${chunkOffset}`));
-      }
-    };
-    for (let i = 0; i < a.chunks; i++) {
-      chunkOffset = base + read;
-      const header = head.subarray(0, FRAME_HEADER);
-      await readExact(header);
-      const len = head.readUInt32LE(0);
-      const want = head.readUInt32LE(4);
-      if (len === 0 || len > cap) {
-        fail(formatError('EVFIO_BAD_SNAPSHOT', `pump: the chunk at offset ${chunkOffset} claims ${len} bytes, outside [1, ${cap}]`, { chunkLength: len }));
-      }
-      const body = buf.subarray(0, len);
-      await readExact(body);
-      const got = crc32(body);
-      if (got !== want) {
-        fail(
-          formatError(
-            'EVFIO_SNAPSHOT_CHECKSUM',
-            `pump: CRC-32 mismatch in the chunk at offset ${chunkOffset} (${len} bytes): expected ${hex(want)}, got ${hex(got)}; nothing of it was written`,
-          ),
-        );
-      }
-      await writeAll(body);
-      crc = crc32(body, crc);
-      chunks++;
-      tableCrc = crc32(header, tableCrc);
-    }
-    const result = { ...done(a.final ? 'eof' : 'limit'), chunks, tableCrc };
-    if (!a.final) return result;
-    chunkOffset = base + read;
-    await readExact(head);
-    const marker = head.readUInt32LE(0);
-    if (marker !== 0) {
-      fail(
-        formatError('EVFIO_BAD_SNAPSHOT', `pump: no end chunk at offset ${chunkOffset} after ${chunks} chunks (a chunk of ${marker} bytes starts there)`, {
-          chunkLength: marker,
-        }),
-      );
-    }
-    return { ...result, endTableCrc: head.readUInt32LE(4), endTotal: Number(head.readBigUInt64LE(8)) };
-  }
-
-  for (;;) {
-    let want = buf.length;
-    if (a.limit >= 0) {
-      if (read === a.limit) return done('limit');
-      want = Math.min(want, a.limit - read);
-    }
-    const n = await readSome(buf.subarray(0, want));
-    if (n === 0) return done(a.precopy ? 'for-now' : 'eof');
-    const chunk = buf.subarray(0, n);
-    crc = crc32(chunk, crc); // while the chunk is fresh
-    read += n;
-    await writeAll(chunk);
   }
 }

@@ -10,13 +10,20 @@
  * `new ErrorClass(message, { code, errno, syscall, path? })`.
  */
 declare namespace VfioPciNative {
-  /** ChunkWalk of ./types.ts. */
-  interface ChunkWalk {
+  /** RecordWalk of src/kernel/pump/types.ts. */
+  interface RecordWalk {
     pos: number;
     count: number;
     total: number;
-    tableCrc: number;
-    skeletonCrc: number;
+    sums: number[];
+  }
+
+  interface RecordWalkOptions {
+    prefix: Buffer | Uint8Array;
+    maxRecord: number;
+    checksum: 'crc32c' | 'crc32';
+    maxHeaders: number;
+    budgetUs?: number;
   }
 
   /** What the addon passes to the error class: errno name, positive errno, syscall name. */
@@ -36,62 +43,44 @@ declare namespace VfioPciNative {
 
   type ErrorClass = new (message: string, init: SysErrorInit | FormatErrorInit) => Error;
 
+  /**
+   * The options of `pump`, as src/kernel/pump/args.ts normalizes and checks them (the addon
+   * checks types and ranges again, and refuses what does not fit together with EINVAL).
+   */
   interface PumpOptions {
-    /** Bytes to copy, in [0, 2^53); absent: to the end of the source. */
+    mode: 'copy' | 'write-records' | 'read-records';
+    checksum?: 'crc32c' | 'crc32';
     limit?: number;
-    /** pread(2) the source from this offset on (advancing), in [0, 2^53). */
     srcOffset?: number;
-    /** pwrite(2) the destination from this offset on (advancing), in [0, 2^53). */
     dstOffset?: number;
-    /** CRC-32 in [0, 2^32) the `limit` (required, <= buf.length) bytes must have before any is written. */
-    expectCrc?: number;
-    /** ENOMSG and a read of 0 end the pump with 'for-now'. */
-    precopy?: boolean;
-    /** Start the write-back of a regular-file destination every this many bytes, in [0, 2^53); 0: off. */
     writeback?: number;
-    /** Write or read the chunk framing of a snapshot section (PumpFrame in src/binding/types.ts). */
-    frame?: PumpFrameWrite | PumpFrameRead;
+    expectChecksum?: number;
+    precopy?: boolean;
+    prefix?: Buffer;
+    recordSize?: number;
+    maxRecord?: number;
+    records?: number;
+    headerChecksums?: number[];
+    idleTimeoutMs?: number;
   }
 
-  interface PumpFrameWrite {
-    mode: 'write';
-    /** Payload bytes per chunk, in [1, 2^30]; the buffer must hold chunk + 8 bytes. */
-    chunk: number;
-    /** Chunk-table and skeleton CRC-32s to continue, in [0, 2^32) (default 0). */
-    tableCrc?: number;
-    skeletonCrc?: number;
-  }
-
-  interface PumpFrameRead {
-    mode: 'read';
-    /** Chunks to move, in [0, 2^53). */
-    chunks: number;
-    /** Largest payload accepted, in [1, 2^32) (default: the buffer length). */
-    maxChunk?: number;
-    /** Chunk-table CRC-32 to continue, in [0, 2^32) (default 0). */
-    tableCrc?: number;
-    /** Read the end chunk after the chunks (default true). */
-    final?: boolean;
-  }
-
+  /** Every field of every mode (src/kernel/pump/types.ts picks those of its mode). */
   interface PumpResult {
-    /** Bytes copied from src to dst (framed: payload bytes). */
     bytes: number;
-    /** zlib CRC-32 of those bytes, unsigned. */
-    crc32: number;
-    /** Why it stopped. */
-    end: 'eof' | 'limit' | 'for-now';
-    /** Framed: chunks written to dst. */
-    chunks?: number;
-    /** Framed write: bytes written to dst, headers included. */
-    written?: number;
-    /** Framed: the chunk-table CRC-32 continued over the headers written / read. */
-    tableCrc?: number;
-    /** Framed write: the skeleton CRC-32 continued over the same headers. */
-    skeletonCrc?: number;
-    /** Framed read with `final`: the end chunk's fields. */
-    endTableCrc?: number;
-    endTotal?: number;
+    read: number;
+    written: number;
+    records: number;
+    checksum: number;
+    headerChecksums: number[];
+    end: 'eof' | 'limit' | 'for-now' | 'count' | 'header';
+    /** end 'header': the header that stopped a read of records. */
+    header?: Buffer;
+  }
+
+  /** A started pump: its promise, and a function that cancels it (a no-op once it has ended). */
+  interface PumpJob {
+    promise: Promise<PumpResult>;
+    cancel(): void;
   }
 
   interface Addon {
@@ -113,16 +102,22 @@ declare namespace VfioPciNative {
     ioctl(fd: number, request: number, arg?: Buffer | number): number;
     /** ioctl(2) on the libuv thread pool; the Buffer is pinned until the promise settles. */
     ioctlAsync(fd: number, request: number, arg?: Buffer | number): Promise<number>;
-    /** The pump's CRC-32: 'isa-l' (Intel ISA-L, PCLMULQDQ/AVX-512) when built with it, else 'zlib'. */
-    readonly crc32Implementation: 'isa-l' | 'zlib';
+    /**
+     * The checksum of `buf` continued from `seed` (default 0), with implementation number
+     * `implementation` of `checksumImplementations[algorithm]` (default 0, the fastest). On
+     * the JS thread. RangeError for an implementation this CPU does not have.
+     */
+    checksum(algorithm: 'crc32c' | 'crc32', buf: Buffer, seed?: number, implementation?: number): number;
+    /** The checksum implementations this CPU has, fastest (the one the pump uses) first. */
+    readonly checksumImplementations: Readonly<{ crc32c: readonly string[]; crc32: readonly string[] }>;
     /** Address of the Buffer's memory. */
     bufferAddress(buf: Buffer): bigint;
     /** One pread(2) of `length` (default buf.length, at most buf.length) bytes at `position`. */
     pread(fd: number, buf: Buffer, position: number, length?: number): number;
     /** One pwrite(2) of `length` (default buf.length, at most buf.length) bytes at `position`. */
     pwrite(fd: number, buf: Buffer, position: number, length?: number): number;
-    /** vfio_walk_chunks (include/vfio_pci_sys.h): the walk advanced, and the headers taken. */
-    walkChunks(fd: number, walk: ChunkWalk, size: number, maxChunk: number, maxHeaders: number, budgetUs?: number): ChunkWalk & { taken: number };
+    /** vfio_walk_records (include/vfio_pci_sys.h): the walk advanced, and the headers taken. */
+    walkRecords(fd: number, walk: RecordWalk, size: number, opts: RecordWalkOptions): RecordWalk & { taken: number };
     /** pipe2(2) with O_CLOEXEC added: [readFd, writeFd]. */
     pipe(flags?: number): [number, number];
     /** eventfd(2) with EFD_CLOEXEC | EFD_NONBLOCK added; `initval` in [0, 2^32). */
@@ -142,16 +137,16 @@ declare namespace VfioPciNative {
     /** poll(2) one fd: revents, or 0 on timeout; `timeoutMs` < 0 waits forever. */
     poll(fd: number, events: number, timeoutMs: number): Promise<number>;
     /**
-     * Copy src to dst through `buf` (non-empty) on a dedicated thread (not the libuv pool),
-     * computing the CRC-32; semantics of the `Binding.pump` contract (src/binding/types.ts).
-     * `options` may be a number, the limit (-1: none). Rejects with an instance of the error
+     * vfio_pump (addon/sys.cc) on a dedicated thread (not the libuv pool), through one or two
+     * buffers (two: a second thread reads while the first writes); semantics of the pump
+     * contract (src/kernel/pump/types.ts). The promise rejects with an instance of the error
      * class carrying `bytesDone`: syscall 'read' / 'pread' / 'write' / 'pwrite', or kind
-     * 'format' with code 'EVFIO_CHECKSUM' / 'EVFIO_SNAPSHOT_TRUNCATED' (built as
-     * `new ErrorClass(message, { code, kind: 'format' })`); a framed read also with
-     * 'EVFIO_SNAPSHOT_CHECKSUM' / 'EVFIO_BAD_SNAPSHOT', and `chunkOffset` (and `chunkLength`)
-     * on its errors. A worker_thread terminated during a pump cancels it and drops the result.
+     * 'format' with code 'EVFIO_CHECKSUM' / 'EVFIO_TRUNCATED' / 'EVFIO_RECORD_LENGTH' (built as
+     * `new ErrorClass(message, { code, kind: 'format' })`), read-records ones with
+     * `recordOffset` (and `recordLength`). A worker_thread terminated during a pump cancels it
+     * and drops the result.
      */
-    pump(srcFd: number, dstFd: number, buf: Buffer, options?: PumpOptions | number): Promise<PumpResult>;
+    pump(srcFd: number, dstFd: number, buffers: Buffer | Buffer[], options: PumpOptions): PumpJob;
 
     // ---- sockets: synchronous, errors thrown as by open(); addresses are struct sockaddr bytes (2 to 128) ----
     /** socket(2) with SOCK_CLOEXEC | SOCK_NONBLOCK added. */

@@ -3,7 +3,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { VfioError } from '../../base/errors';
-import type { Binding, ChunkWalk, PumpOptions, PumpResult } from './types';
+import type { Binding } from './types';
 
 /**
  * The `Binding` contract through the vfio_pci N-API addon (addon/binding.cc over addon/sys.cc).
@@ -60,19 +60,52 @@ function loadAddon(file?: string): { addon: VfioPciNative.Addon; file: string } 
   throw firstError;
 }
 
-/** The native implementation of the `Binding` contract, with `pump` (one dedicated thread per call). */
+/** The default addon, loaded once: the module and its file, or the reason it did not load. */
+let defaultAddon: { addon: VfioPciNative.Addon; file: string } | { error: unknown } | undefined;
+
+function loadDefaultAddon(): { addon: VfioPciNative.Addon; file: string } {
+  defaultAddon ??= (() => {
+    try {
+      return loadAddon();
+    } catch (error) {
+      return { error };
+    }
+  })();
+  if ('error' in defaultAddon) throw defaultAddon.error;
+  return defaultAddon;
+}
+
+/**
+ * The addon from its default place (NATIVE_ADDON_FILES), loaded on first use, or undefined when
+ * it cannot load. For the modules of the kernel layer that use its format-neutral primitives
+ * beside the `Binding` contract: the native pump (src/kernel/pump/native.ts) and checksums
+ * (src/kernel/pump/checksum.ts).
+ */
+export function nativeAddon(): VfioPciNative.Addon | undefined {
+  try {
+    return loadDefaultAddon().addon;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The native implementation of the `Binding` contract. */
 export class NativeBinding implements Binding {
   readonly name = 'native' as const;
   /** The .node file that was loaded (absolute path). */
   readonly file: string;
-  private readonly addon: VfioPciNative.Addon;
+  /**
+   * The addon module itself, for the kernel layer's modules that use its primitives beyond the
+   * syscall contract (the native pump: src/kernel/pump); nothing above the kernel layer uses it.
+   */
+  readonly addon: VfioPciNative.Addon;
 
   /**
-   * Load the addon: `file` if given, else the first of NATIVE_ADDON_FILES that loads.
-   * Throws (a plain Error from require) when none can be loaded.
+   * Load the addon: `file` if given, else the first of NATIVE_ADDON_FILES that loads (once per
+   * process). Throws (a plain Error from require) when none can be loaded.
    */
   constructor(file?: string) {
-    const { addon, file: loaded } = loadAddon(file);
+    const { addon, file: loaded } = file !== undefined ? loadAddon(file) : loadDefaultAddon();
     this.addon = addon;
     this.file = loaded;
   }
@@ -100,9 +133,6 @@ export class NativeBinding implements Binding {
   pwrite(fd: number, buf: Buffer, offset: number, length?: number): number {
     return this.addon.pwrite(fd, buf, offset, length);
   }
-  walkChunks(fd: number, walk: ChunkWalk, size: number, maxChunk: number, maxHeaders: number, budgetUs?: number): ChunkWalk & { taken: number } {
-    return this.addon.walkChunks(fd, walk, size, maxChunk, maxHeaders, budgetUs);
-  }
   read(fd: number, buf: Buffer, offset?: number, length?: number): Promise<number> {
     return this.addon.read(fd, buf, offset, length);
   }
@@ -124,10 +154,6 @@ export class NativeBinding implements Binding {
   poll(fd: number, events: number, timeoutMs: number): Promise<number> {
     return this.addon.poll(fd, events, timeoutMs);
   }
-  pump(srcFd: number, dstFd: number, buf: Buffer, opts?: PumpOptions | number): Promise<PumpResult> {
-    return this.addon.pump(srcFd, dstFd, buf, opts);
-  }
-
   // ---- sockets ----
   socket(domain: number, type: number, protocol?: number): number {
     return this.addon.socket(domain, type, protocol);

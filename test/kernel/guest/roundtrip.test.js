@@ -95,7 +95,7 @@ test('a snapshot of another format version (older or newer) is refused with a cl
   programUart(dev, 0x42, 'ver');
   const before = uartRegs(dev);
   dev.close();
-  for (const [version, why] of [[0, /predates the first released format/], [2, /written by a newer node-vfio-pci/]]) {
+  for (const [version, why] of [[0, /predates the first released format/], [3, /written by a newer node-vfio-pci/]]) {
     const b = fs.readFileSync(good);
     b.writeUInt16LE(version, 8);
     b.writeUInt32LE(zlib.crc32(b.subarray(0, 28)) >>> 0, 28);
