@@ -88,7 +88,11 @@ export type ErrnoName = keyof typeof constants.errno;
 /** Every code a VfioError can carry. */
 export type VfioErrorCode = EvfioCode | ErrnoName;
 
-/** The kind a code implies (syscall for errno names). */
+/**
+ * The kind a code implies: the registry's for EVFIO_* codes, 'cancelled' for ECANCELED (a job
+ * its caller cancelled, wherever the cancellation surfaced), 'syscall' for other errno names.
+ */
 export function kindOfCode(code: VfioErrorCode): VfioErrorKind {
+  if (code === 'ECANCELED') return 'cancelled';
   return code in EVFIO_CODES ? EVFIO_CODES[code as EvfioCode][0] : 'syscall';
 }

@@ -113,7 +113,7 @@ export class VfioError extends Error {
     const code = errnoName(errno);
     const what = [init.syscall, init.op].filter(Boolean).join(' ');
     const where = init.device ? ` on ${init.device}` : init.path ? ` (${init.path})` : '';
-    return new VfioError(`${what || 'syscall'} failed${where}: ${code}`, { ...init, code, errno, kind: 'syscall' });
+    return new VfioError(`${what || 'syscall'} failed${where}: ${code}`, { ...init, code, errno });
   }
 
   /**

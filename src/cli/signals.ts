@@ -67,8 +67,13 @@ export class SignalScope {
     return this;
   }
 
-  /** Remove the handlers: the default action applies again. Idempotent. */
+  /**
+   * Remove the handlers: the default action applies again. Idempotent. Once a signal was
+   * received the handlers stay until the process exits (with that signal's status): a second
+   * signal right behind the first must not kill the process on its way out.
+   */
   dispose(): void {
+    if (this.received) return;
     for (const [sig, fn] of this.handlers) this.source.off(sig, fn);
     this.handlers.clear();
   }

@@ -155,6 +155,16 @@ describe('SignalScope', () => {
     src.emit('SIGINT');
     expect(s.exitCode).toBe(143);
     expect(seen).toEqual([['SIGTERM', 1], ['SIGINT', 2]]);
+    // After a signal the handlers stay to the end: one more on the way out must not kill the process.
+    s.dispose();
+    expect(src.listenerCount('SIGINT') + src.listenerCount('SIGTERM') + src.listenerCount('SIGHUP')).toBe(3);
+    src.emit('SIGHUP');
+    expect(seen).toEqual([['SIGTERM', 1], ['SIGINT', 2], ['SIGHUP', 3]]);
+  });
+
+  it('a job that ends without a signal gives the default actions back', () => {
+    const src = new EventEmitter();
+    const s = new SignalScope(() => undefined, src as never).install();
     s.dispose();
     expect(src.listenerCount('SIGINT') + src.listenerCount('SIGTERM') + src.listenerCount('SIGHUP')).toBe(0);
   });

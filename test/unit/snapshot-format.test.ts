@@ -214,7 +214,7 @@ describe('snapshot format v2', () => {
         const sim = new SimBinding(inner());
         const dev = openSimDevice('sim:10000#v1into', sim);
         try {
-          expect(await restoreSnapshot(dev, V1_FIXTURE)).toEqual({ bytes: 10320 });
+          expect((await restoreSnapshot(dev, V1_FIXTURE)).devices.map((d) => d.stateBytes)).toEqual([10320]);
           expect(sim.device('v1into').seed).toBe(4242n);
         } finally {
           dev.close();
