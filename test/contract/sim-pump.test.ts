@@ -22,6 +22,9 @@ const { O_RDONLY, O_RDWR, O_CREAT, O_TRUNC } = fs.constants;
 const ENOMSG = os.constants.errno.ENOMSG;
 const HDR = simStream.HEADER_SIZE;
 const TRL = simStream.TRAILER_SIZE;
+const REC = simStream.RECORD_HEADER_SIZE;
+/** Length of a plain stream (every block once, 4 KiB blocks) of `size` data bytes. */
+const plain = (size: number): number => simStream.streamLength(size);
 
 function setState(b: SimBinding, fd: number, state: number): number {
   const buf = s.encodeMigStateSet(state);
@@ -72,19 +75,19 @@ describe('sim pump on a PRE_COPY data_fd', () => {
         code: 'ENOMSG',
         errno: ENOMSG,
         syscall: 'read',
-        bytesDone: HDR + 4096,
+        bytesDone: HDR + REC + 4096, // the initial data: the header and block 0
       });
       // With precopy it is "no more data for now", again and again.
       expect(await b.pump(dataFd, out.fd, Buffer.alloc(1000), { precopy: true })).toEqual({ bytes: 0, crc32: 0, end: 'for-now' });
       // STOP_COPY on the same fd: the rest of the stream, to its permanent end.
       expect(setState(b, dev, MigState.STOP_COPY)).toBe(-1);
       const rest = await b.pump(dataFd, out.fd, Buffer.alloc(1000), { precopy: true });
-      expect(rest.bytes).toBe(8192 - 4096 + TRL);
+      expect(rest.bytes).toBe(REC + 4096 + TRL);
       expect(rest.end).toBe('for-now'); // precopy reads 0 as "for now"; the caller knows it is STOP_COPY
       expect(await b.pump(dataFd, out.fd, Buffer.alloc(1000))).toEqual({ bytes: 0, crc32: 0, end: 'eof' });
       const saved = fs.readFileSync(out.file);
-      expect(saved.length).toBe(HDR + 8192 + TRL);
-      expect(rest.crc32).toBe(crc32(saved.subarray(HDR + 4096)));
+      expect(saved.length).toBe(plain(8192));
+      expect(rest.crc32).toBe(crc32(saved.subarray(HDR + REC + 4096)));
     } finally {
       b.close(dataFd);
       b.close(out.fd);
@@ -93,14 +96,14 @@ describe('sim pump on a PRE_COPY data_fd', () => {
   });
 
   it("precopy: a read of 0 (mtty) ends with 'for-now'; the limit still wins", async () => {
-    const dev = device({ size: 4096, precopyBytes: 2048, precopyEnd: 'zero', seed: 6 });
+    const dev = device({ size: 4096, blockSize: 1024, precopyBytes: 2048, precopyEnd: 'zero', seed: 6 });
     const out = output('zero.bin');
     const dataFd = setState(b, dev, MigState.PRE_COPY);
     try {
       const first = await b.pump(dataFd, out.fd, Buffer.alloc(512), { precopy: true, limit: 100 });
       expect(first.end).toBe('limit');
       const second = await b.pump(dataFd, out.fd, Buffer.alloc(512), { precopy: true });
-      expect(second).toEqual({ bytes: HDR + 2048 - 100, crc32: second.crc32, end: 'for-now' });
+      expect(second).toEqual({ bytes: HDR + 2 * (REC + 1024) - 100, crc32: second.crc32, end: 'for-now' });
       expect(crc32(fs.readFileSync(out.file).subarray(100), 0)).toBe(second.crc32);
     } finally {
       b.close(dataFd);
@@ -145,7 +148,7 @@ describe('sim pump into a RESUMING data_fd', () => {
     const saved = await saveStream(77, 6000);
     const corrupt = path.join(dir, 'corrupt.bin');
     const bytes = fs.readFileSync(saved.file);
-    bytes[HDR + 10] ^= 0x40; // one flipped bit in the device data
+    bytes[HDR + REC + 10] ^= 0x40; // one flipped bit in the device data
     fs.writeFileSync(corrupt, bytes);
 
     const target = device({ size: 6000 });
@@ -222,7 +225,7 @@ describe('sim pump with frame on virtual data_fds', () => {
       const stream = Buffer.concat(payloads);
       expect(payloads.slice(0, -1).every((p) => p.length === chunk)).toBe(true);
       expect(res).toEqual({
-        bytes: HDR + size + TRL,
+        bytes: plain(size),
         crc32: crc32(stream),
         end: 'eof',
         chunks: payloads.length,
@@ -297,14 +300,16 @@ describe('sim pump with frame on virtual data_fds', () => {
   });
 
   it("write with precopy: a PRE_COPY data_fd's ENOMSG ends with 'for-now' after whole chunks of what was there", async () => {
-    const dev = device({ size: 8192, precopyBytes: 5000, precopyEnd: 'enomsg', seed: 83 });
+    const dev = device({ size: 8192, blockSize: 1024, precopyBytes: 5000, precopyEnd: 'enomsg', seed: 83 });
     const out = output('framed-precopy.bin');
     const dataFd = setState(b, dev, MigState.PRE_COPY);
     try {
       const res = await b.pump(dataFd, out.fd, Buffer.alloc(2048 + 8), { frame: { mode: 'write', chunk: 2048 }, dstOffset: 0, precopy: true });
       const { payloads } = chunksOf(fs.readFileSync(out.file));
-      expect(payloads.map((p) => p.length)).toEqual([2048, 2048, HDR + 5000 - 4096]);
-      expect(res).toMatchObject({ bytes: HDR + 5000, chunks: 3, written: HDR + 5000 + 24, end: 'for-now' });
+      // The initial data: the header and the 5 blocks of 1 KiB holding the first 5000 bytes.
+      const initial = HDR + 5 * (REC + 1024);
+      expect(payloads.map((p) => p.length)).toEqual([2048, 2048, initial - 4096]);
+      expect(res).toMatchObject({ bytes: initial, chunks: 3, written: initial + 24, end: 'for-now' });
       // Nothing more for now: no chunk at all, not an empty one.
       expect(await b.pump(dataFd, out.fd, Buffer.alloc(2048 + 8), { frame: { mode: 'write', chunk: 2048, tableCrc: 1, skeletonCrc: 2 }, dstOffset: res.written!, precopy: true })).toEqual({
         bytes: 0,
@@ -366,13 +371,13 @@ describe('sim pump through its own virtual pipes', () => {
       const got: Buffer[] = [];
       const chunk = Buffer.alloc(1024);
       let total = 0;
-      while (total < HDR + 4096 + TRL) {
+      while (total < plain(4096)) {
         const n = await sim.read(r, chunk);
         got.push(Buffer.from(chunk.subarray(0, n)));
         total += n;
       }
       const res = await pumping;
-      expect(res).toEqual({ bytes: HDR + 4096 + TRL, crc32: crc32(Buffer.concat(got)), end: 'eof' });
+      expect(res).toEqual({ bytes: plain(4096), crc32: crc32(Buffer.concat(got)), end: 'eof' });
       // The writer gone and the pipe empty: a read of 0, which precopy reports as 'for-now'.
       sim.close(w);
       const [r2, w2] = sim.pipe();
