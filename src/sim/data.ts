@@ -61,6 +61,9 @@ export class DeviceData {
 
   /** Rewrite `count` blocks from `first`, clipped to the last block. Returns the blocks rewritten. */
   rewriteRange(first: number, count: number): number {
+    if (!Number.isSafeInteger(first) || first < 0 || !Number.isSafeInteger(count)) {
+      throw new RangeError(`blocks to rewrite: first and count must be integers, first >= 0 (got ${first}, ${count})`);
+    }
     const end = Math.min(this.blocks, first + count);
     for (let b = first; b < end; b++) this.rewrite(b);
     return Math.max(0, end - first);
@@ -68,6 +71,9 @@ export class DeviceData {
 
   /** Rewrite the blocks holding data bytes [offset, offset + length). Returns the blocks rewritten. */
   rewriteBytes(offset: number, length: number): number {
+    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length)) {
+      throw new RangeError(`bytes to rewrite: offset and length must be integers, offset >= 0 (got ${offset}, ${length})`);
+    }
     if (length <= 0 || offset >= this.geometry.size) return 0;
     const first = this.geometry.blockOf(offset);
     const last = this.geometry.blockOf(Math.min(this.geometry.size, offset + length) - 1);

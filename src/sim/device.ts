@@ -244,8 +244,9 @@ export interface SimDeviceOptions {
  * device asks for a real fd and returns it as data_fd instead of a virtual one, so that the
  * bytes move through the kernel (a pipe fed by a producer process, say) and the real binding's
  * `pump` — the path a real device takes. Each function gets the device label and the length of
- * the sim's own stream (48 + size + 272 bytes, what MIG_DATA_SIZE reports) and returns an open
- * fd, or throws (the arc then fails, the device stays where it was, nothing is opened).
+ * a plain stream of the sim's (`streamLength`: 48 + 8 per block + size + 288 bytes, what
+ * MIG_DATA_SIZE reports before a session) and returns an open fd, or throws (the arc then
+ * fails, the device stays where it was, nothing is opened).
  *
  * What stays the sim's: the state machine, the arcs, the session rules of the SET (one session
  * per group, a new fd per session, MIG_DATA_SIZE). What does not:
