@@ -6,7 +6,7 @@
  * ```
  * offset  name        access  meaning
  * 0x000   ID          RO      0x4D495356 ("VSIM" in memory)
- * 0x004   VERSION     RO      0x00010000 (1.0)
+ * 0x004   VERSION     RO      0x00010001 (1.1: the data registers from 0x04C)
  * 0x008   STATUS      RO      bit 0 running, bit 1 error, bits 15:8 migration state (enum value)
  * 0x00C   CONTROL     RW      free for the user; migrated
  * 0x010   DOORBELL    WO      writing V raises an interrupt: vector V of MSI-X or MSI, or INTx,
@@ -24,18 +24,25 @@
  * 0x044   DMA_STATUS  RO      result of the last transfer: bit 0 done, bit 1 IOMMU fault (some
  *                             byte not mapped writable: nothing was written), bit 2 bad length
  * 0x048   DMA_COUNT   RO      transfers done since reset
+ * 0x04C   BLOCK_SIZE  RO      bytes per block of the device data (src/sim/data.ts)
+ * 0x050   TOUCH_BLOCK RW      first block the touch doorbell rewrites
+ * 0x054   TOUCH_DOORBELL WO   writing N rewrites N blocks of the device data from TOUCH_BLOCK
+ *                             (clipped to the last block): each gets a new version, and a PRE_COPY
+ *                             session sends it again if it was sent; reads 0
+ * 0x058   DATA_GEN_LO/HI RO   the sum of the versions of all data blocks: moves with every block
+ *                             rewrite; a restored device shows the source's
  * 0x100   SCRATCH     RW      256 bytes free for the user; migrated
  * 0x800   MSI-X table RW      8 entries of 16 bytes (the MSI-X capability points here)
  * 0xC00   MSI-X PBA   RO      pending bits, always 0
  * ```
  *
  * The DMA engine writes guest memory through the device's IOMMU context (src/sim/dma.ts), and
- * what it writes is what the device's DMA logging reports. Its registers are not migrated and
- * reset to 0.
+ * what it writes is what the device's DMA logging reports. Its registers, and TOUCH_BLOCK, are
+ * not migrated and reset to 0. The device data itself is migrated (the stream's records).
  *
  * While the device is stopped (STOP, STOP_COPY, RESUMING, ERROR) it must not change its internal
  * state (uAPI, "RUNNING_P2P -> STOP"), nor guest memory: writes to CONTROL, SCRATCH and the DMA
- * registers are dropped and both doorbells are ignored, while the MSI-X table stays writable (the uAPI names MSI-X as something a stopped
+ * registers and TOUCH_BLOCK are dropped and the doorbells are ignored, while the MSI-X table stays writable (the uAPI names MSI-X as something a stopped
  * device keeps serving). Writes never fail.
  *
  * Bus mastering (device option `busMaster: 'required'`, spec `master=required`): completing a
@@ -71,13 +78,18 @@ export const BAR0 = {
   DMA_DOORBELL: 0x040,
   DMA_STATUS: 0x044,
   DMA_COUNT: 0x048,
+  BLOCK_SIZE: 0x04c,
+  TOUCH_BLOCK: 0x050,
+  TOUCH_DOORBELL: 0x054,
+  DATA_GEN_LO: 0x058,
+  DATA_GEN_HI: 0x05c,
   SCRATCH: 0x100,
   MSIX_TABLE: 0x800,
   MSIX_PBA: 0xc00,
 } as const;
 
 export const BAR0_ID_VALUE = 0x4d495356;
-export const BAR0_VERSION_VALUE = 0x00010000;
+export const BAR0_VERSION_VALUE = 0x00010001;
 export const STATUS_RUNNING = 1 << 0;
 export const STATUS_ERROR = 1 << 1;
 export const MSIX_ENTRY_SIZE = 16;
@@ -96,6 +108,12 @@ export interface Bar0Host {
   status(): number;
   seed(): bigint;
   size(): number;
+  /** Bytes per block of the device data. */
+  blockSize(): number;
+  /** Sum of the versions of all data blocks. */
+  dataGeneration(): number;
+  /** Rewrite `count` data blocks from `first` (the running device; clipped to the last block). */
+  touch(first: number, count: number): void;
   /** A doorbell write of `value` while running. */
   doorbell(value: number): void;
   /** May the device master the bus now (PCI_COMMAND.MASTER set, or the device does not care)? */
@@ -132,11 +150,15 @@ export class Bar0 {
     const size = this.host.size();
     this.mem.writeUInt32LE(size % 0x100000000, BAR0.SIZE_LO);
     this.mem.writeUInt32LE(Math.floor(size / 0x100000000), BAR0.SIZE_HI);
+    this.mem.writeUInt32LE(this.host.blockSize() >>> 0, BAR0.BLOCK_SIZE);
+    const gen = this.host.dataGeneration();
+    this.mem.writeUInt32LE(gen % 0x100000000, BAR0.DATA_GEN_LO);
+    this.mem.writeUInt32LE(Math.floor(gen / 0x100000000) >>> 0, BAR0.DATA_GEN_HI);
     this.mem.copy(target, targetOff, off, off + len);
-    // DOORBELL and DMA_DOORBELL are write-only and read back 0.
+    // The doorbells are write-only and read back 0.
     for (let i = 0; i < len; i++) {
       const at = off + i;
-      if ((at >= BAR0.DOORBELL && at < BAR0.DOORBELL + 4) || (at >= BAR0.DMA_DOORBELL && at < BAR0.DMA_DOORBELL + 4)) target[targetOff + i] = 0;
+      if (isDoorbell(at, BAR0.DOORBELL) || isDoorbell(at, BAR0.DMA_DOORBELL) || isDoorbell(at, BAR0.TOUCH_DOORBELL)) target[targetOff + i] = 0;
     }
   }
 
@@ -146,6 +168,8 @@ export class Bar0 {
     let doorbell = 0;
     let rang = false;
     let dmaRang = false;
+    let touch = 0;
+    let touchRang = false;
     for (let i = 0; i < len; i++) {
       const at = off + i;
       const v = src[srcOff + i];
@@ -158,6 +182,11 @@ export class Bar0 {
         if (running) this.mem[at] = v;
       } else if (at >= BAR0.DMA_DOORBELL && at < BAR0.DMA_DOORBELL + 4) {
         dmaRang = true;
+      } else if (at >= BAR0.TOUCH_BLOCK && at < BAR0.TOUCH_BLOCK + 4) {
+        if (running) this.mem[at] = v;
+      } else if (isDoorbell(at, BAR0.TOUCH_DOORBELL)) {
+        touch |= v << (8 * (at - BAR0.TOUCH_DOORBELL));
+        touchRang = true;
       } else if (at >= BAR0.SCRATCH && at < BAR0.SCRATCH + SCRATCH_SIZE) {
         if (running) this.mem[at] = v;
       } else if (at >= BAR0.MSIX_TABLE && at < BAR0.MSIX_TABLE + this.msixVectors * MSIX_ENTRY_SIZE) {
@@ -171,6 +200,8 @@ export class Bar0 {
       this.host.doorbell(doorbell >>> 0);
     }
     if (dmaRang && running && this.admit()) this.runDma();
+    // Rewriting the device's own data is internal work, not DMA: no bus mastering needed.
+    if (touchRang && running && touch !== 0) this.host.touch(this.mem.readUInt32LE(BAR0.TOUCH_BLOCK), touch >>> 0);
   }
 
   /**
@@ -220,4 +251,9 @@ export class Bar0 {
       r.scratch.copy(this.mem, BAR0.SCRATCH, 0, Math.min(SCRATCH_SIZE, r.scratch.length));
     }
   }
+}
+
+/** Is byte `at` one of the 4 bytes of the doorbell register at `reg`? */
+function isDoorbell(at: number, reg: number): boolean {
+  return at >= reg && at < reg + 4;
 }

@@ -240,8 +240,7 @@ export class SimBinding implements Binding {
       case 'save':
         return this.guard('ioctl', f, () => {
           if (request !== VFIO_MIG_GET_PRECOPY_INFO) raise(E.ENOTTY);
-          f.device.consume('PRECOPY_INFO');
-          f.session.precopyInfo(a);
+          f.device.precopyInfo(f.session, a);
           return 0;
         });
       default:
@@ -645,6 +644,9 @@ function specOptions(p: ParsedSimSpec): SimDeviceOptions {
   if (p.migration !== undefined) o.migration = p.migration;
   if (p.migrationFlags !== undefined) o.migrationFlags = p.migrationFlags;
   if (p.precopyBytes !== undefined) o.precopyBytes = p.precopyBytes;
+  if (p.blockSize !== undefined) o.blockSize = p.blockSize;
+  if (p.churn !== undefined) o.churn = p.churn;
+  if (p.precopyInfoV2 !== undefined) o.precopyInfoV2 = p.precopyInfoV2;
   if (p.precopyEnd !== undefined) o.precopyEnd = p.precopyEnd;
   if (p.maxRead !== undefined) o.maxRead = p.maxRead;
   if (p.maxWrite !== undefined) o.maxWrite = p.maxWrite;

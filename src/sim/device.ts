@@ -15,13 +15,16 @@
  *  - VFIO_DEVICE_GET_IRQ_INFO / SET_IRQS: src/binding/sim/irq.ts (INTx 1, MSI 4, MSI-X 8, ERR 1, REQ 1).
  *  - VFIO_DEVICE_RESET: migration state RUNNING, any migration session ends (its fd: ENODEV),
  *    BAR0 registers and config space back to power-on values (PCI_COMMAND 0, a wedged command
- *    queue emptied); IRQ wiring and the device data (seed) stay. Works in every state, ERROR included. Writing PCIe Device Control "initiate
+ *    queue emptied); IRQ wiring and the device data (seed and block versions) stay. Works in every state, ERROR included. Writing PCIe Device Control "initiate
  *    FLR" in config space does the same.
  *  - VFIO_DEVICE_FEATURE (vfio_ioctl_device_feature() and vfio_check_feature()): argsz < 8,
  *    unknown flag bits, or GET with SET without PROBE → EINVAL; then per feature: MIGRATION (GET),
  *    MIG_DEVICE_STATE (GET, SET), MIG_DATA_SIZE (GET) — ENOTTY on a device built with
  *    `migration: false`, before any other check, PROBE included; an op the feature lacks → EINVAL;
  *    PROBE → 0; neither GET nor SET → EINVAL; payload shorter than the feature's struct → EINVAL.
+ *    MIG_PRECOPY_INFOv2 (12): ENOTTY unless the device is built with `precopyInfoV2` (a 7.1
+ *    kernel); then EINVAL for a device without PRE_COPY, SET only (PROBE allowed), any payload;
+ *    the opt-in lasts until the device is released.
  *    DMA_LOGGING_START / STOP / REPORT: see "DMA and DMA logging" below; other ids → ENOTTY
  *    (vfio-pci's default).
  *  - MIG_DEVICE_STATE SET: the arcs are walked one by one; the state moves after each successful
@@ -32,11 +35,19 @@
  *    which like the kernel's loop is a no-op returning 0).
  *  - Arc effects (as mtty_step_state()): entering a saving state from outside the group opens a
  *    saving session and returns its fd; PRE_COPY(_P2P) -> STOP_COPY keeps the session (captures
- *    the registers, the rest of the stream follows) and returns no fd; leaving the group ends the
- *    session; STOP -> RESUMING opens a resuming session and returns its fd; RESUMING -> STOP loads
- *    the stream and fails with EINVAL, staying in RESUMING, when it is short or bad.
- *  - MIG_DATA_SIZE: the exact number of stream bytes still to be read: the whole stream, or what
- *    the current saving session has not yet delivered.
+ *    the registers and the version digest, the rest of the stream follows) and returns no fd;
+ *    leaving the group ends the session; STOP -> RESUMING opens a resuming session and returns its
+ *    fd; RESUMING -> STOP loads the stream and fails with EINVAL, staying in RESUMING, when it is
+ *    short or bad (src/sim/session.ts).
+ *  - MIG_DATA_SIZE: what STOP_COPY would still produce, exactly, as things stand: the rest of the
+ *    current saving session (blocks not sent, dirty blocks, trailer), or a whole plain stream.
+ *
+ * Device data that changes while the device runs (src/sim/data.ts): SIZE bytes in blocks, each
+ * with a version the running device bumps when it rewrites the block — through the churn rate
+ * (`churn`), BAR0's touch doorbell, or the test hooks `dirtyData()`, `touchBlocks()` and
+ * `reinitialize()`. "Running" is RUNNING, RUNNING_P2P, PRE_COPY and PRE_COPY_P2P; a stopped device
+ * changes nothing. A block a PRE_COPY session has sent and the device then rewrites is dirty:
+ * PRECOPY_INFO counts it in dirty_bytes and the session sends it again (src/sim/session.ts).
  *  - Releasing the device (last device fd closed) ends the sessions, drops every IRQ trigger,
  *    resets registers and config, and puts the device back in RUNNING (vfio_pci_core_disable(),
  *    mtty_close_device()). The device data (seed) survives, like memory contents would in a model
@@ -102,6 +113,7 @@ import {
   VFIO_DEVICE_FEATURE_MIGRATION,
   VFIO_DEVICE_FEATURE_MIG_DATA_SIZE,
   VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
+  VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOV2,
   VFIO_DEVICE_FEATURE_PROBE,
   VFIO_DEVICE_FEATURE_SET,
   VFIO_DEVICE_FLAGS_PCI,
@@ -135,8 +147,9 @@ import { SimDmaLog, combineRanges, type Interval, type SimDmaSpace } from './dma
 import { COMMAND_MASTER, ConfigSpace, SIM_DEVICE_ID, SIM_VENDOR_ID, VNDR_CAP_LENGTH, VSC_LENGTH_MAX, VSC_LENGTH_MIN, buildConfig } from './config';
 import { E, raise, toErrno, type ErrnoName } from './errno';
 import { IrqModel, type IrqHost, type IrqSnapshot } from './irq';
-import { ResumeSession, SaveSession, type DataFault, type Session, type SessionHost } from './session';
-import { streamLength, type RegisterBlock } from './stream';
+import { Churn, DeviceData, type DataDigest } from './data';
+import { ResumeSession, SaveSession, type DataFault, type SaveFigures, type Session, type SessionHost } from './session';
+import { defaultBlockSize, isBlockSize, streamLength, type RegisterBlock, type Trailer } from './stream';
 
 const log = logger('sim');
 
@@ -163,8 +176,30 @@ export interface SimDeviceOptions {
   migration?: boolean;
   /** VFIO_DEVICE_FEATURE_MIGRATION flags; must include STOP_COPY (default STOP_COPY | P2P | PRE_COPY). */
   migrationFlags?: number;
-  /** Data bytes served in PRE_COPY before the temporary end (default: half the data, 8-byte aligned). */
+  /**
+   * The initial data of PRE_COPY: the blocks holding the first `precopyBytes` data bytes (rounded
+   * up to whole blocks) are sent in PRE_COPY before anything else; the other blocks come in
+   * STOP_COPY (default: half the data, 8-byte aligned). 0: PRE_COPY serves the header only.
+   */
   precopyBytes?: number;
+  /**
+   * Bytes per block of the device data: a power of two from 8 to 2^30 (default 4 KiB, larger for
+   * devices over 4 GiB so that there are at most 2^20 blocks). A block is what the device
+   * rewrites and re-sends as a whole; streams only load into a device with the same block size.
+   */
+  blockSize?: number;
+  /**
+   * Bytes per second the running device rewrites (RUNNING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P),
+   * in whole blocks picked at random; default 0. For demos and benchmarks; tests use
+   * {@link SimDevice.dirtyData} and friends, which are deterministic.
+   */
+  churn?: number;
+  /**
+   * The kernel and driver have PRECOPY_INFOv2 (VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOV2, Linux
+   * 7.1): the feature can be SET to opt in, and then PRECOPY_INFO reports REINIT. Default false:
+   * the feature answers ENOTTY, as on 6.12 and with mtty.
+   */
+  precopyInfoV2?: boolean;
   /** What read() does at PRE_COPY's temporary end: 'zero' (return 0, mtty; default) or 'enomsg' (fail with ENOMSG, uAPI). */
   precopyEnd?: 'zero' | 'enomsg';
   /** Most bytes one read() of a data_fd returns (default: no limit). */
@@ -215,8 +250,9 @@ export interface SimDeviceOptions {
  * device asks for a real fd and returns it as data_fd instead of a virtual one, so that the
  * bytes move through the kernel (a pipe fed by a producer process, say) and the real binding's
  * `pump` — the path a real device takes. Each function gets the device label and the length of
- * the sim's own stream (48 + size + 272 bytes, what MIG_DATA_SIZE reports) and returns an open
- * fd, or throws (the arc then fails, the device stays where it was, nothing is opened).
+ * a plain stream of the sim's (`streamLength`: 48 + 8 per block + size + 288 bytes, what
+ * MIG_DATA_SIZE reports before a session) and returns an open fd, or throws (the arc then
+ * fails, the device stays where it was, nothing is opened).
  *
  * What stays the sim's: the state machine, the arcs, the session rules of the SET (one session
  * per group, a new fd per session, MIG_DATA_SIZE). What does not:
@@ -244,6 +280,9 @@ export interface ResolvedSimDeviceOptions {
   migration: boolean;
   migrationFlags: number;
   precopyBytes: number;
+  blockSize: number;
+  churn: number;
+  precopyInfoV2: boolean;
   precopyEnd: 'zero' | 'enomsg';
   maxRead: number;
   maxWrite: number;
@@ -315,9 +354,12 @@ export interface SessionInfo {
   kind: 'save' | 'resume';
   /** Stream bytes transferred. */
   pos: number;
-  total: number;
+  /** The stream's length: as it stands now (saving), or once its trailer is in (resuming). */
+  total?: number;
   /** Saving only: end of the bytes readable now. */
   available?: number;
+  /** Saving only: what the session holds (PRECOPY_INFO's figures, dirty blocks, what STOP_COPY would still serve). */
+  figures?: SaveFigures;
   disabled: boolean;
   /** Resuming only: the first problem found in the incoming stream. */
   problem?: string;
@@ -361,6 +403,10 @@ function resolveOptions(o: SimDeviceOptions, serial: number): ResolvedSimDeviceO
   if (page !== undefined && !(Number.isSafeInteger(page) && page >= 4096 && (page & (page - 1)) === 0 && page <= 2 ** 30)) {
     throw new RangeError(`dmaLoggingPageSize must be a power of two from 4096 to 1 GiB, got ${page}`);
   }
+  const blockSize = o.blockSize ?? defaultBlockSize(size);
+  if (!isBlockSize(blockSize)) throw new RangeError(`blockSize must be a power of two from 8 to 2^30, got ${blockSize}`);
+  const churn = o.churn ?? 0;
+  if (!(Number.isFinite(churn) && churn >= 0)) throw new RangeError(`churn must be a non-negative number of bytes per second, got ${churn}`);
   const failEvery = o.dmaLoggingFailEvery ?? 0;
   if (!Number.isInteger(failEvery) || failEvery < 0) throw new RangeError(`dmaLoggingFailEvery must be a non-negative integer, got ${failEvery}`);
   const msixAlloc = o.msixAlloc ?? 'static';
@@ -372,6 +418,9 @@ function resolveOptions(o: SimDeviceOptions, serial: number): ResolvedSimDeviceO
     migration: o.migration ?? true,
     migrationFlags: flags,
     precopyBytes: Math.min(size, o.precopyBytes ?? Math.floor(size / 16) * 8),
+    blockSize,
+    churn,
+    precopyInfoV2: o.precopyInfoV2 ?? false,
     precopyEnd: o.precopyEnd ?? 'zero',
     maxRead: positive(o.maxRead, 'maxRead'),
     maxWrite: positive(o.maxWrite, 'maxWrite'),
@@ -400,7 +449,11 @@ export class SimDevice {
   readonly arcLog: Array<[MigState, MigState]> = [];
 
   private mig = MigState.RUNNING;
-  private dataSeed: bigint;
+  /** The device data: seed and block versions (src/sim/data.ts). */
+  private readonly data: DeviceData;
+  private readonly churn?: Churn;
+  /** The user opted in to PRECOPY_INFOv2 (until the device is released). */
+  private infoV2 = false;
   private readonly bar0: Bar0;
   private readonly cfg: ConfigSpace;
   private readonly irq: IrqModel;
@@ -430,14 +483,19 @@ export class SimDevice {
   ) {
     this.serial = serial;
     this.options = Object.freeze(resolveOptions(options, serial));
-    this.dataSeed = this.options.seed;
+    this.data = new DeviceData(this.options.seed, this.options.size, this.options.blockSize);
+    this.data.onRewrite = (b) => this.saving?.rewritten(b);
+    if (this.options.churn > 0) this.churn = new Churn(this.options.churn, this.options.seed);
     this.precopyEndMode = this.options.precopyEnd;
     this.bar0 = new Bar0(
       {
         running: () => this.isRunning(),
         status: () => (this.isRunning() ? STATUS_RUNNING : 0) | (this.mig === MigState.ERROR ? STATUS_ERROR : 0) | (this.mig << 8),
-        seed: () => this.dataSeed,
+        seed: () => this.data.seed,
         size: () => this.options.size,
+        blockSize: () => this.options.blockSize,
+        dataGeneration: () => this.data.digest().versionSum,
+        touch: (first, count) => void this.data.rewriteRange(first, count),
         doorbell: (v) => void this.irq.raise(v),
         busMaster: () => this.options.busMaster === 'ignored' || (this.cfg.command & COMMAND_MASTER) !== 0,
         dma: (iova, length, pattern) => {
@@ -486,7 +544,7 @@ export class SimDevice {
 
   /** The seed of the device data now (changes when a stream is restored). */
   get seed(): bigint {
-    return this.dataSeed;
+    return this.data.seed;
   }
 
   get size(): number {
@@ -540,9 +598,9 @@ export class SimDevice {
     return this.bar0.queuePending;
   }
 
-  /** Length of this device's migration stream: 48 + size + 272. */
+  /** Length of a plain STOP_COPY stream of this device (every block once): 48 + 8 blocks + size + 288. */
   get streamLength(): number {
-    return streamLength(this.options.size);
+    return streamLength(this.options.size, this.options.blockSize);
   }
 
   /** True while at least one device fd is open. */
@@ -557,7 +615,7 @@ export class SimDevice {
 
   /** The migrated registers, with the data seed and size. */
   registers(): SimRegisters {
-    return { ...this.bar0.registers(), seed: this.dataSeed, size: this.options.size };
+    return { ...this.bar0.registers(), seed: this.data.seed, size: this.options.size };
   }
 
   /** Set migrated registers directly (whatever the state). `scratch` shorter than 256 bytes is zero-padded. */
@@ -580,8 +638,9 @@ export class SimDevice {
     const s = this.saving ?? this.resuming;
     if (!s) return undefined;
     const external = this.externalFds.has(s) || undefined;
+    this.catchUp();
     return s.kind === 'save'
-      ? { kind: 'save', pos: s.pos, total: s.total, available: s.available, disabled: s.disabled, external }
+      ? { kind: 'save', pos: s.pos, total: s.total, available: s.available, figures: s.figures(), disabled: s.disabled, external }
       : { kind: 'resume', pos: s.pos, total: s.total, disabled: s.disabled, problem: s.problem, external };
   }
 
@@ -630,6 +689,75 @@ export class SimDevice {
     this.precopyEndMode = mode;
   }
 
+  // ------------------------------------------------------------------ the device data
+
+  /**
+   * The device data now: seed, layout and the digest of the block versions. Two devices with
+   * equal digests hold the same data: what a migration must reproduce.
+   */
+  dataDigest(): DataDigest {
+    this.catchUp();
+    return this.data.digest();
+  }
+
+  /** Data bytes [offset, offset + length) as the device holds them now (clipped to the data). */
+  readData(offset: number, length: number): Buffer {
+    this.catchUp();
+    const at = Math.max(0, Math.min(offset, this.options.size));
+    const n = Math.max(0, Math.min(length, this.options.size - at));
+    const out = Buffer.alloc(n);
+    this.data.read(at, out, 0, n);
+    return out;
+  }
+
+  /** Block `b`'s version now (0 until the device first rewrites it). */
+  blockVersion(b: number): number {
+    this.catchUp();
+    return this.data.version(b);
+  }
+
+  /**
+   * The running device rewrites the blocks holding data bytes [offset, offset + length) (clipped
+   * to the data): each gets a new version, and one that a PRE_COPY session has sent already is
+   * dirty and will be sent again. A stopped device (STOP, STOP_COPY, RESUMING, ERROR) changes
+   * nothing (uAPI, "RUNNING_P2P -> STOP": it must not change its internal state) and 0 is
+   * returned. Returns the number of blocks rewritten.
+   */
+  dirtyData(offset: number, length: number): number {
+    if (!this.isRunning()) return 0;
+    this.catchUp();
+    return this.data.rewriteBytes(offset, length);
+  }
+
+  /** {@link dirtyData} by block: rewrite `count` blocks from block `first` (clipped). Returns the blocks rewritten. */
+  touchBlocks(first: number, count = 1): number {
+    if (!this.isRunning()) return 0;
+    this.catchUp();
+    return this.data.rewriteRange(first, count);
+  }
+
+  /**
+   * The running device re-initialises (a reconfiguration, say): the blocks holding the first
+   * `bytes` data bytes (default: the precopy size) get new versions, and in a PRE_COPY session
+   * with PRECOPY_INFOv2 opted in, new initial data appears: everything PRE_COPY can serve now
+   * counts as initial data and the next PRECOPY_INFO reports VFIO_PRECOPY_INFO_REINIT (mlx5's
+   * behaviour on MIGRATION_INIT). Without the opt-in the rewritten blocks are ordinary dirty
+   * data. Nothing happens while the device is stopped (returns 0). Returns the blocks rewritten.
+   */
+  reinitialize(bytes = this.options.precopyBytes): number {
+    if (!this.isRunning()) return 0;
+    this.catchUp();
+    const blocks = Math.ceil(Math.max(0, bytes) / this.options.blockSize);
+    const n = this.data.rewriteRange(0, blocks);
+    this.saving?.reinit(blocks, this.infoV2);
+    return n;
+  }
+
+  /** Whether the user opted in to PRECOPY_INFOv2 (the feature's SET; cleared when the device is released). */
+  get precopyInfoV2(): boolean {
+    return this.infoV2;
+  }
+
   /** Raise vector `vector` as a doorbell would (whatever the state). True when an eventfd was signalled. */
   raise(vector = 0): boolean {
     return this.irq.raise(vector);
@@ -674,6 +802,14 @@ export class SimDevice {
     raise(inj.errno);
   }
 
+  /** VFIO_MIG_GET_PRECOPY_INFO on one of this device's saving data_fds. Throws Errno. */
+  precopyInfo(session: SaveSession, arg: Buffer | number | undefined): void {
+    this.consume('PRECOPY_INFO');
+    // The driver asks the device what changed (mlx5 queries it here): the churn becomes dirty blocks now.
+    this.catchUp();
+    session.precopyInfo(arg, this.infoV2);
+  }
+
   /** ioctl(2) on a device fd. Throws Errno. */
   ioctl(request: number, arg: Buffer | number | undefined): number {
     switch (request) {
@@ -706,6 +842,7 @@ export class SimDevice {
   /** pread/pwrite on the device fd at vfio-pci file offset `offset`. Throws Errno. */
   regionIo(kind: 'read' | 'write', offset: number, buf: Buffer, bufOff: number, len: number): number {
     this.consume(kind === 'read' ? 'pread' : 'pwrite');
+    this.catchUp();
     if (!Number.isSafeInteger(offset) || offset < 0) raise(E.EINVAL);
     const index = Math.floor(offset / REGION_STRIDE);
     const at = offset - index * REGION_STRIDE;
@@ -820,7 +957,19 @@ export class SimDevice {
         if (!check(VFIO_DEVICE_FEATURE_GET, SIZEOF_FEATURE_MIG_DATA_SIZE)) return 0;
         this.consume('MIG_DATA_SIZE');
         need(b, SIZEOF_DEVICE_FEATURE + SIZEOF_FEATURE_MIG_DATA_SIZE);
+        this.catchUp();
         encodeMigDataSize(b, this.remainingStream());
+        return 0;
+      }
+      case VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOV2: {
+        // A kernel without the feature (6.12) answers ENOTTY, as for any id it does not know. One
+        // with it (vfio_ioctl_device_feature_migration_precopy_info_v2()) refuses a device without
+        // PRE_COPY with EINVAL, takes SET (PROBE included) with any payload, and keeps the opt-in
+        // until the device is closed (vfio_pci_core_close_device()).
+        if (!this.options.precopyInfoV2) raise(E.ENOTTY);
+        if (!this.options.migration || !(this.options.migrationFlags & VFIO_MIGRATION_PRE_COPY)) raise(E.EINVAL);
+        if (!check(VFIO_DEVICE_FEATURE_SET, 0)) return 0;
+        this.infoV2 = true;
         return 0;
       }
       case VFIO_DEVICE_FEATURE_DMA_LOGGING_START: {
@@ -899,10 +1048,13 @@ export class SimDevice {
     return 0;
   }
 
-  /** Stream bytes still to come: what the current saving session has not delivered, or the whole stream. */
+  /**
+   * MIG_DATA_SIZE: what a STOP_COPY would still produce: the rest of the current saving session
+   * (blocks not sent, dirty blocks, trailer), or a whole plain stream.
+   */
   private remainingStream(): number {
     const s = this.saving;
-    if (s && !s.disabled) return s.total - s.pos;
+    if (s && !s.disabled) return s.figures().remaining;
     return this.streamLength;
   }
 
@@ -933,6 +1085,8 @@ export class SimDevice {
 
   /** The drivers' loop: one vfio_mig_get_next_state() and one arc at a time. */
   private walk(target: number): Session | undefined {
+    // Whatever the device did in the state it leaves happened before the arcs.
+    this.catchUp();
     let file: Session | undefined;
     while (this.mig !== target) {
       const next = nextState(this.mig, target as MigState, this.options.migrationFlags);
@@ -963,7 +1117,7 @@ export class SimDevice {
       const r = this.resuming as ResumeSession;
       if (!this.externalFds.has(r)) {
         const restored = r.finish();
-        this.dataSeed = restored.seed;
+        this.data.adopt(restored.seed, restored.versions);
         this.bar0.load(restored.regs);
       }
       this.endSessions();
@@ -974,7 +1128,7 @@ export class SimDevice {
       this.endSessions();
       this.resuming = new ResumeSession(
         this.sessionHost(),
-        { size: this.options.size, pciId: this.pciId, maxWrite: this.options.maxWrite },
+        { size: this.options.size, blockSize: this.options.blockSize, pciId: this.pciId, maxWrite: this.options.maxWrite },
         this.takePendingFault(),
       );
       if (external !== undefined) this.externalFds.set(this.resuming, external);
@@ -984,7 +1138,7 @@ export class SimDevice {
     const toSaving = isSavingState(next);
     if (fromSaving && toSaving) {
       // PRE_COPY <-> PRE_COPY_P2P: nothing; PRE_COPY(_P2P) -> STOP_COPY: same session, device stopped.
-      if (next === MigState.STOP_COPY) this.saving?.enterStopCopy(this.bar0.registers());
+      if (next === MigState.STOP_COPY) this.saving?.enterStopCopy(this.finalState());
       return undefined;
     }
     if (fromSaving) {
@@ -996,14 +1150,13 @@ export class SimDevice {
       this.endSessions();
       this.saving = new SaveSession(
         this.sessionHost(),
+        this.data,
         {
-          size: this.options.size,
-          seed: this.dataSeed,
           pciId: this.pciId,
-          precopyData: this.options.precopyBytes,
+          initialBlocks: Math.ceil(this.options.precopyBytes / this.options.blockSize),
           maxRead: this.options.maxRead,
         },
-        next === MigState.STOP_COPY ? this.bar0.registers() : undefined,
+        next === MigState.STOP_COPY ? this.finalState() : undefined,
         this.takePendingFault(),
       );
       if (external !== undefined) this.externalFds.set(this.saving, external);
@@ -1012,6 +1165,33 @@ export class SimDevice {
     // RUNNING <-> RUNNING_P2P <-> STOP (and RUNNING <-> STOP without P2P): the device starts or
     // stops; BAR0 reads the state live.
     return undefined;
+  }
+
+  /** The trailer of a stream, as the device stops: the migrated registers and the version digest. */
+  private finalState(): Trailer {
+    const { control, irqCount, scratch } = this.bar0.registers();
+    const { versionSum, tableCrc } = this.data.digest();
+    return { control, irqCount, scratch, versionSum, tableCrc };
+  }
+
+  /**
+   * The churn rate turned into block rewrites for the time since the last look, if the device
+   * ran (every state change looks first, so the state now is the state then). Called where the
+   * device is observed: BAR0 and config accesses, PRECOPY_INFO, MIG_DATA_SIZE, state changes and
+   * test hooks; not on data_fd reads, so that a PRE_COPY read loop reaches its temporary end
+   * (mlx5 too produces new precopy data when PRECOPY_INFO asks the device, not while reading).
+   */
+  private catchUp(): void {
+    const c = this.churn;
+    if (!c) return;
+    const n = c.due(this.isRunning(), this.options.blockSize);
+    const blocks = this.data.blocks;
+    if (n === 0 || blocks === 0) return;
+    if (n >= 4 * blocks) {
+      this.data.rewriteRange(0, blocks);
+      return;
+    }
+    for (let i = 0; i < n; i++) this.data.rewrite(c.pick(blocks));
   }
 
   private sessionHost(): SessionHost {
@@ -1040,6 +1220,11 @@ export class SimDevice {
 
   // ------------------------------------------------------------------ lifecycle
 
+  /**
+   * The device operates: RUNNING and PRE_COPY, and the P2P states, where it only may not initiate
+   * P2P DMA but still runs (uAPI, "RUNNING -> RUNNING_P2P"). In STOP, STOP_COPY, RESUMING and
+   * ERROR it must not change its internal state (uAPI, "RUNNING_P2P -> STOP").
+   */
   private isRunning(): boolean {
     return (
       this.mig === MigState.RUNNING ||
@@ -1080,6 +1265,7 @@ export class SimDevice {
     this.endSessions();
     this.irq.disableAll();
     this.dmaLog = undefined;
+    this.infoV2 = false;
     this.mig = MigState.RUNNING;
     this.bar0.reset();
     this.cfg.reset();

@@ -7,7 +7,15 @@
  * NAME   := [A-Za-z0-9_.-]+
  * KEY    := "seed"      VALUE: decimal or 0x-hex u64                  (default: the device's serial)
  *         | "mig"       VALUE: "off" | a number | names joined by "+": stop_copy, p2p, pre_copy
- *         | "precopy"   VALUE: SIZE, data bytes served in PRE_COPY before the temporary end
+ *         | "precopy"   VALUE: SIZE, the initial data: the blocks holding the first SIZE data bytes
+ *                              are served in PRE_COPY first, the others in STOP_COPY
+ *         | "block"     VALUE: SIZE, a power of two from 8 to 1GiB: bytes per block of the device
+ *                              data, the unit the device rewrites and re-sends (default 4KiB, more
+ *                              above 4GiB so that there are at most 2^20 blocks)
+ *         | "churn"     VALUE: SIZE [ "/s" ], bytes per second the running device rewrites, in
+ *                              whole blocks picked at random (default 0)
+ *         | "infov2"    VALUE: "on" (the kernel has PRECOPY_INFOv2: feature 12 opts in, and
+ *                              PRECOPY_INFO then reports REINIT) | "off" (default: ENOTTY, as 6.12)
  *         | "end"       VALUE: "zero" (mtty: read() returns 0) | "enomsg" (uAPI wording)
  *         | "maxread"   VALUE: SIZE, the most one read() on a data_fd returns
  *         | "maxwrite"  VALUE: SIZE, the most one write() on a data_fd accepts (short writes)
@@ -32,7 +40,9 @@
  * `sim:master=required#dst` (a destination that needs PCI_COMMAND back), `sim:devid=0x5f11` (another
  * device), `sim:vsc=2` (same device, other host driver), `sim:vsclen=20` (another VSC layout),
  * `sim:dirty=off` (a device for IOMMU dirty tracking or the all-dirty policy),
- * `sim:dirtypage=64KiB:dirtyranges=2:dirtyfail=3` (a coarse, small tracker that fails now and then).
+ * `sim:dirtypage=64KiB:dirtyranges=2:dirtyfail=3` (a coarse, small tracker that fails now and then),
+ * `sim:1GiB:churn=64MiB/s:precopy=1GiB` (a live device whose whole state is precopy data, for a
+ * live-migration demo), `sim:64KiB:block=512:infov2=on`.
  * A spec with a NAME names a device in the binding's registry: opening it again reaches the same
  * device. Without a NAME every open creates a fresh device.
  */
@@ -51,6 +61,10 @@ export interface ParsedSimSpec {
   migration?: boolean;
   migrationFlags?: number;
   precopyBytes?: number;
+  blockSize?: number;
+  /** Bytes per second. */
+  churn?: number;
+  precopyInfoV2?: boolean;
   precopyEnd?: 'zero' | 'enomsg';
   maxRead?: number;
   maxWrite?: number;
@@ -178,6 +192,22 @@ export function parseSimSpec(spec: string): ParsedSimSpec | string {
         else out.maxWrite = n;
         break;
       }
+      case 'block': {
+        const n = parseSize(value);
+        if (n === undefined || n < 8 || n > 2 ** 30 || (n & (n - 1)) !== 0) return `bad block ${JSON.stringify(value)} (a power of two from 8 to 1GiB)`;
+        out.blockSize = n;
+        break;
+      }
+      case 'churn': {
+        const n = parseSize(value.replace(/\/s$/i, ''));
+        if (n === undefined) return `bad churn ${JSON.stringify(value)} (bytes per second: 0, 1MiB, 64MiB/s)`;
+        out.churn = n;
+        break;
+      }
+      case 'infov2':
+        if (value !== 'on' && value !== 'off') return `bad infov2 ${JSON.stringify(value)} (on or off)`;
+        out.precopyInfoV2 = value === 'on';
+        break;
       case 'end':
         if (value !== 'zero' && value !== 'enomsg') return `bad end ${JSON.stringify(value)} (zero or enomsg)`;
         out.precopyEnd = value;
@@ -231,7 +261,7 @@ export function parseSimSpec(spec: string): ParsedSimSpec | string {
         out.msixAlloc = value;
         break;
       default:
-        return `unknown sim spec key ${JSON.stringify(key)} (seed, mig, precopy, end, maxread, maxwrite, vsc, vsclen, devid, master, dirty, dirtyranges, dirtypage, dirtyfail, msixalloc)`;
+        return `unknown sim spec key ${JSON.stringify(key)} (seed, mig, precopy, block, churn, infov2, end, maxread, maxwrite, vsc, vsclen, devid, master, dirty, dirtyranges, dirtypage, dirtyfail, msixalloc)`;
     }
   }
   return out;

@@ -27,6 +27,11 @@ export class MemoryStream {
   destinationAborted?: unknown;
   /** Called by the sink's begin(): throw to refuse (a destination's verdict). */
   verdict?: (records: readonly DeviceRecord[]) => void;
+  /**
+   * Called with each chunk of device state the sink takes (device index, a copy of the bytes):
+   * return the bytes to pass on, or undefined to drop them (a lost update on the way).
+   */
+  tamper?: (index: number, data: Buffer) => Buffer | undefined;
 
   private push(i: Item): void {
     this.items.push(i);
@@ -46,7 +51,10 @@ export class MemoryStream {
       this.records = records;
     },
     writeState: async (index: number, from: DataFdTarget, opts: WriteStateOptions = {}) => {
-      const r = await drainSession(from.binding, from.fd, async (c) => this.push({ kind: 'data', index, data: Buffer.from(c) }), {
+      const r = await drainSession(from.binding, from.fd, async (c) => {
+        const data = this.tamper ? this.tamper(index, Buffer.from(c)) : Buffer.from(c);
+        if (data) this.push({ kind: 'data', index, data });
+      }, {
         precopy: opts.precopy, device: from.device, onProgress: opts.onProgress,
       });
       return { bytes: r.bytes, end: r.end };

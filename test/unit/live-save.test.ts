@@ -9,8 +9,10 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { MigrationCoordinator } from '../../src/vm/coordinator';
 import type { VfioPciDevice } from '../../src/model/vfio-pci';
 import { MigState, migStateName } from '../../src/kernel/uapi/vfio';
+import type { LiveSave } from '../../src/engine/live-save';
+import { simStream } from '../../src/sim';
 import { MemoryStream } from '../helpers/memory-stream';
-import { Guest, SECRET, bootedSource, destination, dispose, makeEnv, newHost, rejection, simOf, type Env } from './device-model-helpers';
+import { BAR0, Guest, SECRET, bootedSource, destination, dispose, makeEnv, newHost, rejection, simOf, type Env } from './device-model-helpers';
 
 const { RUNNING, STOP, RESUMING, PRE_COPY } = MigState;
 
@@ -61,7 +63,7 @@ describe('live save into a destination in the same process', () => {
     expect(live.initialSent).toBe(true);
     expect(stream.log).toEqual(['initial 0', 'initial 1']);
     expect(r1.pending.every((p) => p.precopyBytes === 0 && !p.initialPending && p.stopCopyBytes > 0)).toBe(true);
-    // A second round has nothing new (the simulated device's precopy data is all initial data).
+    // A second round has nothing new (nothing changed the devices' data since).
     const r2 = await live.round();
     expect([...r2.bytes.values()]).toEqual([0, 0]);
 
@@ -137,5 +139,126 @@ describe('live save into a destination in the same process', () => {
     await live.cancel();
     await vm.pause();
     await vm.resume();
+  });
+});
+
+describe('live save of devices whose state changes while they run', () => {
+  const HDR = simStream.HEADER_SIZE;
+  const TRL = simStream.TRAILER_SIZE;
+  /** One 4 KiB block's record in the simulated device's stream. */
+  const R4K = simStream.RECORD_HEADER_SIZE + 4096;
+  /** Initial data of a 64 KiB device with precopy=16KiB: the header and blocks 0..3. */
+  const INITIAL = HDR + 4 * R4K;
+  /** What its STOP_COPY adds when nothing is dirty: blocks 4..15 and the trailer. */
+  const STOP_COPY_BYTES = 12 * R4K + TRL;
+
+  function figures(live: LiveSave): number[][] {
+    return live.pending().map((p) => [p.precopyBytes, p.initialBytes, p.stopCopyBytes]);
+  }
+
+  it('pending grows when the devices change state, shrinks when a round sends it; the destination ends with the final state', async () => {
+    const { a, b, vm } = await twoSources('sim:64KiB:precopy=16KiB');
+    const [sa, sb] = [simOf(env, a.d), simOf(env, b.d)];
+    const stream = new MemoryStream();
+    const live = await vm.beginLiveSave(stream.sink);
+    const dst = destination(env, a.host, [{ spec: 'sim:64KiB', id: 'a' }, { spec: 'sim:64KiB', id: 'b' }]);
+    const vmB = new MigrationCoordinator(dst.devices);
+    const loading = vmB.load(stream.source());
+
+    expect(figures(live)).toEqual([[INITIAL, INITIAL, STOP_COPY_BYTES], [INITIAL, INITIAL, STOP_COPY_BYTES]]);
+    const r1 = await live.round();
+    expect([...r1.bytes.values()]).toEqual([INITIAL, INITIAL]);
+    expect(figures(live)).toEqual([[0, 0, STOP_COPY_BYTES], [0, 0, STOP_COPY_BYTES]]);
+
+    // The devices change state while they run: the guest rewrites a's block 2 through BAR0, a's
+    // workload blocks 0 and 1, b's block 3; b's block 10 is not sent yet (no precopy data).
+    a.write32(BAR0.TOUCH_BLOCK, 2);
+    a.write32(BAR0.TOUCH_DOORBELL, 1);
+    sa.dirtyData(0, 8192);
+    sb.touchBlocks(3);
+    sb.touchBlocks(10);
+    expect(figures(live)).toEqual([[3 * R4K, 0, STOP_COPY_BYTES], [R4K, 0, STOP_COPY_BYTES]]);
+    const r2 = await live.round();
+    expect([...r2.bytes.values()]).toEqual([3 * R4K, R4K]);
+    expect(figures(live)).toEqual([[0, 0, STOP_COPY_BYTES], [0, 0, STOP_COPY_BYTES]]);
+    expect([...(await live.round()).bytes.values()]).toEqual([0, 0]);
+
+    // More changes, registers too; this time the switchover carries them.
+    sa.touchBlocks(0);
+    a.setRegisters(0xaaaa_0002, Buffer.alloc(32, 0x5e));
+    expect(figures(live)).toEqual([[R4K, 0, STOP_COPY_BYTES], [0, 0, STOP_COPY_BYTES]]);
+    const sw = await live.switchover();
+    expect(sw.devices.map((d) => [d.precopyBytes, d.stopCopyBytes])).toEqual([
+      [INITIAL + 3 * R4K, STOP_COPY_BYTES + R4K],
+      [INITIAL + R4K, STOP_COPY_BYTES],
+    ]);
+    expect(stream.log).toEqual(['initial 0', 'initial 1', 'end-state 0', 'end-state 1', 'model 0', 'model 1', 'end']);
+
+    const loaded = await loading;
+    expect(loaded.devices.map((d) => d.stateBytes)).toEqual([INITIAL + 4 * R4K + STOP_COPY_BYTES, INITIAL + R4K + STOP_COPY_BYTES]);
+    // The devices load the streams at the RESUMING exit, when the VMM resumes them.
+    await vmB.resume();
+    // Exactly the source's final state on the destination: data and registers.
+    const [da, db] = dst.devices.map((d) => simOf(env, d));
+    expect(da.dataDigest()).toEqual(sa.dataDigest());
+    expect(db.dataDigest()).toEqual(sb.dataDigest());
+    expect(sa.dataDigest().versionSum).toBe(4);
+    expect(da.readData(0, 65536).equals(sa.readData(0, 65536))).toBe(true);
+    expect(da.registers()).toEqual(sa.registers());
+    expect(db.registers()).toEqual(sb.registers());
+    const ga = new Guest(dst.devices[0], dst.host);
+    expect(ga.scratch(32)).toEqual(Buffer.alloc(32, 0x5e));
+    expect(ga.read32(BAR0.DATA_GEN_LO)).toBe(4);
+  });
+
+  it('PRECOPY_INFOv2: a device that re-initialises is announced again (REINIT), then its new initial data', async () => {
+    const host = newHost(env);
+    const a = bootedSource(env, 'sim:64KiB:precopy=16KiB:infov2=on', { id: 'a', host });
+    const sa = simOf(env, a.d);
+    const vm = new MigrationCoordinator([a.d]);
+    const stream = new MemoryStream();
+    const live = await vm.beginLiveSave(stream.sink);
+    expect(sa.precopyInfoV2).toBe(true); // the engine opted in
+    const dst = destination(env, host, [{ spec: 'sim:64KiB', id: 'a' }]);
+    const vmB = new MigrationCoordinator(dst.devices);
+    const loading = vmB.load(stream.source());
+
+    await live.round();
+    expect(live.initialSent).toBe(true);
+    expect(stream.log).toEqual(['initial 0']);
+    // New initial data: the first 8 blocks rewritten (0..3 sent: initial again; 4..7 join).
+    expect(sa.reinitialize(8 * 4096)).toBe(8);
+    const r = await live.round();
+    expect(r.bytes.get('a')).toBe(8 * R4K);
+    expect(stream.log).toEqual(['initial 0', 'reinit 0', 'initial 0']);
+    expect(live.initialSent).toBe(true);
+    expect(figures(live)).toEqual([[0, 0, 8 * R4K + TRL]]);
+    await live.switchover();
+    await loading;
+    await vmB.resume();
+    expect(simOf(env, dst.devices[0]).dataDigest()).toEqual(sa.dataDigest());
+  });
+
+  it('an update lost on the way: the destination device refuses the stream at the RESUMING exit; nothing runs', async () => {
+    const { a, vm } = await twoSources('sim:64KiB:precopy=16KiB');
+    const stream = new MemoryStream();
+    const live = await vm.beginLiveSave(stream.sink);
+    const dst = destination(env, a.host, [{ spec: 'sim:64KiB', id: 'a' }, { spec: 'sim:64KiB', id: 'b' }]);
+    const vmB = new MigrationCoordinator(dst.devices);
+    const loading = vmB.load(stream.source());
+    await live.round();
+    simOf(env, a.d).touchBlocks(1);
+    stream.tamper = (index, data) => (index === 0 ? undefined : data);
+    expect((await live.round()).bytes.get('a')).toBe(R4K);
+    stream.tamper = undefined;
+    await live.switchover();
+    await loading;
+    // The RESUMING exit, when the VMM resumes, is where the device checks the final state.
+    const err = await rejection(vmB.resume());
+    expect(err.code).toBe('EINVAL');
+    expect(err.step).toMatch(/RESUMING/);
+    // The destination's devices were reset, never run with the state.
+    expect(dst.devices.map((d) => simOf(env, d).state)).toEqual([RUNNING, RUNNING]);
+    expect(simOf(env, dst.devices[0]).dataDigest().versionSum).toBe(0);
   });
 });

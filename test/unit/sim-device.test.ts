@@ -415,7 +415,7 @@ describe('BAR0 registers (region 0)', () => {
     const b = new SimBinding();
     const fd = b.open('sim:1MiB:seed=0x1122334455667788', O_RDWR);
     expect(readU32(b, fd, BAR0.ID)).toBe(0x4d495356);
-    expect(readU32(b, fd, BAR0.VERSION)).toBe(0x00010000);
+    expect(readU32(b, fd, BAR0.VERSION)).toBe(0x00010001);
     expect(readU32(b, fd, BAR0.STATUS)).toBe(1 | (RUNNING << 8));
     expect(readU32(b, fd, BAR0.SEED_LO)).toBe(0x55667788);
     expect(readU32(b, fd, BAR0.SEED_HI)).toBe(0x11223344);
@@ -471,7 +471,7 @@ describe('BAR0 registers (region 0)', () => {
     const buf = Buffer.alloc(8);
     expect(await b.read(fd, buf)).toBe(8);
     expect(buf.readUInt32LE(0)).toBe(0x4d495356);
-    expect(buf.readUInt32LE(4)).toBe(0x00010000);
+    expect(buf.readUInt32LE(4)).toBe(0x00010001);
   });
 });
 
@@ -720,10 +720,10 @@ describe('VFIO_DEVICE_FEATURE validation (vfio_ioctl_device_feature, vfio_check_
     expectErrno(() => feature(b, fd, 42, 'get', 8), 'ENOTTY');
   });
 
-  it('MIG_DATA_SIZE gives the exact stream length: 48 + size + 272', () => {
-    const { b, fd } = fresh('sim:4096');
-    expect(s.decodeMigDataSize(feature(b, fd, v.VFIO_DEVICE_FEATURE_MIG_DATA_SIZE, 'get', 8))).toBe(48 + 4096 + 272);
-    expect(b.device(fd).streamLength).toBe(48 + 4096 + 272);
+  it('MIG_DATA_SIZE gives the exact length of a plain stream: 48 + 8 per block + size + 288', () => {
+    const { b, fd } = fresh('sim:10000:block=4KiB');
+    expect(s.decodeMigDataSize(feature(b, fd, v.VFIO_DEVICE_FEATURE_MIG_DATA_SIZE, 'get', 8))).toBe(48 + 3 * 8 + 10000 + 288);
+    expect(b.device(fd).streamLength).toBe(48 + 3 * 8 + 10000 + 288);
   });
 });
 

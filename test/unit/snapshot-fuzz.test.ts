@@ -17,7 +17,7 @@ import { describe, expect, it, beforeAll, afterAll } from 'vitest';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { SimBinding, type SimDevice, type SimDeviceOptions } from '../../src/sim';
+import { SimBinding, simStream, type SimDevice, type SimDeviceOptions } from '../../src/sim';
 import { loadBinding } from '../../src/kernel/binding';
 import type { Binding } from '../../src/kernel/binding/types';
 import { openDevice } from '../../src/kernel/open';
@@ -243,8 +243,8 @@ function split(data: Buffer, size: number): MChunk[] {
   return out;
 }
 
-const SIM_HEADER = 48;
-const SIM_TRAILER = 272;
+const SIM_HEADER = simStream.HEADER_SIZE;
+const SIM_TRAILER = simStream.TRAILER_SIZE;
 
 type Structural =
   | 'payload' | 'chunk-crc' | 'chunk-len' | 'empty-chunk' | 'swap-chunks' | 'drop-chunk' | 'dup-chunk' | 'resegment' | 'end-chunk'
