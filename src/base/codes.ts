@@ -55,6 +55,13 @@ export const EVFIO_CODES = {
   EVFIO_TLS: ['peer', 'TLS credentials unusable, a TLS handshake failed, or a peer not authenticated'],
   EVFIO_TRANSPORT: ['peer', 'another failure of the connection'],
   EVFIO_RESOLVE: ['usage', 'a host name that does not resolve'],
+  EVFIO_PEER_REFUSED: ['peer', 'the migration destination refused the devices before anything was touched'],
+  EVFIO_PEER_FAILED: ['peer', 'the migration peer failed and said why'],
+  EVFIO_PEER_CANCELLED: ['peer', 'the migration source cancelled'],
+  EVFIO_PROTOCOL: ['format', 'a live-migration frame the receiver cannot accept'],
+  EVFIO_PROTOCOL_VERSION: ['format', 'a live-migration peer of another protocol or version'],
+  EVFIO_NOT_CONVERGED: ['protocol', 'the devices did not converge within the iteration or time limit'],
+  EVFIO_POSTCOPY: ['unsupported', 'postcopy migration of VFIO devices'],
   // format: a snapshot or stream that is malformed
   EVFIO_BAD_SNAPSHOT: ['format', 'the snapshot file is malformed'],
   EVFIO_SNAPSHOT_VERSION: ['format', 'the snapshot format version is not readable here'],

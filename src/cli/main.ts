@@ -40,6 +40,8 @@ import { logger } from '../base/log';
 import { registerSimulator } from '../sim/provider';
 import { CommandContext, type CliCommand } from './command';
 import { demoCommand } from './commands/demo';
+import { incomingCommand } from './commands/incoming';
+import { migrateCommand } from './commands/migrate';
 import { infoCommand } from './commands/info';
 import { inspectCommand } from './commands/inspect';
 import { restoreCommand } from './commands/restore';
@@ -52,7 +54,7 @@ import { VfioError } from '../base/errors';
 const log = logger('cli');
 
 /** The commands, in the order `vfio-pci --help` lists them. */
-export const COMMANDS: readonly CliCommand[] = [infoCommand, snapshotCommand, restoreCommand, inspectCommand, demoCommand];
+export const COMMANDS: readonly CliCommand[] = [infoCommand, snapshotCommand, restoreCommand, migrateCommand, incomingCommand, inspectCommand, demoCommand];
 
 const PROGRAM_HELP = `
 DEVICE: a PCI address (0000:01:00.0), an mdev UUID, a sysfs path, /dev/vfio/devices/vfioN, or a

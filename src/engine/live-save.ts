@@ -29,7 +29,7 @@
 import { VfioError } from '../base/errors';
 import { logger } from '../base/log';
 import type { DataSession } from '../kernel/migration';
-import { MigState } from '../kernel/uapi/vfio';
+import { MigState, VFIO_PRECOPY_INFO_REINIT } from '../kernel/uapi/vfio';
 import type { MigratableDevice } from '../model/migratable';
 import type { DataFdTarget, Progress, StateSink } from './stream';
 
@@ -96,6 +96,9 @@ export class LiveSave {
   private readonly sentPre = new Map<number, number>();
   private readonly initialDone = new Set<number>();
   private busy = false;
+  private rounds = 0;
+  /** Devices whose driver reported REINIT since the last round acted on it (the flag is reported once). */
+  private readonly reinitSeen = new Set<number>();
 
   /** @internal MigrationEngine.beginLiveSave() makes it. */
   constructor(
@@ -127,7 +130,7 @@ export class LiveSave {
       let precopyBytes = 0;
       if (this.precopy.has(i) && this.phase === 'precopy') {
         try {
-          const info = mig.precopyInfo();
+          const info = this.precopyInfo(i);
           initialBytes = info.initialBytes;
           precopyBytes = info.initialBytes + info.dirtyBytes;
         } catch (e) {
@@ -167,8 +170,8 @@ export class LiveSave {
         });
         this.sentPre.set(i, before + r.bytes);
         bytes.set(d.id, r.bytes);
-        const info = mig.precopyInfo();
-        if (info.flags && (info.flags & 1) && this.initialDone.has(i)) {
+        const info = this.precopyInfo(i);
+        if (this.reinitSeen.delete(i) && this.initialDone.has(i)) {
           // VFIO_PRECOPY_INFO_REINIT: new initial data; the switchover-ack must be earned again.
           this.initialDone.delete(i);
           await this.sink.reinit?.(i);
@@ -180,6 +183,7 @@ export class LiveSave {
           log('%s: initial data sent (%d bytes so far)', d.id, this.sentPre.get(i));
         }
       }
+      this.rounds++;
       return { bytes, pending: this.pending() };
     });
   }
@@ -219,7 +223,8 @@ export class LiveSave {
         await this.ops.set(d, MigState.STOP);
         d.migration!.closeSession();
       }
-      await this.sink.finish();
+      const sum = (m: Map<number, number>): number => [...m.values()].reduce((a, b) => a + b, 0);
+      await this.sink.finish({ downtimeMs, iterations: this.rounds, precopyBytes: sum(this.sentPre), stopCopyBytes: sum(stopCopy) });
       log('switchover: device downtime %d ms', downtimeMs.toFixed(2));
       return {
         downtimeMs,
@@ -239,6 +244,16 @@ export class LiveSave {
     await this.ops.returnToRunning('migrate:cancel');
     for (const d of this.ops.devices) d.migration?.closeSession();
     this.ops.release(false);
+  }
+
+  /**
+   * VFIO_MIG_GET_PRECOPY_INFO of device `i`, remembering a REINIT flag (PRECOPY_INFOv2), which
+   * the driver reports once: whichever of pending() and round() sees it, round() acts on it.
+   */
+  private precopyInfo(i: number): ReturnType<NonNullable<MigratableDevice['migration']>['precopyInfo']> {
+    const info = this.ops.devices[i].migration!.precopyInfo();
+    if ((info.flags ?? 0) & VFIO_PRECOPY_INFO_REINIT) this.reinitSeen.add(i);
+    return info;
   }
 
   /** Run one step in `from`; on failure cancel everything and throw the annotated error. */

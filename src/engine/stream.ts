@@ -76,10 +76,24 @@ export interface StateSink {
   reinit?(index: number): Promise<void>;
   /** Device `index`'s model state (after every device's state). */
   writeModel(index: number, body: Buffer): Promise<void>;
-  /** Nothing more will be written. A file is complete but not yet committed (its owner commits). */
-  finish(): Promise<void>;
+  /**
+   * Nothing more will be written. A file is complete but not yet committed (its owner commits);
+   * a live stream sends its end (with `summary`) and waits for the destination's report.
+   */
+  finish(summary?: SaveSummary): Promise<void>;
   /** Give up: nothing of this save may be used (a file's temporary is removed; a peer is told). Never throws. */
   abort(reason: unknown): Promise<void>;
+}
+
+/** What a live save moved and cost, for the stream's end (a live destination reports it too). */
+export interface SaveSummary {
+  /** Device downtime of the switchover, ms. */
+  downtimeMs?: number;
+  /** Precopy rounds. */
+  iterations?: number;
+  /** State bytes sent in precopy, and in the switchover. */
+  precopyBytes?: number;
+  stopCopyBytes?: number;
 }
 
 /** A device as a stream holds it. */

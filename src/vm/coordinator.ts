@@ -1,10 +1,14 @@
 /**
- * `MigrationCoordinator`: what a VMM uses to pause, snapshot, restore and resume the VFIO devices
- * of one VM — the migration engine (src/engine/engine.ts, where the rules are: P2P order,
- * blockers, pairing by id, checks before touching, recovery) over its `VfioPciDevice`s, plus the
- * snapshot file as the stream. `save(sink)` / `load(source)` take any device-state stream.
+ * `MigrationCoordinator`: what a VMM uses to pause, snapshot, restore, resume and live-migrate
+ * the VFIO devices of one VM — the migration engine (src/engine/engine.ts, where the rules are:
+ * P2P order, blockers, pairing by id, checks before touching, recovery) over its
+ * `VfioPciDevice`s, with the snapshot file (snapshot/restore) and the live stream
+ * (migrate/incoming) as the device-state streams. `save(sink)` / `load(source)` take any stream.
  */
 import { MigrationEngine, type EngineOptions, type LoadOptions, type LoadResult, type SaveOptions, type SaveResult } from '../engine/engine';
+import { acceptLink, connectLink, type Endpoint, type LinkTransportOptions } from '../live/link';
+import type { Listener } from '../live/listener';
+import { LiveMigration, checkMigrateOptions, receiveMigration, type IncomingOptions, type IncomingResult, type MigrateOptions } from '../live/migration';
 import type { VfioPciDevice } from '../model/vfio-pci';
 import { SnapshotFileSink, SnapshotFileSource } from '../snapshot/file-stream';
 import { SnapshotReader } from '../snapshot/reader';
@@ -42,6 +46,32 @@ export class MigrationCoordinator extends MigrationEngine {
   }
 
   /**
+   * Start a live migration of the VM's devices to `to`: a `tcp:HOST:PORT` or `unix:PATH` URI
+   * (with `tls` for mutual certificate authentication), a connected socket fd the VMM hands
+   * over, a Duplex (the VMM's own migration channel; bytes then pass through JavaScript), or a
+   * transport Channel. Resolves once the destination has accepted the devices (it checks them
+   * before the source touches anything) and every device with PRE_COPY is in PRE_COPY: the VMM
+   * then iterates (`iterate()`, `pending()`, the `switchover-ready` event) and switches over, or
+   * calls `run()`. See src/live/migration.ts. Errors: the destination's refusal
+   * (EVFIO_PEER_REFUSED), the connection's, the engine's blockers; the devices run on.
+   */
+  async migrate(to: Endpoint, opts: MigrateOptions & LinkTransportOptions = {}): Promise<LiveMigration> {
+    checkMigrateOptions(opts);
+    return LiveMigration.start(this, await connectLink(to, opts), opts);
+  }
+
+  /**
+   * Receive a live migration into the VM's devices (each freshly attached with `assignBars:
+   * false`) from `from`: a Listener (the one connection it accepts), or a connection as for
+   * migrate(). Resolves when every device holds the migrated state with its model applied, in
+   * RESUMING (or running, with `resume`); the source has then been told (LOADED). Any failure
+   * resets every device, tells the source (which resumes its own), and throws.
+   */
+  async incoming(from: Listener | Endpoint, opts: IncomingOptions & LinkTransportOptions = {}): Promise<IncomingResult> {
+    return receiveMigration(this, await acceptLink(from, opts), opts);
+  }
+
+  /**
    * Restore the VM's devices (each freshly attached with `assignBars: false`) from the snapshot
    * file `file`, paired by id. The file is validated (structure and every checksum but the
    * state chunks', which are checked as each chunk is loaded, before it reaches the device), and
@@ -57,3 +87,4 @@ export class MigrationCoordinator extends MigrationEngine {
     }
   }
 }
+

@@ -1,0 +1,404 @@
+/**
+ * The two ends of the live stream (docs/live-protocol.md) as the engine's device-state streams
+ * (src/engine/stream.ts): `LiveSink` on the source (a StateSink whose begin() is the handshake and
+ * whose finish() waits for the destination's LOADED), `LiveSource` on the destination (a
+ * StateSource whose devices come from the HELLO, whose ready() answers ACCEPT and whose load()
+ * writes DATA into the devices as it arrives).
+ *
+ * The source reads the return path in the background from the handshake on: SWITCHOVER_ACK,
+ * LOADED, RESUMED, ERROR, the peer's keep-alives. A failure there (an ERROR, a vanished or stalled
+ * destination) aborts whatever the source is writing at once, so that the engine cancels and the
+ * devices run on.
+ */
+import { EventEmitter } from 'eventemitter3';
+import { VfioError } from '../base/errors';
+import { logger } from '../base/log';
+import type { DataFdTarget, LoadTargets, SaveSummary, SavedDevice, StateSink, StateSource, WriteStateOptions } from '../engine/stream';
+import { VFIO_MIGRATION_PRE_COPY } from '../kernel/uapi/vfio';
+import type { DeviceRecord } from '../model/migratable';
+import {
+  FEATURES, FRAME_CHECKSUM, FrameType, PROTOCOL_VERSION, WHOLE_STREAM, decodeAccept, decodeError, decodeHello, encodeAccept, encodeError,
+  encodeHello, encodeJson, frameTypeName, peerError, protocolError, type Accept, type Hello,
+} from './frames';
+import type { FrameLink, Frame } from './link';
+
+const log = logger('live');
+
+/** Default bound of the handshake (the destination's checks and RUNNING → RESUMING): 30 s. */
+export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 30_000;
+/** Default bound of the wait for LOADED (and RESUMED) after END: 60 s. */
+export const DEFAULT_COMPLETE_TIMEOUT_MS = 60_000;
+
+export interface LiveSinkEvents {
+  /** The destination acknowledged every device's initial data (SWITCHOVER_ACK). */
+  'switchover-ack': () => void;
+}
+
+export interface LiveSinkOptions {
+  /** Offer the switchover-ack (default true). */
+  switchoverAck?: boolean;
+  handshakeTimeoutMs?: number;
+  completeTimeoutMs?: number;
+  /** Stop-copy estimates per device index for the HELLO (informational). */
+  stopCopyBytes?: (index: number) => number | undefined;
+}
+
+/** The source's end. */
+export class LiveSink extends EventEmitter<LiveSinkEvents> implements StateSink {
+  private accept?: Accept;
+  private records: readonly DeviceRecord[] = [];
+  private readonly sent = new Map<number, number>();
+  private ack = false;
+  private loaded?: { devices: Array<{ id: string; bytes: number }> };
+  private resumed = false;
+  /** The return path's failure: the peer's ERROR, or the link's. */
+  private failure?: unknown;
+  private reader?: Promise<void>;
+  private waiters: Array<() => void> = [];
+  private finished = false;
+
+  constructor(
+    readonly link: FrameLink,
+    private readonly opts: LiveSinkOptions = {},
+  ) {
+    super();
+  }
+
+  get name(): string {
+    return this.link.peer;
+  }
+
+  /** Whether the destination takes the switchover-ack (ACCEPT), so that the source waits for it. */
+  get usesSwitchoverAck(): boolean {
+    return this.accept?.features.includes('switchover-ack') ?? false;
+  }
+
+  /** Whether the destination's SWITCHOVER_ACK arrived (and no REINIT since). */
+  get switchoverAcked(): boolean {
+    return this.ack;
+  }
+
+  /** Whether the destination said it runs its devices when loaded (ACCEPT `resumes`). */
+  get destinationResumes(): boolean {
+    return this.accept?.resumes ?? false;
+  }
+
+  /** The return path's failure, once there is one. */
+  get failed(): unknown {
+    return this.failure;
+  }
+
+  /** HELLO with the records, then ACCEPT (the destination checked them, its devices are in RESUMING) or REFUSE. */
+  async begin(records: readonly DeviceRecord[]): Promise<void> {
+    this.records = records;
+    const hello: Hello = {
+      version: PROTOCOL_VERSION, checksum: FRAME_CHECKSUM,
+      features: this.opts.switchoverAck === false ? [] : [...FEATURES],
+      keepaliveMs: this.link.keepaliveMs,
+      devices: records.map((r, i) => ({ ...r, precopy: (r.migrationFlags & VFIO_MIGRATION_PRE_COPY) !== 0, stopCopyBytes: this.opts.stopCopyBytes?.(i) })),
+    };
+    await this.link.send(FrameType.HELLO, WHOLE_STREAM, encodeHello(hello));
+    this.link.startKeepalive();
+    const f = await this.link.readFrame(undefined, { timeoutMs: this.opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS });
+    if (f.header.type === FrameType.REFUSE || f.header.type === FrameType.ERROR) {
+      throw peerError(decodeError(f.payload, frameTypeName(f.header.type)), f.header.type === FrameType.REFUSE, this.name);
+    }
+    if (f.header.type !== FrameType.ACCEPT) throw protocolError(`expected ACCEPT or REFUSE from ${this.name}, got ${frameTypeName(f.header.type)}`);
+    this.accept = decodeAccept(f.payload);
+    log('%s accepted %d devices (features %s, resumes %s)', this.name, records.length, this.accept.features.join(',') || '-', this.accept.resumes);
+    this.reader = this.readReturnPath();
+  }
+
+  /** The return path, until LOADED (and RESUMED when announced) or a failure. */
+  private async readReturnPath(): Promise<void> {
+    try {
+      for (;;) {
+        // Before END the destination has nothing to say but keep-alives: its silence is bounded
+        // by the peer timeout all the same, since it PINGs.
+        const f = await this.link.readFrame();
+        switch (f.header.type) {
+          case FrameType.SWITCHOVER_ACK:
+            this.ack = true;
+            log('%s: switchover-ack', this.name);
+            this.emit('switchover-ack');
+            break;
+          case FrameType.LOADED:
+            this.loaded = JSON.parse(f.payload.toString('utf8')) as { devices: Array<{ id: string; bytes: number }> };
+            if (!this.destinationResumes) return;
+            break;
+          case FrameType.RESUMED:
+            this.resumed = true;
+            return;
+          case FrameType.ERROR:
+            throw peerError(decodeError(f.payload, 'ERROR'), false, this.name);
+          default:
+            throw protocolError(`unexpected ${frameTypeName(f.header.type)} frame from the destination ${this.name}`);
+        }
+        this.wake();
+      }
+    } catch (e) {
+      if (!this.finished || !this.loaded) {
+        this.failure = e;
+        log('%s: return path failed: %s', this.name, (e as Error)?.message);
+        this.link.abort(e);
+      }
+    } finally {
+      this.wake();
+    }
+  }
+
+  private wake(): void {
+    this.waiters.splice(0).forEach((w) => w());
+  }
+
+  /** Throw the return path's failure, if any. */
+  private check(): void {
+    if (this.failure) throw this.failure;
+  }
+
+  /** A link abort caused by the return path shows as the peer's error, not as ECANCELED. */
+  private rethrow(e: unknown): never {
+    if (this.failure && e !== this.failure) throw this.failure;
+    throw e;
+  }
+
+  async writeState(index: number, from: DataFdTarget, opts: WriteStateOptions = {}): Promise<{ bytes: number; end: 'eof' | 'for-now' }> {
+    this.check();
+    try {
+      const before = this.sent.get(index) ?? 0;
+      const r = await this.link.sendState(index, from, { precopy: opts.precopy, signal: opts.signal, onProgress: (b) => opts.onProgress?.(b) });
+      this.sent.set(index, before + r.bytes);
+      return r;
+    } catch (e) {
+      this.rethrow(e);
+    }
+  }
+
+  async endState(index: number): Promise<void> {
+    this.check();
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64LE(BigInt(this.sent.get(index) ?? 0));
+    await this.link.send(FrameType.STATE_END, index, b).catch((e) => this.rethrow(e));
+  }
+
+  async initialSent(index: number): Promise<void> {
+    this.check();
+    await this.link.send(FrameType.INITIAL_SENT, index).catch((e) => this.rethrow(e));
+  }
+
+  async reinit(index: number): Promise<void> {
+    this.check();
+    this.ack = false;
+    await this.link.send(FrameType.REINIT, index).catch((e) => this.rethrow(e));
+  }
+
+  async writeModel(index: number, body: Buffer): Promise<void> {
+    this.check();
+    await this.link.send(FrameType.MODEL, index, body).catch((e) => this.rethrow(e));
+  }
+
+  /** END, then wait for LOADED (and RESUMED, when the destination said it resumes) or ERROR. */
+  async finish(summary: SaveSummary = {}): Promise<void> {
+    this.check();
+    await this.link.send(FrameType.END, WHOLE_STREAM, encodeJson(summary)).catch((e) => this.rethrow(e));
+    this.finished = true;
+    const deadline = Date.now() + (this.opts.completeTimeoutMs ?? DEFAULT_COMPLETE_TIMEOUT_MS);
+    while (!(this.loaded && (this.resumed || !this.destinationResumes))) {
+      this.check();
+      const left = deadline - Date.now();
+      if (left <= 0) throw new VfioError(`${this.name} did not report the load within ${this.opts.completeTimeoutMs ?? DEFAULT_COMPLETE_TIMEOUT_MS} ms`, { code: 'ETIMEDOUT', errno: 110, kind: 'peer', step: 'migrate:complete' });
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, left);
+        this.waiters.push(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+    await this.reader;
+  }
+
+  /** What the destination reported in LOADED. */
+  get loadedReport(): { devices: Array<{ id: string; bytes: number }> } | undefined {
+    return this.loaded;
+  }
+
+  /** Tell the destination (CANCEL, best effort) and close. Never throws. */
+  async abort(reason: unknown): Promise<void> {
+    log('%s: aborting (%s)', this.name, (reason as Error)?.message ?? reason);
+    if (!this.failure) {
+      await Promise.race([
+        this.link.send(FrameType.CANCEL, WHOLE_STREAM).catch(() => undefined),
+        new Promise((r) => setTimeout(r, 1000).unref()),
+      ]);
+    }
+    this.link.abort(reason);
+    await this.link.close().catch(() => undefined);
+    await this.reader?.catch(() => undefined);
+  }
+}
+
+export interface LiveSourceOptions {
+  /** The destination runs its devices as soon as they are loaded and reports RESUMED. */
+  resumes?: boolean;
+  /** Take the switchover-ack the source offers (default true). */
+  switchoverAck?: boolean;
+  handshakeTimeoutMs?: number;
+}
+
+/** The destination's end. */
+export class LiveSource implements StateSource {
+  private readonly precopy: Set<number>;
+  private readonly initial = new Set<number>();
+  private ackSent = false;
+  private accepted = false;
+  private readonly ackFeature: boolean;
+  private ended = false;
+  /** What the source's END said it moved and cost. */
+  summary: SaveSummary = {};
+
+  private constructor(
+    readonly link: FrameLink,
+    readonly hello: Hello,
+    private readonly opts: LiveSourceOptions,
+  ) {
+    this.precopy = new Set(hello.devices.flatMap((d, i) => (d.precopy ? [i] : [])));
+    this.ackFeature = opts.switchoverAck !== false && hello.features.includes('switchover-ack');
+  }
+
+  /**
+   * Read the source's HELLO. A malformed or foreign HELLO is answered with REFUSE and thrown
+   * (EVFIO_PROTOCOL / EVFIO_PROTOCOL_VERSION).
+   */
+  static async open(link: FrameLink, opts: LiveSourceOptions = {}): Promise<LiveSource> {
+    let hello: Hello;
+    try {
+      const f = await link.readFrame(undefined, { timeoutMs: opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS });
+      if (f.header.type !== FrameType.HELLO) throw protocolError(`expected HELLO, got ${frameTypeName(f.header.type)}: not a migration source`);
+      hello = decodeHello(f.payload);
+    } catch (e) {
+      await link.send(FrameType.REFUSE, WHOLE_STREAM, encodeError(e)).catch(() => undefined);
+      throw e;
+    }
+    link.startKeepalive();
+    return new LiveSource(link, hello, opts);
+  }
+
+  get name(): string {
+    return this.link.peer;
+  }
+
+  devices(): SavedDevice[] {
+    return this.hello.devices.map((d, index) => ({ index, record: d, modelLater: true, stateBytes: d.stopCopyBytes }));
+  }
+
+  async ready(): Promise<void> {
+    const features = this.ackFeature ? ['switchover-ack'] : [];
+    await this.link.send(FrameType.ACCEPT, WHOLE_STREAM, encodeAccept({ version: PROTOCOL_VERSION, features, resumes: this.opts.resumes ?? false }));
+    this.accepted = true;
+  }
+
+  async load(targets: LoadTargets): Promise<Map<number, { model?: Buffer; bytes: number }>> {
+    const n = this.hello.devices.length;
+    const out = new Map<number, { model?: Buffer; bytes: number }>(this.hello.devices.map((_, i) => [i, { bytes: 0 }]));
+    const stateEnded = new Set<number>();
+    for (;;) {
+      const f: Frame = await this.link.readFrame(n);
+      const { type, device } = f.header;
+      const perDevice = (): { model?: Buffer; bytes: number } => {
+        if (device === WHOLE_STREAM) throw protocolError(`${frameTypeName(type)} frame without a device`);
+        if (stateEnded.has(device) && type !== FrameType.MODEL) throw protocolError(`${frameTypeName(type)} frame for device ${device} after its STATE_END`);
+        return out.get(device)!;
+      };
+      switch (type) {
+        case FrameType.DATA: {
+          const o = perDevice();
+          o.bytes += await this.link.receiveState(f, targets.target(device), n);
+          targets.progress(device, o.bytes);
+          break;
+        }
+        case FrameType.INITIAL_SENT:
+          perDevice();
+          this.initial.add(device);
+          await this.maybeAck();
+          break;
+        case FrameType.REINIT:
+          perDevice();
+          this.initial.delete(device);
+          this.ackSent = false;
+          break;
+        case FrameType.STATE_END: {
+          const o = perDevice();
+          const total = f.payload.length === 8 ? Number(f.payload.readBigUInt64LE(0)) : -1;
+          if (total !== o.bytes) throw protocolError(`device ${device}: STATE_END says ${total} bytes, ${o.bytes} arrived`);
+          stateEnded.add(device);
+          break;
+        }
+        case FrameType.MODEL:
+          if (device === WHOLE_STREAM || !stateEnded.has(device)) throw protocolError(`MODEL frame for device ${device} before its STATE_END`);
+          out.get(device)!.model = f.payload;
+          break;
+        case FrameType.END:
+          if (stateEnded.size !== n) throw protocolError(`END before every device's STATE_END (${stateEnded.size} of ${n})`);
+          this.summary = decodeSummary(f.payload);
+          this.ended = true;
+          return out;
+        case FrameType.CANCEL:
+          throw new VfioError(`${this.name} cancelled the migration`, { code: 'EVFIO_PEER_CANCELLED', step: 'load' });
+        case FrameType.ERROR:
+          throw peerError(decodeError(f.payload, 'ERROR'), false, this.name);
+        default:
+          throw protocolError(`unexpected ${frameTypeName(type)} frame from the source ${this.name}`);
+      }
+    }
+  }
+
+  /**
+   * SWITCHOVER_ACK once every precopy device's initial data is in (again, after a REINIT). A
+   * failure to send it (the source gone) is left to the reads, which then say why: a CANCEL or
+   * the source's ERROR already on its way, or the end of the connection.
+   */
+  private async maybeAck(): Promise<void> {
+    if (!this.ackFeature || this.ackSent) return;
+    if ([...this.precopy].every((i) => this.initial.has(i))) {
+      this.ackSent = true;
+      await this.link.send(FrameType.SWITCHOVER_ACK, WHOLE_STREAM).catch((e) => log('%s: SWITCHOVER_ACK not sent: %s', this.name, (e as Error).message));
+    }
+  }
+
+  /** The load is complete and every model applied: LOADED. */
+  async loaded(devices: Array<{ id: string; bytes: number }>): Promise<void> {
+    await this.link.send(FrameType.LOADED, WHOLE_STREAM, encodeJson({ devices }));
+  }
+
+  /** The devices run: RESUMED. */
+  async resumedDevices(): Promise<void> {
+    await this.link.send(FrameType.RESUMED, WHOLE_STREAM);
+  }
+
+  /** REFUSE (before ACCEPT) or ERROR (after), best effort. Never throws. */
+  async abort(reason: unknown): Promise<void> {
+    const type = this.accepted ? FrameType.ERROR : FrameType.REFUSE;
+    log('%s: %s (%s)', this.name, frameTypeName(type), (reason as Error)?.message ?? reason);
+    await Promise.race([
+      this.link.send(type, WHOLE_STREAM, encodeError(reason)).catch(() => undefined),
+      new Promise((r) => setTimeout(r, 1000).unref()),
+    ]);
+  }
+
+  /** Whether the END frame arrived. */
+  get complete(): boolean {
+    return this.ended;
+  }
+}
+
+/** END's payload: the numbers it has (anything else ignored). */
+function decodeSummary(b: Buffer): SaveSummary {
+  try {
+    const o = JSON.parse(b.toString('utf8')) as Record<string, unknown>;
+    const num = (v: unknown): number | undefined => (typeof v === 'number' && Number.isFinite(v) && v >= 0 ? v : undefined);
+    return { downtimeMs: num(o.downtimeMs), iterations: num(o.iterations), precopyBytes: num(o.precopyBytes), stopCopyBytes: num(o.stopCopyBytes) };
+  } catch {
+    throw protocolError('END: not JSON');
+  }
+}
