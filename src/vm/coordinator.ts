@@ -8,6 +8,7 @@
 import { MigrationEngine, type EngineOptions, type LoadOptions, type LoadResult, type SaveOptions, type SaveResult } from '../engine/engine';
 import { acceptLink, connectLink, type Endpoint, type LinkTransportOptions } from '../live/link';
 import type { Listener } from '../live/listener';
+import { VfioError } from '../base/errors';
 import { LiveMigration, checkMigrateOptions, receiveMigration, type IncomingOptions, type IncomingResult, type MigrateOptions } from '../live/migration';
 import type { VfioPciDevice } from '../model/vfio-pci';
 import { SnapshotFileSink, SnapshotFileSource } from '../snapshot/file-stream';
@@ -57,7 +58,14 @@ export class MigrationCoordinator extends MigrationEngine {
    */
   async migrate(to: Endpoint, opts: MigrateOptions & LinkTransportOptions = {}): Promise<LiveMigration> {
     checkMigrateOptions(opts);
-    return LiveMigration.start(this, await connectLink(to, opts), opts);
+    let link;
+    try {
+      link = await connectLink(to, opts);
+    } catch (e) {
+      if (e instanceof VfioError && !e.deviceState) e.annotate({ deviceState: this.describeDevices(false) });
+      throw e;
+    }
+    return LiveMigration.start(this, link, opts);
   }
 
   /**
@@ -68,7 +76,14 @@ export class MigrationCoordinator extends MigrationEngine {
    * resets every device, tells the source (which resumes its own), and throws.
    */
   async incoming(from: Listener | Endpoint, opts: IncomingOptions & LinkTransportOptions = {}): Promise<IncomingResult> {
-    return receiveMigration(this, await acceptLink(from, opts), opts);
+    let link;
+    try {
+      link = await acceptLink(from, opts);
+    } catch (e) {
+      if (e instanceof VfioError && !e.deviceState) e.annotate({ deviceState: this.describeDevices(false) });
+      throw e;
+    }
+    return receiveMigration(this, link, opts);
   }
 
   /**

@@ -4,6 +4,7 @@
  * (src/live/migration.ts, docs/live-protocol.md). A VMM migrates its VfioPciDevices with
  * `MigrationCoordinator.migrate()` / `incoming()` instead, which carries their device-model state.
  */
+import { VfioError } from '../base/errors';
 import { MigrationEngine } from '../engine/engine';
 import { BareDevice } from '../model/bare';
 import { acceptLink, connectLink, type Endpoint, type LinkTransportOptions } from '../live/link';
@@ -42,7 +43,7 @@ export async function migrateDevices(devices: readonly JobDevice[], to: Endpoint
   const engine = engineOf(devices, opts);
   try {
     engine.assertMigratable('migrate');
-    const m = await LiveMigration.start(engine, await connectLink(to, opts), opts);
+    const m = await LiveMigration.start(engine, await untouchedOnFailure(engine, connectLink(to, opts)), opts);
     opts.onStart?.(m);
     const r = await m.run(opts.beforeSwitchover);
     if (opts.resumeSource) await engine.resume();
@@ -65,8 +66,18 @@ export async function receiveDevices(devices: readonly JobDevice[], from: Listen
       const list = devices.length === 1 && devices[0] instanceof VfioDevice && saved.length === 1 ? [{ id: saved[0].record.id, device: devices[0] }] : devices;
       engine = engineOf(list, opts);
       return engine;
-    }, await acceptLink(from, opts), opts);
+    }, await untouchedOnFailure(engineOf(devices, {}), acceptLink(from, opts)), opts);
   } finally {
     engine?.dispose();
+  }
+}
+
+/** A connection that failed before any device was touched: the error says where each one is. */
+async function untouchedOnFailure<T>(engine: MigrationEngine, p: Promise<T>): Promise<T> {
+  try {
+    return await p;
+  } catch (e) {
+    if (e instanceof VfioError && !e.deviceState) e.annotate({ deviceState: engine.describeDevices(false) });
+    throw e;
   }
 }

@@ -5,48 +5,13 @@ import { describe, it, expect, beforeEach, afterEach } from 'vitest';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
+import { BIN, spawnCli, type Child } from '../helpers/cli-process';
 import { openDevice } from '../../src/kernel/open';
 import { saveSnapshot } from '../../src/vm/jobs';
 
-const ROOT = path.resolve(__dirname, '../..');
-const BIN = path.join(ROOT, 'bin/vfio-pci.js');
-
-interface Child {
-  proc: ChildProcess;
-  out: () => string;
-  err: () => string;
-  /** Resolves when stderr matches `re`. */
-  waitErr: (re: RegExp) => Promise<void>;
-  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
-
-function cli(args: string[], env: Record<string, string> = {}): Child {
-  const proc = spawn(process.execPath, [BIN, ...args], { cwd: dir, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  const waiters: Array<{ re: RegExp; resolve: () => void }> = [];
-  proc.stdout!.on('data', (d) => (out += d));
-  proc.stderr!.on('data', (d) => {
-    err += d;
-    for (const w of waiters.splice(0)) (w.re.test(err) ? w.resolve() : waiters.push(w));
-  });
-  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => proc.on('close', (code, signal) => resolve({ code, signal })));
-  return {
-    proc,
-    out: () => out,
-    err: () => err,
-    waitErr: (re) =>
-      new Promise<void>((resolve, reject) => {
-        if (re.test(err)) return resolve();
-        waiters.push({ re, resolve });
-        void exit.then(() => reject(new Error(`exited before stderr matched ${re}:\n${err}`)));
-      }),
-    exit,
-  };
-}
-
 let dir: string;
+const cli = (args: string[], env: Record<string, string> = {}): Child => spawnCli(args, { cwd: dir, env });
 beforeEach(() => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cli-proc-'));
 });
