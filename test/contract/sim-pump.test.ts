@@ -21,6 +21,9 @@ const { O_RDONLY, O_RDWR, O_CREAT, O_TRUNC } = fs.constants;
 const ENOMSG = os.constants.errno.ENOMSG;
 const HDR = simStream.HEADER_SIZE;
 const TRL = simStream.TRAILER_SIZE;
+const REC = simStream.RECORD_HEADER_SIZE;
+/** Length of a plain stream (every block once, 4 KiB blocks) of `size` data bytes. */
+const plain = (size: number): number => simStream.streamLength(size);
 const crc32c = (b: Buffer, seed = 0) => jsChecksum.crc32c(b, seed);
 
 function setState(b: SimBinding, fd: number, state: number): number {
@@ -89,19 +92,19 @@ describe('pump on a PRE_COPY data_fd', () => {
       // Without precopy: what there is, then a wait for more (the device's poll reports new
       // data only, as mlx5's does), here cut short by the idle timeout.
       const err = await rejection(p.copy(dataFd, out.fd, Buffer.alloc(1000), { idleTimeoutMs: 50 }));
-      expect({ code: err.code, syscall: err.syscall, bytesDone: err.bytesDone }).toEqual({ code: 'ETIMEDOUT', syscall: 'read', bytesDone: HDR + 4096 });
+      expect({ code: err.code, syscall: err.syscall, bytesDone: err.bytesDone }).toEqual({ code: 'ETIMEDOUT', syscall: 'read', bytesDone: HDR + REC + 4096 }); // the initial data: the header and block 0
       // ... and a read there is ENOMSG, the uAPI's "no more data for now".
       const none = await rejection(b.read(dataFd, Buffer.alloc(8)));
       expect({ code: none.code, errno: none.errno }).toEqual({ code: 'ENOMSG', errno: ENOMSG });
       expect(await p.copy(dataFd, out.fd, Buffer.alloc(1000), { precopy: true })).toEqual({ bytes: 0, checksum: 0, end: 'for-now' });
       expect(setState(b, dev, MigState.STOP_COPY)).toBe(-1);
       const rest = await p.copy(dataFd, out.fd, Buffer.alloc(1000), { precopy: true });
-      expect(rest.bytes).toBe(8192 - 4096 + TRL);
+      expect(rest.bytes).toBe(REC + 4096 + TRL);
       expect(rest.end).toBe('for-now'); // precopy reads 0 as "for now"; the caller knows it is STOP_COPY
       expect(await p.copy(dataFd, out.fd, Buffer.alloc(1000))).toEqual({ bytes: 0, checksum: 0, end: 'eof' });
       const saved = fs.readFileSync(out.file);
-      expect(saved.length).toBe(HDR + 8192 + TRL);
-      expect(rest.checksum).toBe(crc32c(saved.subarray(HDR + 4096)));
+      expect(saved.length).toBe(plain(8192));
+      expect(rest.checksum).toBe(crc32c(saved.subarray(HDR + REC + 4096)));
     } finally {
       b.close(dataFd);
       b.close(out.fd);
@@ -110,14 +113,14 @@ describe('pump on a PRE_COPY data_fd', () => {
   });
 
   it("precopy: a read of 0 (mtty) ends with 'for-now'; the limit still wins", async () => {
-    const dev = device({ size: 4096, precopyBytes: 2048, precopyEnd: 'zero', seed: 6 });
+    const dev = device({ size: 4096, blockSize: 1024, precopyBytes: 2048, precopyEnd: 'zero', seed: 6 });
     const out = output('zero.bin');
     const dataFd = setState(b, dev, MigState.PRE_COPY);
     try {
       const p = pump(dataFd, out.fd);
       expect((await p.copy(dataFd, out.fd, Buffer.alloc(512), { precopy: true, limit: 100 })).end).toBe('limit');
       const second = await p.copy(dataFd, out.fd, Buffer.alloc(512), { precopy: true });
-      expect(second).toEqual({ bytes: HDR + 2048 - 100, checksum: second.checksum, end: 'for-now' });
+      expect(second).toEqual({ bytes: HDR + 2 * (REC + 1024) - 100, checksum: second.checksum, end: 'for-now' });
       expect(crc32c(fs.readFileSync(out.file).subarray(100))).toBe(second.checksum);
     } finally {
       b.close(dataFd);
@@ -127,13 +130,15 @@ describe('pump on a PRE_COPY data_fd', () => {
   });
 
   it("writeRecords with precopy: ENOMSG ends with 'for-now' after whole records of what was there, never an empty one", async () => {
-    const dev = device({ size: 8192, precopyBytes: 5000, precopyEnd: 'enomsg', seed: 83 });
+    const dev = device({ size: 8192, blockSize: 1024, precopyBytes: 5000, precopyEnd: 'enomsg', seed: 83 });
     const out = output('records-precopy.bin');
     const dataFd = setState(b, dev, MigState.PRE_COPY);
     try {
       const p = pump(dataFd, out.fd);
       const res = await p.writeRecords(dataFd, out.fd, Buffer.alloc(2048 + 8), { recordSize: 2048, dstOffset: 0, precopy: true });
-      expect(res).toMatchObject({ bytes: HDR + 5000, records: 3, written: HDR + 5000 + 24, end: 'for-now' });
+      // The initial data: the header and the 5 blocks of 1 KiB holding the first 5000 bytes.
+      const initial = HDR + 5 * (REC + 1024);
+      expect(res).toMatchObject({ bytes: initial, records: 3, written: initial + 24, end: 'for-now' });
       expect(await p.writeRecords(dataFd, out.fd, Buffer.alloc(2048 + 8), { recordSize: 2048, dstOffset: res.written, precopy: true, headerChecksums: [1, 2] })).toEqual({
         bytes: 0, records: 0, written: 0, end: 'for-now', headerChecksums: [1, 2],
       });
@@ -179,7 +184,7 @@ describe('pump into a RESUMING data_fd', () => {
       }
       expect(payloads.slice(0, -1).every((x) => x.length === chunk)).toBe(true);
       const stream = Buffer.concat(payloads);
-      expect(res).toMatchObject({ bytes: HDR + size + TRL, records: payloads.length, written: stream.length + 8 * payloads.length, end: 'eof' });
+      expect(res).toMatchObject({ bytes: plain(size), records: payloads.length, written: stream.length + 8 * payloads.length, end: 'eof' });
       fs.appendFileSync(out.file, Buffer.alloc(16)); // a terminator
       return { file: out.file, stream, sum: res.headerChecksums[0], count: res.records };
     } finally {
@@ -241,7 +246,7 @@ describe('pump into a RESUMING data_fd', () => {
     b.close(out.fd);
     b.close(dev);
     const bytes = fs.readFileSync(out.file);
-    bytes[HDR + 10] ^= 0x40;
+    bytes[HDR + REC + 10] ^= 0x40; // one flipped bit in the device data
     const corrupt = path.join(dir, 'corrupt.bin');
     fs.writeFileSync(corrupt, bytes);
     const target = device({ size: 6000 });
@@ -276,12 +281,12 @@ describe('pump through purely virtual fds', () => {
       const got: Buffer[] = [];
       const chunk = Buffer.alloc(1024);
       let total = 0;
-      while (total < HDR + 4096 + TRL) {
+      while (total < plain(4096)) {
         const n = await sim.read(r, chunk);
         got.push(Buffer.from(chunk.subarray(0, n)));
         total += n;
       }
-      expect(await pumping).toEqual({ bytes: HDR + 4096 + TRL, checksum: crc32c(Buffer.concat(got)), end: 'eof' });
+      expect(await pumping).toEqual({ bytes: plain(4096), checksum: crc32c(Buffer.concat(got)), end: 'eof' });
       sim.close(w);
       const [r2, w2] = sim.pipe();
       expect(await p.copy(r, w2, Buffer.alloc(8), { precopy: true })).toEqual({ bytes: 0, checksum: 0, end: 'for-now' });

@@ -21,6 +21,9 @@ const { RUNNING, STOP, STOP_COPY, RESUMING, PRE_COPY, PRE_COPY_P2P, ERROR } = Mi
 const O_RDWR = 2;
 const HDR = simStream.HEADER_SIZE;
 const TRL = simStream.TRAILER_SIZE;
+const REC = simStream.RECORD_HEADER_SIZE;
+/** Length of a plain stream (every block once) of `size` data bytes in blocks of `block` (default 4 KiB). */
+const plain = (size: number, block?: number): number => simStream.streamLength(size, block);
 
 // ---------------------------------------------------------------- helpers over the Binding
 
@@ -135,19 +138,21 @@ describe('save (STOP_COPY) and restore (RESUMING)', () => {
     scribble(b, a, 7);
     const before = b.device('a').registers();
     const total = dataSize(b, a);
-    expect(total).toBe(HDR + 65536 + TRL);
+    expect(total).toBe(HDR + 16 * REC + 65536 + TRL);
 
     const blob = await save(b, a, 1000);
     expect(blob.length).toBe(total);
     expect(getState(b, a)).toBe(STOP_COPY);
 
-    // The stream is the documented format.
-    const h = simStream.checkHeader(blob, { size: 65536, pciId: SIM_PCI_ID });
-    expect(h).toMatchObject({ major: 1, minor: 0, size: 65536, seed: 1234n });
+    // The stream is the documented format: header, blocks 0..15 once each at version 0, trailer.
+    const h = simStream.checkHeader(blob, { size: 65536, pciId: SIM_PCI_ID, blockSize: 4096 });
+    expect(h).toMatchObject({ major: 2, minor: 0, size: 65536, seed: 1234n, blockSize: 4096 });
+    const { records, trailer } = simStream.splitStream(blob);
+    expect(records.map((r) => [r.block, r.version])).toEqual([...Array(16).keys()].map((i) => [i, 0]));
     const want = Buffer.alloc(65536);
     new simStream.DataGenerator(1234n).fill(0, want, 0, 65536);
-    expect(blob.subarray(HDR, HDR + 65536).equals(want)).toBe(true);
-    expect(simStream.decodeTrailer(blob.subarray(HDR + 65536))).toEqual({ control: before.control, irqCount: 1, scratch: before.scratch });
+    expect(Buffer.concat(records.map((r) => blob.subarray(r.offset + REC, r.offset + REC + r.length))).equals(want)).toBe(true);
+    expect(trailer).toEqual({ control: before.control, irqCount: 1, scratch: before.scratch, ...new simStream.VersionTable(16).digest() });
 
     const d = b.device('c');
     d.arcLog.length = 0;
@@ -209,7 +214,7 @@ describe('save (STOP_COPY) and restore (RESUMING)', () => {
     const first = Buffer.alloc(4096);
     expect(await b.read(r.dataFd, first)).toBe(1000);
     const blob = Buffer.concat([first.subarray(0, 1000), await readToEnd(b, r.dataFd, 4096)]);
-    expect(blob.length).toBe(HDR + 8192 + TRL);
+    expect(blob.length).toBe(plain(8192));
     const c = b.open('sim:8KiB:maxwrite=513', O_RDWR);
     const w = setState(b, c, RESUMING);
     const calls = await writeAll(b, w.dataFd, blob, 4096);
@@ -279,7 +284,7 @@ describe('RESUMING failures (mtty behaviour)', () => {
 
   it('a corrupted data byte is accepted by write() but fails the exit with EINVAL', async () => {
     const blob = await blobOf();
-    blob[HDR + 1234] ^= 0x40;
+    blob[HDR + REC + 1234] ^= 0x40;
     const b = new SimBinding();
     const fd = b.open('sim:4096', O_RDWR);
     const { dataFd } = setState(b, fd, RESUMING);
@@ -318,7 +323,7 @@ describe('RESUMING failures (mtty behaviour)', () => {
   it('a bad version or a stream from a device of another size is refused with EFAULT', async () => {
     const blob = await blobOf();
     const bumped = Buffer.from(blob);
-    bumped.writeUInt16LE(2, 8);
+    bumped.writeUInt16LE(3, 8);
     const other = await blobOf('sim:8192');
     for (const [spec, bad] of [['sim:4096', bumped], ['sim:4096', other]] as const) {
       const b = new SimBinding();
@@ -350,9 +355,10 @@ describe('PRE_COPY', () => {
     const pre = setState(b, fd, PRE_COPY);
     expect(pre.dataFd).toBeGreaterThan(0);
     const info0 = precopyInfo(b, pre.dataFd, 0x5a);
-    expect(info0).toEqual({ initialBytes: HDR + 16384, dirtyBytes: 0, flags: 0x5a });
+    // The initial data: the header and the 4 blocks holding the first 16 KiB.
+    expect(info0).toEqual({ initialBytes: HDR + 4 * (REC + 4096), dirtyBytes: 0, flags: 0x5a });
     const first = await readToEnd(b, pre.dataFd, 3000);
-    expect(first.length).toBe(HDR + 16384);
+    expect(first.length).toBe(HDR + 4 * (REC + 4096));
     expect(precopyInfo(b, pre.dataFd)).toMatchObject({ initialBytes: 0, dirtyBytes: 0 });
     expect(await b.read(pre.dataFd, Buffer.alloc(10))).toBe(0);
     // The device still runs: its registers change before it stops.
@@ -374,16 +380,16 @@ describe('PRE_COPY', () => {
 
   it('with the ENOMSG style the temporary end is an ENOMSG error instead', async () => {
     const b = new SimBinding();
-    const fd = b.open('sim:4096:end=enomsg', O_RDWR);
+    const fd = b.open('sim:4096:block=1024:end=enomsg', O_RDWR);
     const { dataFd } = setState(b, fd, PRE_COPY);
     const first = await b.read(dataFd, Buffer.alloc(100000));
-    expect(first).toBe(HDR + 2048);
+    expect(first).toBe(HDR + 2 * (REC + 1024));
     for (let i = 0; i < 2; i++) {
       const e = await rejection(b.read(dataFd, Buffer.alloc(100)));
       expect({ code: e.code, syscall: e.syscall }).toEqual({ code: 'ENOMSG', syscall: 'read' });
     }
     setState(b, fd, STOP_COPY);
-    expect(await b.read(dataFd, Buffer.alloc(100000))).toBe(2048 + TRL);
+    expect(await b.read(dataFd, Buffer.alloc(100000))).toBe(2 * (REC + 1024) + TRL);
     expect(await b.read(dataFd, Buffer.alloc(10))).toBe(0); // the STOP_COPY end is 0 in both styles
   });
 
@@ -453,7 +459,7 @@ describe('faults and fd accounting', () => {
 
   it('injected read/write/PRECOPY_INFO errors fail one call each', async () => {
     const b = new SimBinding();
-    const fd = b.open('sim:4096', O_RDWR);
+    const fd = b.open('sim:4096:block=1024', O_RDWR);
     const d = b.device(fd);
     const { dataFd } = setState(b, fd, PRE_COPY);
     d.injectError('read', 'EINTR');
@@ -461,7 +467,7 @@ describe('faults and fd accounting', () => {
     expect((await rejection(b.read(dataFd, Buffer.alloc(8)))).code).toBe('EINTR');
     expect(await b.read(dataFd, Buffer.alloc(8))).toBe(8);
     expect(() => precopyInfo(b, dataFd)).toThrow(expect.objectContaining({ code: 'EIO' }));
-    expect(precopyInfo(b, dataFd).initialBytes).toBe(HDR + 2048 - 8);
+    expect(precopyInfo(b, dataFd).initialBytes).toBe(HDR + 2 * (REC + 1024) - 8);
   });
 
   it('leaks no virtual fd over 200 save/restore cycles', async () => {
@@ -509,7 +515,7 @@ describe('pump and an inner real binding', () => {
     const src = setState(b, a, STOP_COPY).dataFd;
     const dst = setState(b, c, RESUMING).dataFd;
     const res = await pumpFor(b, [src, dst]).copy(src, dst, Buffer.alloc(8192), { checksum: 'crc32' });
-    expect(res.bytes).toBe(HDR + 100000 + TRL);
+    expect(res.bytes).toBe(plain(100000));
     expect(setState(b, c, RUNNING).error).toBeUndefined();
     expect(b.device(c).seed).toBe(77n);
     const again = await save(b, c);
@@ -518,12 +524,12 @@ describe('pump and an inner real binding', () => {
 
   it('pump stops at a PRE_COPY temporary end (read() == 0) and honours the limit', async () => {
     const b = new SimBinding();
-    const a = b.open('sim:4096', O_RDWR);
+    const a = b.open('sim:4096:block=1024', O_RDWR);
     const [r, w] = b.pipe();
     const src = setState(b, a, PRE_COPY).dataFd;
     expect((await pumpFor(b, [src, w]).copy(src, w, Buffer.alloc(1000), { limit: 100, precopy: true })).bytes).toBe(100);
-    expect(await pumpFor(b, [src, w]).copy(src, w, Buffer.alloc(1000), { precopy: true })).toMatchObject({ bytes: HDR + 2048 - 100, end: 'for-now' });
-    const got = Buffer.alloc(HDR + 2048);
+    expect(await pumpFor(b, [src, w]).copy(src, w, Buffer.alloc(1000), { precopy: true })).toMatchObject({ bytes: HDR + 2 * (REC + 1024) - 100, end: 'for-now' });
+    const got = Buffer.alloc(HDR + 2 * (REC + 1024));
     let n = 0;
     while (n < got.length) n += await b.read(r, got, n);
     expect(got.subarray(0, 8).toString('latin1')).toBe('VFSIMSTR');
@@ -589,7 +595,7 @@ describe('large devices stream in bounded memory', () => {
     const a = b.open('sim:1GiB:seed=4242', O_RDWR);
     const c = b.open('sim:1GiB', O_RDWR);
     scribble(b, a, 2);
-    expect(dataSize(b, a)).toBe(HDR + GiB + TRL);
+    expect(dataSize(b, a)).toBe(HDR + (GiB / 4096) * REC + GiB + TRL);
     const src = setState(b, a, STOP_COPY).dataFd;
     const dst = setState(b, c, RESUMING).dataFd;
     const buf = Buffer.alloc(1 << 20);
@@ -606,7 +612,7 @@ describe('large devices stream in bounded memory', () => {
       if ((total & (64 * 1024 * 1024 - 1)) < n) peak = Math.max(peak, process.memoryUsage().rss);
     }
     peak = Math.max(peak, process.memoryUsage().rss);
-    expect(total).toBe(HDR + GiB + TRL);
+    expect(total).toBe(plain(GiB));
     // A 1 GiB state held in memory would add >= 1024 MiB; generation and verification use ~1 MiB.
     expect(peak - rss0).toBeLessThan(96 * 1024 * 1024);
     expect(setState(b, c, RUNNING).error).toBeUndefined();
