@@ -5,6 +5,8 @@ import * as path from 'node:path';
 import * as zlib from 'node:zlib';
 import { PassThrough } from 'node:stream';
 import { main } from '../../src/cli/main';
+import { SnapshotReader } from '../../src/snapshot/reader';
+import { SnapshotWriter } from '../../src/snapshot/writer';
 import { getDefaultBinding, openDevice } from '../../src/kernel/open';
 import { ReferenceHost } from '../../src/model/host/reference';
 import { VfioPciDevice } from '../../src/model/vfio-pci';
@@ -323,11 +325,26 @@ describe('vfio-pci restore: what is checked when', () => {
 
   it('a driver refusing the saved state (EFAULT / ENOMEM on the data_fd write) is said so, errno and code kept', async () => {
     const small = path.join(dir, 'small.vfiosnap');
-    const big = path.join(dir, 'big.vfiosnap');
+    const long = path.join(dir, 'long.vfiosnap');
     expect((await run('snapshot', 'sim:4KiB#rf-a', '-o', small, '-q')).code).toBe(0);
-    expect((await run('snapshot', 'sim:8KiB#rf-b', '-o', big, '-q')).code).toBe(0);
-    // The simulated driver checks the stream's header against its own device (its state size).
-    for (const [into, file, code, errno] of [['sim:8KiB#rf-c', small, 'EFAULT', 14], ['sim:4KiB#rf-d', big, 'ENOMEM', 12]] as const) {
+    // The same stream with 100 bytes after its end, in a file whose own checksums hold.
+    const r0 = await SnapshotReader.open(small);
+    const w = await SnapshotWriter.create(long, { noSync: true });
+    for (const sec of r0.sections) {
+      if (!sec.chunks) {
+        await w.writeSection(sec.header.type, sec.header.device, r0.body(sec));
+        continue;
+      }
+      await w.beginSection(sec.header.type, sec.header.device);
+      for await (const c of r0.chunks(sec)) await w.writeChunk(Buffer.from(c));
+      await w.writeChunk(Buffer.alloc(100, 0xab));
+      await w.endSection();
+    }
+    await w.commit();
+    await r0.close();
+    // The simulated driver checks the stream's header against its own device (its state size:
+    // EFAULT), and refuses bytes past the stream's end (ENOMEM), as mtty does.
+    for (const [into, file, code, errno] of [['sim:8KiB#rf-c', small, 'EFAULT', 14], ['sim:4KiB#rf-d', long, 'ENOMEM', 12]] as const) {
       const r = await run('restore', into, '-i', file, '--json');
       expect(r.code).toBe(1);
       const j = JSON.parse(r.out);

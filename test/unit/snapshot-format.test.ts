@@ -195,10 +195,10 @@ describe('snapshot format v2', () => {
         expect(r.header).toMatchObject({ version: 1, flags: 0, checksum: 'crc32' });
         const [d] = r.devices();
         expect(d.record.name).toBe('sim:10000:seed=4242#v1fixture');
-        expect(d.state!.chunks).toEqual({ count: 3, total: 10320 });
+        expect(d.state!.chunks).toEqual({ count: 3, total: 10360 });
         const parts: Buffer[] = [];
         for await (const c of r.chunks(d.state!)) parts.push(Buffer.from(c));
-        expect(Buffer.concat(parts).length).toBe(10320);
+        expect(Buffer.concat(parts).length).toBe(10360);
       } finally {
         await r.close();
       }
@@ -214,7 +214,7 @@ describe('snapshot format v2', () => {
         const sim = new SimBinding(inner());
         const dev = openSimDevice('sim:10000#v1into', sim);
         try {
-          expect((await restoreSnapshot(dev, V1_FIXTURE)).devices.map((d) => d.stateBytes)).toEqual([10320]);
+          expect((await restoreSnapshot(dev, V1_FIXTURE)).devices.map((d) => d.stateBytes)).toEqual([10360]);
           expect(sim.device('v1into').seed).toBe(4242n);
         } finally {
           dev.close();
