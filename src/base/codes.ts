@@ -39,6 +39,8 @@ export const EVFIO_CODES = {
   // unsupported: the device, kernel or build cannot do it
   EVFIO_NOT_MIGRATABLE: ['unsupported', 'the device has no VFIO migration support'],
   EVFIO_NO_P2P: ['unsupported', 'several devices, and one cannot quiesce peer-to-peer traffic'],
+  EVFIO_VIOMMU: ['unsupported', 'the guest has a vIOMMU and device DMA logging would track IOVAs, not guest RAM (or, relaxed, the guest mapped through it)'],
+  EVFIO_NO_DIRTY_TRACKING: ['unsupported', 'a device cannot track the pages its DMA writes, and the policy refuses that'],
   EVFIO_NO_BINDING: ['unsupported', 'neither the addon nor koffi could be loaded'],
   EVFIO_NO_CDEV: ['unsupported', 'the device has no VFIO cdev (iommufd path)'],
   EVFIO_NO_GROUP: ['unsupported', 'the device has no IOMMU group (legacy path)'],

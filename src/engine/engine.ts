@@ -36,12 +36,13 @@ import { MigState, migStateName } from '../kernel/uapi/vfio';
 import type { MigratableDevice, ModelPlan } from '../model/migratable';
 import type { DataFdTarget, Progress, SavedDevice, StateSink, StateSource } from './stream';
 import { LiveSave } from './live-save';
+import { DirtyTracker, planDirtyTracking, type DirtyPlan, type DirtyTrackingOptions } from './dirty';
 
 const log = logger('engine');
 
 /** Something that prevents a migration, found before any device is touched. */
 export interface Blocker {
-  code: 'EVFIO_NOT_MIGRATABLE' | 'EVFIO_NO_P2P';
+  code: 'EVFIO_NOT_MIGRATABLE' | 'EVFIO_NO_P2P' | 'EVFIO_VIOMMU' | 'EVFIO_NO_DIRTY_TRACKING';
   /** Ids of the devices concerned. */
   devices: string[];
   message: string;
@@ -57,6 +58,8 @@ export interface EngineEvents {
   progress: (p: Progress) => void;
   /** A blocker found (emitted before the job throws it). */
   blocker: (b: Blocker) => void;
+  /** Something allowed that may still end the job (a relaxed vIOMMU blocker), said at setup. */
+  warning: (w: Blocker) => void;
   /** A job began or ended; `ms` is its duration, on the end event. */
   phase: (p: { phase: EnginePhase; done: boolean; ms?: number }) => void;
   /** A device was brought back after a failed step; `reset`: VFIO_DEVICE_RESET was needed. */
@@ -66,6 +69,12 @@ export interface EngineEvents {
 export interface EngineOptions {
   /** Accept several migratable devices without P2P support (they are then stopped one by one). */
   allowNonP2P?: boolean;
+  /**
+   * Dirty-page tracking of the devices' DMA during a live migration (./dirty.ts): the method,
+   * the policies for untracked devices and failed reports, and the vIOMMU rule. Checked by
+   * blockers({ live: true }); bad values are EVFIO_USAGE.
+   */
+  dirtyTracking?: DirtyTrackingOptions;
 }
 
 export interface SaveOptions {
@@ -145,8 +154,21 @@ export class MigrationEngine extends EventEmitter<EngineEvents> {
     return this.loaded;
   }
 
-  /** What prevents a snapshot or migration now (empty: nothing). */
-  blockers(): Blocker[] {
+  /**
+   * What prevents a snapshot or migration now (empty: nothing). With `live`, also what prevents
+   * a live migration: dirty tracking's blockers (planDirtyTracking(): the vIOMMU rule, untracked
+   * devices under 'block', a forced method a device lacks). Probes only; nothing is touched.
+   */
+  blockers(opts: { live?: boolean } = {}): Blocker[] {
+    return this.check(opts.live ?? false).blockers;
+  }
+
+  /** The dirty-tracking plan a live migration would use now (see ./dirty.ts). */
+  planDirtyTracking(): DirtyPlan {
+    return planDirtyTracking(this.devices, this.opts.dirtyTracking);
+  }
+
+  private check(live: boolean): { blockers: Blocker[]; warnings: Blocker[]; dirty?: DirtyPlan } {
     const out: Blocker[] = [];
     const noMig = this.devices.filter((d) => !d.migration).map((d) => d.id);
     if (noMig.length) out.push({ code: 'EVFIO_NOT_MIGRATABLE', devices: noMig, message: `${noMig.join(', ')} cannot be migrated (no VFIO migration support)` });
@@ -158,16 +180,28 @@ export class MigrationEngine extends EventEmitter<EngineEvents> {
         message: `several migratable devices, and ${noP2P.join(', ')} cannot quiesce peer-to-peer traffic (no VFIO_MIGRATION_P2P); pass allowNonP2P to accept`,
       });
     }
-    return out;
+    if (!live) return { blockers: out, warnings: [] };
+    const dirty = this.planDirtyTracking();
+    return { blockers: [...out, ...dirty.blockers], warnings: dirty.warnings, dirty };
   }
 
-  /** Throw the blockers as one VfioError (kind 'unsupported', every device untouched), emitting each. */
-  assertMigratable(step: string): void {
-    const b = this.blockers();
-    b.forEach((x) => this.emit('blocker', x));
-    if (b.length) {
+  /**
+   * Throw the blockers as one VfioError (kind 'unsupported', every device untouched), emitting
+   * each; emit the warnings. With `live`, the live-migration checks too; returns their
+   * dirty-tracking plan.
+   */
+  assertMigratable(step: string, live = false): DirtyPlan | undefined {
+    const c = this.check(live);
+    c.blockers.forEach((x) => this.emit('blocker', x));
+    if (c.blockers.length) {
+      const b = c.blockers;
       throw new VfioError(b.map((x) => x.message).join('; '), { code: b[0].code, step, device: b[0].devices.join(','), deviceState: this.outcomes(new Job()) });
     }
+    c.warnings.forEach((w) => {
+      log('warning: %s', w.message);
+      this.emit('warning', w);
+    });
+    return c.dirty;
   }
 
   /**
@@ -347,7 +381,10 @@ export class MigrationEngine extends EventEmitter<EngineEvents> {
    * destination pairs and checks them and answers before anything here is touched, so that an
    * incompatible destination refuses while the VM runs on — then PRECOPY_INFOv2 is asked for
    * (ENOTTY: older semantics) and every device with PRE_COPY goes RUNNING → PRE_COPY. Devices
-   * without PRE_COPY stay RUNNING until the switchover (stop-copy only). The engine stays busy
+   * without PRE_COPY stay RUNNING until the switchover (stop-copy only). Dirty tracking of the
+   * devices' DMA (EngineOptions.dirtyTracking, ./dirty.ts) starts after the destination accepted
+   * and before the first device enters PRE_COPY; its blockers are checked with the others, before
+   * anything is touched, and its warnings emitted (`warning`). The engine stays busy
    * until the LiveSave is switched over or cancelled. Every device must be RUNNING. On failure
    * the stream is aborted, every device returned to RUNNING, and the error thrown.
    */
@@ -362,8 +399,9 @@ export class MigrationEngine extends EventEmitter<EngineEvents> {
       this.emit('phase', { phase: 'migrate', done: true, ms: performance.now() - t0 });
       log('migrate of %s %s after %d ms', this.devices.map((d) => d.id).join(', '), ok ? 'done' : 'ended', (performance.now() - t0).toFixed(1));
     };
+    let dirty: DirtyTracker | undefined;
     try {
-      this.assertMigratable('migrate');
+      const plan = this.assertMigratable('migrate', true)!;
       const notRunning = this.devices.filter((d) => d.migration!.getState() !== MigState.RUNNING);
       if (notRunning.length) {
         throw new VfioError(`live migration needs running devices; ${notRunning.map((d) => `${d.id} is in ${migStateName(d.migration!.getState())}`).join(', ')}`, {
@@ -371,6 +409,9 @@ export class MigrationEngine extends EventEmitter<EngineEvents> {
         });
       }
       await sink.begin(this.devices.map((d) => d.record()));
+      // Tracking runs before the first byte of state is read, so no DMA write goes unseen.
+      dirty = new DirtyTracker(plan, this.devices);
+      await dirty.start();
       const precopy: number[] = [];
       for (const [i, d] of this.devices.entries()) {
         if (!d.migration!.supportsPreCopy) continue;
@@ -387,8 +428,10 @@ export class MigrationEngine extends EventEmitter<EngineEvents> {
         fail: (e, step) => this.fail(e, job, step),
         progress: (p) => this.emit('progress', p),
         release,
+        dirty,
       }, sink, precopy);
     } catch (e) {
+      await dirty?.stop();
       await sink.abort(e);
       await this.returnToRunning(job, [...job.touched], 'migrate:undo');
       for (const d of job.touched) d.migration!.closeSession();

@@ -18,13 +18,19 @@
  *    (StateSink.initialSent); with PRECOPY_INFOv2 a REINIT flag means it must be sent again
  *    (StateSink.reinit);
  *  - switchover: every device to PRE_COPY_P2P (or RUNNING_P2P) before any goes to STOP_COPY
- *    (P2P devices), each drained to its end, the models after all the states ("config last"),
- *    and STOP_COPY → STOP only after the data is out, so that it adds no downtime. The downtime
- *    is measured from the first device leaving PRE_COPY (or RUNNING) to the last device's state
- *    sent;
+ *    (P2P devices); every device to STOP_COPY before any is drained (QEMU stops them all in its
+ *    VM state change handler, then drains each in vfio_save_complete_precopy()), so that the
+ *    final dirty-page sync comes when no device can DMA any more; each drained to its end, the
+ *    models after all the states ("config last"), and STOP_COPY → STOP only after the data is
+ *    out, so that it adds no downtime. The downtime is measured from the first device leaving
+ *    PRE_COPY (or RUNNING) to the last device's state sent;
+ *  - dirty tracking (./dirty.ts) runs from setup; syncDirty() reads it in precopy, the
+ *    switchover makes the final sync and stops it; a cancel stops it;
  *  - cancel, in any phase: every device back to RUNNING with its state intact
  *    (PRE_COPY(_P2P) → RUNNING; STOP_COPY / STOP → RUNNING through RUNNING_P2P), the stream
- *    aborted (the destination resets its devices).
+ *    aborted (the destination resets its devices). A cancel from outside a running step (the
+ *    VMM's signal, a vIOMMU mapping under viommu 'relaxed') is what that step, and every later
+ *    call, throws.
  */
 import { VfioError } from '../base/errors';
 import { logger } from '../base/log';
@@ -32,6 +38,7 @@ import type { DataSession } from '../kernel/migration';
 import { MigState, VFIO_PRECOPY_INFO_REINIT } from '../kernel/uapi/vfio';
 import type { MigratableDevice } from '../model/migratable';
 import type { DataFdTarget, Progress, StateSink } from './stream';
+import type { DirtySummary, DirtySync, DirtyTracker } from './dirty';
 
 const log = logger('engine:live');
 
@@ -65,6 +72,10 @@ export interface SwitchoverResult {
   /** ms from the first device leaving PRE_COPY (or RUNNING) to the last device's state sent. */
   downtimeMs: number;
   devices: Array<{ id: string; precopyBytes: number; stopCopyBytes: number }>;
+  /** The final dirty-page sync (after every device stopped), when anything was tracked. */
+  finalDirty?: DirtySync;
+  /** What dirty tracking did over the migration. */
+  dirty: DirtySummary;
 }
 
 /** The engine's internals a live save uses (MigrationEngine.beginLiveSave() hands them over). */
@@ -81,10 +92,17 @@ export interface LiveSaveOps {
   progress(p: Progress): void;
   /** The engine is free again. */
   release(ok: boolean): void;
+  /** The devices' dirty-page tracking, started. */
+  readonly dirty: DirtyTracker;
 }
 
 export interface LiveSaveRoundOptions {
   signal?: AbortSignal;
+}
+
+export interface SwitchoverOptions extends LiveSaveRoundOptions {
+  /** The final dirty-page sync, as soon as every device is in STOP_COPY (the VMM can send RAM while the devices drain). */
+  onFinalDirty?: (s: DirtySync) => void;
 }
 
 type Phase = 'precopy' | 'switchover' | 'done' | 'cancelled' | 'failed';
@@ -99,6 +117,9 @@ export class LiveSave {
   private rounds = 0;
   /** Devices whose driver reported REINIT since the last round acted on it (the flag is reported once). */
   private readonly reinitSeen = new Set<number>();
+  /** Why the save was cancelled (the first reason), and the cancel in progress. */
+  private cancelReason?: unknown;
+  private cancelling?: Promise<void>;
 
   /** @internal MigrationEngine.beginLiveSave() makes it. */
   constructor(
@@ -107,6 +128,20 @@ export class LiveSave {
     precopy: readonly number[],
   ) {
     for (const i of precopy) this.precopy.add(i);
+    ops.dirty.watch((e) => void this.cancel(e));
+  }
+
+  /** Whether any device's DMA is tracked or reported (some device has DMA memory). */
+  get tracksDirty(): boolean {
+    return this.ops.dirty.active;
+  }
+
+  /**
+   * Read and clear the dirty pages the devices' DMA wrote since the previous sync (see
+   * DirtyTracker.sync()). A failure under onReportError 'fail' cancels the save and throws.
+   */
+  async syncDirty(): Promise<DirtySync> {
+    return this.step('precopy', 'migrate:dirty-sync', () => this.ops.dirty.sync());
   }
 
   /** 'precopy' until switchover() or cancel(); then 'done', 'cancelled' or 'failed'. */
@@ -194,18 +229,29 @@ export class LiveSave {
    * for the destination's LOADED). The devices stay in STOP. A failure before the sink finished
    * cancels the whole save (every device back to RUNNING, state intact) and throws.
    */
-  async switchover(opts: LiveSaveRoundOptions = {}): Promise<SwitchoverResult> {
+  async switchover(opts: SwitchoverOptions = {}): Promise<SwitchoverResult> {
     return this.step('precopy', 'migrate:switchover', async () => {
       this.phase = 'switchover';
-      const { devices, usesP2P } = this.ops;
+      const { devices, usesP2P, dirty } = this.ops;
       const t0 = performance.now();
       if (usesP2P) {
         for (const [i, d] of devices.entries()) await this.ops.set(d, this.precopy.has(i) ? MigState.PRE_COPY_P2P : MigState.RUNNING_P2P);
       }
+      const sessions: Array<DataSession | undefined> = [];
+      for (const d of devices) {
+        opts.signal?.throwIfAborted();
+        sessions.push(await this.ops.set(d, MigState.STOP_COPY));
+      }
+      let finalDirty: DirtySync | undefined;
+      if (dirty.active) {
+        finalDirty = await dirty.sync(true);
+        opts.onFinalDirty?.(finalDirty);
+      }
+      await dirty.stop();
       const stopCopy = new Map<number, number>();
       for (const [i, d] of devices.entries()) {
         opts.signal?.throwIfAborted();
-        const session = await this.ops.set(d, MigState.STOP_COPY);
+        const session = sessions[i];
         const before = this.sentPre.get(i) ?? 0;
         const r = await this.sink.writeState(i, this.ops.target(d, session), {
           signal: opts.signal,
@@ -229,6 +275,8 @@ export class LiveSave {
       return {
         downtimeMs,
         devices: devices.map((d, i) => ({ id: d.id, precopyBytes: this.sentPre.get(i) ?? 0, stopCopyBytes: stopCopy.get(i) ?? 0 })),
+        finalDirty,
+        dirty: dirty.summary(),
       };
     }, 'done');
   }
@@ -238,12 +286,23 @@ export class LiveSave {
    * device back to RUNNING with its state intact. Idempotent; never throws.
    */
   async cancel(reason: unknown = new VfioError('migration cancelled', { code: 'ECANCELED', kind: 'cancelled' })): Promise<void> {
-    if (this.phase === 'done' || this.phase === 'cancelled' || this.phase === 'failed') return;
+    if (this.cancelling) return this.cancelling;
+    if (this.phase === 'done' || this.phase === 'failed') return;
     this.phase = 'cancelled';
-    await this.sink.abort(reason);
-    await this.ops.returnToRunning('migrate:cancel');
-    for (const d of this.ops.devices) d.migration?.closeSession();
-    this.ops.release(false);
+    this.cancelReason = reason;
+    this.cancelling = (async () => {
+      await this.ops.dirty.stop();
+      await this.sink.abort(reason);
+      await this.ops.returnToRunning('migrate:cancel');
+      for (const d of this.ops.devices) d.migration?.closeSession();
+      this.ops.release(false);
+    })();
+    return this.cancelling;
+  }
+
+  /** What the dirty tracking did so far. */
+  dirtySummary(): DirtySummary {
+    return this.ops.dirty.summary();
   }
 
   /**
@@ -258,6 +317,10 @@ export class LiveSave {
 
   /** Run one step in `from`; on failure cancel everything and throw the annotated error. */
   private async step<T>(from: Phase, step: string, fn: () => Promise<T>, then?: Phase): Promise<T> {
+    if (this.cancelling && this.cancelReason instanceof VfioError && !this.busy) {
+      await this.cancelling;
+      throw this.ops.fail(this.cancelReason, step);
+    }
     if (this.phase !== from || this.busy) {
       throw new VfioError(`${step}: the live save is ${this.busy ? 'busy' : `in ${this.phase}`}`, { code: 'EVFIO_BUSY', step });
     }
@@ -270,9 +333,11 @@ export class LiveSave {
       }
       return r;
     } catch (e) {
-      const err = this.ops.fail(e, step);
+      // Cancelled from outside while this step ran: the cancel's reason is the error to report.
+      const outside = this.cancelling !== undefined && this.cancelReason instanceof VfioError;
+      const err = this.ops.fail(outside ? this.cancelReason : e, step);
       await this.cancel(err);
-      this.phase = 'failed';
+      if (!outside) this.phase = 'failed';
       throw this.ops.fail(err, step);
     } finally {
       this.busy = false;

@@ -17,15 +17,23 @@
  *    `run()` does both in a loop with the iteration and time limits, calling the VMM's
  *    `beforeSwitchover()` (stop the vCPUs) first; `cancel()` in any phase brings every device back
  *    to RUNNING with its state intact.
- * Events: `state` (the engine's), `progress` (device, phase, bytes, pending), `switchover-ready`,
- * `iteration`, and `downtime` (ms from the first device leaving PRE_COPY to the last device's
- * state sent).
+ * Events: `state` (the engine's), `progress` (device, phase, bytes, pending, dirty pages),
+ * `switchover-ready`, `iteration`, `dirty` (each dirty-page sync: per device one bitmap per
+ * tracked range, for the VMM to OR into its KVM dirty log; src/engine/dirty.ts) and `downtime`
+ * (ms from the first device leaving PRE_COPY to the last device's state sent). Setup warnings (a
+ * relaxed vIOMMU blocker) are the engine's `warning` events, kept in `warnings`.
+ *
+ * Dirty tracking of the devices' DMA (EngineOptions.dirtyTracking) starts at setup, is synced
+ * after every precopy round (iterate(); or whenever the VMM calls syncDirty()) and once more when
+ * the devices have stopped in the switchover (the `dirty` event with `final`: the last pages the
+ * VMM must send), and stops at the end or on cancel.
  */
 import { EventEmitter } from 'eventemitter3';
 import { VfioError } from '../base/errors';
 import { logger } from '../base/log';
 import type { MigrationEngine, LoadResult } from '../engine/engine';
 import type { SaveSummary, SavedDevice } from '../engine/stream';
+import type { DirtySummary, DirtySync } from '../engine/dirty';
 import { UNKNOWN_SIZE, type DevicePending, type LiveSave, type SwitchoverResult } from '../engine/live-save';
 import type { StateChange } from '../kernel/migration';
 import { LiveSink, LiveSource, type LiveSinkOptions, type LiveSourceOptions } from './stream';
@@ -91,13 +99,19 @@ export interface MigrationResult {
   devices: Array<{ id: string; precopyBytes: number; stopCopyBytes: number }>;
   /** The destination ran its devices (it said so in its ACCEPT and reported RESUMED). */
   destinationResumed: boolean;
+  /** Dirty tracking: each device's method and ranges, and the dirty pages of every sync (the last is the final one). */
+  dirty: DirtySummary;
 }
 
 export interface LiveMigrationEvents {
   state: (c: StateChange) => void;
-  progress: (p: MigrationProgress & { pending?: Pending }) => void;
+  /** Bytes sent of a device's state; `dirtyPages`: pages the devices' DMA dirtied at the last sync. */
+  progress: (p: MigrationProgress & { pending?: Pending; dirtyPages?: number }) => void;
   'switchover-ready': (p: Pending) => void;
-  iteration: (i: { iteration: number; bytes: number; pending: Pending }) => void;
+  /** A precopy round ended: bytes sent, the pending figures, and the dirty pages of its sync (when tracked). */
+  iteration: (i: { iteration: number; bytes: number; pending: Pending; dirtyPages?: number }) => void;
+  /** A dirty-page sync: the bitmaps are the VMM's (read-and-clear: they are not reported again). */
+  dirty: (s: DirtySync) => void;
   downtime: (d: { ms: number }) => void;
 }
 
@@ -110,6 +124,7 @@ export class LiveMigration extends EventEmitter<LiveMigrationEvents> {
   private readyEmitted = false;
   private readonly unsub: Array<() => void> = [];
   private readonly startedAt = Date.now();
+  private lastDirtyPages?: number;
 
   private constructor(
     readonly engine: MigrationEngine,
@@ -120,7 +135,7 @@ export class LiveMigration extends EventEmitter<LiveMigrationEvents> {
     super();
     this.bandwidth = opts.bandwidth ?? DEFAULT_BANDWIDTH;
     const onState = (c: StateChange): void => void this.emit('state', c);
-    const onProgress = (p: { device: string; bytes: number }): void => void this.emit('progress', { device: p.device, phase: this.phase, bytes: p.bytes });
+    const onProgress = (p: { device: string; bytes: number }): void => void this.emit('progress', { device: p.device, phase: this.phase, bytes: p.bytes, dirtyPages: this.lastDirtyPages });
     engine.on('state', onState);
     engine.on('progress', onProgress);
     this.unsub.push(() => engine.off('state', onState), () => engine.off('progress', onProgress));
@@ -142,17 +157,26 @@ export class LiveMigration extends EventEmitter<LiveMigrationEvents> {
       throw e;
     }
     const sink = new LiveSink(link, { ...opts, stopCopyBytes: (i) => safeSize(engine.devices[i]) });
+    const warnings: Array<{ code: string; devices: string[]; message: string }> = [];
+    const onWarning = (w: { code: string; devices: string[]; message: string }): void => void warnings.push(w);
+    engine.on('warning', onWarning);
     let live: LiveSave;
     try {
       live = await engine.beginLiveSave(sink);
     } catch (e) {
       await link.close().catch(() => undefined);
       throw e;
+    } finally {
+      engine.off('warning', onWarning);
     }
     const m = new LiveMigration(engine, sink, live, opts);
+    m.warnings = warnings;
     opts.signal?.addEventListener('abort', () => void m.cancel(opts.signal?.reason), { once: true });
     return m;
   }
+
+  /** What the setup warned about (a relaxed vIOMMU blocker), as the engine's `warning` events said it. */
+  warnings: ReadonlyArray<{ code: string; devices: string[]; message: string }> = [];
 
   /** The downtime limit in ms. */
   get downtimeLimitMs(): number {
@@ -202,7 +226,7 @@ export class LiveMigration extends EventEmitter<LiveMigrationEvents> {
    * bandwidth from the round (when it moved enough to measure). Resolves with the bytes sent and
    * the pending figures after it.
    */
-  async iterate(): Promise<{ bytes: number; pending: Pending }> {
+  async iterate(): Promise<{ bytes: number; pending: Pending; dirty?: DirtySync }> {
     const t0 = performance.now();
     const r = await this.live.round({ signal: this.opts.signal });
     const secs = (performance.now() - t0) / 1000;
@@ -213,9 +237,23 @@ export class LiveMigration extends EventEmitter<LiveMigrationEvents> {
       this.measured = true;
     }
     this.iterations++;
+    const dirty = this.live.tracksDirty ? await this.syncDirty() : undefined;
     const pending = this.checkReady();
-    this.emit('iteration', { iteration: this.iterations, bytes, pending });
-    return { bytes, pending };
+    this.emit('iteration', { iteration: this.iterations, bytes, pending, dirtyPages: dirty?.pages });
+    return { bytes, pending, dirty };
+  }
+
+  /**
+   * Read and clear the pages the devices' DMA dirtied since the previous sync (iterate() calls it
+   * after each round); emitted as `dirty`. A VMM whose RAM loop syncs KVM's log more often calls
+   * it there. Errors: a failed report under onReportError 'fail' (the migration is cancelled and
+   * the source runs on), EVFIO_BUSY while a round or the switchover runs.
+   */
+  async syncDirty(): Promise<DirtySync> {
+    const s = await this.live.syncDirty();
+    this.lastDirtyPages = s.pages;
+    this.emit('dirty', s);
+    return s;
   }
 
   /**
@@ -228,7 +266,13 @@ export class LiveMigration extends EventEmitter<LiveMigrationEvents> {
     this.phase = 'stop-copy';
     let sw: SwitchoverResult;
     try {
-      sw = await this.live.switchover({ signal: this.opts.signal });
+      sw = await this.live.switchover({
+        signal: this.opts.signal,
+        onFinalDirty: (s) => {
+          this.lastDirtyPages = s.pages;
+          this.emit('dirty', s);
+        },
+      });
     } finally {
       this.unsub.splice(0).forEach((u) => u());
     }
@@ -238,7 +282,7 @@ export class LiveMigration extends EventEmitter<LiveMigrationEvents> {
     await this.sink.link.close().catch(() => undefined);
     return {
       downtimeMs: sw.downtimeMs, iterations: this.iterations, precopyBytes, stopCopyBytes, totalBytes: precopyBytes + stopCopyBytes,
-      devices: sw.devices, destinationResumed: this.sink.destinationResumes,
+      devices: sw.devices, destinationResumed: this.sink.destinationResumes, dirty: sw.dirty,
     };
   }
 

@@ -223,12 +223,17 @@ export class LiveSink extends EventEmitter<LiveSinkEvents> implements StateSink 
     return this.loaded;
   }
 
-  /** Tell the destination (CANCEL, best effort) and close. Never throws. */
+  /**
+   * Tell the destination, best effort, and close: ERROR with the reason when the source failed
+   * (a VfioError of another kind than 'cancelled': the destination's error then says why), CANCEL
+   * when it was cancelled. Never throws.
+   */
   async abort(reason: unknown): Promise<void> {
     log('%s: aborting (%s)', this.name, (reason as Error)?.message ?? reason);
     if (!this.failure) {
+      const failed = reason instanceof VfioError && reason.kind !== 'cancelled';
       await Promise.race([
-        this.link.send(FrameType.CANCEL, WHOLE_STREAM).catch(() => undefined),
+        (failed ? this.link.send(FrameType.ERROR, WHOLE_STREAM, encodeError(reason)) : this.link.send(FrameType.CANCEL, WHOLE_STREAM)).catch(() => undefined),
         new Promise((r) => setTimeout(r, 1000).unref()),
       ]);
     }

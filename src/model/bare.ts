@@ -7,6 +7,7 @@
 import { VfioError } from '../base/errors';
 import type { VfioDevice } from '../kernel/device';
 import type { Migration } from '../kernel/migration';
+import type { TrackedRegion } from '../kernel/dirty/ranges';
 import { checkRecordAgainst, recordOf, type DeviceRecord, type MigratableDevice, type ModelPlan } from './migratable';
 
 export class BareDevice implements MigratableDevice {
@@ -26,6 +27,11 @@ export class BareDevice implements MigratableDevice {
 
   record(): DeviceRecord {
     return recordOf(this.device, this.id);
+  }
+
+  /** A device on its own has no guest memory mapped: nothing for dirty tracking to cover. */
+  dmaRegions(): TrackedRegion[] {
+    return [];
   }
 
   checkRecord(saved: DeviceRecord): void {

@@ -12,6 +12,8 @@
 import { VfioError } from '../base/errors';
 import type { VfioDevice } from '../kernel/device';
 import type { Migration } from '../kernel/migration';
+import type { TrackedRegion } from '../kernel/dirty/ranges';
+import type { GuestIommu } from './host/types';
 import { VFIO_PCI_ROM_REGION_INDEX } from '../kernel/uapi/vfio';
 import { checkConfig, destinationConfig } from './pci/compare';
 import type { FromDeviceOptions } from './pci/config-space';
@@ -44,11 +46,18 @@ export interface MigratableDevice {
   readonly device: VfioDevice;
   /** The device's one migration object (`device.migration`); null when not migratable. */
   readonly migration: Migration | null;
+  /** The guest's vIOMMU, when the device is in a VM that has one (Host.viommu). */
+  readonly viommu?: GuestIommu;
   /** Transfer buffer size for the device's state, in bytes (default: the stream's). */
   readonly bufferSize?: number;
 
   /** This device's record, read now. */
   record(): DeviceRecord;
+  /**
+   * The memory the device may write by DMA, as IOVA ranges in bytes (guest RAM mapped for it):
+   * what dirty tracking covers during a live migration. Empty when nothing is mapped.
+   */
+  dmaRegions(): TrackedRegion[];
   /**
    * Can state saved from `saved` be loaded into this device? Identity equal, and the saved config
    * space equal to this device's under THIS device's masks (QEMU get_pci_config_device()).

@@ -29,7 +29,8 @@
 import { EventEmitter } from 'eventemitter3';
 import type { VfioDevice } from '../kernel/device';
 import { VfioError } from '../base/errors';
-import type { Host } from './host/types';
+import type { GuestIommu, Host } from './host/types';
+import type { TrackedRegion } from '../kernel/dirty/ranges';
 import type { Migration } from '../kernel/migration';
 import { DEFAULT_BUFFER_SIZE } from '../kernel/stream';
 import { ConfigSpace } from './pci/config-space';
@@ -216,6 +217,22 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> implements Migrat
   /** Identity, migration flags and the device's config space, under this device's id. */
   record(): DeviceRecord {
     return recordOf(this.device, this.id);
+  }
+
+  /** The guest's vIOMMU (Host.viommu), if the VM has one. */
+  get viommu(): GuestIommu | undefined {
+    return this.host.viommu;
+  }
+
+  /**
+   * The guest RAM mapped for this device's DMA (mapGuestMemory(): iova = guest physical
+   * address), as the ranges dirty tracking covers; all of the host's guest memory when nothing
+   * was mapped through this model yet (a VMM that maps DMA itself).
+   */
+  dmaRegions(): TrackedRegion[] {
+    const mapped = [...this.dmaMapped].map(([iova, length]) => ({ iova, length: BigInt(length) }));
+    if (mapped.length) return mapped;
+    return (this.host.memory?.regions() ?? []).map((r) => ({ iova: r.gpa, length: BigInt(r.buffer.length) }));
   }
 
   /** See MigratableDevice.checkRecord: identity, then config under this device's own masks. */

@@ -58,6 +58,9 @@ describe('vfio-pci migrate / incoming', () => {
     expect(sj.devices.map((x: { id: string; state: string }) => [x.id, x.state])).toEqual([['nic0', 'STOP'], ['nic1', 'STOP']]);
     expect(sj.precopyBytes).toBeGreaterThan(0);
     expect(sj.precopyBytes + sj.stopCopyBytes).toBe(sj.totalBytes);
+    // Devices on their own have no guest memory mapped: nothing to track, and the method they offer is said.
+    expect(sj.dirtyTracking).toEqual(['nic0', 'nic1'].map((device) => ({ device, method: 'none', available: 'device', ranges: 0, reason: expect.stringMatching(/no guest memory/) })));
+    expect(sj.dirtyPagesPerSync).toEqual([]);
     const dj = JSON.parse(dst.out());
     expect(dj).toMatchObject({ ok: true, downtimeMs: sj.downtimeMs, iterations: sj.iterations, totalBytes: sj.totalBytes });
     expect(dj.devices.map((x: { from: string; state: string }) => [x.from, x.state])).toEqual([['nic0', 'RUNNING'], ['nic1', 'RUNNING']]);

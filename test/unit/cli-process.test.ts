@@ -48,10 +48,15 @@ describe('signals during a job', () => {
     c.proc.kill('SIGINT');
     c.proc.kill('SIGTERM');
     const { code, signal } = await c.exit;
-    expect({ code, signal }, c.err()).toEqual({ code: 130, signal: null });
-    // Usually the second signal lands while the first one's cleanup runs; on a loaded machine the
-    // cleanup (a few ms) may be over first. Either way the exit is the first signal's.
-    if (!/SIGTERM again: still cleaning up/.test(c.err())) expect(c.err()).toMatch(/SIGINT/);
+    // Sent back to back, the two may be handled in either order (Node dispatches them from its
+    // signal pipe): the exit is the first handled one's, and the other changes nothing.
+    const first = /: (SIGINT|SIGTERM): cancelling/.exec(c.err())?.[1];
+    expect(first, c.err()).toBeDefined();
+    expect({ code, signal }, c.err()).toEqual({ code: first === 'SIGINT' ? 130 : 143, signal: null });
+    const second = first === 'SIGINT' ? 'SIGTERM' : 'SIGINT';
+    // Usually the second lands while the first one's cleanup runs; on a loaded machine the cleanup
+    // (a few ms) may be over first, and the process gone before it is handled.
+    expect(c.err()).not.toMatch(new RegExp(`${second}: cancelling`));
     expect(fs.readdirSync(dir)).toEqual([]);
     expect(JSON.parse(c.out()).error.deviceState).toEqual([{ device: 'nic0', state: 'RUNNING', touched: true, reset: false }]);
   });

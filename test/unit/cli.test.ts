@@ -37,6 +37,16 @@ describe('vfio-pci CLI', () => {
     expect(j.migration).toEqual({ flags: ['STOP_COPY', 'P2P', 'PRE_COPY'], state: 'RUNNING', dataSize: expect.any(Number) });
     expect(j.regions.find((x: { name: string }) => x.name === 'CONFIG')).toMatchObject({ index: 7, offset: 7 * 2 ** 40 });
     expect(j.irqs.map((i: { name: string }) => i.name)).toEqual(['INTX', 'MSI', 'MSIX', 'ERR', 'REQ']);
+    expect(j).toMatchObject({ dirtyTracking: 'device', dmaLoggingPageSize: 4096 });
+  });
+
+  it('info says how DMA writes are tracked: the driver-chosen logging page size, or none and why', async () => {
+    const coarse = JSON.parse((await run('info', 'sim:dirtypage=2MiB#cli-dirty', '--json')).out);
+    expect(coarse).toMatchObject({ dirtyTracking: 'device', dmaLoggingPageSize: 2 ** 21 });
+    const none = await run('info', 'sim:dirty=off#cli-nodirty');
+    expect(none.out).toMatch(/^ {2}dirty +none \(no DMA logging/m);
+    const j = JSON.parse((await run('info', 'sim:dirty=off#cli-nodirty2', '--json')).out);
+    expect(j).toMatchObject({ dirtyTracking: 'none', dmaLoggingPageSize: null, dirtyTrackingReason: expect.stringMatching(/no DMA logging/) });
   });
 
   it('info on a non-migratable device says so', async () => {

@@ -2,14 +2,18 @@
  * `vfio-pci info DEVICE`: what a device is and reports — PCI identity (vendor:device, subsystem,
  * class, revision, from its config space), the driver it is bound to, its IOMMU group, VFIO cdev
  * or group file and sysfs node (src/kernel/resolve.ts; a simulated device has none of these),
- * the IOMMU path it was opened with, device flags, regions, IRQs, and migration flags and state.
- * The text and the --json object carry the same fields.
+ * the IOMMU path it was opened with, device flags, regions, IRQs, migration flags and state, and
+ * how its DMA writes can be tracked for a live migration (device DMA logging, the IOMMU's dirty
+ * bits, or none) with the page size the driver logs at. The text and the --json object carry the
+ * same fields.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import type { VfioDevice } from '../../kernel/device';
 import { Migration } from '../../kernel/migration';
+import { DmaLogging, dirtyMethodOf, type DirtyMethod } from '../../kernel/dirty';
+import { VfioError } from '../../base/errors';
 import { providerFor } from '../../kernel/open';
 import { resolveDevice } from '../../kernel/resolve';
 import * as v from '../../kernel/uapi/vfio';
@@ -37,6 +41,15 @@ export interface DeviceDescription {
   irqs: Array<{ index: number; name: string; count: number; flags: string[] }>;
   /** null when the device is not migratable (VFIO_DEVICE_FEATURE_MIGRATION → ENOTTY). */
   migration: { flags: string[]; state: string; dataSize?: number } | null;
+  /** How its DMA writes can be tracked during a live migration (src/kernel/dirty/method.ts). */
+  dirtyTracking: DirtyMethod;
+  /** Why there is no better method, when 'none'. */
+  dirtyTrackingReason?: string;
+  /**
+   * With 'device': the page size in bytes the driver logs at when asked for 4 KiB (learnt by a
+   * DMA_LOGGING_START over one page and a STOP; the driver may change it); null when unknown.
+   */
+  dmaLoggingPageSize: number | null;
 }
 
 const hex = (n: number, w: number): string => n.toString(16).padStart(w, '0');
@@ -63,7 +76,18 @@ function sysfsSide(dev: VfioDevice): Pick<DeviceDescription, 'driver' | 'sysfs' 
   return { driver, sysfs: r.sysfsPath ?? null, iommuGroup: r.group?.id ?? null, groupFile: r.group?.path ?? null, cdev: r.cdevPath ?? null, simulated: null };
 }
 
-export function describeDevice(dev: VfioDevice): DeviceDescription {
+/** The page size the driver logs at, by a START/STOP over one page; null when it fails. */
+async function loggingPageSize(dev: VfioDevice): Promise<number | null> {
+  try {
+    return await DmaLogging.of(dev).probePageSize();
+  } catch (e) {
+    if (!(e instanceof VfioError)) throw e;
+    return null;
+  }
+}
+
+export async function describeDevice(dev: VfioDevice): Promise<DeviceDescription> {
+  const dirty = dirtyMethodOf(dev);
   const info = dev.info();
   const pci = (info.flags & v.VFIO_DEVICE_FLAGS_PCI) !== 0;
   const mig = Migration.probe(dev);
@@ -95,6 +119,9 @@ export function describeDevice(dev: VfioDevice): DeviceDescription {
       flags: v.flagNames(i.flags, v.IRQ_FLAG_NAMES),
     })),
     migration: mig ? { flags: mig.flagNames, state: v.migStateName(mig.getState()), dataSize: mig.dataSize() } : null,
+    dirtyTracking: dirty.method,
+    ...(dirty.reason ? { dirtyTrackingReason: dirty.reason } : {}),
+    dmaLoggingPageSize: dirty.method === 'device' ? await loggingPageSize(dev) : null,
   };
 }
 
@@ -115,6 +142,13 @@ export function formatDeviceInfo(d: DeviceDescription): string {
   } else {
     lines.push('  migration  not supported (no VFIO migration: cannot be snapshotted)');
   }
+  const dirty =
+    d.dirtyTracking === 'device'
+      ? `device DMA logging${d.dmaLoggingPageSize !== null ? `, ${d.dmaLoggingPageSize}-byte pages` : ''}`
+      : d.dirtyTracking === 'iommu'
+        ? 'IOMMU dirty tracking (a dirty-tracking HWPT)'
+        : `none (${d.dirtyTrackingReason})`;
+  lines.push(`  dirty      ${dirty}`);
   lines.push(`  flags      ${d.flags.join('|') || '-'}`, 'regions:');
   for (const r of d.regions) {
     if (r.size === 0) continue;
@@ -135,7 +169,7 @@ export const infoCommand: CliCommand = {
   async run(ctx, [device], opts) {
     const arg = parseDeviceArg(device as string);
     return withDevices([arg.spec], openOptions(opts), async ([dev]) => {
-      const d = describeDevice(dev);
+      const d = await describeDevice(dev);
       ctx.print(formatDeviceInfo(d));
       return { json: { ...d } };
     });

@@ -81,11 +81,16 @@ Examples:
         const dev = jobDevs.find((j) => j.id === d.id)!.device;
         return { ...d, device: dev.name, state: migStateName(dev.migration!.getState()) };
       });
+      for (const d of res.dirty.devices) {
+        if (d.method === 'none') ctx.say(`  ${d.device}: dirty tracking none (${d.reason ?? 'untracked'}; it offers ${d.available === 'none' ? 'nothing' : d.available === 'device' ? 'device DMA logging' : 'IOMMU dirty tracking'})`);
+      }
       ctx.print(`migrated ${out.length} device${out.length === 1 ? '' : 's'} to ${to}: ${fmtBytes(res.precopyBytes)} precopy / ${fmtBytes(res.stopCopyBytes)} stop-copy, ${res.iterations} iteration${res.iterations === 1 ? '' : 's'}, device downtime ${res.downtimeMs.toFixed(1)} ms; source devices ${out.map((d) => d.state).join(', ')}`);
       return {
         json: {
           to, downtimeMs: res.downtimeMs, iterations: res.iterations, totalBytes: res.totalBytes, precopyBytes: res.precopyBytes, stopCopyBytes: res.stopCopyBytes,
           destinationResumed: res.destinationResumed, devices: out, transitions: ctx.transitions,
+          // Per device the dirty-tracking method used (and offered); the dirty pages of each sync: one per iteration, then the final one.
+          dirtyTracking: res.dirty.devices, dirtyPagesPerSync: res.dirty.pagesPerSync,
         },
       };
     });

@@ -18,6 +18,7 @@ export {
 } from './ranges';
 export { DmaLogging, type LoggingState } from './logging';
 export { hasDmaLogging } from './probe';
+export { dirtyMethodOf, type DirtyMethod } from './method';
 export {
   HwptDirtyTracker,
   allocHwpt,

@@ -115,6 +115,18 @@ export class DmaLogging {
   }
 
   /**
+   * The page size the driver logs at when asked for `pageSize` (default 4096): START over one
+   * page at IOVA 0, then STOP. For diagnostics (`vfio-pci info`): the driver may change the page
+   * size (vfio.h "DMA_LOGGING_START": "the driver may change it"), and only START tells.
+   * EVFIO_DIRTY_ACTIVE while logging runs; the kernel's errors otherwise (ENOTTY: no logging).
+   */
+  async probePageSize(pageSize = MIN_DIRTY_PAGE_SIZE): Promise<number> {
+    const st = await this.start([{ iova: 0n, length: BigInt(pageSize) }], { pageSize });
+    await this.stop();
+    return st.pageSize;
+  }
+
+  /**
    * REPORT the dirty pages of `target`'s range at its page size into its bitmap (a new one for a
    * plain range; zeroed first either way: the kernel only sets bits), and clear them in the
    * device. The range must lie inside the started ranges (EVFIO_DIRTY_UNTRACKED: outside, the

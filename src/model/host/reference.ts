@@ -15,7 +15,7 @@ import { POLLIN } from '../../kernel/binding/types';
 import { VfioError } from '../../base/errors';
 import { logger } from '../../base/log';
 import type {
-  AddressAllocator, AddressSpace, AllocationRecord, BarAccessHandler, BarMapping, GuestMemory, GuestMemoryRegion, Host, HostBus, InterruptRouter,
+  AddressAllocator, AddressSpace, AllocationRecord, BarAccessHandler, BarMapping, GuestIommu, GuestIommuMapping, GuestMemory, GuestMemoryRegion, Host, HostBus, InterruptRouter,
   MsiMessage,
 } from './types';
 
@@ -264,12 +264,44 @@ export class ReferenceMemory implements GuestMemory {
   }
 }
 
-/** The reference host: bus, allocator, interrupts and memory together. */
+/** A vIOMMU the VMM (or a test) drives by hand: map() and unmap() stand for the guest's requests. */
+export class ReferenceViommu implements GuestIommu {
+  private readonly live = new Map<bigint, bigint>();
+  private readonly listeners = new Set<(m: GuestIommuMapping) => void>();
+
+  constructor(readonly present = true) {}
+
+  mappings(): number {
+    return this.live.size;
+  }
+
+  onChange(listener: (m: GuestIommuMapping) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  /** The guest maps `length` bytes at `iova`. */
+  map(iova: bigint, length: bigint): void {
+    this.live.set(iova, length);
+    this.listeners.forEach((l) => l({ kind: 'map', iova, length }));
+  }
+
+  /** The guest unmaps what it mapped at `iova`. */
+  unmap(iova: bigint): void {
+    const length = this.live.get(iova);
+    if (length === undefined) return;
+    this.live.delete(iova);
+    this.listeners.forEach((l) => l({ kind: 'unmap', iova, length }));
+  }
+}
+
+/** The reference host: bus, allocator, interrupts and memory together (and a vIOMMU when given one). */
 export class ReferenceHost implements Host {
   readonly bus = new ReferenceBus();
   readonly interrupts: ReferenceInterrupts;
   readonly memory: ReferenceMemory;
   allocator: ReferenceAllocator;
+  viommu?: ReferenceViommu;
 
   constructor(binding: Binding, allocator: ReferenceAllocator = new ReferenceAllocator()) {
     this.interrupts = new ReferenceInterrupts(binding);

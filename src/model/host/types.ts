@@ -121,9 +121,34 @@ export interface GuestMemory {
   regions(): readonly GuestMemoryRegion[];
 }
 
+/** A guest IOMMU mapping (IOVA → guest physical), as the VMM's vIOMMU reports it. */
+export interface GuestIommuMapping {
+  kind: 'map' | 'unmap';
+  iova: bigint;
+  length: bigint;
+}
+
+/**
+ * The guest's view of an IOMMU (a vIOMMU: virtio-iommu, intel-iommu, ...), as far as migration
+ * needs it. With a vIOMMU a device's DMA addresses are IOVAs, not guest physical addresses, so a
+ * device's DMA log over RAM ranges says nothing reliable about RAM: migration is blocked when
+ * device DMA logging would be used (QEMU's rule), unless the VMM relaxes it for a guest that
+ * uses the vIOMMU only for interrupt remapping (no DMA mappings at all).
+ */
+export interface GuestIommu {
+  /** The guest sees a vIOMMU. */
+  readonly present: boolean;
+  /** DMA mappings the guest holds now (0 for a guest using it for interrupt remapping only). */
+  mappings(): number;
+  /** Tell `listener` of every guest map and unmap; returns a function that stops telling it. */
+  onChange(listener: (m: GuestIommuMapping) => void): () => void;
+}
+
 export interface Host {
   bus: HostBus;
   allocator: AddressAllocator;
   interrupts: InterruptRouter;
   memory?: GuestMemory;
+  /** The guest's vIOMMU; absent: none. */
+  viommu?: GuestIommu;
 }
