@@ -14,10 +14,15 @@
  *               (`ReferenceHost` is a complete small one); `BareDevice` for a device on its own
  *  - engine/    the one migration engine: pause / save / load / resume of a VM's devices with
  *               the P2P order, blockers, pairing by id, checks before touching and recovery,
- *               through a device-state stream (`StateSink` / `StateSource`)
+ *               through a device-state stream (`StateSink` / `StateSource`); the live save
+ *               (PRE_COPY rounds, pending, switchover) and dirty-page tracking of device DMA
  *  - snapshot/  the snapshot file format (docs/snapshot-format.md) and its streams
+ *  - live/      live migration between processes or hosts: the wire protocol
+ *               (docs/live-protocol.md), its transport (docs/live-transport.md: tcp, unix, TLS,
+ *               a VMM's own channel), `LiveMigration` (the source) and `receiveMigration()`
  *  - vm/        `MigrationCoordinator` (the engine over a VM's `VfioPciDevice`s, with snapshot
- *               files), `saveSnapshot()` / `restoreSnapshot()` (the CLI's jobs on bare devices)
+ *               files and live migration), `saveSnapshot()` / `restoreSnapshot()` /
+ *               `migrateDevices()` / `receiveDevices()` (the CLI's jobs on bare devices)
  *
  * The simulated device (a test double and demo device) is `node-vfio-pci/sim`:
  * `require('node-vfio-pci/sim').registerSimulator()` lets `openDevice('sim:64MiB')` open one.
@@ -36,7 +41,7 @@ export type { IommuContext, IommuKind, IommuDirtyMode, IommufdContext } from './
 export {
   DirtyBitmap, DmaLogging, HwptDirtyTracker, loggingRanges, checkLoggingRanges, DMA_LOGGING_MAX_RANGES, MIN_DIRTY_PAGE_SIZE,
   type DirtyRun, type DirtyTarget, type DmaRange, type IommuDirtyTracking, type LoggingState, type RangeVerdict,
-  type ReportFailurePolicy, type ReportResult, type TrackedRegion,
+  type ReportFailurePolicy, type ReportResult, type TrackedRegion, dirtyMethodOf, type DirtyMethod,
 } from './kernel/dirty';
 export { Migration, type DataSession, type SessionKind, type StateChange, type MigrationEvents } from './kernel/migration';
 export { planTransition } from './kernel/plan';
@@ -49,7 +54,7 @@ export type { GuestError, GuestAccess, GuestErrorStep } from './model/guest-erro
 export { BareDevice } from './model/bare';
 export type { MigratableDevice, DeviceRecord, ModelPlan } from './model/migratable';
 export * from './model/host/types';
-export { ReferenceHost, ReferenceBus, ReferenceAllocator, ReferenceInterrupts, ReferenceMemory, type AllocationRecord } from './model/host/reference';
+export { ReferenceHost, ReferenceBus, ReferenceAllocator, ReferenceInterrupts, ReferenceMemory, ReferenceViommu, type AllocationRecord } from './model/host/reference';
 export * as pci from './model/pci';
 
 // ---- engine: the one orchestration, and the stream interface it writes to and reads from
@@ -57,7 +62,24 @@ export {
   MigrationEngine,
   type Blocker, type EngineEvents, type EngineOptions, type EnginePhase, type SaveOptions, type LoadOptions, type ResumeOptions, type SaveResult, type LoadResult,
 } from './engine/engine';
-export type { StateSink, StateSource, SavedDevice, LoadTargets, DataFdTarget, WriteStateOptions, Progress } from './engine/stream';
+export type { StateSink, StateSource, SavedDevice, LoadTargets, DataFdTarget, WriteStateOptions, Progress, SaveSummary } from './engine/stream';
+export { LiveSave, UNKNOWN_SIZE, type DevicePending, type RoundResult, type SwitchoverResult, type SwitchoverOptions } from './engine/live-save';
+export {
+  planDirtyTracking, DirtyTracker,
+  type DirtyTrackingOptions, type DirtyPlan, type DevicePlan, type DirtyFinding, type DirtySync, type DeviceDirty, type DirtySummary,
+} from './engine/dirty';
+
+// ---- live: the wire protocol's two ends, and the transport under them
+export {
+  LiveMigration, receiveMigration, checkMigrateOptions, DEFAULT_DOWNTIME_LIMIT_MS, DEFAULT_BANDWIDTH,
+  type MigrateOptions, type IncomingOptions, type IncomingResult, type MigrationResult, type MigrationProgress, type Pending, type LiveMigrationEvents,
+} from './live/migration';
+export { FrameLink, connectLink, acceptLink, type Endpoint, type LinkTransportOptions, type LinkOptions } from './live/link';
+export { LiveSink, LiveSource, type LiveSinkOptions, type LiveSourceOptions } from './live/stream';
+export {
+  listen, Listener, connect, openChannel, parseUri, formatUri, loadTlsCredentials, FdChannel, StreamChannel,
+  type Channel, type ListenOptions, type AcceptOptions, type RefusedPeer, type ConnectOptions, type TlsOptions, type TlsCredentials, type TransportUri,
+} from './live';
 
 // ---- snapshot files
 export { SnapshotWriter, type WriterOptions } from './snapshot/writer';
@@ -71,3 +93,4 @@ export {
   saveSnapshot, restoreSnapshot,
   type JobDevice, type JobOptions, type SaveSnapshotOptions, type SaveSnapshotResult, type RestoreSnapshotOptions,
 } from './vm/jobs';
+export { migrateDevices, receiveDevices, type MigrateJobOptions, type ReceiveJobOptions } from './vm/live-jobs';

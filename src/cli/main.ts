@@ -99,7 +99,7 @@ export async function main(
   let current = '';
   let exit: number = EXIT.OK;
   const program = new Command('vfio-pci')
-    .description('Pause, snapshot and restore VFIO PCI devices (VFIO migration v2), on real or simulated devices.')
+    .description('Pause, snapshot, restore and live-migrate VFIO PCI devices (VFIO migration v2), on real or simulated devices.')
     .version(packageVersion(), '-V, --version', 'print the version')
     .helpOption('-h, --help', 'show help (vfio-pci help COMMAND: a command\'s help)')
     .helpCommand('help [command]', "show a command's help")

@@ -49,3 +49,18 @@ describe('README VMM example', () => {
     expect(r.stdout).toMatch(/COMMAND: 6$/m);
   });
 });
+
+describe('README live migration example', () => {
+  it('README shows examples/live.js verbatim', () => {
+    expect(readmeBlock('## Live migration')).toBe(fs.readFileSync(path.join(ROOT, 'examples/live.js'), 'utf8'));
+  });
+
+  it('runs: the guest DMA shows in the first sync, a final sync after the stop, the destination runs', () => {
+    const r = spawnSync(process.execPath, [path.join(ROOT, 'examples/live.js')], { encoding: 'utf8', cwd: ROOT });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^sync 1: nic0 dirtied 3 pages \(device\)$/m);
+    expect(r.stdout).toMatch(/^final sync: nic0 dirtied \d+ pages \(device\)$/m);
+    expect(r.stdout).toMatch(/^migrated: [1-9]\d* bytes precopy, [1-9]\d* stop-copy, [1-9]\d* iterations?, device downtime [\d.]+ ms; destination running$/m);
+  });
+});

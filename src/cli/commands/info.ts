@@ -161,7 +161,7 @@ export function formatDeviceInfo(d: DeviceDescription): string {
 
 export const infoCommand: CliCommand = {
   name: 'info',
-  summary: 'what a device is: PCI identity, driver, IOMMU group, regions, IRQs, migration flags and state',
+  summary: 'what a device is: PCI identity, driver, IOMMU group, regions, IRQs, migration flags and state, dirty tracking',
   define(cmd: Command) {
     cmd.argument('<device>', 'a PCI address, mdev UUID, sysfs path, /dev/vfio/devices/vfioN, or a sim spec');
     addCommonOptions(cmd, { devices: true });
