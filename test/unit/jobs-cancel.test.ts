@@ -65,3 +65,52 @@ describe('restoreSnapshot --verify cancelled', () => {
     }
   });
 });
+
+describe('cancelled mid-stream (between two pump calls)', () => {
+  it('a save: ECANCELED, no file, the device back in RUNNING with its state', async () => {
+    const dev = openDevice('sim:256MiB');
+    try {
+      const ac = new AbortController();
+      let seen = 0;
+      const e = (await saveSnapshot([dev], path.join(dir, 'm.vfiosnap'), {
+        signal: ac.signal, noSync: true,
+        onProgress: (p) => {
+          seen = p.bytes;
+          ac.abort();
+        },
+      }).catch((x: unknown) => x)) as VfioError;
+      expect(seen).toBeGreaterThan(0);
+      expect(seen).toBeLessThan(256 << 20);
+      expect(e).toMatchObject({ code: 'ECANCELED', kind: 'cancelled', deviceState: [{ state: 'RUNNING', touched: true, reset: false }] });
+      expect(migStateName(dev.migration!.getState())).toBe('RUNNING');
+      expect(fs.readdirSync(dir)).toEqual([]);
+    } finally {
+      dev.close();
+    }
+  });
+
+  it('a restore: ECANCELED, the device reset and never run with part of the state; the file untouched', async () => {
+    const file = path.join(dir, 'r.vfiosnap');
+    const src = openDevice('sim:256MiB');
+    const dst = openDevice('sim:256MiB');
+    try {
+      await saveSnapshot([src], file, { noSync: true });
+      const size = fs.statSync(file).size;
+      const ac = new AbortController();
+      const states: string[] = [];
+      const e = (await restoreSnapshot(dst, file, {
+        signal: ac.signal,
+        onState: (c) => states.push(`${migStateName(c.from)}→${migStateName(c.to)}`),
+        onProgress: () => ac.abort(),
+      }).catch((x: unknown) => x)) as VfioError;
+      expect(e).toMatchObject({ code: 'ECANCELED', kind: 'cancelled', deviceState: [{ state: 'RUNNING', touched: true, reset: true }] });
+      expect(states).toContain('RUNNING→RESUMING');
+      expect(states).not.toContain('RESUMING→RUNNING'); // reset, not run
+      expect(migStateName(dst.migration!.getState())).toBe('RUNNING');
+      expect(fs.statSync(file).size).toBe(size);
+    } finally {
+      src.close();
+      dst.close();
+    }
+  });
+});
