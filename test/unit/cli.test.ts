@@ -11,6 +11,7 @@ import { getDefaultBinding, openDevice } from '../../src/kernel/open';
 import { ReferenceHost } from '../../src/model/host/reference';
 import { VfioPciDevice } from '../../src/model/vfio-pci';
 import { MigrationCoordinator } from '../../src/vm/coordinator';
+import { MigState } from '../../src/kernel/uapi/vfio';
 
 async function run(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
   const out = new PassThrough();
@@ -287,6 +288,24 @@ describe('vfio-pci CLI: --json on every command', () => {
       const j = one(r.out);
       expect(j).toMatchObject({ ok: false, error: { kind: 'usage', code: expect.stringMatching(/^EVFIO_(USAGE|NO_DEVICE)$/), message: expect.any(String) } });
     }
+  });
+
+  it('migrate of a device left in STOP: refused before its HELLO, the note does not claim it runs on; incoming reports the cancel', async () => {
+    const sock = `unix:${path.join(dir, 'stopped.sock')}`;
+    // Held open in STOP here (the simulator, like vfio-pci, puts a released device back in RUNNING).
+    const held = openDevice('sim:64KiB#cli-stopped');
+    await held.migration!.setState(MigState.STOP);
+    const inc = run('incoming', '--listen', sock, 'sim:64KiB#cli-stopped-dst', '--json', '--timeout', '10000');
+    for (let i = 0; i < 200 && !fs.existsSync(sock.slice(5)); i++) await new Promise((r) => setTimeout(r, 10));
+    const mig = await run('migrate', '--to', sock, 'sim:64KiB#cli-stopped', '--json');
+    expect(mig.code).toBe(1);
+    const mj = one(mig.out);
+    expect(mj.error).toMatchObject({ code: 'EVFIO_BAD_TRANSITION', deviceState: [{ device: 'sim:64KiB#cli-stopped', state: 'STOP', touched: false }] });
+    expect(mj.notes).toBeUndefined();
+    const ij = one((await inc).out);
+    expect(ij.error).toMatchObject({ code: 'EVFIO_PEER_CANCELLED', message: expect.stringMatching(/cancelled the migration before its HELLO/) });
+    expect(held.migration!.getState()).toBe(MigState.STOP);
+    held.close();
   });
 
   it('inspect of a bad file: ok false and the first problem, exit 1', async () => {

@@ -227,6 +227,25 @@ describe('live migration between two coordinators', () => {
     }
   });
 
+  it('a source whose devices are not running gives up before its HELLO: the destination reports the cancel (not a foreign peer), nothing touched on either side', async () => {
+    const { a, b, vm } = sourceVm('sim:64KiB');
+    const dst = destVm(a.host, 'sim:64KiB');
+    await vm.pause();
+    const listener = await listenUnix();
+    try {
+      const incoming = later(dst.vm.incoming(listener));
+      const err = await rejection(vm.migrate(listener.uri));
+      expect(err.code).toBe('EVFIO_BAD_TRANSITION');
+      const derr = await rejection(incoming);
+      expect(derr.code).toBe('EVFIO_PEER_CANCELLED');
+      expect(derr.message).toMatch(/cancelled the migration before its HELLO/);
+      expect(states([a.d, b.d])).toEqual(['STOP', 'STOP']);
+      expect(states(dst.devices)).toEqual(['RUNNING', 'RUNNING']);
+    } finally {
+      await listener.close();
+    }
+  });
+
   it('postcopy is refused with a clear error', async () => {
     const { vm } = sourceVm('sim:4KiB');
     const err = await rejection(vm.migrate('unix:/nonexistent', { postcopy: true }));

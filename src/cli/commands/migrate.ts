@@ -73,7 +73,10 @@ Examples:
           },
         });
       } catch (e) {
-        if (e instanceof VfioError && e.deviceState) ctx.note('the source devices run on with their state; the destination reset its devices');
+        // Only true when they do: a migration refused because a device was not running leaves it where it was.
+        if (e instanceof VfioError && e.deviceState?.length && e.deviceState.every((d) => d.state === 'RUNNING')) {
+          ctx.note('the source devices run on with their state; the destination reset its devices');
+        }
         throw e;
       }
       ctx.endProgress();

@@ -2,7 +2,7 @@
 'use strict';
 const fs = require('node:fs');
 const path = require('node:path');
-const { spawnSync } = require('node:child_process');
+const { spawn, spawnSync } = require('node:child_process');
 
 const ROOT = path.resolve(__dirname, '../../..');
 const lib = (p) => require(path.join(ROOT, 'dist/src', p));
@@ -63,14 +63,69 @@ function openFds() {
 }
 
 /**
- * A new mtty mdev of the run's type, never opened before (mtty keeps per-mdev state such as
- * the device info across opens). Returns its UUID and a remover.
+ * A new mtty mdev, never opened before (mtty keeps per-mdev state such as the device info
+ * across opens), of `type` ('mtty-1' or 'mtty-2'; default the run's type). Returns its UUID and
+ * a remover. mtty has 24 ports in all (MAX_MTTYS), 8 of them taken by run.sh's four mtty-2.
  */
-function freshMdev() {
+function freshMdev(type = process.env.MDEV_TYPE || 'mtty-2') {
   const uuid = fs.readFileSync('/proc/sys/kernel/random/uuid', 'utf8').trim();
-  const type = process.env.MDEV_TYPE || 'mtty-2';
   fs.writeFileSync(`/sys/class/mdev_bus/mtty/mdev_supported_types/${type}/create`, uuid);
   return { uuid, remove: () => fs.writeFileSync(`/sys/bus/mdev/devices/${uuid}/remove`, '1') };
 }
 
-module.exports = { freshMdev, ROOT, lib, MDEVS, UART, regW, regR, ports, programUart, uartRegs, drainFifo, cli, openFds };
+/**
+ * The guest boots with its loopback interface down (binding 127.0.0.1 fails with
+ * EADDRNOTAVAIL): bring it up with busybox's ip applet, as a host's init would.
+ */
+function loopbackUp() {
+  const r = spawnSync('ip', ['link', 'set', 'lo', 'up'], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`ip link set lo up: ${r.error?.message ?? r.stderr}`);
+}
+
+/**
+ * `node ...args` in a child process (asynchronous), with `env` added to this one's. Collects
+ * its output; waitOut/waitErr(re) resolve with the match once stdout/stderr matches `re`, and
+ * reject when the child exits first or after `ms` (default 60 s), with what it printed.
+ */
+function spawnNode(args, env = {}) {
+  const proc = spawn(process.execPath, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const text = { out: '', err: '' };
+  const waiters = new Set();
+  const poke = () => waiters.forEach((w) => w());
+  proc.stdout.on('data', (d) => ((text.out += d), poke()));
+  proc.stderr.on('data', (d) => ((text.err += d), poke()));
+  let exited;
+  const exit = new Promise((resolve) => proc.on('close', (code, signal) => resolve((exited = { code, signal }))));
+  const wait = (which, re, ms = 60_000) =>
+    new Promise((resolve, reject) => {
+      const t = setTimeout(() => done(new Error(`no match for ${re} after ${ms} ms`)), ms);
+      const done = (err, m) => {
+        clearTimeout(t);
+        waiters.delete(check);
+        if (err) reject(new Error(`node ${args.join(' ')}: ${err.message}\nstdout:\n${text.out}\nstderr:\n${text.err}`));
+        else resolve(m);
+      };
+      const check = () => {
+        const m = re.exec(text[which]);
+        if (m) done(undefined, m);
+        else if (exited) done(new Error(`exited (${exited.code ?? exited.signal}) before a match for ${re}`));
+      };
+      waiters.add(check);
+      void exit.then(check);
+      check();
+    });
+  return {
+    proc, exit,
+    out: () => text.out,
+    err: () => text.err,
+    waitOut: (re, ms) => wait('out', re, ms),
+    waitErr: (re, ms) => wait('err', re, ms),
+    /** SIGKILL it if it still runs, and wait for it. */
+    async stop() {
+      if (exited === undefined) proc.kill('SIGKILL');
+      await exit;
+    },
+  };
+}
+
+module.exports = { loopbackUp, spawnNode, freshMdev, ROOT, lib, MDEVS, UART, regW, regR, ports, programUart, uartRegs, drainFifo, cli, openFds };

@@ -7,8 +7,8 @@ const assert = require('node:assert/strict');
 const path = require('node:path');
 const os = require('node:os');
 const fs = require('node:fs');
-const { spawn, spawnSync } = require('node:child_process');
-const { lib, MDEVS, programUart, openFds } = require('./helpers');
+const { spawn } = require('node:child_process');
+const { lib, MDEVS, programUart, openFds, loopbackUp } = require('./helpers');
 
 const { listen, connect } = lib('live');
 const { NativeBinding } = lib('kernel/binding/native');
@@ -20,12 +20,8 @@ const { MigState } = lib('kernel/uapi/vfio');
 const ROOT = path.resolve(__dirname, '../../..');
 const binding = new NativeBinding();
 
-// The guest boots with its loopback interface down (127.0.0.1 is EADDRNOTAVAIL): bring it up,
-// with busybox's ip applet, as a host's init would.
-test.before(() => {
-  const r = spawnSync('ip', ['link', 'set', 'lo', 'up'], { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`ip link set lo up: ${r.error?.message ?? r.stderr}`);
-});
+// The guest boots with its loopback interface down (127.0.0.1 is EADDRNOTAVAIL).
+test.before(loopbackUp);
 
 /** A second process that connects to `uri`, writes `text`, reads 3 bytes, prints them and exits. */
 function peerProcess(uri, text) {
