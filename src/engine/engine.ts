@@ -340,6 +340,7 @@ export class MigrationEngine extends EventEmitter<EngineEvents> {
       let step = 'load:resuming';
       try {
         opts.signal?.throwIfAborted();
+        for (const [d] of pairs) await this.clearLeftover(job, d);
         for (const [d, s] of pairs) {
           const session = await this.set(job, d, MigState.RESUMING);
           targets.set(s.index, this.targetOf(d, session, 'load'));
@@ -481,6 +482,23 @@ export class MigrationEngine extends EventEmitter<EngineEvents> {
   private async set(job: Job, d: MigratableDevice, target: MigState): Promise<DataSession | undefined> {
     job.touched.add(d);
     return d.migration!.setState(target);
+  }
+
+  /**
+   * A destination device left in RESUMING (a load that died: mtty keeps the state after the last
+   * close, and asking for RESUMING again is "no change" to the kernel, with no data_fd) or in
+   * ERROR is reset first (VFIO_DEVICE_RESET → RUNNING): its state is about to be replaced. Emits
+   * `recovered`; a failing reset fails the load (which then resets every device).
+   */
+  private async clearLeftover(job: Job, d: MigratableDevice): Promise<void> {
+    const st = d.migration!.stateOrError();
+    if (st !== MigState.RESUMING && st !== MigState.ERROR) return;
+    log('%s: found in %s before the load (left by an earlier one): resetting it first', d.id, migStateName(st));
+    job.touched.add(d);
+    job.reset.add(d);
+    const now = await d.migration!.reset();
+    d.afterReset();
+    this.emit('recovered', { device: d.id, step: 'load:resuming', state: now, reset: true });
   }
 
   /**

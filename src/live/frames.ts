@@ -168,11 +168,22 @@ export interface Hello {
   devices: HelloDevice[];
 }
 
+/** HELLO's optional `regions` (BAR0..5 and ROM sizes); absent from an older source. */
+function decodeRegions(v: unknown, what: string): HelloDevice['regions'] {
+  if (v === undefined) return undefined;
+  const size = (n: unknown): n is number => isNum(n) && Number.isSafeInteger(n) && n >= 0;
+  if (!isObj(v) || !Array.isArray(v.barSizes) || v.barSizes.length !== 6 || !v.barSizes.every(size) || !size(v.romSize)) {
+    throw protocolError(`${what}: regions must be { barSizes: 6 sizes, romSize }`);
+  }
+  return { barSizes: v.barSizes as number[], romSize: v.romSize };
+}
+
 export function encodeHello(h: Hello): Buffer {
   return encodeJson({
     protocol: PROTOCOL_NAME, version: h.version, checksum: h.checksum, features: h.features, keepaliveMs: h.keepaliveMs,
     devices: h.devices.map((d) => ({
       id: d.id, migrationFlags: d.migrationFlags, precopy: d.precopy, stopCopyBytes: d.stopCopyBytes, identity: d.identity, config: d.config.toString('base64'),
+      ...(d.regions ? { regions: d.regions } : {}),
     })),
   });
 }
@@ -208,6 +219,7 @@ export function decodeHello(b: Buffer): Hello {
       stopCopyBytes: isNum(d.stopCopyBytes) ? d.stopCopyBytes : undefined,
       identity,
       config,
+      regions: decodeRegions(d.regions, what),
     };
   });
   return {

@@ -273,14 +273,16 @@ export class LiveSource implements StateSource {
 
   /**
    * Read the source's HELLO. A malformed or foreign HELLO is answered with REFUSE and thrown
-   * (EVFIO_PROTOCOL / EVFIO_PROTOCOL_VERSION). A source that gave up before its HELLO (e.g. its
-   * devices were not running) sends CANCEL instead: EVFIO_PEER_CANCELLED.
+   * (EVFIO_PROTOCOL / EVFIO_PROTOCOL_VERSION). A source that gave up before its HELLO sends
+   * ERROR with its reason (e.g. its devices were not running: EVFIO_PEER_FAILED saying so), or
+   * CANCEL when it was cancelled (EVFIO_PEER_CANCELLED).
    */
   static async open(link: FrameLink, opts: LiveSourceOptions = {}): Promise<LiveSource> {
     let hello: Hello;
     try {
       const f = await link.readFrame(undefined, { timeoutMs: opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS });
       if (f.header.type === FrameType.CANCEL) throw new VfioError(`${link.peer} cancelled the migration before its HELLO`, { code: 'EVFIO_PEER_CANCELLED', step: 'load' });
+      if (f.header.type === FrameType.ERROR) throw peerError(decodeError(f.payload, 'ERROR'), false, link.peer);
       if (f.header.type !== FrameType.HELLO) throw protocolError(`expected HELLO, got ${frameTypeName(f.header.type)}: not a migration source`);
       hello = decodeHello(f.payload);
     } catch (e) {

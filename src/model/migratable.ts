@@ -33,6 +33,13 @@ export interface DeviceRecord {
   migrationFlags: number;
   /** The config space as the source device exposed it (VFIO config region; 256 or 4096 bytes). */
   config: Buffer;
+  /**
+   * The sizes in bytes of the source's BAR regions 0..5 and ROM (VFIO_DEVICE_GET_REGION_INFO; 0:
+   * absent). Config bytes cannot show them (a BAR holds the guest's address; an absent BAR and a
+   * 32-bit memory BAR both have zero type bits), so the destination compares them. Absent in a
+   * snapshot file's record (the device model's section carries them there).
+   */
+  regions?: { barSizes: readonly number[]; romSize: number };
 }
 
 /** A device model's load plan, made by checkModel() before anything is touched. Opaque to the engine. */
@@ -107,12 +114,14 @@ export function regionSizes(dev: VfioDevice): Required<Pick<FromDeviceOptions, '
 /** The record of `dev` under `id`. */
 export function recordOf(dev: VfioDevice, id: string): DeviceRecord {
   const config = rawConfig(dev);
-  return { id, identity: identityFromConfig(config), migrationFlags: dev.migration?.flags ?? 0, config };
+  return { id, identity: identityFromConfig(config), migrationFlags: dev.migration?.flags ?? 0, config, regions: regionSizes(dev) };
 }
 
 /**
- * The destination check both kinds of device make (MigratableDevice.checkRecord): identity, then
- * the saved config space under the destination's own masks.
+ * The destination check both kinds of device make (MigratableDevice.checkRecord): identity, the
+ * BAR and ROM sizes when the record has them (EVFIO_DEVICE_MISMATCH: mtty-1 and mtty-2 share an
+ * identity and differ in BAR1 only), then the saved config space under the destination's own
+ * masks.
  */
 export function checkRecordAgainst(dev: VfioDevice, id: string, saved: DeviceRecord, step = 'load:check'): void {
   const raw = rawConfig(dev);
@@ -124,5 +133,17 @@ export function checkRecordAgainst(dev: VfioDevice, id: string, saved: DeviceRec
       { code: 'EVFIO_DEVICE_MISMATCH', device: id, step },
     );
   }
-  checkConfig(saved.config, destinationConfig(raw, regionSizes(dev)), { device: id, step });
+  const sizes = regionSizes(dev);
+  if (saved.regions) {
+    const name = (i: number): string => (i < 6 ? `BAR${i}` : 'ROM');
+    const savedAll = [...saved.regions.barSizes, saved.regions.romSize];
+    const mineAll = [...sizes.barSizes, sizes.romSize];
+    const diff = mineAll.flatMap((m, i) => (savedAll[i] !== m ? [`${name(i)} ${savedAll[i] ? `${savedAll[i]} bytes` : 'absent'} on the source, ${m ? `${m} bytes` : 'absent'} here`] : []));
+    if (diff.length) {
+      throw new VfioError(`${saved.id} (${describeIdentity(saved.identity)}) cannot be loaded into ${id}: its regions differ: ${diff.join('; ')}`, {
+        code: 'EVFIO_DEVICE_MISMATCH', device: id, step,
+      });
+    }
+  }
+  checkConfig(saved.config, destinationConfig(raw, sizes), { device: id, step });
 }

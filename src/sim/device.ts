@@ -49,9 +49,10 @@
  * changes nothing. A block a PRE_COPY session has sent and the device then rewrites is dirty:
  * PRECOPY_INFO counts it in dirty_bytes and the session sends it again (src/sim/session.ts).
  *  - Releasing the device (last device fd closed) ends the sessions, drops every IRQ trigger,
- *    resets registers and config, and puts the device back in RUNNING (vfio_pci_core_disable(),
- *    mtty_close_device()). The device data (seed) survives, like memory contents would in a model
- *    where only the function is reset.
+ *    resets registers and config, and puts the device back in RUNNING, as vfio-pci does
+ *    (vfio_pci_core_disable() resets the function). mtty does not: its migration state (STOP,
+ *    RESUMING) survives the last close (the kernel tier pins it). The device data (seed)
+ *    survives, like memory contents would in a model where only the function is reset.
  *
  * DMA and DMA logging:
  *  - The DMA engine (BAR0 DMA_* registers, src/sim/bar0.ts; or the `dmaWrite()` test hook) writes

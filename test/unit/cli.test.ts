@@ -290,7 +290,7 @@ describe('vfio-pci CLI: --json on every command', () => {
     }
   });
 
-  it('migrate of a device left in STOP: refused before its HELLO, the note does not claim it runs on; incoming reports the cancel', async () => {
+  it('migrate of a device left in STOP: refused before its HELLO, the note does not claim it runs on; incoming reports why', async () => {
     const sock = `unix:${path.join(dir, 'stopped.sock')}`;
     // Held open in STOP here (the simulator, like vfio-pci, puts a released device back in RUNNING).
     const held = openDevice('sim:64KiB#cli-stopped');
@@ -303,7 +303,7 @@ describe('vfio-pci CLI: --json on every command', () => {
     expect(mj.error).toMatchObject({ code: 'EVFIO_BAD_TRANSITION', deviceState: [{ device: 'sim:64KiB#cli-stopped', state: 'STOP', touched: false }] });
     expect(mj.notes).toBeUndefined();
     const ij = one((await inc).out);
-    expect(ij.error).toMatchObject({ code: 'EVFIO_PEER_CANCELLED', message: expect.stringMatching(/cancelled the migration before its HELLO/) });
+    expect(ij.error).toMatchObject({ code: 'EVFIO_PEER_FAILED', message: expect.stringMatching(/live migration needs running devices/) });
     expect(held.migration!.getState()).toBe(MigState.STOP);
     held.close();
   });
