@@ -1,0 +1,21 @@
+/**
+ * A test's own syscall layer: `inner` with some calls replaced (faults injected, calls dropped or
+ * recorded), the way rust-vmm swaps its syscall layer under test. The library takes its Binding
+ * as a parameter (openDevice's `binding`, the hosts'), so this is where a test steps in, rather
+ * than replacing methods of the library's objects.
+ */
+import type { Binding } from '../../src/kernel/binding/types';
+
+/**
+ * `inner` but for the calls in `overrides`; every other property is `inner`'s (methods bound to
+ * it), and `instanceof` sees `inner`'s class. An override calls `inner` itself for what it passes on.
+ */
+export function intercept<B extends Binding>(inner: B, overrides: Partial<Binding>): B {
+  return new Proxy(inner, {
+    get(target, key) {
+      if (Object.prototype.hasOwnProperty.call(overrides, key)) return overrides[key as keyof Binding];
+      const v = Reflect.get(target, key, target) as unknown;
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  });
+}
