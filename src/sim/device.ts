@@ -468,8 +468,8 @@ export class SimDevice extends EventEmitter<SimDeviceEvents> {
   readonly options: Readonly<ResolvedSimDeviceOptions>;
   /** The device's serial number in its binding (1, 2, ...). */
   readonly serial: number;
-  /** Every arc executed, oldest first (the last 256), for tests that check the kernel's path. */
-  readonly arcLog: Array<[MigState, MigState]> = [];
+  /** The last 256 arcs executed (arcLog). */
+  private readonly arcs: Array<[MigState, MigState]> = [];
 
   private mig = MigState.RUNNING;
   /** The device data: seed and block versions (src/sim/data.ts). */
@@ -559,6 +559,14 @@ export class SimDevice extends EventEmitter<SimDeviceEvents> {
 
   get name(): string | undefined {
     return this.options.name;
+  }
+
+  /**
+   * Every arc executed, oldest first (the last 256), for tests that check the kernel's path; the
+   * 'arc' event reports each as it happens (to record from a point on).
+   */
+  get arcLog(): ReadonlyArray<readonly [MigState, MigState]> {
+    return this.arcs;
   }
 
   /** The current migration state. */
@@ -1126,8 +1134,8 @@ export class SimDevice extends EventEmitter<SimDeviceEvents> {
         raise(next.errno);
       }
       file = this.step(this.mig, next);
-      this.arcLog.push([this.mig, next]);
-      if (this.arcLog.length > 256) this.arcLog.shift();
+      this.arcs.push([this.mig, next]);
+      if (this.arcs.length > 256) this.arcs.shift();
       log('%s: arc %s -> %s', this.label, migStateName(this.mig), migStateName(next));
       const from = this.mig;
       this.mig = next;
