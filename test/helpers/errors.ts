@@ -43,7 +43,8 @@ export async function rejection(p: Promise<unknown> | (() => unknown), type: Err
 /** What a failed syscall's VfioError must say. `errno` defaults to Node's number for `code`. */
 export interface SyscallErrorShape {
   code: string;
-  syscall: string;
+  /** The syscall (unchecked when left out). */
+  syscall?: string;
   errno?: number;
   /** The path the call was given (open). */
   path?: string;
@@ -54,10 +55,24 @@ export interface SyscallErrorShape {
  * the errno name in its message, and the path when one is given. Returns `e`.
  */
 export function expectSyscallError(e: VfioError, want: SyscallErrorShape): VfioError {
-  const errno = want.errno ?? os.constants.errno[want.code as keyof typeof os.constants.errno];
-  expect(errno, `errno of ${want.code}`).toBeTypeOf('number');
-  expect({ code: e.code, errno: e.errno, syscall: e.syscall, kind: e.kind }).toEqual({ code: want.code, errno, syscall: want.syscall, kind: 'syscall' });
+  expectErrnoOf(e, want);
   if (want.path !== undefined) expect(e.path).toBe(want.path);
   expect(e.message).toContain(want.code);
+  return e;
+}
+
+/**
+ * The syscall error `fn` throws: kind 'syscall', errno name `code` with Node's number for it, and
+ * from `syscall` when given (its message is the thrower's to word).
+ */
+export function expectErrno(fn: () => unknown, code: string, syscall?: string): VfioError {
+  return expectErrnoOf(thrown(fn), { code, syscall });
+}
+
+function expectErrnoOf(e: VfioError, want: SyscallErrorShape): VfioError {
+  const errno = want.errno ?? os.constants.errno[want.code as keyof typeof os.constants.errno];
+  expect(errno, `errno of ${want.code}`).toBeTypeOf('number');
+  const syscall = want.syscall ?? e.syscall;
+  expect({ code: e.code, errno: e.errno, syscall: e.syscall, kind: e.kind }).toEqual({ code: want.code, errno, syscall, kind: 'syscall' });
   return e;
 }

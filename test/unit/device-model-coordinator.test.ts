@@ -17,7 +17,7 @@ import {
   BAR0, Guest, MEM_MASTER, SECRET, bootedSource, destination, dispose, file, lossyBinding, makeEnv, newHost, rawCommand, recordArcs, simOf,
   snapshotVm, type Env,
 } from '../helpers/device-model';
-import { rejection } from '../helpers/errors';
+import { rejection, thrown } from '../helpers/errors';
 
 const { RUNNING, RUNNING_P2P, STOP, STOP_COPY, RESUMING } = MigState;
 
@@ -456,12 +456,6 @@ describe('a restore pairs saved devices with the VM\'s by id', () => {
   it('two devices of a VM with one id are refused (EVFIO_DUPLICATE_ID)', () => {
     const a = bootedSource(env, 'sim:4096', { id: 'x' });
     const b = bootedSource(env, 'sim:4096', { id: 'x' });
-    let err: unknown;
-    try {
-      new MigrationCoordinator([a.d, b.d]);
-    } catch (e) {
-      err = e;
-    }
-    expect((err as { code?: string }).code).toBe('EVFIO_DUPLICATE_ID');
+    expect(thrown(() => new MigrationCoordinator([a.d, b.d])).code).toBe('EVFIO_DUPLICATE_ID');
   });
 });

@@ -7,7 +7,7 @@
  *  - BARs placed from the snapshot, never allocated again (the restored allocator refuses);
  *  - config space compared under the destination's own masks (VSC body may differ, its header and the ids may not).
  * The coordinator and failure recovery are in device-model-coordinator.test.ts, the fd count in
- * device-model-fds.test.ts, the sim options themselves in device-model-sim.test.ts.
+ * device-model-fds.test.ts, the sim options themselves in test/sim/device-model-support.test.ts.
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BAR0_ID_VALUE, CAP_OFFSETS } from '../../src/sim';
