@@ -845,7 +845,7 @@ export function pumpContract<B extends Binding>(name: string, create: () => { bi
         [() => p.readRecords(0, 1, buf, { records: 1.5 } as ReadRecordsOptions), R, 'readRecords: "records" must be an integer'],
       ];
       for (const [call, code, message] of cases) {
-        const e = thrown(call, Error) as Error & { code?: string };
+        const e = thrown(call, Error, message) as Error & { code?: string };
         expect(e, message).toBeInstanceOf(code === T ? TypeError : RangeError);
         expect({ code: e.code, message: e.message }).toEqual({ code, message });
       }

@@ -367,7 +367,7 @@ export function socketContract(name: string, create: () => Binding, opts: Socket
         [() => b.getpeername(0.5), RangeError],
       ];
       for (const [call, type] of cases) {
-        const e = thrown(call, Error);
+        const e = thrown(call, Error, String(call));
         expect(e, String(call)).toBeInstanceOf(type);
         expect((e as { code?: string }).code).toBe(type === TypeError ? 'ERR_INVALID_ARG_TYPE' : 'ERR_OUT_OF_RANGE');
       }

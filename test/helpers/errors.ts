@@ -11,11 +11,12 @@ type ErrorClass<E extends Error> = abstract new (...args: never[]) => E;
 
 /**
  * The error `fn` throws synchronously: a VfioError, or an instance of `type`. A call that returns
- * a promise instead of throwing fails the test (its rejection is caught, not left unhandled).
+ * a promise instead of throwing fails the test (its rejection is caught, not left unhandled);
+ * `label` names the case in that failure.
  */
 export function thrown(fn: () => unknown): VfioError;
-export function thrown<E extends Error>(fn: () => unknown, type: ErrorClass<E>): E;
-export function thrown(fn: () => unknown, type: ErrorClass<Error> = VfioError): Error {
+export function thrown<E extends Error>(fn: () => unknown, type: ErrorClass<E>, label?: string): E;
+export function thrown(fn: () => unknown, type: ErrorClass<Error> = VfioError, label?: string): Error {
   let result: unknown;
   try {
     result = fn();
@@ -24,7 +25,7 @@ export function thrown(fn: () => unknown, type: ErrorClass<Error> = VfioError): 
     throw e;
   }
   if (result instanceof Promise) result.catch(() => undefined);
-  throw new Error(`expected a synchronous throw of ${type.name}, ${result instanceof Promise ? 'got a promise' : 'nothing was thrown'}`);
+  throw new Error(`${label ? `${label}: ` : ''}expected a synchronous throw of ${type.name}, ${result instanceof Promise ? 'got a promise' : 'nothing was thrown'}`);
 }
 
 /** The VfioError (or instance of `type`) that `p`, or the promise `p()` returns, rejects with; `p()` may also throw. */
@@ -38,6 +39,13 @@ export async function rejection(p: Promise<unknown> | (() => unknown), type: Err
     throw e;
   }
   throw new Error(`expected a rejection with ${type.name}, got success`);
+}
+
+/** The VfioError `fn` throws, which must have `code` (and `kind`, when given). */
+export function expectVfioError(fn: () => unknown, code: string, kind?: string): VfioError {
+  const e = thrown(fn);
+  expect(kind === undefined ? { code: e.code } : { code: e.code, kind: e.kind }).toEqual(kind === undefined ? { code } : { code, kind });
+  return e;
 }
 
 /** What a failed syscall's VfioError must say. `errno` defaults to Node's number for `code`. */
