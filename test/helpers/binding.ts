@@ -4,6 +4,7 @@
  * as a parameter (openDevice's `binding`, the hosts'), so this is where a test steps in, rather
  * than replacing methods of the library's objects.
  */
+import { loadBinding } from '../../src/kernel/binding';
 import type { Binding } from '../../src/kernel/binding/types';
 
 /**
@@ -18,4 +19,13 @@ export function intercept<B extends Binding>(inner: B, overrides: Partial<Bindin
       return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
     },
   });
+}
+
+/** The real binding (the addon, else koffi), or undefined where neither loads: the tests that need one skip, saying so. */
+export function realBinding(): Binding | undefined {
+  try {
+    return loadBinding();
+  } catch {
+    return undefined;
+  }
 }

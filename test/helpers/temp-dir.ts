@@ -7,8 +7,8 @@ import { afterAll, afterEach, beforeAll, beforeEach } from 'vitest';
 export interface TempDir {
   /** The directory (only inside tests and hooks: it is made by a hook). */
   readonly path: string;
-  /** `name` in the directory. */
-  file(name: string): string;
+  /** A path in the directory: `names` joined below it. */
+  file(...names: string[]): string;
 }
 
 /**
@@ -37,7 +37,7 @@ export function useTempDir(prefix: string, opts: { each?: boolean } = {}): TempD
       if (!dir) throw new Error(`the temporary directory ${prefix} exists only inside tests`);
       return dir;
     },
-    file: (name) => path.join(t.path, name),
+    file: (...names) => path.join(t.path, ...names),
   };
   return t;
 }

@@ -22,7 +22,6 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { SimBinding, type SimDevice } from '../../src/sim';
-import { loadBinding } from '../../src/kernel/binding';
 import type { Binding } from '../../src/kernel/binding/types';
 import type { VfioDevice } from '../../src/kernel/device';
 import { openDevice } from '../../src/kernel/open';
@@ -36,7 +35,7 @@ import { SnapshotReader } from '../../src/snapshot/reader';
 import type { WriterFile, WriterFiles } from '../../src/snapshot/writer';
 import * as f from '../../src/snapshot/format';
 import { MigState } from '../../src/kernel/uapi/vfio';
-import { intercept } from '../helpers/binding';
+import { intercept, realBinding } from '../helpers/binding';
 import { rejection } from '../helpers/errors';
 import { openFdCount } from '../helpers/fds';
 
@@ -138,12 +137,7 @@ function faultyBinding(inner: SimBinding): Binding {
 }
 
 // ------------------------------------------------------------------ set-up
-let real: Binding | undefined;
-try {
-  real = loadBinding();
-} catch {
-  real = undefined;
-}
+const real = realBinding();
 
 interface Env {
   sim: SimBinding;
