@@ -13,9 +13,11 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import type { VfioError } from '../../src/base/errors';
 import type { Binding } from '../../src/kernel/binding/types';
 import { jsChecksum, type ChecksumAlgorithm, type Pump, type PumpBuffers, type PumpError, type ReadRecordsOptions } from '../../src/kernel/pump';
+import { pipeScope } from '../helpers/binding';
 import { fillBlock, pattern } from '../helpers/bytes';
 import { rejection, thrown } from '../helpers/errors';
 import { openFdCount } from '../helpers/fds';
+import { itUnless } from '../helpers/skip';
 import { socketPair } from '../helpers/socket';
 import { useTempDir } from '../helpers/temp-dir';
 import { writeAll } from '../helpers/uapi';
@@ -85,28 +87,8 @@ export function pumpContract<B extends Binding>(name: string, create: () => { bi
       ({ binding: b, pump: p } = create());
     });
 
-    const itFiles = (title: string, fn: () => Promise<void> | void, timeout?: number) =>
-      it.skipIf(!opts.files)(`${title}${noFiles ? ` (skipped: ${noFiles})` : ''}`, fn, timeout);
-
-    /** Fds the test opened and has not closed yet. */
-    const opened = new Set<number>();
-    /** Close an fd `withPipe` made (once; the cleanup then leaves it alone). */
-    const close = (fd: number): void => {
-      if (opened.delete(fd)) b.close(fd);
-    };
-
-    /** A fresh pipe, closed afterwards (whichever ends `close` did not close). */
-    async function withPipe<T>(flags: number, fn: (r: number, w: number) => Promise<T> | T): Promise<T> {
-      const [r, w] = b.pipe(flags);
-      opened.add(r);
-      opened.add(w);
-      try {
-        return await fn(r, w);
-      } finally {
-        close(r);
-        close(w);
-      }
-    }
+    const itFiles = (title: string, fn: () => Promise<void> | void, timeout?: number): void => itUnless(noFiles, title, fn, timeout);
+    const { withPipe, close } = pipeScope(() => b);
 
     /** Read exactly `n` bytes (or to the end) from a stream fd through the binding. */
     async function drain(fd: number, n: number): Promise<Buffer> {
@@ -461,8 +443,9 @@ export function pumpContract<B extends Binding>(name: string, create: () => { bi
         });
       });
 
-      it.skipIf(!opts.boundedWrites)(
-        `idleTimeoutMs: a reader that stalls makes a write into its (blocking) pipe fail with ETIMEDOUT${opts.boundedWrites ? '' : ' (skipped: this pump writes on the binding\'s threads)'}`,
+      itUnless(
+        opts.boundedWrites ? undefined : "this pump writes on the binding's threads",
+        'idleTimeoutMs: a reader that stalls makes a write into its (blocking) pipe fail with ETIMEDOUT',
         async () => {
           const data = pattern(4 << 20, 8);
           await withPipe(0, async (r, w) => {
@@ -729,7 +712,7 @@ export function pumpContract<B extends Binding>(name: string, create: () => { bi
         });
       });
 
-      it.skipIf(!opts.files)(`from a socket: the pump stops at a control frame and leaves the socket's next bytes to the caller; a closed peer is EPIPE, not SIGPIPE${noFiles ? ` (skipped: ${noFiles})` : ''}`, async () => {
+      itFiles("from a socket: the pump stops at a control frame and leaves the socket's next bytes to the caller; a closed peer is EPIPE, not SIGPIPE", async () => {
         const [s1, s2] = socketPair();
         const [r2, w2] = b.pipe();
         try {
@@ -764,7 +747,7 @@ export function pumpContract<B extends Binding>(name: string, create: () => { bi
         }
       });
 
-      it.skipIf(!opts.files)(`writes and reads back a stream of records through a socket${noFiles ? ` (skipped: ${noFiles})` : ''}`, async () => {
+      itFiles('writes and reads back a stream of records through a socket', async () => {
         const [s1, s2] = socketPair();
         const data = pattern(3 << 20, 77);
         const srcPath = tmp('sock.src');

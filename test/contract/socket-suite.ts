@@ -22,6 +22,7 @@ import {
 import { pattern } from '../helpers/bytes';
 import { expectSyscallError, rejection, thrown } from '../helpers/errors';
 import { O_CLOEXEC, fdFlags, openFdCount } from '../helpers/fds';
+import { describeUnless, itUnless } from '../helpers/skip';
 import { useTempDir } from '../helpers/temp-dir';
 import { writeAll } from '../helpers/uapi';
 
@@ -74,15 +75,10 @@ export function socketContract(name: string, create: () => Binding, opts: Socket
 
     /** Why the cases that need a socket cannot run here (undefined: they can). */
     const noSockets = opts.virtual ? 'no sockets on a purely virtual binding' : undefined;
-    const titled = (title: string): string => (noSockets ? `${title} (skipped: ${noSockets})` : title);
     /** A case that needs real sockets. */
-    const itSockets = (title: string, fn: () => Promise<void> | void): void => {
-      it.skipIf(noSockets !== undefined)(titled(title), fn);
-    };
+    const itSockets = (title: string, fn: () => Promise<void> | void): void => itUnless(noSockets, title, fn);
     /** A group of cases that need real sockets. */
-    const describeSockets = (title: string, fn: () => void): void => {
-      describe.skipIf(noSockets !== undefined)(titled(title), fn);
-    };
+    const describeSockets = (title: string, fn: () => void): void => describeUnless(noSockets, title, fn);
 
     /** Track an fd so that a failing test does not leak it into the next. */
     const track = (fd: number): number => (opened.add(fd), fd);

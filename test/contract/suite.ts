@@ -18,9 +18,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { VfioError } from '../../src/base/errors';
 import { POLLHUP, POLLIN, POLLOUT, type Binding } from '../../src/kernel/binding/types';
+import { pipeScope } from '../helpers/binding';
 import { pattern } from '../helpers/bytes';
 import { expectSyscallError, rejection, thrown } from '../helpers/errors';
 import { O_CLOEXEC, fdFlags, isOpen, openFdCount } from '../helpers/fds';
+import { describeUnless, itUnless } from '../helpers/skip';
 import { useTempDir } from '../helpers/temp-dir';
 
 // ---- Linux constants used below ----
@@ -50,8 +52,7 @@ export interface ContractOptions<B extends Binding> {
  * tells the run apart after a space. `create` is called once, before the tests.
  */
 export function bindingContract<B extends Binding>(name: string, create: () => B, opts: ContractOptions<B> = {}): void {
-  const title = `Binding contract: ${name}` + (opts.skip ? ` (skipped: ${opts.skip})` : '');
-  describe.skipIf(opts.skip !== undefined)(title, () => {
+  describeUnless(opts.skip, `Binding contract: ${name}`, () => {
     let b: B;
     const tmp = useTempDir(`vfio-contract-${name}`);
 
@@ -63,32 +64,10 @@ export function bindingContract<B extends Binding>(name: string, create: () => B
     const lacks = (what: string): string | undefined => (opts.virtual ? `${what} on a purely virtual binding` : undefined);
     const noFiles = lacks('no real files');
     const noFlags = lacks('no kernel fd flags (/proc/self/fdinfo)');
-    /** A case run only when `reason` is undefined, skipped with the reason in its title otherwise. */
-    const itUnless = (reason: string | undefined, title: string, fn: () => Promise<void> | void): void => {
-      it.skipIf(reason !== undefined)(`${title}${reason ? ` (skipped: ${reason})` : ''}`, fn);
-    };
     /** Open fds: this process's, or the virtual binding's own. */
     const countFds = (): number => (opts.virtual ? opts.virtual.countFds(b) : openFdCount());
 
-    /** Pipe ends `withPipe` made that the test has not closed yet. */
-    const opened = new Set<number>();
-    /** Close a pipe end `withPipe` made (once; the clean-up then leaves it alone). */
-    const close = (fd: number): void => {
-      if (opened.delete(fd)) b.close(fd);
-    };
-
-    /** Run `fn` with a fresh pipe (closed afterwards, whichever ends `close` did not close). */
-    async function withPipe<T>(flags: number, fn: (r: number, w: number) => Promise<T> | T): Promise<T> {
-      const [r, w] = b.pipe(flags);
-      opened.add(r);
-      opened.add(w);
-      try {
-        return await fn(r, w);
-      } finally {
-        close(r);
-        close(w);
-      }
-    }
+    const { withPipe, close } = pipeScope(() => b);
 
     it('reports its name', () => {
       expect(b.name).toBe(name.split(' ')[0]);
@@ -214,8 +193,9 @@ export function bindingContract<B extends Binding>(name: string, create: () => B
           return `/dev/ptmx: ${(e as Error).message}`;
         }
       })();
-      it.skipIf(ptmxReason !== undefined)(
-        `passes an integer by value and returns the ioctl's value: TIOCGPTPEER${ptmxReason ? ` (skipped: ${ptmxReason})` : ''}`,
+      itUnless(
+        ptmxReason,
+        "passes an integer by value and returns the ioctl's value: TIOCGPTPEER",
         () => {
           const ptmx = b.open('/dev/ptmx', O_RDWR | O_NOCTTY);
           const peers: number[] = [];

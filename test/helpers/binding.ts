@@ -29,3 +29,33 @@ export function realBinding(): Binding | undefined {
     return undefined;
   }
 }
+
+/** The pipes of a test over a binding: see pipeScope(). */
+export interface PipeScope {
+  /** Run `fn` with a fresh pipe (pipe2 `flags`); afterwards both ends are closed, but for those `close` closed. */
+  withPipe<T>(flags: number, fn: (r: number, w: number) => Promise<T> | T): Promise<T>;
+  /** Close an end `withPipe` made, once (the clean-up then leaves it alone); other fds are not touched. */
+  close(fd: number): void;
+}
+
+/** Pipes made with the binding `binding()` returns (a suite's, made in a hook), closed through it on every path. */
+export function pipeScope(binding: () => Binding): PipeScope {
+  const opened = new Set<number>();
+  const close = (fd: number): void => {
+    if (opened.delete(fd)) binding().close(fd);
+  };
+  return {
+    close,
+    async withPipe(flags, fn) {
+      const [r, w] = binding().pipe(flags);
+      opened.add(r);
+      opened.add(w);
+      try {
+        return await fn(r, w);
+      } finally {
+        close(r);
+        close(w);
+      }
+    },
+  };
+}

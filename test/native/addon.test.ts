@@ -18,6 +18,7 @@ import { POLLIN, type Binding } from '../../src/kernel/binding/types';
 import { JsPump, NativePump, jsChecksum, type Pump } from '../../src/kernel/pump';
 import { rejection, thrown } from '../helpers/errors';
 import { useTempDir } from '../helpers/temp-dir';
+import { itUnless } from '../helpers/skip';
 
 const crc32c = (b: Buffer) => jsChecksum.crc32c(b);
 
@@ -77,7 +78,7 @@ describe('loading', () => {
   for (const rel of NATIVE_ADDON_FILES) {
     const file = path.join(root, rel);
     const present = fs.existsSync(file);
-    it.skipIf(!present)(`${rel} loads and works${present ? '' : ' (skipped: not built)'}`, async () => {
+    itUnless(present ? undefined : 'not built', `${rel} loads and works`, async () => {
       const b = new NativeBinding(file);
       expect(b.file).toBe(file);
       const efd = b.eventfd(0);

@@ -10,6 +10,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import * as S from '../../src/kernel/uapi/socket';
 import { NO_CC_REASON, findCompiler } from '../helpers/cc';
 import { useTempDir } from '../helpers/temp-dir';
+import { describeUnless } from '../helpers/skip';
 
 const CC = findCompiler();
 
@@ -84,7 +85,7 @@ function program(): string {
   return lines.join('\n') + '\n';
 }
 
-describe.skipIf(!CC)(`socket uAPI against the C headers${CC ? '' : ` (skipped: ${NO_CC_REASON})`}`, () => {
+describeUnless(CC ? undefined : NO_CC_REASON, 'socket uAPI against the C headers', () => {
   const dir = useTempDir('socket-header');
   const out = new Map<string, string>();
 

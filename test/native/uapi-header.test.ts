@@ -23,6 +23,7 @@ import * as structs from '../../src/kernel/uapi/structs';
 import * as vfio from '../../src/kernel/uapi/vfio';
 import { NO_CC_REASON, findCompiler } from '../helpers/cc';
 import { useTempDir } from '../helpers/temp-dir';
+import { describeUnless } from '../helpers/skip';
 
 // ------------------------------------------------------------------------------------ compiler
 
@@ -1139,7 +1140,7 @@ if (HEADER_SETS.length === 1 && !process.env.UAPI_INCLUDE_DIR) {
   console.log(`uapi-header.test: no 6.12 headers at ${KERNEL_CACHE_UAPI}: only the system headers are checked`);
 }
 
-for (const headerSet of HEADER_SETS) describe.skipIf(!CC)(`uAPI values vs ${headerSet.label}${CC ? '' : ` (SKIPPED: ${NO_CC_REASON})`}`, () => {
+for (const headerSet of HEADER_SETS) describeUnless(CC ? undefined : NO_CC_REASON, `uAPI values vs ${headerSet.label}`, () => {
   const dir = useTempDir('uapi-header');
   let probe: Probe;
   const ctx: Layouts = {

@@ -18,6 +18,7 @@ import { rejection } from '../helpers/errors';
 import { arcsOf } from '../helpers/sim';
 import { useTempDir } from '../helpers/temp-dir';
 import { dataSize, getState, precopyInfo, readToEnd, readU32, setState, writeAll, type SetStateResult } from '../helpers/uapi';
+import { itUnless } from '../helpers/skip';
 
 const { RUNNING, STOP, STOP_COPY, RESUMING, PRE_COPY, PRE_COPY_P2P, ERROR } = MigState;
 const O_RDWR = 2;
@@ -468,7 +469,7 @@ describe('pump and an inner real binding', () => {
 
   const tmp = useTempDir('sim-mig');
 
-  it.skipIf(!inner)(`snapshots a sim device into a real file and restores from it (real + virtual fds mixed)${inner ? '' : ' (skipped: neither the addon nor koffi loads)'}`, async () => {
+  itUnless(inner ? undefined : 'neither the addon nor koffi loads', 'snapshots a sim device into a real file and restores from it (real + virtual fds mixed)', async () => {
     const b = new SimBinding(inner);
     const a = b.open('sim:300000:seed=31', O_RDWR);
     scribble(b, a, 5);

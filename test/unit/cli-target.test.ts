@@ -9,6 +9,7 @@ import { SnapshotWriter } from '../../src/snapshot/writer';
 import { runCli } from '../helpers/cli';
 import { rejection } from '../helpers/errors';
 import { useTempDir } from '../helpers/temp-dir';
+import { itUnless } from '../helpers/skip';
 
 const tmp = useTempDir('cli-target', { each: true });
 
@@ -21,7 +22,7 @@ function kind(p: string): string {
 }
 
 describe('snapshot -o: only a regular file is ever replaced', () => {
-  it.skipIf(!isRoot)('a character device, a block device (mknod), a FIFO (mkfifo), a socket, a directory, a link: refused, untouched, before the device is', async () => {
+  itUnless(isRoot ? undefined : 'not running as root (mknod needs CAP_MKNOD)', 'a character device, a block device (mknod), a FIFO (mkfifo), a socket, a directory, a link: refused, untouched, before the device is', async () => {
     const targets: Array<[string, string]> = [];
     const chr = tmp.file('full');
     execFileSync('mknod', [chr, 'c', '1', '7']); // what /dev/full is

@@ -38,6 +38,7 @@ import { MigState } from '../../src/kernel/uapi/vfio';
 import { intercept, realBinding } from '../helpers/binding';
 import { rejection } from '../helpers/errors';
 import { openFdCount } from '../helpers/fds';
+import { itUnless } from '../helpers/skip';
 
 const { RUNNING, STOP } = MigState;
 
@@ -339,7 +340,7 @@ afterAll(() => {
 });
 
 describe('saveSnapshot on a full disk (real ENOSPC)', () => {
-  it.skipIf(!tmpfs.dir)(`a 1 MiB state on a 512 KiB tmpfs: ENOSPC, no file, device RUNNING${tmpfs.reason ? ` [skipped: ${tmpfs.reason}]` : ''}`, async () => {
+  itUnless(tmpfs.reason, 'a 1 MiB state on a 512 KiB tmpfs: ENOSPC, no file, device RUNNING', async () => {
     const { sd, dev } = sim('big', 'sim:1MiB');
     const file = path.join(tmpfs.dir!, 'vm.vfiosnap');
     fs.writeFileSync(file, OLD);
