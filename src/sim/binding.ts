@@ -402,15 +402,17 @@ export class SimBinding implements Binding {
   }
 
   /**
-   * For a virtual fd: check the call's other arguments (`check`) and throw ENOTSOCK (EBADF when
-   * it is not open). Returns for a real fd, which the caller hands to the inner binding.
+   * For a virtual fd, or any fd without an inner binding: check the call's arguments (`check`),
+   * as the real bindings do before the kernel sees the fd, then throw ENOTSOCK (EBADF when the fd
+   * is not open, or is real and there is no inner binding). Returns for a real fd with an inner
+   * binding, which the caller hands the call to.
    */
   private notSocket(fn: string, fd: number, check: () => unknown, syscall = fn): void {
-    if (!SimBinding.isVirtualFd(fd)) return;
+    if (!SimBinding.isVirtualFd(fd) && this.inner) return;
     A.fd(fn, fd);
-    const f = this.virtual(syscall, fd);
-    if (!f) return;
     check();
+    const f = this.virtual(syscall, fd);
+    if (!f) throw VfioError.fromErrno(E.EBADF, { syscall });
     throw this.err(E.ENOTSOCK, syscall, f);
   }
 

@@ -79,6 +79,7 @@
  *    Every `dmaLoggingFailEvery`-th REPORT fails with EIO (mlx5: a tracker error). Releasing the
  *    device stops logging; a reset does not (mlx5 keeps its tracker across resets).
  */
+import { EventEmitter } from 'eventemitter3';
 import { logger } from '../base/log';
 import { isRejection, isSavingState, nextState } from '../kernel/plan';
 import {
@@ -93,6 +94,7 @@ import {
   SIZEOF_IRQ_INFO,
   SIZEOF_REGION_INFO,
   decodeDmaLoggingControl,
+  decodeIrqSet,
   decodeDmaLoggingRanges,
   decodeDmaLoggingReport,
   encodeDeviceInfo,
@@ -102,6 +104,7 @@ import {
   encodeMigState,
   encodeMigrationFlags,
   encodeRegionInfo,
+  type IrqSet,
 } from '../kernel/uapi/structs';
 import {
   MigState,
@@ -350,6 +353,23 @@ export interface SimRegisters extends RegisterBlock {
   size: number;
 }
 
+/**
+ * What a simulated device reports as it serves calls, for tests that check what the "kernel"
+ * executed (serialport's binding-mock has such hooks): `sim.on('arc', (from, to) => ...)`. Each
+ * is emitted once the call or step succeeded, in the order the device served them, and before
+ * the call returns; a listener must not throw or call into the device.
+ */
+export interface SimDeviceEvents {
+  /** One arc of the migration state machine was executed (a SET of MIG_DEVICE_STATE may walk several). */
+  arc: (from: MigState, to: MigState) => void;
+  /** The device was reset: by VFIO_DEVICE_RESET, or by a function-level reset written to config space. */
+  reset: (how: 'VFIO_DEVICE_RESET' | 'FLR') => void;
+  /** A write to config space reached the device: its offset in the config region and a copy of the bytes. */
+  'config-write': (offset: number, data: Buffer) => void;
+  /** VFIO_DEVICE_SET_IRQS was accepted: the struct's header (flags, index, start, count). */
+  'set-irqs': (set: IrqSet) => void;
+}
+
 /** A view of the current data session, for tests. */
 export interface SessionInfo {
   kind: 'save' | 'resume';
@@ -441,13 +461,16 @@ function resolveOptions(o: SimDeviceOptions, serial: number): ResolvedSimDeviceO
   };
 }
 
-/** The model of one simulated device. Tests reach it with `SimBinding.device(...)`. */
-export class SimDevice {
+/**
+ * The model of one simulated device. Tests reach it with `SimBinding.device(...)`, and follow
+ * what it serves through its events ({@link SimDeviceEvents}).
+ */
+export class SimDevice extends EventEmitter<SimDeviceEvents> {
   readonly options: Readonly<ResolvedSimDeviceOptions>;
   /** The device's serial number in its binding (1, 2, ...). */
   readonly serial: number;
-  /** Every arc executed, oldest first (the last 256), for tests that check the kernel's path. */
-  readonly arcLog: Array<[MigState, MigState]> = [];
+  /** The last 256 arcs executed (arcLog). */
+  private readonly arcs: Array<[MigState, MigState]> = [];
 
   private mig = MigState.RUNNING;
   /** The device data: seed and block versions (src/sim/data.ts). */
@@ -482,6 +505,7 @@ export class SimDevice {
     serial: number,
     options: SimDeviceOptions = {},
   ) {
+    super();
     this.serial = serial;
     this.options = Object.freeze(resolveOptions(options, serial));
     this.data = new DeviceData(this.options.seed, this.options.size, this.options.blockSize);
@@ -536,6 +560,14 @@ export class SimDevice {
 
   get name(): string | undefined {
     return this.options.name;
+  }
+
+  /**
+   * Every arc executed, oldest first (the last 256), for tests that check the kernel's path; the
+   * 'arc' event reports each as it happens (to record from a point on).
+   */
+  get arcLog(): ReadonlyArray<readonly [MigState, MigState]> {
+    return this.arcs;
   }
 
   /** The current migration state. */
@@ -823,10 +855,14 @@ export class SimDevice {
       case VFIO_DEVICE_GET_IRQ_INFO:
         this.consume('GET_IRQ_INFO');
         return this.getIrqInfo(arg);
-      case VFIO_DEVICE_SET_IRQS:
+      case VFIO_DEVICE_SET_IRQS: {
         this.consume('SET_IRQS');
-        this.irq.setIrqs(struct(arg));
+        const set = struct(arg);
+        this.irq.setIrqs(set);
+        const { flags, index, start, count } = decodeIrqSet(set);
+        this.emit('set-irqs', { flags, index, start, count });
         return 0;
+      }
       case VFIO_DEVICE_RESET:
         this.consume('RESET');
         this.functionReset('VFIO_DEVICE_RESET');
@@ -858,7 +894,10 @@ export class SimDevice {
       if (kind === 'read') this.bar0.read(at, buf, bufOff, n);
       else this.bar0.write(at, buf, bufOff, n);
     } else if (kind === 'read') this.cfg.read(at, buf, bufOff, n);
-    else this.cfg.write(at, buf, bufOff, n);
+    else {
+      this.cfg.write(at, buf, bufOff, n);
+      if (this.listenerCount('config-write')) this.emit('config-write', at, Buffer.from(buf.subarray(bufOff, bufOff + n)));
+    }
     return n;
   }
 
@@ -1096,10 +1135,12 @@ export class SimDevice {
         raise(next.errno);
       }
       file = this.step(this.mig, next);
-      this.arcLog.push([this.mig, next]);
-      if (this.arcLog.length > 256) this.arcLog.shift();
+      this.arcs.push([this.mig, next]);
+      if (this.arcs.length > 256) this.arcs.shift();
       log('%s: arc %s -> %s', this.label, migStateName(this.mig), migStateName(next));
+      const from = this.mig;
       this.mig = next;
+      this.emit('arc', from, next);
     }
     return file;
   }
@@ -1251,13 +1292,14 @@ export class SimDevice {
   }
 
   /** VFIO_DEVICE_RESET / FLR: back to RUNNING with power-on registers and config. */
-  private functionReset(why: string): void {
+  private functionReset(why: 'VFIO_DEVICE_RESET' | 'FLR'): void {
     log('%s: reset (%s) from %s', this.label, why, migStateName(this.mig));
     this.endSessions();
     this.mig = MigState.RUNNING;
     this.bar0.reset();
     this.cfg.reset();
     this.host.wake();
+    this.emit('reset', why);
   }
 
   /** The last device fd closed. */

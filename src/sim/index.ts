@@ -7,7 +7,7 @@
 export { SimBinding, VIRTUAL_FD_BASE, POLLNVAL, type SimBindingOptions, type Session } from './binding';
 export { registerSimulator, openSimDevice, defaultSimBinding, simulatorProvider, simIommuContext } from './provider';
 export { SimDevice, DEFAULT_SIM_SIZE, DEFAULT_SIM_MIGRATION_FLAGS } from './device';
-export type { SimDeviceOptions, ResolvedSimDeviceOptions, SimOp, SimRegisters, SessionInfo, ExternalDataFd } from './device';
+export type { SimDeviceOptions, ResolvedSimDeviceOptions, SimDeviceEvents, SimOp, SimRegisters, SessionInfo, ExternalDataFd } from './device';
 export type { DataFault, SaveFigures } from './session';
 export type { DataDigest } from './data';
 export type { IrqSnapshot, IrqMode } from './irq';

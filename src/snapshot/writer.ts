@@ -33,7 +33,40 @@ export interface WriterOptions {
   mode?: number;
   /** The checksum algorithm of the file (default 'crc32c'), recorded in its header. */
   checksum?: f.ChecksumAlgorithm;
+  /**
+   * The file calls the writer makes (default: node:fs/promises). For tests that trace them (the
+   * order of fsync and rename) or make them fail (EIO, ENOSPC); see {@link WriterFiles}.
+   */
+  files?: WriterFiles;
 }
+
+/**
+ * The file-system calls of a writer, a narrow view of node:fs/promises: `open` of the temporary
+ * file (O_WRONLY | O_CREAT | O_EXCL, mode 0o600) and of its directory for the fsync after the
+ * rename (O_RDONLY | O_DIRECTORY), `rename` over the destination, `unlink` of the temporary file.
+ * Errors are Node's (`code`, `errno`, `syscall`), which the writer turns into VfioErrors.
+ */
+export interface WriterFiles {
+  open(path: string, flags: number, mode?: number): Promise<WriterFile>;
+  rename(from: string, to: string): Promise<void>;
+  unlink(path: string): Promise<void>;
+}
+
+/** What the writer does with an open file: the part of fs.promises.FileHandle it uses. */
+export interface WriterFile {
+  readonly fd: number;
+  chmod(mode: number): Promise<void>;
+  /** pwrite(2) of `length` bytes of `buffer` from `offset` at file position `position`; may be short. */
+  write(buffer: Buffer, offset: number, length: number, position: number): Promise<{ bytesWritten: number }>;
+  sync(): Promise<void>;
+  close(): Promise<void>;
+}
+
+const nodeFiles: WriterFiles = {
+  open: (p, flags, mode) => fs.promises.open(p, flags, mode),
+  rename: (from, to) => fs.promises.rename(from, to),
+  unlink: (p) => fs.promises.unlink(p),
+};
 
 /** A Node fs error of `op` on `file` as a VfioError (errors.ts fsError); anything else unchanged. */
 function ioError(e: unknown, op: string, file: string, step = 'snapshot:write'): unknown {
@@ -50,8 +83,9 @@ export class SnapshotWriter {
   private constructor(
     readonly finalPath: string,
     readonly tempPath: string,
-    private readonly fh: fs.promises.FileHandle,
+    private readonly fh: WriterFile,
     private readonly opts: WriterOptions,
+    private readonly files: WriterFiles,
   ) {}
 
   /**
@@ -63,10 +97,11 @@ export class SnapshotWriter {
     checkSnapshotTarget(finalPath);
     const dir = path.dirname(path.resolve(finalPath));
     const tempPath = path.join(dir, `.${path.basename(finalPath)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
-    let fh: fs.promises.FileHandle;
+    const files = opts.files ?? nodeFiles;
+    let fh: WriterFile;
     try {
       // Node opens every file with O_CLOEXEC.
-      fh = await fs.promises.open(tempPath, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+      fh = await files.open(tempPath, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
     } catch (e) {
       throw ioError(e, 'open', tempPath);
     }
@@ -75,10 +110,10 @@ export class SnapshotWriter {
       await fh.chmod(opts.mode ?? 0o600);
     } catch (e) {
       await fh.close().catch(() => undefined);
-      await fs.promises.unlink(tempPath).catch(() => undefined);
+      await files.unlink(tempPath).catch(() => undefined);
       throw ioError(e, 'fchmod', tempPath);
     }
-    const w = new SnapshotWriter(finalPath, tempPath, fh, opts);
+    const w = new SnapshotWriter(finalPath, tempPath, fh, opts, files);
     try {
       await w.put(f.encodeFileHeader(opts.created ?? Date.now(), w.checksum), true);
     } catch (e) {
@@ -201,9 +236,9 @@ export class SnapshotWriter {
       const t1 = performance.now();
       signal?.throwIfAborted();
       checkSnapshotTarget(this.finalPath, 'snapshot:commit'); // nothing but a regular file appeared there meanwhile
-      await fs.promises.rename(this.tempPath, this.finalPath);
+      await this.files.rename(this.tempPath, this.finalPath);
       const t2 = performance.now();
-      if (!this.opts.noSync) await syncDir(path.dirname(path.resolve(this.finalPath)));
+      if (!this.opts.noSync) await syncDir(this.files, path.dirname(path.resolve(this.finalPath)));
       log('%s: fsync %s ms, rename %s ms, directory fsync %s ms (%d bytes)', this.finalPath, (t1 - t0).toFixed(1), (t2 - t1).toFixed(1), (performance.now() - t2).toFixed(1), this.pos);
     } catch (e) {
       log('commit of %s failed: %s', this.finalPath, (e as Error)?.message ?? e);
@@ -218,7 +253,7 @@ export class SnapshotWriter {
       this.done = true;
       await this.fh.close().catch(() => undefined);
     }
-    await fs.promises.unlink(this.tempPath).catch(() => undefined);
+    await this.files.unlink(this.tempPath).catch(() => undefined);
   }
 
   private chunkHeader(length: number, crc: number): Buffer {
@@ -255,8 +290,8 @@ export class SnapshotWriter {
   }
 }
 
-async function syncDir(dir: string): Promise<void> {
-  const d = await fs.promises.open(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+async function syncDir(files: WriterFiles, dir: string): Promise<void> {
+  const d = await files.open(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
   try {
     await d.sync();
   } finally {

@@ -50,7 +50,7 @@ export interface JobOptions {
   signal?: AbortSignal;
 }
 
-export interface SaveSnapshotOptions extends JobOptions, Pick<WriterOptions, 'noSync' | 'mode'> {
+export interface SaveSnapshotOptions extends JobOptions, Pick<WriterOptions, 'noSync' | 'mode' | 'files'> {
   /** Leave the devices in STOP after saving (default: back to the state they were in). */
   leaveStopped?: boolean;
 }
@@ -98,7 +98,7 @@ export async function saveSnapshot(devices: readonly JobDevice[], file: string, 
   const keep = new Set(units.filter((u) => u.migration!.getState() === MigState.STOP).map((u) => u.id));
   let writer: SnapshotWriter;
   try {
-    writer = await SnapshotWriter.create(file, { noSync: opts.noSync, mode: opts.mode });
+    writer = await SnapshotWriter.create(file, { noSync: opts.noSync, mode: opts.mode, files: opts.files });
   } catch (e) {
     if (e instanceof VfioError) e.annotate({ deviceState: engine.describeDevices(false) });
     engine.dispose();

@@ -9,3 +9,4 @@ import { bindingContract } from './suite';
 bindingContract('native', () => new NativeBinding());
 bindingContract('koffi', () => new KoffiBinding());
 bindingContract('sim', () => new SimBinding(new NativeBinding()));
+bindingContract('sim (virtual fds)', () => new SimBinding(undefined, { virtualFds: true }), { virtual: { countFds: (b) => b.openFdCount() } });

@@ -7,50 +7,24 @@
  * the title. Record layouts are built and parsed here, independently of src/snapshot.
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Worker } from 'node:worker_threads';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { VfioError } from '../../src/base/errors';
+import { beforeAll, describe, expect, it } from 'vitest';
+import type { VfioError } from '../../src/base/errors';
 import type { Binding } from '../../src/kernel/binding/types';
 import { jsChecksum, type ChecksumAlgorithm, type Pump, type PumpBuffers, type PumpError, type ReadRecordsOptions } from '../../src/kernel/pump';
-import { pattern } from '../helpers/bytes';
+import { pipeScope } from '../helpers/binding';
+import { fillBlock, pattern } from '../helpers/bytes';
+import { rejection, thrown } from '../helpers/errors';
+import { openFdCount } from '../helpers/fds';
+import { itUnless } from '../helpers/skip';
 import { socketPair } from '../helpers/socket';
+import { useTempDir } from '../helpers/temp-dir';
+import { writeAll } from '../helpers/uapi';
 
 const { O_RDONLY, O_WRONLY, O_RDWR, O_NONBLOCK } = fs.constants;
 const crc32c = (b: Buffer, seed = 0) => jsChecksum.crc32c(b, seed);
 const crc32 = (b: Buffer, seed = 0) => jsChecksum.crc32(b, seed);
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-async function catchAsync(p: Promise<unknown>): Promise<unknown> {
-  try {
-    await p;
-  } catch (e) {
-    return e;
-  }
-  throw new Error('expected a rejection');
-}
-
-function catchSync(fn: () => unknown): unknown {
-  try {
-    const r = fn();
-    if (r instanceof Promise) r.catch(() => undefined);
-  } catch (e) {
-    return e;
-  }
-  throw new Error('expected a throw');
-}
-
-function openFdCount(): number {
-  return fs.readdirSync('/proc/self/fd').length;
-}
-
-/** Fill `block` with block number `i` of a long deterministic stream (self-contained: also runs in a worker). */
-function fillBlock(block: Buffer, i: number): Buffer {
-  for (let j = 0; j < block.length; j += 4) block.writeUInt32LE((Math.imul(j + 1, 2654435761) ^ Math.imul(i + 1, 0x9e3779b9)) >>> 0, j);
-  return block;
-}
-
 /** Records as the contract lays them out: [prefix][u32 len][u32 checksum][payload]. */
 function records(payloads: Buffer[], prefix: Buffer = Buffer.alloc(0), alg: ChecksumAlgorithm = 'crc32c'): { bytes: Buffer; headers: Buffer[] } {
   const parts: Buffer[] = [];
@@ -82,9 +56,14 @@ function parseRecords(bytes: Buffer, at: number, prefixLen: number): Array<{ at:
 
 const sumOver = (headers: Buffer[], seed = 0, alg: ChecksumAlgorithm = 'crc32c') => headers.reduce((s, h) => jsChecksum[alg](h, s), seed);
 
-export interface PumpContractOptions {
+export interface PumpContractOptions<B extends Binding> {
   /** The binding opens real files (not a purely virtual simulated one). */
   files: boolean;
+  /**
+   * The binding's own count of its open fds, when they are not the kernel's (the purely virtual
+   * simulated kernel; /proc/self/fd never moves there); default: this process's fds.
+   */
+  countFds?: (b: B) => number;
   /**
    * A write larger than the room in a blocking pipe never sleeps beyond `signal` and
    * `idleTimeoutMs` (the native pump; the JS pump's writes run on the binding's threads).
@@ -95,49 +74,21 @@ export interface PumpContractOptions {
 }
 
 /** Register the pump contract suite for one pump. `create` is called once, before the tests. */
-export function pumpContract(name: string, create: () => { binding: Binding; pump: Pump }, opts: PumpContractOptions): void {
+export function pumpContract<B extends Binding>(name: string, create: () => { binding: B; pump: Pump }, opts: PumpContractOptions<B>): void {
   describe(`Pump contract: ${name}`, () => {
-    let b: Binding;
+    let b: B;
     let p: Pump;
-    let dir: string;
-    const tmp = (file: string) => path.join(dir, file);
+    const dir = useTempDir(`vfio-pump-${name}`);
+    const tmp = (file: string) => dir.file(file);
     const noFiles = opts.files ? undefined : 'no real files on this binding';
+    const countFds = (): number => (opts.countFds ? opts.countFds(b) : openFdCount());
 
     beforeAll(() => {
       ({ binding: b, pump: p } = create());
-      dir = fs.mkdtempSync(path.join(os.tmpdir(), `vfio-pump-${name.replace(/\W+/g, '-')}-`));
-    });
-    afterAll(() => {
-      if (dir) fs.rmSync(dir, { recursive: true, force: true });
     });
 
-    const itFiles = (title: string, fn: () => Promise<void> | void, timeout?: number) =>
-      it.skipIf(!opts.files)(`${title}${noFiles ? ` (skipped: ${noFiles})` : ''}`, fn, timeout);
-
-    /** Fds the test opened and has not closed yet. */
-    const opened = new Set<number>();
-    /** Close an fd `withPipe` made (once; the cleanup then leaves it alone). */
-    const close = (fd: number): void => {
-      if (opened.delete(fd)) b.close(fd);
-    };
-
-    /** A fresh pipe, closed afterwards (whichever ends `close` did not close). */
-    async function withPipe<T>(flags: number, fn: (r: number, w: number) => Promise<T> | T): Promise<T> {
-      const [r, w] = b.pipe(flags);
-      opened.add(r);
-      opened.add(w);
-      try {
-        return await fn(r, w);
-      } finally {
-        close(r);
-        close(w);
-      }
-    }
-
-    /** Write all of `data` to a stream fd through the binding. */
-    async function feed(fd: number, data: Buffer): Promise<void> {
-      for (let off = 0; off < data.length; ) off += await b.write(fd, data, off, data.length - off);
-    }
+    const itFiles = (title: string, fn: () => Promise<void> | void, timeout?: number): void => itUnless(noFiles, title, fn, timeout);
+    const { withPipe, close } = pipeScope(() => b);
 
     /** Read exactly `n` bytes (or to the end) from a stream fd through the binding. */
     async function drain(fd: number, n: number): Promise<Buffer> {
@@ -162,8 +113,7 @@ export function pumpContract(name: string, create: () => { binding: Binding; pum
       return { src, dst, dstPath, close: () => [src, dst].forEach((fd) => b.close(fd)) };
     }
 
-    function expectPumpError(e: unknown, want: Partial<PumpError> & { code: string; bytesDone: number }): PumpError {
-      expect(e).toBeInstanceOf(VfioError);
+    function expectPumpError(e: VfioError, want: Partial<PumpError> & { code: string; bytesDone: number }): PumpError {
       const err = e as PumpError;
       const picked: Record<string, unknown> = {};
       for (const k of Object.keys(want)) picked[k] = (err as unknown as Record<string, unknown>)[k];
@@ -200,7 +150,7 @@ export function pumpContract(name: string, create: () => { binding: Binding; pum
               const pumping = p.copy(r1, w2, bufs(100 * 1024, two)); // chunks larger than the pipe
               const fed = (async () => {
                 for (let off = 0; off < data.length; off += 30_000) {
-                  await feed(w1, data.subarray(off, off + 30_000));
+                  await writeAll(b, w1, data.subarray(off, off + 30_000));
                   await sleep(1);
                 }
                 close(w1);
@@ -243,7 +193,7 @@ export function pumpContract(name: string, create: () => { binding: Binding; pum
       it("limit: ends with 'eof' when a stream ends first; an empty source gives 0, checksum 0", async () => {
         await withPipe(0, async (r, w) => {
           await withPipe(0, async (r2, w2) => {
-            await feed(w, Buffer.from('short'));
+            await writeAll(b, w, Buffer.from('short'));
             close(w);
             expect(await p.copy(r, w2, Buffer.alloc(64), { limit: 64 })).toEqual({ bytes: 5, checksum: crc32c(Buffer.from('short')), end: 'eof' });
             expect((await drain(r2, 5)).toString()).toBe('short');
@@ -281,9 +231,9 @@ export function pumpContract(name: string, create: () => { binding: Binding; pum
       it("srcOffset / dstOffset on a pipe reject with ESPIPE, syscall 'pread' / 'pwrite', bytesDone 0", async () => {
         await withPipe(0, async (r, w) => {
           await withPipe(0, async (r2, w2) => {
-            await feed(w, Buffer.from('abc'));
-            expectPumpError(await catchAsync(p.copy(r, w2, Buffer.alloc(64), { srcOffset: 0 })), { code: 'ESPIPE', errno: 29, syscall: 'pread', bytesDone: 0 });
-            expectPumpError(await catchAsync(p.copy(r, w2, Buffer.alloc(64), { dstOffset: 0 })), { code: 'ESPIPE', errno: 29, syscall: 'pwrite', bytesDone: 0 });
+            await writeAll(b, w, Buffer.from('abc'));
+            expectPumpError(await rejection(p.copy(r, w2, Buffer.alloc(64), { srcOffset: 0 })), { code: 'ESPIPE', errno: 29, syscall: 'pread', bytesDone: 0 });
+            expectPumpError(await rejection(p.copy(r, w2, Buffer.alloc(64), { dstOffset: 0 })), { code: 'ESPIPE', errno: 29, syscall: 'pwrite', bytesDone: 0 });
             void r2;
           });
         });
@@ -297,22 +247,22 @@ export function pumpContract(name: string, create: () => { binding: Binding; pum
             const pending = p.copy(r2, w, Buffer.alloc(3000), { limit: 3000, expectChecksum: crc32c(data) });
             for (let off = 0; off < data.length; off += 1000) {
               await sleep(3);
-              await feed(w2, data.subarray(off, off + 1000));
+              await writeAll(b, w2, data.subarray(off, off + 1000));
             }
             expect(await pending).toEqual({ bytes: 3000, checksum: crc32c(data), end: 'limit' });
             expect((await drain(r, 3000)).equals(data)).toBe(true);
             // A mismatch: not one byte arrives.
-            await feed(w2, data);
+            await writeAll(b, w2, data);
             const bad = (crc32c(data) ^ 0x10000) >>> 0;
-            const err = expectPumpError(await catchAsync(p.copy(r2, w, Buffer.alloc(4000), { limit: 3000, expectChecksum: bad })), {
+            const err = expectPumpError(await rejection(p.copy(r2, w, Buffer.alloc(4000), { limit: 3000, expectChecksum: bad })), {
               code: 'EVFIO_CHECKSUM', kind: 'format', bytesDone: 0,
             });
             expect(err.message).toContain(bad.toString(16).padStart(8, '0'));
             expect(err.message).toContain(crc32c(data).toString(16).padStart(8, '0'));
             // The source ends before the limit.
-            await feed(w2, data.subarray(0, 1000));
+            await writeAll(b, w2, data.subarray(0, 1000));
             close(w2);
-            const short = expectPumpError(await catchAsync(p.copy(r2, w, Buffer.alloc(3000), { limit: 3000, expectChecksum: crc32c(data) })), {
+            const short = expectPumpError(await rejection(p.copy(r2, w, Buffer.alloc(3000), { limit: 3000, expectChecksum: crc32c(data) })), {
               code: 'EVFIO_TRUNCATED', kind: 'format', bytesDone: 0,
             });
             expect(short.message).toContain('after 1000 of 3000 bytes');
@@ -327,7 +277,7 @@ export function pumpContract(name: string, create: () => { binding: Binding; pum
         const data = pattern(3000, 61);
         await withPipe(0, async (r, w) => {
           await withPipe(0, async (r2, w2) => {
-            await feed(w, data);
+            await writeAll(b, w, data);
             expect(await p.copy(r, w2, Buffer.alloc(1024), { precopy: true, limit: 1000 })).toEqual({ bytes: 1000, checksum: crc32c(data.subarray(0, 1000)), end: 'limit' });
             expect((await drain(r2, 1000)).equals(data.subarray(0, 1000))).toBe(true);
             close(w);
@@ -346,15 +296,15 @@ export function pumpContract(name: string, create: () => { binding: Binding; pum
           // A number that is not open (nothing is opened between here and the pumps).
           const closed = b.eventfd(0);
           b.close(closed);
-          expectPumpError(await catchAsync(p.copy(closed, w, Buffer.alloc(64))), { code: 'EBADF', syscall: 'read', bytesDone: 0 });
-          await feed(w, Buffer.from('x'));
-          expectPumpError(await catchAsync(p.copy(r, closed, Buffer.alloc(64))), { code: 'EBADF', syscall: 'write', bytesDone: 0 });
+          expectPumpError(await rejection(p.copy(closed, w, Buffer.alloc(64))), { code: 'EBADF', syscall: 'read', bytesDone: 0 });
+          await writeAll(b, w, Buffer.from('x'));
+          expectPumpError(await rejection(p.copy(r, closed, Buffer.alloc(64))), { code: 'EBADF', syscall: 'write', bytesDone: 0 });
         });
         const data = pattern(1024 * 1024, 13);
         await withPipe(0, async (r1, w1) => {
           await withPipe(0, async (r2, w2) => {
-            const pumping = catchAsync(p.copy(r1, w2, Buffer.alloc(32 * 1024)));
-            const fed = feed(w1, data).catch(() => undefined);
+            const pumping = rejection(p.copy(r1, w2, Buffer.alloc(32 * 1024)));
+            const fed = writeAll(b, w1, data).catch(() => undefined);
             const got = await drain(r2, 256 * 1024);
             expect(got.equals(data.subarray(0, got.length))).toBe(true);
             close(r2);
@@ -441,7 +391,7 @@ export function pumpContract(name: string, create: () => { binding: Binding; pum
           await withPipe(0, async (r2, w2) => {
             const ac = new AbortController();
             const t0 = performance.now();
-            const pending = catchAsync(p.copy(r, w2, Buffer.alloc(4096), { signal: ac.signal }));
+            const pending = rejection(p.copy(r, w2, Buffer.alloc(4096), { signal: ac.signal }));
             await sleep(30);
             const reason = new Error('stop');
             ac.abort(reason);
@@ -449,8 +399,8 @@ export function pumpContract(name: string, create: () => { binding: Binding; pum
             expect(err.cause).toBe(reason);
             expect(performance.now() - t0).toBeLessThan(2000);
             // An already aborted signal: rejected at once, nothing read.
-            await feed(w, Buffer.from('kept'));
-            expectPumpError(await catchAsync(p.copy(r, w2, Buffer.alloc(64), { signal: ac.signal })), { code: 'ECANCELED', bytesDone: 0 });
+            await writeAll(b, w, Buffer.from('kept'));
+            expectPumpError(await rejection(p.copy(r, w2, Buffer.alloc(64), { signal: ac.signal })), { code: 'ECANCELED', bytesDone: 0 });
             expect((await drain(r, 4)).toString()).toBe('kept');
             void r2;
           });
@@ -462,7 +412,7 @@ export function pumpContract(name: string, create: () => { binding: Binding; pum
         const f = files('abort-file', data);
         try {
           const ac = new AbortController();
-          const pending = catchAsync(p.copy(f.src, f.dst, Buffer.alloc(4096), { signal: ac.signal, srcOffset: 0, dstOffset: 0 }));
+          const pending = rejection(p.copy(f.src, f.dst, Buffer.alloc(4096), { signal: ac.signal, srcOffset: 0, dstOffset: 0 }));
           await sleep(5);
           ac.abort();
           const err = (await pending) as PumpError;
@@ -477,7 +427,7 @@ export function pumpContract(name: string, create: () => { binding: Binding; pum
         await withPipe(0, async (r, w) => {
           await withPipe(0, async (r2, w2) => {
             const t0 = performance.now();
-            expectPumpError(await catchAsync(p.copy(r, w2, Buffer.alloc(4096), { idleTimeoutMs: 50 })), { code: 'ETIMEDOUT', errno: 110, syscall: 'read', bytesDone: 0 });
+            expectPumpError(await rejection(p.copy(r, w2, Buffer.alloc(4096), { idleTimeoutMs: 50 })), { code: 'ETIMEDOUT', errno: 110, syscall: 'read', bytesDone: 0 });
             const took = performance.now() - t0;
             expect(took).toBeGreaterThanOrEqual(45);
             expect(took).toBeLessThan(2000);
@@ -486,21 +436,22 @@ export function pumpContract(name: string, create: () => { binding: Binding; pum
             const { bytes } = records([pattern(10, 1), pattern(10, 2), pattern(10, 3)]);
             for (let off = 0; off < bytes.length; off += 6) {
               await sleep(20);
-              await feed(w, bytes.subarray(off, off + 6));
+              await writeAll(b, w, bytes.subarray(off, off + 6));
             }
             expect(await pending).toMatchObject({ records: 3, end: 'count' });
           });
         });
       });
 
-      it.skipIf(!opts.boundedWrites)(
-        `idleTimeoutMs: a reader that stalls makes a write into its (blocking) pipe fail with ETIMEDOUT${opts.boundedWrites ? '' : ' (skipped: this pump writes on the binding\'s threads)'}`,
+      itUnless(
+        opts.boundedWrites ? undefined : "this pump writes on the binding's threads",
+        'idleTimeoutMs: a reader that stalls makes a write into its (blocking) pipe fail with ETIMEDOUT',
         async () => {
           const data = pattern(4 << 20, 8);
           await withPipe(0, async (r, w) => {
             await withPipe(0, async (r2, w2) => {
-              const pending = catchAsync(p.copy(r, w2, Buffer.alloc(1 << 20), { idleTimeoutMs: 100 }));
-              const fed = feed(w, data).catch(() => undefined);
+              const pending = rejection(p.copy(r, w2, Buffer.alloc(1 << 20), { idleTimeoutMs: 100 }));
+              const fed = writeAll(b, w, data).catch(() => undefined);
               const got = await drain(r2, 1000); // then nobody reads
               expect(got.length).toBe(1000);
               const err = expectPumpError(await pending, { code: 'ETIMEDOUT', syscall: 'write', bytesDone: (await pending as PumpError).bytesDone });
@@ -605,7 +556,7 @@ export function pumpContract(name: string, create: () => { binding: Binding; pum
             const sent: Buffer[] = [];
             for (let i = 0; i < 10; i++) {
               sent.push(pattern(700, 100 + i));
-              await feed(w, sent[i]);
+              await writeAll(b, w, sent[i]);
               await sleep(2);
             }
             close(w);
@@ -626,8 +577,8 @@ export function pumpContract(name: string, create: () => { binding: Binding; pum
         const data = pattern(1024 * 1024, 24);
         await withPipe(0, async (r1, w1) => {
           await withPipe(0, async (r2, w2) => {
-            const pumping = catchAsync(p.writeRecords(r1, w2, [Buffer.alloc(chunk + 8), Buffer.alloc(chunk + 8)], { recordSize: chunk }));
-            const fed = feed(w1, data).catch(() => undefined);
+            const pumping = rejection(p.writeRecords(r1, w2, [Buffer.alloc(chunk + 8), Buffer.alloc(chunk + 8)], { recordSize: chunk }));
+            const fed = writeAll(b, w1, data).catch(() => undefined);
             const got = await drain(r2, 256 * 1024);
             const whole = Math.floor(got.length / (chunk + 8));
             const recs = parseRecords(got.subarray(0, whole * (chunk + 8)), 0, 0);
@@ -690,7 +641,7 @@ export function pumpContract(name: string, create: () => { binding: Binding; pum
             bytes[at(bad) + hl + PAYLOADS[bad].length - 1] ^= 0x01;
             const f = files(`rr-sum-${prefixLen}-${two}-${bad}`, bytes);
             try {
-              const err = expectPumpError(await catchAsync(p.readRecords(f.src, f.dst, bufs(4096 + hl, two), { prefix, srcOffset: JUNK.length })), {
+              const err = expectPumpError(await rejection(p.readRecords(f.src, f.dst, bufs(4096 + hl, two), { prefix, srcOffset: JUNK.length })), {
                 code: 'EVFIO_CHECKSUM', kind: 'format', bytesDone: sum(PAYLOADS.slice(0, bad)), recordOffset: at(bad),
               });
               expect(err.message).toContain(`offset ${at(bad)}`);
@@ -705,11 +656,11 @@ export function pumpContract(name: string, create: () => { binding: Binding; pum
           const body = records(PAYLOADS, prefix).bytes;
           const f = files(`rr-len-${prefixLen}-${two}`, Buffer.concat([JUNK, body]));
           try {
-            expectPumpError(await catchAsync(p.readRecords(f.src, f.dst, bufs(4096 + hl, two), { prefix, srcOffset: JUNK.length, maxRecord: 2048 })), {
+            expectPumpError(await rejection(p.readRecords(f.src, f.dst, bufs(4096 + hl, two), { prefix, srcOffset: JUNK.length, maxRecord: 2048 })), {
               code: 'EVFIO_RECORD_LENGTH', kind: 'format', bytesDone: 1000, recordOffset: at(1), recordLength: 4096,
             });
             fs.truncateSync(f.dstPath, 0);
-            expectPumpError(await catchAsync(p.readRecords(f.src, f.dst, bufs(4095, two), { prefix, srcOffset: JUNK.length, dstOffset: 0 })), {
+            expectPumpError(await rejection(p.readRecords(f.src, f.dst, bufs(4095, two), { prefix, srcOffset: JUNK.length, dstOffset: 0 })), {
               code: 'EVFIO_RECORD_LENGTH', kind: 'format', bytesDone: 1000, recordOffset: at(1), recordLength: 4096,
             });
             // The whole body, then the end of the file between records.
@@ -724,7 +675,7 @@ export function pumpContract(name: string, create: () => { binding: Binding; pum
           ] as const) {
             const g = files(`rr-cut-${prefixLen}-${two}-${cut}`, Buffer.concat([JUNK, body]).subarray(0, cut));
             try {
-              const err = expectPumpError(await catchAsync(p.readRecords(g.src, g.dst, bufs(4096 + hl, two), { prefix, srcOffset: JUNK.length })), {
+              const err = expectPumpError(await rejection(p.readRecords(g.src, g.dst, bufs(4096 + hl, two), { prefix, srcOffset: JUNK.length })), {
                 code: 'EVFIO_TRUNCATED', kind: 'format', bytesDone: done, recordOffset: recAt,
               });
               expect(err.message).toContain(`offset ${recAt}`);
@@ -743,7 +694,7 @@ export function pumpContract(name: string, create: () => { binding: Binding; pum
         const after = Buffer.from('control body, then more');
         await withPipe(0, async (r, w) => {
           await withPipe(0, async (r2, w2) => {
-            const fed = feed(w, Buffer.concat([recs.bytes, control, after]));
+            const fed = writeAll(b, w, Buffer.concat([recs.bytes, control, after]));
             const pumping = p.readRecords(r, w2, Buffer.alloc(4096 + 12), { prefix, headerChecksums: [0] });
             const out = await drain(r2, sum(PAYLOADS.slice(0, 3)));
             const res = await pumping;
@@ -753,7 +704,7 @@ export function pumpContract(name: string, create: () => { binding: Binding; pum
             // What follows the handed-back header is still in the pipe.
             expect((await drain(r, after.length)).equals(after)).toBe(true);
             // By count: the record after the last one is not touched.
-            await feed(w, recs.bytes);
+            await writeAll(b, w, recs.bytes);
             expect(await p.readRecords(r, w2, Buffer.alloc(4096 + 12), { prefix, records: 1 })).toMatchObject({ records: 1, end: 'count' });
             await drain(r2, PAYLOADS[0].length);
             expect((await drain(r, recs.bytes.length - 12 - PAYLOADS[0].length)).equals(recs.bytes.subarray(12 + PAYLOADS[0].length))).toBe(true);
@@ -761,7 +712,7 @@ export function pumpContract(name: string, create: () => { binding: Binding; pum
         });
       });
 
-      it.skipIf(!opts.files)(`from a socket: the pump stops at a control frame and leaves the socket's next bytes to the caller; a closed peer is EPIPE, not SIGPIPE${noFiles ? ` (skipped: ${noFiles})` : ''}`, async () => {
+      itFiles("from a socket: the pump stops at a control frame and leaves the socket's next bytes to the caller; a closed peer is EPIPE, not SIGPIPE", async () => {
         const [s1, s2] = socketPair();
         const [r2, w2] = b.pipe();
         try {
@@ -780,8 +731,7 @@ export function pumpContract(name: string, create: () => { binding: Binding; pum
           fs.closeSync(s1);
           const src = b.open('/dev/zero', O_RDONLY);
           try {
-            const err = (await catchAsync(p.writeRecords(src, s2, Buffer.alloc(4096 + 12), { recordSize: 4096, prefix, limit: 1 << 20 }))) as PumpError;
-            expect(err).toBeInstanceOf(VfioError);
+            const err = (await rejection(p.writeRecords(src, s2, Buffer.alloc(4096 + 12), { recordSize: 4096, prefix, limit: 1 << 20 }))) as PumpError;
             expect(['EPIPE', 'ECONNRESET']).toContain(err.code);
             expect(err.syscall).toBe('write');
           } finally {
@@ -797,7 +747,7 @@ export function pumpContract(name: string, create: () => { binding: Binding; pum
         }
       });
 
-      it.skipIf(!opts.files)(`writes and reads back a stream of records through a socket${noFiles ? ` (skipped: ${noFiles})` : ''}`, async () => {
+      itFiles('writes and reads back a stream of records through a socket', async () => {
         const [s1, s2] = socketPair();
         const data = pattern(3 << 20, 77);
         const srcPath = tmp('sock.src');
@@ -823,22 +773,22 @@ export function pumpContract(name: string, create: () => { binding: Binding; pum
 
     // ---------------------------------------------------------------- hygiene
     it('leaks no fds over many pumps, successful or not', async () => {
-      const before = openFdCount();
+      const before = countFds();
       for (let i = 0; i < 30; i++) {
         await withPipe(0, async (r, w) => {
           await withPipe(0, async (r2, w2) => {
-            await feed(w, records([pattern(100, i), pattern(50, i)]).bytes);
+            await writeAll(b, w, records([pattern(100, i), pattern(50, i)]).bytes);
             close(w);
             expect(await p.readRecords(r, w2, [Buffer.alloc(200), Buffer.alloc(200)], { records: 1 })).toMatchObject({ records: 1 });
-            expectPumpError(await catchAsync(p.copy(r, r, Buffer.alloc(64))), { code: 'EBADF', syscall: 'write', bytesDone: 0 }); // a read end as destination
+            expectPumpError(await rejection(p.copy(r, r, Buffer.alloc(64))), { code: 'EBADF', syscall: 'write', bytesDone: 0 }); // a read end as destination
             const ac = new AbortController();
-            const pending = catchAsync(p.copy(r2, w2, Buffer.alloc(64), { signal: ac.signal }));
+            const pending = rejection(p.copy(r2, w2, Buffer.alloc(64), { signal: ac.signal }));
             ac.abort();
             await pending;
           });
         });
       }
-      expect(openFdCount()).toBe(before);
+      expect(countFds()).toBe(before);
     });
 
     it('rejects bad arguments synchronously, with the same messages from every pump', () => {
@@ -878,7 +828,7 @@ export function pumpContract(name: string, create: () => { binding: Binding; pum
         [() => p.readRecords(0, 1, buf, { records: 1.5 } as ReadRecordsOptions), R, 'readRecords: "records" must be an integer'],
       ];
       for (const [call, code, message] of cases) {
-        const e = catchSync(call) as Error & { code?: string };
+        const e = thrown(call, Error, message) as Error & { code?: string };
         expect(e, message).toBeInstanceOf(code === T ? TypeError : RangeError);
         expect({ code: e.code, message: e.message }).toEqual({ code, message });
       }

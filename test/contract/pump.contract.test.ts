@@ -39,5 +39,5 @@ pumpContract(
     const binding = new SimBinding(undefined, { virtualFds: true });
     return { binding, pump: new JsPump(binding) };
   },
-  { files: false, boundedWrites: true, longHaulMiB: 0 },
+  { files: false, boundedWrites: true, longHaulMiB: 0, countFds: (b) => b.openFdCount() },
 );

@@ -13,15 +13,15 @@
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
-import * as path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { VfioError } from '../../src/base/errors';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { KoffiBinding } from '../../src/kernel/binding/koffi';
 import { pumpFor } from '../../src/kernel/pump';
 import { NativeBinding } from '../../src/kernel/binding/native';
 import { POLLIN, type Binding } from '../../src/kernel/binding/types';
 import { AF_UNIX, SOCK_STREAM, encodeSockaddr } from '../../src/kernel/uapi/socket';
 import { SimBinding } from '../../src/sim';
+import { rejection } from '../helpers/errors';
+import { useTempDir } from '../helpers/temp-dir';
 
 const SIGPIPE_BIT = 1n << BigInt(os.constants.signals.SIGPIPE - 1);
 
@@ -55,22 +55,18 @@ function pendingSigpipes(): string[] {
   return out;
 }
 
-let dir: string;
+const dir = useTempDir('vfio-sigpipe');
 beforeAll(() => {
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfio-sigpipe-'));
   const listener = (): void => undefined;
   process.on('SIGPIPE', listener);
   process.off('SIGPIPE', listener);
   // The precondition that makes these tests mean something.
   expect(disposition()).toBe('default');
 });
-afterAll(() => {
-  if (dir) fs.rmSync(dir, { recursive: true, force: true });
-});
 
 /** A connected AF_UNIX pair through the binding, the accepting end already closed. */
 async function deadPeer(b: Binding, name: string): Promise<number> {
-  const addr = encodeSockaddr({ family: 'unix', path: path.join(dir, name) });
+  const addr = encodeSockaddr({ family: 'unix', path: dir.file(name) });
   const lfd = b.socket(AF_UNIX, SOCK_STREAM);
   b.bind(lfd, addr);
   b.listen(lfd, 1);
@@ -83,12 +79,7 @@ async function deadPeer(b: Binding, name: string): Promise<number> {
 }
 
 async function expectEpipe(p: Promise<unknown>): Promise<void> {
-  const e = await p.then(
-    () => undefined,
-    (err: unknown) => err,
-  );
-  expect(e).toBeInstanceOf(VfioError);
-  expect((e as VfioError).code).toBe('EPIPE');
+  expect((await rejection(p)).code).toBe('EPIPE');
 }
 
 const bindings: Array<[string, () => Binding]> = [
@@ -135,12 +126,9 @@ describe('SIGPIPE with the default disposition: native addon, other writers', ()
         native.close(w);
         const pump = pumpFor(native, [r, fd]);
         expect(pump.name).toBe('native');
-        const e = await pump.copy(r, fd, Buffer.alloc(4096)).then(
-          () => undefined,
-          (err: unknown) => err,
-        );
-        expect((e as VfioError).code).toBe('EPIPE');
-        expect((e as VfioError).syscall).toBe('write');
+        const e = await rejection(pump.copy(r, fd, Buffer.alloc(4096)));
+        expect(e.code).toBe('EPIPE');
+        expect(e.syscall).toBe('write');
       } finally {
         native.close(r);
         native.close(fd);

@@ -9,3 +9,4 @@ import { socketContract } from './socket-suite';
 socketContract('native', () => new NativeBinding());
 socketContract('koffi', () => new KoffiBinding());
 socketContract('sim', () => new SimBinding(new NativeBinding()));
+socketContract('sim (virtual fds)', () => new SimBinding(undefined, { virtualFds: true }), { virtual: true });

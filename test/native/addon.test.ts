@@ -5,8 +5,8 @@
  */
 import * as fs from 'node:fs';
 import { createRequire } from 'node:module';
-import * as os from 'node:os';
 import * as path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
 import { Worker } from 'node:worker_threads';
@@ -16,6 +16,9 @@ import { KoffiBinding } from '../../src/kernel/binding/koffi';
 import { NATIVE_ADDON_FILES, NativeBinding, nativeAddonCandidates, packageRoot } from '../../src/kernel/binding/native';
 import { POLLIN, type Binding } from '../../src/kernel/binding/types';
 import { JsPump, NativePump, jsChecksum, type Pump } from '../../src/kernel/pump';
+import { rejection, thrown } from '../helpers/errors';
+import { useTempDir } from '../helpers/temp-dir';
+import { itUnless } from '../helpers/skip';
 
 const crc32c = (b: Buffer) => jsChecksum.crc32c(b);
 
@@ -29,15 +32,7 @@ function raw(file = addonFile): RawAddon {
   return nodeRequire(file) as RawAddon;
 }
 
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-let dir: string;
-beforeAll(() => {
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfio-addon-'));
-});
-afterAll(() => {
-  fs.rmSync(dir, { recursive: true, force: true });
-});
+const tmp = useTempDir('vfio-addon');
 
 /** The socket calls (native.d.ts "sockets"; exercised by test/contract/socket-suite.ts). */
 const SOCKET_CALLS = ['accept', 'bind', 'connect', 'getpeername', 'getsockname', 'getsockopt', 'listen', 'setsockopt', 'shutdown', 'socket'];
@@ -83,7 +78,7 @@ describe('loading', () => {
   for (const rel of NATIVE_ADDON_FILES) {
     const file = path.join(root, rel);
     const present = fs.existsSync(file);
-    it.skipIf(!present)(`${rel} loads and works${present ? '' : ' (skipped: not built)'}`, async () => {
+    itUnless(present ? undefined : 'not built', `${rel} loads and works`, async () => {
       const b = new NativeBinding(file);
       expect(b.file).toBe(file);
       const efd = b.eventfd(0);
@@ -91,18 +86,10 @@ describe('loading', () => {
       b.eventfdWrite(efd, 1n);
       expect(b.eventfdRead(efd)).toBe(42n);
       b.close(efd);
-      const err = (() => {
-        try {
-          b.close(efd);
-        } catch (e) {
-          return e;
-        }
-      })();
-      expect(err).toBeInstanceOf(VfioError);
-      expect(err).toMatchObject({ code: 'EBADF', errno: 9, syscall: 'close' });
+      expect(thrown(() => b.close(efd))).toMatchObject({ code: 'EBADF', errno: 9, syscall: 'close' });
 
       const data = Buffer.from('the device state, more or less');
-      const src = path.join(dir, `${path.basename(path.dirname(path.dirname(rel)))}.src`);
+      const src = tmp.file(`${path.basename(path.dirname(path.dirname(rel)))}.src`);
       fs.writeFileSync(src, data);
       const [r, w] = b.pipe();
       const sfd = b.open(src, fs.constants.O_RDONLY);
@@ -186,15 +173,9 @@ describe('abuse', () => {
 
       it('throws TypeError / RangeError with Node codes, synchronously, and survives', async () => {
         for (const [what, call, ctor] of abuseCases(fd)) {
-          let thrown: unknown;
-          try {
-            const r = call(b);
-            if (r instanceof Promise) r.catch(() => {}); // must not get here; keep the run clean
-          } catch (e) {
-            thrown = e;
-          }
-          expect(thrown, what).toBeInstanceOf(ctor);
-          expect((thrown as { code?: string }).code, what).toBe(
+          const e = thrown(() => call(b), Error, what) as Error & { code?: string };
+          expect(e, what).toBeInstanceOf(ctor);
+          expect(e.code, what).toBe(
             ctor === TypeError ? 'ERR_INVALID_ARG_TYPE' : 'ERR_OUT_OF_RANGE',
           );
         }
@@ -233,15 +214,7 @@ describe('abuse', () => {
       ['checksum: no such implementation', () => addon.checksum('crc32c', buf, 0, 15), RangeError],
     ];
     try {
-      for (const [what, call, ctor] of cases) {
-        let thrown: unknown;
-        try {
-          call();
-        } catch (e) {
-          thrown = e;
-        }
-        expect(thrown, what).toBeInstanceOf(ctor);
-      }
+      for (const [what, call, ctor] of cases) expect(thrown(call, Error, what), what).toBeInstanceOf(ctor);
     } finally {
       b.close(fd);
     }
@@ -402,8 +375,7 @@ describe('pump cancel', () => {
       const job = addon.pump(r, dst, Buffer.alloc(64), { mode: 'copy' });
       await sleep(20);
       job.cancel();
-      const e = await job.promise.catch((x: unknown) => x as VfioError & { bytesDone: number });
-      expect(e).toBeInstanceOf(VfioError);
+      const e = await rejection(job.promise as Promise<unknown>);
       expect(e).toMatchObject({ code: 'ECANCELED', syscall: 'read', bytesDone: 0 });
       const done = addon.pump(r, dst, Buffer.alloc(64), { mode: 'copy', limit: 0 });
       expect(await done.promise).toMatchObject({ bytes: 0, end: 'limit' });
@@ -463,7 +435,7 @@ describe('worker_threads', () => {
   `;
 
   function runWorker(id: number): Promise<Record<string, unknown>> {
-    const src = path.join(dir, `worker-${id}.bin`);
+    const src = tmp.file(`worker-${id}.bin`);
     const worker = new Worker(workerCode, { eval: true, workerData: { file: addonFile, id, src, size: 100_000 + id } });
     return new Promise((resolve, reject) => {
       worker.once('message', (m) => {

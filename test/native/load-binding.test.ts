@@ -1,17 +1,22 @@
 /**
  * loadBinding(): the addon when it loads, koffi when it does not (logged on vfio:binding).
  */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { format } from 'node:util';
 import createDebug from 'debug';
 import { afterEach, describe, expect, it } from 'vitest';
-import { VfioError } from '../../src/base/errors';
 import { defaultBindingFactories, loadBinding, type BindingFactories } from '../../src/kernel/binding';
+import { packageRoot } from '../../src/kernel/binding/native';
+import { thrown } from '../helpers/errors';
+import { useTempDir } from '../helpers/temp-dir';
 
 const failing = (message: string) => () => {
   throw new Error(message);
 };
 
 describe('loadBinding', () => {
+  const tmp = useTempDir('pkgroot');
   const savedLog = createDebug.log;
   afterEach(() => {
     createDebug.log = savedLog;
@@ -52,35 +57,21 @@ describe('loadBinding', () => {
     expect(() => loadBinding('native', noAddon)).toThrow(expect.objectContaining({ code: 'EVFIO_NO_BINDING' }));
   });
 
-  it('finds the addon from a copy that has only package.json, dist/ and build/ (no binding.gyp)', async () => {
-    const fs = await import('node:fs');
-    const os = await import('node:os');
-    const path = await import('node:path');
-    const { packageRoot } = await import('../../src/kernel/binding/native');
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pkgroot-'));
-    try {
-      fs.writeFileSync(path.join(dir, 'package.json'), JSON.stringify({ name: 'node-vfio-pci' }));
-      const deep = path.join(dir, 'dist/src/binding');
-      fs.mkdirSync(deep, { recursive: true });
-      expect(packageRoot(deep)).toBe(dir);
-      fs.writeFileSync(path.join(deep, 'package.json'), JSON.stringify({ name: 'something-else' }));
-      expect(packageRoot(deep)).toBe(dir);
-    } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
+  it('finds the addon from a copy that has only package.json, dist/ and build/ (no binding.gyp)', () => {
+    const dir = tmp.path;
+    fs.writeFileSync(path.join(dir, 'package.json'), JSON.stringify({ name: 'node-vfio-pci' }));
+    const deep = path.join(dir, 'dist/src/binding');
+    fs.mkdirSync(deep, { recursive: true });
+    expect(packageRoot(deep)).toBe(dir);
+    fs.writeFileSync(path.join(deep, 'package.json'), JSON.stringify({ name: 'something-else' }));
+    expect(packageRoot(deep)).toBe(dir);
   });
 
   it('throws EVFIO_NO_BINDING (kind unsupported, with the first failure as cause) when none loads', () => {
     const factories: BindingFactories = { native: failing('addon not built'), koffi: failing('no koffi') };
-    let err: unknown;
-    try {
-      loadBinding(undefined, factories);
-    } catch (e) {
-      err = e;
-    }
-    expect(err).toBeInstanceOf(VfioError);
+    const err = thrown(() => loadBinding(undefined, factories));
     expect(err).toMatchObject({ code: 'EVFIO_NO_BINDING', kind: 'unsupported' });
-    expect((err as VfioError).message).toContain('native: addon not built; koffi: no koffi');
-    expect(((err as VfioError).cause as Error).message).toBe('addon not built');
+    expect(err.message).toContain('native: addon not built; koffi: no koffi');
+    expect((err.cause as Error).message).toBe('addon not built');
   });
 });

@@ -6,18 +6,12 @@
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import * as S from '../../src/kernel/uapi/socket';
+import { NO_CC_REASON, findCompiler } from '../helpers/cc';
+import { useTempDir } from '../helpers/temp-dir';
+import { describeUnless } from '../helpers/skip';
 
-function findCompiler(): string | undefined {
-  for (const c of [process.env.CC, 'cc', 'gcc', 'clang'].filter((x): x is string => !!x)) {
-    const r = spawnSync(c, ['--version'], { encoding: 'utf8' });
-    if (!r.error && r.status === 0) return c;
-  }
-  return undefined;
-}
 const CC = findCompiler();
 
 const CONSTANTS = [
@@ -91,14 +85,13 @@ function program(): string {
   return lines.join('\n') + '\n';
 }
 
-describe.skipIf(!CC)(`socket uAPI against the C headers${CC ? '' : ' (skipped: no C compiler)'}`, () => {
-  let dir: string;
+describeUnless(CC ? undefined : NO_CC_REASON, 'socket uAPI against the C headers', () => {
+  const dir = useTempDir('socket-header');
   const out = new Map<string, string>();
 
   beforeAll(() => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'socket-header-'));
-    const src = path.join(dir, 'probe.c');
-    const exe = path.join(dir, 'probe');
+    const src = dir.file('probe.c');
+    const exe = dir.file('probe');
     fs.writeFileSync(src, program());
     const cc = spawnSync(CC!, ['-std=gnu11', '-Wall', '-o', exe, src], { encoding: 'utf8', timeout: 60_000 });
     if (cc.error || cc.status !== 0) throw new Error(`${CC} failed to compile ${src}:\n${cc.error ?? ''}${cc.stderr}`);
@@ -108,9 +101,6 @@ describe.skipIf(!CC)(`socket uAPI against the C headers${CC ? '' : ' (skipped: n
       const [kind, name, value] = line.split(' ');
       out.set(`${kind} ${name}`, value);
     }
-  });
-  afterAll(() => {
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
   });
 
   it('constants', () => {

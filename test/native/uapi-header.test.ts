@@ -17,25 +17,17 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import * as iommufd from '../../src/kernel/uapi/iommufd';
 import * as structs from '../../src/kernel/uapi/structs';
 import * as vfio from '../../src/kernel/uapi/vfio';
+import { NO_CC_REASON, findCompiler } from '../helpers/cc';
+import { useTempDir } from '../helpers/temp-dir';
+import { describeUnless } from '../helpers/skip';
 
 // ------------------------------------------------------------------------------------ compiler
 
-function findCompiler(): string | undefined {
-  const candidates = [process.env.CC, 'cc', 'gcc', 'clang'].filter((c): c is string => !!c);
-  for (const c of candidates) {
-    const r = spawnSync(c, ['--version'], { encoding: 'utf8' });
-    if (!r.error && r.status === 0) return c;
-  }
-  return undefined;
-}
 const CC = findCompiler();
-const NO_CC_REASON = `no C compiler found (tried ${[process.env.CC && `$CC=${process.env.CC}`, 'cc', 'gcc', 'clang']
-  .filter(Boolean)
-  .join(', ')})`;
 if (!CC) console.warn(`uapi-header.test: SKIPPED: ${NO_CC_REASON}`);
 
 // ------------------------------------------------------------------------------------ constants
@@ -1148,8 +1140,8 @@ if (HEADER_SETS.length === 1 && !process.env.UAPI_INCLUDE_DIR) {
   console.log(`uapi-header.test: no 6.12 headers at ${KERNEL_CACHE_UAPI}: only the system headers are checked`);
 }
 
-for (const headerSet of HEADER_SETS) describe.skipIf(!CC)(`uAPI values vs ${headerSet.label}${CC ? '' : ` (SKIPPED: ${NO_CC_REASON})`}`, () => {
-  let dir: string;
+for (const headerSet of HEADER_SETS) describeUnless(CC ? undefined : NO_CC_REASON, `uAPI values vs ${headerSet.label}`, () => {
+  const dir = useTempDir('uapi-header');
   let probe: Probe;
   const ctx: Layouts = {
     get(c) {
@@ -1160,15 +1152,11 @@ for (const headerSet of HEADER_SETS) describe.skipIf(!CC)(`uAPI values vs ${head
   };
 
   beforeAll(() => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'uapi-header-'));
-    probe = runProbe(dir, headerSet.includeDir);
+    probe = runProbe(dir.path, headerSet.includeDir);
     console.log(
       `uapi-header: ${CC}, headers ${probe.headers.join(', ') || '(unknown)'}` +
         `${probe.version ? ` (linux/version.h ${probe.version})` : ''}; <linux/iommufd.h> ${probe.haveIommufdH ? 'present' : 'ABSENT'}`,
     );
-  });
-  afterAll(() => {
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
   });
 
   for (const group of GROUPS) {

@@ -1,21 +1,16 @@
 // The `vfio-pci` command as a user runs it: a real child process (bin/vfio-pci.js over dist/),
 // real signals, real pipes. Device states are the child's own (simulated devices live in its
 // process), reported through --json: `deviceState` is read back from the device after cleanup.
-import { describe, it, expect, beforeEach, afterEach } from 'vitest';
+import { describe, it, expect } from 'vitest';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { BIN, spawnCli, type Child } from '../helpers/cli-process';
+import { useTempDir } from '../helpers/temp-dir';
 import { openDevice } from '../../src/kernel/open';
 import { saveSnapshot } from '../../src/vm/jobs';
 
-let dir: string;
-const cli = (args: string[], env: Record<string, string> = {}): Child => spawnCli(args, { cwd: dir, env });
-beforeEach(() => {
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cli-proc-'));
-});
-afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+const dir = useTempDir('cli-proc', { each: true });
+const cli = (args: string[], env: Record<string, string> = {}): Child => spawnCli(args, { cwd: dir.path, env });
 
 /** DEBUG output of the migration layer: the line for a state change tells where the job is. */
 const DEBUG_MIG = { DEBUG: 'vfio:migration' };
@@ -26,11 +21,11 @@ describe('signals during a job', () => {
       const c = cli(['snapshot', 'nic0=sim:2GiB#sig', '-o', 'big.vfiosnap', '--json'], DEBUG_MIG);
       await c.waitErr(/ STOP → STOP_COPY via /);
       await new Promise((r) => setTimeout(r, 100)); // some state copied: a temporary file exists
-      expect(fs.readdirSync(dir).some((f) => f.endsWith('.tmp'))).toBe(true);
+      expect(fs.readdirSync(dir.path).some((f) => f.endsWith('.tmp'))).toBe(true);
       c.proc.kill(sig);
       const { code } = await c.exit;
       expect(code, c.err()).toBe(status);
-      expect(fs.readdirSync(dir)).toEqual([]); // neither the temporary file nor a snapshot
+      expect(fs.readdirSync(dir.path)).toEqual([]); // neither the temporary file nor a snapshot
       const j = JSON.parse(c.out());
       expect(j).toMatchObject({
         ok: false, signal: sig,
@@ -57,12 +52,12 @@ describe('signals during a job', () => {
     // Usually the second lands while the first one's cleanup runs; on a loaded machine the cleanup
     // (a few ms) may be over first, and the process gone before it is handled.
     expect(c.err()).not.toMatch(new RegExp(`${second}: cancelling`));
-    expect(fs.readdirSync(dir)).toEqual([]);
+    expect(fs.readdirSync(dir.path)).toEqual([]);
     expect(JSON.parse(c.out()).error.deviceState).toEqual([{ device: 'nic0', state: 'RUNNING', touched: true, reset: false }]);
   });
 
   it('SIGTERM during a restore: the load stops, the device is reset (RUNNING, not the partial state); exit 143', async () => {
-    const file = path.join(dir, 'src.vfiosnap');
+    const file = dir.file('src.vfiosnap');
     const dev = openDevice('sim:512MiB#restore-src');
     try {
       await saveSnapshot([{ id: 'nic0', device: dev }], file, { noSync: true });
@@ -83,7 +78,8 @@ describe('signals during a job', () => {
   });
 
   it('SIGINT during the demo: its temporary directory is removed; exit 130', async () => {
-    const tmp = fs.mkdtempSync(path.join(dir, 'tmp-'));
+    const tmp = dir.file('tmp');
+    fs.mkdirSync(tmp);
     const c = cli(['demo', '--size', '2GiB', '--json'], { ...DEBUG_MIG, TMPDIR: tmp });
     await c.waitErr(/ STOP → STOP_COPY via /);
     c.proc.kill('SIGINT');
@@ -102,27 +98,27 @@ describe('output can never end the job', () => {
     const { code, signal } = await c.exit;
     expect(signal).toBeNull();
     expect(code).toBe(0);
-    const i = spawnSync(process.execPath, [BIN, 'inspect', path.join(dir, 'p.vfiosnap'), '--json'], { encoding: 'utf8' });
+    const i = spawnSync(process.execPath, [BIN, 'inspect', dir.file('p.vfiosnap'), '--json'], { encoding: 'utf8' });
     expect(i.status).toBe(0);
     expect(JSON.parse(i.stdout).ok).toBe(true);
   });
 
   it('`| head -1`: the first line is printed, the rest of the job goes on', () => {
-    const r = spawnSync('bash', ['-c', `"${process.execPath}" "${BIN}" snapshot sim:64MiB -o p.vfiosnap | head -1; echo "status \${PIPESTATUS[*]}"`], { cwd: dir, encoding: 'utf8' });
+    const r = spawnSync('bash', ['-c', `"${process.execPath}" "${BIN}" snapshot sim:64MiB -o p.vfiosnap | head -1; echo "status \${PIPESTATUS[*]}"`], { cwd: dir.path, encoding: 'utf8' });
     expect(r.stdout).toBe('snapshot of sim:64MiB → p.vfiosnap\nstatus 0 0\n');
     expect(r.stderr).toBe('');
-    expect(fs.statSync(path.join(dir, 'p.vfiosnap')).size).toBeGreaterThan(64 << 20);
+    expect(fs.statSync(dir.file('p.vfiosnap')).size).toBeGreaterThan(64 << 20);
   });
 });
 
 describe('DEBUG=vfio:*', () => {
   it('shows every phase of a snapshot with its duration, and errors as they happen', () => {
-    const r = spawnSync(process.execPath, [BIN, 'snapshot', 'sim:4MiB', '-o', 'd.vfiosnap', '-q'], { cwd: dir, encoding: 'utf8', env: { ...process.env, DEBUG: 'vfio:*' } });
+    const r = spawnSync(process.execPath, [BIN, 'snapshot', 'sim:4MiB', '-o', 'd.vfiosnap', '-q'], { cwd: dir.path, encoding: 'utf8', env: { ...process.env, DEBUG: 'vfio:*' } });
     expect(r.status, r.stderr).toBe(0);
     for (const re of [/vfio:engine pause of sim:4MiB: [\d.]+ ms/, /vfio:engine save of sim:4MiB: [\d.]+ ms/, /vfio:engine resume of sim:4MiB: [\d.]+ ms/, /vfio:snapshot d\.vfiosnap: fsync [\d.]+ ms, rename [\d.]+ ms, directory fsync [\d.]+ ms/]) {
       expect(r.stderr).toMatch(re);
     }
-    const bad = spawnSync(process.execPath, [BIN, 'snapshot', 'sim:4MiB', '-o', 'nodir/d.vfiosnap', '-q'], { cwd: dir, encoding: 'utf8', env: { ...process.env, DEBUG: 'vfio:*' } });
+    const bad = spawnSync(process.execPath, [BIN, 'snapshot', 'sim:4MiB', '-o', 'nodir/d.vfiosnap', '-q'], { cwd: dir.path, encoding: 'utf8', env: { ...process.env, DEBUG: 'vfio:*' } });
     expect(bad.status).toBe(1);
     expect(bad.stderr).toMatch(/vfio:cli snapshot failed: cannot write snapshot nodir\/d\.vfiosnap: directory nodir does not exist/);
   });

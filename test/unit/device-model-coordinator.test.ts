@@ -2,7 +2,7 @@
  * MigrationCoordinator (src/device/coordinator.ts) over several simulated devices: the order of
  * migration arcs across devices (P2P and not), the blockers, and recovery when a device fails
  * during pause, snapshot or restore. Arcs are recorded in one global order straight from the
- * devices (every SimDevice's arcLog), so what is checked is what the "kernel" executed.
+ * devices (every SimDevice's 'arc' events), so what is checked is what the "kernel" executed.
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import * as fs from 'node:fs';
@@ -12,11 +12,12 @@ import type { VfioPciDevice } from '../../src/model/vfio-pci';
 import type { StateChange } from '../../src/kernel/migration';
 import { SnapshotReader } from '../../src/snapshot/reader';
 import { SnapshotWriter } from '../../src/snapshot/writer';
-import { MigState, migStateName } from '../../src/kernel/uapi/vfio';
+import { MigState } from '../../src/kernel/uapi/vfio';
 import {
-  BAR0, Guest, MEM_MASTER, SECRET, bootedSource, destination, dispose, file, makeEnv, newHost, rawCommand, rejection, simOf,
+  BAR0, Guest, MEM_MASTER, SECRET, bootedSource, destination, dispose, file, lossyBinding, makeEnv, newHost, rawCommand, recordArcs, simOf,
   snapshotVm, type Env,
-} from './device-model-helpers';
+} from '../helpers/device-model';
+import { rejection, thrown } from '../helpers/errors';
 
 const { RUNNING, RUNNING_P2P, STOP, STOP_COPY, RESUMING } = MigState;
 
@@ -25,20 +26,6 @@ beforeEach(() => {
   env = makeEnv();
 });
 afterEach(() => dispose(env));
-
-/** "a: RUNNING→RUNNING_P2P" for every arc any of `devices` executes from now on, in execution order. */
-function recordArcs(devices: VfioPciDevice[]): string[] {
-  const out: string[] = [];
-  for (const d of devices) {
-    const log = simOf(env, d).arcLog;
-    const push = log.push.bind(log);
-    log.push = (...arcs: Array<[MigState, MigState]>): number => {
-      for (const [from, to] of arcs) out.push(`${d.id}: ${migStateName(from)}→${migStateName(to)}`);
-      return push(...arcs);
-    };
-  }
-  return out;
-}
 
 /** Two booted devices `a` and `b` on one source host. */
 function twoDevices(specA: string, specB: string): { a: Guest; b: Guest } {
@@ -53,7 +40,7 @@ describe('order of arcs across devices', () => {
     const { a, b } = twoDevices('sim:4096', 'sim:4096');
     const vm = new MigrationCoordinator([a.d, b.d]);
     expect(vm.usesP2P).toBe(true);
-    const arcs = recordArcs([a.d, b.d]);
+    const arcs = recordArcs(env, [a.d, b.d]);
     const events: StateChange[] = [];
     vm.on('state', (c) => events.push(c));
 
@@ -76,7 +63,7 @@ describe('order of arcs across devices', () => {
     await snapshotVm([a.d, b.d], f);
     const dst = destination(env, a.host, [{ spec: 'sim:4096', id: 'a' }, { spec: 'sim:4096', id: 'b' }]);
     const vm = new MigrationCoordinator(dst.devices);
-    const arcs = recordArcs(dst.devices);
+    const arcs = recordArcs(env, dst.devices);
     await vm.restore(f);
     // ONE RUNNING → RESUMING request each; the kernel walks the P2P path.
     expect(arcs).toEqual([
@@ -103,7 +90,7 @@ describe('order of arcs across devices', () => {
     const vm = new MigrationCoordinator([a.d, b.d], { allowNonP2P: true });
     expect(vm.usesP2P).toBe(false);
     expect(vm.blockers()).toEqual([]);
-    const arcs = recordArcs([a.d, b.d]);
+    const arcs = recordArcs(env, [a.d, b.d]);
     await vm.pause();
     expect(arcs).toEqual(['a: RUNNING→STOP', 'b: RUNNING→STOP']);
     arcs.length = 0;
@@ -114,7 +101,7 @@ describe('order of arcs across devices', () => {
   it('a P2P and a non-P2P device with allowNonP2P: no quiesce step; the P2P one passes RUNNING_P2P inside its own request', async () => {
     const { a, b } = twoDevices('sim:4096', 'sim:4096:mig=stop_copy');
     const vm = new MigrationCoordinator([a.d, b.d], { allowNonP2P: true });
-    const arcs = recordArcs([a.d, b.d]);
+    const arcs = recordArcs(env, [a.d, b.d]);
     await vm.pause();
     expect(arcs).toEqual(['a: RUNNING→RUNNING_P2P', 'a: RUNNING_P2P→STOP', 'b: RUNNING→STOP']);
   });
@@ -124,7 +111,7 @@ describe('blockers, reported before anything is touched', () => {
   it('several devices without P2P and no allowNonP2P: EVFIO_NO_P2P, no arc executed', async () => {
     const { a, b } = twoDevices('sim:4096', 'sim:4096:mig=stop_copy');
     const vm = new MigrationCoordinator([a.d, b.d]);
-    const arcs = recordArcs([a.d, b.d]);
+    const arcs = recordArcs(env, [a.d, b.d]);
     const blockers: unknown[] = [];
     vm.on('blocker', (x) => blockers.push(x));
     const err = await rejection(() => vm.pause());
@@ -144,7 +131,7 @@ describe('blockers, reported before anything is touched', () => {
     const { a, b } = twoDevices('sim:4096', 'sim:4096:mig=off');
     expect(b.d.migration).toBeNull();
     const vm = new MigrationCoordinator([a.d, b.d]);
-    const arcs = recordArcs([a.d]);
+    const arcs = recordArcs(env, [a.d]);
     const f = file(env);
     const err = await rejection(vm.snapshot(f));
     expect(err.code).toBe('EVFIO_NOT_MIGRATABLE');
@@ -172,7 +159,7 @@ describe('recovery from failures', () => {
     const recovered: Array<{ step: string; state: MigState; reset: boolean }> = [];
     const vm = new MigrationCoordinator([g.d]);
     vm.on('recovered', (r) => recovered.push(r));
-    const arcs = recordArcs([g.d]);
+    const arcs = recordArcs(env, [g.d]);
     const err = await rejection(() => vm.pause());
     expect(err.code).toBe('EIO');
     expect(err.errno).toBe(5);
@@ -190,7 +177,7 @@ describe('recovery from failures', () => {
     const { a, b } = twoDevices('sim:4096#a', 'sim:4096#b');
     simOf(env, b.d).failArc({ from: RUNNING, to: RUNNING_P2P }, 'EIO');
     const vm = new MigrationCoordinator([a.d, b.d]);
-    const arcs = recordArcs([a.d, b.d]);
+    const arcs = recordArcs(env, [a.d, b.d]);
     const err = await rejection(() => vm.pause());
     expect(err.device).toBe(b.d.device.name);
     expect(err.deviceState).toEqual([
@@ -207,23 +194,11 @@ describe('recovery from failures', () => {
   it('a device that enters ERROR during pause: VFIO_DEVICE_RESET, then PCI_COMMAND pushed and interrupts re-armed', async () => {
     const g = bootedSource(env, 'sim:4096:master=required');
     const sim = simOf(env, g.d);
+    // What the device serves from here on: resets, config writes, SET_IRQS.
     const calls: string[] = [];
-    const dev = g.d.device;
-    const reset = dev.reset.bind(dev);
-    const writeConfig = dev.writeConfig.bind(dev);
-    const setIrqs = dev.setIrqs.bind(dev);
-    dev.reset = async () => {
-      calls.push('reset');
-      await reset();
-    };
-    dev.writeConfig = (off, data) => {
-      calls.push(`writeConfig 0x${off.toString(16)}=0x${data.readUIntLE(0, data.length).toString(16)}`);
-      writeConfig(off, data);
-    };
-    dev.setIrqs = (set) => {
-      calls.push(`setIrqs ${set.index}`);
-      setIrqs(set);
-    };
+    sim.on('reset', (how) => calls.push(`reset (${how})`));
+    sim.on('config-write', (off, data) => calls.push(`writeConfig 0x${off.toString(16)}=0x${data.readUIntLE(0, data.length).toString(16)}`));
+    sim.on('set-irqs', (set) => calls.push(`setIrqs ${set.index}`));
     const recovered: Array<{ reset: boolean; state: MigState }> = [];
     const vm = new MigrationCoordinator([g.d]);
     vm.on('recovered', (r) => recovered.push(r));
@@ -233,7 +208,7 @@ describe('recovery from failures', () => {
     expect(err.code).toBe('EIO');
     expect(err.deviceState).toEqual([{ device: 'nic0', state: 'RUNNING', touched: true, reset: true }]);
     expect(recovered).toEqual([expect.objectContaining({ reset: true, state: RUNNING })]);
-    expect(calls).toEqual(['reset', `writeConfig 0x4=0x${MEM_MASTER.toString(16)}`, 'setIrqs 2']);
+    expect(calls).toEqual(['reset (VFIO_DEVICE_RESET)', `writeConfig 0x4=0x${MEM_MASTER.toString(16)}`, 'setIrqs 2']);
     expect(sim.state).toBe(RUNNING);
     expect(rawCommand(g.d)).toBe(MEM_MASTER);
     expect(g.read32(BAR0.IRQ_COUNT)).toBe(0); // the reset cleared the registers
@@ -243,8 +218,10 @@ describe('recovery from failures', () => {
   });
 
   it('(without the push after the reset the master=required device would wedge)', async () => {
-    const g = bootedSource(env, 'sim:4096:master=required');
-    g.d.pushCommand = () => {};
+    // A recovery that forgets PCI_COMMAND: from the pause on, COMMAND writes never reach the device.
+    let forget = false;
+    const g = bootedSource(env, 'sim:4096:master=required', { binding: lossyBinding(env, 'command', () => forget) });
+    forget = true;
     simOf(env, g.d).failArc({ to: STOP }, 'EIO', { enterError: true });
     await rejection(() => new MigrationCoordinator([g.d]).pause());
     expect(rawCommand(g.d)).toBe(0);
@@ -390,7 +367,7 @@ describe('a failed restore', () => {
     const vm = new MigrationCoordinator(dst.devices, { allowNonP2P: true });
     await vm.restore(f);
     expect(dst.host.bus.mappings().length).toBe(2);
-    const arcs = recordArcs([da, db]);
+    const arcs = recordArcs(env, [da, db]);
     const err = await rejection(() => vm.resume());
     expect(err.code).toBe('EINVAL');
     expect(err.device).toBe(db.device.name);
@@ -413,7 +390,7 @@ describe('a failed restore', () => {
     const dst = destination(env, host, [{ spec: 'sim:64KiB#dst-a', id: 'a' }, { spec: 'sim:64KiB#dst-b', id: 'b' }]);
     const [da, db] = dst.devices;
     simOf(env, db).failDataFd({ after: 100, errno: 'EIO', on: 'write' });
-    const arcs = recordArcs([da, db]);
+    const arcs = recordArcs(env, [da, db]);
     const err = await rejection(new MigrationCoordinator(dst.devices).restore(f));
     expect(err.code).toBe('EIO');
     expect(err.device).toBe(db.device.name);
@@ -464,7 +441,7 @@ describe('a restore pairs saved devices with the VM\'s by id', () => {
   it('a saved device without a destination, or a destination without saved state, is refused by name before anything is touched', async () => {
     const { f, host } = await twoSaved();
     const dst = destination(env, host, [{ spec: 'sim:4096', id: 'a' }, { spec: 'sim:4096', id: 'c' }]);
-    const arcs = recordArcs(dst.devices);
+    const arcs = recordArcs(env, dst.devices);
     const err = await rejection(new MigrationCoordinator(dst.devices).restore(f));
     expect(err.code).toBe('EVFIO_DEVICE_MISMATCH');
     expect(err.message).toContain('no saved state for c');
@@ -479,12 +456,6 @@ describe('a restore pairs saved devices with the VM\'s by id', () => {
   it('two devices of a VM with one id are refused (EVFIO_DUPLICATE_ID)', () => {
     const a = bootedSource(env, 'sim:4096', { id: 'x' });
     const b = bootedSource(env, 'sim:4096', { id: 'x' });
-    let err: unknown;
-    try {
-      new MigrationCoordinator([a.d, b.d]);
-    } catch (e) {
-      err = e;
-    }
-    expect((err as { code?: string }).code).toBe('EVFIO_DUPLICATE_ID');
+    expect(thrown(() => new MigrationCoordinator([a.d, b.d])).code).toBe('EVFIO_DUPLICATE_ID');
   });
 });

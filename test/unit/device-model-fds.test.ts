@@ -8,9 +8,9 @@
 import * as fs from 'node:fs';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { MigrationCoordinator } from '../../src/vm/coordinator';
-import {
-  Guest, SECRET, bootedSource, destination, dispose, file, makeEnv, realFdCount, rejection, simOf, snapshotVm, type Env,
-} from './device-model-helpers';
+import { Guest, SECRET, bootedSource, destination, dispose, file, makeEnv, simOf, snapshotVm, type Env } from '../helpers/device-model';
+import { rejection } from '../helpers/errors';
+import { openFdCount } from '../helpers/fds';
 
 let env: Env;
 beforeEach(() => {
@@ -49,14 +49,14 @@ async function cycle(i: number): Promise<void> {
 describe('fds across the lifecycle', () => {
   it(`${CYCLES} attach/snapshot/restore/detach cycles leave no real or virtual fd open`, async () => {
     await cycle(-1); // warm-up: lazily opened process-wide fds (the addon, libuv) are not leaks
-    const real = realFdCount();
+    const real = openFdCount();
     const virtual = env.sim.openFdCount();
     expect(virtual).toBe(0);
     for (let i = 0; i < CYCLES; i++) {
       await cycle(i);
       expect(env.sim.openFds(), `cycle ${i}`).toEqual([]);
     }
-    expect(realFdCount()).toBe(real);
+    expect(openFdCount()).toBe(real);
     expect(env.sim.devices().every((d) => !d.isOpen && d.openFds === 0)).toBe(true);
     expect(env.sim.devices()).toHaveLength(2 * (CYCLES + 1));
   });

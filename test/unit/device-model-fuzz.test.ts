@@ -30,7 +30,7 @@ import type { ReferenceHost } from '../../src/model/host/reference';
 import type { VfioPciDevice } from '../../src/model/vfio-pci';
 import type { ConfigSpace } from '../../src/model/pci/config-space';
 import * as r from '../../src/model/pci/regs';
-import { BAR0, attach, dispose, makeEnv, newHost, openSim, simOf, type Env } from './device-model-helpers';
+import { BAR0, attach, dispose, makeEnv, newHost, openSim, simOf, type Env } from '../helpers/device-model';
 import { Rng, mix32 } from '../helpers/rng';
 
 const CASES = Number(process.env.FUZZ_CASES ?? 40);

@@ -7,16 +7,17 @@
  *  - no guest access throws out of the config-space or BAR handlers: overlapping BARs are legal,
  *    and every failure is reported as a 'guest-error' event instead (6.5).
  */
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { VfioError } from '../../src/base/errors';
 import type { GuestError } from '../../src/model/guest-error';
 import { ReferenceBus } from '../../src/model/host/reference';
 import type { BarAccessHandler, BarMapping } from '../../src/model/host/types';
 import type { VfioPciDevice } from '../../src/model/vfio-pci';
 import { PCI_COMMAND, PCI_COMMAND_INTX_DISABLE } from '../../src/model/pci/regs';
-import { BAR0, Guest, MEM_MASTER, SECRET, attach, bootedSource, destination, dispose, file, makeEnv, newHost, openSim, simOf, snapshotVm, type Env } from './device-model-helpers';
+import { BAR0, Guest, MEM_MASTER, SECRET, attach, bootedSource, destination, dispose, file, makeEnv, newHost, openSim, simOf, snapshotVm, type Env } from '../helpers/device-model';
 import { MigrationCoordinator } from '../../src/vm/coordinator';
 import * as uapi from '../../src/kernel/uapi/vfio';
+import type { IrqSet } from '../../src/kernel/uapi/structs';
 
 let env: Env;
 beforeEach(() => {
@@ -237,10 +238,14 @@ describe("guest accesses never throw: failures are 'guest-error' events", () => 
   });
 });
 
-/** The SET_IRQS calls made on a device from now on, as [index, start, count, data type] (the calls go through). */
+/** The SET_IRQS calls the device serves from now on, as [index, start, count, data type] (its 'set-irqs' events). */
 function setIrqsCalls(d: VfioPciDevice): () => Array<[number, number, number, string]> {
-  const spy = vi.spyOn(d.device, 'setIrqs');
-  return () => spy.mock.calls.map(([set]) => [set.index, set.start, set.count, set.flags & uapi.VFIO_IRQ_SET_DATA_NONE ? 'none' : 'eventfd']);
+  const calls: Array<[number, number, number, string]> = [];
+  const sim = simOf(env, d);
+  const onSet = (set: IrqSet): void => void calls.push([set.index, set.start, set.count, set.flags & uapi.VFIO_IRQ_SET_DATA_NONE ? 'none' : 'eventfd']);
+  sim.on('set-irqs', onSet);
+  env.cleanup.push(() => sim.off('set-irqs', onSet));
+  return () => [...calls];
 }
 
 const MSIX = uapi.VFIO_PCI_MSIX_IRQ_INDEX;

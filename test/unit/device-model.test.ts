@@ -7,9 +7,9 @@
  *  - BARs placed from the snapshot, never allocated again (the restored allocator refuses);
  *  - config space compared under the destination's own masks (VSC body may differ, its header and the ids may not).
  * The coordinator and failure recovery are in device-model-coordinator.test.ts, the fd count in
- * device-model-fds.test.ts, the sim options themselves in device-model-sim.test.ts.
+ * device-model-fds.test.ts, the sim options themselves in test/sim/device-model-support.test.ts.
  */
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BAR0_ID_VALUE, CAP_OFFSETS } from '../../src/sim';
 import { MigrationCoordinator } from '../../src/vm/coordinator';
 import { VfioPciDevice } from '../../src/model/vfio-pci';
@@ -26,9 +26,10 @@ import type { ModelState } from '../../src/model/model-state';
 import { MsixTable } from '../../src/model/pci/msix-table';
 import { MigState } from '../../src/kernel/uapi/vfio';
 import {
-  BAR0, Guest, MEM_MASTER, SECRET, attach, bootedSource, destination, dispose, file, makeEnv, newHost, openSim, rawCommand,
-  rejection, simOf, snapshotVm, type Env,
-} from './device-model-helpers';
+  BAR0, Guest, MEM_MASTER, RecordingAllocator, SECRET, attach, bootedSource, destination, dispose, file, lossyBinding, makeEnv, newHost, openSim,
+  rawCommand, simOf, snapshotVm, type Env,
+} from '../helpers/device-model';
+import { rejection } from '../helpers/errors';
 
 const { RUNNING, RESUMING, STOP } = MigState;
 /** Long enough for an interrupt that was raised synchronously to show; used where none must come. */
@@ -54,15 +55,14 @@ function expectUntouched(d: VfioPciDevice, host: ReferenceHost): void {
 
 describe('guest flow on a source device', () => {
   it('attach assigns BAR0 from the allocator; sizing, COMMAND, MSI-X through the bus; the doorbell reaches the eventfd', async () => {
-    const host = newHost(env);
-    const allocate = vi.spyOn(host.allocator, 'allocate');
+    const allocator = new RecordingAllocator();
+    const host = newHost(env, allocator);
     const d = attach(env, openSim(env, 'sim:4096'), host, { id: 'nic0' });
     const sim = simOf(env, d);
 
     // Firmware's part: one BAR, 4 KiB of MMIO, at the allocator's first address, in the shadow.
-    expect(allocate).toHaveBeenCalledTimes(1);
-    expect(allocate).toHaveBeenCalledWith('mmio', 4096, 'nic0/bar0');
-    const addr = (allocate.mock.results[0].value as AllocationRecord).address;
+    expect(allocator.calls.map(({ space, size, owner }) => [space, size, owner])).toEqual([['mmio', 4096, 'nic0/bar0']]);
+    const addr = (allocator.calls[0].record as AllocationRecord).address;
     expect(addr).toBe(0xe000_0000n);
     expect(d.configRead(0x10, 4)).toBe(Number(addr));
     expect(host.bus.mappings()).toEqual([]); // decode is off
@@ -176,10 +176,13 @@ describe('a destination that wedges its command queue without bus mastering (mas
     const src = bootedSource(env, 'sim:64KiB');
     const f = file(env);
     await snapshotVm([src.d], f);
-    const { host, devices: [dst] } = destination(env, src.host, [{ spec: 'sim:64KiB:master=required' }]);
-    if (breakIt) dst.pushCommand = () => {}; // a VMM that forgets PCI_COMMAND after the load
+    // breakIt: a VMM that forgets PCI_COMMAND after the load (its COMMAND writes during the restore never reach the device).
+    let restoring = true;
+    const binding = breakIt ? lossyBinding(env, 'command', () => restoring) : env.sim;
+    const { host, devices: [dst] } = destination(env, src.host, [{ spec: 'sim:64KiB:master=required' }], { binding });
     const vm = new MigrationCoordinator([dst]);
     await vm.restore(f);
+    restoring = false;
     await vm.resume();
     return { g: new Guest(dst, host), dst };
   }
@@ -217,8 +220,9 @@ describe('a destination whose interrupts stay silent unless SET_IRQS is issued a
     const src = bootedSource(env, 'sim:64KiB');
     const f = file(env);
     await snapshotVm([src.d], f);
-    const { host, devices: [dst] } = destination(env, src.host, [{ spec: 'sim:64KiB' }]);
-    if (breakIt) (dst as unknown as { irqs: { rearm(): void } }).irqs.rearm = () => {};
+    // breakIt: a VMM that forgets to re-arm interrupts after the load (its SET_IRQS never reach the device).
+    const binding = breakIt ? lossyBinding(env, 'set-irqs') : env.sim;
+    const { host, devices: [dst] } = destination(env, src.host, [{ spec: 'sim:64KiB' }], { binding });
     const vm = new MigrationCoordinator([dst]);
     await vm.restore(f);
     await vm.resume();
@@ -259,13 +263,13 @@ describe('a host allocator that refuses to register a BAR twice', () => {
     const src = bootedSource(env, 'sim:64KiB');
     const f = file(env);
     await snapshotVm([src.d], f);
-    const host = newHost(env, ReferenceAllocator.from(src.host.allocator.export()));
-    const allocate = vi.spyOn(host.allocator, 'allocate');
+    const allocator = new RecordingAllocator(ReferenceAllocator.from(src.host.allocator.export()));
+    const host = newHost(env, allocator);
     const dst = attach(env, openSim(env, 'sim:64KiB'), host, { id: 'nic0', assignBars: false });
     const vm = new MigrationCoordinator([dst]);
     await vm.restore(f);
     await vm.resume();
-    expect(allocate).not.toHaveBeenCalled();
+    expect(allocator.calls).toEqual([]);
     expect(host.allocator.export()).toEqual(src.host.allocator.export());
     expect(host.bus.find('nic0', 0)!.address).toBe(0xe000_0000n);
     const g = new Guest(dst, host);

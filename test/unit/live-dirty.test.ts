@@ -6,10 +6,8 @@
  * relaxation, with the cancel on a guest mapping leaving the source running with its state.
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
-import { VfioError } from '../../src/base/errors';
+import { useTempDir } from '../helpers/temp-dir';
+import { rejection } from '../helpers/errors';
 import { MigrationCoordinator, type CoordinatorOptions } from '../../src/vm/coordinator';
 import { listen, type Listener } from '../../src/live/listener';
 import type { DirtySync } from '../../src/engine/dirty';
@@ -21,7 +19,7 @@ import { ReferenceViommu, type ReferenceHost } from '../../src/model/host/refere
 import { BareDevice } from '../../src/model/bare';
 import { MigrationEngine } from '../../src/engine/engine';
 import { BAR0, DMA_STATUS_DONE } from '../../src/sim';
-import { Guest, MEM_MASTER, SECRET, attach, destination, dispose, makeEnv, newHost, simOf, type Env } from './device-model-helpers';
+import { Guest, MEM_MASTER, SECRET, attach, destination, dispose, makeEnv, newHost, simOf, type Env } from '../helpers/device-model';
 
 const PAGE = 4096;
 /** Guest RAM: 1 MiB below 4 GiB and 1 MiB above. */
@@ -29,20 +27,18 @@ const LOW = 0x0n;
 const HIGH = 0x1_0000_0000n;
 const RAM = 1 << 20;
 
+const tmp = useTempDir('dirty', { each: true });
 let env: Env;
-let dir: string;
 /** The listener of the test's current migration (a listener accepts one migration). */
 let listener: Listener;
 const listeners: Listener[] = [];
 async function newListener(): Promise<Listener> {
-  listener = await listen(`unix:${path.join(dir, `mig${listeners.length}.sock`)}`);
+  listener = await listen(`unix:${tmp.file(`mig${listeners.length}.sock`)}`);
   listeners.push(listener);
   return listener;
 }
 beforeEach(async () => {
   env = makeEnv();
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dirty-'));
-  env.cleanup.push(() => fs.rmSync(dir, { recursive: true, force: true }));
   await newListener();
 });
 afterEach(async () => {
@@ -95,11 +91,6 @@ function incoming(spec: string, src: ReferenceHost): Promise<unknown> {
   return p;
 }
 
-async function rejection(p: Promise<unknown>): Promise<VfioError> {
-  const e = await p.then(() => undefined, (x: unknown) => x);
-  expect(e).toBeInstanceOf(VfioError);
-  return e as VfioError;
-}
 
 describe('dirty tracking in a live migration', () => {
   it('device DMA logging: each sync reports exactly the pages the DMA engine wrote, the final sync after the devices stopped; logging stops at the end', async () => {

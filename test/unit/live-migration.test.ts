@@ -13,7 +13,8 @@ import { MigrationCoordinator } from '../../src/vm/coordinator';
 import { listen, type Listener } from '../../src/live/listener';
 import { MigState, migStateName } from '../../src/kernel/uapi/vfio';
 import type { VfioPciDevice } from '../../src/model/vfio-pci';
-import { Guest, SECRET, bootedSource, destination, dispose, makeEnv, newHost, rejection, simOf, type Env } from './device-model-helpers';
+import { Guest, SECRET, bootedSource, destination, dispose, makeEnv, newHost, simOf, type Env } from '../helpers/device-model';
+import { rejection } from '../helpers/errors';
 
 const { RUNNING, STOP, RESUMING } = MigState;
 

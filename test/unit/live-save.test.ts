@@ -7,12 +7,12 @@
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { MigrationCoordinator } from '../../src/vm/coordinator';
-import type { VfioPciDevice } from '../../src/model/vfio-pci';
 import { MigState, migStateName } from '../../src/kernel/uapi/vfio';
 import type { LiveSave } from '../../src/engine/live-save';
 import { simStream } from '../../src/sim';
 import { MemoryStream } from '../helpers/memory-stream';
-import { BAR0, Guest, SECRET, bootedSource, destination, dispose, makeEnv, newHost, rejection, simOf, type Env } from './device-model-helpers';
+import { BAR0, Guest, SECRET, bootedSource, destination, dispose, makeEnv, newHost, recordArcs, simOf, type Env } from '../helpers/device-model';
+import { rejection } from '../helpers/errors';
 
 const { RUNNING, STOP, RESUMING, PRE_COPY } = MigState;
 
@@ -21,18 +21,6 @@ beforeEach(() => {
   env = makeEnv();
 });
 afterEach(() => dispose(env));
-
-/** Every arc any of `devices` executes from now on, in order, as "id: FROM→TO" (the sims' own log). */
-function arcsOf(devices: VfioPciDevice[]): () => string[] {
-  const start = devices.map((d) => simOf(env, d).arcLog.length);
-  const seen: string[] = [];
-  // The engine emits in execution order; the sims' logs confirm each device's own sequence.
-  return () => {
-    seen.length = 0;
-    devices.forEach((d, i) => simOf(env, d).arcLog.slice(start[i]).forEach(([a, b]) => seen.push(`${d.id}: ${migStateName(a)}→${migStateName(b)}`)));
-    return seen;
-  };
-}
 
 async function twoSources(spec = 'sim:64KiB'): Promise<{ a: Guest; b: Guest; vm: MigrationCoordinator }> {
   const host = newHost(env);
@@ -96,12 +84,12 @@ describe('live save into a destination in the same process', () => {
   it('a destination that refuses the records: nothing on the source is touched', async () => {
     const { a, b, vm } = await twoSources();
     const stream = new MemoryStream();
-    const arcs = arcsOf([a.d, b.d]);
+    const arcs = recordArcs(env, [a.d, b.d]);
     stream.verdict = () => {
       throw Object.assign(new Error('refused'), { code: 'EVFIO_CONFIG_MISMATCH' });
     };
     await expect(vm.beginLiveSave(stream.sink)).rejects.toThrow('refused');
-    expect(arcs()).toEqual([]);
+    expect(arcs).toEqual([]);
     expect(stream.log).toEqual(['abort']);
     // The engine is free again.
     await vm.pause();

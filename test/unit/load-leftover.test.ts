@@ -1,23 +1,17 @@
 // A destination device left in RESUMING by a load that died (mtty keeps the state after the last
 // close; the kernel tier pins that) is reset before the new load: asking for RESUMING again would
 // be "no change" to the kernel, with no data_fd to load through.
-import { describe, it, expect, beforeEach, afterEach } from 'vitest';
-import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
+import { describe, it, expect } from 'vitest';
 import { openDevice } from '../../src/kernel/open';
 import { MigState, migStateName } from '../../src/kernel/uapi/vfio';
 import { restoreSnapshot, saveSnapshot } from '../../src/vm/jobs';
+import { useTempDir } from '../helpers/temp-dir';
 
-let dir: string;
-beforeEach(() => {
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'leftover-'));
-});
-afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+const tmp = useTempDir('leftover', { each: true });
 
 describe('a load onto a device left in RESUMING', () => {
   it('resets it first, then loads: the state is the saved one and the device runs', async () => {
-    const file = path.join(dir, 'l.vfiosnap');
+    const file = tmp.file('l.vfiosnap');
     const src = openDevice('sim:64KiB:seed=3');
     const dst = openDevice('sim:64KiB:seed=9');
     try {

@@ -4,7 +4,6 @@
  * its cached state is never stale, and its refusals before the kernel is asked.
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { VfioError } from '../../src/base/errors';
 import { SimBinding, openSimDevice } from '../../src/sim';
 import type { VfioDevice } from '../../src/kernel/device';
 import { Migration } from '../../src/kernel/migration';
@@ -12,11 +11,11 @@ import { getDefaultBinding } from '../../src/kernel/open';
 import { MigState } from '../../src/kernel/uapi/vfio';
 import * as v_ from '../../src/kernel/uapi/vfio';
 import { saveSnapshot } from '../../src/vm/jobs';
-import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
+import { rejection, thrown } from '../helpers/errors';
+import { useTempDir } from '../helpers/temp-dir';
 
 const { RUNNING, STOP, STOP_COPY, PRE_COPY } = MigState;
+const tmp = useTempDir('mig');
 
 let sim: SimBinding;
 let dev: VfioDevice;
@@ -57,12 +56,7 @@ describe('one Migration per open device', () => {
   it('a listener on device.migration sees the requests saveSnapshot makes', async () => {
     const seen: string[] = [];
     dev.migration!.on('state', (c) => seen.push(`${MigState[c.from]}→${MigState[c.to]}`));
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mig-'));
-    try {
-      await saveSnapshot([dev], path.join(dir, 's.vfiosnap'), { noSync: true });
-    } finally {
-      fs.rmSync(dir, { recursive: true });
-    }
+    await saveSnapshot([dev], tmp.file('s.vfiosnap'), { noSync: true });
     expect(seen).toEqual(['RUNNING→STOP', 'STOP→STOP_COPY', 'STOP_COPY→STOP', 'STOP→RUNNING']);
   });
 });
@@ -88,8 +82,7 @@ describe('the cached state follows every path that changes the device', () => {
   it('(a planner that trusted a stale STOP_COPY would refuse STOP_COPY → PRE_COPY)', async () => {
     const m = dev.migration!;
     await m.setState(STOP_COPY);
-    const err = await m.setState(PRE_COPY).catch((e: unknown) => e);
-    expect((err as VfioError).code).toBe('EVFIO_UNSAFE_TRANSITION');
+    expect((await rejection(m.setState(PRE_COPY))).code).toBe('EVFIO_UNSAFE_TRANSITION');
     await m.setState(STOP);
   });
 });
@@ -101,15 +94,9 @@ describe('refusals before the kernel is asked', () => {
     expect(m.precopyInfo().initialBytes).toBeGreaterThanOrEqual(0);
     await m.setState(STOP_COPY);
     const calls = ioctls.length;
-    let err: unknown;
-    try {
-      m.precopyInfo();
-    } catch (e) {
-      err = e;
-    }
-    expect(err).toBeInstanceOf(VfioError);
-    expect((err as VfioError).code).toBe('EVFIO_NO_SESSION');
-    expect((err as VfioError).message).toContain('STOP_COPY');
+    const err = thrown(() => m.precopyInfo());
+    expect(err.code).toBe('EVFIO_NO_SESSION');
+    expect(err.message).toContain('STOP_COPY');
     expect(ioctls.length).toBe(calls);
     await m.setState(STOP);
   });

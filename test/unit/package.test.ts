@@ -1,27 +1,25 @@
 // The npm package as a user gets it: `npm pack` (of the dist/ that `npm test` has just built),
 // its contents, then installed into an empty project (dependencies from npm's cache when it has
 // them: --prefer-offline; the addon built by the package's install script) and run from there.
-import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { describe, it, expect, beforeAll } from 'vitest';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { execFileSync, spawnSync } from 'node:child_process';
+import { useTempDir } from '../helpers/temp-dir';
 
 const ROOT = path.resolve(__dirname, '../..');
 const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { name: string; version: string };
 
-let tmp: string;
+const tmp = useTempDir('vfio-pack');
 let tarball: string;
 let entries: string[];
 
 beforeAll(() => {
-  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vfio-pack-'));
   // --ignore-scripts: `prepare` (tsc) already ran as npm test's first step.
-  const out = execFileSync('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', tmp], { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-  tarball = path.join(tmp, (JSON.parse(out) as Array<{ filename: string }>)[0].filename);
+  const out = execFileSync('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', tmp.path], { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  tarball = tmp.file((JSON.parse(out) as Array<{ filename: string }>)[0].filename);
   entries = execFileSync('tar', ['-tzf', tarball], { encoding: 'utf8' }).split('\n').filter(Boolean).map((e) => e.replace(/^package\//, ''));
 }, 120_000);
-afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
 describe('npm package', () => {
   it('ships the license, docs and examples, no bench output, and source maps whose sources are shipped', () => {
@@ -34,7 +32,7 @@ describe('npm package', () => {
     for (const [, link] of readme.matchAll(/\]\(((?:docs|examples)\/[^)#]+)\)/g)) expect(entries, link).toContain(link);
     const maps = entries.filter((e) => e.endsWith('.map'));
     expect(maps.length).toBeGreaterThan(0);
-    const dir = fs.mkdtempSync(path.join(tmp, 'x-'));
+    const dir = fs.mkdtempSync(tmp.file('x-'));
     execFileSync('tar', ['-xzf', tarball, '-C', dir]);
     for (const m of maps) {
       const map = JSON.parse(fs.readFileSync(path.join(dir, 'package', m), 'utf8')) as { sources: string[] };
@@ -43,7 +41,7 @@ describe('npm package', () => {
   });
 
   it('installs into an empty project; `vfio-pci demo` and the example run from there', () => {
-    const proj = fs.mkdtempSync(path.join(tmp, 'proj-'));
+    const proj = fs.mkdtempSync(tmp.file('proj-'));
     fs.writeFileSync(path.join(proj, 'package.json'), JSON.stringify({ name: 'consumer', version: '1.0.0', private: true }));
     const inst = spawnSync('npm', ['install', '--no-audit', '--no-fund', '--prefer-offline', tarball], { cwd: proj, encoding: 'utf8' });
     expect(inst.status, inst.stderr).toBe(0);

@@ -1,8 +1,8 @@
 import { describe, it, expect } from 'vitest';
-import { VfioError } from '../../src/base/errors';
 import * as r from '../../src/model/pci/regs';
 import { ConfigSpace } from '../../src/model/pci/config-space';
 import { checkConfig, compareConfig, destinationConfig, type ConfigMismatchError, type DestinationConfig } from '../../src/model/pci/compare';
+import { thrown } from '../helpers/errors';
 
 /**
  * A device image: PM at 0x40, MSI (64-bit, masking) at 0x50, Vendor Specific (length 8)
@@ -57,15 +57,8 @@ function dest(raw: Buffer): DestinationConfig {
   return destinationConfig(raw, { barSizes: [0x4000] });
 }
 
-function thrown(fn: () => void): ConfigMismatchError {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(VfioError);
-    return e as ConfigMismatchError;
-  }
-  throw new Error('expected checkConfig to throw');
-}
+/** The mismatch error `fn` (a checkConfig call) throws. */
+const mismatch = (fn: () => void): ConfigMismatchError => thrown(fn) as ConfigMismatchError;
 
 describe('compareConfig: QEMU load rule', () => {
   it('accepts an identical device', () => {
@@ -79,7 +72,7 @@ describe('compareConfig: QEMU load rule', () => {
     cur.writeUInt16LE(0x1017, r.PCI_DEVICE_ID);
     const list = compareConfig(saved(), dest(cur));
     expect(list).toEqual([{ offset: 0x02, register: 'PCI_DEVICE_ID', saved: 0x1e, current: 0x17, mask: 0xff }]);
-    const err = thrown(() => checkConfig(saved(), dest(cur), { device: '0000:3b:00.1' }));
+    const err = mismatch(() => checkConfig(saved(), dest(cur), { device: '0000:3b:00.1' }));
     expect(err.code).toBe('EVFIO_CONFIG_MISMATCH');
     expect(err.kind).toBe('mismatch');
     expect(err.device).toBe('0000:3b:00.1');
@@ -199,7 +192,7 @@ describe('compareConfig: QEMU load rule', () => {
   it('reports a config space size mismatch', () => {
     const list = compareConfig(saved(4096), dest(deviceImage(256)));
     expect(list).toEqual([{ offset: 256, register: 'config space size', saved: 4096, current: 256, mask: 0 }]);
-    expect(thrown(() => checkConfig(saved(4096), dest(deviceImage(256)))).message).toContain('saved 4096 bytes, device 256');
+    expect(mismatch(() => checkConfig(saved(4096), dest(deviceImage(256)))).message).toContain('saved 4096 bytes, device 256');
   });
 
   it("uses the destination's own masks, never the saved ones (QEMU get_pci_config_device)", () => {
@@ -226,7 +219,7 @@ describe('compareConfig: QEMU load rule', () => {
     cur.fill(0xee, 0x08, 0x0c); // revision and class
     cur.fill(0xee, 0x42, 0x48); // the PM body
     cur.fill(0xee, 0x74, 0x7c); // MSI-X table and PBA locations
-    const err = thrown(() => checkConfig(saved(), dest(cur)));
+    const err = mismatch(() => checkConfig(saved(), dest(cur)));
     expect(err.mismatches.length).toBe(18);
     expect(err.message).toContain('and 2 more');
     expect(err.message).toContain('0x42 Power Management capability at 0x40 +2');

@@ -3,6 +3,7 @@ import { VfioError } from '../../src/base/errors';
 import * as r from '../../src/model/pci/regs';
 import { walkCapabilities, walkExtendedCapabilities, walkAllCapabilities } from '../../src/model/pci/capabilities';
 import { ConfigSpace } from '../../src/model/pci/config-space';
+import { expectVfioError } from '../helpers/errors';
 
 /** Builds raw config space images the way a device would present them. */
 class CfgBuilder {
@@ -86,20 +87,6 @@ function standardDevice(size = 256): CfgBuilder {
     .msix(0x70, { size: 16, table: 0x2000 | 0, pba: 0x3000 | 0 })
     .pcie(0x80)
     .vsc(0xc0, 0x14);
-}
-
-function expectVfioError(fn: () => unknown, code: string, kind?: string): VfioError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  expect(caught).toBeInstanceOf(VfioError);
-  const err = caught as VfioError;
-  expect(err.code).toBe(code);
-  if (kind) expect(err.kind).toBe(kind);
-  return err;
 }
 
 describe('capability walk', () => {

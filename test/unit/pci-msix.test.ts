@@ -1,17 +1,8 @@
 import { describe, it, expect } from 'vitest';
-import { VfioError } from '../../src/base/errors';
 import { MsixTable, type MsixChange, type MsixVectorState } from '../../src/model/pci/msix-table';
+import { le32, le64 } from '../helpers/bytes';
+import { thrown } from '../helpers/errors';
 
-const le32 = (v: number): Buffer => {
-  const b = Buffer.alloc(4);
-  b.writeUInt32LE(v >>> 0);
-  return b;
-};
-const le64 = (v: bigint): Buffer => {
-  const b = Buffer.alloc(8);
-  b.writeBigUInt64LE(v);
-  return b;
-};
 const read32 = (t: MsixTable, off: number): number => {
   const b = Buffer.alloc(4);
   t.readTable(off, b);
@@ -23,15 +14,6 @@ function recorder(): { calls: Array<[number, MsixVectorState, MsixChange]>; fn: 
   return { calls, fn: (v, s, c) => void calls.push([v, s, c]) };
 }
 
-function code(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(VfioError);
-    return (e as VfioError).code;
-  }
-  return 'no error';
-}
 
 describe('MsixTable', () => {
   it('starts with every vector masked and a zero message', () => {
@@ -121,7 +103,7 @@ describe('MsixTable', () => {
     const q = Buffer.alloc(8);
     t.readPba(0, q);
     expect([calls, q.readBigUInt64LE()]).toEqual([1, 4n]);
-    expect(code(() => t.readPba(2, Buffer.alloc(2)))).toBe('EVFIO_MSIX_ACCESS');
+    expect(thrown(() => t.readPba(2, Buffer.alloc(2))).code).toBe('EVFIO_MSIX_ACCESS');
     expect(calls).toBe(1); // not for an access that is refused
     t.setPending(2, false);
     const saved = MsixTable.deserialize(t.serialize());
@@ -133,17 +115,17 @@ describe('MsixTable', () => {
 
   it('refuses accesses the spec does not allow', () => {
     const t = new MsixTable(2);
-    expect(code(() => t.readTable(0, Buffer.alloc(2)))).toBe('EVFIO_MSIX_ACCESS');
-    expect(code(() => t.readTable(2, Buffer.alloc(4)))).toBe('EVFIO_MSIX_ACCESS');
-    expect(code(() => t.writeTable(4, Buffer.alloc(8)))).toBe('EVFIO_MSIX_ACCESS');
-    expect(code(() => t.writeTable(32, Buffer.alloc(4)))).toBe('EVFIO_MSIX_ACCESS');
-    expect(code(() => t.readPba(8, Buffer.alloc(4)))).toBe('EVFIO_MSIX_ACCESS');
-    expect(code(() => t.setPending(2, true))).toBe('EVFIO_MSIX_ACCESS');
+    expect(thrown(() => t.readTable(0, Buffer.alloc(2))).code).toBe('EVFIO_MSIX_ACCESS');
+    expect(thrown(() => t.readTable(2, Buffer.alloc(4))).code).toBe('EVFIO_MSIX_ACCESS');
+    expect(thrown(() => t.writeTable(4, Buffer.alloc(8))).code).toBe('EVFIO_MSIX_ACCESS');
+    expect(thrown(() => t.writeTable(32, Buffer.alloc(4))).code).toBe('EVFIO_MSIX_ACCESS');
+    expect(thrown(() => t.readPba(8, Buffer.alloc(4))).code).toBe('EVFIO_MSIX_ACCESS');
+    expect(thrown(() => t.setPending(2, true)).code).toBe('EVFIO_MSIX_ACCESS');
     expect(t.isValidTableAccess(28, 4)).toBe(true);
     expect(t.isValidTableAccess(28, 8)).toBe(false);
     expect(t.isValidPbaAccess(0, 8)).toBe(true);
-    expect(code(() => new MsixTable(0))).toBe('EVFIO_MSIX_SIZE');
-    expect(code(() => new MsixTable(2049))).toBe('EVFIO_MSIX_SIZE');
+    expect(thrown(() => new MsixTable(0)).code).toBe('EVFIO_MSIX_SIZE');
+    expect(thrown(() => new MsixTable(2049)).code).toBe('EVFIO_MSIX_SIZE');
     expect(new MsixTable(2048).pbaBytes).toBe(256);
   });
 
@@ -165,16 +147,16 @@ describe('MsixTable', () => {
     const good = new MsixTable(3).serialize();
     const magic = Buffer.from(good);
     magic[1] ^= 0xff;
-    expect(code(() => MsixTable.deserialize(magic))).toBe('EVFIO_MSIX_FORMAT');
-    expect(code(() => MsixTable.deserialize(good.subarray(0, good.length - 1)))).toBe('EVFIO_MSIX_FORMAT');
+    expect(thrown(() => MsixTable.deserialize(magic)).code).toBe('EVFIO_MSIX_FORMAT');
+    expect(thrown(() => MsixTable.deserialize(good.subarray(0, good.length - 1))).code).toBe('EVFIO_MSIX_FORMAT');
     const version = Buffer.from(good);
     version.writeUInt16LE(9, 4);
-    expect(code(() => MsixTable.deserialize(version))).toBe('EVFIO_MSIX_VERSION');
+    expect(thrown(() => MsixTable.deserialize(version)).code).toBe('EVFIO_MSIX_VERSION');
     const ctrl = Buffer.from(good);
     ctrl.writeUInt32LE(0x80000001, 16 + 12);
-    expect(code(() => MsixTable.deserialize(ctrl))).toBe('EVFIO_MSIX_FORMAT');
+    expect(thrown(() => MsixTable.deserialize(ctrl)).code).toBe('EVFIO_MSIX_FORMAT');
     const pba = Buffer.from(good);
     pba[16 + 48] = 0x08; // vector 3 does not exist
-    expect(code(() => MsixTable.deserialize(pba))).toBe('EVFIO_MSIX_FORMAT');
+    expect(thrown(() => MsixTable.deserialize(pba)).code).toBe('EVFIO_MSIX_FORMAT');
   });
 });

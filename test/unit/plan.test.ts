@@ -7,7 +7,6 @@ import {
   VFIO_MIGRATION_STOP_COPY,
   migStateName,
 } from '../../src/kernel/uapi/vfio';
-import { VfioError } from '../../src/base/errors';
 import {
   isLegalFlagSet,
   isP2pQuiesced,
@@ -22,6 +21,7 @@ import {
   stateAllowed,
   statesAllowed,
 } from '../../src/kernel/plan';
+import { thrown } from '../helpers/errors';
 
 const {
   ERROR,
@@ -153,16 +153,6 @@ function pathOf(from: MigState, arcs: Array<[MigState, MigState]>): MigState[] {
 
 function plannedPath(from: MigState, to: MigState, flags: number): MigState[] {
   return pathOf(from, planTransition(from, to, flags).arcs);
-}
-
-function thrown(fn: () => unknown): VfioError {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(VfioError);
-    return e as VfioError;
-  }
-  throw new Error('expected a VfioError, nothing was thrown');
 }
 
 // ---------------------------------------------------------------------------------------------

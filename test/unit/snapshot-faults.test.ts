@@ -4,10 +4,11 @@
  *
  * Faults:
  *  - the snapshot file's writes fail mid-stream (EIO), or the disk fills up (ENOSPC): injected
- *    at the file-handle level (fs.promises FileHandle.write, what the writer uses) and, for a
- *    job that streams its state into the file with the data pump (the JS pump over the
- *    device's binding: `Binding.pwrite` / `Binding.write`), in a wrapper of that binding — one
- *    byte budget over both, so the fault hits whichever path the job takes; plus a real ENOSPC on a 512 KiB tmpfs when the test runs as root and can mount one;
+ *    in the writer's file calls (WriterOptions.files, what it opens, writes, fsyncs and renames
+ *    with) and, for a job that streams its state into the file with the data pump (the JS pump
+ *    over the device's binding: `Binding.pwrite` / `Binding.write`), in a wrapper of that
+ *    binding — one byte budget over both, so the fault hits whichever path the job takes; plus
+ *    a real ENOSPC on a 512 KiB tmpfs when the test runs as root and can mount one;
  *  - the device's data_fd fails mid-read (save) or mid-write (restore): SimDevice.failDataFd;
  *  - a corrupted chunk in the snapshot (restore).
  * After each: the destination file does not exist (or a file that was there is unchanged), no
@@ -15,13 +16,12 @@
  * back where it was (RUNNING, or STOP when it was paused / leaveStopped) with no data_fd open;
  * a restore that touched the device reset it to RUNNING and says so in `deviceState`.
  */
-import { describe, it, expect, beforeAll, afterAll, beforeEach, afterEach, vi } from 'vitest';
+import { describe, it, expect, afterAll, beforeEach, afterEach } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { SimBinding, type SimDevice } from '../../src/sim';
-import { loadBinding } from '../../src/kernel/binding';
 import type { Binding } from '../../src/kernel/binding/types';
 import type { VfioDevice } from '../../src/kernel/device';
 import { openDevice } from '../../src/kernel/open';
@@ -32,8 +32,13 @@ import { VfioError, errnoOf } from '../../src/base/errors';
 import { Migration } from '../../src/kernel/migration';
 import { restoreSnapshot, saveSnapshot } from '../../src/vm/jobs';
 import { SnapshotReader } from '../../src/snapshot/reader';
+import type { WriterFile, WriterFiles } from '../../src/snapshot/writer';
 import * as f from '../../src/snapshot/format';
 import { MigState } from '../../src/kernel/uapi/vfio';
+import { intercept, realBinding } from '../helpers/binding';
+import { rejection } from '../helpers/errors';
+import { openFdCount } from '../helpers/fds';
+import { itUnless } from '../helpers/skip';
 
 const { RUNNING, STOP } = MigState;
 
@@ -64,61 +69,55 @@ class FileFault {
 }
 let fault: FileFault | undefined;
 
-/** Paths of the FileHandles opened while the spies are on; calls in order, for the fsync-before-rename test. */
-const handlePaths = new WeakMap<object, string>();
+/** The writer's file calls in order ('open P', 'fsync P', 'rename A -> B'), for the fsync-before-rename test. */
 let events: string[] = [];
 
 /** The snapshot writer's temporary files: `.NAME.PID.RANDOM.tmp`. */
 const isTemp = (p: string): boolean => /^\..+\.\d+\.[0-9a-f]+\.tmp$/.test(path.basename(p));
 
-beforeAll(async () => {
-  const probe = await fs.promises.open(__filename, 'r');
-  const proto = Object.getPrototypeOf(probe) as {
-    write: (...a: unknown[]) => Promise<{ bytesWritten: number; buffer: Buffer }>;
-    sync: () => Promise<void>;
+/** An open file of the writer's: its calls traced, its writes to a temporary file drawing on `fault`'s budget. */
+function tracedFile(p: string, fh: fs.promises.FileHandle): WriterFile {
+  return {
+    fd: fh.fd,
+    chmod: (mode) => fh.chmod(mode),
+    close: () => fh.close(),
+    sync: async () => {
+      events.push(`fsync ${p}`);
+      await fh.sync();
+    },
+    write: async (buf, off, len, pos) => {
+      if (!fault || !isTemp(p)) return fh.write(buf, off, len, pos);
+      const n = fault.allow(len, () => fault!.nodeError('write'));
+      const r = await fh.write(buf, off, n, pos);
+      fault.written += r.bytesWritten;
+      return r;
+    },
   };
-  await probe.close();
-  const origOpen = fs.promises.open;
-  vi.spyOn(fs.promises, 'open').mockImplementation(async (...args: Parameters<typeof fs.promises.open>) => {
-    const fh = await origOpen(...args);
-    handlePaths.set(fh, String(args[0]));
-    events.push(`open ${String(args[0])}`);
-    return fh;
-  });
-  const origRename = fs.promises.rename;
-  vi.spyOn(fs.promises, 'rename').mockImplementation(async (from, to) => {
-    events.push(`rename ${String(from)} -> ${String(to)}`);
-    return origRename(from, to);
-  });
-  const origSync = proto.sync;
-  vi.spyOn(proto, 'sync').mockImplementation(function (this: object) {
-    events.push(`fsync ${handlePaths.get(this) ?? '?'}`);
-    return origSync.call(this);
-  });
-  const origWrite = proto.write;
-  vi.spyOn(proto, 'write').mockImplementation(async function (this: object, ...args: unknown[]) {
-    const p = handlePaths.get(this);
-    if (!fault || !p || !isTemp(p) || !Buffer.isBuffer(args[0])) return origWrite.apply(this, args);
-    const [buf, off = 0, len = (args[0] as Buffer).length - ((args[1] as number) ?? 0), pos] = args as [Buffer, number?, number?, (number | null)?];
-    const n = fault.allow(len, () => fault!.nodeError('write'));
-    const r = await origWrite.call(this, buf, off, n, pos);
-    fault.written += r.bytesWritten;
-    return r;
-  });
-});
-afterAll(() => {
-  vi.restoreAllMocks();
-});
+}
+
+/** The writer's file calls for every save here (`files` in its options): node:fs/promises, traced and with `fault`. */
+const files: WriterFiles = {
+  open: async (p, flags, mode) => {
+    const fh = await fs.promises.open(p, flags, mode);
+    events.push(`open ${p}`);
+    return tracedFile(p, fh);
+  },
+  rename: async (from, to) => {
+    events.push(`rename ${from} -> ${to}`);
+    await fs.promises.rename(from, to);
+  },
+  unlink: (p) => fs.promises.unlink(p),
+};
 
 /**
  * The device's binding with file-side faults: `write` and `pwrite` to a real fd draw on the
- * same budget as FileHandle.write (a job that streams state with the data pump writes the file
- * through the binding, not through fs: the data_fd is virtual, so the JS pump over this binding
- * serves it).
+ * same budget as the writer's file writes (a job that streams state with the data pump writes
+ * the file through the binding, not through the writer's calls: the data_fd is virtual, so the
+ * JS pump over this binding serves it).
  */
 function faultyBinding(inner: SimBinding): Binding {
   const fileSide = (fd: number): boolean => fault !== undefined && !SimBinding.isVirtualFd(fd);
-  const overrides: Partial<Binding> = {
+  return intercept(inner, {
     write: async (fd: number, buf: Buffer, offset?: number, length?: number): Promise<number> => {
       if (!fileSide(fd)) return inner.write(fd, buf, offset, length);
       const len = length ?? buf.length - (offset ?? 0);
@@ -135,23 +134,11 @@ function faultyBinding(inner: SimBinding): Binding {
       fault!.written += done;
       return done;
     },
-  };
-  return new Proxy(inner, {
-    get(target, key) {
-      if (key in overrides) return overrides[key as keyof Binding];
-      const v = Reflect.get(target, key, target) as unknown;
-      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
-    },
   });
 }
 
 // ------------------------------------------------------------------ set-up
-let real: Binding | undefined;
-try {
-  real = loadBinding();
-} catch {
-  real = undefined;
-}
+const real = realBinding();
 
 interface Env {
   sim: SimBinding;
@@ -186,16 +173,6 @@ function sim(name: string, spec = 'sim:64KiB'): { sd: SimDevice; dev: VfioDevice
 
 function leftovers(dir: string): string[] {
   return fs.readdirSync(dir).filter((n) => isTemp(n));
-}
-
-async function rejection(p: Promise<unknown>): Promise<VfioError> {
-  try {
-    await p;
-  } catch (e) {
-    if (!(e instanceof VfioError)) throw e;
-    return e;
-  }
-  throw new Error('expected the job to fail');
 }
 
 /** The device is in `state`, with no data_fd open and no live session. */
@@ -263,7 +240,7 @@ describe('saveSnapshot: a failure leaves no file and the devices where they were
         const file = path.join(env.dir, 'vm.vfiosnap');
         if (variant.existing) fs.writeFileSync(file, OLD);
         arm(fl, sd);
-        const e = await rejection(saveSnapshot([dev], file, { bufferSize: 4096, noSync: true, leaveStopped: variant.leaveStopped }));
+        const e = await rejection(saveSnapshot([dev], file, { bufferSize: 4096, noSync: true, leaveStopped: variant.leaveStopped, files }));
         expectFaultError(e, fl);
         expect(e.deviceState?.map((o) => [o.device, o.state])).toEqual([['sim:64KiB#src', MigState[after]]]);
         expect(e.message).toMatch(new RegExp(`device left in ${MigState[after]}( \\(reset\\))?$`));
@@ -278,7 +255,7 @@ describe('saveSnapshot: a failure leaves no file and the devices where they were
     const b = sim('b', 'sim:32KiB');
     const file = path.join(env.dir, 'two.vfiosnap');
     b.sd.failDataFd({ after: 5000, errno: 'ENODEV', on: 'read' });
-    const e = await rejection(saveSnapshot([a.dev, b.dev], file, { bufferSize: 4096, noSync: true }));
+    const e = await rejection(saveSnapshot([a.dev, b.dev], file, { bufferSize: 4096, noSync: true, files }));
     expect(e).toMatchObject({ code: 'ENODEV', step: 'save:read', syscall: 'read' });
     expect(e.message).toMatch(/devices left: sim:64KiB#a RUNNING, sim:32KiB#b RUNNING/);
     expectNothingWritten(file, undefined);
@@ -292,7 +269,7 @@ describe('saveSnapshot: a failure leaves no file and the devices where they were
     const { sd, dev } = sim('src');
     const file = path.join(env.dir, 'durable.vfiosnap');
     events = [];
-    await saveSnapshot([dev], file, { bufferSize: 8192, onState: (c) => events.push(`state ${MigState[c.to]}`) });
+    await saveSnapshot([dev], file, { bufferSize: 8192, onState: (c) => events.push(`state ${MigState[c.to]}`), files });
     const tmpOpen = events.find((ev) => ev.startsWith('open ') && isTemp(ev.slice(5)));
     expect(tmpOpen, events.join('\n')).toBeDefined();
     const tmp = tmpOpen!.slice(5);
@@ -327,7 +304,7 @@ describe('saveSnapshot: a failure leaves no file and the devices where they were
       fs.writeFileSync(path.join(file, 'keep'), 'x');
     };
     try {
-      const e = await rejection(saveSnapshot([dev], file, { bufferSize: 8192, onState: occupy }));
+      const e = await rejection(saveSnapshot([dev], file, { bufferSize: 8192, onState: occupy, files }));
       expect(e.step).toBe('snapshot:commit');
       expect(e.code).toBe('EVFIO_NOT_A_FILE');
       expect(e.message).toMatch(/device left in RUNNING$/);
@@ -363,7 +340,7 @@ afterAll(() => {
 });
 
 describe('saveSnapshot on a full disk (real ENOSPC)', () => {
-  it.skipIf(!tmpfs.dir)(`a 1 MiB state on a 512 KiB tmpfs: ENOSPC, no file, device RUNNING${tmpfs.reason ? ` [skipped: ${tmpfs.reason}]` : ''}`, async () => {
+  itUnless(tmpfs.reason, 'a 1 MiB state on a 512 KiB tmpfs: ENOSPC, no file, device RUNNING', async () => {
     const { sd, dev } = sim('big', 'sim:1MiB');
     const file = path.join(tmpfs.dir!, 'vm.vfiosnap');
     fs.writeFileSync(file, OLD);
@@ -388,7 +365,7 @@ describe('saveSnapshot on a full disk (real ENOSPC)', () => {
 async function saved(name = 'src.vfiosnap'): Promise<{ file: string; seed: bigint }> {
   const { sd, dev } = sim('origin');
   const file = path.join(env.dir, name);
-  await saveSnapshot([dev], file, { bufferSize: 4096, noSync: true });
+  await saveSnapshot([dev], file, { bufferSize: 4096, noSync: true, files });
   return { file, seed: sd.seed };
 }
 
@@ -483,11 +460,10 @@ describe('restoreSnapshot: a failure after the device was touched resets it to R
   it('a device without migration support: refused, and the snapshot file is closed again', async () => {
     const { file } = await saved();
     const { sd, dev } = sim('nomig', 'sim:64KiB:mig=off');
-    const fds = (): number => fs.readdirSync('/proc/self/fd').length;
-    const before = fds();
+    const before = openFdCount();
     const e = await rejection(restoreSnapshot(dev, file));
     expect(e).toMatchObject({ code: 'EVFIO_NOT_MIGRATABLE', kind: 'unsupported' });
-    expect(fds()).toBe(before);
+    expect(openFdCount()).toBe(before);
     expect(MigState[sd.state]).toBe('RUNNING');
   });
 
@@ -518,7 +494,7 @@ describe('MigrationCoordinator: snapshot and restore under faults', () => {
     const { coord } = vm('probe');
     await coord.pause();
     const probe = path.join(env.dir, 'probe.vfiosnap');
-    await coord.snapshot(probe, { noSync: true });
+    await coord.snapshot(probe, { noSync: true, files });
     await coord.resume();
     const r = await SnapshotReader.open(probe);
     const at = r.devices()[0].state!.bodyAt;
@@ -536,7 +512,7 @@ describe('MigrationCoordinator: snapshot and restore under faults', () => {
       const file = path.join(env.dir, 'vm.vfiosnap');
       fs.writeFileSync(file, OLD);
       arm({ ...fl, after }, sd);
-      const e = await rejection(coord.snapshot(file, { noSync: true }));
+      const e = await rejection(coord.snapshot(file, { noSync: true, files }));
       expectFaultError(e, fl);
       expect(e.deviceState?.map((o) => o.state)).toEqual(['STOP']);
       expectNothingWritten(file, OLD);
@@ -551,7 +527,7 @@ describe('MigrationCoordinator: snapshot and restore under faults', () => {
     await coord.pause();
     const file = path.join(env.dir, 'vm.vfiosnap');
     fault = new FileFault('EIO', 100);
-    const e = await rejection(coord.snapshot(file, { noSync: true }));
+    const e = await rejection(coord.snapshot(file, { noSync: true, files }));
     expect(e).toMatchObject({ code: 'EIO', errno: errnoOf('EIO') });
     expect(e.step).toMatch(/^(snapshot|save):write$/);
     expectNothingWritten(file, undefined);
@@ -562,7 +538,7 @@ describe('MigrationCoordinator: snapshot and restore under faults', () => {
     const { coord } = vm('vm-src');
     await coord.pause();
     const file = path.join(env.dir, 'vm.vfiosnap');
-    await coord.snapshot(file, { noSync: true });
+    await coord.snapshot(file, { noSync: true, files });
     await coord.resume();
     return file;
   }

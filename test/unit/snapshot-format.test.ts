@@ -1,7 +1,6 @@
-import { describe, it, expect, beforeEach, afterEach } from 'vitest';
+import { describe, it, expect } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
 import { SnapshotWriter } from '../../src/snapshot/writer';
@@ -9,21 +8,19 @@ import { SnapshotReader, type ReaderBinding } from '../../src/snapshot/reader';
 import { loadBinding } from '../../src/kernel/binding';
 import * as f from '../../src/snapshot/format';
 import { inspectSnapshot } from '../../src/snapshot/inspect';
-import { VfioError } from '../../src/base/errors';
+import type { VfioError } from '../../src/base/errors';
 import { jsChecksum } from '../../src/kernel/pump/checksum';
 import { SimBinding } from '../../src/sim';
 import { openSimDevice } from '../../src/sim/provider';
 import { restoreSnapshot } from '../../src/vm/jobs';
+import { rejection } from '../helpers/errors';
+import { useTempDir } from '../helpers/temp-dir';
 
 const crc32c = (b: Buffer) => jsChecksum.crc32c(b);
 /** A snapshot of format version 1 (CRC-32), written by the version 1 writer: test/fixtures/README.md. */
 const V1_FIXTURE = path.join(__dirname, '../fixtures/snapshot-v1.vfiosnap');
 
-let dir: string;
-beforeEach(() => {
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'snapfmt-'));
-});
-afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+const tmp = useTempDir('snapfmt', { each: true });
 
 function config(vendor = 0x1b36, device = 0x0010): Buffer {
   const c = Buffer.alloc(256);
@@ -56,23 +53,22 @@ async function readStream(r: SnapshotReader, index = 0): Promise<Buffer> {
   return Buffer.concat(parts);
 }
 
+/** The VfioError of opening `file` and reading its first device's state (the reader closed either way). */
 async function openErr(file: string): Promise<VfioError> {
   let r: SnapshotReader | undefined;
   try {
-    r = await SnapshotReader.open(file);
-    await readStream(r);
-  } catch (e) {
+    return await rejection(async () => {
+      r = await SnapshotReader.open(file);
+      await readStream(r);
+    });
+  } finally {
     await r?.close();
-    expect(e).toBeInstanceOf(VfioError);
-    return e as VfioError;
   }
-  await r?.close();
-  throw new Error('expected a VfioError');
 }
 
 describe('snapshot format v2', () => {
   it('round-trips devices, config space and a chunked state stream', async () => {
-    const file = path.join(dir, 's.snap');
+    const file = tmp.file('s.snap');
     const chunks = [Buffer.from('hello '), Buffer.alloc(100_000, 0xab), Buffer.from('world')];
     await writeSample(file, chunks, 2);
     const r = await SnapshotReader.open(file);
@@ -87,7 +83,7 @@ describe('snapshot format v2', () => {
   });
 
   it('lays the file header out as documented (magic, version 2, LE mark, algorithm, CRC-32C)', async () => {
-    const file = path.join(dir, 'h.snap');
+    const file = tmp.file('h.snap');
     await writeSample(file, [Buffer.from('x')]);
     const b = fs.readFileSync(file);
     expect(b.subarray(0, 8).toString('latin1')).toBe('VFIOSNAP');
@@ -105,16 +101,16 @@ describe('snapshot format v2', () => {
   });
 
   it('leaves no file behind when aborted, and never a temporary one', async () => {
-    const file = path.join(dir, 'a.snap');
+    const file = tmp.file('a.snap');
     const w = await SnapshotWriter.create(file, { noSync: true });
     await w.beginSection(f.SectionType.DEVICE_STATE, 0);
     await w.writeChunk(Buffer.alloc(10));
     await w.abort();
-    expect(fs.readdirSync(dir)).toEqual([]);
+    expect(fs.readdirSync(tmp.path)).toEqual([]);
   });
 
   it('does not replace an existing file until commit', async () => {
-    const file = path.join(dir, 'keep.snap');
+    const file = tmp.file('keep.snap');
     fs.writeFileSync(file, 'old');
     const w = await SnapshotWriter.create(file, { noSync: true });
     await w.writeSection(f.SectionType.CONFIG, 0, Buffer.alloc(64));
@@ -124,7 +120,7 @@ describe('snapshot format v2', () => {
   });
 
   it('refuses a bad magic, another version, a big-endian mark, and a bad header crc', async () => {
-    const file = path.join(dir, 'v.snap');
+    const file = tmp.file('v.snap');
     await writeSample(file, [Buffer.from('abc')]);
     const orig = fs.readFileSync(file);
     const patch = (fn: (b: Buffer) => void, fixCrc = true): void => {
@@ -152,7 +148,7 @@ describe('snapshot format v2', () => {
   });
 
   it('refuses a checksum algorithm it does not know, with its own code, only when the header is intact', async () => {
-    const file = path.join(dir, 'alg.snap');
+    const file = tmp.file('alg.snap');
     await writeSample(file, [Buffer.from('abc')]);
     const orig = fs.readFileSync(file);
     for (const id of [0, 3, 0xffff]) {
@@ -172,7 +168,7 @@ describe('snapshot format v2', () => {
   });
 
   it("writes CRC-32 files too when asked ('crc32', algorithm 1), which read back alike", async () => {
-    const file = path.join(dir, 'crc32.snap');
+    const file = tmp.file('crc32.snap');
     const w = await SnapshotWriter.create(file, { noSync: true, checksum: 'crc32' });
     await w.beginSection(f.SectionType.DEVICE_STATE, 0);
     await w.writeChunk(Buffer.from('payload'));
@@ -220,15 +216,13 @@ describe('snapshot format v2', () => {
           dev.close();
         }
         // One bit flipped in the last chunk's payload: its CRC-32 no longer holds.
-        const bad = path.join(dir, 'v1-bad.vfiosnap');
+        const bad = tmp.file('v1-bad.vfiosnap');
         const b = fs.readFileSync(V1_FIXTURE);
         b[b.length - 48 - 16 - 10] ^= 0x20;
         fs.writeFileSync(bad, b);
         const dev2 = openSimDevice('sim:10000#v1bad', sim);
         try {
-          const e = await restoreSnapshot(dev2, bad).catch((x: unknown) => x as VfioError);
-          expect(e).toBeInstanceOf(VfioError);
-          expect(e).toMatchObject({ code: 'EVFIO_SNAPSHOT_CHECKSUM', kind: 'format' });
+          expect(await rejection(restoreSnapshot(dev2, bad))).toMatchObject({ code: 'EVFIO_SNAPSHOT_CHECKSUM', kind: 'format' });
         } finally {
           dev2.close();
         }
@@ -237,7 +231,7 @@ describe('snapshot format v2', () => {
   });
 
   it('detects every truncation with a typed error', async () => {
-    const file = path.join(dir, 't.snap');
+    const file = tmp.file('t.snap');
     await writeSample(file, [Buffer.alloc(300, 1), Buffer.alloc(200, 2)]);
     const orig = fs.readFileSync(file);
     for (let len = 0; len < orig.length; len += 7) {
@@ -256,34 +250,32 @@ describe('snapshot format v2', () => {
       // no addon here: the fs path alone
     }
     for (const [how, binding] of bindings) {
-      const missing = await SnapshotReader.open(path.join(dir, 'missing.snap'), { binding }).catch((e: unknown) => e as VfioError);
-      expect(missing, how).toMatchObject({ code: 'ENOENT', kind: 'syscall', syscall: 'open', path: path.join(dir, 'missing.snap'), step: 'snapshot:open' });
+      const missing = await rejection(SnapshotReader.open(tmp.file('missing.snap'), { binding }));
+      expect(missing, how).toMatchObject({ code: 'ENOENT', kind: 'syscall', syscall: 'open', path: tmp.file('missing.snap'), step: 'snapshot:open' });
       // A read that fails (the fd closed under the reader): the same words through fs and the addon.
-      const file = path.join(dir, `readable-${how}.snap`);
+      const file = tmp.file(`readable-${how}.snap`);
       await writeSample(file, [Buffer.alloc(300, 1), Buffer.alloc(200, 2)]);
       const r = await SnapshotReader.open(file, { binding });
       const state = r.devices()[0].state!;
       fs.closeSync(r.fd!);
-      const failed = await (async () => {
+      const failed = await rejection(async () => {
         for await (const _ of r.chunkHeaders(state)) void _;
-      })().catch((e: unknown) => e as VfioError);
+      });
       await r.close();
-      expect(failed, how).toBeInstanceOf(VfioError);
       expect(failed, how).toMatchObject({ code: 'EBADF', kind: 'syscall', path: file });
-      expect((failed as VfioError).message, how).toBe(`reading snapshot ${file} at offset ${state.bodyAt} failed: EBADF`);
+      expect(failed.message, how).toBe(`reading snapshot ${file} at offset ${state.bodyAt} failed: EBADF`);
       // Not a regular file: refused at once. A FIFO with no writer must not block the open (and the event loop).
-      const fifo = path.join(dir, `fifo-${how}`);
+      const fifo = tmp.file(`fifo-${how}`);
       execFileSync('mkfifo', [fifo]);
-      for (const p of [fifo, dir, '/dev/null']) {
-        const e = await SnapshotReader.open(p, { binding }).catch((x: unknown) => x as VfioError);
-        expect(e, `${how} ${p}`).toBeInstanceOf(VfioError);
+      for (const p of [fifo, tmp.path, '/dev/null']) {
+        const e = await rejection(SnapshotReader.open(p, { binding }));
         expect(e, `${how} ${p}`).toMatchObject({ code: 'EVFIO_NOT_A_FILE', kind: 'usage', path: p, step: 'snapshot:open' });
       }
     }
   });
 
   it('detects a flipped bit anywhere in the file', async () => {
-    const file = path.join(dir, 'b.snap');
+    const file = tmp.file('b.snap');
     await writeSample(file, [Buffer.alloc(64, 1), Buffer.alloc(64, 2)]);
     const orig = fs.readFileSync(file);
     for (let i = 0; i < orig.length; i++) {
@@ -296,7 +288,7 @@ describe('snapshot format v2', () => {
   });
 
   it('detects swapped chunks through the chunk table checksum', async () => {
-    const file = path.join(dir, 'swap.snap');
+    const file = tmp.file('swap.snap');
     await writeSample(file, [Buffer.alloc(16, 1), Buffer.alloc(16, 2)]);
     const b = fs.readFileSync(file);
     const first = b.indexOf(Buffer.alloc(16, 1));
@@ -310,7 +302,7 @@ describe('snapshot format v2', () => {
   });
 
   it('skips unknown optional sections and refuses unknown required ones', async () => {
-    const file = path.join(dir, 'u.snap');
+    const file = tmp.file('u.snap');
     const w = await SnapshotWriter.create(file, { noSync: true });
     const cfg = config();
     await w.writeSection(f.SectionType.DEVICE, 0, f.encodeDeviceRecord({ identity: f.identityFromConfig(cfg), migrationFlags: 1, name: 'd' }));
@@ -325,7 +317,7 @@ describe('snapshot format v2', () => {
     expect((await readStream(r)).toString()).toBe('state');
     await r.close();
 
-    const file2 = path.join(dir, 'u2.snap');
+    const file2 = tmp.file('u2.snap');
     const w2 = await SnapshotWriter.create(file2, { noSync: true });
     await w2.writeSection(99 as f.SectionType, 0, Buffer.from('future required data'), true);
     await w2.commit();
@@ -335,7 +327,7 @@ describe('snapshot format v2', () => {
   });
 
   it('inspect reports sections, devices and checksum status', async () => {
-    const file = path.join(dir, 'i.snap');
+    const file = tmp.file('i.snap');
     await writeSample(file, [Buffer.alloc(1000, 3)], 2);
     const res = await inspectSnapshot(file);
     expect(res.ok).toBe(true);

@@ -13,12 +13,9 @@
  * Environment: FUZZ_CASES (default 100000), FUZZ_SEED (default below), FUZZ_ONLY=N runs case N
  * alone and prints what it did. A failure names the seed and case to reproduce it.
  */
-import { describe, expect, it, beforeAll, afterAll } from 'vitest';
+import { describe, expect, it, beforeAll } from 'vitest';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
 import { SimBinding, simStream, type SimDevice, type SimDeviceOptions } from '../../src/sim';
-import { loadBinding } from '../../src/kernel/binding';
 import type { Binding } from '../../src/kernel/binding/types';
 import { openDevice } from '../../src/kernel/open';
 import { VfioError, type VfioErrorKind } from '../../src/base/errors';
@@ -27,7 +24,9 @@ import { CHECKSUM_IDS, checksumById } from '../../src/kernel/pump/checksum';
 import { SnapshotReader, type SnapshotSource } from '../../src/snapshot/reader';
 import { restoreSnapshot, saveSnapshot } from '../../src/vm/jobs';
 import { MigState } from '../../src/kernel/uapi/vfio';
+import { realBinding } from '../helpers/binding';
 import { Rng, mix32 } from '../helpers/rng';
+import { useTempDir } from '../helpers/temp-dir';
 
 const CASES = Number(process.env.FUZZ_CASES ?? 100_000);
 const SEED = Number(process.env.FUZZ_SEED ?? 0x5eed4) >>> 0;
@@ -522,20 +521,12 @@ interface Base {
   targets: Target[];
 }
 
-function realOrNone(): Binding | undefined {
-  try {
-    return loadBinding();
-  } catch {
-    return undefined;
-  }
-}
-
-let dir: string;
+const dir = useTempDir('snapfuzz');
 const bases: Base[] = [];
 
 /** Save devices made with `opts` into one file (chunks of `bufferSize`), with distinctive registers. */
 async function makeBase(name: string, opts: SimDeviceOptions[], bufferSize?: number): Promise<Base> {
-  const sim = new SimBinding(realOrNone());
+  const sim = new SimBinding(realBinding());
   const devs = opts.map((o, i) => {
     const sd = sim.createDevice(`${name}-src${i}`, o);
     const dev = openDevice(`sim#${name}-src${i}`, { binding: sim });
@@ -544,7 +535,7 @@ async function makeBase(name: string, opts: SimDeviceOptions[], bufferSize?: num
     sd.setRegisters({ control: 0xc0de0000 + i, irqCount: 40 + i, scratch });
     return { sd, dev };
   });
-  const file = path.join(dir, `${name}.vfiosnap`);
+  const file = dir.file(`${name}.vfiosnap`);
   await saveSnapshot(devs.map((d) => d.dev), file, { bufferSize, noSync: true });
   const bytes = fs.readFileSync(file);
   const targets = devs.map(({ sd }, index): Target => {
@@ -626,7 +617,7 @@ async function runCase(caseNo: number): Promise<Outcome & { what: string }> {
   const label = `seed 0x${SEED.toString(16)} case ${caseNo} (${base.name}, ${what})`;
 
   // One destination per saved device, paired by the saved id, as a VM restores them all.
-  const sim = new SimBinding(realOrNone());
+  const sim = new SimBinding(realBinding());
   const binding = capped(sim, CALL_CAP);
   const dsts = base.targets.map((t, i) => {
     const sd: SimDevice = sim.createDevice(`dst${i}`, { ...t.options, seed: 0xdead_beefn });
@@ -699,12 +690,12 @@ async function runCase(caseNo: number): Promise<Outcome & { what: string }> {
   if (caseNo % FILE_CHECK_EVERY === 0) {
     // The file source (header reads with fs.readSync, or with the addon's pread) and the
     // in-memory one share the validation: same verdict.
-    const file = path.join(dir, 'mutant.vfiosnap');
+    const file = dir.file('mutant.vfiosnap');
     fs.writeFileSync(file, buf);
     const fromFile = await verdict(() => SnapshotReader.open(file));
     const fromMemory = await verdict(() => SnapshotReader.fromBuffer(buf, 'mutant'));
     if (fromFile !== fromMemory) fail(`validation differs: file ${fromFile}, memory ${fromMemory}`);
-    const real = realOrNone();
+    const real = realBinding();
     const fromPread = real ? await verdict(() => SnapshotReader.open(file, { binding: real })) : fromFile;
     if (fromPread !== fromFile) fail(`validation differs: file with the binding's pread ${fromPread}, with fs.readSync ${fromFile}`);
   }
@@ -713,23 +704,21 @@ async function runCase(caseNo: number): Promise<Outcome & { what: string }> {
 
 // ------------------------------------------------------------------ the tests
 beforeAll(async () => {
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'snapfuzz-'));
   bases.push(await makeBase('s256', [{ size: 256, seed: 0x1111n, configSize: 256 }]));
   bases.push(await makeBase('s4k-one-chunk', [{ size: 4096, seed: 0x2222n, configSize: 256 }]));
   bases.push(await makeBase('s4k-1000', [{ size: 4096, seed: 0x2223n, configSize: 256 }], 1000));
   bases.push(await makeBase('s4k-256', [{ size: 4096, seed: 0x2224n }], 256));
   bases.push(await makeBase('two-devices', [{ size: 256, seed: 0x3333n, configSize: 256 }, { size: 1024, seed: 0x4444n, configSize: 256, deviceId: 0x5f11 }], 300));
 });
-afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
 describe('snapshot fuzzing: every mutant ends in a typed error or a correct restore', () => {
   it('restores every unmutated base file', async () => {
     for (const b of bases) {
-      const sim = new SimBinding(realOrNone());
+      const sim = new SimBinding(realBinding());
       const dsts = b.targets.map((t, i) => ({ t, sd: sim.createDevice(`dst${i}`, { ...t.options, seed: 0xdead_beefn }), dev: openDevice(`sim#dst${i}`, { binding: sim }) }));
       const pairs = dsts.map((d) => ({ id: d.t.id, device: d.dev }));
       // The same file through both sources: the file path and the in-memory path.
-      const file = path.join(dir, `${b.name}.vfiosnap`);
+      const file = dir.file(`${b.name}.vfiosnap`);
       await restoreSnapshot(pairs, file);
       for (const { t, sd } of dsts) {
         expect(sd.seed).toBe(t.expect.seed);

@@ -6,9 +6,7 @@
  * with one buffer and with two.
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { KoffiBinding } from '../../src/kernel/binding/koffi';
 import { NativeBinding } from '../../src/kernel/binding/native';
 import { SimBinding } from '../../src/sim';
@@ -19,21 +17,17 @@ import * as f from '../../src/snapshot/format';
 import { SnapshotReader } from '../../src/snapshot/reader';
 import { loadStateSection, saveStateSection, type StateIoOptions } from '../../src/snapshot/state-io';
 import { SnapshotWriter } from '../../src/snapshot/writer';
-import * as s from '../../src/kernel/uapi/structs';
-import * as v from '../../src/kernel/uapi/vfio';
 import { MigState } from '../../src/kernel/uapi/vfio';
 import { pattern } from '../helpers/bytes';
+import { useTempDir } from '../helpers/temp-dir';
+import { enterState } from '../helpers/uapi';
 
 const { O_RDONLY, O_WRONLY, O_RDWR } = fs.constants;
 const CREATED = 1_700_000_000_000;
 
-let dir: string;
+const dir = useTempDir('state-io');
 let serial = 0;
-beforeAll(() => {
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'state-io-'));
-});
-afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
-const tmp = (name: string) => path.join(dir, `${++serial}-${name}`);
+const tmp = (name: string) => dir.file(`${++serial}-${name}`);
 
 
 interface PumpCall {
@@ -292,12 +286,6 @@ for (const [name, make, overlap] of bindings) {
 }
 
 describe('state-io on the sim (the JS pump over a virtual data_fd)', () => {
-  function setState(b: SimBinding, fd: number, state: number): number {
-    const buf = s.encodeMigStateSet(state);
-    b.ioctl(fd, v.VFIO_DEVICE_FEATURE, buf);
-    return s.decodeMigState(buf).dataFd;
-  }
-
   it('saves a STOP_COPY stream in records calls and restores it into a RESUMING device; the pump is the JS one', async () => {
     const sim = new SimBinding(new NativeBinding());
     sim.createDevice('src', { size: 50_000, seed: 0x51n });
@@ -306,7 +294,7 @@ describe('state-io on the sim (the JS pump over a virtual data_fd)', () => {
     const dst = sim.open('sim#dst', O_RDWR);
     const { pump, calls } = counting(sim);
     try {
-      const out = setState(sim, src, MigState.STOP_COPY);
+      const out = enterState(sim, src, MigState.STOP_COPY);
       expect(pumpFor(sim, [out, 3]).name).toBe('js');
       let saved: Awaited<ReturnType<typeof save>>;
       try {
@@ -319,7 +307,7 @@ describe('state-io on the sim (the JS pump over a virtual data_fd)', () => {
       expect(calls.length).toBe(Math.ceil(saved.bytes / 16_384) + (saved.bytes % 16_384 === 0 ? 1 : 0));
       calls.length = 0;
       const reader = await SnapshotReader.open(saved.file);
-      const into = setState(sim, dst, MigState.RESUMING);
+      const into = enterState(sim, dst, MigState.RESUMING);
       try {
         const entry = reader.sections[0];
         const progress: number[] = [];
@@ -330,7 +318,7 @@ describe('state-io on the sim (the JS pump over a virtual data_fd)', () => {
         sim.close(into);
         await reader.close();
       }
-      expect(setState(sim, dst, MigState.RUNNING)).toBe(-1);
+      expect(enterState(sim, dst, MigState.RUNNING)).toBe(-1);
       expect(sim.device('dst').seed).toBe(0x51n);
     } finally {
       sim.close(src);

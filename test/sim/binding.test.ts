@@ -3,29 +3,9 @@
  * binding, argument checks, and delegation of every non-virtual fd to the inner binding.
  */
 import { describe, expect, it } from 'vitest';
-import { VfioError } from '../../src/base/errors';
 import { SimBinding, VIRTUAL_FD_BASE, POLLNVAL } from '../../src/sim';
 import { POLLHUP, POLLIN, POLLOUT, type Binding } from '../../src/kernel/binding/types';
-
-async function rejection(p: Promise<unknown>): Promise<VfioError> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(VfioError);
-    return e as VfioError;
-  }
-  throw new Error('expected a rejection');
-}
-
-function thrown(fn: () => unknown): VfioError {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(VfioError);
-    return e as VfioError;
-  }
-  throw new Error('expected a throw');
-}
+import { rejection, thrown } from '../helpers/errors';
 
 describe('virtual eventfds (no inner binding)', () => {
   it('count writes; a read returns and resets; EFD_SEMAPHORE counts down by one', () => {

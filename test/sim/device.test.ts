@@ -9,6 +9,10 @@ import { SimBinding, parseSimSpec, parseSize, formatSize, BAR0, SIM_VENDOR_ID, S
 import * as s from '../../src/kernel/uapi/structs';
 import * as v from '../../src/kernel/uapi/vfio';
 import { MigState } from '../../src/kernel/uapi/vfio';
+import { le32 } from '../helpers/bytes';
+import { expectErrno, thrown } from '../helpers/errors';
+import { arcsOf } from '../helpers/sim';
+import { feature, getState, irqInfo, readU16, readU32, readU8, setState } from '../helpers/uapi';
 
 const { RUNNING, STOP, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P, ERROR } = MigState;
 const O_RDWR = 2;
@@ -16,76 +20,6 @@ const REGION = (i: number) => i * 2 ** 40;
 const CFG = REGION(v.VFIO_PCI_CONFIG_REGION_INDEX);
 
 // ---------------------------------------------------------------- helpers over the Binding
-
-function errOf(fn: () => unknown): VfioError {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(VfioError);
-    return e as VfioError;
-  }
-  throw new Error('expected a VfioError');
-}
-
-function expectErrno(fn: () => unknown, code: string): VfioError {
-  const e = errOf(fn);
-  expect(e.code).toBe(code);
-  expect(e.kind).toBe('syscall');
-  expect(e.errno).toBeGreaterThan(0);
-  return e;
-}
-
-function feature(b: SimBinding, fd: number, id: number, op: s.FeatureOp, size: number, payload?: Buffer): Buffer {
-  const buf = s.encodeFeature(id, op, size, payload);
-  b.ioctl(fd, v.VFIO_DEVICE_FEATURE, buf);
-  return buf;
-}
-
-function getState(b: SimBinding, fd: number): number {
-  return s.decodeMigState(feature(b, fd, v.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, 'get', 8)).deviceState;
-}
-
-/** SET MIG_DEVICE_STATE; returns the copied-back struct, or the error with the struct. */
-function setState(b: SimBinding, fd: number, state: number): { deviceState: number; dataFd: number; error?: VfioError } {
-  const buf = s.encodeMigStateSet(state);
-  try {
-    b.ioctl(fd, v.VFIO_DEVICE_FEATURE, buf);
-    return s.decodeMigState(buf);
-  } catch (e) {
-    if (!(e instanceof VfioError)) throw e;
-    return { ...s.decodeMigState(buf), error: e };
-  }
-}
-
-function u32(n: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeUInt32LE(n >>> 0);
-  return b;
-}
-
-function readU32(b: SimBinding, fd: number, off: number): number {
-  const buf = Buffer.alloc(4);
-  expect(b.pread(fd, buf, off)).toBe(4);
-  return buf.readUInt32LE(0);
-}
-
-function readU16(b: SimBinding, fd: number, off: number): number {
-  const buf = Buffer.alloc(2);
-  b.pread(fd, buf, off);
-  return buf.readUInt16LE(0);
-}
-
-function readU8(b: SimBinding, fd: number, off: number): number {
-  const buf = Buffer.alloc(1);
-  b.pread(fd, buf, off);
-  return buf[0];
-}
-
-function irqInfo(b: SimBinding, fd: number, index: number): s.IrqInfo {
-  const q = s.encodeIrqInfoQuery(index);
-  b.ioctl(fd, v.VFIO_DEVICE_GET_IRQ_INFO, q);
-  return s.decodeIrqInfo(q);
-}
 
 function fresh(spec = 'sim'): { b: SimBinding; fd: number } {
   const b = new SimBinding();
@@ -362,11 +296,11 @@ describe('PCI config space (region 7)', () => {
 
   it('filters writes: BAR0 sizing, COMMAND bits, read-only ids, STATUS write-1-to-clear', () => {
     const { b, fd } = fresh();
-    b.pwrite(fd, u32(0xffffffff), CFG + PCI.BASE_ADDRESS_0);
+    b.pwrite(fd, le32(0xffffffff), CFG + PCI.BASE_ADDRESS_0);
     expect(readU32(b, fd, CFG + PCI.BASE_ADDRESS_0)).toBe(0xfffff000);
-    b.pwrite(fd, u32(0xffffffff), CFG + 0x14); // BAR1 absent
+    b.pwrite(fd, le32(0xffffffff), CFG + 0x14); // BAR1 absent
     expect(readU32(b, fd, CFG + 0x14)).toBe(0);
-    b.pwrite(fd, u32(0xffffffff), CFG + PCI.VENDOR_ID);
+    b.pwrite(fd, le32(0xffffffff), CFG + PCI.VENDOR_ID);
     expect(readU32(b, fd, CFG)).toBe(0x5f101234);
     const cmd = Buffer.alloc(2);
     cmd.writeUInt16LE(0xffff);
@@ -387,7 +321,7 @@ describe('PCI config space (region 7)', () => {
 
   it('a PCIe "initiate FLR" write resets the device', () => {
     const { b, fd } = fresh();
-    b.pwrite(fd, u32(0xabcd), BAR0.CONTROL);
+    b.pwrite(fd, le32(0xabcd), BAR0.CONTROL);
     b.pwrite(fd, Buffer.from([0x06, 0x00]), CFG + PCI.COMMAND);
     setState(b, fd, STOP);
     const devctl = CFG + CAP_OFFSETS.EXP + 8;
@@ -420,13 +354,13 @@ describe('BAR0 registers (region 0)', () => {
     expect(readU32(b, fd, BAR0.SEED_LO)).toBe(0x55667788);
     expect(readU32(b, fd, BAR0.SEED_HI)).toBe(0x11223344);
     expect(readU32(b, fd, BAR0.SIZE_LO)).toBe(1 << 20);
-    b.pwrite(fd, u32(0xdeadbeef), BAR0.CONTROL);
+    b.pwrite(fd, le32(0xdeadbeef), BAR0.CONTROL);
     b.pwrite(fd, Buffer.from('hello, scratch'), BAR0.SCRATCH + 10);
     expect(readU32(b, fd, BAR0.CONTROL)).toBe(0xdeadbeef);
     const sc = Buffer.alloc(14);
     b.pread(fd, sc, BAR0.SCRATCH + 10);
     expect(sc.toString()).toBe('hello, scratch');
-    b.pwrite(fd, u32(0x12345678), BAR0.ID);
+    b.pwrite(fd, le32(0x12345678), BAR0.ID);
     expect(readU32(b, fd, BAR0.ID)).toBe(0x4d495356);
     const r = b.device(fd).registers();
     expect(r.control).toBe(0xdeadbeef);
@@ -436,11 +370,11 @@ describe('BAR0 registers (region 0)', () => {
 
   it('drops register writes and doorbells while stopped; STATUS shows the state', () => {
     const { b, fd } = fresh();
-    b.pwrite(fd, u32(1), BAR0.CONTROL);
+    b.pwrite(fd, le32(1), BAR0.CONTROL);
     setState(b, fd, STOP);
     expect(readU32(b, fd, BAR0.STATUS)).toBe(STOP << 8);
-    b.pwrite(fd, u32(2), BAR0.CONTROL);
-    b.pwrite(fd, u32(0), BAR0.DOORBELL);
+    b.pwrite(fd, le32(2), BAR0.CONTROL);
+    b.pwrite(fd, le32(0), BAR0.DOORBELL);
     expect(readU32(b, fd, BAR0.CONTROL)).toBe(1);
     expect(readU32(b, fd, BAR0.IRQ_COUNT)).toBe(0);
     b.device(fd).forceError();
@@ -489,16 +423,16 @@ describe('VFIO_DEVICE_SET_IRQS and interrupts', () => {
     const efds = [b.eventfd(0), b.eventfd(0), b.eventfd(0), b.eventfd(0)];
     expect(set(b, fd, { flags: EVFD | T, index: v.VFIO_PCI_MSIX_IRQ_INDEX, start: 0, count: 4, eventfds: efds })).toBe(0);
     expect(b.device(fd).irqs()).toMatchObject({ mode: 'msix', vectors: efds });
-    b.pwrite(fd, u32(3), BAR0.DOORBELL);
-    b.pwrite(fd, u32(3), BAR0.DOORBELL);
-    b.pwrite(fd, u32(1), BAR0.DOORBELL);
+    b.pwrite(fd, le32(3), BAR0.DOORBELL);
+    b.pwrite(fd, le32(3), BAR0.DOORBELL);
+    b.pwrite(fd, le32(1), BAR0.DOORBELL);
     expect(b.eventfdRead(efds[3])).toBe(2n);
     expect(b.eventfdRead(efds[1])).toBe(1n);
     expect(b.eventfdRead(efds[0])).toBe(0n);
     expect(readU32(b, fd, BAR0.IRQ_COUNT)).toBe(3);
     expect(readU32(b, fd, BAR0.DOORBELL)).toBe(0);
     // a vector beyond those enabled is dropped (counted, not delivered)
-    b.pwrite(fd, u32(6), BAR0.DOORBELL);
+    b.pwrite(fd, le32(6), BAR0.DOORBELL);
     expect(b.device(fd).irqs().delivered).toBe(3);
   });
 
@@ -561,7 +495,7 @@ describe('VFIO_DEVICE_SET_IRQS and interrupts', () => {
     set(b, fd, { flags: NONE | T, index: msix, start: 0, count: 8 });
     expect(e.map((x) => b.eventfdRead(x))).toEqual([1n, 1n, 1n, 0n, 0n]);
     // A device interrupt on a vector beyond the range is dropped.
-    b.pwrite(fd, u32(5), BAR0.DOORBELL);
+    b.pwrite(fd, le32(5), BAR0.DOORBELL);
     expect(e.map((x) => b.eventfdRead(x))).toEqual([0n, 0n, 0n, 0n, 0n]);
   });
 
@@ -577,7 +511,7 @@ describe('VFIO_DEVICE_SET_IRQS and interrupts', () => {
     set(b, fd, { flags: EVFD | T, index: msix, start: 5, count: 1, eventfds: [e5] });
     set(b, fd, { flags: EVFD | T, index: msix, start: 0, count: 1, eventfds: [e0] });
     expect(b.device(fd).irqs().vectors).toEqual([e0, null, null, null, null, e5]);
-    for (const vec of [5, 3, 0]) b.pwrite(fd, u32(vec), BAR0.DOORBELL);
+    for (const vec of [5, 3, 0]) b.pwrite(fd, le32(vec), BAR0.DOORBELL);
     expect([b.eventfdRead(e0), b.eventfdRead(e5)]).toEqual([1n, 1n]);
     expect(b.device(fd).irqs().delivered).toBe(2);
     // Past the index's count is still EINVAL (the header check).
@@ -612,8 +546,8 @@ describe('VFIO_DEVICE_SET_IRQS and interrupts', () => {
     const INTX = v.VFIO_PCI_INTX_IRQ_INDEX;
     expectErrno(() => set(b, fd, { flags: NONE | v.VFIO_IRQ_SET_ACTION_UNMASK, index: INTX, start: 0, count: 1 }), 'EINVAL');
     set(b, fd, { flags: EVFD | T, index: INTX, start: 0, count: 1, eventfds: [efd] });
-    b.pwrite(fd, u32(0), BAR0.DOORBELL);
-    b.pwrite(fd, u32(0), BAR0.DOORBELL);
+    b.pwrite(fd, le32(0), BAR0.DOORBELL);
+    b.pwrite(fd, le32(0), BAR0.DOORBELL);
     expect(b.eventfdRead(efd)).toBe(1n);
     expect(b.device(fd).irqs()).toMatchObject({ mode: 'intx', intxMasked: true, intxPending: true });
     set(b, fd, { flags: NONE | v.VFIO_IRQ_SET_ACTION_UNMASK, index: INTX, start: 0, count: 1 });
@@ -643,7 +577,7 @@ describe('VFIO_DEVICE_SET_IRQS and interrupts', () => {
     set(b, fd, { flags: EVFD | T, index: v.VFIO_PCI_MSIX_IRQ_INDEX, start: 0, count: 1, eventfds: [efd] });
     expect(await b.poll(efd, 1, 10)).toBe(0);
     const waiting = b.poll(efd, 1, -1);
-    setTimeout(() => b.pwrite(fd, u32(0), BAR0.DOORBELL), 5);
+    setTimeout(() => b.pwrite(fd, le32(0), BAR0.DOORBELL), 5);
     expect(await waiting).toBe(1);
     const buf = Buffer.alloc(8);
     expect(await b.read(efd, buf)).toBe(8);
@@ -739,19 +673,22 @@ describe('MIG_DEVICE_STATE: the kernel arcs', () => {
   it('walks every arc of a combination request, like vfio_mig_get_next_state()', () => {
     const { b, fd } = fresh();
     const d = b.device(fd);
+    const arcs = arcsOf(d);
     expect(setState(b, fd, STOP)).toEqual({ deviceState: STOP, dataFd: -1 });
-    expect(d.arcLog).toEqual([[RUNNING, RUNNING_P2P], [RUNNING_P2P, STOP]]);
-    d.arcLog.length = 0;
+    expect(arcs.splice(0)).toEqual([[RUNNING, RUNNING_P2P], [RUNNING_P2P, STOP]]);
     const r = setState(b, fd, PRE_COPY);
     expect(r.dataFd).toBeGreaterThanOrEqual(1 << 24);
-    expect(d.arcLog).toEqual([[STOP, RUNNING_P2P], [RUNNING_P2P, RUNNING], [RUNNING, PRE_COPY]]);
-    d.arcLog.length = 0;
+    expect(arcs.splice(0)).toEqual([[STOP, RUNNING_P2P], [RUNNING_P2P, RUNNING], [RUNNING, PRE_COPY]]);
     expect(setState(b, fd, STOP_COPY)).toEqual({ deviceState: STOP_COPY, dataFd: -1 });
-    expect(d.arcLog).toEqual([[PRE_COPY, PRE_COPY_P2P], [PRE_COPY_P2P, STOP_COPY]]);
-    d.arcLog.length = 0;
+    expect(arcs.splice(0)).toEqual([[PRE_COPY, PRE_COPY_P2P], [PRE_COPY_P2P, STOP_COPY]]);
     const res = setState(b, fd, RESUMING);
     expect(res.dataFd).toBeGreaterThan(r.dataFd);
-    expect(d.arcLog).toEqual([[STOP_COPY, STOP], [STOP, RESUMING]]);
+    expect(arcs).toEqual([[STOP_COPY, STOP], [STOP, RESUMING]]);
+    // The log holds the same arcs, oldest first.
+    expect(d.arcLog.slice(-10)).toEqual([
+      [RUNNING, RUNNING_P2P], [RUNNING_P2P, STOP], [STOP, RUNNING_P2P], [RUNNING_P2P, RUNNING], [RUNNING, PRE_COPY],
+      [PRE_COPY, PRE_COPY_P2P], [PRE_COPY_P2P, STOP_COPY], [STOP_COPY, STOP], [STOP, RESUMING],
+    ]);
   });
 
   it('skips the states a device lacks: STOP_COPY-only walks RUNNING -> STOP directly', () => {
@@ -825,7 +762,7 @@ describe('MIG_DEVICE_STATE: the kernel arcs', () => {
 
   it('VFIO_DEVICE_RESET returns to RUNNING, ends the session and resets registers', async () => {
     const { b, fd } = fresh();
-    b.pwrite(fd, u32(77), BAR0.CONTROL);
+    b.pwrite(fd, le32(77), BAR0.CONTROL);
     const { dataFd } = setState(b, fd, STOP_COPY);
     expect(b.ioctl(fd, v.VFIO_DEVICE_RESET)).toBe(0);
     expect(getState(b, fd)).toBe(RUNNING);
@@ -833,5 +770,44 @@ describe('MIG_DEVICE_STATE: the kernel arcs', () => {
     await expect(b.read(dataFd, Buffer.alloc(64))).rejects.toMatchObject({ code: 'ENODEV' });
     b.close(dataFd);
     expect(b.device(fd).openFds).toBe(1);
+  });
+});
+
+// ---------------------------------------------------------------- events (test hooks)
+
+describe('events: what the device reports it served', () => {
+  it('arc, reset (ioctl and FLR), config-write and set-irqs, in the order served; nothing for a refused call', () => {
+    const { b, fd } = fresh();
+    const d = b.device(fd);
+    const seen: string[] = [];
+    d.on('arc', (from, to) => seen.push(`arc ${MigState[from]}->${MigState[to]}`));
+    d.on('reset', (how) => seen.push(`reset ${how}`));
+    d.on('config-write', (off, data) => seen.push(`config-write 0x${off.toString(16)} ${data.toString('hex')}`));
+    d.on('set-irqs', (set) => seen.push(`set-irqs index ${set.index} start ${set.start} count ${set.count} flags 0x${set.flags.toString(16)}`));
+
+    setState(b, fd, STOP);
+    b.pwrite(fd, Buffer.from([0x06, 0x00]), CFG + PCI.COMMAND);
+    b.pwrite(fd, le32(5), BAR0.CONTROL); // BAR0: not config space
+    const efd = b.eventfd(0);
+    const T = v.VFIO_IRQ_SET_ACTION_TRIGGER;
+    b.ioctl(fd, v.VFIO_DEVICE_SET_IRQS, s.encodeIrqSet({ flags: v.VFIO_IRQ_SET_DATA_EVENTFD | T, index: v.VFIO_PCI_MSIX_IRQ_INDEX, start: 0, count: 1, eventfds: [efd] }));
+    expectErrno(() => b.ioctl(fd, v.VFIO_DEVICE_SET_IRQS, s.encodeIrqSet({ flags: v.VFIO_IRQ_SET_DATA_NONE | T, index: 9, start: 0, count: 0 })), 'EINVAL');
+    expect(b.ioctl(fd, v.VFIO_DEVICE_RESET)).toBe(0);
+    b.pwrite(fd, Buffer.from([0x10, 0xa8]), CFG + CAP_OFFSETS.EXP + 8); // initiate FLR
+    expect(setState(b, fd, ERROR).error?.code).toBe('EINVAL'); // refused before any arc
+    d.failArc({ from: RUNNING_P2P, to: STOP }, 'EIO');
+    expect(setState(b, fd, STOP).error?.code).toBe('EIO'); // the first arc is done, the second fails
+
+    expect(seen).toEqual([
+      'arc RUNNING->RUNNING_P2P',
+      'arc RUNNING_P2P->STOP',
+      'config-write 0x4 0600',
+      `set-irqs index ${v.VFIO_PCI_MSIX_IRQ_INDEX} start 0 count 1 flags 0x${(v.VFIO_IRQ_SET_DATA_EVENTFD | T).toString(16)}`,
+      'reset VFIO_DEVICE_RESET',
+      'reset FLR',
+      `config-write 0x${(CAP_OFFSETS.EXP + 8).toString(16)} 10a8`,
+      'arc RUNNING->RUNNING_P2P',
+    ]);
+    b.close(efd);
   });
 });

@@ -1,41 +1,24 @@
 /**
- * The simulated-device behaviour the device-model tests rely on (issue 3), seen through the
- * Binding only: the bus-mastering rule (`master=required`), PCI_COMMAND outside the migration
+ * The simulated-device behaviour the device-model tests (test/unit/device-model*.test.ts) rely
+ * on (issue 3), seen through the Binding only: the bus-mastering rule (`master=required`), PCI_COMMAND outside the migration
  * stream and cleared by reset, and the options that make a destination differ (`devid=`,
  * `vsclen=`, `vsc=`).
  */
 import { describe, expect, it } from 'vitest';
-import { VfioError } from '../../src/base/errors';
 import { BAR0, CAP_OFFSETS, PCI, SIM_DEVICE_ID, SimBinding, VNDR_CAP_LENGTH, parseSimSpec } from '../../src/sim';
 import * as s from '../../src/kernel/uapi/structs';
 import * as v from '../../src/kernel/uapi/vfio';
 import { MigState } from '../../src/kernel/uapi/vfio';
+import { rejection, thrown } from '../helpers/errors';
+import { enterState, readU32, writeU16, writeU32 } from '../helpers/uapi';
 
 const { RUNNING, STOP, RESUMING } = MigState;
 const O_RDWR = 2;
 const BAR = v.VFIO_PCI_BAR0_REGION_INDEX * 2 ** 40;
 const CFG = v.VFIO_PCI_CONFIG_REGION_INDEX * 2 ** 40;
 
-function read32(b: SimBinding, fd: number, at: number): number {
-  const buf = Buffer.alloc(4);
-  b.pread(fd, buf, at);
-  return buf.readUInt32LE(0);
-}
-
-function write16(b: SimBinding, fd: number, at: number, value: number): void {
-  const buf = Buffer.alloc(2);
-  buf.writeUInt16LE(value);
-  b.pwrite(fd, buf, at);
-}
-
-function write32(b: SimBinding, fd: number, at: number, value: number): void {
-  const buf = Buffer.alloc(4);
-  buf.writeUInt32LE(value >>> 0);
-  b.pwrite(fd, buf, at);
-}
-
 function command(b: SimBinding, fd: number): number {
-  return read32(b, fd, CFG + PCI.COMMAND) & 0xffff;
+  return readU32(b, fd, CFG + PCI.COMMAND) & 0xffff;
 }
 
 /** A virtual eventfd wired to MSI-X vector 0. */
@@ -47,16 +30,10 @@ function armVector0(b: SimBinding, fd: number): number {
   return efd;
 }
 
-function setState(b: SimBinding, fd: number, state: MigState): number {
-  const buf = s.encodeMigStateSet(state);
-  b.ioctl(fd, v.VFIO_DEVICE_FEATURE, buf);
-  return s.decodeMigState(buf).dataFd;
-}
-
 async function migrate(b: SimBinding, src: number, dst: number): Promise<void> {
-  setState(b, src, STOP);
-  const out = setState(b, src, MigState.STOP_COPY);
-  const inp = setState(b, dst, RESUMING);
+  enterState(b, src, STOP);
+  const out = enterState(b, src, MigState.STOP_COPY);
+  const inp = enterState(b, dst, RESUMING);
   const buf = Buffer.alloc(1 << 16);
   for (;;) {
     const n = await b.read(out, buf);
@@ -65,7 +42,7 @@ async function migrate(b: SimBinding, src: number, dst: number): Promise<void> {
   }
   b.close(out);
   b.close(inp);
-  setState(b, dst, STOP);
+  enterState(b, dst, STOP);
 }
 
 describe('spec keys master=, devid=, vsclen=', () => {
@@ -86,14 +63,7 @@ describe('spec keys master=, devid=, vsclen=', () => {
     expect(() => b.createDevice('x', { vscLength: 4 })).toThrow(RangeError);
     expect(() => b.createDevice('y', { deviceId: 0x1_0000 })).toThrow(RangeError);
     expect(() => b.createDevice('z', { busMaster: 'sometimes' as 'required' })).toThrow(RangeError);
-    let err: unknown;
-    try {
-      b.open('sim:4096:devid=0x5f10#d', O_RDWR);
-    } catch (e) {
-      err = e;
-    }
-    expect(err).toBeInstanceOf(VfioError);
-    expect((err as VfioError).code).toBe('EEXIST');
+    expect(thrown(() => b.open('sim:4096:devid=0x5f10#d', O_RDWR)).code).toBe('EEXIST');
     b.close(fd);
   });
 
@@ -101,16 +71,10 @@ describe('spec keys master=, devid=, vsclen=', () => {
     const b = new SimBinding();
     const a = b.open('sim:4096', O_RDWR);
     const c = b.open('sim:4096:devid=0x5f11', O_RDWR);
-    expect(read32(b, a, CFG) >>> 16).toBe(SIM_DEVICE_ID);
-    expect(read32(b, c, CFG) >>> 16).toBe(0x5f11);
+    expect(readU32(b, a, CFG) >>> 16).toBe(SIM_DEVICE_ID);
+    expect(readU32(b, c, CFG) >>> 16).toBe(0x5f11);
     expect(b.device(c).pciId).toBe(0x5f11_1234);
-    let err: unknown;
-    try {
-      await migrate(b, a, c);
-    } catch (e) {
-      err = e;
-    }
-    expect((err as VfioError).code).toBe('EFAULT');
+    expect((await rejection(migrate(b, a, c))).code).toBe('EFAULT');
     expect(b.device(c).session()?.problem).toMatch(/stream is for PCI id 5f101234, device is 5f111234/);
   });
 
@@ -124,7 +88,7 @@ describe('spec keys master=, devid=, vsclen=', () => {
     expect([cap[6], cap[7]]).toEqual([1, 9]);
     expect(cap.subarray(8).every((x) => x === 0)).toBe(true);
     const dflt = b.open('sim', O_RDWR);
-    expect(read32(b, dflt, CFG + CAP_OFFSETS.VNDR) >>> 16 & 0xff).toBe(VNDR_CAP_LENGTH);
+    expect(readU32(b, dflt, CFG + CAP_OFFSETS.VNDR) >>> 16 & 0xff).toBe(VNDR_CAP_LENGTH);
   });
 });
 
@@ -134,48 +98,48 @@ describe('bus mastering (master=required)', () => {
     const fd = b.open('sim:4096:master=required', O_RDWR);
     const efd = armVector0(b, fd);
     expect(command(b, fd)).toBe(0);
-    write32(b, fd, BAR + BAR0.DOORBELL, 0);
-    expect(read32(b, fd, BAR + BAR0.QUEUE_PENDING)).toBe(1);
-    expect(read32(b, fd, BAR + BAR0.IRQ_COUNT)).toBe(0);
+    writeU32(b, fd, BAR + BAR0.DOORBELL, 0);
+    expect(readU32(b, fd, BAR + BAR0.QUEUE_PENDING)).toBe(1);
+    expect(readU32(b, fd, BAR + BAR0.IRQ_COUNT)).toBe(0);
     expect(b.eventfdRead(efd)).toBe(0n);
-    write16(b, fd, CFG + PCI.COMMAND, 0x0006);
-    write32(b, fd, BAR + BAR0.DOORBELL, 0);
-    expect(read32(b, fd, BAR + BAR0.QUEUE_PENDING)).toBe(2);
+    writeU16(b, fd, CFG + PCI.COMMAND, 0x0006);
+    writeU32(b, fd, BAR + BAR0.DOORBELL, 0);
+    expect(readU32(b, fd, BAR + BAR0.QUEUE_PENDING)).toBe(2);
     expect(b.eventfdRead(efd)).toBe(0n);
     expect(b.device(fd).queuePending).toBe(2);
-    write32(b, fd, BAR + BAR0.QUEUE_PENDING, 0); // read-only
-    expect(read32(b, fd, BAR + BAR0.QUEUE_PENDING)).toBe(2);
+    writeU32(b, fd, BAR + BAR0.QUEUE_PENDING, 0); // read-only
+    expect(readU32(b, fd, BAR + BAR0.QUEUE_PENDING)).toBe(2);
   });
 
   it('with MASTER set the doorbell completes; VFIO_DEVICE_RESET clears COMMAND and the wedged queue', () => {
     const b = new SimBinding();
     const fd = b.open('sim:4096:master=required', O_RDWR);
     const efd = armVector0(b, fd);
-    write16(b, fd, CFG + PCI.COMMAND, 0x0006);
+    writeU16(b, fd, CFG + PCI.COMMAND, 0x0006);
     expect(command(b, fd)).toBe(0x0006);
-    write32(b, fd, BAR + BAR0.DOORBELL, 0);
+    writeU32(b, fd, BAR + BAR0.DOORBELL, 0);
     expect(b.eventfdRead(efd)).toBe(1n);
-    expect(read32(b, fd, BAR + BAR0.IRQ_COUNT)).toBe(1);
+    expect(readU32(b, fd, BAR + BAR0.IRQ_COUNT)).toBe(1);
 
-    write16(b, fd, CFG + PCI.COMMAND, 0x0002);
-    write32(b, fd, BAR + BAR0.DOORBELL, 0);
+    writeU16(b, fd, CFG + PCI.COMMAND, 0x0002);
+    writeU32(b, fd, BAR + BAR0.DOORBELL, 0);
     expect(b.device(fd).queuePending).toBe(1);
     b.ioctl(fd, v.VFIO_DEVICE_RESET);
     expect(command(b, fd)).toBe(0);
     expect(b.device(fd).queuePending).toBe(0);
-    write16(b, fd, CFG + PCI.COMMAND, 0x0006);
-    write32(b, fd, BAR + BAR0.DOORBELL, 0);
+    writeU16(b, fd, CFG + PCI.COMMAND, 0x0006);
+    writeU32(b, fd, BAR + BAR0.DOORBELL, 0);
     expect(b.eventfdRead(efd)).toBe(1n); // the wiring survives the reset in the sim
-    expect(read32(b, fd, BAR + BAR0.QUEUE_PENDING)).toBe(0);
+    expect(readU32(b, fd, BAR + BAR0.QUEUE_PENDING)).toBe(0);
   });
 
   it('a function level reset (PCIe Device Control) clears them too', () => {
     const b = new SimBinding();
     const fd = b.open('sim:4096:master=required', O_RDWR);
-    write16(b, fd, CFG + PCI.COMMAND, 0x0002);
-    write32(b, fd, BAR + BAR0.DOORBELL, 0);
+    writeU16(b, fd, CFG + PCI.COMMAND, 0x0002);
+    writeU32(b, fd, BAR + BAR0.DOORBELL, 0);
     expect(b.device(fd).queuePending).toBe(1);
-    write16(b, fd, CFG + CAP_OFFSETS.EXP + 8, 0x8000);
+    writeU16(b, fd, CFG + CAP_OFFSETS.EXP + 8, 0x8000);
     expect(command(b, fd)).toBe(0);
     expect(b.device(fd).queuePending).toBe(0);
   });
@@ -185,24 +149,24 @@ describe('bus mastering (master=required)', () => {
     const fd = b.open('sim:4096', O_RDWR);
     const efd = armVector0(b, fd);
     expect(command(b, fd)).toBe(0);
-    write32(b, fd, BAR + BAR0.DOORBELL, 0);
+    writeU32(b, fd, BAR + BAR0.DOORBELL, 0);
     expect(b.eventfdRead(efd)).toBe(1n);
-    expect(read32(b, fd, BAR + BAR0.QUEUE_PENDING)).toBe(0);
+    expect(readU32(b, fd, BAR + BAR0.QUEUE_PENDING)).toBe(0);
   });
 
   it('PCI_COMMAND is not in the migration stream: a migrated destination starts with COMMAND 0 and wedges until it is written', async () => {
     const b = new SimBinding();
     const src = b.open('sim:4096:master=required', O_RDWR);
     const dst = b.open('sim:4096:master=required', O_RDWR);
-    write16(b, src, CFG + PCI.COMMAND, 0x0006);
-    write32(b, src, BAR + BAR0.CONTROL, 0xabcd);
+    writeU16(b, src, CFG + PCI.COMMAND, 0x0006);
+    writeU32(b, src, BAR + BAR0.CONTROL, 0xabcd);
     await migrate(b, src, dst);
     expect(b.device(dst).state).toBe(STOP);
-    expect(read32(b, dst, BAR + BAR0.CONTROL)).toBe(0xabcd);
+    expect(readU32(b, dst, BAR + BAR0.CONTROL)).toBe(0xabcd);
     expect(command(b, dst)).toBe(0);
-    setState(b, dst, RUNNING);
+    enterState(b, dst, RUNNING);
     const efd = armVector0(b, dst);
-    write32(b, dst, BAR + BAR0.DOORBELL, 0);
+    writeU32(b, dst, BAR + BAR0.DOORBELL, 0);
     expect(b.eventfdRead(efd)).toBe(0n);
     expect(b.device(dst).queuePending).toBe(1);
   });
@@ -210,8 +174,8 @@ describe('bus mastering (master=required)', () => {
   it('a stopped device ignores doorbells (nothing queued)', () => {
     const b = new SimBinding();
     const fd = b.open('sim:4096:master=required', O_RDWR);
-    setState(b, fd, STOP);
-    write32(b, fd, BAR + BAR0.DOORBELL, 0);
+    enterState(b, fd, STOP);
+    writeU32(b, fd, BAR + BAR0.DOORBELL, 0);
     expect(b.device(fd).queuePending).toBe(0);
   });
 });

@@ -4,18 +4,21 @@
  * README's "Kernel behaviour a userspace implementation must respect" describes a real driver.
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
-import { VfioError } from '../../src/base/errors';
 import { SimBinding, BAR0, simStream, SIM_PCI_ID } from '../../src/sim';
-import { loadBinding } from '../../src/kernel/binding';
 import type { Binding } from '../../src/kernel/binding/types';
 import { pumpFor } from '../../src/kernel/pump';
 import * as s from '../../src/kernel/uapi/structs';
 import * as v from '../../src/kernel/uapi/vfio';
 import { MigState } from '../../src/kernel/uapi/vfio';
+import { realBinding } from '../helpers/binding';
+import { le32 } from '../helpers/bytes';
+import { rejection } from '../helpers/errors';
+import { arcsOf } from '../helpers/sim';
+import { useTempDir } from '../helpers/temp-dir';
+import { dataSize, getState, precopyInfo, readToEnd, readU32, setState, writeAll, type SetStateResult } from '../helpers/uapi';
+import { itUnless } from '../helpers/skip';
 
 const { RUNNING, STOP, STOP_COPY, RESUMING, PRE_COPY, PRE_COPY_P2P, ERROR } = MigState;
 const O_RDWR = 2;
@@ -27,86 +30,11 @@ const plain = (size: number, block?: number): number => simStream.streamLength(s
 
 // ---------------------------------------------------------------- helpers over the Binding
 
-function getState(b: Binding, fd: number): number {
-  const buf = s.encodeFeature(v.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, 'get', 8);
-  b.ioctl(fd, v.VFIO_DEVICE_FEATURE, buf);
-  return s.decodeMigState(buf).deviceState;
-}
-
-function setState(b: Binding, fd: number, state: number): { deviceState: number; dataFd: number; error?: VfioError } {
-  const buf = s.encodeMigStateSet(state);
-  try {
-    b.ioctl(fd, v.VFIO_DEVICE_FEATURE, buf);
-    return s.decodeMigState(buf);
-  } catch (e) {
-    if (!(e instanceof VfioError)) throw e;
-    return { ...s.decodeMigState(buf), error: e };
-  }
-}
-
-function dataSize(b: Binding, fd: number): number {
-  const buf = s.encodeFeature(v.VFIO_DEVICE_FEATURE_MIG_DATA_SIZE, 'get', 8);
-  b.ioctl(fd, v.VFIO_DEVICE_FEATURE, buf);
-  return s.decodeMigDataSize(buf);
-}
-
-function precopyInfo(b: Binding, dataFd: number, flags = 0): { initialBytes: number; dirtyBytes: number; flags: number } {
-  const q = s.encodePrecopyInfoQuery();
-  q.writeUInt32LE(flags, 4);
-  b.ioctl(dataFd, v.VFIO_MIG_GET_PRECOPY_INFO, q);
-  return { ...s.decodePrecopyInfo(q), flags: q.readUInt32LE(4) };
-}
-
-/** read() until 0; returns the bytes. */
-async function readToEnd(b: Binding, fd: number, chunk = 4096): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  const buf = Buffer.alloc(chunk);
-  for (;;) {
-    const n = await b.read(fd, buf);
-    if (n === 0) return Buffer.concat(parts);
-    parts.push(Buffer.from(buf.subarray(0, n)));
-  }
-}
-
-/** write() all of `data` in pieces of `piece` bytes, looping on short writes. Returns the write() count. */
-async function writeAll(b: Binding, fd: number, data: Buffer, piece = 4096): Promise<number> {
-  let calls = 0;
-  for (let off = 0; off < data.length; ) {
-    const n = await b.write(fd, data, off, Math.min(piece, data.length - off));
-    calls++;
-    expect(n).toBeGreaterThan(0);
-    off += n;
-  }
-  return calls;
-}
-
-async function rejection(p: Promise<unknown>): Promise<VfioError> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(VfioError);
-    return e as VfioError;
-  }
-  throw new Error('expected a rejection');
-}
-
-function u32(n: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeUInt32LE(n >>> 0);
-  return b;
-}
-
-function readU32(b: Binding, fd: number, off: number): number {
-  const buf = Buffer.alloc(4);
-  b.pread(fd, buf, off);
-  return buf.readUInt32LE(0);
-}
-
 /** Put recognisable state into a device's BAR0. */
 function scribble(b: Binding, fd: number, tag: number): void {
-  b.pwrite(fd, u32(0xc0de0000 + tag), BAR0.CONTROL);
+  b.pwrite(fd, le32(0xc0de0000 + tag), BAR0.CONTROL);
   b.pwrite(fd, Buffer.from(`scratch of device ${tag}`), BAR0.SCRATCH + 3);
-  b.pwrite(fd, u32(0), BAR0.DOORBELL); // IRQ_COUNT 1
+  b.pwrite(fd, le32(0), BAR0.DOORBELL); // IRQ_COUNT 1
 }
 
 /** Save a device with RUNNING -> STOP_COPY and read to EOF; leaves it in STOP_COPY with the fd closed. */
@@ -119,7 +47,7 @@ async function save(b: Binding, fd: number, chunk = 4096): Promise<Buffer> {
 }
 
 /** Restore `blob` into a device: -> RESUMING, write, -> RUNNING. Returns the final SET's result. */
-async function restore(b: Binding, fd: number, blob: Buffer, piece = 4096): Promise<ReturnType<typeof setState>> {
+async function restore(b: Binding, fd: number, blob: Buffer, piece = 4096): Promise<SetStateResult> {
   const r = setState(b, fd, RESUMING);
   expect(r.error).toBeUndefined();
   await writeAll(b, r.dataFd, blob, piece);
@@ -155,10 +83,10 @@ describe('save (STOP_COPY) and restore (RESUMING)', () => {
     expect(trailer).toEqual({ control: before.control, irqCount: 1, scratch: before.scratch, ...new simStream.VersionTable(16).digest() });
 
     const d = b.device('c');
-    d.arcLog.length = 0;
+    const arcs = arcsOf(d);
     const res = await restore(b, c, blob, 777);
     expect(res).toEqual({ deviceState: RUNNING, dataFd: -1 });
-    expect(d.arcLog).toEqual([
+    expect(arcs).toEqual([
       [RUNNING, MigState.RUNNING_P2P],
       [MigState.RUNNING_P2P, STOP],
       [STOP, RESUMING],
@@ -268,7 +196,7 @@ describe('RESUMING failures (mtty behaviour)', () => {
     const b = new SimBinding();
     const fd = b.open('sim:4096', O_RDWR);
     const { dataFd } = setState(b, fd, RESUMING);
-    await writeAll(b, dataFd, blob.subarray(0, blob.length - 1));
+    await writeAll(b, dataFd, blob.subarray(0, blob.length - 1), 4096);
     for (const target of [RUNNING, STOP]) {
       const r = setState(b, fd, target);
       expect(r).toMatchObject({ deviceState: target, dataFd: -1, error: { code: 'EINVAL' } });
@@ -300,7 +228,7 @@ describe('RESUMING failures (mtty behaviour)', () => {
     const b = new SimBinding();
     const fd = b.open('sim:4096', O_RDWR);
     const { dataFd } = setState(b, fd, RESUMING);
-    await writeAll(b, dataFd, blob);
+    await writeAll(b, dataFd, blob, 4096);
     expect(setState(b, fd, STOP).error?.code).toBe('EINVAL');
     expect(getState(b, fd)).toBe(RESUMING);
   });
@@ -315,7 +243,7 @@ describe('RESUMING failures (mtty behaviour)', () => {
     const e = await rejection(b.write(dataFd, blob, 40, 100));
     expect({ code: e.code, syscall: e.syscall }).toEqual({ code: 'EFAULT', syscall: 'write' });
     expect(b.device(fd).session()?.pos).toBe(140); // mtty keeps the bytes
-    await writeAll(b, dataFd, blob.subarray(140));
+    await writeAll(b, dataFd, blob.subarray(140), 4096);
     expect(setState(b, fd, RUNNING).error?.code).toBe('EINVAL');
     expect(getState(b, fd)).toBe(RESUMING);
   });
@@ -339,7 +267,7 @@ describe('RESUMING failures (mtty behaviour)', () => {
     const b = new SimBinding();
     const fd = b.open('sim:4096', O_RDWR);
     const { dataFd } = setState(b, fd, RESUMING);
-    await writeAll(b, dataFd, blob.subarray(0, blob.length - 10));
+    await writeAll(b, dataFd, blob.subarray(0, blob.length - 10), 4096);
     expect((await rejection(b.write(dataFd, Buffer.alloc(11)))).code).toBe('ENOMEM');
     expect(await b.write(dataFd, blob, blob.length - 10, 10)).toBe(10);
     expect(setState(b, fd, RUNNING).error).toBeUndefined();
@@ -537,52 +465,44 @@ describe('pump and an inner real binding', () => {
     expect(await b.read(r, Buffer.alloc(1))).toBe(0);
   });
 
-  let inner: Binding | undefined;
-  try {
-    inner = loadBinding();
-  } catch {
-    inner = undefined;
-  }
+  const inner = realBinding();
 
-  it.skipIf(!inner)(`snapshots a sim device into a real file and restores from it (real + virtual fds mixed)${inner ? '' : ' (skipped: neither the addon nor koffi loads)'}`, async () => {
+  const tmp = useTempDir('sim-mig');
+
+  itUnless(inner ? undefined : 'neither the addon nor koffi loads', 'snapshots a sim device into a real file and restores from it (real + virtual fds mixed)', async () => {
     const b = new SimBinding(inner);
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sim-mig-'));
-    try {
-      const a = b.open('sim:300000:seed=31', O_RDWR);
-      scribble(b, a, 5);
-      const file = path.join(dir, 'state.bin');
-      const out = b.open(file, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
-      expect(SimBinding.isVirtualFd(out)).toBe(false);
-      const src = setState(b, a, STOP_COPY).dataFd;
-      const saved = await pumpFor(b, [src, out]).copy(src, out, Buffer.alloc(65536));
-      b.close(out);
-      b.close(src);
-      expect(fs.statSync(file).size).toBe(saved.bytes);
+    const a = b.open('sim:300000:seed=31', O_RDWR);
+    scribble(b, a, 5);
+    const file = tmp.file('state.bin');
+    const out = b.open(file, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
+    expect(SimBinding.isVirtualFd(out)).toBe(false);
+    const src = setState(b, a, STOP_COPY).dataFd;
+    const saved = await pumpFor(b, [src, out]).copy(src, out, Buffer.alloc(65536));
+    b.close(out);
+    b.close(src);
+    expect(fs.statSync(file).size).toBe(saved.bytes);
 
-      const c = b.open('sim:300000', O_RDWR);
-      const inp = b.open(file, fs.constants.O_RDONLY);
-      const dst = setState(b, c, RESUMING).dataFd;
-      const loaded = await pumpFor(b, [inp, dst]).copy(inp, dst, Buffer.alloc(50000));
-      expect(loaded).toEqual(saved);
-      expect(setState(b, c, RUNNING).error).toBeUndefined();
-      expect(b.device(c).registers()).toEqual(b.device(a).registers());
-      b.close(inp);
-      b.close(dst);
+    const c = b.open('sim:300000', O_RDWR);
+    const inp = b.open(file, fs.constants.O_RDONLY);
+    const dst = setState(b, c, RESUMING).dataFd;
+    const loaded = await pumpFor(b, [inp, dst]).copy(inp, dst, Buffer.alloc(50000));
+    expect(loaded).toEqual(saved);
+    expect(setState(b, c, RUNNING).error).toBeUndefined();
+    expect(b.device(c).registers()).toEqual(b.device(a).registers());
+    b.close(inp);
+    b.close(dst);
 
-      // A real eventfd from the inner binding is signalled by the sim's doorbell.
-      const efd = b.eventfd(0);
-      expect(SimBinding.isVirtualFd(efd)).toBe(false);
-      b.ioctl(c, v.VFIO_DEVICE_SET_IRQS, s.encodeIrqSet({ flags: v.VFIO_IRQ_SET_DATA_EVENTFD | v.VFIO_IRQ_SET_ACTION_TRIGGER, index: v.VFIO_PCI_MSI_IRQ_INDEX, start: 0, count: 1, eventfds: [efd] }));
-      b.pwrite(c, u32(0), BAR0.DOORBELL);
-      expect(await b.poll(efd, 1, 1000)).toBe(1);
-      expect(b.eventfdRead(efd)).toBe(1n);
-      b.close(efd);
-      b.close(a);
-      b.close(c);
-      expect(b.openFdCount()).toBe(0);
-    } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
+    // A real eventfd from the inner binding is signalled by the sim's doorbell.
+    const efd = b.eventfd(0);
+    expect(SimBinding.isVirtualFd(efd)).toBe(false);
+    b.ioctl(c, v.VFIO_DEVICE_SET_IRQS, s.encodeIrqSet({ flags: v.VFIO_IRQ_SET_DATA_EVENTFD | v.VFIO_IRQ_SET_ACTION_TRIGGER, index: v.VFIO_PCI_MSI_IRQ_INDEX, start: 0, count: 1, eventfds: [efd] }));
+    b.pwrite(c, le32(0), BAR0.DOORBELL);
+    expect(await b.poll(efd, 1, 1000)).toBe(1);
+    expect(b.eventfdRead(efd)).toBe(1n);
+    b.close(efd);
+    b.close(a);
+    b.close(c);
+    expect(b.openFdCount()).toBe(0);
   });
 });
 

@@ -1,8 +1,10 @@
 /**
- * Shared set-up of the device-model tests (test/unit/device-model*.test.ts): simulated devices
- * behind a SimBinding over the native addon (real eventfds, real snapshot files), the reference
- * host, and the guest's side of the story — config writes, MMIO through the host bus, waiting
- * for interrupts on the router's eventfds.
+ * Shared set-up of the tests of the device model and what drives it (test/unit/device-model*,
+ * live-*): simulated devices behind a SimBinding over the native addon (real eventfds, real
+ * snapshot files), the reference host, and the guest's side of the story — config writes, MMIO
+ * through the host bus, waiting for interrupts on the router's eventfds. What the simulated
+ * devices executed is read from their events (SimDevice 'arc', 'reset', ...); a VMM's calls that
+ * should go missing are dropped in a binding of the test's (`lossyBinding`).
  *
  * Everything opened through an `Env` is closed by `dispose()`, newest first, so a failing test
  * does not leak into the next one.
@@ -11,15 +13,17 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { NativeBinding } from '../../src/kernel/binding/native';
+import type { Binding } from '../../src/kernel/binding/types';
 import { BAR0, SimBinding, type SimDevice } from '../../src/sim';
-import { VfioError } from '../../src/base/errors';
 import type { VfioDevice } from '../../src/kernel/device';
 import { openDevice } from '../../src/kernel/open';
+import { VFIO_DEVICE_SET_IRQS, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_OFFSET_SHIFT, migStateName, type MigState } from '../../src/kernel/uapi/vfio';
 import { MigrationCoordinator, type CoordinatorOptions } from '../../src/vm/coordinator';
 import { VfioPciDevice, type AttachOptions } from '../../src/model/vfio-pci';
 import { ReferenceAllocator, ReferenceHost } from '../../src/model/host/reference';
-import type { Host } from '../../src/model/host/types';
+import type { AddressSpace, AllocationRecord, Host } from '../../src/model/host/types';
 import { PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY, PCI_MSIX_FLAGS, PCI_MSIX_FLAGS_ENABLE, PCI_MSIX_FLAGS_MASKALL } from '../../src/model/pci/regs';
+import { intercept } from './binding';
 
 export { BAR0 };
 export const MEM_MASTER = PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER;
@@ -56,9 +60,9 @@ export function file(env: Env, name = 'vm.vfiosnap'): string {
   return path.join(env.dir, name);
 }
 
-/** Open a sim device (closed by dispose()). */
-export function openSim(env: Env, spec: string): VfioDevice {
-  const dev = openDevice(spec, { binding: env.sim });
+/** Open a sim device (closed by dispose()), through `binding` when given (a wrapper of `env.sim`, see lossyBinding()). */
+export function openSim(env: Env, spec: string, binding: Binding = env.sim): VfioDevice {
+  const dev = openDevice(spec, { binding });
   env.cleanup.push(() => dev.close());
   return dev;
 }
@@ -68,6 +72,73 @@ export function newHost(env: Env, allocator?: ReferenceAllocator): ReferenceHost
   const host = new ReferenceHost(env.sim, allocator);
   env.cleanup.push(() => host.close());
   return host;
+}
+
+/**
+ * A reference allocator that records the allocate() calls made on it (the host's allocator is
+ * the VMM's to give); it delegates to `inner`, a fresh one or a VMM's restored one.
+ */
+export class RecordingAllocator extends ReferenceAllocator {
+  readonly calls: Array<{ space: AddressSpace; size: number; owner: string; record?: AllocationRecord }> = [];
+
+  constructor(private readonly inner = new ReferenceAllocator()) {
+    super();
+  }
+
+  override allocate(space: AddressSpace, size: number, owner: string): AllocationRecord {
+    const call: (typeof this.calls)[number] = { space, size, owner };
+    this.calls.push(call);
+    call.record = this.inner.allocate(space, size, owner);
+    return call.record;
+  }
+
+  override free(a: AllocationRecord): void {
+    this.inner.free(a);
+  }
+
+  override export(): AllocationRecord[] {
+    return this.inner.export();
+  }
+}
+
+/** vfio-pci file offset of the config region (VFIO_PCI_INDEX_TO_OFFSET). */
+const CONFIG_REGION = VFIO_PCI_CONFIG_REGION_INDEX * 2 ** VFIO_PCI_OFFSET_SHIFT;
+
+/**
+ * `env.sim` with one kind of a VMM's calls lost on the way to the device while `lose()` says so
+ * (they return as if done): 'command', config writes that cover PCI_COMMAND (a VMM that forgets to
+ * push COMMAND); 'set-irqs', VFIO_DEVICE_SET_IRQS (a VMM that forgets to arm interrupts). Open
+ * the devices of the test with it (openSim, bootedSource and destination take a binding).
+ */
+export function lossyBinding(env: Env, what: 'command' | 'set-irqs', lose: () => boolean = () => true): Binding {
+  const sim = env.sim;
+  return intercept(sim, what === 'command'
+    ? {
+      pwrite: (fd, buf, position, length) => {
+        const n = length ?? buf.length;
+        const at = CONFIG_REGION + PCI_COMMAND;
+        return lose() && position <= at && at < position + n ? n : sim.pwrite(fd, buf, position, length);
+      },
+    }
+    : {
+      ioctl: (fd, request, arg) => (lose() && request === VFIO_DEVICE_SET_IRQS ? 0 : sim.ioctl(fd, request, arg)),
+    });
+}
+
+/**
+ * "id: FROM→TO" for every arc the simulated devices behind `devices` execute from now on, in the
+ * order they execute them (their 'arc' events; listeners removed by dispose()).
+ */
+export function recordArcs(env: Env, devices: Array<VfioPciDevice | VfioDevice>): string[] {
+  const out: string[] = [];
+  for (const d of devices) {
+    const id = d instanceof VfioPciDevice ? d.id : d.name;
+    const sim = simOf(env, d);
+    const onArc = (from: MigState, to: MigState): void => void out.push(`${id}: ${migStateName(from)}→${migStateName(to)}`);
+    sim.on('arc', onArc);
+    env.cleanup.push(() => sim.off('arc', onArc));
+  }
+  return out;
 }
 
 /** Attach (detached by dispose()). */
@@ -183,9 +254,9 @@ export class Guest {
  * A source VM with one device the guest has brought up: memory decode + bus mastering, MSI-X
  * enabled with `vectors` programmed and unmasked, CONTROL and SCRATCH written.
  */
-export function bootedSource(env: Env, spec: string, opts: { id?: string; vectors?: number[]; host?: ReferenceHost } = {}): Guest {
+export function bootedSource(env: Env, spec: string, opts: { id?: string; vectors?: number[]; host?: ReferenceHost; binding?: Binding } = {}): Guest {
   const host = opts.host ?? newHost(env);
-  const d = attach(env, openSim(env, spec), host, { id: opts.id ?? 'nic0' });
+  const d = attach(env, openSim(env, spec, opts.binding), host, { id: opts.id ?? 'nic0' });
   const g = new Guest(d, host);
   g.command(MEM_MASTER);
   g.enableMsix();
@@ -209,24 +280,13 @@ export async function snapshotVm(sources: VfioPciDevice[], to: string, opts: Coo
  * A destination VM as a VMM builds it: its allocator restored from the source's export, each
  * device attached without BAR assignment.
  */
-export function destination(env: Env, source: ReferenceHost, specs: Array<{ spec: string; id?: string }>): { host: ReferenceHost; devices: VfioPciDevice[] } {
+export function destination(
+  env: Env,
+  source: ReferenceHost,
+  specs: Array<{ spec: string; id?: string }>,
+  opts: { binding?: Binding } = {},
+): { host: ReferenceHost; devices: VfioPciDevice[] } {
   const host = newHost(env, ReferenceAllocator.from(source.allocator.export()));
-  const devices = specs.map(({ spec, id }) => attach(env, openSim(env, spec), host, { id: id ?? 'nic0', assignBars: false }));
+  const devices = specs.map(({ spec, id }) => attach(env, openSim(env, spec, opts.binding), host, { id: id ?? 'nic0', assignBars: false }));
   return { host, devices };
-}
-
-/** The VfioError a promise or function rejects with (fails the test when it does not). */
-export async function rejection(p: Promise<unknown> | (() => unknown)): Promise<VfioError> {
-  try {
-    await (typeof p === 'function' ? p() : p);
-  } catch (e) {
-    if (e instanceof VfioError) return e;
-    throw e;
-  }
-  throw new Error('expected a VfioError, got success');
-}
-
-/** Number of fds open in this process. */
-export function realFdCount(): number {
-  return fs.readdirSync('/proc/self/fd').length;
 }

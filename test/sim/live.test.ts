@@ -14,6 +14,8 @@ import { drainSession, feedSession } from '../../src/kernel/stream';
 import * as s from '../../src/kernel/uapi/structs';
 import * as v from '../../src/kernel/uapi/vfio';
 import { MigState } from '../../src/kernel/uapi/vfio';
+import { le32 } from '../helpers/bytes';
+import { dataSize, precopyInfo, readToEnd, readU32, setState, writeAll, type SetStateResult } from '../helpers/uapi';
 
 const { RUNNING, STOP, STOP_COPY, RESUMING, PRE_COPY, PRE_COPY_P2P, RUNNING_P2P } = MigState;
 const O_RDWR = 2;
@@ -24,30 +26,6 @@ const REC = simStream.RECORD_HEADER_SIZE;
 const R4K = REC + 4096;
 
 // ---------------------------------------------------------------- helpers over the Binding
-
-function setState(b: Binding, fd: number, state: number): { deviceState: number; dataFd: number; error?: VfioError } {
-  const buf = s.encodeMigStateSet(state);
-  try {
-    b.ioctl(fd, v.VFIO_DEVICE_FEATURE, buf);
-    return s.decodeMigState(buf);
-  } catch (e) {
-    if (!(e instanceof VfioError)) throw e;
-    return { ...s.decodeMigState(buf), error: e };
-  }
-}
-
-function dataSize(b: Binding, fd: number): number {
-  const buf = s.encodeFeature(v.VFIO_DEVICE_FEATURE_MIG_DATA_SIZE, 'get', 8);
-  b.ioctl(fd, v.VFIO_DEVICE_FEATURE, buf);
-  return s.decodeMigDataSize(buf);
-}
-
-function precopyInfo(b: Binding, dataFd: number, flags = 0): { initialBytes: number; dirtyBytes: number; flags: number } {
-  const q = s.encodePrecopyInfoQuery();
-  q.writeUInt32LE(flags, 4);
-  b.ioctl(dataFd, v.VFIO_MIG_GET_PRECOPY_INFO, q);
-  return { ...s.decodePrecopyInfo(q), flags: q.readUInt32LE(4) };
-}
 
 /** VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2 with `op`; the errno name, or 'ok'. */
 function infoV2(b: Binding, fd: number, op: 'set' | 'get' | 'probe-set' = 'set', payload = 0): string {
@@ -60,40 +38,13 @@ function infoV2(b: Binding, fd: number, op: 'set' | 'get' | 'probe-set' = 'set',
   }
 }
 
-/** read() until the temporary end (0) or the permanent one; returns the bytes. */
-async function readToEnd(b: Binding, fd: number, chunk = 4096): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  const buf = Buffer.alloc(chunk);
-  for (;;) {
-    const n = await b.read(fd, buf);
-    if (n === 0) return Buffer.concat(parts);
-    parts.push(Buffer.from(buf.subarray(0, n)));
-  }
-}
-
-async function writeAll(b: Binding, fd: number, data: Buffer, piece = 4096): Promise<void> {
-  for (let off = 0; off < data.length; ) off += await b.write(fd, data, off, Math.min(piece, data.length - off));
-}
-
-function u32(n: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeUInt32LE(n >>> 0);
-  return b;
-}
-
-function readU32(b: Binding, fd: number, off: number): number {
-  const buf = Buffer.alloc(4);
-  b.pread(fd, buf, off);
-  return buf.readUInt32LE(0);
-}
-
 /** Records of a stream as [block, version]. */
 function recordsOf(stream: Buffer): Array<[number, number]> {
   return simStream.splitStream(stream).records.map((r) => [r.block, r.version]);
 }
 
 /** Load `stream` into a fresh device of `spec`; returns the device fd and the RESUMING exit's result. */
-async function load(b: SimBinding, spec: string, stream: Buffer, piece = 5000): Promise<{ fd: number; exit: ReturnType<typeof setState> }> {
+async function load(b: SimBinding, spec: string, stream: Buffer, piece = 5000): Promise<{ fd: number; exit: SetStateResult }> {
   const fd = b.open(spec, O_RDWR);
   const r = setState(b, fd, RESUMING);
   expect(r.error).toBeUndefined();
@@ -105,7 +56,7 @@ async function load(b: SimBinding, spec: string, stream: Buffer, piece = 5000): 
 
 /** Put recognisable state into a device's BAR0 registers. */
 function scribble(b: Binding, fd: number, tag: number): void {
-  b.pwrite(fd, u32(0xc0de0000 + tag), BAR0.CONTROL);
+  b.pwrite(fd, le32(0xc0de0000 + tag), BAR0.CONTROL);
   b.pwrite(fd, Buffer.from(`scratch of round ${tag}`), BAR0.SCRATCH + 5);
 }
 
@@ -166,7 +117,7 @@ describe('device data that the running device changes', () => {
       expect(d.dirtyData(0, 65536), MigState[st]).toBe(0);
       expect(d.touchBlocks(0, 16)).toBe(0);
       expect(d.reinitialize()).toBe(0);
-      b.pwrite(fd, u32(1), BAR0.TOUCH_DOORBELL);
+      b.pwrite(fd, le32(1), BAR0.TOUCH_DOORBELL);
       expect(d.dataDigest()).toEqual(frozen);
     }
   });
@@ -177,13 +128,13 @@ describe('device data that the running device changes', () => {
     const d = b.device(fd);
     expect(readU32(b, fd, BAR0.BLOCK_SIZE)).toBe(1024);
     expect(readU32(b, fd, BAR0.DATA_GEN_LO)).toBe(0);
-    b.pwrite(fd, u32(60), BAR0.TOUCH_BLOCK);
-    b.pwrite(fd, u32(10), BAR0.TOUCH_DOORBELL); // blocks 60..63: clipped at the last of 64
+    b.pwrite(fd, le32(60), BAR0.TOUCH_BLOCK);
+    b.pwrite(fd, le32(10), BAR0.TOUCH_DOORBELL); // blocks 60..63: clipped at the last of 64
     expect([59, 60, 63].map((i) => d.blockVersion(i))).toEqual([0, 1, 1]);
     expect(readU32(b, fd, BAR0.DATA_GEN_LO)).toBe(4);
     expect(readU32(b, fd, BAR0.TOUCH_DOORBELL)).toBe(0); // write-only
     expect(readU32(b, fd, BAR0.TOUCH_BLOCK)).toBe(60);
-    b.pwrite(fd, u32(0), BAR0.TOUCH_DOORBELL); // 0 blocks: nothing
+    b.pwrite(fd, le32(0), BAR0.TOUCH_DOORBELL); // 0 blocks: nothing
     expect(d.dataDigest().versionSum).toBe(4);
     b.ioctl(fd, v.VFIO_DEVICE_RESET);
     // The data survives a reset; TOUCH_BLOCK does not.
@@ -452,7 +403,7 @@ describe('the resuming side refuses a stream whose final state is not the source
     const fd = b.open('sim:64KiB', O_RDWR);
     const { dataFd } = setState(b, fd, RESUMING);
     const head = stream.length - 3 * R4K - TRL;
-    await writeAll(b, dataFd, stream.subarray(0, head));
+    await writeAll(b, dataFd, stream.subarray(0, head), 4096);
     // The rest of the stream and one byte more, in one write: refused whole, nothing taken.
     const extra = Buffer.concat([stream.subarray(head), Buffer.alloc(1)]);
     await expect(b.write(dataFd, extra)).rejects.toMatchObject({ code: 'ENOMEM' });
