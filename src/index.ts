@@ -82,7 +82,7 @@ export {
 } from './live';
 
 // ---- snapshot files
-export { SnapshotWriter, type WriterOptions } from './snapshot/writer';
+export { SnapshotWriter, type WriterOptions, type WriterFiles, type WriterFile } from './snapshot/writer';
 export { SnapshotReader, type DeviceSections } from './snapshot/reader';
 export { SnapshotFileSink, SnapshotFileSource } from './snapshot/file-stream';
 export { inspectSnapshot, type Inspection } from './snapshot/inspect';
