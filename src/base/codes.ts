@@ -60,9 +60,11 @@ export const EVFIO_CODES = {
   EVFIO_PEER_REFUSED: ['peer', 'the migration destination refused the devices before anything was touched'],
   EVFIO_PEER_FAILED: ['peer', 'the migration peer failed and said why'],
   EVFIO_PEER_CANCELLED: ['peer', 'the migration source cancelled'],
+  EVFIO_OUTCOME_UNKNOWN: ['peer', 'the connection was lost after the destination had loaded every device and before it said it runs them: it may be running'],
   EVFIO_PROTOCOL: ['format', 'a live-migration frame the receiver cannot accept'],
   EVFIO_PROTOCOL_VERSION: ['format', 'a live-migration peer of another protocol or version'],
   EVFIO_NOT_CONVERGED: ['protocol', 'the devices did not converge within the iteration or time limit'],
+  EVFIO_SWITCHOVER_ACK_PENDING: ['protocol', 'a switchover asked before the destination acknowledged the initial data (the migration goes on)'],
   EVFIO_POSTCOPY: ['unsupported', 'postcopy migration of VFIO devices'],
   // format: a snapshot or stream that is malformed
   EVFIO_BAD_SNAPSHOT: ['format', 'the snapshot file is malformed'],

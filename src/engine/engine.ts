@@ -549,6 +549,19 @@ export class MigrationEngine extends EventEmitter<EngineEvents> {
   }
 
   /**
+   * Throw away a successful load that must not run (a live destination that could not tell the
+   * source it loaded: the source resumes its own): every device's model undone and the device
+   * reset (VFIO_DEVICE_RESET → RUNNING, nothing mapped or armed). A no-op without loaded state.
+   */
+  discardLoad(step = 'load:discard'): Promise<void> {
+    if (!this.loaded) return Promise.resolve();
+    return this.exclusive('load', async (job) => {
+      log('discarding the loaded state of %s (%s)', this.devices.map((d) => d.id).join(', '), step);
+      await this.abandonLoad(job);
+    });
+  }
+
+  /**
    * Where every device is now (read back from the kernel), as an error's `deviceState` lists
    * it; `touched` says whether the caller's job had touched them.
    */

@@ -120,6 +120,17 @@ export class LiveSave {
   /** Why the save was cancelled (the first reason), and the cancel in progress. */
   private cancelReason?: unknown;
   private cancelling?: Promise<void>;
+  /** Aborted by cancel(): the step in flight stops at its next state change or transfer. */
+  private readonly ac = new AbortController();
+  /** The step in flight (its work, not its clean-up): cancel() waits for it before undoing anything. */
+  private inflight?: Promise<unknown>;
+  /** The destination had every device's state when the connection was lost (EVFIO_OUTCOME_UNKNOWN): never undo. */
+  private committed = false;
+  /** The switchover sent END: from then on the destination's answer decides, not cancel(). */
+  private pastEnd = false;
+  /** ops.release() once. */
+  private released = false;
+  private readonly cancelListeners: Array<(reason: unknown, done: Promise<void>) => void> = [];
 
   /** @internal MigrationEngine.beginLiveSave() makes it. */
   constructor(
@@ -129,6 +140,19 @@ export class LiveSave {
   ) {
     for (const i of precopy) this.precopy.add(i);
     ops.dirty.watch((e) => void this.cancel(e));
+  }
+
+  /**
+   * Tell `fn` when a cancel begins, whatever started it (cancel(), a failed step, the vIOMMU
+   * rule), with the reason and the promise of the undo.
+   */
+  onCancel(fn: (reason: unknown, done: Promise<void>) => void): void {
+    this.cancelListeners.push(fn);
+  }
+
+  /** Whether any device has PRE_COPY (otherwise rounds move nothing and cannot shorten the switchover). */
+  get hasPrecopy(): boolean {
+    return this.precopy.size > 0;
   }
 
   /** Whether any device's DMA is tracked or reported (some device has DMA memory). */
@@ -141,7 +165,10 @@ export class LiveSave {
    * DirtyTracker.sync()). A failure under onReportError 'fail' cancels the save and throws.
    */
   async syncDirty(): Promise<DirtySync> {
-    return this.step('precopy', 'migrate:dirty-sync', () => this.ops.dirty.sync());
+    return this.step('precopy', 'migrate:dirty-sync', (signal) => {
+      signal.throwIfAborted();
+      return this.ops.dirty.sync();
+    }, undefined);
   }
 
   /** 'precopy' until switchover() or cancel(); then 'done', 'cancelled' or 'failed'. */
@@ -156,7 +183,9 @@ export class LiveSave {
 
   /**
    * The pending figures of every device now (VFIO_MIG_GET_PRECOPY_INFO and
-   * VFIO_DEVICE_FEATURE_MIG_DATA_SIZE; microseconds each).
+   * VFIO_DEVICE_FEATURE_MIG_DATA_SIZE, a few microseconds each), in bytes. A device whose driver
+   * reported REINIT (PRECOPY_INFOv2) has its initial data pending again at once: the switchover
+   * gate closes as soon as the flag is seen, not only after the next round.
    */
   pending(): DevicePending[] {
     return this.ops.devices.map((d, i) => {
@@ -181,7 +210,7 @@ export class LiveSave {
         log('%s: MIG_DATA_SIZE failed (%s): counted as %d bytes', d.id, (e as Error).message, UNKNOWN_SIZE);
         stopCopyBytes = UNKNOWN_SIZE;
       }
-      return { device: d.id, precopyBytes, initialBytes, stopCopyBytes, initialPending: this.precopy.has(i) && !this.initialDone.has(i) };
+      return { device: d.id, precopyBytes, initialBytes, stopCopyBytes, initialPending: this.precopy.has(i) && (!this.initialDone.has(i) || this.reinitSeen.has(i)) };
     });
   }
 
@@ -192,15 +221,15 @@ export class LiveSave {
    * cancels the whole save (every device back to RUNNING) and throws.
    */
   async round(opts: LiveSaveRoundOptions = {}): Promise<RoundResult> {
-    return this.step('precopy', 'migrate:precopy', async () => {
+    return this.step('precopy', 'migrate:precopy', async (signal) => {
       const bytes = new Map<string, number>();
       for (const [i, d] of this.ops.devices.entries()) {
         if (!this.precopy.has(i)) continue;
-        opts.signal?.throwIfAborted();
+        signal.throwIfAborted();
         const mig = d.migration!;
         const before = this.sentPre.get(i) ?? 0;
         const r = await this.sink.writeState(i, this.ops.target(d, mig.session), {
-          precopy: true, signal: opts.signal,
+          precopy: true, signal,
           onProgress: (b) => this.ops.progress({ device: d.id, phase: 'save', bytes: before + b }),
         });
         this.sentPre.set(i, before + r.bytes);
@@ -220,7 +249,7 @@ export class LiveSave {
       }
       this.rounds++;
       return { bytes, pending: this.pending() };
-    });
+    }, undefined, opts.signal);
   }
 
   /**
@@ -230,31 +259,35 @@ export class LiveSave {
    * cancels the whole save (every device back to RUNNING, state intact) and throws.
    */
   async switchover(opts: SwitchoverOptions = {}): Promise<SwitchoverResult> {
-    return this.step('precopy', 'migrate:switchover', async () => {
+    return this.step('precopy', 'migrate:switchover', async (signal) => {
       this.phase = 'switchover';
       const { devices, usesP2P, dirty } = this.ops;
       const t0 = performance.now();
       if (usesP2P) {
-        for (const [i, d] of devices.entries()) await this.ops.set(d, this.precopy.has(i) ? MigState.PRE_COPY_P2P : MigState.RUNNING_P2P);
+        for (const [i, d] of devices.entries()) {
+          signal.throwIfAborted();
+          await this.ops.set(d, this.precopy.has(i) ? MigState.PRE_COPY_P2P : MigState.RUNNING_P2P);
+        }
       }
       const sessions: Array<DataSession | undefined> = [];
       for (const d of devices) {
-        opts.signal?.throwIfAborted();
+        signal.throwIfAborted();
         sessions.push(await this.ops.set(d, MigState.STOP_COPY));
       }
       let finalDirty: DirtySync | undefined;
       if (dirty.active) {
+        signal.throwIfAborted();
         finalDirty = await dirty.sync(true);
         opts.onFinalDirty?.(finalDirty);
       }
       await dirty.stop();
       const stopCopy = new Map<number, number>();
       for (const [i, d] of devices.entries()) {
-        opts.signal?.throwIfAborted();
+        signal.throwIfAborted();
         const session = sessions[i];
         const before = this.sentPre.get(i) ?? 0;
         const r = await this.sink.writeState(i, this.ops.target(d, session), {
-          signal: opts.signal,
+          signal,
           onProgress: (b) => this.ops.progress({ device: d.id, phase: 'save', bytes: before + b }),
         });
         stopCopy.set(i, r.bytes);
@@ -262,15 +295,27 @@ export class LiveSave {
       }
       const downtimeMs = performance.now() - t0;
       for (const [i, d] of devices.entries()) {
+        signal.throwIfAborted();
         const model = d.saveModel();
         if (model) await this.sink.writeModel(i, model);
       }
       for (const d of devices) {
+        signal.throwIfAborted();
         await this.ops.set(d, MigState.STOP);
         d.migration!.closeSession();
       }
+      signal.throwIfAborted();
       const sum = (m: Map<number, number>): number => [...m.values()].reduce((a, b) => a + b, 0);
-      await this.sink.finish({ downtimeMs, iterations: this.rounds, precopyBytes: sum(this.sentPre), stopCopyBytes: sum(stopCopy) });
+      // From END on the destination may hold every device's state: a cancel() now waits for its
+      // answer instead of undoing (LOADED: done; its ERROR or no answer: undone; the connection
+      // lost after LOADED: EVFIO_OUTCOME_UNKNOWN, nothing undone).
+      this.pastEnd = true;
+      try {
+        await this.sink.finish({ downtimeMs, iterations: this.rounds, precopyBytes: sum(this.sentPre), stopCopyBytes: sum(stopCopy) });
+      } catch (e) {
+        if (e instanceof VfioError && e.code === 'EVFIO_OUTCOME_UNKNOWN') this.committed = true;
+        throw e;
+      }
       log('switchover: device downtime %d ms', downtimeMs.toFixed(2));
       return {
         downtimeMs,
@@ -278,7 +323,7 @@ export class LiveSave {
         finalDirty,
         dirty: dirty.summary(),
       };
-    }, 'done');
+    }, 'done', opts.signal);
   }
 
   /**
@@ -288,15 +333,24 @@ export class LiveSave {
   async cancel(reason: unknown = new VfioError('migration cancelled', { code: 'ECANCELED', kind: 'cancelled' })): Promise<void> {
     if (this.cancelling) return this.cancelling;
     if (this.phase === 'done' || this.phase === 'failed') return;
+    if (this.pastEnd) {
+      // END is out: the destination's answer decides (see switchover()).
+      await this.inflight?.catch(() => undefined);
+      return;
+    }
     this.phase = 'cancelled';
     this.cancelReason = reason;
+    this.ac.abort(reason);
     this.cancelling = (async () => {
+      // The step in flight stops at its next state change or transfer; undo only after it.
+      await this.inflight?.catch(() => undefined);
       await this.ops.dirty.stop();
       await this.sink.abort(reason);
       await this.ops.returnToRunning('migrate:cancel');
       for (const d of this.ops.devices) d.migration?.closeSession();
-      this.ops.release(false);
+      this.release(false);
     })();
+    for (const fn of this.cancelListeners) fn(reason, this.cancelling);
     return this.cancelling;
   }
 
@@ -315,8 +369,19 @@ export class LiveSave {
     return info;
   }
 
-  /** Run one step in `from`; on failure cancel everything and throw the annotated error. */
-  private async step<T>(from: Phase, step: string, fn: () => Promise<T>, then?: Phase): Promise<T> {
+  /** The engine freed, once. */
+  private release(ok: boolean): void {
+    if (this.released) return;
+    this.released = true;
+    this.ops.release(ok);
+  }
+
+  /**
+   * Run one step in `from`, with a signal that the caller's `callerSignal` and cancel() abort.
+   * On failure cancel everything and throw the annotated error; a cancel from outside that came
+   * while the step ran is what it throws. After EVFIO_OUTCOME_UNKNOWN nothing is undone.
+   */
+  private async step<T>(from: Phase, step: string, fn: (signal: AbortSignal) => Promise<T>, then?: Phase, callerSignal?: AbortSignal): Promise<T> {
     if (this.cancelling && this.cancelReason instanceof VfioError && !this.busy) {
       await this.cancelling;
       throw this.ops.fail(this.cancelReason, step);
@@ -325,14 +390,26 @@ export class LiveSave {
       throw new VfioError(`${step}: the live save is ${this.busy ? 'busy' : `in ${this.phase}`}`, { code: 'EVFIO_BUSY', step });
     }
     this.busy = true;
+    const signal = callerSignal ? AbortSignal.any([callerSignal, this.ac.signal]) : this.ac.signal;
+    const work = fn(signal);
+    this.inflight = work;
     try {
-      const r = await fn();
+      const r = await work;
+      // A cancel that came after the step's last check: the cancel undoes it.
+      if (this.cancelling) throw this.cancelReason;
       if (then) {
         this.phase = then;
-        this.ops.release(true);
+        this.release(true);
       }
       return r;
     } catch (e) {
+      if (this.committed) {
+        this.phase = 'failed';
+        await this.ops.dirty.stop();
+        for (const d of this.ops.devices) d.migration?.closeSession();
+        this.release(false);
+        throw this.ops.fail(e, step);
+      }
       // Cancelled from outside while this step ran: the cancel's reason is the error to report.
       const outside = this.cancelling !== undefined && this.cancelReason instanceof VfioError;
       const err = this.ops.fail(outside ? this.cancelReason : e, step);
@@ -341,6 +418,7 @@ export class LiveSave {
       throw this.ops.fail(err, step);
     } finally {
       this.busy = false;
+      this.inflight = undefined;
     }
   }
 }

@@ -178,6 +178,41 @@ function decodeRegions(v: unknown, what: string): HelloDevice['regions'] {
   return { barSizes: v.barSizes as number[], romSize: v.romSize };
 }
 
+/** LOADED's payload: what the destination loaded, per device. */
+export interface Loaded {
+  devices: Array<{ id: string; bytes: number }>;
+}
+
+export function encodeLoaded(l: Loaded): Buffer {
+  return encodeJson(l);
+}
+
+export function decodeLoaded(b: Buffer): Loaded {
+  const o = decodeJson(b, 'LOADED');
+  const devs = need(o, 'devices', (v): v is unknown[] => Array.isArray(v), 'LOADED');
+  return {
+    devices: devs.map((d, i) => {
+      if (!isObj(d)) throw protocolError(`LOADED device ${i}: not an object`);
+      return { id: need(d, 'id', isStr, `LOADED device ${i}`), bytes: need(d, 'bytes', isNum, `LOADED device ${i}`) };
+    }),
+  };
+}
+
+/**
+ * SWITCHOVER_ACK's payload: the number of REINIT frames the destination had received when it
+ * acknowledged (u32 LE; empty means 0). The source takes an ack only for the REINITs it sent, so an
+ * ack already on its way when the source sent another REINIT does not open the gate.
+ */
+export function encodeAckGeneration(reinits: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(reinits >>> 0);
+  return b;
+}
+
+export function decodeAckGeneration(b: Buffer): number {
+  return b.length >= 4 ? b.readUInt32LE(0) : 0;
+}
+
 export function encodeHello(h: Hello): Buffer {
   return encodeJson({
     protocol: PROTOCOL_NAME, version: h.version, checksum: h.checksum, features: h.features, keepaliveMs: h.keepaliveMs,

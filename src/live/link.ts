@@ -111,6 +111,28 @@ export class FrameLink {
     });
   }
 
+  /**
+   * Send a last control frame (CANCEL, ERROR, REFUSE) even when the link's signal has fired (a
+   * caller's cancel): after the writes in flight end, bounded by `timeoutMs` (default 1000), not
+   * cancellable. Never throws: the peer may be gone.
+   */
+  async farewell(type: FrameType, device: number, payload?: Buffer, timeoutMs = 1000): Promise<void> {
+    const frame = encodeFrame(type, device, payload);
+    const bound = AbortSignal.timeout(timeoutMs);
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      this.exclusiveWrite(async () => {
+        await this.channel.writeAll(frame, { signal: bound, timeoutMs });
+        this.bytesSent += frame.length;
+      }),
+      new Promise<void>((r) => {
+        timer = setTimeout(r, timeoutMs);
+        timer.unref();
+      }),
+    ]).catch((e) => log('%s: %s not sent: %s', this.peer, frameTypeName(type), (e as Error)?.message));
+    clearTimeout(timer);
+  }
+
   /** Send one control frame (header and payload in one write). */
   send(type: FrameType, device: number, payload?: Buffer): Promise<void> {
     const frame = encodeFrame(type, device, payload);

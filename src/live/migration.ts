@@ -113,6 +113,12 @@ export interface LiveMigrationEvents {
   /** A dirty-page sync: the bitmaps are the VMM's (read-and-clear: they are not reported again). */
   dirty: (s: DirtySync) => void;
   downtime: (d: { ms: number }) => void;
+  /**
+   * The migration is being cancelled — by cancel(), a failed step, the destination's ERROR or a
+   * lost connection in precopy, the relaxed vIOMMU rule — and every device goes back to RUNNING
+   * with its state; the next call throws the reason.
+   */
+  cancelled: (c: { reason: unknown }) => void;
 }
 
 /** The source's side of one live migration. Made by `LiveMigration.start()`. */
@@ -138,8 +144,33 @@ export class LiveMigration extends EventEmitter<LiveMigrationEvents> {
     const onProgress = (p: { device: string; bytes: number }): void => void this.emit('progress', { device: p.device, phase: this.phase, bytes: p.bytes, dirtyPages: this.lastDirtyPages });
     engine.on('state', onState);
     engine.on('progress', onProgress);
-    this.unsub.push(() => engine.off('state', onState), () => engine.off('progress', onProgress));
-    sink.on('switchover-ack', () => this.checkReady());
+    const onAck = (): void => void this.checkReady();
+    // The return path failed in precopy (the destination's ERROR, the connection lost): nothing
+    // can go on, so the migration is cancelled at once (the source runs on), not at the VMM's
+    // next call.
+    const onFailed = (e: unknown): void => void this.live.cancel(e);
+    sink.on('switchover-ack', onAck);
+    sink.on('failed', onFailed);
+    this.unsub.push(
+      () => engine.off('state', onState), () => engine.off('progress', onProgress),
+      () => sink.off('switchover-ack', onAck), () => sink.off('failed', onFailed),
+    );
+    if (opts.signal) {
+      const onAbort = (): void => void this.cancel(opts.signal?.reason);
+      opts.signal.addEventListener('abort', onAbort, { once: true });
+      this.unsub.push(() => opts.signal?.removeEventListener('abort', onAbort));
+    }
+    // Whatever cancels (cancel(), a failed step, the return path, the vIOMMU rule): one `cancelled`
+    // event, and every listener removed once the devices are back.
+    live.onCancel((reason, done) => {
+      this.emit('cancelled', { reason });
+      void done.finally(() => this.cleanup());
+    });
+  }
+
+  /** Remove every listener this migration added (on the engine, the sink, the signal). Idempotent. */
+  private cleanup(): void {
+    this.unsub.splice(0).forEach((u) => u());
   }
 
   /**
@@ -171,7 +202,7 @@ export class LiveMigration extends EventEmitter<LiveMigrationEvents> {
     }
     const m = new LiveMigration(engine, sink, live, opts);
     m.warnings = warnings;
-    opts.signal?.addEventListener('abort', () => void m.cancel(opts.signal?.reason), { once: true });
+    if (opts.signal?.aborted) await m.cancel(opts.signal.reason);
     return m;
   }
 
@@ -195,9 +226,12 @@ export class LiveMigration extends EventEmitter<LiveMigrationEvents> {
 
   /** The pending figures now (a few ioctls). */
   pending(): Pending {
-    // The destination owes a SWITCHOVER_ACK when it took the feature and some device has precopy data.
-    const ackNeeded = this.sink.usesSwitchoverAck && this.needsAck() && !this.sink.switchoverAcked;
-    const devices = this.live.pending().map((p, i) => ({ ...p, switchoverAckPending: ackNeeded && this.engine.devices[i].migration!.supportsPreCopy }));
+    // The destination owes a SWITCHOVER_ACK when it took the feature and some device has precopy
+    // data; a device whose driver reported REINIT owes its initial data again (issue: PRECOPY_INFOv2),
+    // whether or not the ack of the earlier data has arrived.
+    const live = this.live.pending();
+    const ackNeeded = this.sink.usesSwitchoverAck && this.needsAck() && (!this.sink.switchoverAcked || live.some((p) => p.initialPending));
+    const devices = live.map((p, i) => ({ ...p, switchoverAckPending: ackNeeded && this.engine.devices[i].migration!.supportsPreCopy }));
     const totalBytes = devices.reduce((a, d) => a + d.precopyBytes + d.stopCopyBytes, 0);
     const estimatedDowntimeMs = (totalBytes / this.bandwidth) * 1000;
     const ackReceived = !ackNeeded;
@@ -263,6 +297,15 @@ export class LiveMigration extends EventEmitter<LiveMigrationEvents> {
    * them again. On failure every device runs again with its state intact, and the error says so.
    */
   async switchover(): Promise<MigrationResult> {
+    if (this.live.state === 'precopy') {
+      // The gate, checked once more now (PRECOPY_INFO asked again: a REINIT closes it).
+      const p = this.pending();
+      if (!p.ackReceived) {
+        throw new VfioError('the destination has not acknowledged every device\'s initial data yet (switchover-ack; again after a REINIT): iterate until it has; the migration goes on', {
+          code: 'EVFIO_SWITCHOVER_ACK_PENDING', step: 'migrate:switchover',
+        });
+      }
+    }
     this.phase = 'stop-copy';
     let sw: SwitchoverResult;
     try {
@@ -274,7 +317,7 @@ export class LiveMigration extends EventEmitter<LiveMigrationEvents> {
         },
       });
     } finally {
-      this.unsub.splice(0).forEach((u) => u());
+      if (this.live.state === 'done' || this.live.state === 'failed') this.cleanup();
     }
     this.emit('downtime', { ms: sw.downtimeMs });
     const precopyBytes = sw.devices.reduce((a, d) => a + d.precopyBytes, 0);
@@ -295,8 +338,25 @@ export class LiveMigration extends EventEmitter<LiveMigrationEvents> {
   async run(beforeSwitchover?: () => Promise<void> | void): Promise<MigrationResult> {
     const maxIterations = this.opts.maxIterations ?? 100;
     for (;;) {
+      await this.iterateUntilReady(maxIterations);
+      // The gate once more before the VMM stops its vCPUs: a REINIT may have come since.
+      if (this.pending().ackReceived) break;
+    }
+    await beforeSwitchover?.();
+    return this.switchover();
+  }
+
+  /** run()'s precopy loop: until the devices allow the switchover, or a limit (then onLimit). */
+  private async iterateUntilReady(maxIterations: number): Promise<void> {
+    for (;;) {
       const { bytes, pending } = await this.iterate();
       if (pending.ready) break;
+      if (!this.live.hasPrecopy && pending.ackReceived) {
+        // No device has PRE_COPY: rounds move nothing and cannot shorten the switchover, so the
+        // downtime limit cannot be met by waiting (Cloud Hypervisor's stop-copy-only case).
+        log('no device has PRE_COPY: switching over with ~%d ms of device downtime estimated', pending.estimatedDowntimeMs.toFixed(1));
+        break;
+      }
       const overTime = this.opts.maxTimeMs !== undefined && Date.now() - this.startedAt >= this.opts.maxTimeMs;
       if (this.iterations >= maxIterations || overTime) {
         const why = overTime ? `${this.opts.maxTimeMs} ms` : `${maxIterations} iterations`;
@@ -313,14 +373,15 @@ export class LiveMigration extends EventEmitter<LiveMigrationEvents> {
       }
       if (bytes === 0) await new Promise((r) => setTimeout(r, this.opts.idleMs ?? 20));
     }
-    await beforeSwitchover?.();
-    return this.switchover();
   }
 
-  /** Give up: the destination is told, every device runs on with its state intact. Never throws. */
+  /**
+   * Give up: the destination is told, every device runs on with its state intact. Before END is
+   * sent; after it, the destination's answer decides (see LiveSave.cancel()). Never throws.
+   */
   async cancel(reason?: unknown): Promise<void> {
-    this.unsub.splice(0).forEach((u) => u());
     await this.live.cancel(reason);
+    this.cleanup();
   }
 }
 
@@ -391,7 +452,14 @@ export async function receiveMigration(
       throw e;
     }
     const loaded = await engine.load(source, { signal: link.signal });
-    await source.loaded(loaded.devices.map((d) => ({ id: d.id, bytes: d.stateBytes })));
+    try {
+      await source.loaded(loaded.devices.map((d) => ({ id: d.id, bytes: d.stateBytes })));
+    } catch (e) {
+      // The source cannot know the load is complete, so it resumes its own devices: these must
+      // never run with the state (every device reset, nothing mapped or armed).
+      await engine.discardLoad('load:loaded');
+      throw e;
+    }
     if (!opts.resume) return { ...loaded, resumed: false, source: source.summary };
     try {
       await engine.resume();
@@ -399,7 +467,9 @@ export async function receiveMigration(
       await source.abort(e);
       throw e;
     }
-    await source.resumedDevices();
+    // The devices run. If RESUMED cannot be sent, the source sees the connection lost after LOADED
+    // (EVFIO_OUTCOME_UNKNOWN) and leaves its devices stopped: no second copy runs.
+    await source.resumedDevices().catch((e) => log('RESUMED not sent (%s): the source will not resume its devices', (e as Error).message));
     return { ...loaded, resumed: true, source: source.summary };
   } finally {
     opts.signal?.removeEventListener('abort', onAbort);

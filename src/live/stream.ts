@@ -19,10 +19,19 @@ import type { DeviceRecord } from '../model/migratable';
 import {
   FEATURES, FRAME_CHECKSUM, FrameType, PROTOCOL_VERSION, WHOLE_STREAM, decodeAccept, decodeError, decodeHello, encodeAccept, encodeError,
   encodeHello, encodeJson, frameTypeName, peerError, protocolError, type Accept, type Hello,
+  decodeAckGeneration, decodeLoaded, encodeAckGeneration, encodeLoaded, type Loaded,
 } from './frames';
 import type { FrameLink, Frame } from './link';
 
 const log = logger('live');
+
+/** The connection lost after LOADED from a destination that runs its devices, before its RESUMED. */
+function outcomeUnknown(e: unknown, peer: string): VfioError {
+  return new VfioError(
+    `the connection to ${peer} was lost after it had loaded every device and before it said it runs them (${(e as Error)?.message ?? e}): it may be running them; the source devices stay in STOP — resume them only if the destination did not`,
+    { code: 'EVFIO_OUTCOME_UNKNOWN', kind: 'peer', step: 'migrate:complete', cause: e },
+  );
+}
 
 /** Default bound of the handshake (the destination's checks and RUNNING → RESUMING): 30 s. */
 export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 30_000;
@@ -32,12 +41,16 @@ export const DEFAULT_COMPLETE_TIMEOUT_MS = 60_000;
 export interface LiveSinkEvents {
   /** The destination acknowledged every device's initial data (SWITCHOVER_ACK). */
   'switchover-ack': () => void;
+  /** The return path failed before the end (the destination's ERROR, or the connection): the migration cannot go on. */
+  failed: (e: unknown) => void;
 }
 
 export interface LiveSinkOptions {
   /** Offer the switchover-ack (default true). */
   switchoverAck?: boolean;
+  /** How long the destination may take to answer the HELLO (ACCEPT or REFUSE), ms (default 30000: its checks and RUNNING → RESUMING). */
   handshakeTimeoutMs?: number;
+  /** How long the destination may take after END to report LOADED (and RESUMED when it announced it), ms (default 60000). */
   completeTimeoutMs?: number;
   /** Stop-copy estimates per device index for the HELLO (informational). */
   stopCopyBytes?: (index: number) => number | undefined;
@@ -49,13 +62,17 @@ export class LiveSink extends EventEmitter<LiveSinkEvents> implements StateSink 
   private records: readonly DeviceRecord[] = [];
   private readonly sent = new Map<number, number>();
   private ack = false;
-  private loaded?: { devices: Array<{ id: string; bytes: number }> };
+  /** REINIT frames sent: a SWITCHOVER_ACK counts for this generation only. */
+  private reinitsSent = 0;
+  private loaded?: Loaded;
   private resumed = false;
   /** The return path's failure: the peer's ERROR, or the link's. */
   private failure?: unknown;
   private reader?: Promise<void>;
   private waiters: Array<() => void> = [];
   private finished = false;
+  /** abort() ran: the return path's end is ours, not a failure. */
+  private closing = false;
 
   constructor(
     readonly link: FrameLink,
@@ -117,13 +134,19 @@ export class LiveSink extends EventEmitter<LiveSinkEvents> implements StateSink 
         // by the peer timeout all the same, since it PINGs.
         const f = await this.link.readFrame();
         switch (f.header.type) {
-          case FrameType.SWITCHOVER_ACK:
+          case FrameType.SWITCHOVER_ACK: {
+            const gen = decodeAckGeneration(f.payload);
+            if (gen !== this.reinitsSent) {
+              log('%s: a switchover-ack for %d REINITs, %d sent: stale, ignored', this.name, gen, this.reinitsSent);
+              break;
+            }
             this.ack = true;
             log('%s: switchover-ack', this.name);
             this.emit('switchover-ack');
             break;
+          }
           case FrameType.LOADED:
-            this.loaded = JSON.parse(f.payload.toString('utf8')) as { devices: Array<{ id: string; bytes: number }> };
+            this.loaded = decodeLoaded(f.payload);
             if (!this.destinationResumes) return;
             break;
           case FrameType.RESUMED:
@@ -137,11 +160,15 @@ export class LiveSink extends EventEmitter<LiveSinkEvents> implements StateSink 
         this.wake();
       }
     } catch (e) {
-      if (!this.finished || !this.loaded) {
-        this.failure = e;
-        log('%s: return path failed: %s', this.name, (e as Error)?.message);
-        this.link.abort(e);
-      }
+      if (this.closing) return;
+      // After LOADED of a destination that runs its devices, only its ERROR says it did not: a
+      // lost connection leaves the outcome unknown (it may run them), and the source must not
+      // resume its own on a guess.
+      const peerSaid = e instanceof VfioError && (e.code === 'EVFIO_PEER_FAILED' || e.kind === 'mismatch' || e.code === 'EVFIO_PEER_REFUSED');
+      this.failure = this.loaded && !this.resumed && !peerSaid ? outcomeUnknown(e, this.name) : e;
+      log('%s: return path failed: %s', this.name, (this.failure as Error)?.message);
+      this.link.abort(this.failure);
+      this.emit('failed', this.failure);
     } finally {
       this.wake();
     }
@@ -189,6 +216,7 @@ export class LiveSink extends EventEmitter<LiveSinkEvents> implements StateSink 
   async reinit(index: number): Promise<void> {
     this.check();
     this.ack = false;
+    this.reinitsSent++;
     await this.link.send(FrameType.REINIT, index).catch((e) => this.rethrow(e));
   }
 
@@ -219,7 +247,7 @@ export class LiveSink extends EventEmitter<LiveSinkEvents> implements StateSink 
   }
 
   /** What the destination reported in LOADED. */
-  get loadedReport(): { devices: Array<{ id: string; bytes: number }> } | undefined {
+  get loadedReport(): Loaded | undefined {
     return this.loaded;
   }
 
@@ -230,12 +258,10 @@ export class LiveSink extends EventEmitter<LiveSinkEvents> implements StateSink 
    */
   async abort(reason: unknown): Promise<void> {
     log('%s: aborting (%s)', this.name, (reason as Error)?.message ?? reason);
+    this.closing = true;
     if (!this.failure) {
       const failed = reason instanceof VfioError && reason.kind !== 'cancelled';
-      await Promise.race([
-        (failed ? this.link.send(FrameType.ERROR, WHOLE_STREAM, encodeError(reason)) : this.link.send(FrameType.CANCEL, WHOLE_STREAM)).catch(() => undefined),
-        new Promise((r) => setTimeout(r, 1000).unref()),
-      ]);
+      await (failed ? this.link.farewell(FrameType.ERROR, WHOLE_STREAM, encodeError(reason)) : this.link.farewell(FrameType.CANCEL, WHOLE_STREAM));
     }
     this.link.abort(reason);
     await this.link.close().catch(() => undefined);
@@ -248,6 +274,7 @@ export interface LiveSourceOptions {
   resumes?: boolean;
   /** Take the switchover-ack the source offers (default true). */
   switchoverAck?: boolean;
+  /** How long the source may take to send its HELLO after connecting, ms (default 30000). */
   handshakeTimeoutMs?: number;
 }
 
@@ -256,6 +283,8 @@ export class LiveSource implements StateSource {
   private readonly precopy: Set<number>;
   private readonly initial = new Set<number>();
   private ackSent = false;
+  /** REINIT frames received (the generation a SWITCHOVER_ACK acknowledges). */
+  private reinits = 0;
   private accepted = false;
   private readonly ackFeature: boolean;
   private ended = false;
@@ -335,6 +364,7 @@ export class LiveSource implements StateSource {
           perDevice();
           this.initial.delete(device);
           this.ackSent = false;
+          this.reinits++;
           break;
         case FrameType.STATE_END: {
           const o = perDevice();
@@ -371,13 +401,13 @@ export class LiveSource implements StateSource {
     if (!this.ackFeature || this.ackSent) return;
     if ([...this.precopy].every((i) => this.initial.has(i))) {
       this.ackSent = true;
-      await this.link.send(FrameType.SWITCHOVER_ACK, WHOLE_STREAM).catch((e) => log('%s: SWITCHOVER_ACK not sent: %s', this.name, (e as Error).message));
+      await this.link.send(FrameType.SWITCHOVER_ACK, WHOLE_STREAM, encodeAckGeneration(this.reinits)).catch((e) => log('%s: SWITCHOVER_ACK not sent: %s', this.name, (e as Error).message));
     }
   }
 
   /** The load is complete and every model applied: LOADED. */
   async loaded(devices: Array<{ id: string; bytes: number }>): Promise<void> {
-    await this.link.send(FrameType.LOADED, WHOLE_STREAM, encodeJson({ devices }));
+    await this.link.send(FrameType.LOADED, WHOLE_STREAM, encodeLoaded({ devices }));
   }
 
   /** The devices run: RESUMED. */
@@ -389,10 +419,7 @@ export class LiveSource implements StateSource {
   async abort(reason: unknown): Promise<void> {
     const type = this.accepted ? FrameType.ERROR : FrameType.REFUSE;
     log('%s: %s (%s)', this.name, frameTypeName(type), (reason as Error)?.message ?? reason);
-    await Promise.race([
-      this.link.send(type, WHOLE_STREAM, encodeError(reason)).catch(() => undefined),
-      new Promise((r) => setTimeout(r, 1000).unref()),
-    ]);
+    await this.link.farewell(type, WHOLE_STREAM, encodeError(reason));
   }
 
   /** Whether the END frame arrived. */
