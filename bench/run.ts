@@ -317,13 +317,13 @@ function loadAverage(): string {
   return os.loadavg().map((x) => x.toFixed(2)).join(' ');
 }
 
-/** Which path saveSnapshot/restoreSnapshot take, read from the built jobs module. */
+/** Which path saveSnapshot/restoreSnapshot take, read from the built module that streams a snapshot's state (jobs → engine → file-stream). */
 function oursPath(): string {
   try {
-    const src = fs.readFileSync(require.resolve('../src/vm/jobs'), 'utf8');
+    const src = fs.readFileSync(require.resolve('../src/snapshot/file-stream'), 'utf8');
     return src.includes('saveStateSection') && src.includes('loadStateSection')
       ? 'the data pump (src/snapshot/state-io.ts over src/kernel/pump: native, a dedicated thread per call, CRC-32C per chunk; two buffers, reading while writing, when the process may use 2 CPUs)'
-      : 'JS loop (drainSession/feedSession through binding.read/write + writer.writeChunk, checksums in JS): jobs.ts does not use state-io.ts in this build';
+      : 'JS loop (drainSession/feedSession through binding.read/write + writer.writeChunk, checksums in JS): src/snapshot/file-stream.ts does not use state-io.ts in this build';
   } catch (e) {
     return `unknown (${(e as Error).message})`;
   }
