@@ -876,6 +876,10 @@ vfio_pump_options PumpOptionsArg(Napi::Env env, const Napi::Value& v) {
     if (!opt("precopy").IsBoolean()) ThrowTypeError(env, "pump: \"precopy\" must be a boolean");
     o.precopy = opt("precopy").As<Napi::Boolean>().Value();
   }
+  if (has("overlap")) {
+    if (!opt("overlap").IsBoolean()) ThrowTypeError(env, "pump: \"overlap\" must be a boolean");
+    o.overlap = opt("overlap").As<Napi::Boolean>().Value() ? 1 : 0;
+  }
   if (has("prefix")) o.prefix_len = PrefixArg(env, opt("prefix"), fn, "prefix", o.prefix);
   if (has("recordSize")) o.record_size = static_cast<uint32_t>(IntValue(env, opt("recordSize"), fn, "recordSize", 1, 1073741824.0));
   if (has("maxRecord")) o.max_record = static_cast<uint32_t>(IntValue(env, opt("maxRecord"), fn, "maxRecord", 1, 4294967295.0));

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
@@ -599,6 +600,14 @@ struct Consumer {
   }
 };
 
+// Whether the calling thread may run on more than one CPU (its affinity mask; a second thread
+// inherits it). False when the mask cannot be read.
+bool SeveralCpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  return ::sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 1;
+}
+
 // The two-buffer pump: a reading thread produces into the buffers in turn while this thread
 // writes what it produced, in order. Returns what vfio_pump returns, or 1 when the reading
 // thread could not be started (the caller then pumps with one buffer).
@@ -743,7 +752,7 @@ int vfio_pump(int src, int dst, void* buf, size_t buf_len, void* buf2, size_t bu
   pr.poll_cancel = waits && !pr.in.prewait && !co.to.prewait;
 
   int rc = 1;
-  if (buf2 != nullptr && !o.verify) {
+  if (buf2 != nullptr && !o.verify && (o.overlap > 0 || (o.overlap < 0 && SeveralCpus()))) {
     unsigned char* bufs[2] = {static_cast<unsigned char*>(buf), static_cast<unsigned char*>(buf2)};
     size_t lens[2] = {buf_len, buf2_len};
     rc = RunTwoStage(pr, co, bufs, lens);

@@ -19,20 +19,55 @@
  *    SET, pump, writer, fsync + rename, all as the product runs them.
  *  - b64-save / b64-restore: the same device and session, the stream read into memory, base64 in
  *    a JSON object, the file written whole; and back.
+ *
+ * Live migration (`transport` tcp or unix), the device sides started before the clock (the
+ * device has its state ready; the consumer waits for it), the clock stopping when the
+ * destination's consumer has checked the count:
+ *  - c-live: `baseline produce` → pipe → `baseline copy BUF - ADDR` (read() → send()) → socket →
+ *    `baseline copy BUF listen:ADDR -` (recv() → write()) → pipe → `baseline consume`;
+ *  - ours-live: `migrateDevices()` (src/vm/live-jobs.ts) of a sim device without PRE_COPY
+ *    (STOP_COPY | P2P) whose STOP_COPY data_fd is the producer's pipe, to a destination process
+ *    (ours-live-dest: `receiveDevices()` with `resume`) whose RESUMING data_fd is the consumer's
+ *    pipe: handshake, P2P states, the pump framing and checksumming DATA frames on the source
+ *    and checking them on the destination, LOADED and RESUMED. The downtime is the stop-copy
+ *    transfer itself;
+ *  - ours-live-precopy: the same over the sim's own data_fds (no producer or consumer): PRE_COPY
+ *    rounds, then the switchover. The sim makes (source) and checks (destination) its stream in
+ *    JavaScript, which bounds this case: it shows precopy at size, not the transport's speed.
+ *
+ * ours cases first run two untimed 1 MiB operations of the same kind in the same process (not
+ * with `cold`): the first one's extra time over the second one's is `firstCallMs`, what a
+ * fresh process pays once (V8 compiling the library's and the simulator's code on first use);
+ * the timed run then measures the steady state, as the C process is started before the clock.
  */
 import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { promisify } from 'node:util';
 import { loadBinding } from '../src/kernel/binding';
-import type { Binding } from '../src/kernel/binding/types';
+import { POLLIN, type Binding } from '../src/kernel/binding/types';
 import { SimBinding, simStream } from '../src/sim';
 import { openSimDevice } from '../src/sim/provider';
 import type { VfioDevice } from '../src/kernel/device';
 import { Migration } from '../src/kernel/migration';
 import { restoreSnapshot, saveSnapshot } from '../src/vm/jobs';
-import { MigState } from '../src/kernel/uapi/vfio';
-import { expectSuccess, resetPeakRss, startChild, statusKiB, type Child } from './helper';
+import { MigState, VFIO_MIGRATION_P2P, VFIO_MIGRATION_STOP_COPY } from '../src/kernel/uapi/vfio';
+import { migrateDevices, receiveDevices } from '../src/vm/live-jobs';
+import { listen } from '../src/live/listener';
+import { expectSuccess, resetPeakRss, startChild, statusKiB, WARMUP_BYTES, type Child } from './helper';
 
-export type CaseKind = 'c-save' | 'c-restore' | 'ours-save' | 'ours-restore' | 'b64-save' | 'b64-restore';
+export type CaseKind =
+  | 'c-save'
+  | 'c-restore'
+  | 'ours-save'
+  | 'ours-restore'
+  | 'b64-save'
+  | 'b64-restore'
+  | 'c-live'
+  | 'ours-live'
+  | 'ours-live-precopy'
+  | 'ours-live-dest';
 
 export interface CaseSpec {
   kind: CaseKind;
@@ -54,6 +89,16 @@ export interface CaseSpec {
   prepare?: boolean;
   /** ours: SaveOptions/RestoreOptions.bufferSize (default: the product's default). */
   oursBuffer?: number;
+  /** ours: no warm-up before the timed run (the first call in a fresh process is timed). */
+  cold?: boolean;
+  /** ours-restore: a snapshot of WARMUP_BYTES for the warm-up restores (made by the runner). */
+  warmFile?: string;
+  /** Live cases: the socket kind (tcp: 127.0.0.1, a port the kernel picks; unix: a path in `sockDir`). */
+  transport?: 'tcp' | 'unix';
+  sockDir?: string;
+  /** ours-live-dest: the migrations to receive, in order (state bytes each), and whether over the sim's own data. */
+  runs?: number[];
+  simData?: boolean;
 }
 
 export interface CaseResult {
@@ -73,6 +118,18 @@ export interface CaseResult {
   /** False when VmHWM could not be reset: the peak may predate the case. */
   peakReset?: boolean;
   note?: string;
+  /** ours: how much longer the first call in the fresh process took than the second (ms; WARMUP_BYTES each). */
+  firstCallMs?: number;
+  /** Live: device downtime (ms), bytes moved in precopy and in the switchover, precopy rounds. */
+  downtimeMs?: number;
+  precopyBytes?: number;
+  stopCopyBytes?: number;
+  iterations?: number;
+  /** Live: state bytes moved (precopy + stop-copy; with the sim's own data, its stream's headers included). */
+  streamBytes?: number;
+  /** Live: the destination's (ours) or receiving copy's (C) RSS at the start and peak (KiB). */
+  peerRssBaseKiB?: number;
+  peerRssPeakKiB?: number;
 }
 
 function describe(e: unknown): string {
@@ -168,6 +225,7 @@ function consumeArgs(s: CaseSpec): string[] {
  * consumer on the other end (SimDeviceOptions.externalDataFd), opened with openDevice().
  */
 function openPipedDevice(s: CaseSpec, real: Binding): { dev: VfioDevice; sides: Child[] } {
+  // s.bytes: the stream the producer writes / the consumer expects.
   const sides: Child[] = [];
   const overhead = simStream.streamLength(0);
   if (s.bytes < overhead) throw new RangeError(`the bench needs at least ${overhead} bytes (the sim stream's header and trailer)`);
@@ -228,7 +286,29 @@ function stopClock(c: Clock): CaseResult {
   return { ok: true, seconds, cpuSeconds: cpuNow() - c.c0, rssBaseKiB: c.base, rssPeakKiB: statusKiB('VmHWM'), peakReset: c.reset };
 }
 
+/**
+ * Run `op` (an operation on WARMUP_BYTES) twice, untimed for the case: the first call's extra
+ * time over the second's, in ms (what the fresh process paid once).
+ */
+async function warmUp(op: () => Promise<CaseResult>): Promise<number> {
+  const first = await op();
+  if (!first.ok) throw new Error(`warm-up failed: ${first.error}`);
+  const second = await op();
+  if (!second.ok) throw new Error(`warm-up failed: ${second.error}`);
+  return (first.seconds! - second.seconds!) * 1000;
+}
+
 async function oursSave(s: CaseSpec, real: Binding): Promise<CaseResult> {
+  let firstCallMs: number | undefined;
+  if (!s.cold) {
+    const warm = `${s.file}.warm`;
+    firstCallMs = await warmUp(() => saveOnce({ ...s, bytes: WARMUP_BYTES, check: false, file: warm }, real));
+    fs.rmSync(warm, { force: true });
+  }
+  return { ...(await saveOnce(s, real)), firstCallMs };
+}
+
+async function saveOnce(s: CaseSpec, real: Binding): Promise<CaseResult> {
   const { dev, sides } = openPipedDevice(s, real);
   try {
     const clock = startClock();
@@ -243,6 +323,15 @@ async function oursSave(s: CaseSpec, real: Binding): Promise<CaseResult> {
 }
 
 async function oursRestore(s: CaseSpec, real: Binding): Promise<CaseResult> {
+  let firstCallMs: number | undefined;
+  if (!s.cold) {
+    if (!s.warmFile) throw new Error('ours-restore needs warmFile (a snapshot of WARMUP_BYTES) unless cold');
+    firstCallMs = await warmUp(() => restoreOnce({ ...s, bytes: WARMUP_BYTES, check: false, file: s.warmFile! }, real));
+  }
+  return { ...(await restoreOnce(s, real)), firstCallMs };
+}
+
+async function restoreOnce(s: CaseSpec, real: Binding): Promise<CaseResult> {
   const { dev, sides } = openPipedDevice(s, real);
   try {
     const clock = startClock();
@@ -362,6 +451,258 @@ async function streamJson(s: CaseSpec, real: Binding): Promise<void> {
   await expectSuccess(producer, 'producer');
 }
 
+// ------------------------------------------------------------------ live migration
+
+/** ours-live: a device without PRE_COPY, so that the whole state moves in the switchover. */
+const STOP_COPY_ONLY = VFIO_MIGRATION_STOP_COPY | VFIO_MIGRATION_P2P;
+const MiB = 2 ** 20;
+
+/** ours-live-precopy: the downtime limit (ms) given to the migration. */
+export const PRECOPY_DOWNTIME_LIMIT_MS = 10_000;
+
+/** ours-live-precopy: the state left for the switchover (min(64 MiB, half)); the rest is precopy data. */
+export function precopyDataBytes(bytes: number): number {
+  return bytes - Math.min(64 * MiB, Math.floor(bytes / 16) * 8);
+}
+
+/** utime + stime of this process alone (all its threads), seconds: /proc/self/stat fields 14, 15. */
+function selfCpuNow(): number {
+  const stat = fs.readFileSync('/proc/self/stat', 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / CLOCK_TICKS;
+}
+
+/**
+ * A device-side process, running once this resolves: a producer writing `bytes` into a pipe
+ * (`fd`: its read end; resolves once the first bytes are in the pipe: the device has its state
+ * ready) or a consumer reading one (`fd`: its write end; resolves once it runs).
+ */
+async function startSide(s: CaseSpec, real: Binding, kind: 'produce' | 'consume', bytes: number, check: boolean): Promise<{ fd: number; child: Child }> {
+  const [r, w] = real.pipe();
+  const mine = kind === 'produce' ? r : w;
+  const theirs = kind === 'produce' ? w : r;
+  let child: Child;
+  try {
+    const args = kind === 'produce' ? produceArgs({ ...s, bytes }) : consumeArgs({ ...s, bytes, check });
+    child = startChild(s.exe, args, kind === 'produce' ? ['ignore', theirs, 'inherit'] : [theirs, 'ignore', 'pipe']);
+  } catch (e) {
+    real.close(mine);
+    throw e;
+  } finally {
+    real.close(theirs);
+  }
+  try {
+    await new Promise((res, rej) => {
+      child.proc.once('spawn', res);
+      child.proc.once('error', rej);
+    });
+    if (kind === 'produce' && !((await real.poll(mine, POLLIN, 10_000)) & POLLIN)) throw new Error('the producer wrote nothing for 10 s');
+  } catch (e) {
+    real.close(mine);
+    throw e;
+  }
+  return { fd: mine, child };
+}
+
+/**
+ * The sim device of one live run. With a `side`, a device without PRE_COPY whose STOP_COPY
+ * (source) or RESUMING (destination) data_fd is `side.fd`, handed out once (MIG_DATA_SIZE then
+ * equals `bytes`, the producer's stream); without, a device with PRE_COPY over its own data
+ * (`bytes` of data, precopyDataBytes of it initial data). `release()` closes the fd if the
+ * device never took it.
+ */
+function liveDevice(real: Binding, bytes: number, side?: { kind: 'save' | 'resume'; fd: number }): { dev: VfioDevice; release(): void } {
+  let taken = false;
+  const hand = (): number => {
+    if (taken) throw new Error('the bench hands out one data_fd per device');
+    taken = true;
+    return side!.fd;
+  };
+  const sim = new SimBinding(real, {
+    defaults: side
+      ? { size: bytes - simStream.streamLength(0), migrationFlags: STOP_COPY_ONLY, externalDataFd: { [side.kind]: hand } }
+      : { size: bytes, precopyBytes: precopyDataBytes(bytes) },
+  });
+  return {
+    dev: openSimDevice('sim', sim),
+    release: () => {
+      if (side && !taken) {
+        taken = true;
+        real.close(side.fd);
+      }
+    },
+  };
+}
+
+function liveUri(s: CaseSpec, name: string): string {
+  if (s.transport === 'unix') {
+    if (!s.sockDir) throw new Error('a unix transport needs sockDir');
+    return `unix:${path.join(s.sockDir, `${name}-${process.pid}.sock`)}`;
+  }
+  return 'tcp:127.0.0.1:0';
+}
+
+/** One JSON object per line from a child's stdout. */
+function jsonLines(stream: NodeJS.ReadableStream): () => Promise<Record<string, unknown>> {
+  const it = createInterface({ input: stream })[Symbol.asyncIterator]();
+  return async () => {
+    const r = await it.next();
+    if (r.done) throw new Error('the destination process ended early');
+    return JSON.parse(r.value as string) as Record<string, unknown>;
+  };
+}
+
+/**
+ * ours-live / ours-live-precopy, the source: starts the destination process (ours-live-dest,
+ * pinned like this one), then for each run (two warm-ups of WARMUP_BYTES unless `cold`, then
+ * `bytes`) waits for its listener, starts the producer, opens the device, and times
+ * migrateDevices() until the destination reports its consumer done.
+ */
+async function oursLive(s: CaseSpec, real: Binding): Promise<CaseResult> {
+  const simData = s.kind === 'ours-live-precopy';
+  const runs = s.cold ? [s.bytes] : [WARMUP_BYTES, WARMUP_BYTES, s.bytes];
+  const destSpec: CaseSpec = { ...s, kind: 'ours-live-dest', runs, simData };
+  const dest = spawn(process.execPath, [__filename, JSON.stringify(destSpec)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const exited = new Promise<number | null>((resolve) => dest.once('close', (code) => resolve(code)));
+  const next = jsonLines(dest.stdout!);
+  try {
+    const results: CaseResult[] = [];
+    for (const [i, bytes] of runs.entries()) {
+      const r = await liveRun(s, real, next, bytes, simData, i === runs.length - 1 && s.check);
+      if (!r.ok) return r;
+      results.push(r);
+    }
+    const last = results[results.length - 1];
+    return s.cold ? last : { ...last, firstCallMs: (results[0].seconds! - results[1].seconds!) * 1000 };
+  } finally {
+    if (dest.exitCode === null) dest.kill();
+    await exited;
+  }
+}
+
+async function liveRun(
+  s: CaseSpec, real: Binding, next: () => Promise<Record<string, unknown>>, bytes: number, simData: boolean, check: boolean,
+): Promise<CaseResult> {
+  const ready = await next();
+  if (typeof ready.ready !== 'string') return { ok: false, error: `destination: ${String(ready.error ?? JSON.stringify(ready))}` };
+  const producer = simData ? undefined : await startSide(s, real, 'produce', bytes, check);
+  const { dev, release } = liveDevice(real, bytes, producer && { kind: 'save', fd: producer.fd });
+  try {
+    const clock = startClock();
+    const cpu0 = selfCpuNow();
+    // Stop-copy only: switch over at once, whatever the estimate. Precopy: once the initial data
+    // is in (the switchover-ack) and the rest fits PRECOPY_DOWNTIME_LIMIT_MS at the measured rate:
+    // the sim's JavaScript data is too slow for the product's default of 300 ms at these sizes.
+    const r = await migrateDevices([dev], ready.ready, { downtimeLimitMs: simData ? PRECOPY_DOWNTIME_LIMIT_MS : 3_600_000 });
+    const done = await next();
+    const res = stopClock(clock);
+    const cpuSeconds = selfCpuNow() - cpu0 + Number(done.cpuSeconds ?? 0);
+    if (producer) await expectSuccess(producer.child, 'producer');
+    if (done.ok !== true) return { ok: false, error: `destination: ${String(done.error)}` };
+    if (!simData && (r.stopCopyBytes !== bytes || done.bytes !== bytes)) {
+      return { ok: false, error: `moved ${r.stopCopyBytes} stop-copy bytes, the destination loaded ${String(done.bytes)}, expected ${bytes}` };
+    }
+    if (done.bytes !== r.totalBytes) return { ok: false, error: `sent ${r.totalBytes} bytes, the destination loaded ${String(done.bytes)}` };
+    return {
+      ...res, cpuSeconds, downtimeMs: r.downtimeMs, precopyBytes: r.precopyBytes, stopCopyBytes: r.stopCopyBytes, iterations: r.iterations,
+      streamBytes: r.totalBytes, peerRssBaseKiB: done.rssBaseKiB as number, peerRssPeakKiB: done.rssPeakKiB as number,
+    };
+  } finally {
+    release();
+    dev.close();
+  }
+}
+
+/**
+ * ours-live-dest: for each of `runs`, start the consumer, open the device, listen, print
+ * {"ready": URI}, receive one migration (receiveDevices with `resume`), wait for the consumer,
+ * print {"ok": true, "bytes", "cpuSeconds", "rssBaseKiB", "rssPeakKiB"} (or {"ok": false, "error"}).
+ */
+async function oursLiveDest(s: CaseSpec, real: Binding): Promise<CaseResult> {
+  const say = (o: object): void => void process.stdout.write(`${JSON.stringify(o)}\n`);
+  const runs = s.runs ?? [s.bytes];
+  for (const [i, bytes] of runs.entries()) {
+    const consumer = s.simData ? undefined : await startSide(s, real, 'consume', bytes, i === runs.length - 1 && s.check);
+    const { dev, release } = liveDevice(real, bytes, consumer && { kind: 'resume', fd: consumer.fd });
+    try {
+      const listener = await listen(liveUri(s, `dest-${i}`));
+      try {
+        const reset = resetPeakRss();
+        const base = statusKiB('VmRSS');
+        const cpu0 = selfCpuNow();
+        say({ ready: listener.uri });
+        const r = await receiveDevices([dev], listener, { resume: true });
+        if (consumer) await expectSuccess(consumer.child, 'consumer');
+        say({ ok: true, bytes: r.devices[0]?.stateBytes, cpuSeconds: selfCpuNow() - cpu0, rssBaseKiB: base, rssPeakKiB: statusKiB('VmHWM'), peakReset: reset });
+      } finally {
+        await listener.close();
+      }
+    } catch (e) {
+      say({ ok: false, error: describe(e) });
+      return { ok: false, error: describe(e) };
+    } finally {
+      release();
+      dev.close();
+    }
+  }
+  return { ok: true };
+}
+
+/**
+ * c-live: producer → pipe → `baseline copy BUF - ADDR` (read → send) → socket → `baseline copy
+ * BUF listen:ADDR -` (recv → write) → pipe → consumer. Everything is started before the clock;
+ * the sender waits for a gate byte. CPU s: the two copy processes' own (getrusage).
+ */
+async function cLive(s: CaseSpec, real: Binding): Promise<CaseResult> {
+  const consumer = await startSide(s, real, 'consume', s.bytes, s.check);
+  const [rr, rw] = real.pipe();
+  let receiver: Child;
+  try {
+    receiver = startChild(s.exe, ['copy', String(s.bufferSize), `listen:${liveUri(s, 'c-live')}`, '-', '--ready', '3'], ['ignore', consumer.fd, 'pipe', rw]);
+  } finally {
+    real.close(consumer.fd);
+    real.close(rw);
+  }
+  let uri = '';
+  try {
+    const buf = Buffer.alloc(256);
+    for (;;) {
+      const n = fs.readSync(rr, buf, 0, buf.length, null); // untimed: blocks until the receiver listens
+      if (n === 0) break;
+      uri += buf.toString('utf8', 0, n);
+    }
+  } finally {
+    real.close(rr);
+  }
+  uri = uri.trim();
+  if (!/^(tcp|unix):/.test(uri)) throw new Error(`the receiving copy did not listen: ${(await receiver.done).stderr.trim()}`);
+  const producer = await startSide(s, real, 'produce', s.bytes, false);
+  const [gr, gw] = real.pipe();
+  let sender: Child;
+  try {
+    sender = startChild(s.exe, ['copy', String(s.bufferSize), '-', uri, '--gate', '3'], [producer.fd, 'ignore', 'pipe', gr]);
+    await new Promise((res) => sender.proc.once('spawn', res));
+  } finally {
+    real.close(producer.fd);
+    real.close(gr);
+  }
+  const t0 = now();
+  fs.writeSync(gw, 'g');
+  real.close(gw);
+  const [sent, received] = await Promise.all([
+    expectSuccess(sender, 'sending copy'), expectSuccess(receiver, 'receiving copy'), expectSuccess(consumer.child, 'consumer'), expectSuccess(producer.child, 'producer'),
+  ]);
+  const seconds = now() - t0;
+  const rep = (stderr: string): { bytes: number; rssStartKiB: number; hwmKiB: number; cpuUs: number } => JSON.parse(stderr.trim().split('\n').pop() ?? '');
+  const a = rep(sent);
+  const b = rep(received);
+  if (a.bytes !== s.bytes || b.bytes !== s.bytes) return { ok: false, error: `the copies moved ${a.bytes} and ${b.bytes} bytes, expected ${s.bytes}` };
+  return {
+    ok: true, seconds, cpuSeconds: (a.cpuUs + b.cpuUs) / 1e6, rssBaseKiB: a.rssStartKiB, rssPeakKiB: a.hwmKiB, peakReset: true,
+    peerRssBaseKiB: b.rssStartKiB, peerRssPeakKiB: b.hwmKiB,
+  };
+}
+
 // ------------------------------------------------------------------ main
 
 async function main(): Promise<void> {
@@ -374,6 +715,10 @@ async function main(): Promise<void> {
     'ours-restore': oursRestore,
     'b64-save': b64Save,
     'b64-restore': b64Restore,
+    'c-live': cLive,
+    'ours-live': oursLive,
+    'ours-live-precopy': oursLive,
+    'ours-live-dest': oursLiveDest,
   };
   let result: CaseResult;
   try {

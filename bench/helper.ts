@@ -8,6 +8,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
+/** State bytes of the warm-up operations an ours case runs before its timed one (bench/case.ts). */
+export const WARMUP_BYTES = 2 ** 20;
+
 /** bench/baseline.c in the source tree (this file runs from dist/bench). */
 export const BASELINE_SOURCE = path.resolve(__dirname, '../../bench/baseline.c');
 

@@ -1,10 +1,13 @@
 /**
- * `npm run bench`: device-state save and restore throughput, side by side, on the simulated
- * device with a producer feeding its data_fd (issue 4, item 5). See bench/README.md.
+ * `npm run bench`: device-state save and restore throughput (issue 4, item 5), and live
+ * migration between two processes over loopback TCP and a UNIX socket (issue 9, item 8), side
+ * by side with C loops, on the simulated device with producer / consumer processes on its
+ * data_fd. See bench/README.md.
  *
  *   node dist/bench/run.js [--quick] [--sizes 64M,256M,1G,4G] [--reps 3] [--buffer BYTES]
  *                          [--pipe-size 1048576] [--cpus one,two] [--cpu 0 | --no-pin]
- *                          [--tmpdir DIR] [--no-nosync]
+ *                          [--tmpdir DIR] [--no-nosync] [--cold]
+ *                          [--no-live | --live-only] [--transports tcp,unix] [--precopy-max 1G]
  *
  * Each measurement runs in a fresh process (./case.ts), pinned to one CPU with taskset, and
  * again with two CPUs (where ours overlaps reading and checksumming with writing); a table for
@@ -16,7 +19,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { DEFAULT_BUFFER_SIZE } from '../src/kernel/stream';
 import { SnapshotReader } from '../src/snapshot/reader';
-import { buildBaseline, parseBytes, sizeName } from './helper';
+import { buildBaseline, parseBytes, sizeName, WARMUP_BYTES } from './helper';
 import type { CaseKind, CaseResult, CaseSpec } from './case';
 
 const MiB = 2 ** 20;
@@ -35,16 +38,30 @@ interface Args {
   cpus: Array<'one' | 'two'>;
   tmpdir: string;
   nosync: boolean;
+  /** ours cases without their warm-up: the first call in a fresh process is timed. */
+  cold: boolean;
+  /** Save/restore cases, live cases. */
+  saveRestore: boolean;
+  live: boolean;
+  transports: Array<'tcp' | 'unix'>;
+  /** The precopy live case (the sim's own data, made in JavaScript) runs at sizes up to this. */
+  precopyMax: number;
 }
 
 function usage(msg?: string): never {
   if (msg) console.error(`bench: ${msg}`);
-  console.error('usage: npm run bench -- [--quick] [--sizes 64M,256M,1G,4G] [--reps N] [--buffer BYTES] [--pipe-size BYTES] [--cpus one,two] [--cpu N | --no-pin] [--tmpdir DIR] [--no-nosync]');
+  console.error(
+    'usage: npm run bench -- [--quick] [--sizes 64M,256M,1G,4G] [--reps N] [--buffer BYTES] [--pipe-size BYTES] [--cpus one,two] [--cpu N | --no-pin] ' +
+      '[--tmpdir DIR] [--no-nosync] [--cold] [--no-live | --live-only] [--transports tcp,unix] [--precopy-max SIZE]',
+  );
   process.exit(2);
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { sizes: [64 * MiB, 256 * MiB, GiB, 4 * GiB], buffer: undefined, reps: 3, pipeSize: MiB, cpu: 0, cpus: ['one', 'two'], tmpdir: os.tmpdir(), nosync: true };
+  const a: Args = {
+    sizes: [64 * MiB, 256 * MiB, GiB, 4 * GiB], buffer: undefined, reps: 3, pipeSize: MiB, cpu: 0, cpus: ['one', 'two'], tmpdir: os.tmpdir(), nosync: true,
+    cold: false, saveRestore: true, live: true, transports: ['tcp', 'unix'], precopyMax: GiB,
+  };
   for (let i = 0; i < argv.length; i++) {
     const next = (): string => argv[++i] ?? usage(`${argv[i - 1]} needs a value`);
     switch (argv[i]) {
@@ -78,6 +95,21 @@ function parseArgs(argv: string[]): Args {
         break;
       case '--no-nosync':
         a.nosync = false;
+        break;
+      case '--cold':
+        a.cold = true;
+        break;
+      case '--no-live':
+        a.live = false;
+        break;
+      case '--live-only':
+        a.saveRestore = false;
+        break;
+      case '--transports':
+        a.transports = next().split(',').map((t) => (t === 'tcp' || t === 'unix' ? t : usage(`--transports takes tcp, unix or tcp,unix (not ${t})`)));
+        break;
+      case '--precopy-max':
+        a.precopyMax = parseBytes(next()) ?? usage('bad --precopy-max');
         break;
       default:
         usage(`unknown argument ${argv[i]}`);
@@ -135,14 +167,11 @@ const ROWS: Array<{ key: RowKey; label: string; baseline: RowKey; nosync?: boole
   { key: 'b64-restore', label: 'base64 restore', baseline: 'c-restore' },
 ];
 
-interface Sample {
+/** One successful run of a cell. */
+interface Sample extends CaseResult {
   /** The round it was measured in (C and ours of one round ran back to back). */
   round: number;
   seconds: number;
-  cpuSeconds?: number;
-  rssBaseKiB?: number;
-  rssPeakKiB?: number;
-  peakReset?: boolean;
 }
 
 class Cell {
@@ -151,8 +180,16 @@ class Cell {
   note?: string;
   notRun?: string;
 
+  /** @param bytes the state bytes of every run (a live case with the sim's own data reports its own stream bytes) */
+  constructor(readonly bytes: number) {}
+
+  /** Bytes per second of one sample. */
+  rate(s: Sample): number {
+    return (s.streamBytes ?? this.bytes) / s.seconds;
+  }
+
   add(r: CaseResult, round: number): void {
-    if (r.ok && r.seconds !== undefined) this.samples.push({ round, seconds: r.seconds, cpuSeconds: r.cpuSeconds, rssBaseKiB: r.rssBaseKiB, rssPeakKiB: r.rssPeakKiB, peakReset: r.peakReset });
+    if (r.ok && r.seconds !== undefined) this.samples.push({ ...r, round, seconds: r.seconds });
     else this.error ??= `${r.error ?? 'failed'}${r.rssPeakKiB ? ` (peak RSS ${mib(r.rssPeakKiB * 1024)} MiB)` : ''}`;
     if (r.note) this.note = r.note;
   }
@@ -161,9 +198,10 @@ class Cell {
     return this.error !== undefined;
   }
 
-  mibps(bytes: number): { median: number; min: number; max: number } | undefined {
+  /** MiB/s of the samples. */
+  mibps(): { median: number; min: number; max: number } | undefined {
     if (!this.samples.length) return undefined;
-    const rates = this.samples.map((s) => bytes / MiB / s.seconds);
+    const rates = this.samples.map((s) => this.rate(s) / MiB);
     return { median: median(rates), min: Math.min(...rates), max: Math.max(...rates) };
   }
 
@@ -176,7 +214,8 @@ class Cell {
     for (const s of this.samples) {
       const b = base.samples.find((x) => x.round === s.round);
       if (!b) continue;
-      if (by === 'time') ratios.push(b.seconds / s.seconds);
+      // Rates, not times: a live case with the sim's own data moves a few more bytes (its stream's headers).
+      if (by === 'time') ratios.push(this.rate(s) / base.rate(b));
       else if (s.cpuSeconds && b.cpuSeconds) ratios.push(b.cpuSeconds / s.cpuSeconds);
     }
     return ratios.length ? median(ratios) : undefined;
@@ -188,7 +227,8 @@ class Cell {
    */
   bestRatio(base: Cell): number | undefined {
     if (!this.samples.length || !base.samples.length) return undefined;
-    return Math.min(...base.samples.map((s) => s.seconds)) / Math.min(...this.samples.map((s) => s.seconds));
+    const best = (c: Cell): number => Math.max(...c.samples.map((s) => c.rate(s)));
+    return best(this) / best(base);
   }
 
   /** Median CPU seconds of the case's processes. */
@@ -197,12 +237,19 @@ class Cell {
     return c.length ? median(c) : undefined;
   }
 
-  /** Largest peak-above-base over the samples, KiB. */
-  rssAbove(): { above: number; base: number } | undefined {
-    const withRss = this.samples.filter((s) => s.rssBaseKiB !== undefined && s.rssPeakKiB !== undefined);
+  /** Largest peak-above-base over the samples, KiB: of the case process (live: the source / sending copy), or of the live destination / receiving copy. */
+  rssAbove(which: 'self' | 'peer' = 'self'): { above: number; base: number } | undefined {
+    const pick = (s: Sample): [number | undefined, number | undefined] => (which === 'self' ? [s.rssBaseKiB, s.rssPeakKiB] : [s.peerRssBaseKiB, s.peerRssPeakKiB]);
+    const withRss = this.samples.map(pick).filter((p): p is [number, number] => p[0] !== undefined && p[1] !== undefined);
     if (!withRss.length) return undefined;
-    const worst = withRss.reduce((a, b) => (b.rssPeakKiB! - b.rssBaseKiB! > a.rssPeakKiB! - a.rssBaseKiB! ? b : a));
-    return { above: worst.rssPeakKiB! - worst.rssBaseKiB!, base: worst.rssBaseKiB! };
+    const worst = withRss.reduce((a, b) => (b[1] - b[0] > a[1] - a[0] ? b : a));
+    return { above: worst[1] - worst[0], base: worst[0] };
+  }
+
+  /** Median (min, max) of a numeric field over the samples. */
+  stat(field: 'downtimeMs' | 'firstCallMs' | 'stopCopyBytes' | 'precopyBytes' | 'iterations'): { median: number; min: number; max: number } | undefined {
+    const xs = this.samples.map((s) => s[field]).filter((x): x is number => typeof x === 'number');
+    return xs.length ? { median: median(xs), min: Math.min(...xs), max: Math.max(...xs) } : undefined;
   }
 }
 
@@ -270,13 +317,13 @@ function loadAverage(): string {
   return os.loadavg().map((x) => x.toFixed(2)).join(' ');
 }
 
-/** Which path saveSnapshot/restoreSnapshot take, read from the built jobs module. */
+/** Which path saveSnapshot/restoreSnapshot take, read from the built module that streams a snapshot's state (jobs → engine → file-stream). */
 function oursPath(): string {
   try {
-    const src = fs.readFileSync(require.resolve('../src/vm/jobs'), 'utf8');
+    const src = fs.readFileSync(require.resolve('../src/snapshot/file-stream'), 'utf8');
     return src.includes('saveStateSection') && src.includes('loadStateSection')
       ? 'the data pump (src/snapshot/state-io.ts over src/kernel/pump: native, a dedicated thread per call, CRC-32C per chunk; two buffers, reading while writing, when the process may use 2 CPUs)'
-      : 'JS loop (drainSession/feedSession through binding.read/write + writer.writeChunk, checksums in JS): jobs.ts does not use state-io.ts in this build';
+      : 'JS loop (drainSession/feedSession through binding.read/write + writer.writeChunk, checksums in JS): src/snapshot/file-stream.ts does not use state-io.ts in this build';
   } catch (e) {
     return `unknown (${(e as Error).message})`;
   }
@@ -299,6 +346,139 @@ async function firstChunkLength(file: string): Promise<number> {
   } finally {
     await r.close();
   }
+}
+
+// ------------------------------------------------------------------ live migration
+
+interface LiveRow {
+  key: string;
+  label: string;
+  kind: CaseKind;
+  transport: 'tcp' | 'unix';
+  /** The C row it is compared with. */
+  baseline: string;
+}
+
+/** The live rows: per transport a C copy pair and ours (stop-copy, external data); then ours with precopy over the sim's own data. */
+function liveRows(args: Args, bytes: number): LiveRow[] {
+  const rows: LiveRow[] = [];
+  for (const t of args.transports) {
+    rows.push({ key: `c-live-${t}`, label: `C, ${t} (read>send, recv>write)`, kind: 'c-live', transport: t, baseline: `c-live-${t}` });
+    rows.push({ key: `ours-live-${t}`, label: `ours, ${t}, stop-copy`, kind: 'ours-live', transport: t, baseline: `c-live-${t}` });
+  }
+  if (bytes <= args.precopyMax) {
+    const t = args.transports.includes('unix') ? 'unix' : args.transports[0];
+    rows.push({ key: 'ours-live-precopy', label: `ours, ${t}, precopy, sim data`, kind: 'ours-live-precopy', transport: t, baseline: `c-live-${t}` });
+  }
+  return rows;
+}
+
+/** Every size, every live case, in one CPU configuration; then its table. */
+async function runLive(args: Args, exe: string, dir: string, pin: { prefix: string[]; title: string }, crc: number | undefined): Promise<void> {
+  const results = new Map<number, { rows: LiveRow[]; cells: Map<string, Cell> }>();
+  const bufferSize = args.buffer ?? DEFAULT_BUFFER_SIZE;
+  let checked = false;
+  for (const bytes of args.sizes) {
+    const name = sizeName(bytes);
+    const rows = liveRows(args, bytes);
+    const cells = new Map(rows.map((r) => [r.key, new Cell(bytes)]));
+    results.set(bytes, { rows, cells });
+    console.log(`[${name}] live migration (load average ${loadAverage()})`);
+    const reps = checked ? args.reps : args.reps + 1;
+    for (let rep = 0; rep < reps; rep++) {
+      // The first round of the run is a warm-up whose consumers also check every byte: not recorded.
+      const check = !checked && rep === 0;
+      const run = async (row: LiveRow): Promise<void> => {
+        const spec: CaseSpec = {
+          kind: row.kind, bytes, file: '', exe, sync: false, pipeSize: args.pipeSize, bufferSize, check, oursBuffer: args.buffer, cold: args.cold,
+          transport: row.transport, sockDir: dir,
+        };
+        const r = await runCase(spec, pin.prefix);
+        if (!check || !r.ok) cells.get(row.key)!.add(r, rep);
+        const extra = r.ok && r.downtimeMs !== undefined ? `, downtime ${r.downtimeMs.toFixed(1)} ms` : '';
+        process.stdout.write(`  ${row.key}${check ? ' (check)' : ''}: ${r.ok ? `${((r.streamBytes ?? bytes) / MiB / r.seconds!).toFixed(0)} MiB/s${extra}` : `FAILED ${r.error}`}\n`);
+      };
+      for (const t of args.transports) {
+        const c = rows.find((r) => r.key === `c-live-${t}`)!;
+        const o = rows.find((r) => r.key === `ours-live-${t}`)!;
+        // C and ours alternate which goes first.
+        for (const row of rep % 2 === 0 ? [c, o] : [o, c]) await run(row);
+      }
+      const pre = rows.find((r) => r.kind === 'ours-live-precopy');
+      if (pre) await run(pre);
+    }
+    checked = true;
+  }
+  console.log(`\n${pin.title}, live migration (load average at the end ${loadAverage()}):`);
+  printLiveTable(results, crc);
+}
+
+function printLiveTable(results: Map<number, { rows: LiveRow[]; cells: Map<string, Cell> }>, crc: number | undefined): void {
+  const lines: string[][] = [[
+    'size', 'case', 'MiB/s median (min-max)', 'x C', 'x C best', 'CPU s', 'x C by CPU', 'downtime ms (min-max)', 'stop-copy / precopy MiB', 'peak RSS - base src / dst (MiB)', '1st call', 'targets',
+  ]];
+  const notes: string[] = [];
+  const f = (x: number | undefined, d = 2): string => (x === undefined ? '' : x.toFixed(d));
+  for (const [bytes, { rows, cells }] of results) {
+    const name = sizeName(bytes);
+    for (const [i, row] of rows.entries()) {
+      const cell = cells.get(row.key)!;
+      const base = cells.get(row.baseline)!;
+      const r = cell.mibps();
+      const speed = cell.failed ? `fails: ${cell.error!.split(':')[0]} (see notes)` : r ? `${r.median.toFixed(0)} (${r.min.toFixed(0)}-${r.max.toFixed(0)})` : '-';
+      if (cell.failed) notes.push(`${name} ${row.label} fails: ${cell.error}`);
+      const dt = cell.stat('downtimeMs');
+      const sc = cell.stat('stopCopyBytes');
+      const pc = cell.stat('precopyBytes');
+      const rss = (w: 'self' | 'peer'): string => {
+        const x = cell.rssAbove(w);
+        return x ? `${x.above >= 0 ? '+' : ''}${(x.above / 1024).toFixed(1)}` : '?';
+      };
+      const first = cell.stat('firstCallMs');
+      lines.push([
+        i === 0 ? name : '', row.label, speed, row.kind === 'c-live' ? f(1) : f(cell.pairedRatio(base)), row.kind === 'c-live' ? f(1) : f(cell.bestRatio(base)),
+        f(cell.cpu()), row.kind === 'c-live' ? f(1) : f(cell.pairedRatio(base, 'cpu')),
+        dt ? `${dt.median.toFixed(1)} (${dt.min.toFixed(1)}-${dt.max.toFixed(1)})` : '',
+        sc ? `${mib(sc.median, 1)} / ${mib(pc?.median ?? 0, 1)}` : '',
+        cell.samples.length ? `${rss('self')} / ${rss('peer')}` : '',
+        first ? `+${first.median.toFixed(1)} ms` : '',
+        liveTargets(row, bytes, cell, base, crc),
+      ]);
+    }
+    lines.push([]);
+  }
+  const widths = lines[0].map((_, i) => Math.max(...lines.map((l) => (l[i] ?? '').length)));
+  console.log('');
+  for (const l of lines) console.log(l.length ? l.map((c, i) => (i === l.length - 1 ? c : c.padEnd(widths[i]))).join('  ').trimEnd() : '');
+  notes.push('C rows: CPU s = the two copy processes\' own (getrusage); ours: the source and destination processes\' own (all threads). Producer and consumer are not counted in either.');
+  notes.push('downtime bound = stop-copy bytes / the C loop\'s median rate on the same socket kind + 10 ms (issue 9); the precopy row\'s data is made and checked by the simulator in JavaScript: not a transport figure.');
+  for (const n of notes) console.log(`note: ${n}`);
+}
+
+/** Issue 9's targets for one live row (reported, not asserted). */
+function liveTargets(row: LiveRow, bytes: number, cell: Cell, base: Cell, crc: number | undefined): string {
+  if (row.kind === 'c-live') return '';
+  if (cell.failed) return 'FAIL (ours failed)';
+  const out: string[] = [];
+  const verdict = (ok: boolean): string => (ok ? 'PASS' : 'FAIL');
+  const x = cell.pairedRatio(base);
+  if (row.kind === 'ours-live' && x !== undefined) out.push(`>=0.95x C ${verdict(x >= 0.95)}`);
+  const dt = cell.stat('downtimeMs');
+  const sc = cell.stat('stopCopyBytes');
+  const cRate = base.mibps();
+  if (dt && sc && cRate) {
+    const bound = (sc.median / (cRate.median * MiB)) * 1000 + 10;
+    out.push(`downtime <= ${bound.toFixed(1)} ms ${row.kind === 'ours-live' ? verdict(dt.median <= bound) : `${verdict(dt.median <= bound)} (sim data)`}`);
+  }
+  const worst = Math.max(cell.rssAbove('self')?.above ?? 0, cell.rssAbove('peer')?.above ?? 0);
+  if (cell.samples.length) out.push(`RSS<=+64MiB ${verdict(worst <= 64 * 1024)}${bytes >= 4 * GiB ? '' : ' (target at 4GiB)'}`);
+  // Two checksum passes over every byte (the source's, the destination's check) that the C loops do not make.
+  if (row.kind === 'ours-live' && crc && cRate) out.push(`checksum ceiling (1 CPU) ${(1 / (1 + (2 * cRate.median) / crc)).toFixed(2)}x`);
+  if (row.kind === 'ours-live-precopy') {
+    const it = cell.stat('iterations');
+    if (it) out.push(`${it.median} precopy rounds`);
+  }
+  return out.join('; ');
 }
 
 // ------------------------------------------------------------------ main
@@ -328,10 +508,23 @@ async function main(): Promise<void> {
   } catch {
     /* not Linux */
   }
-  console.log('node-vfio-pci bench: device-state save/restore on the simulated device, data_fd = a real pipe fed by a producer process');
+  console.log('node-vfio-pci bench: device-state save/restore and live migration on the simulated device, data_fd = a real pipe fed by a producer / drained by a consumer process');
   console.log(`  node ${process.version}, ${os.cpus()[0]?.model ?? 'cpu?'} x${os.cpus().length}, ${mib(os.totalmem())} MiB RAM (${mib(os.freemem())} MiB free)`);
   console.log(`  CPU configurations: ${args.cpus.map((c) => pinning(c, args.cpu).text).join('; ')}`);
   console.log(`  ours: saveSnapshot()/restoreSnapshot() on openDevice('sim') with externalDataFd; stream via ${oursPath()}`);
+  if (args.live) {
+    console.log(
+      `  live: migrateDevices() → receiveDevices() between two processes over ${args.transports.join(' and ')} (loopback TCP 127.0.0.1 / a UNIX socket in the temp dir), ` +
+        'a sim device without PRE_COPY whose data_fds are the producer\'s / consumer\'s pipes (the whole state moves in the switchover: downtime = stop-copy transfer); ' +
+        'C: baseline copy read()→send() and recv()→write() between the same producer and consumer; producer and consumer started before the clock',
+    );
+    console.log(`  live, precopy: a sim device with PRE_COPY over its own data_fds (data made and checked in JavaScript), up to ${sizeName(args.precopyMax)}`);
+  }
+  console.log(
+    args.cold
+      ? '  --cold: ours cases time the first call in their fresh process'
+      : `  ours cases run two untimed ${sizeName(WARMUP_BYTES)} operations of their kind first; "1st call +ms" = the first one's extra time over the second's (once per fresh process)`,
+  );
   console.log(`  files in ${dir} (${fsTypeName(st.type)}, ${mib(st.bavail * st.bsize)} MiB available); restores read files just written (page cache warm for every case)`);
   console.log(`  pipe: F_SETPIPE_SZ ${args.pipeSize || 'none (kernel default 64 KiB)'} by the producer/consumer (pipe-max-size ${pipeMax}); C helper ${exe}`);
   const crcInfo = checksumRate(pinning('one', args.cpu).prefix);
@@ -346,17 +539,23 @@ async function main(): Promise<void> {
   console.log('  RSS = peak (VmHWM, reset at the start) minus VmRSS at the start, worst run; for C it is the copy process\'s own');
   console.log(`  load average at start: ${loadAverage()} (${os.cpus().length} CPUs; other work on the pinned CPU slows every case)`);
   console.log('');
+  // The snapshot the ours restores warm up on (untimed, made once).
+  const warmFile = path.join(dir, `warm-${sizeName(WARMUP_BYTES)}.snap`);
+  if (args.saveRestore && !args.cold) {
+    const r = await runCase({ kind: 'ours-save', bytes: WARMUP_BYTES, file: warmFile, exe, sync: false, pipeSize: args.pipeSize, bufferSize: MiB, check: false, cold: true }, []);
+    if (!r.ok) throw new Error(`making ${warmFile} failed: ${r.error}`);
+  }
   for (const cpus of args.cpus) {
     const pin = pinning(cpus, args.cpu);
-    console.log(`=== ${pin.title}`);
-    await runAll(args, exe, dir, pin, crc);
+    console.log(`=== ${pin.title} (load average ${loadAverage()})`);
+    if (args.saveRestore) await runAll(args, exe, dir, pin, crc, warmFile);
+    if (args.live) await runLive(args, exe, dir, pin, crc);
   }
   console.log(`\nload average at end: ${loadAverage()}; total time ${((Date.now() - started) / 1000).toFixed(0)} s`);
 }
 
 /** Every size, every case, in one CPU configuration; then its table. */
-async function runAll(args: Args, exe: string, dir: string, pin: { prefix: string[]; title: string }, crc: number | undefined): Promise<void> {
-
+async function runAll(args: Args, exe: string, dir: string, pin: { prefix: string[]; title: string }, crc: number | undefined, warmFile: string): Promise<void> {
   const saveBuffer = args.buffer ?? DEFAULT_BUFFER_SIZE;
   const results = new Map<number, Map<RowKey, Cell>>();
   const skipped: string[] = [];
@@ -379,7 +578,7 @@ async function runAll(args: Args, exe: string, dir: string, pin: { prefix: strin
       console.log(`[${name}] ${skipped[skipped.length - 1]}`);
       continue;
     }
-    const cells = new Map<RowKey, Cell>(ROWS.map((r) => [r.key, new Cell()]));
+    const cells = new Map<RowKey, Cell>(ROWS.map((r) => [r.key, new Cell(bytes)]));
     results.set(bytes, cells);
     const files = {
       c: path.join(dir, `c-${name}.raw`),
@@ -398,7 +597,7 @@ async function runAll(args: Args, exe: string, dir: string, pin: { prefix: strin
     }
     let restoreBuffer = saveBuffer;
     const spec = (kind: CaseKind, file: string, extra: Partial<CaseSpec> = {}): CaseSpec => ({
-      kind, bytes, file, exe, sync: true, pipeSize: args.pipeSize, bufferSize: saveBuffer, check: false, oursBuffer: args.buffer, ...extra,
+      kind, bytes, file, exe, sync: true, pipeSize: args.pipeSize, bufferSize: saveBuffer, check: false, oursBuffer: args.buffer, cold: args.cold, warmFile, ...extra,
     });
     let round = 0;
     const run = async (key: RowKey, s: CaseSpec, record = true): Promise<CaseResult> => {
@@ -426,7 +625,7 @@ async function runAll(args: Args, exe: string, dir: string, pin: { prefix: strin
       }
     };
 
-    console.log(`[${name}] ${bytes} bytes`);
+    console.log(`[${name}] ${bytes} bytes (load average ${loadAverage()})`);
     const reps = checked ? args.reps : args.reps + 1;
     for (let rep = 0; rep < reps; rep++) {
       round = rep;
@@ -475,21 +674,21 @@ async function runAll(args: Args, exe: string, dir: string, pin: { prefix: strin
     for (const f of Object.values(files)) fs.rmSync(f, { force: true });
   }
 
-  console.log(`\n${pin.title}:`);
+  console.log(`\n${pin.title}, save and restore (load average at the end ${loadAverage()}):`);
   printTable(results, restoreBuffers, saveBuffer, crc);
   for (const s of skipped) console.log(`skipped: ${s}`);
 }
 
 function printTable(results: Map<number, Map<RowKey, Cell>>, restoreBuffers: Map<number, number>, saveBuffer: number, crc: number | undefined): void {
-  const lines: string[][] = [['size', 'case', 'MiB/s median (min-max)', 'x C', 'x C best', 'CPU s', 'x C by CPU', 'peak RSS - base (base MiB)', 'targets']];
+  const lines: string[][] = [['size', 'case', 'MiB/s median (min-max)', 'x C', 'x C best', 'CPU s', 'x C by CPU', 'peak RSS - base (base MiB)', '1st call', 'targets']];
   const notes: string[] = [];
   for (const [bytes, cells] of results) {
     const name = sizeName(bytes);
-    const rate = (k: RowKey): number | undefined => cells.get(k)!.mibps(bytes)?.median;
+    const rate = (k: RowKey): number | undefined => cells.get(k)!.mibps()?.median;
     for (const row of ROWS) {
       const cell = cells.get(row.key)!;
       if (row.nosync && !cell.samples.length && !cell.failed) continue;
-      const r = cell.mibps(bytes);
+      const r = cell.mibps();
       const base = rate(row.baseline);
       const rss = cell.rssAbove();
       let speed: string;
@@ -512,7 +711,11 @@ function printTable(results: Map<number, Map<RowKey, Cell>>, restoreBuffers: Map
       let t = targets(row.key, bytes, cells);
       // What the checksum allows on one CPU: the C loop's time plus one checksum pass over every byte.
       if (crc && base && row.key.startsWith('ours')) t += `; checksum ceiling (1 CPU) ${(1 / (1 + base / crc)).toFixed(2)}x`;
-      lines.push([row.key === 'c-save' ? name : '', row.label, speed, ratio, best !== undefined ? best.toFixed(2) : '', cpu !== undefined ? cpu.toFixed(2) : '', byCpu !== undefined ? byCpu.toFixed(2) : '', rssText, t]);
+      const first = cell.stat('firstCallMs');
+      lines.push([
+        row.key === 'c-save' ? name : '', row.label, speed, ratio, best !== undefined ? best.toFixed(2) : '', cpu !== undefined ? cpu.toFixed(2) : '',
+        byCpu !== undefined ? byCpu.toFixed(2) : '', rssText, first ? `+${first.median.toFixed(1)} ms` : '', t,
+      ]);
       if (cell.note) notes.push(`${name} ${row.label}: ${cell.note}`);
     }
     lines.push([]);

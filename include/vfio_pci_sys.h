@@ -184,6 +184,13 @@ struct vfio_pump_options {
   uint32_t expect = 0;
   /** COPY, WRITE_RECORDS: a read(2) of 0 and ENOMSG both end with VFIO_PUMP_END_FOR_NOW (uAPI PRE_COPY). */
   bool precopy = false;
+  /**
+   * With a second buffer: 1 reads (and checksums) into one buffer on a second thread while this
+   * one writes the other; 0 uses the first buffer only; < 0 (default) overlaps when the calling
+   * thread may run on more than one CPU (sched_getaffinity(2)): on one CPU the two threads only
+   * take turns, and their hand-offs cost more than they save.
+   */
+  int overlap = -1;
   /** Records: the prefix written in front of every header, or expected there. */
   unsigned prefix_len = 0;
   unsigned char prefix[VFIO_PUMP_MAX_PREFIX] = {};

@@ -7,6 +7,7 @@
  * the title. Record layouts are built and parsed here, independently of src/snapshot.
  */
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Worker } from 'node:worker_threads';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -136,7 +137,7 @@ export function pumpContract<B extends Binding>(name: string, create: () => { bi
           const data = pattern(1024 * 1024 + 123);
           const f = files(`whole-${two}`, data);
           try {
-            expect(await p.copy(f.src, f.dst, bufs(64 * 1024, two))).toEqual({ bytes: data.length, checksum: crc32c(data), end: 'eof' });
+            expect(await p.copy(f.src, f.dst, bufs(64 * 1024, two), { overlap: two })).toEqual({ bytes: data.length, checksum: crc32c(data), end: 'eof' });
             expect(fs.readFileSync(f.dstPath).equals(data)).toBe(true);
           } finally {
             f.close();
@@ -147,7 +148,7 @@ export function pumpContract<B extends Binding>(name: string, create: () => { bi
           const data = pattern(300 * 1024, 11);
           await withPipe(O_NONBLOCK, async (r1, w1) => {
             await withPipe(O_NONBLOCK, async (r2, w2) => {
-              const pumping = p.copy(r1, w2, bufs(100 * 1024, two)); // chunks larger than the pipe
+              const pumping = p.copy(r1, w2, bufs(100 * 1024, two), { overlap: two }); // chunks larger than the pipe
               const fed = (async () => {
                 for (let off = 0; off < data.length; off += 30_000) {
                   await writeAll(b, w1, data.subarray(off, off + 30_000));
@@ -163,6 +164,28 @@ export function pumpContract<B extends Binding>(name: string, create: () => { bi
           });
         });
       }
+
+      it('two buffers: overlap true reads every other block into the second one, false uses only the first, absent overlaps when the process may run on more than one CPU', async () => {
+        const data = pattern(48 * 1024, 5); // fits a pipe: no reader needed while it is fed
+        /** Copy `data` pipe to pipe with two 4 KiB buffers; whether the second one was used. */
+        const secondUsed = (overlap: boolean | undefined): Promise<boolean> =>
+          withPipe(0, async (r1, w1) =>
+            withPipe(0, async (r2, w2) => {
+              await writeAll(b, w1, data);
+              close(w1);
+              const first = Buffer.alloc(4096, 0xee);
+              const second = Buffer.alloc(4096, 0xee);
+              expect(await p.copy(r1, w2, [first, second], overlap === undefined ? {} : { overlap })).toEqual({ bytes: data.length, checksum: crc32c(data), end: 'eof' });
+              close(w2);
+              expect((await drain(r2, data.length + 1)).equals(data)).toBe(true);
+              expect(first.every((x) => x === 0xee)).toBe(false);
+              return !second.every((x) => x === 0xee);
+            }),
+          );
+        expect(await secondUsed(true)).toBe(true);
+        expect(await secondUsed(false)).toBe(false);
+        expect(await secondUsed(undefined)).toBe(os.availableParallelism() > 1);
+      });
 
       itFiles("checksum 'crc32' is zlib's CRC-32", async () => {
         const data = pattern(100_000, 3);
@@ -477,7 +500,7 @@ export function pumpContract<B extends Binding>(name: string, create: () => { bi
           const f = files(`wr-${prefix.length}-${two}`, data, before);
           try {
             const res = await p.writeRecords(f.src, f.dst, bufs(prefix.length + 8 + 4096, two), {
-              recordSize: 4096, prefix, dstOffset: before.length, headerChecksums: [0x01234567, 0x89abcdef, 0],
+              overlap: two, recordSize: 4096, prefix, dstOffset: before.length, headerChecksums: [0x01234567, 0x89abcdef, 0],
             });
             const file = fs.readFileSync(f.dstPath);
             const hl = prefix.length + 8;
@@ -616,7 +639,7 @@ export function pumpContract<B extends Binding>(name: string, create: () => { bi
           const recs = records(PAYLOADS, prefix);
           const f = files(`rr-${prefixLen}-${two}`, Buffer.concat([JUNK, recs.bytes, TERMINATOR, Buffer.alloc(10, 0x33)]));
           try {
-            const res = await p.readRecords(f.src, f.dst, bufs(4096 + hl, two), { prefix, srcOffset: JUNK.length, maxRecord: 4096, headerChecksums: [0, 5] });
+            const res = await p.readRecords(f.src, f.dst, bufs(4096 + hl, two), { overlap: two, prefix, srcOffset: JUNK.length, maxRecord: 4096, headerChecksums: [0, 5] });
             expect(res).toEqual({
               bytes: sum(PAYLOADS), records: 4, read: recs.bytes.length, end: 'header',
               headerChecksums: [sumOver(recs.headers), sumOver(recs.headers, 5)],
@@ -625,9 +648,9 @@ export function pumpContract<B extends Binding>(name: string, create: () => { bi
             expect(fs.readFileSync(f.dstPath).equals(Buffer.concat(PAYLOADS))).toBe(true);
             // In two calls, by count.
             fs.truncateSync(f.dstPath, 0);
-            const first = await p.readRecords(f.src, f.dst, bufs(4096 + hl, two), { prefix, srcOffset: at(0), records: 2, headerChecksums: [0], dstOffset: 0 });
+            const first = await p.readRecords(f.src, f.dst, bufs(4096 + hl, two), { overlap: two, prefix, srcOffset: at(0), records: 2, headerChecksums: [0], dstOffset: 0 });
             expect(first).toEqual({ bytes: 5096, records: 2, read: at(2) - at(0), end: 'count', headerChecksums: [sumOver(recs.headers.slice(0, 2))] });
-            const rest = await p.readRecords(f.src, f.dst, bufs(4096 + hl, two), { prefix, srcOffset: at(2), records: 2, headerChecksums: first.headerChecksums, dstOffset: 5096 });
+            const rest = await p.readRecords(f.src, f.dst, bufs(4096 + hl, two), { overlap: two, prefix, srcOffset: at(2), records: 2, headerChecksums: first.headerChecksums, dstOffset: 5096 });
             expect(rest).toEqual({ bytes: 3001, records: 2, read: at(4) - at(2), end: 'count', headerChecksums: [sumOver(recs.headers)] });
             expect(fs.readFileSync(f.dstPath).equals(Buffer.concat(PAYLOADS))).toBe(true);
           } finally {
@@ -641,7 +664,7 @@ export function pumpContract<B extends Binding>(name: string, create: () => { bi
             bytes[at(bad) + hl + PAYLOADS[bad].length - 1] ^= 0x01;
             const f = files(`rr-sum-${prefixLen}-${two}-${bad}`, bytes);
             try {
-              const err = expectPumpError(await rejection(p.readRecords(f.src, f.dst, bufs(4096 + hl, two), { prefix, srcOffset: JUNK.length })), {
+              const err = expectPumpError(await rejection(p.readRecords(f.src, f.dst, bufs(4096 + hl, two), { overlap: two, prefix, srcOffset: JUNK.length })), {
                 code: 'EVFIO_CHECKSUM', kind: 'format', bytesDone: sum(PAYLOADS.slice(0, bad)), recordOffset: at(bad),
               });
               expect(err.message).toContain(`offset ${at(bad)}`);
@@ -656,16 +679,16 @@ export function pumpContract<B extends Binding>(name: string, create: () => { bi
           const body = records(PAYLOADS, prefix).bytes;
           const f = files(`rr-len-${prefixLen}-${two}`, Buffer.concat([JUNK, body]));
           try {
-            expectPumpError(await rejection(p.readRecords(f.src, f.dst, bufs(4096 + hl, two), { prefix, srcOffset: JUNK.length, maxRecord: 2048 })), {
+            expectPumpError(await rejection(p.readRecords(f.src, f.dst, bufs(4096 + hl, two), { overlap: two, prefix, srcOffset: JUNK.length, maxRecord: 2048 })), {
               code: 'EVFIO_RECORD_LENGTH', kind: 'format', bytesDone: 1000, recordOffset: at(1), recordLength: 4096,
             });
             fs.truncateSync(f.dstPath, 0);
-            expectPumpError(await rejection(p.readRecords(f.src, f.dst, bufs(4095, two), { prefix, srcOffset: JUNK.length, dstOffset: 0 })), {
+            expectPumpError(await rejection(p.readRecords(f.src, f.dst, bufs(4095, two), { overlap: two, prefix, srcOffset: JUNK.length, dstOffset: 0 })), {
               code: 'EVFIO_RECORD_LENGTH', kind: 'format', bytesDone: 1000, recordOffset: at(1), recordLength: 4096,
             });
             // The whole body, then the end of the file between records.
             fs.truncateSync(f.dstPath, 0);
-            expect(await p.readRecords(f.src, f.dst, bufs(4096 + hl, two), { prefix, srcOffset: JUNK.length, dstOffset: 0 })).toMatchObject({ records: 4, end: 'eof', bytes: sum(PAYLOADS) });
+            expect(await p.readRecords(f.src, f.dst, bufs(4096 + hl, two), { overlap: two, prefix, srcOffset: JUNK.length, dstOffset: 0 })).toMatchObject({ records: 4, end: 'eof', bytes: sum(PAYLOADS) });
           } finally {
             f.close();
           }
@@ -675,7 +698,7 @@ export function pumpContract<B extends Binding>(name: string, create: () => { bi
           ] as const) {
             const g = files(`rr-cut-${prefixLen}-${two}-${cut}`, Buffer.concat([JUNK, body]).subarray(0, cut));
             try {
-              const err = expectPumpError(await rejection(p.readRecords(g.src, g.dst, bufs(4096 + hl, two), { prefix, srcOffset: JUNK.length })), {
+              const err = expectPumpError(await rejection(p.readRecords(g.src, g.dst, bufs(4096 + hl, two), { overlap: two, prefix, srcOffset: JUNK.length })), {
                 code: 'EVFIO_TRUNCATED', kind: 'format', bytesDone: done, recordOffset: recAt,
               });
               expect(err.message).toContain(`offset ${recAt}`);
@@ -809,6 +832,8 @@ export function pumpContract<B extends Binding>(name: string, create: () => { bi
         [() => p.copy(0, 1, buf, { expectChecksum: 0 }), R, 'copy: "expectChecksum" needs "limit", at most the buffer length (16)'],
         [() => p.copy(0, 1, buf, { expectChecksum: 2 ** 32, limit: 8 }), R, 'copy: "expectChecksum" is out of range [0, 4294967295]'],
         [() => p.copy(0, 1, buf, { precopy: 1 as never }), T, 'copy: "precopy" must be a boolean'],
+        [() => p.copy(0, 1, buf, { overlap: 1 as never }), T, 'copy: "overlap" must be a boolean'],
+        [() => p.readRecords(0, 1, buf, { overlap: 'yes' as never }), T, 'readRecords: "overlap" must be a boolean'],
         [() => p.copy(0, 1, buf, { checksum: 'md5' as never }), R, `copy: "checksum" must be 'crc32c' or 'crc32'`],
         [() => p.copy(0, 1, buf, { checksum: 1 as never }), T, `copy: "checksum" must be 'crc32c' or 'crc32'`],
         [() => p.copy(0, 1, buf, { signal: {} as never }), T, 'copy: "signal" must be an AbortSignal'],

@@ -3,6 +3,7 @@
  * with TypeError/RangeError without crashing, keeps Buffers alive while async work uses them,
  * builds errors from the class it is handed, and loads and works inside worker_threads.
  */
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { createRequire } from 'node:module';
 import * as path from 'node:path';
@@ -204,6 +205,7 @@ describe('abuse', () => {
       ['pump: a prefix of 9 bytes', () => addon.pump(fd, fd, buf, { mode: 'read-records', prefix: Buffer.alloc(9) }), RangeError],
       ['pump: five seeds', () => addon.pump(fd, fd, buf, { mode: 'read-records', headerChecksums: [1, 2, 3, 4, 5] }), RangeError],
       ['pump: recordSize 0', () => addon.pump(fd, fd, buf, { mode: 'write-records', recordSize: 0 }), RangeError],
+      ['pump: overlap not a boolean', () => addon.pump(fd, fd, buf, { mode: 'copy', overlap: 1 }), TypeError],
       ['walkRecords: walk null', () => addon.walkRecords(fd, null, 0, {}), TypeError],
       ['walkRecords: pos -1', () => addon.walkRecords(fd, { pos: -1, count: 0, total: 0, sums: [] }, 0, {}), RangeError],
       ['walkRecords: sums not an array', () => addon.walkRecords(fd, { pos: 0, count: 0, total: 0, sums: 1 }, 0, {}), TypeError],
@@ -225,6 +227,43 @@ describe('abuse', () => {
     expect(() => addon.setErrorClass('VfioError')).toThrow(TypeError);
     const b = new NativeBinding();
     expect(() => b.close(2 ** 31 - 1)).toThrow(VfioError);
+  });
+});
+
+describe('raw pump with two buffers and no overlap option (vfio_pump_options::overlap < 0)', () => {
+  /**
+   * A node process (under `prefix`, e.g. taskset) copies 48 KiB pipe to pipe through the raw
+   * addon with two 4 KiB buffers and no `overlap`; prints whether the second buffer was used and
+   * os.availableParallelism().
+   */
+  function probe(prefix: string[]): { secondUsed: boolean; cpus: number } {
+    const script = `
+      const addon = require(${JSON.stringify(addonFile)});
+      (async () => {
+        const data = Buffer.alloc(48 * 1024, 7);
+        const [r1, w1] = addon.pipe();
+        const [r2, w2] = addon.pipe();
+        for (let off = 0; off < data.length; ) off += await addon.write(w1, data, off, data.length - off);
+        addon.close(w1);
+        const second = Buffer.alloc(4096, 0xee);
+        const res = await addon.pump(r1, w2, [Buffer.alloc(4096), second], { mode: 'copy' }).promise;
+        if (res.bytes !== data.length) throw new Error('copied ' + res.bytes);
+        console.log(JSON.stringify({ secondUsed: !second.every((x) => x === 0xee), cpus: require('os').availableParallelism() }));
+      })().catch((e) => { console.error(e); process.exit(1); });`;
+    const cmd = [...prefix, process.execPath, '-e', script];
+    const r = spawnSync(cmd[0], cmd.slice(1), { encoding: 'utf8', timeout: 30_000 });
+    expect(r.status, r.stderr).toBe(0);
+    return JSON.parse(r.stdout.trim()) as { secondUsed: boolean; cpus: number };
+  }
+
+  it('overlaps when the process may run on more than one CPU (as availableParallelism() says)', () => {
+    const r = probe([]);
+    expect(r.secondUsed).toBe(r.cpus > 1);
+  });
+
+  const taskset = spawnSync('taskset', ['-c', '0', 'true']).status === 0;
+  it.skipIf(!taskset)(`pinned to one CPU (taskset -c 0), uses the first buffer only${taskset ? '' : ' (skipped: no taskset)'}`, () => {
+    expect(probe(['taskset', '-c', '0'])).toEqual({ secondUsed: false, cpus: 1 });
   });
 });
 

@@ -56,6 +56,8 @@ declare namespace VfioPciNative {
     writeback?: number;
     expectChecksum?: number;
     precopy?: boolean;
+    /** With two buffers: read on a second thread while writing (default: when the thread may run on more than one CPU). */
+    overlap?: boolean;
     prefix?: Buffer;
     recordSize?: number;
     maxRecord?: number;

@@ -4,6 +4,7 @@
  * (code ERR_OUT_OF_RANGE) for a value out of range or options that do not fit together or in
  * the buffers. The result is the options normalized, as both pumps (and the addon) take them.
  */
+import { availableParallelism } from 'node:os';
 import { buffer as bufferArg, fd as fdArg, int as intArg, rangeError, typeError } from '../binding/args';
 import { DEFAULT_CHECKSUM, isChecksumAlgorithm, type ChecksumAlgorithm } from './checksum';
 
@@ -45,6 +46,8 @@ export interface PumpArgs {
   /** Records: the header checksum seeds. */
   seeds: number[];
   idleTimeoutMs: number;
+  /** Two buffers given and used: read into one while the other is written (PumpCommonOptions.overlap, resolved). */
+  overlap: boolean;
   signal?: AbortSignal;
 }
 
@@ -72,8 +75,9 @@ export function pumpArgs(mode: PumpMode, src: unknown, dst: unknown, buffers: un
     records: -1,
     seeds: [],
     idleTimeoutMs: -1,
+    overlap: false,
   };
-  if (opts === undefined && mode === 'copy') return a;
+  if (opts === undefined && mode === 'copy') return withOverlap(a, undefined);
   if (typeof opts !== 'object' || opts === null) throw typeError(`${fn}: "options" must be an object`);
   const o = opts as Record<string, unknown>;
   if (o.checksum !== undefined) {
@@ -89,6 +93,7 @@ export function pumpArgs(mode: PumpMode, src: unknown, dst: unknown, buffers: un
     if (!(o.signal instanceof AbortSignal)) throw typeError(`${fn}: "signal" must be an AbortSignal`);
     a.signal = o.signal;
   }
+  withOverlap(a, optionalBoolArg(fn, 'overlap', o.overlap));
   const room = Math.min(...a.buffers.map((b) => b.length));
   switch (mode) {
     case 'copy':
@@ -135,8 +140,18 @@ function overlap(a: Buffer, b: Buffer): boolean {
   return a.buffer === b.buffer && a.byteOffset < b.byteOffset + b.length && b.byteOffset < a.byteOffset + a.length;
 }
 
+/** Resolve `overlap`: only with two buffers; by default when the process may run on more than one CPU. */
+function withOverlap(a: PumpArgs, asked: boolean | undefined): PumpArgs {
+  a.overlap = a.buffers.length === 2 && (asked ?? availableParallelism() > 1);
+  return a;
+}
+
 function boolArg(fn: string, name: string, v: unknown): boolean {
-  if (v === undefined) return false;
+  return optionalBoolArg(fn, name, v) ?? false;
+}
+
+function optionalBoolArg(fn: string, name: string, v: unknown): boolean | undefined {
+  if (v === undefined) return undefined;
   if (typeof v !== 'boolean') throw typeError(`${fn}: "${name}" must be a boolean`);
   return v;
 }

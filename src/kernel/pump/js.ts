@@ -16,7 +16,8 @@
  *    is kept. (A write into a blocking pipe or socket larger than the room there still waits
  *    inside write(2), on a pool thread, until the reader takes some: see ./types.ts.)
  *  - sockets: Node ignores SIGPIPE, so a write to a closed peer is EPIPE.
- * With two buffers, the next block (or record) is read into one while the other is written.
+ * With two buffers (and `overlap`), the next block (or record) is read into one while the other
+ * is written.
  */
 import * as fs from 'node:fs';
 import { VfioError, type EvfioCode } from '../../base/errors';
@@ -347,7 +348,7 @@ async function run(b: Binding, a: PumpArgs): Promise<CopyResult | WriteRecordsRe
     throw e;
   };
 
-  const bufs = a.verify ? [a.buffers[0]] : a.buffers;
+  const bufs = a.verify || !a.overlap ? [a.buffers[0]] : a.buffers;
   let last: Segment;
   try {
     let i = 0;

@@ -58,6 +58,7 @@ export class NativePump implements Pump {
     if (a.writeback > 0) options.writeback = a.writeback;
     if (a.verify) options.expectChecksum = a.expectChecksum;
     if (a.precopy) options.precopy = true;
+    options.overlap = a.overlap;
     if (a.mode !== 'copy') {
       options.prefix = a.prefix;
       options.headerChecksums = a.seeds;

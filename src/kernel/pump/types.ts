@@ -92,8 +92,9 @@ export interface Pump {
  * The buffer a pump reads into and writes from, reused for every read; or two, for a pump that
  * reads (and checksums) into one while it writes the other to `dst` (native: a second thread;
  * JS: a read and a write in flight at once), so that it costs about the longer of the two
- * sides, not their sum, where a core is free. Kept alive until the promise settles; not to be
- * touched meanwhile. Not empty; two must be distinct.
+ * sides, not their sum, where a core is free (`overlap`: by default when the process may run on
+ * more than one CPU; otherwise only the first buffer is used). Kept alive until the promise
+ * settles; not to be touched meanwhile. Not empty; two must be distinct.
  */
 export type PumpBuffers = Buffer | readonly [Buffer] | readonly [Buffer, Buffer];
 
@@ -123,6 +124,14 @@ export interface PumpCommonOptions {
    * wait as long as it takes.
    */
   idleTimeoutMs?: number;
+  /**
+   * With two buffers: read into one while the other is written (true), or use only the first
+   * (false). Default: when this process may run on more than one CPU
+   * (`os.availableParallelism() > 1`, its affinity mask). On one CPU the reading and writing
+   * sides only take turns, and their hand-offs (a thread switch per block or record) cost more
+   * than they save.
+   */
+  overlap?: boolean;
 }
 
 /** Options of `Pump.copy`. */
