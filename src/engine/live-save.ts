@@ -234,6 +234,7 @@ export class LiveSave {
         });
         this.sentPre.set(i, before + r.bytes);
         bytes.set(d.id, r.bytes);
+        signal.throwIfAborted();
         const info = this.precopyInfo(i);
         if (this.reinitSeen.delete(i) && this.initialDone.has(i)) {
           // VFIO_PRECOPY_INFO_REINIT: new initial data; the switchover-ack must be earned again.
@@ -405,11 +406,14 @@ export class LiveSave {
     } catch (e) {
       if (this.committed) {
         this.phase = 'failed';
+        await this.sink.abort(e); // closes the connection; says nothing (LiveSink.abort)
         await this.ops.dirty.stop();
         for (const d of this.ops.devices) d.migration?.closeSession();
         this.release(false);
         throw this.ops.fail(e, step);
       }
+      // The destination answered END with its ERROR (or END never went out): undo like any failure.
+      this.pastEnd = false;
       // Cancelled from outside while this step ran: the cancel's reason is the error to report.
       const outside = this.cancelling !== undefined && this.cancelReason instanceof VfioError;
       const err = this.ops.fail(outside ? this.cancelReason : e, step);

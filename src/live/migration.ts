@@ -38,6 +38,7 @@ import { UNKNOWN_SIZE, type DevicePending, type LiveSave, type SwitchoverResult 
 import type { StateChange } from '../kernel/migration';
 import { LiveSink, LiveSource, type LiveSinkOptions, type LiveSourceOptions } from './stream';
 import type { FrameLink } from './link';
+import { abortedError } from './errors';
 
 const log = logger('live');
 
@@ -105,7 +106,12 @@ export interface MigrationResult {
 
 export interface LiveMigrationEvents {
   state: (c: StateChange) => void;
-  /** Bytes sent of a device's state; `dirtyPages`: pages the devices' DMA dirtied at the last sync. */
+  /**
+   * Bytes sent of a device's state. `pending`: the figures of the last `pending()` check (made
+   * after every round, on every switchover-ack, and by the VMM's own calls; absent before the
+   * first), not queried again for each event. `dirtyPages`: pages the devices' DMA dirtied at the
+   * last sync.
+   */
   progress: (p: MigrationProgress & { pending?: Pending; dirtyPages?: number }) => void;
   'switchover-ready': (p: Pending) => void;
   /** A precopy round ended: bytes sent, the pending figures, and the dirty pages of its sync (when tracked). */
@@ -131,6 +137,7 @@ export class LiveMigration extends EventEmitter<LiveMigrationEvents> {
   private readonly unsub: Array<() => void> = [];
   private readonly startedAt = Date.now();
   private lastDirtyPages?: number;
+  private lastPending?: Pending;
 
   private constructor(
     readonly engine: MigrationEngine,
@@ -141,7 +148,7 @@ export class LiveMigration extends EventEmitter<LiveMigrationEvents> {
     super();
     this.bandwidth = opts.bandwidth ?? DEFAULT_BANDWIDTH;
     const onState = (c: StateChange): void => void this.emit('state', c);
-    const onProgress = (p: { device: string; bytes: number }): void => void this.emit('progress', { device: p.device, phase: this.phase, bytes: p.bytes, dirtyPages: this.lastDirtyPages });
+    const onProgress = (p: { device: string; bytes: number }): void => void this.emit('progress', { device: p.device, phase: this.phase, bytes: p.bytes, pending: this.lastPending, dirtyPages: this.lastDirtyPages });
     engine.on('state', onState);
     engine.on('progress', onProgress);
     const onAck = (): void => void this.checkReady();
@@ -156,7 +163,7 @@ export class LiveMigration extends EventEmitter<LiveMigrationEvents> {
       () => sink.off('switchover-ack', onAck), () => sink.off('failed', onFailed),
     );
     if (opts.signal) {
-      const onAbort = (): void => void this.cancel(opts.signal?.reason);
+      const onAbort = (): void => void this.cancel(abortedError('migrate', opts.signal!));
       opts.signal.addEventListener('abort', onAbort, { once: true });
       this.unsub.push(() => opts.signal?.removeEventListener('abort', onAbort));
     }
@@ -202,7 +209,7 @@ export class LiveMigration extends EventEmitter<LiveMigrationEvents> {
     }
     const m = new LiveMigration(engine, sink, live, opts);
     m.warnings = warnings;
-    if (opts.signal?.aborted) await m.cancel(opts.signal.reason);
+    if (opts.signal?.aborted) await m.cancel(abortedError('migrate', opts.signal));
     return m;
   }
 
@@ -235,7 +242,8 @@ export class LiveMigration extends EventEmitter<LiveMigrationEvents> {
     const totalBytes = devices.reduce((a, d) => a + d.precopyBytes + d.stopCopyBytes, 0);
     const estimatedDowntimeMs = (totalBytes / this.bandwidth) * 1000;
     const ackReceived = !ackNeeded;
-    return { devices, totalBytes, bandwidth: this.bandwidth, estimatedDowntimeMs, ackReceived, ready: ackReceived && estimatedDowntimeMs <= this.downtimeLimitMs };
+    this.lastPending = { devices, totalBytes, bandwidth: this.bandwidth, estimatedDowntimeMs, ackReceived, ready: ackReceived && estimatedDowntimeMs <= this.downtimeLimitMs };
+    return this.lastPending;
   }
 
   /** Whether any device has precopy data, so that a switchover-ack is owed at all. */
@@ -348,15 +356,17 @@ export class LiveMigration extends EventEmitter<LiveMigrationEvents> {
 
   /** run()'s precopy loop: until the devices allow the switchover, or a limit (then onLimit). */
   private async iterateUntilReady(maxIterations: number): Promise<void> {
+    if (!this.live.hasPrecopy) {
+      // No device has PRE_COPY: a round would move nothing and cannot shorten the switchover, so
+      // no round is run and the downtime limit is not waited for (Cloud Hypervisor's stop-copy-only
+      // case); the final dirty sync in the switchover reports every page since the start.
+      const p = this.checkReady();
+      log('no device has PRE_COPY: switching over with ~%d ms of device downtime estimated', p.estimatedDowntimeMs.toFixed(1));
+      return;
+    }
     for (;;) {
       const { bytes, pending } = await this.iterate();
       if (pending.ready) break;
-      if (!this.live.hasPrecopy && pending.ackReceived) {
-        // No device has PRE_COPY: rounds move nothing and cannot shorten the switchover, so the
-        // downtime limit cannot be met by waiting (Cloud Hypervisor's stop-copy-only case).
-        log('no device has PRE_COPY: switching over with ~%d ms of device downtime estimated', pending.estimatedDowntimeMs.toFixed(1));
-        break;
-      }
       const overTime = this.opts.maxTimeMs !== undefined && Date.now() - this.startedAt >= this.opts.maxTimeMs;
       if (this.iterations >= maxIterations || overTime) {
         const why = overTime ? `${this.opts.maxTimeMs} ms` : `${maxIterations} iterations`;

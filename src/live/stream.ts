@@ -25,12 +25,20 @@ import type { FrameLink, Frame } from './link';
 
 const log = logger('live');
 
-/** The connection lost after LOADED from a destination that runs its devices, before its RESUMED. */
-function outcomeUnknown(e: unknown, peer: string): VfioError {
+/**
+ * The destination had END (so every device's state) and runs its devices on its own, but went
+ * silent before its RESUMED: it may be running them, so the source must not resume on a guess.
+ */
+function outcomeUnknown(e: unknown, peer: string, loaded: boolean): VfioError {
   return new VfioError(
-    `the connection to ${peer} was lost after it had loaded every device and before it said it runs them (${(e as Error)?.message ?? e}): it may be running them; the source devices stay in STOP — resume them only if the destination did not`,
+    `${peer} was sent every device's state${loaded ? ' and loaded it' : ''}, then went silent before it said it runs the devices (${(e as Error)?.message ?? e}): it may be running them; the source devices stay in STOP — resume them only if the destination did not`,
     { code: 'EVFIO_OUTCOME_UNKNOWN', kind: 'peer', step: 'migrate:complete', cause: e },
   );
+}
+
+/** Whether `e` is the destination's own answer (its ERROR or refusal), not silence. */
+function peerAnswered(e: unknown): boolean {
+  return e instanceof VfioError && ['EVFIO_PEER_FAILED', 'EVFIO_PEER_CANCELLED', 'EVFIO_PEER_REFUSED', 'EVFIO_OUTCOME_UNKNOWN'].includes(e.code) || (e instanceof VfioError && e.kind === 'mismatch');
 }
 
 /** Default bound of the handshake (the destination's checks and RUNNING → RESUMING): 30 s. */
@@ -122,6 +130,9 @@ export class LiveSink extends EventEmitter<LiveSinkEvents> implements StateSink 
     }
     if (f.header.type !== FrameType.ACCEPT) throw protocolError(`expected ACCEPT or REFUSE from ${this.name}, got ${frameTypeName(f.header.type)}`);
     this.accept = decodeAccept(f.payload);
+    if (this.accept.version !== PROTOCOL_VERSION) {
+      throw protocolError(`${this.name} accepted with protocol version ${this.accept.version}, this source speaks ${PROTOCOL_VERSION}`, 'EVFIO_PROTOCOL_VERSION');
+    }
     log('%s accepted %d devices (features %s, resumes %s)', this.name, records.length, this.accept.features.join(',') || '-', this.accept.resumes);
     this.reader = this.readReturnPath();
   }
@@ -133,6 +144,7 @@ export class LiveSink extends EventEmitter<LiveSinkEvents> implements StateSink 
         // Before END the destination has nothing to say but keep-alives: its silence is bounded
         // by the peer timeout all the same, since it PINGs.
         const f = await this.link.readFrame();
+        if (f.header.device !== WHOLE_STREAM) throw protocolError(`${frameTypeName(f.header.type)} frame for device ${f.header.device} from the destination ${this.name}: its frames belong to the whole stream`);
         switch (f.header.type) {
           case FrameType.SWITCHOVER_ACK: {
             const gen = decodeAckGeneration(f.payload);
@@ -154,6 +166,8 @@ export class LiveSink extends EventEmitter<LiveSinkEvents> implements StateSink 
             return;
           case FrameType.ERROR:
             throw peerError(decodeError(f.payload, 'ERROR'), false, this.name);
+          case FrameType.CANCEL:
+            throw new VfioError(`${this.name} cancelled the migration (its devices were not run)`, { code: 'EVFIO_PEER_CANCELLED', step: 'migrate' });
           default:
             throw protocolError(`unexpected ${frameTypeName(f.header.type)} frame from the destination ${this.name}`);
         }
@@ -161,17 +175,21 @@ export class LiveSink extends EventEmitter<LiveSinkEvents> implements StateSink 
       }
     } catch (e) {
       if (this.closing) return;
-      // After LOADED of a destination that runs its devices, only its ERROR says it did not: a
-      // lost connection leaves the outcome unknown (it may run them), and the source must not
-      // resume its own on a guess.
-      const peerSaid = e instanceof VfioError && (e.code === 'EVFIO_PEER_FAILED' || e.kind === 'mismatch' || e.code === 'EVFIO_PEER_REFUSED');
-      this.failure = this.loaded && !this.resumed && !peerSaid ? outcomeUnknown(e, this.name) : e;
+      this.failure = this.afterEnd(e);
       log('%s: return path failed: %s', this.name, (this.failure as Error)?.message);
       this.link.abort(this.failure);
       this.emit('failed', this.failure);
     } finally {
       this.wake();
     }
+  }
+
+  /**
+   * A failure once END is out to a destination that runs its devices on its own: only its ERROR
+   * says it did not run them; a lost connection or a timeout leaves the outcome unknown.
+   */
+  private afterEnd(e: unknown): unknown {
+    return this.finished && this.destinationResumes && !this.resumed && !peerAnswered(e) ? outcomeUnknown(e, this.name, this.loaded !== undefined) : e;
   }
 
   private wake(): void {
@@ -232,9 +250,12 @@ export class LiveSink extends EventEmitter<LiveSinkEvents> implements StateSink 
     this.finished = true;
     const deadline = Date.now() + (this.opts.completeTimeoutMs ?? DEFAULT_COMPLETE_TIMEOUT_MS);
     while (!(this.loaded && (this.resumed || !this.destinationResumes))) {
-      this.check();
+      if (this.failure) throw this.afterEnd(this.failure);
       const left = deadline - Date.now();
-      if (left <= 0) throw new VfioError(`${this.name} did not report the load within ${this.opts.completeTimeoutMs ?? DEFAULT_COMPLETE_TIMEOUT_MS} ms`, { code: 'ETIMEDOUT', errno: 110, kind: 'peer', step: 'migrate:complete' });
+      if (left <= 0) {
+        const what = this.loaded ? 'that it runs its devices' : 'the load';
+        throw this.afterEnd(new VfioError(`${this.name} did not report ${what} within ${this.opts.completeTimeoutMs ?? DEFAULT_COMPLETE_TIMEOUT_MS} ms`, { code: 'ETIMEDOUT', errno: 110, kind: 'peer', step: 'migrate:complete' }));
+      }
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, left);
         this.waiters.push(() => {
@@ -259,7 +280,9 @@ export class LiveSink extends EventEmitter<LiveSinkEvents> implements StateSink 
   async abort(reason: unknown): Promise<void> {
     log('%s: aborting (%s)', this.name, (reason as Error)?.message ?? reason);
     this.closing = true;
-    if (!this.failure) {
+    // After END to a destination that runs its devices, nothing is said: it may run them already,
+    // and a word now could only make it drop a good copy (see afterEnd()).
+    if (!this.failure && !(this.finished && this.destinationResumes)) {
       const failed = reason instanceof VfioError && reason.kind !== 'cancelled';
       await (failed ? this.link.farewell(FrameType.ERROR, WHOLE_STREAM, encodeError(reason)) : this.link.farewell(FrameType.CANCEL, WHOLE_STREAM));
     }
@@ -315,7 +338,10 @@ export class LiveSource implements StateSource {
       if (f.header.type !== FrameType.HELLO) throw protocolError(`expected HELLO, got ${frameTypeName(f.header.type)}: not a migration source`);
       hello = decodeHello(f.payload);
     } catch (e) {
-      await link.send(FrameType.REFUSE, WHOLE_STREAM, encodeError(e)).catch(() => undefined);
+      // A source that said it gave up hears nothing more; otherwise REFUSE with the reason, even
+      // when this side's own signal fired (farewell).
+      const sourceLeft = e instanceof VfioError && (e.code === 'EVFIO_PEER_CANCELLED' || e.code === 'EVFIO_PEER_FAILED');
+      if (!sourceLeft) await link.farewell(FrameType.REFUSE, WHOLE_STREAM, encodeError(e));
       throw e;
     }
     link.startKeepalive();
@@ -415,11 +441,17 @@ export class LiveSource implements StateSource {
     await this.link.send(FrameType.RESUMED, WHOLE_STREAM);
   }
 
-  /** REFUSE (before ACCEPT) or ERROR (after), best effort. Never throws. */
+  /**
+   * Tell the source, best effort: REFUSE with the reason before ACCEPT; after it CANCEL when the
+   * destination was cancelled (kind 'cancelled'; the source sees EVFIO_PEER_CANCELLED), else ERROR
+   * with the reason (EVFIO_PEER_FAILED). Sent only while no device here runs. Never throws.
+   */
   async abort(reason: unknown): Promise<void> {
-    const type = this.accepted ? FrameType.ERROR : FrameType.REFUSE;
+    // Cancelled by its VMM (its signal, Ctrl-C): CANCEL, as the source does; else its reason.
+    const cancelled = reason instanceof VfioError ? reason.kind === 'cancelled' : (reason as Error)?.name === 'AbortError';
+    const type = !this.accepted ? FrameType.REFUSE : cancelled ? FrameType.CANCEL : FrameType.ERROR;
     log('%s: %s (%s)', this.name, frameTypeName(type), (reason as Error)?.message ?? reason);
-    await this.link.farewell(type, WHOLE_STREAM, encodeError(reason));
+    await this.link.farewell(type, WHOLE_STREAM, type === FrameType.CANCEL ? undefined : encodeError(reason));
   }
 
   /** Whether the END frame arrived. */

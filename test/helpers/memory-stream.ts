@@ -52,6 +52,7 @@ export class MemoryStream {
     },
     writeState: async (index: number, from: DataFdTarget, opts: WriteStateOptions = {}) => {
       const r = await drainSession(from.binding, from.fd, async (c) => {
+        opts.signal?.throwIfAborted(); // as a transport stops between chunks
         const data = this.tamper ? this.tamper(index, Buffer.from(c)) : Buffer.from(c);
         if (data) this.push({ kind: 'data', index, data });
       }, {
