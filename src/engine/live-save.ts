@@ -26,11 +26,13 @@
  *    PRE_COPY (or RUNNING) to the last device's state sent;
  *  - dirty tracking (./dirty.ts) runs from setup; syncDirty() reads it in precopy, the
  *    switchover makes the final sync and stops it; a cancel stops it;
- *  - cancel, in any phase: every device back to RUNNING with its state intact
+ *  - cancel, until the switchover sends END: every device back to RUNNING with its state intact
  *    (PRE_COPY(_P2P) → RUNNING; STOP_COPY / STOP → RUNNING through RUNNING_P2P), the stream
  *    aborted (the destination resets its devices). A cancel from outside a running step (the
  *    VMM's signal, a vIOMMU mapping under viommu 'relaxed') is what that step, and every later
- *    call, throws.
+ *    call, throws. After END the destination's answer decides and cancel() only waits for it;
+ *    EVFIO_OUTCOME_UNKNOWN (silence from a destination that runs its devices itself) leaves
+ *    every device in STOP (docs/live-protocol.md "After END").
  */
 import { VfioError } from '../base/errors';
 import { logger } from '../base/log';
@@ -182,8 +184,8 @@ export class LiveSave {
   }
 
   /**
-   * The pending figures of every device now (VFIO_MIG_GET_PRECOPY_INFO and
-   * VFIO_DEVICE_FEATURE_MIG_DATA_SIZE, a few microseconds each), in bytes. A device whose driver
+   * The pending figures of every device now, in bytes (two ioctls per device:
+   * VFIO_MIG_GET_PRECOPY_INFO and VFIO_DEVICE_FEATURE_MIG_DATA_SIZE). A device whose driver
    * reported REINIT (PRECOPY_INFOv2) has its initial data pending again at once: the switchover
    * gate closes as soon as the flag is seen, not only after the next round.
    */
@@ -328,8 +330,10 @@ export class LiveSave {
   }
 
   /**
-   * Give up, in any phase: the stream aborted (a live destination resets its devices) and every
-   * device back to RUNNING with its state intact. Idempotent; never throws.
+   * Give up: before the switchover sent END, the stream aborted (a live destination resets its
+   * devices) and every device back to RUNNING with its state intact; after END, nothing undone:
+   * wait for the switchover in flight, whose result is the destination's answer. Idempotent;
+   * never throws.
    */
   async cancel(reason: unknown = new VfioError('migration cancelled', { code: 'ECANCELED', kind: 'cancelled' })): Promise<void> {
     if (this.cancelling) return this.cancelling;

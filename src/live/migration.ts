@@ -15,8 +15,9 @@
  *    migration/migration.c: pending < bandwidth × downtime limit; default limit 300 ms);
  *  - `iterate()` runs one precopy round, `switchover()` stops the devices and moves the rest,
  *    `run()` does both in a loop with the iteration and time limits, calling the VMM's
- *    `beforeSwitchover()` (stop the vCPUs) first; `cancel()` in any phase brings every device back
- *    to RUNNING with its state intact.
+ *    `beforeSwitchover()` (stop the vCPUs) first; `cancel()` before the switchover sent END
+ *    brings every device back to RUNNING with its state intact; after END it waits for the
+ *    destination's answer instead (docs/live-protocol.md "After END").
  * Events: `state` (the engine's), `progress` (device, phase, bytes, pending, dirty pages),
  * `switchover-ready`, `iteration`, `dirty` (each dirty-page sync: per device one bitmap per
  * tracked range, for the VMM to OR into its KVM dirty log; src/engine/dirty.ts) and `downtime`
@@ -302,7 +303,11 @@ export class LiveMigration extends EventEmitter<LiveMigrationEvents> {
    * The switchover, once the VMM has stopped its vCPUs: see LiveSave.switchover(). Waits for
    * the destination's LOADED (and RESUMED when it announced it). The devices stay in STOP (their
    * state now lives on the destination): the VMM ends the source VM, or `engine.resume()` runs
-   * them again. On failure every device runs again with its state intact, and the error says so.
+   * them again. On failure every device runs again with its state intact, and the error says so;
+   * except EVFIO_OUTCOME_UNKNOWN (silence after END from a destination that runs its devices
+   * itself, before its RESUMED): they stay in STOP, to be resumed only if the destination does
+   * not run them.
+   * EVFIO_SWITCHOVER_ACK_PENDING while the switchover-ack is owed: nothing changes, iterate on.
    */
   async switchover(): Promise<MigrationResult> {
     if (this.live.state === 'precopy') {
@@ -440,7 +445,10 @@ export interface IncomingResult extends LoadResult {
  * RESUMING per device, ACCEPT, the state loaded as it arrives (each frame's checksum checked
  * before it reaches the device), the switchover-ack once every device's initial data is in, the
  * models applied (BARs, PCI_COMMAND, SET_IRQS) and LOADED. The devices stay in RESUMING unless
- * `resume`. Any failure resets every device (none runs) and tells the source, which resumes.
+ * `resume`. A failure before LOADED, or in running them, resets every device (none runs) and
+ * tells the source (ERROR; CANCEL when cancelled), which resumes; a LOADED that cannot be sent
+ * resets them too and sends nothing. A RESUMED that cannot be sent leaves them running (the
+ * source: EVFIO_OUTCOME_UNKNOWN).
  * `engineOf` may be a function of the source's devices (from its HELLO) that makes the engine:
  * the CLI pairs one unnamed device with a one-device source that way.
  */

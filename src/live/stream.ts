@@ -6,9 +6,11 @@
  * writes DATA into the devices as it arrives).
  *
  * The source reads the return path in the background from the handshake on: SWITCHOVER_ACK,
- * LOADED, RESUMED, ERROR, the peer's keep-alives. A failure there (an ERROR, a vanished or stalled
- * destination) aborts whatever the source is writing at once, so that the engine cancels and the
- * devices run on.
+ * LOADED, RESUMED, ERROR, the peer's keep-alives. A failure there (an ERROR, a bad frame, a
+ * vanished or stalled destination) aborts whatever the source is writing at once, so that the
+ * engine cancels and the devices run on; after END to a destination that runs its devices
+ * itself, anything but its ERROR or CANCEL (a lost connection, a timeout) is
+ * EVFIO_OUTCOME_UNKNOWN instead (the source devices stay stopped).
  */
 import { EventEmitter } from 'eventemitter3';
 import { VfioError } from '../base/errors';
@@ -273,9 +275,10 @@ export class LiveSink extends EventEmitter<LiveSinkEvents> implements StateSink 
   }
 
   /**
-   * Tell the destination, best effort, and close: ERROR with the reason when the source failed
-   * (a VfioError of another kind than 'cancelled': the destination's error then says why), CANCEL
-   * when it was cancelled. Never throws.
+   * Tell the destination, best effort (FrameLink.farewell()), and close: ERROR with the reason
+   * when the source failed (a VfioError of another kind than 'cancelled': the destination's error
+   * then says why), CANCEL when it was cancelled, nothing when the return path had failed (the
+   * destination's ERROR, a bad frame, the connection). Never throws.
    */
   async abort(reason: unknown): Promise<void> {
     log('%s: aborting (%s)', this.name, (reason as Error)?.message ?? reason);
