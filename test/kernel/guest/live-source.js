@@ -3,7 +3,8 @@
 // assumed bandwidth of 1 byte/s, so that the devices' pending state never fits the limit and
 // run() keeps iterating — as a source does whose device state is too large or too busy to
 // converge yet. mtty never moves the 256 KiB a round needs to measure the link, so the assumed
-// figure stays. Whatever ends the migration (the destination vanishing, a signal) is reported.
+// figure stays. Whatever ends the migration (the destination vanishing, SIGINT: a cancel through
+// the job's AbortSignal) is reported.
 //
 // Usage: node live-source.js URI ID=DEVICE...
 // Prints JSON lines on stdout:
@@ -28,8 +29,11 @@ const say = (o) => process.stdout.write(`${JSON.stringify(o)}\n`);
   const states = () => devs.map((d) => migStateName(d.device.migration.getState()));
   const transitions = [];
   try {
+    // SIGINT cancels through the job's AbortSignal (what the CLI's signal handling does).
+    const ac = new AbortController();
+    process.once('SIGINT', () => ac.abort());
     const r = await migrateDevices(devs, uri, {
-      downtimeLimitMs: 1, bandwidth: 1, maxIterations: 1e9, idleMs: 50,
+      downtimeLimitMs: 1, bandwidth: 1, maxIterations: 1e9, idleMs: 50, signal: ac.signal,
       onState: (c) => transitions.push(`${c.device}:${migStateName(c.from)}>${migStateName(c.to)}`),
       onStart: (m) => {
         const acked = () => say({ event: 'acked', states: states(), pending: m.pending() });

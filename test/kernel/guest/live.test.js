@@ -269,3 +269,57 @@ test('over a unix socket: an mtty-2 destination for an mtty-1 source is refused 
     assert.deepEqual(fifo(sd, text), [`${text}0`]);
   });
 });
+
+// Cancels by signal. The source is live-source.js (migrateDevices, the job `vfio-pci migrate`
+// runs, held in precopy; SIGINT aborts its AbortSignal), the destination `vfio-pci incoming`
+// (SIGINT: the CLI's own handling, exit 130). The cancelled side tells its peer CANCEL; the peer
+// reports EVFIO_PEER_CANCELLED; the source device runs on with its registers and FIFO, the
+// destination device is reset.
+for (const side of ['source', 'destination']) {
+  test(`over a unix socket: SIGINT to the ${side} in precopy: the other side hears CANCEL (EVFIO_PEER_CANCELLED); the source device RUNNING with its registers, the destination's reset`, TIMEOUT, async () => {
+    await withMdevs(['mtty-2', 'mtty-2'], async ([sd, dd], child) => {
+      const text = `sig-${side}`;
+      const regs = program(sd, 0x31, text);
+      const dst = child(await incoming(`unix:/tmp/live-sig-${side}.sock`, [`dev0=${dd}`]));
+      const src = child(spawnNode([path.join(__dirname, 'live-source.js'), dst.uri, `dev0=${sd}`]));
+      await src.waitOut(/^\{"event":"acked".*$/m);
+      await dst.waitErr(/ vfio:migration \S+: RUNNING → RESUMING /, 5000);
+      (side === 'source' ? src : dst).proc.kill('SIGINT');
+      const [se, de] = await Promise.all([src.exit, dst.exit]);
+      assert.equal(se.code, 1, src.err());
+      const end = JSON.parse(src.out().trim().split('\n').pop());
+      if (side === 'source') {
+        assert.equal(end.error.code, 'ECANCELED', src.out());
+        assert.equal(de.code, 1, dst.err());
+        assert.equal(JSON.parse(dst.out()).error.code, 'EVFIO_PEER_CANCELLED', dst.out());
+      } else {
+        assert.equal(de.code, 130, dst.err());
+        assert.equal(end.error.code, 'EVFIO_PEER_CANCELLED', src.out());
+      }
+      assert.deepEqual(end.transitions, ['dev0:RUNNING>PRE_COPY', 'dev0:PRE_COPY>RUNNING']);
+      assert.deepEqual(look(sd), { state: 'RUNNING', regs });
+      assert.deepEqual(fifo(sd, text), portTexts(text));
+      assert.equal(look(dd).state, 'RUNNING');
+    });
+  });
+}
+
+test('over a unix socket: a source killed (SIGKILL) in precopy: the destination sees the connection end at once, resets its device and exits 1', TIMEOUT, async () => {
+  await withMdevs(['mtty-2', 'mtty-2'], async ([sd, dd], child) => {
+    program(sd, 0x42, 'gone');
+    const dst = child(await incoming('unix:/tmp/live-srckill.sock', [`dev0=${dd}`]));
+    const src = child(spawnNode([path.join(__dirname, 'live-source.js'), dst.uri, `dev0=${sd}`]));
+    await src.waitOut(/^\{"event":"acked".*$/m);
+    await dst.waitErr(/ vfio:migration \S+: RUNNING → RESUMING /, 5000);
+    const killedAt = Date.now();
+    src.proc.kill('SIGKILL');
+    const de = await dst.exit;
+    const ms = Date.now() - killedAt;
+    assert.equal(de.code, 1, dst.err());
+    const code = JSON.parse(dst.out()).error.code;
+    assert.ok(['EVFIO_PEER_CLOSED', 'ECONNRESET'].includes(code), dst.out());
+    assert.ok(ms < 8000, `the destination gave up ${ms} ms after the kill`);
+    // Reset by the destination's cleanup: mtty alone would keep it in RESUMING (above).
+    assert.equal(look(dd).state, 'RUNNING');
+  });
+});
