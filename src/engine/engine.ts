@@ -554,6 +554,19 @@ export class MigrationEngine extends EventEmitter<EngineEvents> {
   }
 
   /**
+   * `step`, a step before any device is touched (connecting to a peer, accepting a connection):
+   * its VfioError, when it does not say already, says where every device is (untouched).
+   */
+  async untouchedOnFailure<T>(step: Promise<T>): Promise<T> {
+    try {
+      return await step;
+    } catch (e) {
+      if (e instanceof VfioError && !e.deviceState) e.annotate({ deviceState: this.describeDevices(false) });
+      throw e;
+    }
+  }
+
+  /**
    * Where every device is now (read back from the kernel), as an error's `deviceState` lists
    * it; `touched` says whether the caller's job had touched them.
    */
