@@ -60,7 +60,7 @@ export interface EngineEvents {
   blocker: (b: Blocker) => void;
   /** Something allowed that may still end the job (a relaxed vIOMMU blocker), said at setup. */
   warning: (w: Blocker) => void;
-  /** A job began or ended; `ms` is its duration, on the end event. */
+  /** A job began or ended (done or failed); `ms` is its duration, on the end event. */
   phase: (p: { phase: EnginePhase; done: boolean; ms?: number }) => void;
   /** A device was brought back after a failed step; `reset`: VFIO_DEVICE_RESET was needed. */
   recovered: (r: { device: string; step: string; state: MigState; reset: boolean }) => void;
@@ -390,16 +390,8 @@ export class MigrationEngine extends EventEmitter<EngineEvents> {
    * the stream is aborted, every device returned to RUNNING, and the error thrown.
    */
   async beginLiveSave(sink: StateSink): Promise<LiveSave> {
-    if (this.busy) throw new VfioError(`cannot migrate: the VM's devices are busy with ${this.busy}`, { code: 'EVFIO_BUSY', step: 'migrate' });
-    this.busy = 'migrate';
-    const t0 = performance.now();
-    this.emit('phase', { phase: 'migrate', done: false });
+    const end = this.begin('migrate');
     const job = new Job();
-    const release = (ok: boolean): void => {
-      this.busy = undefined;
-      this.emit('phase', { phase: 'migrate', done: true, ms: performance.now() - t0 });
-      log('migrate of %s %s after %d ms', this.devices.map((d) => d.id).join(', '), ok ? 'done' : 'ended', (performance.now() - t0).toFixed(1));
-    };
     let dirty: DirtyTracker | undefined;
     try {
       const plan = this.assertMigratable('migrate', true)!;
@@ -428,7 +420,7 @@ export class MigrationEngine extends EventEmitter<EngineEvents> {
         returnToRunning: (step) => this.returnToRunning(job, [...this.devices], step),
         fail: (e, step) => this.fail(e, job, step),
         progress: (p) => this.emit('progress', p),
-        release,
+        release: end,
         dirty,
       }, sink, precopy);
     } catch (e) {
@@ -436,7 +428,7 @@ export class MigrationEngine extends EventEmitter<EngineEvents> {
       await sink.abort(e);
       await this.returnToRunning(job, [...job.touched], 'migrate:undo');
       for (const d of job.touched) d.migration!.closeSession();
-      release(false);
+      end(false, e);
       throw this.fail(e, job, 'migrate:setup');
     }
   }
@@ -562,6 +554,19 @@ export class MigrationEngine extends EventEmitter<EngineEvents> {
   }
 
   /**
+   * `step`, a step before any device is touched (connecting to a peer, accepting a connection):
+   * its VfioError, when it does not say already, says where every device is (untouched).
+   */
+  async untouchedOnFailure<T>(step: Promise<T>): Promise<T> {
+    try {
+      return await step;
+    } catch (e) {
+      if (e instanceof VfioError && !e.deviceState) e.annotate({ deviceState: this.describeDevices(false) });
+      throw e;
+    }
+  }
+
+  /**
    * Where every device is now (read back from the kernel), as an error's `deviceState` lists
    * it; `touched` says whether the caller's job had touched them.
    */
@@ -597,25 +602,41 @@ export class MigrationEngine extends EventEmitter<EngineEvents> {
     return e;
   }
 
-  /** Run one job at a time, with its phase events and duration. */
-  private async exclusive<T>(phase: EnginePhase, fn: (job: Job) => Promise<T>): Promise<T> {
+  /**
+   * Take the devices for one job: EVFIO_BUSY while another job has them, else its `phase` event.
+   * Returns the job's end, which frees them, logs the outcome and emits the `phase` end event
+   * with the duration, on success or failure: exclusive() calls it when its function settles, a
+   * live save when it is switched over or cancelled (LiveSaveOps.release).
+   */
+  private begin(phase: EnginePhase): (ok: boolean, why?: unknown) => void {
     if (this.busy) {
       throw new VfioError(`cannot ${phase}: the VM's devices are busy with ${this.busy}`, { code: 'EVFIO_BUSY', step: phase });
     }
     this.busy = phase;
     const t0 = performance.now();
     this.emit('phase', { phase, done: false });
-    try {
-      const r = await fn(new Job());
+    return (ok, why) => {
       const ms = performance.now() - t0;
-      log('%s of %s: %d ms', phase, this.devices.map((d) => d.id).join(', '), ms.toFixed(1));
-      this.emit('phase', { phase, done: true, ms });
-      return r;
-    } catch (e) {
-      log('%s of %s failed after %d ms: %s', phase, this.devices.map((d) => d.id).join(', '), (performance.now() - t0).toFixed(1), (e as Error)?.message);
-      throw e;
-    } finally {
       this.busy = undefined;
+      const ids = this.devices.map((d) => d.id).join(', ');
+      if (ok) log('%s of %s: %d ms', phase, ids, ms.toFixed(1));
+      else if (why === undefined) log('%s of %s ended after %d ms', phase, ids, ms.toFixed(1));
+      else log('%s of %s failed after %d ms: %s', phase, ids, ms.toFixed(1), (why as Error)?.message ?? why);
+      this.emit('phase', { phase, done: true, ms });
+    };
+  }
+
+  /** Run one job at a time (begin()), ended when `fn` settles. */
+  private async exclusive<T>(phase: EnginePhase, fn: (job: Job) => Promise<T>): Promise<T> {
+    const end = this.begin(phase);
+    let r: T;
+    try {
+      r = await fn(new Job());
+    } catch (e) {
+      end(false, e);
+      throw e;
     }
+    end(true);
+    return r;
   }
 }

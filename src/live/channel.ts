@@ -88,6 +88,20 @@ export interface Channel {
   close(): Promise<void>;
 }
 
+/**
+ * A channel whose socket fd can be lent (FdChannel.lend): the native pump then moves DATA between
+ * a data_fd and the socket on its own thread.
+ */
+export interface LendingChannel extends Channel {
+  readonly kind: 'fd';
+  lend<T>(dir: 'read' | 'write' | 'both', fn: (fd: number) => Promise<T>): Promise<T>;
+}
+
+/** Whether `ch` can lend its fd to the pump; otherwise the bytes pass through JavaScript. */
+export function canLend(ch: Channel): ch is LendingChannel {
+  return ch.kind === 'fd' && typeof (ch as Partial<LendingChannel>).lend === 'function';
+}
+
 function checkLength(op: string, n: unknown): number {
   if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) {
     throw Object.assign(new RangeError(`${op}: the length must be a non-negative safe integer, got ${String(n)}`), { code: 'ERR_OUT_OF_RANGE' });
@@ -179,7 +193,7 @@ abstract class ChannelBase {
  * listen()/connect() for plain tcp: and unix: URIs, or by openChannel() from a socket fd a VMM
  * hands over. The channel owns the fd from then on and closes it.
  */
-export class FdChannel extends ChannelBase implements Channel {
+export class FdChannel extends ChannelBase implements LendingChannel {
   readonly kind = 'fd' as const;
   readonly secure = false;
   private fdValue: number;

@@ -219,6 +219,7 @@ export function encodeHello(h: Hello): Buffer {
     devices: h.devices.map((d) => ({
       id: d.id, migrationFlags: d.migrationFlags, precopy: d.precopy, stopCopyBytes: d.stopCopyBytes, identity: d.identity, config: d.config.toString('base64'),
       ...(d.regions ? { regions: d.regions } : {}),
+      ...(d.model !== undefined ? { model: d.model } : {}),
     })),
   });
 }
@@ -255,6 +256,8 @@ export function decodeHello(b: Buffer): Hello {
       identity,
       config,
       regions: decodeRegions(d.regions, what),
+      // Optional (absent from an older source: not compared), but a boolean when present.
+      model: d.model === undefined ? undefined : need(d, 'model', isBool, what),
     };
   });
   return {

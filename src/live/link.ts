@@ -20,7 +20,7 @@ import { logger } from '../base/log';
 import { pumpFor } from '../kernel/pump';
 import type { Duplex } from 'node:stream';
 import type { DataFdTarget } from '../engine/stream';
-import type { Channel } from './channel';
+import { canLend, type Channel } from './channel';
 import { connect, openChannel } from './connect';
 import type { Listener } from './listener';
 import type { TlsOptions } from './tls';
@@ -157,9 +157,8 @@ export class FrameLink {
     const signal = opts.signal ? AbortSignal.any([opts.signal, this.signal]) : this.signal;
     return this.exclusiveWrite(async () => {
       const recordSize = Math.min(MAX_DATA, from.bufferSize ?? MAX_DATA);
-      if (this.channel.kind === 'fd' && 'lend' in this.channel) {
-        const ch = this.channel as Channel & { lend<T>(dir: 'read' | 'write', fn: (fd: number) => Promise<T>): Promise<T> };
-        return ch.lend('write', async (sock) => {
+      if (canLend(this.channel)) {
+        return this.channel.lend('write', async (sock) => {
           const pump = pumpFor(from.binding, [from.fd, sock]);
           try {
             const r = await pump.writeRecords(from.fd, sock, this.buffers(), {
@@ -235,9 +234,8 @@ export class FrameLink {
     const index = first.header.device;
     await writeAll(to, first.payload);
     let total = first.payload.length;
-    if (this.channel.kind === 'fd' && 'lend' in this.channel) {
-      const ch = this.channel as Channel & { lend<T>(dir: 'read' | 'write', fn: (fd: number) => Promise<T>): Promise<T> };
-      const r = await ch.lend('read', async (sock) => {
+    if (canLend(this.channel)) {
+      const r = await this.channel.lend('read', async (sock) => {
         const pump = pumpFor(to.binding, [sock, to.fd]);
         try {
           return await pump.readRecords(sock, to.fd, this.buffers(), {

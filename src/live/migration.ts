@@ -182,19 +182,22 @@ export class LiveMigration extends EventEmitter<LiveMigrationEvents> {
   }
 
   /**
-   * Start a live migration of `engine`'s devices over `link`: the handshake (the destination
-   * checks every device and refuses before anything here is touched), then every device with
-   * PRE_COPY to PRE_COPY. Errors: the destination's refusal (EVFIO_PEER_REFUSED, kind
-   * 'mismatch' for incompatible devices), the engine's blockers, EVFIO_POSTCOPY; on any of them
-   * the devices run on as they were.
+   * Start a live migration of `engine`'s devices over `link` — a connected link, or a function
+   * that connects one, called once the options are checked (bad options never reach a peer) —:
+   * the handshake (the destination checks every device and refuses before anything here is
+   * touched), then every device with PRE_COPY to PRE_COPY. Errors: the options'
+   * (checkMigrateOptions), the connection's, the destination's refusal (EVFIO_PEER_REFUSED, kind
+   * 'mismatch' for incompatible devices), the engine's blockers; on any of them the devices run
+   * on as they were, and the error's `deviceState` says so.
    */
-  static async start(engine: MigrationEngine, link: FrameLink, opts: MigrateOptions = {}): Promise<LiveMigration> {
+  static async start(engine: MigrationEngine, connection: FrameLink | (() => Promise<FrameLink>), opts: MigrateOptions = {}): Promise<LiveMigration> {
     try {
       checkMigrateOptions(opts);
     } catch (e) {
-      await link.close().catch(() => undefined);
+      if (typeof connection !== 'function') await connection.close().catch(() => undefined);
       throw e;
     }
+    const link = typeof connection === 'function' ? await engine.untouchedOnFailure(connection()) : connection;
     const sink = new LiveSink(link, { ...opts, stopCopyBytes: (i) => safeSize(engine.devices[i]) });
     const warnings: Array<{ code: string; devices: string[]; message: string }> = [];
     const onWarning = (w: { code: string; devices: string[]; message: string }): void => void warnings.push(w);

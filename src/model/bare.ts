@@ -26,7 +26,7 @@ export class BareDevice implements MigratableDevice {
   }
 
   record(): DeviceRecord {
-    return recordOf(this.device, this.id);
+    return recordOf(this.device, this.id, false);
   }
 
   /** A device on its own has no guest memory mapped: nothing for dirty tracking to cover. */
@@ -35,7 +35,7 @@ export class BareDevice implements MigratableDevice {
   }
 
   checkRecord(saved: DeviceRecord): void {
-    checkRecordAgainst(this.device, this.id, saved);
+    checkRecordAgainst(this.device, this.id, false, saved);
   }
 
   saveModel(): undefined {

@@ -40,6 +40,14 @@ export interface DeviceRecord {
    * snapshot file's record (the device model's section carries them there).
    */
   regions?: { barSizes: readonly number[]; romSize: number };
+  /**
+   * Whether the device's model state (saveModel(): a VfioPciDevice's config shadow, MSI-X table,
+   * BARs and interrupt mode) follows its VFIO state. The live handshake carries it, so that a
+   * destination of the other kind (a bare device for a model, a VfioPciDevice for a bare device)
+   * refuses before the source pauses. Absent in a snapshot file's record (the file holds the
+   * model itself, checked before the load) and from an older source: then not compared.
+   */
+  model?: boolean;
 }
 
 /** A device model's load plan, made by checkModel() before anything is touched. Opaque to the engine. */
@@ -66,8 +74,9 @@ export interface MigratableDevice {
    */
   dmaRegions(): TrackedRegion[];
   /**
-   * Can state saved from `saved` be loaded into this device? Identity equal, and the saved config
-   * space equal to this device's under THIS device's masks (QEMU get_pci_config_device()).
+   * Can state saved from `saved` be loaded into this device? Identity equal, the saved config
+   * space equal to this device's under THIS device's masks (QEMU get_pci_config_device()), and
+   * (when the record says) a model state coming exactly when this device has a model.
    * Touches nothing. Throws EVFIO_DEVICE_MISMATCH / EVFIO_CONFIG_MISMATCH (kind 'mismatch').
    */
   checkRecord(saved: DeviceRecord): void;
@@ -111,19 +120,20 @@ export function regionSizes(dev: VfioDevice): Required<Pick<FromDeviceOptions, '
   return { barSizes: [0, 1, 2, 3, 4, 5].map((i) => dev.regionSize(i)), romSize: dev.regionSize(VFIO_PCI_ROM_REGION_INDEX) };
 }
 
-/** The record of `dev` under `id`. */
-export function recordOf(dev: VfioDevice, id: string): DeviceRecord {
+/** The record of `dev` under `id`; `model`: a device model's state follows (DeviceRecord.model). */
+export function recordOf(dev: VfioDevice, id: string, model: boolean): DeviceRecord {
   const config = rawConfig(dev);
-  return { id, identity: identityFromConfig(config), migrationFlags: dev.migration?.flags ?? 0, config, regions: regionSizes(dev) };
+  return { id, identity: identityFromConfig(config), migrationFlags: dev.migration?.flags ?? 0, config, regions: regionSizes(dev), model };
 }
 
 /**
  * The destination check both kinds of device make (MigratableDevice.checkRecord): identity, the
  * BAR and ROM sizes when the record has them (EVFIO_DEVICE_MISMATCH: mtty-1 and mtty-2 share an
- * identity and differ in BAR1 only), then the saved config space under the destination's own
- * masks.
+ * identity and differ in BAR1 only), the saved config space under the destination's own masks,
+ * then, when the record says, whether a model state follows against `model` (this device has
+ * one: EVFIO_DEVICE_MISMATCH, the load could not be whole).
  */
-export function checkRecordAgainst(dev: VfioDevice, id: string, saved: DeviceRecord, step = 'load:check'): void {
+export function checkRecordAgainst(dev: VfioDevice, id: string, model: boolean, saved: DeviceRecord, step = 'load:check'): void {
   const raw = rawConfig(dev);
   const mine = identityFromConfig(raw);
   const diff = identityDiff(saved.identity, mine);
@@ -146,4 +156,10 @@ export function checkRecordAgainst(dev: VfioDevice, id: string, saved: DeviceRec
     }
   }
   checkConfig(saved.config, destinationConfig(raw, sizes), { device: id, step });
+  if (saved.model !== undefined && saved.model !== model) {
+    const why = saved.model
+      ? `the source sends ${saved.id}'s device-model state (a VMM's VfioPciDevice: config shadow, MSI-X table, BAR addresses, interrupts) and ${id} here has no device model (a bare device) to load it into, which would leave the guest-visible half behind: receive it through the VMM (VfioPciDevice)`
+      : `the source sends no device-model state for ${saved.id} (a bare device, as \`vfio-pci migrate\` sends) and ${id} here is a VMM's VfioPciDevice, which needs it to restore the guest's view of the device (config shadow, BAR addresses, interrupts)`;
+    throw new VfioError(`${saved.id} cannot be loaded into ${id}: ${why}`, { code: 'EVFIO_DEVICE_MISMATCH', device: id, step });
+  }
 }

@@ -214,9 +214,9 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> implements Migrat
     return this.device.migration;
   }
 
-  /** Identity, migration flags and the device's config space, under this device's id. */
+  /** Identity, migration flags, the device's config space and region sizes, under this device's id; its model state follows (`model`). */
   record(): DeviceRecord {
-    return recordOf(this.device, this.id);
+    return recordOf(this.device, this.id, true);
   }
 
   /** The guest's vIOMMU (Host.viommu), if the VM has one. */
@@ -235,9 +235,9 @@ export class VfioPciDevice extends EventEmitter<VfioPciEvents> implements Migrat
     return (this.host.memory?.regions() ?? []).map((r) => ({ iova: r.gpa, length: BigInt(r.buffer.length) }));
   }
 
-  /** See MigratableDevice.checkRecord: identity, then config under this device's own masks. */
+  /** See MigratableDevice.checkRecord: identity, regions, config under this device's own masks, and a model state announced. */
   checkRecord(saved: DeviceRecord): void {
-    checkRecordAgainst(this.device, this.id, saved);
+    checkRecordAgainst(this.device, this.id, true, saved);
   }
 
   /**

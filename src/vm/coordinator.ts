@@ -8,8 +8,7 @@
 import { MigrationEngine, type EngineOptions, type LoadOptions, type LoadResult, type SaveOptions, type SaveResult } from '../engine/engine';
 import { acceptLink, connectLink, type Endpoint, type LinkTransportOptions } from '../live/link';
 import type { Listener } from '../live/listener';
-import { VfioError } from '../base/errors';
-import { LiveMigration, checkMigrateOptions, receiveMigration, type IncomingOptions, type IncomingResult, type MigrateOptions } from '../live/migration';
+import { LiveMigration, receiveMigration, type IncomingOptions, type IncomingResult, type MigrateOptions } from '../live/migration';
 import type { VfioPciDevice } from '../model/vfio-pci';
 import { SnapshotFileSink, SnapshotFileSource } from '../snapshot/file-stream';
 import { SnapshotReader } from '../snapshot/reader';
@@ -57,15 +56,7 @@ export class MigrationCoordinator extends MigrationEngine {
    * (EVFIO_PEER_REFUSED), the connection's, the engine's blockers; the devices run on.
    */
   async migrate(to: Endpoint, opts: MigrateOptions & LinkTransportOptions = {}): Promise<LiveMigration> {
-    checkMigrateOptions(opts);
-    let link;
-    try {
-      link = await connectLink(to, opts);
-    } catch (e) {
-      if (e instanceof VfioError && !e.deviceState) e.annotate({ deviceState: this.describeDevices(false) });
-      throw e;
-    }
-    return LiveMigration.start(this, link, opts);
+    return LiveMigration.start(this, () => connectLink(to, opts), opts);
   }
 
   /**
@@ -76,14 +67,7 @@ export class MigrationCoordinator extends MigrationEngine {
    * resets every device, tells the source (which resumes its own), and throws.
    */
   async incoming(from: Listener | Endpoint, opts: IncomingOptions & LinkTransportOptions = {}): Promise<IncomingResult> {
-    let link;
-    try {
-      link = await acceptLink(from, opts);
-    } catch (e) {
-      if (e instanceof VfioError && !e.deviceState) e.annotate({ deviceState: this.describeDevices(false) });
-      throw e;
-    }
-    return receiveMigration(this, link, opts);
+    return receiveMigration(this, await this.untouchedOnFailure(acceptLink(from, opts)), opts);
   }
 
   /**

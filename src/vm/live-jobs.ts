@@ -4,12 +4,11 @@
  * (src/live/migration.ts, docs/live-protocol.md). A VMM migrates its VfioPciDevices with
  * `MigrationCoordinator.migrate()` / `incoming()` instead, which carries their device-model state.
  */
-import { VfioError } from '../base/errors';
 import { MigrationEngine } from '../engine/engine';
 import { BareDevice } from '../model/bare';
-import { acceptLink, connectLink, type Endpoint, type LinkTransportOptions } from '../live/link';
+import { acceptLink, connectLink, type Endpoint, type FrameLink, type LinkTransportOptions } from '../live/link';
 import type { Listener } from '../live/listener';
-import { LiveMigration, checkMigrateOptions, receiveMigration, type IncomingOptions, type IncomingResult, type MigrateOptions, type MigrationResult } from '../live/migration';
+import { LiveMigration, receiveMigration, type IncomingOptions, type IncomingResult, type MigrateOptions, type MigrationResult } from '../live/migration';
 import type { JobDevice, JobOptions } from './jobs';
 import { VfioDevice } from '../kernel/device';
 
@@ -39,11 +38,10 @@ function engineOf(devices: readonly JobDevice[], opts: Pick<JobOptions, 'onState
  * `deviceState` says so.
  */
 export async function migrateDevices(devices: readonly JobDevice[], to: Endpoint, opts: MigrateJobOptions = {}): Promise<MigrationResult> {
-  checkMigrateOptions(opts);
   const engine = engineOf(devices, opts);
   try {
     engine.assertMigratable('migrate');
-    const m = await LiveMigration.start(engine, await untouchedOnFailure(engine, connectLink(to, opts)), opts);
+    const m = await LiveMigration.start(engine, () => connectLink(to, opts), opts);
     opts.onStart?.(m);
     const r = await m.run(opts.beforeSwitchover);
     if (opts.resumeSource) await engine.resume();
@@ -59,6 +57,15 @@ export async function migrateDevices(devices: readonly JobDevice[], to: Endpoint
  * RUNNING with `resume`). Any failure resets every device and tells the source.
  */
 export async function receiveDevices(devices: readonly JobDevice[], from: Listener | Endpoint, opts: ReceiveJobOptions = {}): Promise<IncomingResult> {
+  // The devices' ids are known only from the HELLO (see below): until then an engine of their
+  // own names says where they are, should the connection fail.
+  const untouched = engineOf(devices, {});
+  let link: FrameLink;
+  try {
+    link = await untouched.untouchedOnFailure(acceptLink(from, opts));
+  } finally {
+    untouched.dispose();
+  }
   let engine: MigrationEngine | undefined;
   try {
     return await receiveMigration((saved) => {
@@ -66,18 +73,8 @@ export async function receiveDevices(devices: readonly JobDevice[], from: Listen
       const list = devices.length === 1 && devices[0] instanceof VfioDevice && saved.length === 1 ? [{ id: saved[0].record.id, device: devices[0] }] : devices;
       engine = engineOf(list, opts);
       return engine;
-    }, await untouchedOnFailure(engineOf(devices, {}), acceptLink(from, opts)), opts);
+    }, link, opts);
   } finally {
     engine?.dispose();
-  }
-}
-
-/** A connection that failed before any device was touched: the error says where each one is. */
-async function untouchedOnFailure<T>(engine: MigrationEngine, p: Promise<T>): Promise<T> {
-  try {
-    return await p;
-  } catch (e) {
-    if (e instanceof VfioError && !e.deviceState) e.annotate({ deviceState: engine.describeDevices(false) });
-    throw e;
   }
 }

@@ -4,6 +4,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { DirtyBitmap, isPowerOfTwo } from '../../src/kernel/dirty';
+import { thrown } from '../helpers/errors';
 
 const KiB = 1024n;
 
@@ -42,7 +43,10 @@ describe('DirtyBitmap layout', () => {
       expect(() => new DirtyBitmap(iova, length, ps), `${iova} ${length} ${ps}`).toThrow(expect.objectContaining({ code: 'EVFIO_DIRTY_BITMAP', kind: 'usage' }));
     }
     expect(() => new DirtyBitmap(0n, 4096n * 65n, 4096, Buffer.alloc(8))).toThrow(expect.objectContaining({ code: 'EVFIO_DIRTY_BITMAP' }));
-    expect(() => new DirtyBitmap(0n, 4096n, 4096).set(1)).toThrow(RangeError);
+    for (const k of [1, -1, 0.5]) {
+      const e = thrown(() => new DirtyBitmap(0n, 4096n, 4096).set(k), RangeError);
+      expect([e.message, (e as RangeError & { code?: string }).code]).toEqual([`page ${k} is outside the bitmap (0..0)`, 'ERR_OUT_OF_RANGE']);
+    }
   });
 
   it('isPowerOfTwo', () => {

@@ -128,6 +128,27 @@ describe('live save into a destination in the same process', () => {
     await vm.pause();
     await vm.resume();
   });
+
+  it('every job\'s phase ends, with its duration, on every path: a failed job, a live save refused at setup, one cancelled; the devices are free after each', async () => {
+    const { vm } = await twoSources();
+    const phases: string[] = [];
+    vm.on('phase', (p) => phases.push(`${p.phase} ${p.done ? `end ${typeof p.ms}` : 'begin'}`));
+    expect((await rejection(vm.save(new MemoryStream().sink))).code).toBe('EVFIO_NOT_PAUSED');
+    const refusing = new MemoryStream();
+    refusing.verdict = () => {
+      throw new Error('the destination refuses');
+    };
+    expect((await rejection(vm.beginLiveSave(refusing.sink), Error)).message).toBe('the destination refuses');
+    const live = await vm.beginLiveSave(new MemoryStream().sink);
+    await live.cancel();
+    await vm.pause();
+    expect(phases).toEqual([
+      'save begin', 'save end number',
+      'migrate begin', 'migrate end number',
+      'migrate begin', 'migrate end number',
+      'pause begin', 'pause end number',
+    ]);
+  });
 });
 
 describe('live save of devices whose state changes while they run', () => {

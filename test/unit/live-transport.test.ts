@@ -18,6 +18,7 @@ import { NativeBinding } from '../../src/kernel/binding/native';
 import type { Binding } from '../../src/kernel/binding/types';
 import { AF_UNIX, SOCK_STREAM, encodeSockaddr } from '../../src/kernel/uapi/socket';
 import { FdChannel, StreamChannel, connect, listen, openChannel, type Channel, type Listener } from '../../src/live';
+import { canLend } from '../../src/live/channel';
 import { SimBinding } from '../../src/sim';
 import { pattern } from '../helpers/bytes';
 
@@ -499,6 +500,21 @@ describe('the fd channel hands its fd to others', () => {
     await expect(loan).rejects.toMatchObject({ code: 'EPIPE' });
     expect(fs.existsSync(`/proc/self/fd/${fd}`) && fd !== (dst as FdChannel).fd).toBe(false);
     await cleanup();
+  });
+});
+
+describe('which channels lend their fd to the pump (canLend)', () => {
+  it('an FdChannel does; a stream channel, and an \'fd\' channel of a VMM\'s without lend(), do not (their bytes pass through JavaScript)', async () => {
+    const fd = await pair('fd unix');
+    const stream = await pair('stream');
+    try {
+      expect([canLend(fd.a), canLend(fd.b), canLend(stream.a)]).toEqual([true, true, false]);
+      const own: Channel = { kind: 'fd', peer: 'own', secure: false, closed: false, readExactly: fd.a.readExactly, readInto: fd.a.readInto, writeAll: fd.a.writeAll, end: fd.a.end, close: fd.a.close };
+      expect(canLend(own)).toBe(false);
+    } finally {
+      await fd.cleanup();
+      await stream.cleanup();
+    }
   });
 });
 

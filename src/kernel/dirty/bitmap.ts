@@ -11,6 +11,7 @@
  * power of two); page indexes and counts are numbers.
  */
 import { VfioError } from '../../base/errors';
+import { rangeError } from '../binding/args';
 
 const MAX_U64 = (1n << 64n) - 1n;
 /** The largest bitmap we allocate: 1 GiB of bits (8 Gi pages: 32 TiB at 4 KiB). */
@@ -110,9 +111,9 @@ export class DirtyBitmap {
     return (this.buffer[k >>> 3] & (1 << (k & 7))) !== 0;
   }
 
-  /** Mark page `k` dirty. RangeError outside 0 .. pages-1. */
+  /** Mark page `k` dirty. RangeError (code ERR_OUT_OF_RANGE) outside 0 .. pages-1. */
   set(k: number): this {
-    if (!Number.isInteger(k) || k < 0 || k >= this.pages) throw new RangeError(`page ${k} is outside the bitmap (0..${this.pages - 1})`);
+    if (!Number.isInteger(k) || k < 0 || k >= this.pages) throw rangeError(`page ${k} is outside the bitmap (0..${this.pages - 1})`);
     this.buffer[k >>> 3] |= 1 << (k & 7);
     return this;
   }

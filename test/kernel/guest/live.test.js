@@ -22,6 +22,10 @@ const v = lib('kernel/uapi/vfio');
 const { recordOf, rawConfig, regionSizes } = lib('model/migratable');
 const { saveSnapshot, restoreSnapshot } = lib('vm/jobs');
 const { compareConfig, destinationConfig } = lib('model/pci/compare');
+const { VfioPciDevice } = lib('model/vfio-pci');
+const { ReferenceHost } = lib('model/host/reference');
+const { MigrationCoordinator } = lib('vm/coordinator');
+const { listen } = lib('live');
 
 test.before(loopbackUp);
 
@@ -321,5 +325,75 @@ test('over a unix socket: a source killed (SIGKILL) in precopy: the destination 
     assert.ok(ms < 8000, `the destination gave up ${ms} ms after the kill`);
     // Reset by the destination's cleanup: mtty alone would keep it in RESUMING (above).
     assert.equal(look(dd).state, 'RUNNING');
+  });
+});
+
+/** A VMM's side in this process: `uuid` attached as a VfioPciDevice `dev0` to a reference host with 2 MiB of guest RAM. */
+function modelVm(uuid, opts) {
+  const dev = openDevice(uuid);
+  const host = new ReferenceHost(dev.binding);
+  host.memory.add(0n, 2 << 20);
+  const d = VfioPciDevice.attach(dev, host, { id: 'dev0', ...opts });
+  const vm = new MigrationCoordinator([d]);
+  const transitions = [];
+  vm.on('state', (c) => transitions.push(`${c.device}:${migStateName(c.from)}>${migStateName(c.to)}`));
+  return { dev, d, vm, transitions, close: () => { d.detach(); dev.close(); host.close(); } };
+}
+
+test('over a unix socket: a VMM\'s VfioPciDevice source and a bare `vfio-pci incoming` refuse each other in the handshake (the HELLO says a model state follows): the source device never leaves RUNNING', TIMEOUT, async () => {
+  await withMdevs(['mtty-2', 'mtty-2'], async ([sd, dd], child) => {
+    const src = modelVm(sd);
+    try {
+      src.d.configWrite(4, 2, 0x5); // I/O decode + bus mastering
+      programUart(src.dev, 0x21, 'mdl');
+      const regs = uartRegs(src.dev);
+      const inc = child(await incoming('unix:/tmp/live-model.sock', [`dev0=${dd}`]));
+      const err = await src.vm.migrate(inc.uri).then(() => assert.fail('the migration started'), (e) => e);
+      assert.deepEqual([err.code, err.kind], ['EVFIO_PEER_REFUSED', 'mismatch'], err.message);
+      assert.match(err.message, /the source sends dev0's device-model state .* no device model .*EVFIO_DEVICE_MISMATCH/);
+      assert.deepEqual(err.deviceState, [{ device: 'dev0', state: 'RUNNING', touched: false, reset: false }]);
+      assert.deepEqual(src.transitions, [], 'no state request on the source device');
+      assert.equal(migStateName(src.d.migration.getState()), 'RUNNING');
+      assert.deepEqual(uartRegs(src.dev), regs);
+      const de = await inc.exit;
+      assert.equal(de.code, 1, inc.err());
+      const dj = JSON.parse(inc.out());
+      assert.equal(dj.error.code, 'EVFIO_DEVICE_MISMATCH');
+      assert.match(dj.error.message, /dev0 here has no device model \(a bare device\)/);
+      assert.deepEqual(dj.error.deviceState, [{ device: 'dev0', state: 'RUNNING', touched: false, reset: false }]);
+      assert.equal(look(dd).state, 'RUNNING');
+    } finally {
+      src.close();
+    }
+  });
+});
+
+test('over a unix socket: a bare `vfio-pci migrate` source and a VMM\'s VfioPciDevice destination refuse each other in the handshake (the HELLO says no model state follows): the source device never leaves RUNNING', TIMEOUT, async () => {
+  await withMdevs(['mtty-2', 'mtty-2'], async ([sd, dd], child) => {
+    const text = 'bare';
+    const regs = program(sd, 0x42, text);
+    const dst = modelVm(dd, { assignBars: false });
+    const listener = await listen('unix:/tmp/live-bare.sock');
+    try {
+      const received = dst.vm.incoming(listener).then(() => assert.fail('the load went on'), (e) => e);
+      const mig = child(vfioPci(['migrate', '--to', listener.uri, `dev0=${sd}`, '--json'], { DEBUG: 'vfio:migration' }));
+      const se = await mig.exit;
+      assert.equal(se.code, 1, mig.err());
+      const sj = JSON.parse(mig.out());
+      assert.deepEqual([sj.error.code, sj.error.kind], ['EVFIO_PEER_REFUSED', 'mismatch']);
+      assert.match(sj.error.message, /the source sends no device-model state for dev0 .* VfioPciDevice/);
+      assert.deepEqual(sj.error.deviceState, [{ device: 'dev0', state: 'RUNNING', touched: false, reset: false }]);
+      assert.deepEqual(stateLines(mig.err()), [], 'no state request on the source device');
+      assert.deepEqual(look(sd), { state: 'RUNNING', regs });
+      assert.deepEqual(fifo(sd, text), portTexts(text));
+      const derr = await received;
+      assert.equal(derr.code, 'EVFIO_DEVICE_MISMATCH', derr.message);
+      assert.match(derr.message, /needs it to restore the guest's view/);
+      assert.deepEqual(derr.deviceState, [{ device: 'dev0', state: 'RUNNING', touched: false, reset: false }]);
+      assert.deepEqual(dst.transitions, [], 'no state request on the destination device');
+    } finally {
+      await listener.close();
+      dst.close();
+    }
   });
 });
