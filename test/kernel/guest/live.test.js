@@ -282,7 +282,7 @@ test('over a unix socket: an mtty-2 destination for an mtty-1 source is refused 
 for (const side of ['source', 'destination']) {
   test(`over a unix socket: SIGINT to the ${side} in precopy: the other side hears CANCEL (EVFIO_PEER_CANCELLED); the source device RUNNING with its registers, the destination's reset`, TIMEOUT, async () => {
     await withMdevs(['mtty-2', 'mtty-2'], async ([sd, dd], child) => {
-      const text = `sig-${side}`;
+      const text = `sig-${side.slice(0, 3)}`; // with the port digit within mtty's FIFO trigger level
       const regs = program(sd, 0x31, text);
       const dst = child(await incoming(`unix:/tmp/live-sig-${side}.sock`, [`dev0=${dd}`]));
       const src = child(spawnNode([path.join(__dirname, 'live-source.js'), dst.uri, `dev0=${sd}`]));
