@@ -63,8 +63,10 @@ export class MigrationCoordinator extends MigrationEngine {
    * Receive a live migration into the VM's devices (each freshly attached with `assignBars:
    * false`) from `from`: a Listener (the one connection it accepts), or a connection as for
    * migrate(). Resolves when every device holds the migrated state with its model applied, in
-   * RESUMING (or running, with `resume`); the source has then been told (LOADED). Any failure
-   * resets every device, tells the source (which resumes its own), and throws.
+   * RESUMING (or running, with `resume`); LOADED has then been written to the source. A failure
+   * before the devices run resets every device, tells the source when it still can (ERROR, or
+   * CANCEL for a cancel; the source then resumes its own) and throws; docs/live-protocol.md
+   * "Failure: who sends what" has each case, and "After END" the ones the source cannot know.
    */
   async incoming(from: Listener | Endpoint, opts: IncomingOptions & LinkTransportOptions = {}): Promise<IncomingResult> {
     return receiveMigration(this, await this.untouchedOnFailure(acceptLink(from, opts)), opts);
