@@ -76,7 +76,7 @@ for (const dep of Object.keys(require(path.join(ROOT, 'package.json')).dependenc
   stageDep(dep, ROOT);
 }
 
-// Shared libraries the addon needs beyond node's own (ISA-L's libisal for the SIMD CRC-32):
+// Shared libraries the addon needs beyond node's own (none today; kept for a toolchain that adds one):
 // the guest has only node's libraries, so they go to /project/lib and LD_LIBRARY_PATH.
 const libsOf = (file) => {
   const r = spawnSync('ldd', [file], { encoding: 'utf8' });
