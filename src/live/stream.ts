@@ -19,7 +19,7 @@ import type { DataFdTarget, LoadTargets, SaveSummary, SavedDevice, StateSink, St
 import { VFIO_MIGRATION_PRE_COPY } from '../kernel/uapi/vfio';
 import type { DeviceRecord } from '../model/migratable';
 import {
-  FEATURES, FRAME_CHECKSUM, FrameType, PROTOCOL_VERSION, WHOLE_STREAM, decodeAccept, decodeError, decodeHello, encodeAccept, encodeError,
+  FEATURES, FRAME_CHECKSUM, FrameType, PROTOCOL_NAME, PROTOCOL_VERSION, WHOLE_STREAM, decodeAccept, decodeError, decodeHello, encodeAccept, encodeError,
   encodeHello, encodeJson, frameTypeName, peerError, protocolError, type Accept, type Hello,
   decodeAckGeneration, decodeLoaded, encodeAckGeneration, encodeLoaded, type Loaded,
 } from './frames';
@@ -45,6 +45,24 @@ function peerAnswered(e: unknown): boolean {
 
 /** Default bound of the handshake (the destination's checks and RUNNING → RESUMING): 30 s. */
 export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 30_000;
+
+/**
+ * The peer's first frame (HELLO at the destination, ACCEPT or REFUSE at the source). A first
+ * header that does not decode means the peer speaks something else (an SSH or HTTP server, a
+ * stale listener): the error says so rather than naming a frame type that was never sent.
+ */
+async function firstFrame(link: FrameLink, expecting: string, timeoutMs: number): Promise<Frame> {
+  try {
+    return await link.readFrame(undefined, { timeoutMs });
+  } catch (e) {
+    if (e instanceof VfioError && e.code === 'EVFIO_PROTOCOL' && e.step === 'live:frame') {
+      throw new VfioError(`${link.peer} does not speak ${PROTOCOL_NAME} (expected ${expecting}; ${e.message}): is it a vfio-pci migrate/incoming, or a VMM using this library?`, {
+        code: 'EVFIO_PROTOCOL', step: 'live:handshake', cause: e,
+      });
+    }
+    throw e;
+  }
+}
 /** Default bound of the wait for LOADED (and RESUMED) after END: 60 s. */
 export const DEFAULT_COMPLETE_TIMEOUT_MS = 60_000;
 
@@ -126,7 +144,7 @@ export class LiveSink extends EventEmitter<LiveSinkEvents> implements StateSink 
     };
     await this.link.send(FrameType.HELLO, WHOLE_STREAM, encodeHello(hello));
     this.link.startKeepalive();
-    const f = await this.link.readFrame(undefined, { timeoutMs: this.opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS });
+    const f = await firstFrame(this.link, 'ACCEPT or REFUSE', this.opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS);
     if (f.header.type === FrameType.REFUSE || f.header.type === FrameType.ERROR) {
       throw peerError(decodeError(f.payload, frameTypeName(f.header.type)), f.header.type === FrameType.REFUSE, this.name);
     }
@@ -335,7 +353,7 @@ export class LiveSource implements StateSource {
   static async open(link: FrameLink, opts: LiveSourceOptions = {}): Promise<LiveSource> {
     let hello: Hello;
     try {
-      const f = await link.readFrame(undefined, { timeoutMs: opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS });
+      const f = await firstFrame(link, 'HELLO', opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS);
       if (f.header.type === FrameType.CANCEL) throw new VfioError(`${link.peer} cancelled the migration before its HELLO`, { code: 'EVFIO_PEER_CANCELLED', step: 'load' });
       if (f.header.type === FrameType.ERROR) throw peerError(decodeError(f.payload, 'ERROR'), false, link.peer);
       if (f.header.type !== FrameType.HELLO) throw protocolError(`expected HELLO, got ${frameTypeName(f.header.type)}: not a migration source`);

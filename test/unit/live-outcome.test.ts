@@ -340,3 +340,44 @@ describe('a destination that breaks the protocol', () => {
     }
   });
 });
+
+describe('a peer that does not speak the protocol', () => {
+  it('a source connecting to another kind of server (an SSH banner): EVFIO_PROTOCOL saying so, the device never left RUNNING', async () => {
+    const { a, vm } = pair();
+    const arcs = recordArcs(env, [a.d]);
+    const sock = path.join(sockDir, 'ssh.sock');
+    const conns: net.Socket[] = [];
+    const server = net.createServer((s) => { conns.push(s); s.write('SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n'); });
+    await new Promise<void>((r) => server.listen(sock, r));
+    try {
+      const err = await rejection(vm.migrate(`unix:${sock}`));
+      expect(err.code).toBe('EVFIO_PROTOCOL');
+      expect(err.message).toMatch(/does not speak node-vfio-pci-live \(expected ACCEPT or REFUSE; unknown frame type 83\)/);
+      expect(arcs).toEqual([]);
+      expect(states([a.d])).toEqual(['RUNNING']);
+    } finally {
+      conns.forEach((c) => c.destroy());
+      server.close();
+    }
+  });
+
+  it('a destination reached by another kind of client (an HTTP request): EVFIO_PROTOCOL saying so, before its devices are touched', async () => {
+    const { dst } = pair();
+    const arcs = recordArcs(env, dst.devices);
+    const sock = path.join(sockDir, 'http.sock');
+    const listener = await listen(`unix:${sock}`);
+    try {
+      const incoming = rejection(dst.vm.incoming(listener));
+      const client = net.connect(sock);
+      client.on('error', () => {});
+      client.write('GET / HTTP/1.1\r\nHost: localhost\r\n\r\n');
+      const err = await incoming;
+      client.destroy();
+      expect(err.code).toBe('EVFIO_PROTOCOL');
+      expect(err.message).toMatch(/does not speak node-vfio-pci-live \(expected HELLO; unknown frame type 71\)/);
+      expect(arcs).toEqual([]);
+    } finally {
+      await listener.close();
+    }
+  });
+});
