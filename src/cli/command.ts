@@ -29,10 +29,14 @@ export interface CliCommand {
    */
   define(cmd: Command): void;
   /**
-   * A job that SIGINT / SIGTERM / SIGHUP cancel through `ctx.signal` (./signals.ts). Other
-   * commands are short and read-only: a signal ends them the default way.
+   * Present on a job that SIGINT / SIGTERM / SIGHUP cancel through `ctx.signal` (./signals.ts):
+   * what cancelling this command does, given its options — what happens to its file and its
+   * devices, phase by phase where that differs. Printed when the first signal arrives
+   * (`vfio-pci CMD: SIGINT: cancelling: …`), so it must say what the code does; the report that
+   * follows says where each device was actually left. Commands without it are short and
+   * read-only: a signal ends them the default way.
    */
-  cancellable?: boolean;
+  cancel?: (opts: Record<string, unknown>) => string;
   /**
    * Do the work. `args` are commander's processed arguments in declaration order, `opts` its
    * options (camelCase). Throw a VfioError to fail (usage errors: report.ts usageError).
@@ -83,7 +87,7 @@ export class CommandContext {
     readonly out: Output,
     readonly err: Output,
     opts: { json?: boolean; quiet?: boolean; progressAfterMs?: number },
-    /** Aborted by the first SIGINT / SIGTERM / SIGHUP when the command is cancellable. */
+    /** Aborted by the first SIGINT / SIGTERM / SIGHUP when the command has a `cancel`. */
     readonly signal: AbortSignal,
   ) {
     this.json = opts.json === true;

@@ -148,7 +148,10 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
 export const demoCommand: CliCommand = {
   name: 'demo',
   summary: 'attach → guest I/O → pause → snapshot → restore → resume, on two simulated devices',
-  cancellable: true,
+  cancel: () =>
+    'a snapshot under way stops and the source runs again; a restore under way stops and the destination is reset ' +
+    '(a signal before the snapshot stops it as it starts; one after the restore lets the demo finish); then the demo\'s ' +
+    'simulated devices are closed and its temporary directory removed',
   define(cmd: Command) {
     cmd.option('--size <size>', 'device state size of the simulated devices (4096, 64KiB, 1GiB, ...)', '16MiB');
     addCommonOptions(cmd, { binding: true });
