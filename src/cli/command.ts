@@ -4,7 +4,7 @@
  * how they fit together.
  */
 import * as fs from 'node:fs';
-import { Option, type Command } from 'commander';
+import { InvalidArgumentError, Option, type Command } from 'commander';
 import type { StateChange } from '../kernel/migration';
 import type { Progress } from '../vm/jobs';
 import type { Output } from './output';
@@ -51,6 +51,25 @@ export function addCommonOptions(cmd: Command, which: { devices?: boolean; bindi
   cmd.option('--json', 'print one JSON object on stdout (the result, or the error with its fields)');
   cmd.option('-q, --quiet', 'print only the result and errors: no state lines, no progress bar');
   return cmd;
+}
+
+/**
+ * Refuse an option that takes a value when it is given twice (commander keeps the last one:
+ * `snapshot … -o a -o b` would write b, `demo --size 4GiB --size 1MiB` run 1 MiB, silently).
+ * Call once the command's options are declared; the command is parsed once (main() builds a
+ * new program per call).
+ */
+export function refuseRepeats(cmd: Command): void {
+  for (const opt of cmd.options) {
+    if (!(opt.required || opt.optional) || opt.variadic) continue;
+    const inner = opt.parseArg;
+    let given: string | undefined;
+    opt.parseArg = <T>(value: string, previous: T): T => {
+      if (given !== undefined) throw new InvalidArgumentError(`${opt.long ?? opt.short} is given twice ('${given}', then '${value}'): give it once`);
+      given = value;
+      return inner ? inner(value, previous) : (value as T);
+    };
+  }
 }
 
 /** Whether two outputs are the same terminal (a line on one would garble a bar on the other). */

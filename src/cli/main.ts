@@ -42,7 +42,7 @@ import * as path from 'node:path';
 import { Command, CommanderError } from 'commander';
 import { logger } from '../base/log';
 import { registerSimulator } from '../sim/provider';
-import { CommandContext, type CliCommand } from './command';
+import { CommandContext, refuseRepeats, type CliCommand } from './command';
 import { demoCommand } from './commands/demo';
 import { incomingCommand } from './commands/incoming';
 import { migrateCommand } from './commands/migrate';
@@ -122,6 +122,7 @@ export async function main(
   for (const c of COMMANDS) {
     const cmd = program.command(c.name).description(c.summary).showHelpAfterError(`(see 'vfio-pci help ${c.name}')`);
     c.define(cmd);
+    refuseRepeats(cmd);
     cmd.action(async (...a: unknown[]) => {
       const self = a[a.length - 1] as Command;
       exit = await runCommand(c, self.processedArgs as unknown[], self.opts(), io, opts.signals);

@@ -11,12 +11,13 @@
  *    the state they were in (with --leave-stopped, devices already paused stay in STOP);
  *  - restore: every device already in RESUMING is reset (none runs the partial state); before
  *    that, as during --verify, they are left untouched;
- *  - migrate: until every device's state is sent, the destination is told (CANCEL) and resets
- *    its devices, and the source devices run on with their state; after that only the wait for
- *    the destination's answer ends — the source devices stay in STOP, the outcome unknown
- *    (EVFIO_OUTCOME_UNKNOWN);
+ *  - migrate: until every device's state is sent, the destination is told (CANCEL, or sees the
+ *    connection end) and resets its devices, and the source devices run on with their state;
+ *    after that only the wait for the destination's answer ends — the source devices stay in
+ *    STOP, the outcome unknown (EVFIO_OUTCOME_UNKNOWN);
  *  - incoming: waiting for the connection, listening stops and the devices are untouched; during
- *    the load every device is reset and the source is told (CANCEL), so that it runs on;
+ *    the load every device is reset and the source is told (CANCEL, or sees the connection
+ *    end), so that it runs on;
  *  - demo: the snapshot or restore under way stops, its devices and directory are cleaned up.
  *
  * The job then ends with a cancelled error (ECANCELED) that is printed with where each device was

@@ -20,8 +20,8 @@ export const incomingCommand: CliCommand = {
   summary: 'wait for one live migration at URI, load it into the devices and run them',
   cancel: () =>
     'before a migration arrives, listening stops and the devices are left untouched; during the load, every device ' +
-    'already in RESUMING is reset (none runs a partial state) and the source is told (CANCEL) and runs its own on; ' +
-    'once the state is loaded the devices run and the migration completes',
+    'already in RESUMING is reset (none runs a partial state) and the source is told (CANCEL, or sees the connection ' +
+    'end) and runs its own on; once the state is loaded the devices run and the migration completes',
   define(cmd: Command) {
     cmd
       .argument('<devices...>', '[ID=]DEVICE: the destination devices, paired with the source\'s by ID')

@@ -25,9 +25,10 @@ export const migrateCommand: CliCommand = {
   name: 'migrate',
   summary: 'live-migrate the devices to a `vfio-pci incoming` at URI',
   cancel: () =>
-    'until every device\'s state is sent, the migration stops, the destination is told (CANCEL) and resets its devices, ' +
-    'and these run on with their state; after that, the wait for the destination\'s answer ends: these stay in STOP and ' +
-    'whether the destination runs the devices is unknown (EVFIO_OUTCOME_UNKNOWN: ask it before resuming these)',
+    'until every device\'s state is sent, the migration stops, the destination is told (CANCEL, or sees the connection ' +
+    'end) and resets its devices, and these run on with their state; after that, the wait for the destination\'s answer ' +
+    'ends: these stay in STOP and whether the destination runs the devices is unknown (EVFIO_OUTCOME_UNKNOWN: ask it ' +
+    'before resuming these)',
   define(cmd: Command) {
     cmd
       .argument('<devices...>', '[ID=]DEVICE: the devices, each migrated under ID (default: DEVICE as given)')
