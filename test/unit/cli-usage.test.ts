@@ -136,6 +136,24 @@ describe('paths: usage errors (exit 2) before any device is opened', () => {
   });
 });
 
+describe('a device given twice', () => {
+  it('is refused before any is opened (it was paused and saved twice under two ids)', async () => {
+    for (const argv of [
+      ['snapshot', 'x=sim:4KiB#usage-dup', 'y=sim:4KiB#usage-dup', '-o', tmp.file('dup.vfiosnap')],
+      ['restore', 'x=sim:4KiB#usage-dup', 'y=sim:8KiB#usage-dup', '-i', __filename],
+      ['migrate', '--to', 'unix:/nowhere.sock', 'sim#usage-dup', 'b=sim:64KiB#usage-dup'],
+    ]) {
+      const r = await runCli(...argv);
+      expect(r.code, argv.join(' ')).toBe(2);
+      expect(r.err, argv.join(' ')).toMatch(/^vfio-pci \w+: '.*#usage-dup' and '.*#usage-dup' are the same device \(the simulated device #usage-dup\): give each device once/);
+      expect(r.out).toBe('');
+    }
+    expect(fs.readdirSync(tmp.path)).toEqual([]);
+    // Unnamed simulated devices are a fresh device each.
+    expect((await runCli('snapshot', 'x=sim:4KiB', 'y=sim:4KiB', '-o', tmp.file('two.vfiosnap'), '-q')).code).toBe(0);
+  });
+});
+
 describe('help and usage errors', () => {
   it('help of an unknown command is an error (exit 2) that names it, not the global help', async () => {
     const r = await runCli('help', 'nosuch');
