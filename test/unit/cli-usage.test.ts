@@ -181,6 +181,13 @@ describe('help and usage errors', () => {
     expect((await runCli('snapshot', 'sim:4KiB#usage-twice', '-o', file, '-q', '-q', '--json', '--json')).code).toBe(0);
   });
 
+  it('demo --size larger than TMPDIR can hold is refused before it starts (it filled the disk, then failed)', async () => {
+    const r = await runCli('demo', '--size', '1000TiB');
+    expect(r.code).toBe(2);
+    expect(r.err).toMatch(/^vfio-pci demo: --size 1000TiB: the demo writes a snapshot of about that size in .*, which has .* free\n/);
+    expect(r.out).toBe('');
+  });
+
   it('with --json a usage error is one object on stdout and still the message on stderr', async () => {
     for (const [argv, msg] of [
       [['info', 'sim', '--index', '3', '--json'], /^vfio-pci info: unknown option '--index'/],
