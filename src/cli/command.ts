@@ -4,7 +4,7 @@
  * how they fit together.
  */
 import * as fs from 'node:fs';
-import { Option, type Command } from 'commander';
+import { InvalidArgumentError, Option, type Command } from 'commander';
 import type { StateChange } from '../kernel/migration';
 import type { Progress } from '../vm/jobs';
 import type { Output } from './output';
@@ -29,10 +29,14 @@ export interface CliCommand {
    */
   define(cmd: Command): void;
   /**
-   * A job that SIGINT / SIGTERM / SIGHUP cancel through `ctx.signal` (./signals.ts). Other
-   * commands are short and read-only: a signal ends them the default way.
+   * Present on a job that SIGINT / SIGTERM / SIGHUP cancel through `ctx.signal` (./signals.ts):
+   * what cancelling this command does, given its options — what happens to its file and its
+   * devices, phase by phase where that differs. Printed when the first signal arrives
+   * (`vfio-pci CMD: SIGINT: cancelling: …`), so it must say what the code does; the report that
+   * follows says where each device was actually left. Commands without it are short and
+   * read-only: a signal ends them the default way.
    */
-  cancellable?: boolean;
+  cancel?: (opts: Record<string, unknown>) => string;
   /**
    * Do the work. `args` are commander's processed arguments in declaration order, `opts` its
    * options (camelCase). Throw a VfioError to fail (usage errors: report.ts usageError).
@@ -47,6 +51,25 @@ export function addCommonOptions(cmd: Command, which: { devices?: boolean; bindi
   cmd.option('--json', 'print one JSON object on stdout (the result, or the error with its fields)');
   cmd.option('-q, --quiet', 'print only the result and errors: no state lines, no progress bar');
   return cmd;
+}
+
+/**
+ * Refuse an option that takes a value when it is given twice (commander keeps the last one:
+ * `snapshot … -o a -o b` would write b, `demo --size 4GiB --size 1MiB` run 1 MiB, silently).
+ * Call once the command's options are declared; the command is parsed once (main() builds a
+ * new program per call).
+ */
+export function refuseRepeats(cmd: Command): void {
+  for (const opt of cmd.options) {
+    if (!(opt.required || opt.optional) || opt.variadic) continue;
+    const inner = opt.parseArg;
+    let given: string | undefined;
+    opt.parseArg = <T>(value: string, previous: T): T => {
+      if (given !== undefined) throw new InvalidArgumentError(`${opt.long ?? opt.short} is given twice ('${given}', then '${value}'): give it once`);
+      given = value;
+      return inner ? inner(value, previous) : (value as T);
+    };
+  }
 }
 
 /** Whether two outputs are the same terminal (a line on one would garble a bar on the other). */
@@ -83,7 +106,7 @@ export class CommandContext {
     readonly out: Output,
     readonly err: Output,
     opts: { json?: boolean; quiet?: boolean; progressAfterMs?: number },
-    /** Aborted by the first SIGINT / SIGTERM / SIGHUP when the command is cancellable. */
+    /** Aborted by the first SIGINT / SIGTERM / SIGHUP when the command has a `cancel`. */
     readonly signal: AbortSignal,
   ) {
     this.json = opts.json === true;

@@ -2,7 +2,8 @@
 import type { Binding } from '../kernel/binding/types';
 import { loadBinding } from '../kernel/binding';
 import type { VfioDevice } from '../kernel/device';
-import { getDefaultBinding, openDevice, type OpenOptions } from '../kernel/open';
+import { getDefaultBinding, openDevice, providerFor, type OpenOptions } from '../kernel/open';
+import { resolveDevice } from '../kernel/resolve';
 import { isSimPath, parseSimSpec } from '../sim/spec';
 import { usageError } from './report';
 
@@ -46,8 +47,47 @@ export function anyBinding(): Binding | undefined {
   }
 }
 
-/** Open every spec (all or none), run `fn`, close them in reverse order whatever happens. */
+/**
+ * What tells the device a spec names from the others: a simulated device's NAME (one without a
+ * NAME is a fresh device at every open), a kernel device's sysfs node (or cdev), whatever the
+ * spelling (0000:01:00.0, its sysfs path, /dev/vfio/devices/vfioN); undefined when it names a
+ * new device, none (opening it says why) or another provider's.
+ */
+function deviceKey(spec: string): string | undefined {
+  if (isSimPath(spec)) {
+    const p = parseSimSpec(spec);
+    return typeof p === 'string' || p.name === undefined ? undefined : `the simulated device #${p.name}`;
+  }
+  if (providerFor(spec)) return undefined; // another provider's: its own rules
+  try {
+    const r = resolveDevice(spec);
+    return r.sysfsPath ?? r.cdevPath ?? spec;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Refuse a device given twice (exit 2): it would be paused twice and saved twice under two ids,
+ * or loaded twice.
+ */
+function assertDistinct(specs: readonly string[]): void {
+  const seen = new Map<string, string>();
+  for (const s of specs) {
+    const k = deviceKey(s);
+    if (k === undefined) continue;
+    const first = seen.get(k);
+    if (first !== undefined) throw usageError(`'${first}' and '${s}' are the same device (${k}): give each device once`);
+    seen.set(k, s);
+  }
+}
+
+/**
+ * Open every spec (all or none; a device given twice is refused first), run `fn`, close them in
+ * reverse order whatever happens.
+ */
 export async function withDevices<T>(specs: readonly string[], opts: OpenOptions, fn: (devs: VfioDevice[]) => Promise<T>): Promise<T> {
+  assertDistinct(specs);
   const devs: VfioDevice[] = [];
   const closeAll = (): void => {
     for (const d of devs.reverse()) {

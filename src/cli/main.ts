@@ -7,21 +7,25 @@
  *  - commands/*.ts   one `CliCommand` each (command.ts): `define(cmd)` declares its arguments,
  *                    options (`addCommonOptions` adds --json, --quiet and, for device commands,
  *                    --iommu/--binding) and help text on a commander Command; `run(ctx, args,
- *                    opts)` does the work and resolves with `{ json, exitCode? }`; `cancellable`
- *                    marks a job that signals cancel.
+ *                    opts)` does the work and resolves with `{ json, exitCode? }`; `cancel(opts)`
+ *                    marks a job that signals cancel, and says what cancelling it does.
  *  - main.ts         builds the commander program from COMMANDS (per-command help, `help CMD`,
  *                    --version, unknown options and commands refused with exit 2), runs the
  *                    chosen command, and prints its result or error: text on stdout/stderr, or
- *                    with --json one object on stdout — `{ ok: true, ...json }` or
- *                    `{ ok: false, error: { message, code, kind, errno, syscall, op, step,
- *                    device, path, deviceState }, notes?, signal? }` (report.ts).
+ *                    with --json one object on stdout — `{ ok: true, ...json }` or `{ ok: false,
+ *                    error: { message, code, kind, errno, syscall, op, step, device, path,
+ *                    deviceState }, notes?, signal? }` (report.ts); an error's text goes to
+ *                    stderr with --json too.
  *  - command.ts      `CommandContext`, what a command works with: `say()` (state lines; above
  *                    the progress bar, dropped with --json/--quiet), `print()` (a text result),
  *                    `onState` / `onProgress` (give them to a job), `signal` (the job's
  *                    AbortSignal), `note()` (a line for the failure report), `onCleanup()`.
  *  - signals.ts      one SignalScope per cancellable command: the first SIGINT/SIGTERM/SIGHUP
  *                    aborts `ctx.signal` (the library then cleans up: no temporary file, devices
- *                    back), later ones only say the cleanup is under way; exit 128 + signal.
+ *                    back) and prints the command's `cancel` text, later ones only say the
+ *                    cleanup is under way; exit 128 + signal.
+ *  - paths.ts        the file arguments (-o, -i, inspect's FILE), checked before any device is
+ *                    opened: a path that cannot be used is a usage error.
  *  - output.ts       stdout/stderr wrapped so that EPIPE or a closed stream ends the output,
  *                    never the job.
  *  - progress.ts     the bar (cli-progress, stderr, terminals only; lines printed above it).
@@ -38,7 +42,7 @@ import * as path from 'node:path';
 import { Command, CommanderError } from 'commander';
 import { logger } from '../base/log';
 import { registerSimulator } from '../sim/provider';
-import { CommandContext, type CliCommand } from './command';
+import { CommandContext, refuseRepeats, type CliCommand } from './command';
 import { demoCommand } from './commands/demo';
 import { incomingCommand } from './commands/incoming';
 import { migrateCommand } from './commands/migrate';
@@ -102,13 +106,12 @@ export async function main(
     .description('Pause, snapshot, restore and live-migrate VFIO PCI devices (VFIO migration v2), on real or simulated devices.')
     .version(packageVersion(), '-V, --version', 'print the version')
     .helpOption('-h, --help', 'show help (vfio-pci help COMMAND: a command\'s help)')
-    .helpCommand('help [command]', "show a command's help")
+    .helpCommand(false) // commander's own shows the global help for `help nosuch`: ours, below
     .configureOutput({
       writeOut: (s) => io.out.write(s),
       writeErr: (s) => io.err.write(s),
-      outputError: (s, write) => {
-        if (!wantsJson) write(`vfio-pci${current ? ' ' + current : ''}: ${s.replace(/^error: /, '')}`);
-      },
+      // The message goes to stderr with --json too (the JSON object is stdout's).
+      outputError: (s, write) => write(`vfio-pci${current ? ' ' + current : ''}: ${s.replace(/^error: /, '')}`),
     })
     .exitOverride()
     .showHelpAfterError("(see 'vfio-pci --help')")
@@ -119,11 +122,22 @@ export async function main(
   for (const c of COMMANDS) {
     const cmd = program.command(c.name).description(c.summary).showHelpAfterError(`(see 'vfio-pci help ${c.name}')`);
     c.define(cmd);
+    refuseRepeats(cmd);
     cmd.action(async (...a: unknown[]) => {
       const self = a[a.length - 1] as Command;
       exit = await runCommand(c, self.processedArgs as unknown[], self.opts(), io, opts.signals);
     });
   }
+  program
+    .command('help [command]')
+    .description("show a command's help")
+    .action((name: string | undefined) => {
+      // Each of these throws a CommanderError (exitOverride): exit 0 for help, 2 for the error.
+      if (name === undefined) return program.help();
+      const cmd = program.commands.find((c) => c.name() === name);
+      if (!cmd) return program.error(`unknown command '${name}'`, { code: 'commander.unknownCommand', exitCode: EXIT.USAGE });
+      return cmd.help();
+    });
   try {
     await program.parseAsync(argv, { from: 'user' });
   } catch (e) {
@@ -142,12 +156,12 @@ export async function main(
 async function runCommand(c: CliCommand, args: unknown[], opts: Record<string, unknown>, io: { out: Output; err: Output }, signals?: SignalSource): Promise<number> {
   const json = opts.json === true;
   let ctx: CommandContext | undefined;
-  const scope = c.cancellable
+  const scope = c.cancel
     ? new SignalScope((sig, n) => {
         ctx?.endProgress(true);
         io.err.write(n === 1
-          ? `\nvfio-pci ${c.name}: ${sig}: cancelling (the transfer stops, a temporary file is removed, the devices are returned)\n`
-          : `vfio-pci ${c.name}: ${sig} again: still cleaning up; waiting for it to finish\n`);
+          ? `\nvfio-pci ${c.name}: ${sig}: cancelling: ${c.cancel!(opts)}\n`
+          : `vfio-pci ${c.name}: ${sig}${sig === scope?.received ? ' again' : ` after ${scope?.received}`}: still cleaning up; waiting for it to finish\n`);
       }, signals).install()
     : undefined;
   ctx = new CommandContext(c.name, io.out, io.err, opts, scope?.signal ?? new AbortController().signal);

@@ -1,18 +1,33 @@
 /**
- * Signals during a job (`snapshot`, `restore`, `demo`; later `migrate`, `incoming`).
+ * Signals during a job: `snapshot`, `restore`, `migrate`, `incoming` and `demo` (the commands with
+ * a `cancel` text, ./command.ts).
  *
  * SIGINT, SIGTERM and SIGHUP no longer kill the process in the middle of a transfer. The first
- * one aborts the job's AbortSignal: the library stops the transfer (between pump calls or chunks
- * today, inside a long pump call once the pump can be interrupted), removes a snapshot's
- * temporary file and returns the devices where they were (RUNNING; on restore, reset). The job
- * then ends with a cancelled error (ECANCELED) that is printed with where each device was left,
- * and the exit status is 128 + the signal's number: 129 (SIGHUP), 130 (SIGINT), 143 (SIGTERM).
- * Further signals change nothing: the cleanup under way finishes (it is what leaves no
+ * one aborts the job's AbortSignal and the command says what that does to it (its `cancel`
+ * text); the library stops the transfer (between pump calls or chunks today, inside a long pump
+ * call once the pump can be interrupted) and cleans up:
+ *
+ *  - snapshot: the temporary file is removed (no snapshot is written) and the devices return to
+ *    the state they were in (with --leave-stopped, devices already paused stay in STOP);
+ *  - restore: every device already in RESUMING is reset (none runs the partial state); before
+ *    that, as during --verify, they are left untouched;
+ *  - migrate: until every device's state is sent, the destination is told (CANCEL, or sees the
+ *    connection end) and resets its devices, and the source devices run on with their state;
+ *    after that only the wait for the destination's answer ends — the source devices stay in
+ *    STOP, the outcome unknown (EVFIO_OUTCOME_UNKNOWN);
+ *  - incoming: waiting for the connection, listening stops and the devices are untouched; during
+ *    the load every device is reset and the source is told (CANCEL, or sees the connection
+ *    end), so that it runs on;
+ *  - demo: the snapshot or restore under way stops, its devices and directory are cleaned up.
+ *
+ * The job then ends with a cancelled error (ECANCELED) that is printed with where each device was
+ * left, and the exit status is 128 + the signal's number: 129 (SIGHUP), 130 (SIGINT), 143
+ * (SIGTERM). Further signals change nothing: the cleanup under way finishes (it is what leaves no
  * half-written file and no device in STOP_COPY); a note says so. Only SIGKILL ends it sooner.
  *
  * A signal that arrives after the job's last cancellable step (a snapshot's rename, a restore's
- * last chunk) lets the job complete; the exit status is still the signal's and the message says
- * the job had completed.
+ * or an incoming's last byte of state loaded) lets the job complete; the exit status is still
+ * the signal's and the message says the job had completed.
  */
 
 /** Exit status after each handled signal: 128 + its number. */

@@ -119,7 +119,7 @@ describe('DEBUG=vfio:*', () => {
       expect(r.stderr).toMatch(re);
     }
     const bad = spawnSync(process.execPath, [BIN, 'snapshot', 'sim:4MiB', '-o', 'nodir/d.vfiosnap', '-q'], { cwd: dir.path, encoding: 'utf8', env: { ...process.env, DEBUG: 'vfio:*' } });
-    expect(bad.status).toBe(1);
+    expect(bad.status).toBe(2);
     expect(bad.stderr).toMatch(/vfio:cli snapshot failed: cannot write snapshot nodir\/d\.vfiosnap: directory nodir does not exist/);
   });
 });

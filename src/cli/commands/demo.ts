@@ -24,7 +24,7 @@ import { PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY } from '../../model
 import type { Progress } from '../../vm/jobs';
 import { addCommonOptions, type CliCommand } from '../command';
 import { openOptions } from '../devices';
-import { usageError } from '../report';
+import { fmtBytes, usageError } from '../report';
 
 /** BAR0 registers of the simulated device (src/binding/sim/bar0.ts). */
 const SIM_DOORBELL = 0x010;
@@ -148,18 +148,27 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
 export const demoCommand: CliCommand = {
   name: 'demo',
   summary: 'attach → guest I/O → pause → snapshot → restore → resume, on two simulated devices',
-  cancellable: true,
+  cancel: () =>
+    'a snapshot under way stops and the source runs again; a restore under way stops and the destination is reset ' +
+    '(a signal before the snapshot stops it as it starts; one after the restore lets the demo finish); then the demo\'s ' +
+    'simulated devices are closed and its temporary directory removed',
   define(cmd: Command) {
     cmd.option('--size <size>', 'device state size of the simulated devices (4096, 64KiB, 1GiB, ...)', '16MiB');
     addCommonOptions(cmd, { binding: true });
     cmd.addHelpText('after', `
 Runs the whole VMM cycle on two simulated devices through the device model and the reference
 host, printing every migration state change: no hardware, root or kernel module needed. The
-snapshot goes to a temporary directory that is removed at the end.`);
+snapshot (about --size bytes) goes to a temporary directory in TMPDIR that is removed at the end;
+a size the file system there cannot hold is refused.`);
   },
   async run(ctx, _args, opts) {
     const size = parseSize(String(opts.size));
     if (size === undefined || size === 0) throw usageError(`--size ${String(opts.size)}: expected a size such as 4096, 64KiB, 16MiB or 1GiB`);
+    // The snapshot goes to the temporary directory: one that cannot hold it would fill up first.
+    const tmp = os.tmpdir();
+    const st = fs.statfsSync(tmp);
+    const free = st.bavail * st.bsize;
+    if (size > free) throw usageError(`--size ${String(opts.size)}: the demo writes a snapshot of about that size in ${tmp}, which has ${fmtBytes(free)} free`);
     const res = await runDemo({
       size: formatSize(size), binding: openOptions(opts).binding, signal: ctx.signal, onState: ctx.onState, progress: ctx.onProgress,
       say: (l) => {

@@ -1,8 +1,9 @@
 /**
  * `vfio-pci incoming --listen URI [ID=]DEVICE...`: wait for one live migration, load it into the
  * devices (paired by ID) and run them (src/vm/live-jobs.ts receiveDevices;
- * docs/live-protocol.md). Cancellable: a signal stops the load, the devices are reset (they never
- * run a partial state) and the source is told, so that it resumes its own.
+ * docs/live-protocol.md). The URI, the numbers and the TLS files are checked, and the listener
+ * opened, before any device is. Cancellable: a signal stops the wait or the load, the devices are
+ * reset (they never run a partial state) and the source is told, so that it resumes its own.
  */
 import type { Command } from 'commander';
 import { Option } from 'commander';
@@ -11,13 +12,16 @@ import { migStateName } from '../../kernel/uapi/vfio';
 import { receiveDevices } from '../../vm/live-jobs';
 import { addCommonOptions, type CliCommand } from '../command';
 import { openOptions, parseDeviceArg, withDevices } from '../devices';
-import { explainRefusedState, fmtBytes, usageError } from '../report';
-import { addTlsOptions, positiveInt, tlsOptions } from './live-options';
+import { explainRefusedState, fmtBytes } from '../report';
+import { addTlsOptions, checkTls, checkUri, positiveInt, tlsOptions } from './live-options';
 
 export const incomingCommand: CliCommand = {
   name: 'incoming',
   summary: 'wait for one live migration at URI, load it into the devices and run them',
-  cancellable: true,
+  cancel: () =>
+    'before a migration arrives, listening stops and the devices are left untouched; during the load, every device ' +
+    'already in RESUMING is reset (none runs a partial state) and the source is told (CANCEL, or sees the connection ' +
+    'end) and runs its own on; once the state is loaded the devices run and the migration completes',
   define(cmd: Command) {
     cmd
       .argument('<devices...>', '[ID=]DEVICE: the destination devices, paired with the source\'s by ID')
@@ -37,6 +41,11 @@ as it arrives (each frame's checksum checked before it reaches the device), and 
 has switched over, the devices run. On any failure every device is reset (none runs a partial
 state), the source is told and resumes its own, and vfio-pci exits non-zero.
 
+SIGINT, SIGTERM or SIGHUP cancels (exit 130, 143 or 129): before a migration arrives, listening
+stops and the devices are left untouched; during the load, as on a failure, every device is
+reset and the source runs on. Once the whole state is loaded and LOADED sent, the devices run
+and the migration completes; the exit status is still the signal's.
+
 Listening on a non-loopback address without TLS prints a warning: anyone who can reach it can
 feed device state to this host's driver.
 
@@ -46,16 +55,18 @@ Examples:
   },
   async run(ctx, [devices], opts) {
     const uri = opts.listen as string;
-    if (!/^(tcp|unix):/.test(uri)) throw usageError(`--listen must be tcp:HOST:PORT or unix:PATH, not '${uri}'`);
+    checkUri(uri, 'listen', '--listen');
     const timeoutMs = opts.timeout === undefined ? undefined : positiveInt(opts.timeout, '--timeout');
     const tls = tlsOptions(opts);
+    await checkTls(tls);
     const args = (devices as string[]).map(parseDeviceArg);
+    // Listening first: an address in use or not this host's fails before any device is opened.
+    const listener = await listen(uri, { tls });
+    ctx.onCleanup(() => listener.close());
+    for (const w of listener.warnings) ctx.warn(`vfio-pci incoming: warning: ${w}`);
+    listener.on('refused', (p) => ctx.warn(`vfio-pci incoming: turned away ${p.peer} (${p.reason}${p.error ? `: ${p.error.message}` : ''})`));
     return withDevices(args.map((a) => a.spec), openOptions(opts), async (devs) => {
       const jobDevs = devs.map((device, i) => (args[i].id ? { id: args[i].id!, device } : device));
-      const listener = await listen(uri, { tls });
-      ctx.onCleanup(() => listener.close());
-      for (const w of listener.warnings) ctx.warn(`vfio-pci incoming: warning: ${w}`);
-      listener.on('refused', (p) => ctx.warn(`vfio-pci incoming: turned away ${p.peer} (${p.reason}${p.error ? `: ${p.error.message}` : ''})`));
       ctx.say(`waiting for a migration on ${listener.uri}${tls ? ' (TLS)' : ''} → ${(devices as string[]).join(', ')}`);
       let res;
       try {

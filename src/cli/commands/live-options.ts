@@ -1,7 +1,36 @@
-/** Options shared by `migrate` and `incoming`: TLS credentials and numbers. */
+/**
+ * Options shared by `migrate` and `incoming`: the URI, TLS credentials and numbers, all checked
+ * before any device is opened.
+ */
 import type { Command } from 'commander';
-import type { TlsOptions } from '../../live/tls';
+import { loadTlsCredentials, type TlsOptions } from '../../live/tls';
+import { parseUri, type UriRole } from '../../live/uri';
+import { VfioError } from '../../base/errors';
+import { asUsage } from '../paths';
 import { usageError } from '../report';
+
+/** `uri` parsed as src/live/uri.ts does it (tcp:HOST:PORT, unix:PATH, unix:@NAME); a usage error naming `flag` otherwise. */
+export function checkUri(uri: string, role: UriRole, flag: string): void {
+  try {
+    parseUri(uri, role);
+  } catch (e) {
+    if (e instanceof VfioError) e.message = `${flag}: ${e.message}`;
+    throw e;
+  }
+}
+
+/**
+ * The TLS files read and checked now (src/live/tls.ts loadTlsCredentials: readable, PEM, the key
+ * the certificate's), so that a typo is a usage error before any device is opened.
+ */
+export async function checkTls(tls: TlsOptions | undefined): Promise<void> {
+  if (!tls) return;
+  try {
+    await loadTlsCredentials(tls);
+  } catch (e) {
+    throw asUsage(e);
+  }
+}
 
 /** --tls-cert, --tls-key, --tls-ca: all three or none. */
 export function addTlsOptions(cmd: Command): void {

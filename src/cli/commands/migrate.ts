@@ -2,8 +2,11 @@
  * `vfio-pci migrate --to URI [ID=]DEVICE...`: live-migrate devices to a `vfio-pci incoming` on
  * another host or process (src/vm/live-jobs.ts migrateDevices; docs/live-protocol.md). PRE_COPY
  * rounds until the devices' pending state fits the downtime limit at the measured bandwidth and
- * the destination has acknowledged the initial data, then the switchover. Cancellable: a signal
- * stops the migration, the destination resets its devices and these run on with their state.
+ * the destination has acknowledged the initial data, then the switchover. The URI, the numbers
+ * and the TLS files are checked before any device is opened. Cancellable: before the last
+ * device's state is sent, a signal stops the migration, the destination resets its devices and
+ * these run on with their state; after that it ends the wait for the destination's answer
+ * (EVFIO_OUTCOME_UNKNOWN: these stay in STOP).
  */
 import type { Command } from 'commander';
 import { Option } from 'commander';
@@ -12,8 +15,8 @@ import { migStateName } from '../../kernel/uapi/vfio';
 import { migrateDevices } from '../../vm/live-jobs';
 import { addCommonOptions, type CliCommand } from '../command';
 import { openOptions, parseDeviceArg, withDevices } from '../devices';
-import { fmtBytes, usageError } from '../report';
-import { positiveInt, tlsOptions, addTlsOptions } from './live-options';
+import { fmtBytes } from '../report';
+import { addTlsOptions, checkTls, checkUri, positiveInt, tlsOptions } from './live-options';
 import { logger } from '../../base/log';
 
 const log = logger('cli');
@@ -21,7 +24,11 @@ const log = logger('cli');
 export const migrateCommand: CliCommand = {
   name: 'migrate',
   summary: 'live-migrate the devices to a `vfio-pci incoming` at URI',
-  cancellable: true,
+  cancel: () =>
+    'until every device\'s state is sent, the migration stops, the destination is told (CANCEL, or sees the connection ' +
+    'end) and resets its devices, and these run on with their state; after that, the wait for the destination\'s answer ' +
+    'ends: these stay in STOP and whether the destination runs the devices is unknown (EVFIO_OUTCOME_UNKNOWN: ask it ' +
+    'before resuming these)',
   define(cmd: Command) {
     cmd
       .argument('<devices...>', '[ID=]DEVICE: the devices, each migrated under ID (default: DEVICE as given)')
@@ -42,7 +49,12 @@ the initial data and the pending state fits the downtime limit at the bandwidth 
 connection. On success the source devices stay in STOP (their state now lives on the
 destination) unless --resume-source. On any failure — the destination refusing or failing, the
 connection lost or stalled, a signal — the destination resets its devices, these run on with
-their state intact, and vfio-pci exits non-zero.
+their state intact, and vfio-pci exits non-zero. Once every device's state is sent, only the
+destination's answer decides: if it cannot be heard (the connection lost, a signal), the source
+devices stay in STOP and the outcome is unknown (EVFIO_OUTCOME_UNKNOWN): ask the destination
+(what its vfio-pci incoming reported) before running them again.
+
+SIGINT, SIGTERM or SIGHUP cancels as a failure does (exit 130, 143 or 129).
 
 Without TLS the bytes are plain and the destination takes the first connection: use
 --tls-cert/--tls-key/--tls-ca (mutual certificates) across hosts.
@@ -56,7 +68,8 @@ Examples:
     const downtimeLimitMs = positiveInt(opts.downtimeLimit, '--downtime-limit');
     const maxIterations = opts.maxIterations === undefined ? undefined : positiveInt(opts.maxIterations, '--max-iterations');
     const tls = tlsOptions(opts);
-    if (!/^(tcp|unix):/.test(to)) throw usageError(`--to must be tcp:HOST:PORT or unix:PATH, not '${to}'`);
+    checkUri(to, 'connect', '--to');
+    await checkTls(tls);
     const args = (devices as string[]).map(parseDeviceArg);
     return withDevices(args.map((a) => a.spec), openOptions(opts), async (devs) => {
       const jobDevs = devs.map((device, i) => ({ id: args[i].id ?? device.name, device }));
@@ -73,9 +86,12 @@ Examples:
           },
         });
       } catch (e) {
-        // Only true when they do: a migration refused because a device was not running leaves it where it was.
-        if (e instanceof VfioError && e.deviceState?.length && e.deviceState.every((d) => d.state === 'RUNNING')) {
-          ctx.note('the source devices run on with their state; the destination reset its devices');
+        // Only when it is so: a device left in STOP (refused, or after END) does not run on; and
+        // the destination has devices to reset only once the source touched its own (after ACCEPT).
+        if (e instanceof VfioError && e.deviceState?.length && e.deviceState.every((d) => d.state === 'RUNNING') && e.deviceState.some((d) => d.touched)) {
+          ctx.note(e.code === 'EVFIO_PEER_FAILED' || e.code === 'EVFIO_PEER_CANCELLED'
+            ? 'the source devices run on with their state; the destination reset its devices'
+            : 'the source devices run on with their state; the destination does not run the partial state (vfio-pci incoming resets its devices)');
         }
         throw e;
       }

@@ -1,19 +1,24 @@
 /**
  * `vfio-pci restore [ID=]DEVICE... -i FILE`: load a snapshot into the devices, paired by id, and
- * run them (src/vm/jobs.ts restoreSnapshot). Cancellable: a signal stops the load and resets
- * the devices (they never run a partial state).
+ * run them (src/vm/jobs.ts restoreSnapshot). FILE is checked (../paths.ts) before any device
+ * is opened. Cancellable: a signal stops the load and resets the devices it had put in RESUMING
+ * (they never run a partial state).
  */
 import type { Command } from 'commander';
 import { restoreSnapshot } from '../../vm/jobs';
 import { migStateName } from '../../kernel/uapi/vfio';
 import { addCommonOptions, type CliCommand } from '../command';
 import { openOptions, parseDeviceArg, withDevices } from '../devices';
+import { checkInputFile } from '../paths';
 import { explainRefusedState, fmtBytes } from '../report';
 
 export const restoreCommand: CliCommand = {
   name: 'restore',
   summary: 'load a snapshot into the devices (paired by ID) and run them',
-  cancellable: true,
+  cancel: (opts) =>
+    `the load stops; every device already in RESUMING is reset (VFIO_DEVICE_RESET → RUNNING: none runs the partial state), ` +
+    `one not yet touched is left as it was${opts.verify ? ' (as all are during --verify)' : ''}; ${String(opts.input)} is only read ` +
+    `(a signal once the state is loaded lets the restore complete)`,
   define(cmd: Command) {
     cmd
       .argument('<devices...>', '[ID=]DEVICE: the destination devices, paired with the saved ones by ID')
@@ -36,8 +41,10 @@ driver checks the state as it arrives and when the device leaves RESUMING: a ref
 ENOMEM, EINVAL) usually means another device type, firmware or driver version. On any failure
 every device is reset (VFIO_DEVICE_RESET → RUNNING) and none runs the partial state.
 
-SIGINT, SIGTERM or SIGHUP cancels: the load stops, the devices are reset, and vfio-pci exits
-130, 143 or 129.
+SIGINT, SIGTERM or SIGHUP cancels: the load stops, the devices already in RESUMING are reset
+(none runs the partial state; before that, as during --verify, they are left untouched), and
+vfio-pci exits 130, 143 or 129. A signal once the whole state is loaded lets the restore
+complete; the exit status is still the signal's.
 
 Examples:
   vfio-pci restore 0000:3b:00.1 -i nic.vfiosnap
@@ -46,6 +53,7 @@ Examples:
   async run(ctx, [devices], opts) {
     const file = opts.input as string;
     const args = (devices as string[]).map(parseDeviceArg);
+    checkInputFile(file, '-i');
     return withDevices(args.map((a) => a.spec), openOptions(opts), async (devs) => {
       const jobDevs = devs.map((device, i) => (args[i].id ? { id: args[i].id!, device } : device));
       ctx.say(`restore ${file} → ${(devices as string[]).join(', ')}${opts.verify ? ' (verifying every chunk first)' : ''}`);

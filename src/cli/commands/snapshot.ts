@@ -1,22 +1,37 @@
 /**
  * `vfio-pci snapshot [ID=]DEVICE... -o FILE`: pause the devices, save their state into FILE,
  * return them to where they were (src/vm/jobs.ts saveSnapshot). FILE appears complete or not at
- * all; only a regular file is ever replaced (src/snapshot/target.ts), checked before any device
- * is touched. Cancellable: a signal stops the copy, removes the temporary file and resumes the
- * devices.
+ * all; only a regular file is ever replaced (src/snapshot/target.ts), checked (../paths.ts)
+ * before any device is opened. Cancellable: a signal stops the copy, removes the temporary file
+ * and returns the devices to the state they were in (leaves them in STOP with --leave-stopped).
  */
+import * as fs from 'node:fs';
 import type { Command } from 'commander';
 import { VfioError } from '../../base/errors';
 import { saveSnapshot } from '../../vm/jobs';
 import { migStateName } from '../../kernel/uapi/vfio';
 import { addCommonOptions, type CliCommand } from '../command';
 import { openOptions, parseDeviceArg, withDevices } from '../devices';
+import { checkOutputFile } from '../paths';
 import { fmtBytes } from '../report';
+
+/** The regular file at `file` now (device and inode), or undefined: tells whether the commit's rename happened. */
+function fileAt(file: string): string | undefined {
+  try {
+    const st = fs.lstatSync(file);
+    return st.isFile() ? `${st.dev}:${st.ino}` : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 export const snapshotCommand: CliCommand = {
   name: 'snapshot',
   summary: 'pause the devices, save their state and config space into FILE, resume them',
-  cancellable: true,
+  cancel: (opts) =>
+    `the copy stops and the temporary file is removed: no snapshot is written, ${String(opts.output)} stays as it was ` +
+    `(a signal after the rename lets the snapshot complete); ` +
+    (opts.leaveStopped ? 'devices already paused stay in STOP (--leave-stopped)' : 'the devices return to the state they were in'),
   define(cmd: Command) {
     cmd
       .argument('<devices...>', '[ID=]DEVICE: the devices, each saved under ID (default: DEVICE as given)')
@@ -38,8 +53,10 @@ after vfio-pci exits and closes them is the driver's choice: mtty keeps the stat
 and open; a driver may also reset a device on its last close or next open (info shows the
 state). A later restore runs them again (STOP → RESUMING → RUNNING).
 
-SIGINT, SIGTERM or SIGHUP cancels: the copy stops, the temporary file is removed, the devices
-run again, and vfio-pci exits 130, 143 or 129.
+SIGINT, SIGTERM or SIGHUP cancels: the copy stops, the temporary file is removed (no snapshot
+is written), the devices return to the state they were in (with --leave-stopped, devices already
+paused stay in STOP), and vfio-pci exits 130, 143 or 129. A signal after the rename lets the
+snapshot complete; the exit status is still the signal's.
 
 Examples:
   vfio-pci snapshot 0000:3b:00.1 -o nic.vfiosnap
@@ -49,6 +66,8 @@ Examples:
   async run(ctx, [devices], opts) {
     const file = opts.output as string;
     const args = (devices as string[]).map(parseDeviceArg);
+    checkOutputFile(file);
+    const before = fileAt(file);
     return withDevices(args.map((a) => a.spec), openOptions(opts), async (devs) => {
       const jobDevs = devs.map((device, i) => ({ id: args[i].id ?? device.name, device }));
       ctx.say(`snapshot of ${jobDevs.map((d) => (d.id === d.device.name ? d.id : `${d.id}=${d.device.name}`)).join(', ')} → ${file}`);
@@ -58,8 +77,12 @@ Examples:
           leaveStopped: opts.leaveStopped === true, allowNonP2P: opts.allowNonP2p === true, onState: ctx.onState, onProgress: ctx.onProgress, signal: ctx.signal,
         });
       } catch (e) {
-        // Up to the commit nothing is renamed; a commit error says itself what happened.
-        if (!(e instanceof VfioError && e.step === 'snapshot:commit')) ctx.note(`no snapshot was written: ${file} is as it was`);
+        // Up to the rename nothing is at FILE; after it (a failed directory fsync) the snapshot is.
+        const now = e instanceof VfioError && e.step === 'snapshot:commit' ? fileAt(file) : before;
+        const renamed = now !== undefined && now !== before;
+        ctx.note(renamed
+          ? `the snapshot was written: ${file} is complete, but its directory could not be made durable (a crash may lose it)`
+          : `no snapshot was written: ${file} is as it was`);
         throw e;
       }
       ctx.endProgress();

@@ -69,7 +69,7 @@ test('info --json reports the mtty migration flags and regions', () => {
   assert.ok(j.irqs.length >= 1);
 });
 
-test('snapshot --leave-stopped leaves the device in STOP; restore of a missing file fails with a usage-free message', async () => {
+test('snapshot --leave-stopped leaves the device in STOP; restore of a missing file is a usage error (exit 2) before the device is opened', async () => {
   const file = '/tmp/stopped.vfiosnap';
   const r = cli('snapshot', MDEVS[0], '-o', file, '--leave-stopped');
   assert.equal(r.status, 0, r.stderr);
@@ -82,8 +82,9 @@ test('snapshot --leave-stopped leaves the device in STOP; restore of a missing f
     d.close();
   }
   const bad = cli('restore', MDEVS[1], '-i', '/tmp/does-not-exist');
-  assert.equal(bad.status, 1);
-  assert.match(bad.stderr, /ENOENT/);
+  assert.equal(bad.status, 2);
+  assert.match(bad.stderr, /^vfio-pci restore: cannot read snapshot \/tmp\/does-not-exist: no such file\n {2}code: ENOENT\n/);
+  assert.doesNotMatch(bad.stderr, /devices left/);
 });
 
 test('a snapshot of another format version (older or newer) is refused with a clear message; the device is untouched', () => {
