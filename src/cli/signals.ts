@@ -8,7 +8,7 @@
  * call once the pump can be interrupted) and cleans up:
  *
  *  - snapshot: the temporary file is removed (no snapshot is written) and the devices return to
- *    the state they were in (with --leave-stopped, devices already paused stay in STOP);
+ *    the state they were in (--leave-stopped too: it applies only to a snapshot that is written);
  *  - restore: every device already in RESUMING is reset (none runs the partial state); before
  *    that, as during --verify, they are left untouched;
  *  - migrate: until every device's state is sent, the destination is told (CANCEL, or sees the

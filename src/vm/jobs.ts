@@ -9,8 +9,9 @@
  *  - save: the file appears complete or not at all (src/snapshot/writer.ts); the devices are
  *    returned to the state they were in (or left in STOP with `leaveStopped`) before the file is
  *    made durable (fsync, rename, directory fsync), so their downtime is the state copy, not the
- *    disk's write-back; on failure each device is brought back where it was, and the error's
- *    `deviceState` says where each one was left;
+ *    disk's write-back; on failure or cancel, when no snapshot was written, each device is
+ *    brought back where it was (`leaveStopped` too: it asks for STOP after a snapshot, and there
+ *    is none), and the error's `deviceState` says where each one was left;
  *  - restore: the file is validated (every structure and checksum, the state chunks' excepted:
  *    each chunk's checksum is checked as it is loaded, before it reaches the device), and every
  *    device paired by id and checked (identity, config space under its own masks), before any
@@ -51,7 +52,10 @@ export interface JobOptions {
 }
 
 export interface SaveSnapshotOptions extends JobOptions, Pick<WriterOptions, 'noSync' | 'mode' | 'files'> {
-  /** Leave the devices in STOP after saving (default: back to the state they were in). */
+  /**
+   * Leave the devices in STOP after a successful save (default: back to the state they were in).
+   * A save that fails or is cancelled writes no snapshot and brings them back regardless.
+   */
   leaveStopped?: boolean;
 }
 
@@ -124,8 +128,9 @@ export async function saveSnapshot(devices: readonly JobDevice[], file: string, 
     const e = cancelled(caught, 'snapshot:start');
     if (e instanceof VfioError && !e.deviceState) e.annotate({ deviceState: engine.describeDevices(false) });
     await writer.abort();
-    if (!resumed && !opts.leaveStopped) {
-      // Back to where they were (the engine left them in STOP, or RUNNING after a failed pause).
+    if (!resumed) {
+      // No snapshot: back to where they were (the engine left them in STOP, or RUNNING after a
+      // failed pause), with leaveStopped too — STOP without a saved state serves nothing.
       try {
         await engine.resume({ keep });
       } catch (re) {

@@ -30,8 +30,8 @@ export const snapshotCommand: CliCommand = {
   summary: 'pause the devices, save their state and config space into FILE, resume them',
   cancel: (opts) =>
     `the copy stops and the temporary file is removed: no snapshot is written, ${String(opts.output)} stays as it was ` +
-    `(a signal after the rename lets the snapshot complete); ` +
-    (opts.leaveStopped ? 'devices already paused stay in STOP (--leave-stopped)' : 'the devices return to the state they were in'),
+    `(a signal after the rename lets the snapshot complete); the devices return to the state they were in` +
+    (opts.leaveStopped ? ' (--leave-stopped applies only to a snapshot that is written)' : ''),
   define(cmd: Command) {
     cmd
       .argument('<devices...>', '[ID=]DEVICE: the devices, each saved under ID (default: DEVICE as given)')
@@ -54,8 +54,8 @@ and open; a driver may also reset a device on its last close or next open (info 
 state). A later restore runs them again (STOP → RESUMING → RUNNING).
 
 SIGINT, SIGTERM or SIGHUP cancels: the copy stops, the temporary file is removed (no snapshot
-is written), the devices return to the state they were in (with --leave-stopped, devices already
-paused stay in STOP), and vfio-pci exits 130, 143 or 129. A signal after the rename lets the
+is written), the devices return to the state they were in (--leave-stopped too: it applies only
+to a snapshot that is written), and vfio-pci exits 130, 143 or 129. A signal after the rename lets the
 snapshot complete; the exit status is still the signal's.
 
 Examples:
