@@ -884,6 +884,14 @@ vfio_pump_options PumpOptionsArg(Napi::Env env, const Napi::Value& v) {
   if (has("recordSize")) o.record_size = static_cast<uint32_t>(IntValue(env, opt("recordSize"), fn, "recordSize", 1, 1073741824.0));
   if (has("maxRecord")) o.max_record = static_cast<uint32_t>(IntValue(env, opt("maxRecord"), fn, "maxRecord", 1, 4294967295.0));
   if (has("records")) o.records = IntValue(env, opt("records"), fn, "records", 0, kMaxSafeInteger);
+  if (has("firstHeader")) {
+    const Napi::Value v = opt("firstHeader");
+    if (!v.IsBuffer()) ThrowTypeError(env, ArgName(fn, "firstHeader") + " must be a Buffer");
+    Napi::Buffer<uint8_t> b = v.As<Napi::Buffer<uint8_t>>();
+    if (b.Length() == 0 || b.Length() > sizeof o.first_header) ThrowRangeError(env, ArgName(fn, "firstHeader") + " must hold 1 to 16 bytes");
+    std::memcpy(o.first_header, b.Data(), b.Length());
+    o.first_header_len = static_cast<unsigned>(b.Length());
+  }
   if (has("headerChecksums")) o.seeds = SeedsArg(env, opt("headerChecksums"), fn, "headerChecksums", o.seed);
   if (has("idleTimeoutMs")) o.idle_timeout_ms = static_cast<int>(IntValue(env, opt("idleTimeoutMs"), fn, "idleTimeoutMs", 0, INT_MAX));
   return o;

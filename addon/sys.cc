@@ -185,7 +185,11 @@ struct PumpEnd {
   int64_t pos;
   short events;
   bool prewait = false;
-  // A socket (not read by position): recv(2)/send(2), with MSG_DONTWAIT when prewait.
+  // The end's calls never sleep (a socket with MSG_DONTWAIT, an O_NONBLOCK FIFO or fd): they
+  // are made at once and poll(2) (with the cancel and stop fds) only after EAGAIN, so a busy
+  // stream costs one syscall per read or write; cancellation is then checked once per step.
+  bool nonblock = false;
+  // A socket (not read by position): recv(2)/send(2), with MSG_DONTWAIT when nonblock.
   bool socket = false;
   // The fd the pump opened for itself (a FIFO reopened with O_NONBLOCK), closed at the end; -1.
   int own = -1;
@@ -213,18 +217,31 @@ mode_t FileType(int fd) {
 // cancellable); pipes, sockets, ttys and data_fds may.
 bool MayWaitIndefinitely(mode_t type) { return type != S_IFREG && type != S_IFBLK; }
 
-// Set up one end: sockets are recv'd / sent; a FIFO in blocking mode is reopened with
-// O_NONBLOCK through /proc/self/fd (a new open file description of the same pipe: the
-// caller's fd and its flags are untouched), so that a write larger than the room in the pipe
-// returns short instead of sleeping in the kernel beyond the reach of the waits. When the
-// reopen fails (no /proc), the fd is used as it is.
+// Set up one end for the waits (cancel fd, idle timeout), when it may wait indefinitely:
+// sockets are recv'd / sent with MSG_DONTWAIT; a FIFO in blocking mode is reopened with
+// O_NONBLOCK through /proc/self/fd (a new open file description of the same pipe: the caller's
+// fd and its flags are untouched), so that a write larger than the room in the pipe returns
+// short instead of sleeping in the kernel beyond the reach of the waits. Such ends, and fds
+// already in O_NONBLOCK, poll only after EAGAIN (`nonblock`); any other (a blocking tty, a
+// data_fd, or a FIFO when the reopen fails) polls before every call (`prewait`).
 void PrepareEnd(PumpEnd& e, mode_t type, bool waits, bool write_side) {
-  e.prewait = waits && MayWaitIndefinitely(type);
-  if (e.pos >= 0) return;  // pread/pwrite: ESPIPE from the syscall itself for a stream
+  if (!waits || !MayWaitIndefinitely(type)) return;
+  if (e.pos >= 0) {  // pread/pwrite: ESPIPE from the syscall itself for a stream
+    e.prewait = true;
+    return;
+  }
   e.socket = type == S_IFSOCK;
-  if (!e.prewait || type != S_IFIFO) return;
+  if (e.socket) {
+    e.nonblock = true;
+    return;
+  }
   const int fl = ::fcntl(e.fd, F_GETFL);
-  if (fl < 0 || (fl & O_NONBLOCK)) return;
+  if (fl >= 0 && (fl & O_NONBLOCK)) {
+    e.nonblock = true;
+    return;
+  }
+  e.prewait = true;
+  if (fl < 0 || type != S_IFIFO) return;
   // Only for the access the fd itself has: a read end given as dst must still fail (EBADF).
   const int acc = fl & O_ACCMODE;
   if (acc != O_RDWR && acc != (write_side ? O_WRONLY : O_RDONLY)) return;
@@ -234,6 +251,8 @@ void PrepareEnd(PumpEnd& e, mode_t type, bool waits, bool write_side) {
   if (fd < 0) return;
   e.own = fd;
   e.fd = fd;
+  e.prewait = false;
+  e.nonblock = true;
 }
 
 // Wait until `e.fd` is ready (or reports POLLHUP/POLLERR/POLLNVAL: the next call tells what
@@ -281,7 +300,7 @@ int64_t PumpRead(PumpEnd& e, unsigned char* buf, size_t len, const Waits& w) {
     if (e.pos >= 0) {
       n = ::pread(e.fd, buf, len, static_cast<off_t>(e.pos));
     } else if (e.socket) {
-      n = ::recv(e.fd, buf, len, e.prewait ? MSG_DONTWAIT : 0);
+      n = ::recv(e.fd, buf, len, e.nonblock ? MSG_DONTWAIT : 0);
     } else {
       n = ::read(e.fd, buf, len);
     }
@@ -313,7 +332,7 @@ int PumpWriteAll(PumpEnd& e, const unsigned char* buf, size_t len, const Waits& 
     if (e.pos >= 0) {
       n = ::pwrite(e.fd, buf + done, want, static_cast<off_t>(e.pos));
     } else if (e.socket) {
-      n = ::send(e.fd, buf + done, want, MSG_NOSIGNAL | (e.prewait ? MSG_DONTWAIT : 0));
+      n = ::send(e.fd, buf + done, want, MSG_NOSIGNAL | (e.nonblock ? MSG_DONTWAIT : 0));
     } else {
       n = ::write(e.fd, buf + done, want);
     }
@@ -387,7 +406,7 @@ struct Producer {
   const vfio_pump_options& o;
   PumpEnd in;
   Waits waits;
-  bool poll_cancel;       // check cancel_fd before each step (neither end waits)
+  bool poll_cancel;       // check cancel_fd before each step (neither end prewaits)
   size_t header_len;      // records: prefix_len + 8
   uint64_t taken = 0;     // bytes read from src (records read: of accepted records)
   uint32_t crc = 0;       // COPY: checksum of everything read
@@ -712,14 +731,21 @@ int vfio_pump(int src, int dst, void* buf, size_t buf_len, void* buf2, size_t bu
       break;
     case VFIO_PUMP_READ_RECORDS:
       if (o.verify || o.precopy || o.limit >= 0 || o.max_record == 0) return invalid(VFIO_PUMP_READ);
+      if (o.first_header_len != 0 && o.first_header_len != header_len) return invalid(VFIO_PUMP_READ);
       break;
     default:
       return invalid(VFIO_PUMP_READ);
   }
 
+  if (o.first_header_len != 0 && o.mode != VFIO_PUMP_READ_RECORDS) return invalid(VFIO_PUMP_READ);
+
   Producer pr(o, src);
   Consumer co{o, PumpEnd{dst, o.dst_offset, POLLOUT}, Waits{}, header_len, out};
   pr.header_len = header_len;
+  if (o.first_header_len != 0) {
+    std::memcpy(pr.head, o.first_header, header_len);
+    pr.have_head = true;
+  }
   const bool waits = o.cancel_fd >= 0;
   if (waits) {
     // cancel_fd was opened after the caller got its fds, so it can only share a number with
@@ -747,8 +773,9 @@ int vfio_pump(int src, int dst, void* buf, size_t buf_len, void* buf2, size_t bu
     co.to.writeback = o.writeback;
     co.to.flushed = co.to.pos;
   }
-  // Cancellation is seen within one step: an end that may wait polls cancel_fd before each of
-  // its calls (WaitReady); when neither does (file to file), each step starts with a check.
+  // Cancellation is seen within one step: a `prewait` end polls cancel_fd before each of its
+  // calls, a `nonblock` end whenever a call would block (WaitReady); when neither end prewaits
+  // (file to file, socket to file, socket to socket), each step starts with a check.
   pr.poll_cancel = waits && !pr.in.prewait && !co.to.prewait;
 
   int rc = 1;

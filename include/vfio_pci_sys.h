@@ -201,6 +201,13 @@ struct vfio_pump_options {
   /** READ_RECORDS: stop after this many records (< 0: no limit). */
   int64_t records = -1;
   /**
+   * READ_RECORDS: the first record's header, already read from src by the caller (it read the
+   * header to learn what comes next); 0: read it from src. Else it is prefix_len + 8 bytes and
+   * is taken as if read (bytes_read counts it, a header of another prefix ends the pump at once).
+   */
+  unsigned first_header_len = 0;
+  unsigned char first_header[VFIO_PUMP_MAX_PREFIX + 8] = {};
+  /**
    * Records: running checksums (`checksum` algorithm) over the headers (prefix, length and
    * checksum: prefix_len + 8 bytes) of the records written or read, each continued from its seed.
    */

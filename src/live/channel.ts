@@ -19,9 +19,12 @@
  *    peer that ends the stream early with EVFIO_PEER_CLOSED, naming what was being read.
  *  - Every call takes an AbortSignal (`signal`), besides the channel's own: an abort rejects the
  *    call at once with ECANCELED.
- *  - A read or write that fails after moving part of its bytes leaves the stream at an unknown
- *    place: the channel is broken, and later calls reject with EVFIO_CHANNEL_BROKEN. A failure
- *    that moved nothing (a timeout before any byte) leaves the channel usable.
+ *  - A read or write that fails after moving part of its bytes leaves that direction of the
+ *    stream at an unknown place: it is broken, and later calls in it reject with
+ *    EVFIO_CHANNEL_BROKEN. The other direction of a socket stays usable, so a peer's ERROR can
+ *    still be read after a send it cut short; over a Node stream (TLS: one record layer for both
+ *    directions) both break.
+ *    A failure that moved nothing (a timeout before any byte) leaves the channel usable.
  *  - One read and one write may be in flight at the same time (full duplex); a second read while
  *    one is pending is a usage error.
  *  - `close()` is idempotent, ends pending calls (they reject with EVFIO_CLOSED), waits for what
@@ -123,13 +126,15 @@ function checkSignals(signals: AbortSignal[], op: string): void {
   if (fired) throw abortedError(op, fired);
 }
 
+const BOTH: ReadonlyArray<'read' | 'write'> = ['read', 'write'];
+
 /** What a channel keeps about its two directions. */
 abstract class ChannelBase {
   readonly idleTimeoutMs: number;
   protected readonly signal?: AbortSignal;
   private busy = { read: false, write: false };
-  /** The failure that broke the stream (see the module comment). */
-  protected broken: unknown;
+  /** The failure that broke each direction of the stream (see the module comment). */
+  private broken: { read?: unknown; write?: unknown } = {};
   protected closing?: Promise<void>;
 
   constructor(
@@ -160,7 +165,7 @@ abstract class ChannelBase {
   /** Take a direction for one call, or fail: closed, broken, already busy. */
   protected enter(dir: 'read' | 'write', op: string): void {
     if (this.closing) throw closedError('channel', op);
-    if (this.broken !== undefined) throw brokenError(op, this.broken);
+    if (this.broken[dir] !== undefined) throw brokenError(op, this.broken[dir]);
     if (this.busy[dir]) throw usageError(`${op}: another ${dir} is in progress on this channel`);
     this.busy[dir] = true;
   }
@@ -169,8 +174,17 @@ abstract class ChannelBase {
     this.busy[dir] = false;
   }
 
-  /** The error to reject with; a failure after partial progress breaks the channel. */
-  protected failure(e: unknown, op: string, partial: boolean, tls = false): VfioError {
+  /** Break directions `dirs` (those not broken yet) with `err`. */
+  protected breakDirs(err: unknown, dirs: ReadonlyArray<'read' | 'write'>): void {
+    for (const d of dirs) {
+      if (this.broken[d] !== undefined) continue;
+      this.broken[d] = err;
+      log('%s: channel broken (%s): %s', this.peer, d, (err as Error)?.message);
+    }
+  }
+
+  /** The error to reject with; a failure after partial progress breaks directions `dirs`. */
+  protected failure(e: unknown, op: string, partial: boolean, dirs: ReadonlyArray<'read' | 'write'>, tls = false): VfioError {
     // A binding's syscall error says only "read failed: ECONNRESET": put the step in front.
     if (e instanceof VfioError && e.op === undefined && e.kind === 'syscall') e.message = `${op}: ${e.message}`;
     const err = e instanceof VfioError ? e.annotate({ op }) : fromNodeError(e, op, tls);
@@ -178,10 +192,7 @@ abstract class ChannelBase {
       // close() ended the call: say so, keep what happened underneath as the cause.
       return new VfioError(`${op}: the channel was closed`, { code: 'EVFIO_CLOSED', kind: 'usage', op, cause: err });
     }
-    if (partial && this.broken === undefined) {
-      this.broken = err;
-      log('%s: channel broken: %s', this.peer, err.message);
-    }
+    if (partial) this.breakDirs(err, dirs);
     return err;
   }
 }
@@ -239,7 +250,7 @@ export class FdChannel extends ChannelBase implements LendingChannel {
         got += n;
       }
     } catch (e) {
-      throw this.failure(e, op, got > 0);
+      throw this.failure(e, op, got > 0, ['read']);
     } finally {
       this.leave('read');
     }
@@ -260,7 +271,7 @@ export class FdChannel extends ChannelBase implements LendingChannel {
         done += n;
       }
     } catch (e) {
-      throw this.failure(e, op, done > 0);
+      throw this.failure(e, op, done > 0, ['write']);
     } finally {
       this.leave('write');
     }
@@ -272,7 +283,7 @@ export class FdChannel extends ChannelBase implements LendingChannel {
     try {
       this.binding.shutdown(this.fdValue, SHUT_WR);
     } catch (e) {
-      throw this.failure(e, op, false);
+      throw this.failure(e, op, false, ['write']);
     } finally {
       this.leave('write');
     }
@@ -282,8 +293,8 @@ export class FdChannel extends ChannelBase implements LendingChannel {
    * Lend the fd for one direction (or both) to `fn`, typically the native pump moving a DATA
    * frame between a data_fd and the socket. Meanwhile the channel's own calls in that direction
    * are refused (usage error); the other direction stays free (the return path can be read while
-   * the pump writes). Resolves or rejects with what `fn` does; a rejection breaks the channel
-   * (the stream's place is unknown). close() during a loan shuts the socket down, which makes a
+   * the pump writes). Resolves or rejects with what `fn` does; a rejection breaks the directions
+   * lent (the stream's place in them is unknown). close() during a loan shuts the socket down, which makes a
    * pump on it fail at once, and waits for `fn` to settle before closing the fd: `fn` must settle
    * once the socket is shut down.
    */
@@ -306,7 +317,7 @@ export class FdChannel extends ChannelBase implements LendingChannel {
     } catch (e) {
       if (taken.length === dirs.length) {
         // fn failed: the bytes it moved are unknown to the channel.
-        if (this.broken === undefined && !this.closing) this.broken = e;
+        if (!this.closing) this.breakDirs(e, dirs);
       }
       throw e;
     } finally {
@@ -442,7 +453,7 @@ export class StreamChannel extends ChannelBase implements Channel {
         await this.waitEvent(['readable', 'end', 'close', 'error'], op, opts, timeoutMs);
       }
     } catch (e) {
-      throw this.failure(e, op, got > 0, this.secure);
+      throw this.failure(e, op, got > 0, BOTH, this.secure);
     } finally {
       this.leave('read');
     }
@@ -470,7 +481,7 @@ export class StreamChannel extends ChannelBase implements Channel {
         () => peerClosedError(op, 0, buf.length),
       );
     } catch (e) {
-      throw this.failure(e, op, started, this.secure);
+      throw this.failure(e, op, started, BOTH, this.secure);
     } finally {
       this.leave('write');
     }
@@ -494,7 +505,7 @@ export class StreamChannel extends ChannelBase implements Channel {
         gone,
       );
     } catch (e) {
-      throw this.failure(e, op, false, this.secure);
+      throw this.failure(e, op, false, BOTH, this.secure);
     } finally {
       this.leave('write');
     }

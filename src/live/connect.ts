@@ -7,10 +7,10 @@ import { VfioError, errnoName } from '../base/errors';
 import { logger } from '../base/log';
 import { loadBinding } from '../kernel/binding';
 import { POLLOUT, type Binding } from '../kernel/binding/types';
-import { AF_INET, AF_INET6, FIOCLEX, FIONBIO, SOCK_STREAM, SOL_SOCKET, SO_DOMAIN, SO_ERROR, SO_TYPE, encodeSockaddr, type SockAddr } from '../kernel/uapi/socket';
+import { FIOCLEX, FIONBIO, SOCK_STREAM, SOL_SOCKET, SO_DOMAIN, SO_ERROR, SO_TYPE, encodeSockaddr, type SockAddr } from '../kernel/uapi/socket';
 import { DEFAULT_IDLE_TIMEOUT_MS, FdChannel, StreamChannel, type Channel, type ChannelOptions } from './channel';
 import { usageError } from './errors';
-import { describePeer, domainOf, netSocketOf, tuneTcp, waitFd } from './socket';
+import { describePeer, domainOf, netSocketOf, tuneSocket, waitFd } from './socket';
 import { clientHandshake, loadTlsCredentials, type TlsOptions } from './tls';
 import { describeSockaddr, formatUri, parseUri, resolveTcp, unixSockaddr, type Lookup } from './uri';
 
@@ -76,7 +76,7 @@ export async function connect(uri: string, opts: ConnectOptions = {}): Promise<C
       continue;
     }
     const peer = describePeer(binding, fd);
-    if (addr.family !== 'unix') tuneTcp(binding, fd, idleTimeoutMs);
+    tuneSocket(binding, fd, domainOf(addr), idleTimeoutMs);
     if (!creds) {
       log('%s: connected to %s', op, peer);
       return new FdChannel(binding, fd, { idleTimeoutMs, peer, signal: opts.channelSignal });
@@ -177,7 +177,7 @@ export function openChannel(source: number | Duplex, opts: OpenChannelOptions = 
     binding.ioctl(source, FIOCLEX);
     const domain = binding.getsockopt(source, SOL_SOCKET, SO_DOMAIN);
     const idleTimeoutMs = opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
-    if (domain === AF_INET || domain === AF_INET6) tuneTcp(binding, source, idleTimeoutMs);
+    tuneSocket(binding, source, domain, idleTimeoutMs);
     return new FdChannel(binding, source, { ...opts, idleTimeoutMs, peer });
   }
   if (typeof source !== 'object' || source === null || typeof source.read !== 'function' || typeof source.write !== 'function') {

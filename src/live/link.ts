@@ -45,7 +45,13 @@ export interface LinkOptions {
 
 export interface Frame {
   header: FrameHeader;
+  /** The payload, its checksum checked; empty when `unread` is set. */
   payload: Buffer;
+  /**
+   * The raw header of a DATA frame whose payload is still on the channel (readFrame with
+   * `dataPayload: 'leave'`): receiveState() moves it with the rest of the run.
+   */
+  unread?: Buffer;
 }
 
 export class FrameLink {
@@ -202,9 +208,11 @@ export class FrameLink {
   /**
    * Read the next frame (header, then payload, its checksum checked), PINGs skipped. Headers are
    * checked against `devices` (the stream's device count). A frame the link read ahead (the end
-   * of a run of DATA) comes first.
+   * of a run of DATA) comes first. With `dataPayload: 'leave'`, a non-empty DATA frame's payload
+   * is left on a channel the native pump can read (`unread`), for receiveState() to pump
+   * straight into the device with the frames that follow it.
    */
-  async readFrame(devices?: number, opts: { timeoutMs?: number } = {}): Promise<Frame> {
+  async readFrame(devices?: number, opts: { timeoutMs?: number; dataPayload?: 'leave' } = {}): Promise<Frame> {
     const ahead = this.unreadFrame;
     if (ahead) {
       this.unreadFrame = undefined;
@@ -214,6 +222,9 @@ export class FrameLink {
       const raw = this.pendingHeader ?? (await this.channel.readExactly(FRAME_HEADER_SIZE, { signal: this.signal, timeoutMs: opts.timeoutMs ?? this.peerTimeoutMs, what: 'frame header' }));
       this.pendingHeader = undefined;
       const header = decodeHeader(raw, devices);
+      if (opts.dataPayload === 'leave' && header.type === FrameType.DATA && header.length > 0 && canLend(this.channel)) {
+        return { header, payload: Buffer.alloc(0), unread: Buffer.from(raw) }; // bytesReceived: the pump's `read` counts it
+      }
       const payload = header.length
         ? await this.channel.readExactly(header.length, { signal: this.signal, timeoutMs: this.peerTimeoutMs, what: `${frameTypeName(header.type)} payload` })
         : Buffer.alloc(0);
@@ -228,18 +239,23 @@ export class FrameLink {
    * Device `first.header.device`'s DATA: write `first` (a DATA frame readFrame() returned) into
    * the data_fd, then every DATA frame of the same device that follows it, each frame's checksum
    * checked before any of it reaches the device, until another frame comes; that frame's header
-   * is kept for the next readFrame(). Resolves with the state bytes written.
+   * is kept for the next readFrame(). When `first` is `unread`, the pump starts from its header.
+   * Resolves with the state bytes written.
    */
   async receiveState(first: Frame, to: DataFdTarget, devices: number): Promise<number> {
     const index = first.header.device;
-    await writeAll(to, first.payload);
-    let total = first.payload.length;
-    if (canLend(this.channel)) {
+    let total = 0;
+    if (!first.unread) {
+      await writeAll(to, first.payload);
+      total = first.payload.length;
+    }
+    if (canLend(this.channel)) { // always so when `first` is unread
       const r = await this.channel.lend('read', async (sock) => {
         const pump = pumpFor(to.binding, [sock, to.fd]);
         try {
           return await pump.readRecords(sock, to.fd, this.buffers(), {
             prefix: dataPrefix(index), maxRecord: MAX_DATA, checksum: FRAME_CHECKSUM, signal: this.signal, idleTimeoutMs: this.peerTimeoutMs,
+            firstHeader: first.unread,
           });
         } catch (e) {
           throw stateError(e, to, 'receive');

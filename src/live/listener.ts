@@ -37,7 +37,7 @@ import {
 } from '../kernel/uapi/socket';
 import { DEFAULT_IDLE_TIMEOUT_MS, FdChannel, StreamChannel, type Channel } from './channel';
 import { abortedError, closedError, timeoutError, usageError } from './errors';
-import { POLL_SLICE_MS, describePeer, domainOf, netSocketOf, tuneTcp, waitFd } from './socket';
+import { POLL_SLICE_MS, describePeer, domainOf, netSocketOf, tuneSocket, waitFd } from './socket';
 import { loadTlsCredentials, serverHandshake, type TlsCredentials, type TlsOptions } from './tls';
 import { describeSockaddr, parseUri, resolveTcp, unixSockaddr, type Lookup } from './uri';
 
@@ -345,7 +345,7 @@ export class Listener extends EventEmitter<ListenerEvents> {
   }
 
   private plainChannel(conn: number): Channel {
-    if (this.address.family !== 'unix') tuneTcp(this.binding, conn, this.idleTimeoutMs);
+    tuneSocket(this.binding, conn, domainOf(this.address), this.idleTimeoutMs);
     return new FdChannel(this.binding, conn, { idleTimeoutMs: this.idleTimeoutMs, peer: describePeer(this.binding, conn) });
   }
 

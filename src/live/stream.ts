@@ -66,6 +66,16 @@ async function firstFrame(link: FrameLink, expecting: string, timeoutMs: number)
 /** Default bound of the wait for LOADED (and RESUMED) after END: 60 s. */
 export const DEFAULT_COMPLETE_TIMEOUT_MS = 60_000;
 
+/** How long a source whose send the connection cut short waits for the destination's ERROR, ms. */
+export const RETURN_PATH_GRACE_MS = 1_000;
+
+/** A send that failed because the connection went (reset, closed, a direction broken by it). */
+function connectionLost(e: unknown): boolean {
+  if (!(e instanceof VfioError)) return false;
+  const codes = ['EPIPE', 'ECONNRESET', 'EVFIO_PEER_CLOSED', 'EVFIO_CHANNEL_BROKEN'];
+  return codes.includes(e.code) || (e.cause instanceof VfioError && codes.includes(e.cause.code));
+}
+
 export interface LiveSinkEvents {
   /** The destination acknowledged every device's initial data (SWITCHOVER_ACK). */
   'switchover-ack': () => void;
@@ -221,8 +231,18 @@ export class LiveSink extends EventEmitter<LiveSinkEvents> implements StateSink 
     if (this.failure) throw this.failure;
   }
 
-  /** A link abort caused by the return path shows as the peer's error, not as ECANCELED. */
-  private rethrow(e: unknown): never {
+  /**
+   * A link abort caused by the return path shows as the peer's error, not as ECANCELED. A send
+   * that the connection cut short (the destination failed, sent its ERROR and closed) waits up
+   * to RETURN_PATH_GRACE_MS for the return path to read what the destination said, so that the
+   * source reports the destination's error rather than only "connection reset".
+   */
+  private async rethrow(e: unknown): Promise<never> {
+    if (!this.failure && this.reader && connectionLost(e)) {
+      let t: NodeJS.Timeout | undefined;
+      await Promise.race([this.reader, new Promise<void>((resolve) => (t = setTimeout(resolve, RETURN_PATH_GRACE_MS)))]);
+      clearTimeout(t);
+    }
     if (this.failure && e !== this.failure) throw this.failure;
     throw e;
   }
@@ -235,7 +255,7 @@ export class LiveSink extends EventEmitter<LiveSinkEvents> implements StateSink 
       this.sent.set(index, before + r.bytes);
       return r;
     } catch (e) {
-      this.rethrow(e);
+      return await this.rethrow(e);
     }
   }
 
@@ -388,7 +408,7 @@ export class LiveSource implements StateSource {
     const out = new Map<number, { model?: Buffer; bytes: number }>(this.hello.devices.map((_, i) => [i, { bytes: 0 }]));
     const stateEnded = new Set<number>();
     for (;;) {
-      const f: Frame = await this.link.readFrame(n);
+      const f: Frame = await this.link.readFrame(n, { dataPayload: 'leave' });
       const { type, device } = f.header;
       const perDevice = (): { model?: Buffer; bytes: number } => {
         if (device === WHOLE_STREAM) throw protocolError(`${frameTypeName(type)} frame without a device`);

@@ -658,6 +658,29 @@ export function pumpContract<B extends Binding>(name: string, create: () => { bi
           }
         });
 
+        itFiles(`firstHeader: the caller read the first header; the pump starts with that record's payload, checks it, counts the header in read (${how})`, async () => {
+          const recs = records(PAYLOADS, prefix);
+          // The source holds everything after the first header.
+          const f = files(`rr-first-${prefixLen}-${two}`, Buffer.concat([recs.bytes.subarray(hl), TERMINATOR, Buffer.alloc(10, 0x33)]));
+          try {
+            const res = await p.readRecords(f.src, f.dst, bufs(4096 + hl, two), { overlap: two, prefix, srcOffset: 0, firstHeader: recs.headers[0], headerChecksums: [0] });
+            expect(res).toMatchObject({ bytes: sum(PAYLOADS), records: 4, read: recs.bytes.length, end: 'header', headerChecksums: [sumOver(recs.headers)] });
+            expect(fs.readFileSync(f.dstPath).equals(Buffer.concat(PAYLOADS))).toBe(true);
+            // A given header whose payload does not match it: nothing is written.
+            fs.truncateSync(f.dstPath, 0);
+            const wrong = Buffer.from(recs.headers[0]);
+            wrong.writeUInt32LE((wrong.readUInt32LE(prefixLen + 4) ^ 1) >>> 0, prefixLen + 4);
+            expectPumpError(await rejection(p.readRecords(f.src, f.dst, bufs(4096 + hl, two), { overlap: two, prefix, srcOffset: 0, dstOffset: 0, firstHeader: wrong })), {
+              code: 'EVFIO_CHECKSUM', bytesDone: 0,
+            });
+            expect(fs.readFileSync(f.dstPath).length).toBe(0);
+            // A header of the wrong size is refused before anything moves.
+            await expect(Promise.resolve().then(() => p.readRecords(f.src, f.dst, bufs(4096 + hl, two), { prefix, firstHeader: Buffer.alloc(hl + 1) }))).rejects.toThrow(/firstHeader/);
+          } finally {
+            f.close();
+          }
+        });
+
         itFiles(`a checksum mismatch rejects with EVFIO_CHECKSUM at the record's offset, the records before it written, nothing of it (${how})`, async () => {
           for (const bad of [0, 2, 3]) {
             const bytes = Buffer.concat([JUNK, records(PAYLOADS, prefix).bytes]);

@@ -316,6 +316,17 @@ describe.each(['fd tcp', 'fd unix', 'stream'] as const)('channel bounds: %s', (k
     await cleanup();
   });
 
+  it('a write cut short breaks only the writing direction of a socket (its peer can still answer); both of a Node stream', async () => {
+    const { a, b, cleanup } = await pair(kind, 300);
+    const e = await failure(a.writeAll(Buffer.alloc(64 << 20)));
+    expect(e.code).toBe('ETIMEDOUT');
+    await expect(a.writeAll(Buffer.from('x'))).rejects.toMatchObject({ code: 'EVFIO_CHANNEL_BROKEN' });
+    await b.writeAll(Buffer.from('reply'));
+    if (kind === 'stream') await expect(a.readExactly(5)).rejects.toMatchObject({ code: 'EVFIO_CHANNEL_BROKEN' });
+    else expect((await a.readExactly(5)).toString()).toBe('reply');
+    await cleanup();
+  });
+
   it('AbortSignal: the call rejects with ECANCELED at once; the channel signal cancels every call', async () => {
     const { a, b, cleanup } = await pair(kind);
     const ac = new AbortController();

@@ -62,6 +62,8 @@ declare namespace VfioPciNative {
     recordSize?: number;
     maxRecord?: number;
     records?: number;
+    /** readRecords: the first record's header, already read by the caller (prefix + 8 bytes). */
+    firstHeader?: Buffer;
     headerChecksums?: number[];
     idleTimeoutMs?: number;
   }

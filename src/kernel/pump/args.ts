@@ -43,6 +43,8 @@ export interface PumpArgs {
   maxRecord: number;
   /** readRecords: records to move at most. */
   records: number;
+  /** readRecords: the first record's header, already read by the caller (P + 8 bytes, copied). */
+  firstHeader?: Buffer;
   /** Records: the header checksum seeds. */
   seeds: number[];
   idleTimeoutMs: number;
@@ -122,6 +124,13 @@ export function pumpArgs(mode: PumpMode, src: unknown, dst: unknown, buffers: un
       if (o.maxRecord !== undefined) a.maxRecord = intArg(fn, 'maxRecord', o.maxRecord, 1, U32);
       if (o.records !== undefined) a.records = intArg(fn, 'records', o.records, 0, MAX_SAFE);
       a.seeds = seedsArg(fn, o.headerChecksums);
+      if (o.firstHeader !== undefined) {
+        const h = bufferArg(fn, o.firstHeader, 'firstHeader');
+        if (h.length !== a.prefix.length + RECORD_HEADER) {
+          throw rangeError(`${fn}: "firstHeader" must be a whole record header (${a.prefix.length + RECORD_HEADER} bytes: prefix, length, checksum), got ${h.length}`);
+        }
+        a.firstHeader = Buffer.from(h);
+      }
       break;
   }
   return a;

@@ -116,7 +116,8 @@ async function run(b: Binding, a: PumpArgs): Promise<CopyResult | WriteRecordsRe
   let taken = 0; // bytes read (readRecords: of the records accepted)
   let crc = 0; // copy: of everything read
   let produced = 0; // readRecords
-  let ahead: Buffer | undefined; // readRecords: the next header, read with the last payload
+  // readRecords: the next header, read with the last payload (or given: firstHeader)
+  let ahead: Buffer | undefined = a.firstHeader;
   let eofNext = false;
   // ---- the writing side's
   let written = 0;

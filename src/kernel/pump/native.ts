@@ -67,6 +67,7 @@ export class NativePump implements Pump {
     if (a.mode === 'read-records') {
       options.maxRecord = a.maxRecord;
       if (a.records >= 0) options.records = a.records;
+      if (a.firstHeader) options.firstHeader = a.firstHeader;
     }
     if (a.idleTimeoutMs >= 0) options.idleTimeoutMs = a.idleTimeoutMs;
     const job = this.addon.pump(a.src, a.dst, a.buffers, options);

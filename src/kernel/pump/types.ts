@@ -175,6 +175,12 @@ export interface ReadRecordsOptions extends PumpCommonOptions {
   records?: number;
   /** Seeds of running checksums over the headers read (P + 8 bytes each), at most 4. */
   headerChecksums?: readonly number[];
+  /**
+   * The first record's header (P + 8 bytes), already read from `src` by the caller to learn what
+   * comes next: the pump starts with that record's payload. It is taken as if read here (`read`
+   * counts it; another prefix or a length of 0 ends the pump at once with end 'header').
+   */
+  firstHeader?: Uint8Array;
 }
 
 /** Why a pump stopped. */
