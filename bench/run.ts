@@ -50,11 +50,12 @@ interface Args {
 
 function usage(msg?: string): never {
   if (msg) console.error(`bench: ${msg}`);
-  console.error(
+  (msg ? console.error : console.log)(
     'usage: npm run bench -- [--quick] [--sizes 64M,256M,1G,4G] [--reps N] [--buffer BYTES] [--pipe-size BYTES] [--cpus one,two] [--cpu N | --no-pin] ' +
-      '[--tmpdir DIR] [--no-nosync] [--cold] [--no-live | --live-only] [--transports tcp,unix] [--precopy-max SIZE]',
+      '[--tmpdir DIR] [--no-nosync] [--cold] [--no-live | --live-only] [--transports tcp,unix] [--precopy-max SIZE]\n' +
+      '(bench/README.md says what each case and column is)',
   );
-  process.exit(2);
+  process.exit(msg ? 2 : 0);
 }
 
 function parseArgs(argv: string[]): Args {
@@ -111,6 +112,10 @@ function parseArgs(argv: string[]): Args {
       case '--precopy-max':
         a.precopyMax = parseBytes(next()) ?? usage('bad --precopy-max');
         break;
+      case '--help':
+      case '-h':
+        usage();
+      // falls through (usage() exits)
       default:
         usage(`unknown argument ${argv[i]}`);
     }

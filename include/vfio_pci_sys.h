@@ -216,8 +216,10 @@ struct vfio_pump_options {
   /**
    * -1, or an fd that becomes readable to cancel the pump (an eventfd). With it, every wait on a
    * src or dst that may block indefinitely (anything but a regular file or block device) is a
-   * poll(2) on both fds before the syscall, the fd is also checked between chunks, and a pump
-   * cancelled that way fails with -ECANCELED. It must be opened after src and dst: a src or dst
+   * poll(2) on both fds: after EAGAIN on a socket (MSG_DONTWAIT) or an O_NONBLOCK pipe or fd,
+   * before the syscall on an fd whose calls may sleep (a blocking data_fd or tty). The fd is
+   * also checked between chunks unless an end polls before every call, and a pump cancelled
+   * that way fails with -ECANCELED. It must be opened after src and dst: a src or dst
    * equal to it is taken for a stale number and fails with EBADF.
    */
   int cancel_fd = -1;

@@ -34,7 +34,10 @@ import type { ChecksumAlgorithm } from './checksum';
  *  - Waits on fds that can block forever (anything but a regular file or block device) are
  *    bounded by `idleTimeoutMs` and by `signal`. The native pump reopens a blocking pipe with
  *    O_NONBLOCK for itself, and sends to sockets with MSG_DONTWAIT, so that not even a write
- *    sleeps out of their reach. The JS pump polls before each call; but a write larger than
+ *    sleeps out of their reach; on such ends (and fds already O_NONBLOCK) it makes the call at
+ *    once and polls only after EAGAIN, checking the signal once per step; it polls before each
+ *    call only on an fd whose calls may sleep (a blocking data_fd or tty). The JS pump polls
+ *    before each call; but a write larger than
  *    the room in a blocking pipe or socket, on a real fd (koffi), waits inside write(2) on the
  *    binding's thread pool until the peer reads, and so does the pump (the contract suite's
  *    `boundedWrites`).
