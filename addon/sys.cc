@@ -225,12 +225,13 @@ bool MayWaitIndefinitely(mode_t type) { return type != S_IFREG && type != S_IFBL
 // already in O_NONBLOCK, poll only after EAGAIN (`nonblock`); any other (a blocking tty, a
 // data_fd, or a FIFO when the reopen fails) polls before every call (`prewait`).
 void PrepareEnd(PumpEnd& e, mode_t type, bool waits, bool write_side) {
+  // A socket is recv'd / sent (send: MSG_NOSIGNAL, never SIGPIPE) with or without the waits.
+  e.socket = e.pos < 0 && type == S_IFSOCK;
   if (!waits || !MayWaitIndefinitely(type)) return;
   if (e.pos >= 0) {  // pread/pwrite: ESPIPE from the syscall itself for a stream
     e.prewait = true;
     return;
   }
-  e.socket = type == S_IFSOCK;
   if (e.socket) {
     e.nonblock = true;
     return;
@@ -519,8 +520,11 @@ struct Producer {
   // position and buf has room, the next header in the same read), its checksum; the payload is
   // handed on only when the checksum matches.
   void ReadRecord(unsigned char* buf, size_t len, Segment* s) {
-    const uint64_t base = o.src_offset >= 0 ? static_cast<uint64_t>(o.src_offset) : 0;
-    const int64_t here = static_cast<int64_t>(base + taken);
+    // Offsets are src's. `taken` also counts a header the caller handed in (first_header), which
+    // is not in src: that record's offset is where src starts.
+    const uint64_t start = o.src_offset >= 0 ? static_cast<uint64_t>(o.src_offset) : 0;
+    auto at = [&](uint64_t t) { return static_cast<int64_t>(start + (t > o.first_header_len ? t - o.first_header_len : 0)); };
+    const int64_t here = at(taken);
     if (o.records >= 0 && produced == static_cast<uint64_t>(o.records)) return Last(s, VFIO_PUMP_OK, 0, VFIO_PUMP_END_COUNT);
     if (eof_next) return Last(s, VFIO_PUMP_OK, 0, VFIO_PUMP_END_EOF);
     s->record_offset = here;
@@ -575,7 +579,7 @@ struct Producer {
     } else if (ahead > 0) {
       // src ends inside the header that follows: this record is whole and goes out; the
       // failure is that header's, as if it had been read on its own.
-      s->record_offset = static_cast<int64_t>(base + taken);
+      s->record_offset = at(taken);
       Last(s, VFIO_PUMP_TRUNCATED, ENODATA);
     }
   }
@@ -731,7 +735,7 @@ int vfio_pump(int src, int dst, void* buf, size_t buf_len, void* buf2, size_t bu
       break;
     case VFIO_PUMP_READ_RECORDS:
       if (o.verify || o.precopy || o.limit >= 0 || o.max_record == 0) return invalid(VFIO_PUMP_READ);
-      if (o.first_header_len != 0 && o.first_header_len != header_len) return invalid(VFIO_PUMP_READ);
+      if (o.first_header_len != 0 && (o.first_header_len != header_len || o.records == 0)) return invalid(VFIO_PUMP_READ);
       break;
     default:
       return invalid(VFIO_PUMP_READ);

@@ -203,7 +203,9 @@ struct vfio_pump_options {
   /**
    * READ_RECORDS: the first record's header, already read from src by the caller (it read the
    * header to learn what comes next); 0: read it from src. Else it is prefix_len + 8 bytes and
-   * is taken as if read (bytes_read counts it, a header of another prefix ends the pump at once).
+   * is taken as if read (bytes_read counts it, a header of another prefix ends the pump at once);
+   * record offsets are src's (that record's is src_offset, where its payload starts). Not with
+   * records == 0.
    */
   unsigned first_header_len = 0;
   unsigned char first_header[VFIO_PUMP_MAX_PREFIX + 8] = {};
@@ -266,8 +268,8 @@ struct vfio_pump_result {
  * longer of the two sides rather than their sum, on a machine with a core free. `opts` nullptr
  * means the defaults (copy until the end of src). EINTR is retried; EAGAIN on either side is
  * waited out with poll(2); short writes are looped on; a write of 0 fails with EIO rather than
- * spin. Sockets are read and written with recv(2)/send(2) (MSG_DONTWAIT, and MSG_NOSIGNAL:
- * a closed peer is EPIPE, never SIGPIPE); a FIFO without O_NONBLOCK is reopened (through
+ * spin. Sockets are read and written with recv(2)/send(2) (MSG_NOSIGNAL always: a closed peer
+ * is EPIPE, never SIGPIPE; MSG_DONTWAIT with a cancel_fd); a FIFO without O_NONBLOCK is reopened (through
  * /proc/self/fd) with O_NONBLOCK for the pump, so that no write blocks inside the kernel where
  * cancellation and the idle timeout cannot reach it. A record source is never read past what
  * the pump uses unless it is read by position (a socket's next bytes belong to the caller).

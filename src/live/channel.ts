@@ -81,8 +81,8 @@ export interface Channel {
   readInto(buf: Buffer, opts?: ReadOptions): Promise<void>;
   /**
    * Write all of `buf`. When it resolves, the bytes are out of `buf` (the caller may reuse it).
-   * When it rejects after starting, the channel is broken (a StreamChannel's stream may still
-   * hold `buf`: close the channel before reusing it).
+   * When it rejects after starting, the writing direction is broken (a StreamChannel: both, and
+   * its stream may still hold `buf`: close the channel before reusing it).
    */
   writeAll(buf: Buffer, opts?: WaitOptions): Promise<void>;
   /** End the writing direction (the peer reads the end of the stream after the bytes written); reading goes on. */

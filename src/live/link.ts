@@ -120,8 +120,9 @@ export class FrameLink {
   /**
    * Send a last control frame (CANCEL, ERROR, REFUSE) even when the link's signal has fired (a
    * caller's cancel): after the writes in flight end, bounded by `timeoutMs` (default 1000), not
-   * cancellable. Never throws: the peer may be gone. Nothing goes out on a channel an interrupted
-   * transfer broke (EVFIO_CHANNEL_BROKEN: any failed pump transfer, a part-written frame).
+   * cancellable. Never throws: the peer may be gone. Nothing goes out when an interrupted
+   * transfer broke the writing direction (EVFIO_CHANNEL_BROKEN: a failed sending pump, a
+   * part-written frame); a failed receiving pump breaks only the reading one.
    */
   async farewell(type: FrameType, device: number, payload?: Buffer, timeoutMs = 1000): Promise<void> {
     const frame = encodeFrame(type, device, payload);

@@ -408,6 +408,9 @@ export class LiveSource implements StateSource {
     const out = new Map<number, { model?: Buffer; bytes: number }>(this.hello.devices.map((_, i) => [i, { bytes: 0 }]));
     const stateEnded = new Set<number>();
     for (;;) {
+      // A DATA frame comes back with its payload still on the socket (`unread`), for the pump. A
+      // check below that throws before receiveState() leaves it there: the load then fails, and
+      // the link is aborted and closed without another read.
       const f: Frame = await this.link.readFrame(n, { dataPayload: 'leave' });
       const { type, device } = f.header;
       const perDevice = (): { model?: Buffer; bytes: number } => {

@@ -671,9 +671,21 @@ export function pumpContract<B extends Binding>(name: string, create: () => { bi
             const wrong = Buffer.from(recs.headers[0]);
             wrong.writeUInt32LE((wrong.readUInt32LE(prefixLen + 4) ^ 1) >>> 0, prefixLen + 4);
             expectPumpError(await rejection(p.readRecords(f.src, f.dst, bufs(4096 + hl, two), { overlap: two, prefix, srcOffset: 0, dstOffset: 0, firstHeader: wrong })), {
-              code: 'EVFIO_CHECKSUM', bytesDone: 0,
+              code: 'EVFIO_CHECKSUM', bytesDone: 0, recordOffset: 0,
             });
             expect(fs.readFileSync(f.dstPath).length).toBe(0);
+            // Offsets are the source's: the record after the given one starts right after its payload.
+            const bad = Buffer.concat([recs.bytes.subarray(hl), TERMINATOR, Buffer.alloc(10, 0x33)]);
+            bad[PAYLOADS[0].length + hl] ^= 0x01;
+            const g = files(`rr-first-bad-${prefixLen}-${two}`, bad);
+            try {
+              expectPumpError(await rejection(p.readRecords(g.src, g.dst, bufs(4096 + hl, two), { overlap: two, prefix, srcOffset: 0, firstHeader: recs.headers[0] })), {
+                code: 'EVFIO_CHECKSUM', bytesDone: PAYLOADS[0].length, recordOffset: PAYLOADS[0].length,
+              });
+            } finally {
+              g.close();
+            }
+            await expect(Promise.resolve().then(() => p.readRecords(f.src, f.dst, bufs(4096 + hl, two), { prefix, records: 0, firstHeader: recs.headers[0] }))).rejects.toThrow(/firstHeader/);
             // A header of the wrong size is refused before anything moves.
             await expect(Promise.resolve().then(() => p.readRecords(f.src, f.dst, bufs(4096 + hl, two), { prefix, firstHeader: Buffer.alloc(hl + 1) }))).rejects.toThrow(/firstHeader/);
           } finally {

@@ -126,6 +126,7 @@ export function pumpArgs(mode: PumpMode, src: unknown, dst: unknown, buffers: un
       a.seeds = seedsArg(fn, o.headerChecksums);
       if (o.firstHeader !== undefined) {
         const h = bufferArg(fn, o.firstHeader, 'firstHeader');
+        if (a.records === 0) throw rangeError(`${fn}: "firstHeader" with "records" 0 would drop the header handed in`);
         if (h.length !== a.prefix.length + RECORD_HEADER) {
           throw rangeError(`${fn}: "firstHeader" must be a whole record header (${a.prefix.length + RECORD_HEADER} bytes: prefix, length, checksum), got ${h.length}`);
         }

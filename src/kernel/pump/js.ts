@@ -108,7 +108,11 @@ async function run(b: Binding, a: PumpArgs): Promise<CopyResult | WriteRecordsRe
   const dst = side(a.dst, a.dstOffset, false);
   const records = a.mode !== 'copy';
   const headerLen = a.prefix.length + RECORD_HEADER;
-  const base = a.srcOffset >= 0 ? a.srcOffset : 0;
+  // Offsets are src's. `taken` also counts a header the caller handed in (firstHeader), which is
+  // not in src: that record's offset is where src starts.
+  const start = a.srcOffset >= 0 ? a.srcOffset : 0;
+  const skew = a.firstHeader?.length ?? 0;
+  const offsetAt = (t: number): number => start + Math.max(0, t - skew);
   // An internal signal stops the reading side's waits when the writing side failed.
   const stopper = new AbortController();
 
@@ -264,7 +268,7 @@ async function run(b: Binding, a: PumpArgs): Promise<CopyResult | WriteRecordsRe
   const produceReadRecord = async (buf: Buffer, stop: AbortSignal): Promise<Segment> => {
     if (a.records >= 0 && produced === a.records) return { payload: 0, end: 'count' };
     if (eofNext) return { payload: 0, end: 'eof' };
-    const at = base + taken;
+    const at = offsetAt(taken);
     const atError = (e: VfioError): VfioError => Object.assign(e, { recordOffset: at });
     let head = ahead;
     ahead = undefined;
@@ -313,7 +317,7 @@ async function run(b: Binding, a: PumpArgs): Promise<CopyResult | WriteRecordsRe
     else if (want > 0) {
       // The source ends inside the header that follows: this record is whole and goes out; the
       // failure is that header's.
-      const next = base + taken;
+      const next = offsetAt(taken);
       seg.after = Object.assign(formatError('EVFIO_TRUNCATED', `pump: the source ends inside the record at offset ${next}`), { recordOffset: next });
     }
     return seg;

@@ -182,6 +182,8 @@ export interface ReadRecordsOptions extends PumpCommonOptions {
    * The first record's header (P + 8 bytes), already read from `src` by the caller to learn what
    * comes next: the pump starts with that record's payload. It is taken as if read here (`read`
    * counts it; another prefix or a length of 0 ends the pump at once with end 'header').
+   * Record offsets stay `src`'s (that record's is `srcOffset`, where its payload starts). Not
+   * with `records` 0.
    */
   firstHeader?: Uint8Array;
 }
