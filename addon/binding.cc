@@ -782,10 +782,12 @@ class PumpJob {
     return WithBytesDone(env, error);
   }
 
-  // Every pump error says how many bytes reached dst before it.
+  // Every pump error says how many bytes reached dst before it: bytesDone (payload, by mode)
+  // and bytesWritten (every byte written to dst, exact).
   Napi::Value WithBytesDone(Napi::Env env, Napi::Value error) {
     if (error.IsObject()) {
       error.As<Napi::Object>().Set("bytesDone", Napi::Number::New(env, static_cast<double>(result_.bytes)));
+      error.As<Napi::Object>().Set("bytesWritten", Napi::Number::New(env, static_cast<double>(result_.written)));
     }
     return error;
   }

@@ -97,7 +97,17 @@ export interface Channel {
  */
 export interface LendingChannel extends Channel {
   readonly kind: 'fd';
-  lend<T>(dir: 'read' | 'write' | 'both', fn: (fd: number) => Promise<T>): Promise<T>;
+  lend<T>(dir: 'read' | 'write' | 'both', fn: (fd: number) => Promise<T>, opts?: LendOptions): Promise<T>;
+}
+
+/** Options of `LendingChannel.lend`. */
+export interface LendOptions {
+  /**
+   * Says of a rejection of `fn` whether it moved nothing in the directions lent (a pump error
+   * with `bytesWritten` 0, say): the channel then stays usable. Without it, every rejection
+   * breaks them.
+   */
+  intact?: (e: unknown) => boolean;
 }
 
 /** Whether `ch` can lend its fd to the pump; otherwise the bytes pass through JavaScript. */
@@ -294,11 +304,11 @@ export class FdChannel extends ChannelBase implements LendingChannel {
    * frame between a data_fd and the socket. Meanwhile the channel's own calls in that direction
    * are refused (usage error); the other direction stays free (the return path can be read while
    * the pump writes). Resolves or rejects with what `fn` does; a rejection breaks the directions
-   * lent (the stream's place in them is unknown). close() during a loan shuts the socket down, which makes a
+   * lent (the stream's place in them is unknown), unless `opts.intact` says it moved nothing. close() during a loan shuts the socket down, which makes a
    * pump on it fail at once, and waits for `fn` to settle before closing the fd: `fn` must settle
    * once the socket is shut down.
    */
-  async lend<T>(dir: 'read' | 'write' | 'both', fn: (fd: number) => Promise<T>): Promise<T> {
+  async lend<T>(dir: 'read' | 'write' | 'both', fn: (fd: number) => Promise<T>, opts: LendOptions = {}): Promise<T> {
     const op = `lend the fd (${dir}) of the channel to ${this.peer}`;
     const dirs: Array<'read' | 'write'> = dir === 'both' ? ['read', 'write'] : [dir];
     const taken: Array<'read' | 'write'> = [];
@@ -317,7 +327,7 @@ export class FdChannel extends ChannelBase implements LendingChannel {
     } catch (e) {
       if (taken.length === dirs.length) {
         // fn failed: the bytes it moved are unknown to the channel.
-        if (!this.closing) this.breakDirs(e, dirs);
+        if (!this.closing && !opts.intact?.(e)) this.breakDirs(e, dirs);
       }
       throw e;
     } finally {

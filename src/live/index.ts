@@ -4,7 +4,7 @@
  * can drive) or over Node streams (StreamChannel: TLS, or a Duplex the VMM hands in).
  */
 export { DEFAULT_IDLE_TIMEOUT_MS, FdChannel, StreamChannel, canLend } from './channel';
-export type { Channel, ChannelOptions, LendingChannel, ReadOptions, StreamChannelOptions, WaitOptions } from './channel';
+export type { Channel, ChannelOptions, LendOptions, LendingChannel, ReadOptions, StreamChannelOptions, WaitOptions } from './channel';
 export { DEFAULT_CONNECT_TIMEOUT_MS, connect, openChannel } from './connect';
 export type { ConnectOptions, OpenChannelOptions } from './connect';
 export { DEFAULT_HANDSHAKE_TIMEOUT_MS, Listener, MAX_CONCURRENT_HANDSHAKES, listen } from './listener';

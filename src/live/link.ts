@@ -17,7 +17,7 @@
  */
 import { VfioError } from '../base/errors';
 import { logger } from '../base/log';
-import { pumpFor } from '../kernel/pump';
+import { pumpFor, type PumpError } from '../kernel/pump';
 import type { Duplex } from 'node:stream';
 import type { DataFdTarget } from '../engine/stream';
 import { canLend, type Channel } from './channel';
@@ -165,6 +165,9 @@ export class FrameLink {
     return this.exclusiveWrite(async () => {
       const recordSize = Math.min(MAX_DATA, from.bufferSize ?? MAX_DATA);
       if (canLend(this.channel)) {
+        // A pump that failed before writing a byte (cancelled between frames, or its data_fd
+        // read failed first) leaves the stream at a frame boundary: CANCEL or ERROR can follow.
+        const intact = (e: unknown): boolean => e instanceof VfioError && (e as Partial<PumpError>).bytesWritten === 0;
         return this.channel.lend('write', async (sock) => {
           const pump = pumpFor(from.binding, [from.fd, sock]);
           try {
@@ -177,7 +180,7 @@ export class FrameLink {
           } catch (e) {
             throw stateError(e, from, 'send');
           }
-        });
+        }, { intact });
       }
       return this.sendStateJs(index, from, recordSize, opts.precopy ?? false, signal, opts.onProgress);
     });

@@ -418,7 +418,7 @@ export function pumpContract<B extends Binding>(name: string, create: () => { bi
             await sleep(30);
             const reason = new Error('stop');
             ac.abort(reason);
-            const err = expectPumpError(await pending, { code: 'ECANCELED', errno: 125, syscall: 'read', bytesDone: 0 });
+            const err = expectPumpError(await pending, { code: 'ECANCELED', errno: 125, syscall: 'read', bytesDone: 0, bytesWritten: 0 });
             expect(err.cause).toBe(reason);
             expect(performance.now() - t0).toBeLessThan(2000);
             // An already aborted signal: rejected at once, nothing read.
@@ -611,6 +611,9 @@ export function pumpContract<B extends Binding>(name: string, create: () => { bi
             expect({ code: err.code, syscall: err.syscall }).toEqual({ code: 'EPIPE', syscall: 'write' });
             expect(err.bytesDone % chunk).toBe(0);
             expect(err.bytesDone).toBeGreaterThanOrEqual(whole * chunk);
+            // Every byte that reached dst, headers and a part-written record included.
+            expect(err.bytesWritten).toBeGreaterThanOrEqual(got.length);
+            expect(err.bytesWritten).toBeGreaterThanOrEqual(err.bytesDone + (err.bytesDone / chunk) * 8);
             close(r1); // the feeder's write, waiting for room, fails now
             await fed;
           });

@@ -19,6 +19,7 @@ import type { Binding } from '../../src/kernel/binding/types';
 import { AF_UNIX, SOCK_STREAM, encodeSockaddr } from '../../src/kernel/uapi/socket';
 import { FdChannel, StreamChannel, connect, listen, openChannel, type Channel, type Listener } from '../../src/live';
 import { canLend } from '../../src/live/channel';
+import { itUnless } from '../helpers/skip';
 import { SimBinding } from '../../src/sim';
 import { pattern } from '../helpers/bytes';
 
@@ -313,6 +314,20 @@ describe.each(['fd tcp', 'fd unix', 'stream'] as const)('channel bounds: %s', (k
     expect(e.code).toBe('ETIMEDOUT');
     expect(performance.now() - start).toBeLessThan(20_000);
     await expect(a.writeAll(Buffer.from('x'))).rejects.toMatchObject({ code: 'EVFIO_CHANNEL_BROKEN' });
+    await cleanup();
+  });
+
+  itUnless(kind === 'stream' ? 'a Node stream has no fd to lend' : undefined, 'a loan whose borrower fails: the directions lent break, unless `intact` says it moved nothing', async () => {
+    const { a, b, cleanup } = await pair(kind);
+    if (!canLend(a)) throw new Error(`${kind}: expected a channel that lends its fd`);
+    const failed = (): Promise<never> => Promise.reject(new VfioError('pump: cancelled', { code: 'ECANCELED' }));
+    await expect(a.lend('write', failed, { intact: () => true })).rejects.toMatchObject({ code: 'ECANCELED' });
+    await a.writeAll(Buffer.from('still'));
+    expect((await b.readExactly(5)).toString()).toBe('still');
+    await expect(a.lend('write', failed, { intact: () => false })).rejects.toMatchObject({ code: 'ECANCELED' });
+    await expect(a.writeAll(Buffer.from('x'))).rejects.toMatchObject({ code: 'EVFIO_CHANNEL_BROKEN' });
+    await b.writeAll(Buffer.from('reply'));
+    expect((await a.readExactly(5)).toString()).toBe('reply');
     await cleanup();
   });
 

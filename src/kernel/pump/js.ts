@@ -349,7 +349,7 @@ async function run(b: Binding, a: PumpArgs): Promise<CopyResult | WriteRecordsRe
   };
 
   const fail = (e: unknown): never => {
-    if (e instanceof VfioError) (e as PumpError).bytesDone = payloadDone;
+    if (e instanceof VfioError) Object.assign(e as PumpError, { bytesDone: payloadDone, bytesWritten: written });
     throw e;
   };
 

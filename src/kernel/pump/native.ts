@@ -49,7 +49,7 @@ export class NativePump implements Pump {
     const signal = a.signal;
     if (signal?.aborted) {
       const e = VfioError.fromErrno(ECANCELED, { syscall: a.srcOffset >= 0 ? 'pread' : 'read', cause: signal.reason });
-      return Promise.reject(Object.assign(e, { bytesDone: 0 }));
+      return Promise.reject(Object.assign(e, { bytesDone: 0, bytesWritten: 0 }));
     }
     const options: VfioPciNative.PumpOptions = { mode: a.mode, checksum: a.checksum };
     if (a.limit >= 0) options.limit = a.limit;

@@ -231,13 +231,16 @@ export interface ReadRecordsResult {
 /**
  * How a pump rejects: a VfioError (src/base/errors.ts) with `bytesDone`, the bytes written to
  * `dst` before the failure (copy and readRecords: part of a block or record may be among them
- * after a failed write; writeRecords: the payload of the records written whole). Syscall
+ * after a failed write; writeRecords: the payload of the records written whole), and
+ * `bytesWritten`, every byte written to `dst`, headers and a part-written record included
+ * (exact: 0 means `dst` saw nothing of this call, e.g. a stream socket is still at a record
+ * boundary). Syscall
  * failures have `syscall` 'read' / 'pread' (`src`) or 'write' / 'pwrite' (`dst`), including
  * 'ECANCELED' (`signal`) and 'ETIMEDOUT' (`idleTimeoutMs`). Refusals of kind 'format':
  * 'EVFIO_CHECKSUM', 'EVFIO_TRUNCATED', 'EVFIO_RECORD_LENGTH' (with `recordLength`); those of
  * readRecords with `recordOffset`.
  */
-export type PumpError = VfioError & { bytesDone: number; recordOffset?: number; recordLength?: number };
+export type PumpError = VfioError & { bytesDone: number; bytesWritten: number; recordOffset?: number; recordLength?: number };
 
 /**
  * A native record walk (the snapshot reader's fast validation: one pread(2) per header in C):
