@@ -184,13 +184,14 @@ struct PumpEnd {
   int fd;
   int64_t pos;
   short events;
+  // Poll before every call (the call itself may sleep). Otherwise the call is made at once and
+  // poll(2) (with the cancel and stop fds) follows EAGAIN only: one syscall per read or write
+  // while the stream is busy.
   bool prewait = false;
-  // The end's calls never sleep (a socket with MSG_DONTWAIT, an O_NONBLOCK FIFO or fd): they
-  // are made at once and poll(2) (with the cancel and stop fds) only after EAGAIN, so a busy
-  // stream costs one syscall per read or write; cancellation is then checked once per step.
-  bool nonblock = false;
-  // A socket (not read by position): recv(2)/send(2), with MSG_DONTWAIT when nonblock.
+  // A socket (not read by position): recv(2)/send(2) (send: MSG_NOSIGNAL, never SIGPIPE).
   bool socket = false;
+  // A socket with waits: MSG_DONTWAIT, so that no call sleeps beyond their reach.
+  bool dontwait = false;
   // The fd the pump opened for itself (a FIFO reopened with O_NONBLOCK), closed at the end; -1.
   int own = -1;
   // Write side: start write-back every `writeback` bytes (0: never), from `flushed` on.
@@ -222,25 +223,15 @@ bool MayWaitIndefinitely(mode_t type) { return type != S_IFREG && type != S_IFBL
 // O_NONBLOCK through /proc/self/fd (a new open file description of the same pipe: the caller's
 // fd and its flags are untouched), so that a write larger than the room in the pipe returns
 // short instead of sleeping in the kernel beyond the reach of the waits. Such ends, and fds
-// already in O_NONBLOCK, poll only after EAGAIN (`nonblock`); any other (a blocking tty, a
-// data_fd, or a FIFO when the reopen fails) polls before every call (`prewait`).
+// already in O_NONBLOCK, poll only after EAGAIN; any other (a blocking tty, a data_fd, or a
+// FIFO when the reopen fails) polls before every call (`prewait`).
 void PrepareEnd(PumpEnd& e, mode_t type, bool waits, bool write_side) {
-  // A socket is recv'd / sent (send: MSG_NOSIGNAL, never SIGPIPE) with or without the waits.
-  e.socket = e.pos < 0 && type == S_IFSOCK;
+  e.socket = e.pos < 0 && type == S_IFSOCK;  // with or without the waits
   if (!waits || !MayWaitIndefinitely(type)) return;
-  if (e.pos >= 0) {  // pread/pwrite: ESPIPE from the syscall itself for a stream
-    e.prewait = true;
-    return;
-  }
-  if (e.socket) {
-    e.nonblock = true;
-    return;
-  }
-  const int fl = ::fcntl(e.fd, F_GETFL);
-  if (fl >= 0 && (fl & O_NONBLOCK)) {
-    e.nonblock = true;
-    return;
-  }
+  e.dontwait = e.socket;
+  if (e.socket) return;
+  const int fl = e.pos >= 0 ? -1 : ::fcntl(e.fd, F_GETFL);  // pread/pwrite: ESPIPE from the call
+  if (fl >= 0 && (fl & O_NONBLOCK)) return;
   e.prewait = true;
   if (fl < 0 || type != S_IFIFO) return;
   // Only for the access the fd itself has: a read end given as dst must still fail (EBADF).
@@ -253,7 +244,6 @@ void PrepareEnd(PumpEnd& e, mode_t type, bool waits, bool write_side) {
   e.own = fd;
   e.fd = fd;
   e.prewait = false;
-  e.nonblock = true;
 }
 
 // Wait until `e.fd` is ready (or reports POLLHUP/POLLERR/POLLNVAL: the next call tells what
@@ -301,7 +291,7 @@ int64_t PumpRead(PumpEnd& e, unsigned char* buf, size_t len, const Waits& w) {
     if (e.pos >= 0) {
       n = ::pread(e.fd, buf, len, static_cast<off_t>(e.pos));
     } else if (e.socket) {
-      n = ::recv(e.fd, buf, len, e.nonblock ? MSG_DONTWAIT : 0);
+      n = ::recv(e.fd, buf, len, e.dontwait ? MSG_DONTWAIT : 0);
     } else {
       n = ::read(e.fd, buf, len);
     }
@@ -333,7 +323,7 @@ int PumpWriteAll(PumpEnd& e, const unsigned char* buf, size_t len, const Waits& 
     if (e.pos >= 0) {
       n = ::pwrite(e.fd, buf + done, want, static_cast<off_t>(e.pos));
     } else if (e.socket) {
-      n = ::send(e.fd, buf + done, want, MSG_NOSIGNAL | (e.nonblock ? MSG_DONTWAIT : 0));
+      n = ::send(e.fd, buf + done, want, MSG_NOSIGNAL | (e.dontwait ? MSG_DONTWAIT : 0));
     } else {
       n = ::write(e.fd, buf + done, want);
     }
@@ -735,13 +725,14 @@ int vfio_pump(int src, int dst, void* buf, size_t buf_len, void* buf2, size_t bu
       break;
     case VFIO_PUMP_READ_RECORDS:
       if (o.verify || o.precopy || o.limit >= 0 || o.max_record == 0) return invalid(VFIO_PUMP_READ);
-      if (o.first_header_len != 0 && (o.first_header_len != header_len || o.records == 0)) return invalid(VFIO_PUMP_READ);
       break;
     default:
       return invalid(VFIO_PUMP_READ);
   }
 
-  if (o.first_header_len != 0 && o.mode != VFIO_PUMP_READ_RECORDS) return invalid(VFIO_PUMP_READ);
+  if (o.first_header_len != 0 && (o.mode != VFIO_PUMP_READ_RECORDS || o.first_header_len != header_len || o.records == 0)) {
+    return invalid(VFIO_PUMP_READ);
+  }
 
   Producer pr(o, src);
   Consumer co{o, PumpEnd{dst, o.dst_offset, POLLOUT}, Waits{}, header_len, out};
@@ -778,7 +769,7 @@ int vfio_pump(int src, int dst, void* buf, size_t buf_len, void* buf2, size_t bu
     co.to.flushed = co.to.pos;
   }
   // Cancellation is seen within one step: a `prewait` end polls cancel_fd before each of its
-  // calls, a `nonblock` end whenever a call would block (WaitReady); when neither end prewaits
+  // calls, any other end whenever a call would block (WaitReady); when neither end prewaits
   // (file to file, socket to file, socket to socket), each step starts with a check.
   pr.poll_cancel = waits && !pr.in.prewait && !co.to.prewait;
 

@@ -136,13 +136,16 @@ function checkSignals(signals: AbortSignal[], op: string): void {
   if (fired) throw abortedError(op, fired);
 }
 
-const BOTH: ReadonlyArray<'read' | 'write'> = ['read', 'write'];
-
 /** What a channel keeps about its two directions. */
 abstract class ChannelBase {
   readonly idleTimeoutMs: number;
   protected readonly signal?: AbortSignal;
   private busy = { read: false, write: false };
+  /**
+   * Whether a direction can break alone: a socket's two directions are independent; a Node
+   * stream's are not (TLS: one record layer for both).
+   */
+  protected abstract readonly separateDirections: boolean;
   /** The failure that broke each direction of the stream (see the module comment). */
   private broken: { read?: unknown; write?: unknown } = {};
   protected closing?: Promise<void>;
@@ -184,17 +187,17 @@ abstract class ChannelBase {
     this.busy[dir] = false;
   }
 
-  /** Break directions `dirs` (those not broken yet) with `err`. */
-  protected breakDirs(err: unknown, dirs: ReadonlyArray<'read' | 'write'>): void {
-    for (const d of dirs) {
+  /** Break direction `dir` (both, where they cannot break alone), unless broken already, with `err`. */
+  protected breakDir(err: unknown, dir: 'read' | 'write'): void {
+    for (const d of this.separateDirections ? [dir] : (['read', 'write'] as const)) {
       if (this.broken[d] !== undefined) continue;
       this.broken[d] = err;
       log('%s: channel broken (%s): %s', this.peer, d, (err as Error)?.message);
     }
   }
 
-  /** The error to reject with; a failure after partial progress breaks directions `dirs`. */
-  protected failure(e: unknown, op: string, partial: boolean, dirs: ReadonlyArray<'read' | 'write'>, tls = false): VfioError {
+  /** The error to reject with; a failure after partial progress breaks direction `dir`. */
+  protected failure(e: unknown, op: string, partial: boolean, dir: 'read' | 'write', tls = false): VfioError {
     // A binding's syscall error says only "read failed: ECONNRESET": put the step in front.
     if (e instanceof VfioError && e.op === undefined && e.kind === 'syscall') e.message = `${op}: ${e.message}`;
     const err = e instanceof VfioError ? e.annotate({ op }) : fromNodeError(e, op, tls);
@@ -202,7 +205,7 @@ abstract class ChannelBase {
       // close() ended the call: say so, keep what happened underneath as the cause.
       return new VfioError(`${op}: the channel was closed`, { code: 'EVFIO_CLOSED', kind: 'usage', op, cause: err });
     }
-    if (partial) this.breakDirs(err, dirs);
+    if (partial) this.breakDir(err, dir);
     return err;
   }
 }
@@ -216,6 +219,7 @@ abstract class ChannelBase {
  */
 export class FdChannel extends ChannelBase implements LendingChannel {
   readonly kind = 'fd' as const;
+  protected readonly separateDirections = true;
   readonly secure = false;
   private fdValue: number;
   /** Binding calls running off the JS thread (and lent fds), which close() waits for. */
@@ -260,7 +264,7 @@ export class FdChannel extends ChannelBase implements LendingChannel {
         got += n;
       }
     } catch (e) {
-      throw this.failure(e, op, got > 0, ['read']);
+      throw this.failure(e, op, got > 0, 'read');
     } finally {
       this.leave('read');
     }
@@ -281,7 +285,7 @@ export class FdChannel extends ChannelBase implements LendingChannel {
         done += n;
       }
     } catch (e) {
-      throw this.failure(e, op, done > 0, ['write']);
+      throw this.failure(e, op, done > 0, 'write');
     } finally {
       this.leave('write');
     }
@@ -293,7 +297,7 @@ export class FdChannel extends ChannelBase implements LendingChannel {
     try {
       this.binding.shutdown(this.fdValue, SHUT_WR);
     } catch (e) {
-      throw this.failure(e, op, false, ['write']);
+      throw this.failure(e, op, false, 'write');
     } finally {
       this.leave('write');
     }
@@ -304,9 +308,10 @@ export class FdChannel extends ChannelBase implements LendingChannel {
    * frame between a data_fd and the socket. Meanwhile the channel's own calls in that direction
    * are refused (usage error); the other direction stays free (the return path can be read while
    * the pump writes). Resolves or rejects with what `fn` does; a rejection breaks the directions
-   * lent (the stream's place in them is unknown), unless `opts.intact` says it moved nothing. close() during a loan shuts the socket down, which makes a
-   * pump on it fail at once, and waits for `fn` to settle before closing the fd: `fn` must settle
-   * once the socket is shut down.
+   * lent (the stream's place in them is unknown), unless `opts.intact` says it moved nothing.
+   * close() during a loan shuts the socket down, which makes a pump on it fail at once, and
+   * waits for `fn` to settle before closing the fd: `fn` must settle once the socket is shut
+   * down.
    */
   async lend<T>(dir: 'read' | 'write' | 'both', fn: (fd: number) => Promise<T>, opts: LendOptions = {}): Promise<T> {
     const op = `lend the fd (${dir}) of the channel to ${this.peer}`;
@@ -327,7 +332,7 @@ export class FdChannel extends ChannelBase implements LendingChannel {
     } catch (e) {
       if (taken.length === dirs.length) {
         // fn failed: the bytes it moved are unknown to the channel.
-        if (!this.closing && !opts.intact?.(e)) this.breakDirs(e, dirs);
+        if (!this.closing && !opts.intact?.(e)) dirs.forEach((d) => this.breakDir(e, d));
       }
       throw e;
     } finally {
@@ -406,6 +411,7 @@ export interface StreamChannelOptions extends ChannelOptions {
  */
 export class StreamChannel extends ChannelBase implements Channel {
   readonly kind = 'stream' as const;
+  protected readonly separateDirections = false;
   readonly secure: boolean;
   /** The stream's first error; later calls reject with it. */
   private error: unknown;
@@ -463,7 +469,7 @@ export class StreamChannel extends ChannelBase implements Channel {
         await this.waitEvent(['readable', 'end', 'close', 'error'], op, opts, timeoutMs);
       }
     } catch (e) {
-      throw this.failure(e, op, got > 0, BOTH, this.secure);
+      throw this.failure(e, op, got > 0, 'read', this.secure);
     } finally {
       this.leave('read');
     }
@@ -491,7 +497,7 @@ export class StreamChannel extends ChannelBase implements Channel {
         () => peerClosedError(op, 0, buf.length),
       );
     } catch (e) {
-      throw this.failure(e, op, started, BOTH, this.secure);
+      throw this.failure(e, op, started, 'write', this.secure);
     } finally {
       this.leave('write');
     }
@@ -515,7 +521,7 @@ export class StreamChannel extends ChannelBase implements Channel {
         gone,
       );
     } catch (e) {
-      throw this.failure(e, op, false, BOTH, this.secure);
+      throw this.failure(e, op, false, 'write', this.secure);
     } finally {
       this.leave('write');
     }

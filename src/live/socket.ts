@@ -57,7 +57,7 @@ export function tuneSocket(binding: Binding, fd: number, domain: number, idleTim
  * the kernel drop the connection with ETIMEDOUT: this also bounds the native pump, which does
  * not know the channel's timeouts (tcp(7)). Failures are logged, not fatal.
  */
-export function tuneTcp(binding: Binding, fd: number, idleTimeoutMs: number): void {
+function tuneTcp(binding: Binding, fd: number, idleTimeoutMs: number): void {
   const probe = Math.max(1, Math.min(32767, Math.floor(idleTimeoutMs / 3000)));
   const opts: Array<[number, number, number, string]> = [
     [IPPROTO_TCP, TCP_NODELAY, 1, 'TCP_NODELAY'],
