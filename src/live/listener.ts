@@ -178,7 +178,11 @@ function bindReplacingStale(binding: Binding, fd: number, addr: SockAddr): void 
     return;
   } catch (e) {
     if (!(e instanceof VfioError) || e.code !== 'EADDRINUSE' || addr.family !== 'unix' || addr.path === undefined) throw e;
-    if (!socketFileId(addr.path)) throw e.annotate({ path: addr.path });
+    if (!socketFileId(addr.path)) {
+      throw new VfioError(`bind ${addr.path}: EADDRINUSE (the path exists and is not a socket; it is left as it is)`, {
+        code: 'EADDRINUSE', errno: e.errno, syscall: 'bind', path: addr.path, cause: e,
+      });
+    }
     const probe = binding.socket(AF_UNIX, SOCK_STREAM);
     let stale = false;
     try {

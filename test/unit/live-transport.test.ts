@@ -458,7 +458,7 @@ describe('the unix socket file', () => {
     await l.close();
     const f = sockPath();
     fs.writeFileSync(f, 'data');
-    await expect(listen(`unix:${f}`, { binding: native })).rejects.toMatchObject({ code: 'EADDRINUSE' });
+    await expect(listen(`unix:${f}`, { binding: native })).rejects.toMatchObject({ code: 'EADDRINUSE', message: expect.stringContaining('exists and is not a socket') });
     expect(fs.readFileSync(f, 'utf8')).toBe('data');
   });
 });
