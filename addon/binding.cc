@@ -372,6 +372,13 @@ Napi::Value Eventfd(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
+// populate(buffer): fault its pages in now (vfio_populate); the bytes are unchanged.
+Napi::Value Populate(const Napi::CallbackInfo& info) {
+  BufArg buf = BufferArg(info, 0, "populate");
+  vfio_populate(buf.data, buf.length);
+  return info.Env().Undefined();
+}
+
 // eventfdRead(fd) -> bigint (0n when the counter was 0)
 Napi::Value EventfdRead(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -952,6 +959,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("eventfd", Napi::Function::New(env, Eventfd, "eventfd"));
   exports.Set("eventfdRead", Napi::Function::New(env, EventfdRead, "eventfdRead"));
   exports.Set("eventfdWrite", Napi::Function::New(env, EventfdWrite, "eventfdWrite"));
+  exports.Set("populate", Napi::Function::New(env, Populate, "populate"));
   exports.Set("read", Napi::Function::New(env, ReadWrite<false>, "read"));
   exports.Set("write", Napi::Function::New(env, ReadWrite<true>, "write"));
   exports.Set("poll", Napi::Function::New(env, Poll, "poll"));
@@ -1088,6 +1096,23 @@ Napi::Value Shutdown(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// recvNow(fd, buffer, offset?, length?) / sendNow(...) -> bytes, or -1 when the socket has
+// nothing to give (recv) or no room (send) now: one recv(2) / send(2) with MSG_DONTWAIT on the
+// calling thread, which never sleeps (send: MSG_NOSIGNAL too).
+template <bool kSend>
+Napi::Value SocketNow(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = kSend ? "sendNow" : "recvNow";
+  int fd = FdArg(info, 0, fn);
+  BufArg buf = BufferArg(info, 1, fn);
+  size_t off, len;
+  Window(info, 2, 3, fn, buf, &off, &len);
+  int64_t n = kSend ? vfio_send_now(fd, buf.data + off, len) : vfio_recv_now(fd, buf.data + off, len);
+  if (n == -EAGAIN || n == -EWOULDBLOCK) return Napi::Number::New(env, -1);
+  if (n < 0) ThrowSysError(env, static_cast<int>(-n), kSend ? "send" : "recv");
+  return Napi::Number::New(env, static_cast<double>(n));
+}
+
 // getsockname(fd) / getpeername(fd) -> Buffer: the address, as long as the kernel says it is.
 template <bool kPeer>
 Napi::Value SockName(const Napi::CallbackInfo& info) {
@@ -1110,6 +1135,8 @@ void RegisterSocketCalls(Napi::Env env, Napi::Object exports) {
   exports.Set("getsockopt", Napi::Function::New(env, Getsockopt, "getsockopt"));
   exports.Set("setsockopt", Napi::Function::New(env, Setsockopt, "setsockopt"));
   exports.Set("shutdown", Napi::Function::New(env, Shutdown, "shutdown"));
+  exports.Set("recvNow", Napi::Function::New(env, SocketNow<false>, "recvNow"));
+  exports.Set("sendNow", Napi::Function::New(env, SocketNow<true>, "sendNow"));
   exports.Set("getsockname", Napi::Function::New(env, SockName<false>, "getsockname"));
   exports.Set("getpeername", Napi::Function::New(env, SockName<true>, "getpeername"));
 }

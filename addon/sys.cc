@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -115,6 +116,24 @@ int64_t vfio_write_wait(int fd, const void* buf, size_t len) {
     int p = vfio_poll(fd, POLLOUT, -1);
     if (p < 0) return p;
   }
+}
+
+int vfio_populate(void* buf, size_t len) {
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t start = (reinterpret_cast<uintptr_t>(buf) + page - 1) & ~(page - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(buf) + len) & ~(page - 1);
+  if (end <= start) return 0;
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+  if (::madvise(reinterpret_cast<void*>(start), end - start, MADV_POPULATE_WRITE) == 0) return 0;
+  // An older kernel (EINVAL), or a mapping madvise will not populate: touch each page (its first
+  // byte, written back unchanged).
+  for (uintptr_t p = start; p < end; p += page) {
+    volatile unsigned char* b = reinterpret_cast<volatile unsigned char*>(p);
+    *b = *b;
+  }
+  return 0;
 }
 
 int vfio_pipe(int fds[2], int flags) {
@@ -406,6 +425,7 @@ struct Producer {
   uint64_t produced = 0;
   bool have_head = false;  // head holds the next header, read ahead with the last payload
   bool eof_next = false;   // the read-ahead found the end of src right after the last payload
+  size_t head_have = 0;    // a stream: bytes of the next header read with the last payload (< header_len)
   unsigned char head[VFIO_PUMP_MAX_PREFIX + 8];
 
   Producer(const vfio_pump_options& opts, int src) : o(opts), in{src, opts.src_offset, POLLIN} {}
@@ -519,13 +539,15 @@ struct Producer {
     if (eof_next) return Last(s, VFIO_PUMP_OK, 0, VFIO_PUMP_END_EOF);
     s->record_offset = here;
     if (!have_head) {
-      const int64_t n = PumpReadFull(in, head, header_len, waits);
+      // A stream read ahead part of this header with the last payload (head_have bytes).
+      const int64_t n = PumpReadFull(in, head + head_have, header_len - head_have, waits);
       if (n < 0) return Last(s, VFIO_PUMP_READ, static_cast<int>(-n));
-      if (n == 0) {
+      if (n == 0 && head_have == 0) {
         s->record_offset = -1;
         return Last(s, VFIO_PUMP_OK, 0, VFIO_PUMP_END_EOF);
       }
-      if (static_cast<size_t>(n) < header_len) return Last(s, VFIO_PUMP_TRUNCATED, ENODATA);
+      if (head_have + static_cast<size_t>(n) < header_len) return Last(s, VFIO_PUMP_TRUNCATED, ENODATA);
+      head_have = 0;
     }
     have_head = false;
     const uint32_t n = GetLe32(head + o.prefix_len);
@@ -540,6 +562,7 @@ struct Producer {
       return Last(s, VFIO_PUMP_BAD_LENGTH, EPROTO);
     }
     const bool more = o.records < 0 || produced + 1 < static_cast<uint64_t>(o.records);
+    if (in.socket) return ReadStreamRecord(buf, len, n, more, s);
     const size_t ahead = in.pos >= 0 && more && n + header_len <= len ? header_len : 0;
     const int64_t got = PumpReadFull(in, buf, n + ahead, waits);
     if (got < 0) return Last(s, VFIO_PUMP_READ, static_cast<int>(-got));
@@ -571,6 +594,45 @@ struct Producer {
       // failure is that header's, as if it had been read on its own.
       s->record_offset = at(taken);
       Last(s, VFIO_PUMP_TRUNCATED, ENODATA);
+    }
+  }
+
+  // ReadRecord's payload from a stream socket: each piece is checksummed as it lands (while it
+  // is in cache), and the last read may also take (part of) the next header, which a stream
+  // delivers with the payload: one recv(2) fewer per record. Nothing past that header is read,
+  // so a frame that is not DATA stays whole for the caller (END_HEADER).
+  void ReadStreamRecord(unsigned char* buf, size_t len, uint32_t n, bool more, Segment* s) {
+    const size_t room = more && n + header_len <= len ? n + header_len : n;
+    size_t got = 0;
+    uint32_t sum = 0;
+    while (got < n) {
+      const int64_t r = PumpRead(in, buf + got, CapIo(room - got), waits);
+      if (r < 0) return Last(s, VFIO_PUMP_READ, static_cast<int>(-r));
+      if (r == 0) return Last(s, VFIO_PUMP_TRUNCATED, ENODATA);
+      const size_t payload = static_cast<size_t>(r) < n - got ? static_cast<size_t>(r) : n - got;
+      sum = vfio_checksum(o.checksum, sum, buf + got, payload);
+      got += static_cast<size_t>(r);
+    }
+    const uint32_t want_sum = GetLe32(head + o.prefix_len + 4);
+    if (sum != want_sum) {
+      s->record_length = n;
+      s->record_expected = want_sum;
+      s->record_actual = sum;
+      return Last(s, VFIO_PUMP_CHECKSUM, EBADMSG);
+    }
+    s->data = buf;
+    s->len = n;
+    s->payload = n;
+    s->record = true;
+    std::memcpy(s->header, head, header_len);
+    s->record_offset = -1;
+    produced++;
+    taken += header_len + n;
+    head_have = got - n;
+    if (head_have > 0) std::memcpy(head, buf + n, head_have);
+    if (head_have == header_len) {
+      have_head = true;
+      head_have = 0;
     }
   }
 };
@@ -1018,6 +1080,22 @@ int vfio_getsockopt(int fd, int level, int name, void* val, uint32_t* len) {
 
 int vfio_setsockopt(int fd, int level, int name, const void* val, uint32_t len) {
   return ::setsockopt(fd, level, name, val, static_cast<socklen_t>(len)) == 0 ? 0 : -errno;
+}
+
+int64_t vfio_recv_now(int fd, void* buf, size_t len) {
+  for (;;) {
+    ssize_t n = ::recv(fd, buf, CapIo(len), MSG_DONTWAIT);
+    if (n >= 0) return n;
+    if (errno != EINTR) return -errno;
+  }
+}
+
+int64_t vfio_send_now(int fd, const void* buf, size_t len) {
+  for (;;) {
+    ssize_t n = ::send(fd, buf, CapIo(len), MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n >= 0) return n;
+    if (errno != EINTR) return -errno;
+  }
 }
 
 int vfio_shutdown(int fd, int how) { return ::shutdown(fd, how) == 0 ? 0 : -errno; }

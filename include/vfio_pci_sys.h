@@ -73,6 +73,14 @@ int vfio_eventfd_write(int fd, uint64_t value);
  */
 int vfio_poll(int fd, short events, int timeout_ms);
 
+/**
+ * Fault in now the pages of `len` bytes at `buf` that lie wholly inside it, for writing
+ * (madvise(2) MADV_POPULATE_WRITE, Linux 5.14; where the kernel refuses it, one write of each
+ * page's own first byte back into it): one syscall instead of a page fault per page in the middle
+ * of a transfer. The bytes are unchanged. Always returns 0.
+ */
+int vfio_populate(void* buf, size_t len);
+
 // ---- Checksums (addon/checksum.cc) -----------------------------------------------------------
 
 /** Checksum algorithms. The numbers are what files and streams record (src/kernel/pump/checksum.ts). */
@@ -345,6 +353,20 @@ int vfio_getsockopt(int fd, int level, int name, void* val, uint32_t* len);
 
 /** setsockopt(2). */
 int vfio_setsockopt(int fd, int level, int name, const void* val, uint32_t len);
+
+/**
+ * One recv(2) of up to `len` bytes with MSG_DONTWAIT, EINTR retried: never sleeps, whatever the
+ * socket's own mode. The bytes received (0: the peer's orderly end), -EAGAIN when none are
+ * there now, or -errno.
+ */
+int64_t vfio_recv_now(int fd, void* buf, size_t len);
+
+/**
+ * One send(2) of up to `len` bytes with MSG_DONTWAIT | MSG_NOSIGNAL (never SIGPIPE), EINTR
+ * retried: never sleeps. The bytes sent (may be short), -EAGAIN when the socket buffer is full,
+ * or -errno (-EPIPE once the peer is gone).
+ */
+int64_t vfio_send_now(int fd, const void* buf, size_t len);
 
 /** shutdown(2): how is SHUT_RD (0), SHUT_WR (1) or SHUT_RDWR (2). */
 int vfio_shutdown(int fd, int how);

@@ -4,8 +4,10 @@
  *
  * Two implementations:
  *  - `FdChannel`: a socket fd the library owns and drives through its Binding (plain TCP and
- *    unix sockets). Every wait is a `poll` off the JS thread, every transfer a `read` / `write`
- *    off the JS thread; libuv never reads the fd. Its fd can be lent to the native pump
+ *    unix sockets). Its transfers are `recvNow` / `sendNow` on the JS thread (recv(2) / send(2)
+ *    with MSG_DONTWAIT: they never sleep, and a control frame costs no thread hop), and its
+ *    waits, when the socket has nothing or no room, a `poll` off the JS thread; libuv never reads
+ *    the fd. Its fd can be lent to the native pump
  *    (`lend`), which moves DATA between a data_fd and the socket on its own thread with no
  *    JavaScript copy per chunk.
  *  - `StreamChannel`: a Node Duplex (a TLS socket, or any stream a VMM hands in). Its bytes pass
@@ -36,7 +38,7 @@ import { VfioError } from '../base/errors';
 import { logger } from '../base/log';
 import { POLLIN, POLLOUT, type Binding } from '../kernel/binding/types';
 import { SHUT_RDWR, SHUT_WR } from '../kernel/uapi/socket';
-import { abortedError, brokenError, closedError, fromNodeError, peerClosedError, timeoutError, usageError } from './errors';
+import { abortedError, brokenError, closedError, fromNodeError, peerClosedError, peerGoneWords, timeoutError, usageError } from './errors';
 import { waitFd } from './socket';
 
 const log = logger('live');
@@ -198,8 +200,9 @@ abstract class ChannelBase {
 
   /** The error to reject with; a failure after partial progress breaks direction `dir`. */
   protected failure(e: unknown, op: string, partial: boolean, dir: 'read' | 'write', tls = false): VfioError {
-    // A binding's syscall error says only "read failed: ECONNRESET": put the step in front.
-    if (e instanceof VfioError && e.op === undefined && e.kind === 'syscall') e.message = `${op}: ${e.message}`;
+    // A binding's syscall error says only "recv failed: ECONNRESET": put the step in front, and
+    // say in words that the peer went.
+    if (e instanceof VfioError && e.op === undefined && e.kind === 'syscall') e.message = `${op}: ${peerGoneWords(e.code) ?? e.message}`;
     const err = e instanceof VfioError ? e.annotate({ op }) : fromNodeError(e, op, tls);
     if (this.closing && err.code !== 'EVFIO_CLOSED') {
       // close() ended the call: say so, keep what happened underneath as the cause.
@@ -258,8 +261,13 @@ export class FdChannel extends ChannelBase implements LendingChannel {
     let got = 0;
     try {
       while (got < buf.length) {
-        await this.wait(POLLIN, op, opts, timeoutMs);
-        const n = await this.call(op, () => this.binding.read(this.fdValue, buf, got, buf.length - got));
+        // On this thread while bytes are there (recv with MSG_DONTWAIT never sleeps); poll(2) off
+        // it only when none are.
+        const n = this.now(op, opts, () => this.binding.recvNow(this.fdValue, buf, got, buf.length - got));
+        if (n === -1) {
+          await this.wait(POLLIN, op, opts, timeoutMs);
+          continue;
+        }
         if (n === 0) throw peerClosedError(op, got, buf.length);
         got += n;
       }
@@ -278,10 +286,13 @@ export class FdChannel extends ChannelBase implements LendingChannel {
     let done = 0;
     try {
       while (done < buf.length) {
-        await this.wait(POLLOUT, op, opts, timeoutMs);
-        const n = await this.call(op, () => this.binding.write(this.fdValue, buf, done, buf.length - done));
-        // write(2) of 0 on a stream socket: no progress and no error; do not spin.
-        if (n === 0) throw VfioError.fromErrno(5 /* EIO */, { syscall: 'write', op });
+        const n = this.now(op, opts, () => this.binding.sendNow(this.fdValue, buf, done, buf.length - done));
+        if (n === -1) {
+          await this.wait(POLLOUT, op, opts, timeoutMs);
+          continue;
+        }
+        // send(2) of 0 on a stream socket: no progress and no error; do not spin.
+        if (n === 0) throw VfioError.fromErrno(5 /* EIO */, { syscall: 'send', op });
         done += n;
       }
     } catch (e) {
@@ -373,10 +384,11 @@ export class FdChannel extends ChannelBase implements LendingChannel {
     });
   }
 
-  /** Start a binding call unless closing; close() waits for it to settle. */
-  private call<T>(op: string, start: () => Promise<T>): Promise<T> {
-    if (this.closing) return Promise.reject(closedError('channel', op));
-    return this.track(start());
+  /** A binding call that does not wait (recvNow / sendNow), unless closing or a signal fired. */
+  private now(op: string, opts: WaitOptions, call: () => number): number {
+    if (this.closing) throw closedError('channel', op);
+    checkSignals(this.signals(opts), op);
+    return call();
   }
 
   /** Keep `p` in the set close() waits for, until it settles. */

@@ -44,6 +44,16 @@ export function peerClosedError(op: string, got: number, want: number): VfioErro
   return new VfioError(`${op}: the peer closed the connection ${what} ${want} bytes`, { code: 'EVFIO_PEER_CLOSED', op });
 }
 
+/**
+ * What ECONNRESET and EPIPE on a connection mean, in words (the code and errno stay as they
+ * are); undefined for other codes.
+ */
+export function peerGoneWords(code: string | undefined, peer = 'the peer'): string | undefined {
+  if (code === 'ECONNRESET') return `${peer} reset the connection (ECONNRESET): its process ended, or it closed the socket with bytes unread`;
+  if (code === 'EPIPE') return `${peer} had closed the connection (EPIPE)`;
+  return undefined;
+}
+
 export function closedError(what: string, op: string): VfioError {
   return new VfioError(`${op}: the ${what} is closed`, { code: 'EVFIO_CLOSED', kind: 'usage', op });
 }

@@ -17,12 +17,13 @@
  */
 import { VfioError } from '../base/errors';
 import { logger } from '../base/log';
-import { pumpFor, type PumpError } from '../kernel/pump';
+import { pumpBuffers, pumpFor, type PumpError } from '../kernel/pump';
 import type { Duplex } from 'node:stream';
 import type { DataFdTarget } from '../engine/stream';
 import { canLend, type Channel } from './channel';
 import { connect, openChannel } from './connect';
 import type { Listener } from './listener';
+import { peerGoneWords } from './errors';
 import type { TlsOptions } from './tls';
 import {
   FRAME_CHECKSUM, FRAME_HEADER_SIZE, FrameType, MAX_DATA, checkPayload, dataPrefix, decodeHeader, encodeFrame, encodeHeader, frameTypeName,
@@ -151,8 +152,17 @@ export class FrameLink {
   }
 
   private buffers(): [Buffer, Buffer] {
-    this.pumpBuffers ??= [Buffer.allocUnsafe(4 + 8 + MAX_DATA), Buffer.allocUnsafe(4 + 8 + MAX_DATA)];
+    this.pumpBuffers ??= pumpBuffers(FRAME_HEADER_SIZE + MAX_DATA);
     return this.pumpBuffers;
+  }
+
+  /**
+   * Make the buffers that DATA will move through, their pages faulted in (pumpBuffers), now
+   * rather than at the first DATA frame: both sides call it once the handshake is done, so that
+   * the cost stays out of the switchover's downtime. Idempotent.
+   */
+  prepareData(): void {
+    this.buffers();
   }
 
   /**
@@ -304,7 +314,10 @@ function stateError(e: unknown, t: DataFdTarget, dir: 'send' | 'receive'): unkno
   if (!(e instanceof VfioError)) return e;
   const deviceSide = dir === 'send' ? e.syscall === 'read' || e.syscall === 'pread' : e.syscall === 'write' || e.syscall === 'pwrite';
   if (deviceSide) return e.annotate({ device: t.device, op: 'data_fd ' + (dir === 'send' ? 'read' : 'write'), step: dir === 'send' ? 'migrate:read' : 'load:write' });
-  return e.annotate({ op: dir === 'send' ? `send ${t.device}'s state` : `receive ${t.device}'s state`, step: dir === 'send' ? 'migrate:send' : 'load:receive' });
+  const op = dir === 'send' ? `send ${t.device}'s state` : `receive ${t.device}'s state`;
+  const gone = e.kind === 'syscall' ? peerGoneWords(e.code, dir === 'send' ? 'the destination' : 'the source') : undefined;
+  if (gone) e.message = `${op}: ${gone}`;
+  return e.annotate({ op, step: dir === 'send' ? 'migrate:send' : 'load:receive' });
 }
 
 /** Where a migration's connection goes or comes from: a URI (`tcp:HOST:PORT`, `unix:PATH`), a connected socket fd, a Duplex, or a Channel. */

@@ -214,6 +214,14 @@ export class LiveMigration extends EventEmitter<LiveMigrationEvents> {
     const m = new LiveMigration(engine, sink, live, opts);
     m.warnings = warnings;
     if (opts.signal?.aborted) await m.cancel(abortedError('migrate', opts.signal));
+    // The return path failed during the setup (the destination's ERROR or a bad frame right after
+    // its ACCEPT), before this migration listened for it: it cannot go on, and the caller hears
+    // it here rather than through an event it had no chance to listen for.
+    const failed = sink.failed;
+    if (failed !== undefined && m.state === 'precopy') {
+      await m.cancel(failed);
+      throw failed instanceof VfioError ? failed.annotate({ deviceState: engine.describeDevices(true) }) : failed;
+    }
     return m;
   }
 

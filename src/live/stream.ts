@@ -165,6 +165,7 @@ export class LiveSink extends EventEmitter<LiveSinkEvents> implements StateSink 
     }
     log('%s accepted %d devices (features %s, resumes %s)', this.name, records.length, this.accept.features.join(',') || '-', this.accept.resumes);
     this.reader = this.readReturnPath();
+    this.link.prepareData();
   }
 
   /** The return path, until LOADED (and RESUMED when announced) or a failure. */
@@ -235,13 +236,24 @@ export class LiveSink extends EventEmitter<LiveSinkEvents> implements StateSink 
    * A link abort caused by the return path shows as the peer's error, not as ECANCELED. A send
    * that the connection cut short (the destination failed, sent its ERROR and closed) waits up
    * to RETURN_PATH_GRACE_MS for the return path to read what the destination said, so that the
-   * source reports the destination's error rather than only "connection reset".
+   * source reports the destination's error rather than only "connection reset". The wait ends
+   * at once when `signal` or the link's signal fires (a cancel need not wait for it).
    */
-  private async rethrow(e: unknown): Promise<never> {
-    if (!this.failure && this.reader && connectionLost(e)) {
+  private async rethrow(e: unknown, signal?: AbortSignal): Promise<never> {
+    const signals = [signal, this.link.signal].filter((s): s is AbortSignal => s !== undefined);
+    if (!this.failure && this.reader && connectionLost(e) && !signals.some((s) => s.aborted)) {
       let t: NodeJS.Timeout | undefined;
-      await Promise.race([this.reader, new Promise<void>((resolve) => (t = setTimeout(resolve, RETURN_PATH_GRACE_MS)))]);
+      let onAbort: (() => void) | undefined;
+      await Promise.race([
+        this.reader,
+        new Promise<void>((resolve) => {
+          t = setTimeout(resolve, RETURN_PATH_GRACE_MS);
+          onAbort = (): void => resolve();
+          signals.forEach((s) => s.addEventListener('abort', onAbort!, { once: true }));
+        }),
+      ]);
       clearTimeout(t);
+      signals.forEach((s) => s.removeEventListener('abort', onAbort!));
     }
     if (this.failure && e !== this.failure) throw this.failure;
     throw e;
@@ -255,7 +267,7 @@ export class LiveSink extends EventEmitter<LiveSinkEvents> implements StateSink 
       this.sent.set(index, before + r.bytes);
       return r;
     } catch (e) {
-      return await this.rethrow(e);
+      return await this.rethrow(e, opts.signal);
     }
   }
 
@@ -401,6 +413,7 @@ export class LiveSource implements StateSource {
     const features = this.ackFeature ? ['switchover-ack'] : [];
     await this.link.send(FrameType.ACCEPT, WHOLE_STREAM, encodeAccept({ version: PROTOCOL_VERSION, features, resumes: this.opts.resumes ?? false }));
     this.accepted = true;
+    this.link.prepareData();
   }
 
   async load(targets: LoadTargets): Promise<Map<number, { model?: Buffer; bytes: number }>> {

@@ -401,6 +401,16 @@ export class SimBinding implements Binding {
     return this.innerFor(fd, 'getpeername').getpeername(fd);
   }
 
+  recvNow(fd: number, buf: Buffer, offset?: number, length?: number): number {
+    this.notSocket('recvNow', fd, () => A.window('recvNow', A.buffer('recvNow', buf), offset, length), 'recv');
+    return this.innerFor(fd, 'recvNow').recvNow(fd, buf, offset, length);
+  }
+
+  sendNow(fd: number, buf: Buffer, offset?: number, length?: number): number {
+    this.notSocket('sendNow', fd, () => A.window('sendNow', A.buffer('sendNow', buf), offset, length), 'send');
+    return this.innerFor(fd, 'sendNow').sendNow(fd, buf, offset, length);
+  }
+
   /**
    * For a virtual fd, or any fd without an inner binding: check the call's arguments (`check`),
    * as the real bindings do before the kernel sees the fd, then throw ENOTSOCK (EBADF when the fd

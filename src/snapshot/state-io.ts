@@ -30,7 +30,7 @@ import { availableParallelism } from 'node:os';
 import type { Binding } from '../kernel/binding/types';
 import { VfioError } from '../base/errors';
 import { drainSession, feedSession, onDataFd, DEFAULT_BUFFER_SIZE } from '../kernel/stream';
-import { pumpFor, type Pump, type PumpBuffers, type PumpError, type ReadRecordsResult, type WriteRecordsResult } from '../kernel/pump';
+import { populate, pumpFor, type Pump, type PumpBuffers, type PumpError, type ReadRecordsResult, type WriteRecordsResult } from '../kernel/pump';
 import { tableMismatch, type SnapshotReader, type SectionEntry } from './reader';
 import type { SnapshotWriter } from './writer';
 import { CHUNK_HEADER_SIZE, MAX_CHUNK } from './format';
@@ -75,9 +75,11 @@ function overlapping(opts: StateIoOptions): boolean {
   return opts.overlap ?? availableParallelism() > 1;
 }
 
-/** One buffer of `size` bytes, or two. */
+/** One buffer of `size` bytes, or two; the first populated (src/kernel/pump/buffers.ts). */
 function buffers(size: number, two: boolean): PumpBuffers {
-  return two ? [Buffer.allocUnsafe(size), Buffer.allocUnsafe(size)] : Buffer.allocUnsafe(size);
+  const first = Buffer.allocUnsafe(size);
+  populate(first);
+  return two ? [first, Buffer.allocUnsafe(size)] : first;
 }
 
 /**

@@ -808,6 +808,77 @@ export function pumpContract<B extends Binding>(name: string, create: () => { bi
         }
       });
 
+      itFiles('from a socket: a record goes out before the rest of the header after it arrives; that header, split anywhere, is put together', async () => {
+        const prefix = Buffer.from([1, 0, 0, 0]);
+        const payloads = [pattern(5000, 41), pattern(3000, 42), pattern(7, 43)];
+        const recs = records(payloads, prefix);
+        const control = Buffer.from([2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        const stream = Buffer.concat([recs.bytes, control, Buffer.from('xyz')]);
+        // Cut inside the second record's header, inside the third's payload and the control header.
+        const cuts = [5000 + 12 + 5, 5000 + 12 + 3000 + 12 + 11, 5000 + 12 + 3000 + 12 + 12 + 3, recs.bytes.length + 1, recs.bytes.length + 12];
+        const [s1, s2] = socketPair();
+        const [r2, w2] = b.pipe();
+        try {
+          const pumping = p.readRecords(s2, w2, [Buffer.alloc(8192 + 12), Buffer.alloc(8192 + 12)], { prefix, idleTimeoutMs: 5000 });
+          let from = 0;
+          let delivered = 0;
+          for (const cut of [...cuts, stream.length]) {
+            fs.writeSync(s1, stream.subarray(from, cut));
+            // Every record whole in what was sent so far reaches the pipe before anything more is sent.
+            let whole = 0;
+            for (let i = 0, pos = 0; i < payloads.length; i++) {
+              pos += 12 + payloads[i].length;
+              if (pos <= cut) whole += payloads[i].length;
+            }
+            if (whole > delivered) {
+              const got = await drain(r2, whole - delivered);
+              expect(got.equals(Buffer.concat(payloads).subarray(delivered, whole))).toBe(true);
+              delivered = whole;
+            }
+            from = cut;
+          }
+          expect(await pumping).toMatchObject({ records: 3, bytes: 5000 + 3000 + 7, end: 'header', header: control, read: recs.bytes.length });
+          const rest = Buffer.alloc(8);
+          expect(fs.readSync(s2, rest)).toBe(3);
+          expect(rest.subarray(0, 3).toString()).toBe('xyz');
+        } finally {
+          for (const fd of [s1, s2, r2, w2]) fs.closeSync(fd);
+        }
+      });
+
+      itFiles('from a socket: a damaged payload is EVFIO_CHECKSUM with nothing of it written; a peer gone inside the next header is EVFIO_TRUNCATED at its offset', async () => {
+        const prefix = Buffer.from([1, 0, 0, 0]);
+        const payloads = [pattern(4000, 51), pattern(4000, 52)];
+        for (const damage of [true, false]) {
+          const recs = records(payloads, prefix);
+          if (damage) recs.bytes[12 + 4000 + 12 + 3999] ^= 0x10;
+          const sent = damage ? recs.bytes : recs.bytes.subarray(0, 12 + 4000 + 7);
+          const [s1, s2] = socketPair();
+          const [r2, w2] = b.pipe();
+          try {
+            const pumping = p.readRecords(s2, w2, [Buffer.alloc(4096 + 12), Buffer.alloc(4096 + 12)], { prefix, idleTimeoutMs: 5000 });
+            fs.writeSync(s1, sent);
+            fs.closeSync(s1);
+            expectPumpError(await rejection(pumping), damage
+              ? { code: 'EVFIO_CHECKSUM', kind: 'format', bytesDone: 4000, recordOffset: 12 + 4000 }
+              : { code: 'EVFIO_TRUNCATED', bytesDone: 4000, recordOffset: 12 + 4000 });
+            expect((await drain(r2, 4000)).equals(payloads[0])).toBe(true);
+            fs.closeSync(w2);
+            const tail = Buffer.alloc(16);
+            expect(fs.readSync(r2, tail)).toBe(0);
+          } finally {
+            for (const fd of [s2, r2]) fs.closeSync(fd);
+            for (const fd of [s1, w2]) {
+              try {
+                fs.closeSync(fd);
+              } catch {
+                /* closed above */
+              }
+            }
+          }
+        }
+      });
+
       itFiles('writes and reads back a stream of records through a socket', async () => {
         const [s1, s2] = socketPair();
         const data = pattern(3 << 20, 77);

@@ -10,6 +10,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { crc32 } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VfioError } from '../../src/base/errors';
@@ -242,6 +243,51 @@ export function socketContract(name: string, create: () => Binding, opts: Socket
           for (const fd of [client, lfd]) close(fd);
         });
 
+        it('recvNow / sendNow: never wait (-1 for EAGAIN), windows, 0 at the peer\'s end, EPIPE without SIGPIPE', async (ctx) => {
+          if (skip) return ctx.skip(skip);
+          const { lfd, client, server } = await pair(kind);
+          const buf = Buffer.alloc(64, 0x55);
+          expect(b.recvNow(server, buf)).toBe(-1);
+          expect(b.sendNow(client, Buffer.from('..hello..'), 2, 5)).toBe(5);
+          expect(await b.poll(server, POLLIN, 5000)).toBe(POLLIN);
+          expect(b.recvNow(server, buf, 10, 3)).toBe(3);
+          expect(buf.subarray(9, 14).toString('latin1')).toBe('UhelU');
+          expect(b.recvNow(server, buf, 20)).toBe(2);
+          expect(buf.subarray(20, 22).toString()).toBe('lo');
+          // Fill the send buffer: short sends, then -1, never a wait.
+          const chunk = Buffer.alloc(1 << 20, 7);
+          let sent = 0;
+          let n = 0;
+          const start = performance.now();
+          while ((n = b.sendNow(client, chunk)) > 0) sent += n;
+          expect(n).toBe(-1);
+          expect(performance.now() - start).toBeLessThan(5000);
+          expect(sent).toBeGreaterThan(0);
+          let got = 0;
+          while (got < sent) {
+            const k = b.recvNow(server, chunk);
+            if (k === -1) await b.poll(server, POLLIN, 5000);
+            else got += k;
+          }
+          expect(got).toBe(sent);
+          b.shutdown(client, SHUT_WR);
+          expect(await b.poll(server, POLLIN, 5000)).not.toBe(0);
+          expect(b.recvNow(server, buf)).toBe(0);
+          close(server);
+          let err: unknown;
+          for (let i = 0; i < 100 && err === undefined; i++) {
+            try {
+              b.sendNow(client, Buffer.alloc(16));
+              await sleep(1);
+            } catch (e) {
+              err = e;
+            }
+          }
+          expectSyscallError(err as VfioError, { code: (err as VfioError).code, syscall: 'send' });
+          expect(['EPIPE', 'ECONNRESET']).toContain((err as VfioError).code);
+          for (const fd of [client, lfd]) close(fd);
+        });
+
         it('shutdown(SHUT_RDWR) wakes a poll that waits on the socket', async (ctx) => {
           if (skip) return ctx.skip(skip);
           const { lfd, client, server } = await pair(kind);
@@ -330,6 +376,8 @@ export function socketContract(name: string, create: () => Binding, opts: Socket
           expectSyscallError(thrown(() => b.getsockopt(efd, SOL_SOCKET, SO_TYPE)), { code: 'ENOTSOCK', syscall: 'getsockopt' });
           expectSyscallError(thrown(() => b.shutdown(efd, SHUT_RDWR)), { code: 'ENOTSOCK', syscall: 'shutdown' });
           expectSyscallError(thrown(() => b.accept(efd)), { code: 'ENOTSOCK', syscall: 'accept4' });
+          expectSyscallError(thrown(() => b.recvNow(efd, Buffer.alloc(8))), { code: 'ENOTSOCK', syscall: 'recv' });
+          expectSyscallError(thrown(() => b.sendNow(efd, Buffer.alloc(8))), { code: 'ENOTSOCK', syscall: 'send' });
         } finally {
           b.close(efd);
         }
@@ -361,6 +409,10 @@ export function socketContract(name: string, create: () => Binding, opts: Socket
         [() => b.setsockopt(NOT_OPEN, SOL_SOCKET, SO_LINGER, Buffer.alloc(0)), RangeError],
         [() => b.getsockname(2 ** 31), RangeError],
         [() => b.getpeername(0.5), RangeError],
+        [() => b.recvNow(NOT_OPEN, 'x' as unknown as Buffer), TypeError],
+        [() => b.recvNow(NOT_OPEN, Buffer.alloc(4), 5), RangeError],
+        [() => b.sendNow(NOT_OPEN, Buffer.alloc(4), 0, 5), RangeError],
+        [() => b.sendNow(-1, Buffer.alloc(4)), RangeError],
       ];
       for (const [call, type] of cases) {
         const e = thrown(call, Error, String(call));

@@ -36,7 +36,7 @@ function raw(file = addonFile): RawAddon {
 const tmp = useTempDir('vfio-addon');
 
 /** The socket calls (native.d.ts "sockets"; exercised by test/contract/socket-suite.ts). */
-const SOCKET_CALLS = ['accept', 'bind', 'connect', 'getpeername', 'getsockname', 'getsockopt', 'listen', 'setsockopt', 'shutdown', 'socket'];
+const SOCKET_CALLS = ['accept', 'bind', 'connect', 'getpeername', 'getsockname', 'getsockopt', 'listen', 'recvNow', 'sendNow', 'setsockopt', 'shutdown', 'socket'];
 
 describe('loading', () => {
   it('at least one build of the addon exists', () => {
@@ -59,6 +59,7 @@ describe('loading', () => {
         'open',
         'pipe',
         'poll',
+        'populate',
         'pread',
         'pump',
         'pwrite',

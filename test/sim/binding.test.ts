@@ -140,6 +140,8 @@ describe('delegation to the inner binding', () => {
       shutdown: rec('shutdown', undefined) as Binding['shutdown'],
       getsockname: rec('getsockname', Buffer.alloc(2)) as Binding['getsockname'],
       getpeername: rec('getpeername', Buffer.alloc(2)) as Binding['getpeername'],
+      recvNow: rec('recvNow', -1) as Binding['recvNow'],
+      sendNow: rec('sendNow', 1) as Binding['sendNow'],
     };
     return { inner, calls };
   }
@@ -181,18 +183,22 @@ describe('delegation to the inner binding', () => {
     b.shutdown(10, 2);
     b.getsockname(9);
     b.getpeername(10);
+    expect(b.recvNow(10, Buffer.alloc(4), 1, 2)).toBe(-1);
+    expect(b.sendNow(10, Buffer.alloc(4))).toBe(1);
     expect(calls).toEqual([
       'socket(1,1)', 'bind(9)', 'listen(9,4)', 'accept(9)', 'connect(9)', 'getsockopt(9,1,4)', 'setsockopt(9,6,1,1)', 'shutdown(10,2)',
-      'getsockname(9)', 'getpeername(10)',
+      'getsockname(9)', 'getpeername(10)', 'recvNow(10,1,2)', 'sendNow(10)',
     ]);
     const dev = b.open('sim', 2);
     expect(thrown(() => b.getsockname(dev))).toMatchObject({ code: 'ENOTSOCK', syscall: 'getsockname' });
     expect(thrown(() => b.accept(dev))).toMatchObject({ code: 'ENOTSOCK', syscall: 'accept4' });
     expect(() => b.bind(dev, Buffer.alloc(1))).toThrow(RangeError);
     expect(() => b.shutdown(dev, 7)).toThrow(RangeError);
+    expect(thrown(() => b.recvNow(dev, Buffer.alloc(4)))).toMatchObject({ code: 'ENOTSOCK', syscall: 'recv' });
+    expect(() => b.sendNow(dev, Buffer.alloc(4), 5)).toThrow(RangeError);
     b.close(dev);
     expect(thrown(() => b.getsockname(dev))).toMatchObject({ code: 'EBADF', syscall: 'getsockname' });
-    expect(calls).toHaveLength(10);
+    expect(calls).toHaveLength(12);
   });
 
   it('without an inner binding, socket() is EAFNOSUPPORT and a real fd EBADF', () => {

@@ -10,13 +10,17 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { POLLIN } from '../../src/kernel/binding/types';
+import { SHUT_RD } from '../../src/kernel/uapi/socket';
 import { MigState, migStateName } from '../../src/kernel/uapi/vfio';
 import { FRAME_HEADER_SIZE, FrameType, PROTOCOL_VERSION, WHOLE_STREAM, encodeAccept, encodeAckGeneration, encodeHeader } from '../../src/live/frames';
 import { listen } from '../../src/live/listener';
 import type { VfioPciDevice } from '../../src/model/vfio-pci';
 import { MigrationCoordinator } from '../../src/vm/coordinator';
 import { Guest, SECRET, bootedSource, destination, dispose, makeEnv, newHost, recordArcs, simOf, type Env } from '../helpers/device-model';
+import { realBinding } from '../helpers/binding';
 import { rejection } from '../helpers/errors';
+import { socketPair } from '../helpers/socket';
 
 let env: Env;
 let sockDir: string;
@@ -300,9 +304,8 @@ describe('a destination that breaks the protocol', () => {
     const conns: net.Socket[] = [];
     const server = net.createServer((s) => {
       conns.push(s);
-      s.once('data', () => {
-        for (const f of frames) s.write(Buffer.concat([encodeHeader(f.type, f.device ?? WHOLE_STREAM, f.payload), f.payload ?? Buffer.alloc(0)]));
-      });
+      // All in one write: the frames reach the source together.
+      s.once('data', () => void s.write(Buffer.concat(frames.flatMap((f) => [encodeHeader(f.type, f.device ?? WHOLE_STREAM, f.payload), f.payload ?? Buffer.alloc(0)]))));
     });
     await new Promise<void>((r) => server.listen(sock, r));
     return { uri: `unix:${sock}`, close: () => { conns.forEach((c) => c.destroy()); server.close(); } };
@@ -322,19 +325,20 @@ describe('a destination that breaks the protocol', () => {
     }
   });
 
-  it('a return-path frame addressed to a device: a protocol error that cancels the migration, the source runs on', async () => {
+  it('a return-path frame addressed to a device, right behind ACCEPT: migrate() rejects with the protocol error, the source runs on', async () => {
     const { a, vm } = pair();
     const raw = await rawDestination([
       { type: FrameType.ACCEPT, payload: encodeAccept({ version: PROTOCOL_VERSION, features: ['switchover-ack'], resumes: false }) },
       { type: FrameType.SWITCHOVER_ACK, device: 0, payload: encodeAckGeneration(0) },
     ]);
     try {
-      const mig = await vm.migrate(raw.uri);
-      const reason = await new Promise<unknown>((r) => mig.once('cancelled', (c) => r(c.reason)));
-      expect(reason).toMatchObject({ code: 'EVFIO_PROTOCOL' });
-      expect((reason as Error).message).toContain('for device 0');
-      await expect.poll(() => states([a.d]), { timeout: 2000 }).toEqual(['RUNNING']);
-      expect(mig.pending().ackReceived).toBe(false);
+      // The return path meets the frame during the setup, before the caller could listen for a
+      // `cancelled` event: migrate() itself rejects with it.
+      const err = await rejection(vm.migrate(raw.uri));
+      expect(err).toMatchObject({ code: 'EVFIO_PROTOCOL' });
+      expect(err.message).toContain('for device 0');
+      expect(err.deviceState).toEqual([expect.objectContaining({ state: 'RUNNING' })]);
+      expect(states([a.d])).toEqual(['RUNNING']);
     } finally {
       raw.close();
     }
@@ -378,6 +382,58 @@ describe('a peer that does not speak the protocol', () => {
       expect(arcs).toEqual([]);
     } finally {
       await listener.close();
+    }
+  });
+});
+
+describe('a destination that stops reading and says nothing', () => {
+  it('the source send it cuts short waits a while for its ERROR, but a cancel ends that wait at once', async () => {
+    const b = realBinding();
+    if (!b) return;
+    const { a, vm } = pair('sim:4MiB');
+    const [s, d] = socketPair();
+    /** Exactly `n` bytes from the destination's end. */
+    const take = async (n: number): Promise<Buffer> => {
+      const out = Buffer.alloc(n);
+      for (let got = 0; got < n;) {
+        const k = b.recvNow(d, out, got, n - got);
+        if (k === -1) await b.poll(d, POLLIN, 5000);
+        else if (k === 0) throw new Error('the source closed');
+        else got += k;
+      }
+      return out;
+    };
+    try {
+      const running = (async () => {
+        const mig = await vm.migrate(s);
+        const failed = mig.run();
+        failed.catch(() => undefined);
+        return { mig, failed };
+      })();
+      // The HELLO, an ACCEPT without features, then SHUT_RD: the source's DATA send fails with
+      // EPIPE while this end stays connected and silent (no ERROR will come).
+      const hello = await take(FRAME_HEADER_SIZE);
+      await take(hello.readUInt32LE(4));
+      const accept = encodeAccept({ version: PROTOCOL_VERSION, features: [], resumes: false });
+      const frame = Buffer.concat([encodeHeader(FrameType.ACCEPT, WHOLE_STREAM, accept), accept]);
+      expect(b.sendNow(d, frame)).toBe(frame.length);
+      b.shutdown(d, SHUT_RD);
+      const { mig, failed } = await running;
+      // The send has failed by now and the source waits for the return path (RETURN_PATH_GRACE_MS).
+      await new Promise((r) => setTimeout(r, 150));
+      const t0 = performance.now();
+      await mig.cancel();
+      expect(performance.now() - t0).toBeLessThan(500);
+      expect(['ECANCELED', 'EPIPE', 'ECONNRESET']).toContain((await rejection(failed)).code);
+      expect(states([a.d])).toEqual(['RUNNING']);
+    } finally {
+      for (const fd of [s, d]) {
+        try {
+          fs.closeSync(fd);
+        } catch {
+          /* the source's channel closed its end */
+        }
+      }
     }
   });
 });

@@ -22,6 +22,7 @@ import { canLend } from '../../src/live/channel';
 import { itUnless } from '../helpers/skip';
 import { SimBinding } from '../../src/sim';
 import { pattern } from '../helpers/bytes';
+import { socketPair } from '../helpers/socket';
 
 const native = new NativeBinding();
 
@@ -612,5 +613,23 @@ describe('a peer process that vanishes', () => {
     await new Promise((r) => (child.exitCode !== null || child.signalCode !== null ? r(undefined) : child.once('exit', r)));
     expect(child.signalCode).toBe('SIGKILL');
     await Promise.all([dst.close(), l.close()]);
+  });
+
+  it('a peer that closed with bytes unread: ECONNRESET on the read and EPIPE on the write, said in words, codes kept', async () => {
+    const [a, b] = socketPair();
+    const ch = new FdChannel(native, a, { peer: 'the test peer' });
+    try {
+      // b goes with ch's bytes unread: a's next read is ECONNRESET, its next write EPIPE.
+      await ch.writeAll(Buffer.from('unread'));
+      fs.closeSync(b);
+      const r = await failure(ch.readExactly(12, { what: 'frame header' }));
+      expect(r).toMatchObject({ code: 'ECONNRESET', errno: os.constants.errno.ECONNRESET });
+      expect(r.message).toBe('read frame header from the test peer: the peer reset the connection (ECONNRESET): its process ended, or it closed the socket with bytes unread');
+      const w = await failure(ch.writeAll(Buffer.from('more')));
+      expect(w).toMatchObject({ code: 'EPIPE' });
+      expect(w.message).toBe('write 4 bytes to the test peer: the peer had closed the connection (EPIPE)');
+    } finally {
+      await ch.close();
+    }
   });
 });

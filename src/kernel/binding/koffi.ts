@@ -77,6 +77,7 @@ interface Libc {
   getsockname: CFunction;
   getpeername: CFunction;
   send: CFunction;
+  recv: CFunction;
 }
 
 type Koffi = typeof import('koffi');
@@ -127,6 +128,7 @@ function loadLibc(): Libc {
     getsockname: fn(lib.func('int getsockname(int fd, void *addr, void *len)')),
     getpeername: fn(lib.func('int getpeername(int fd, void *addr, void *len)')),
     send: fn(lib.func('intptr_t send(int fd, const void *buf, size_t count, int flags)')),
+    recv: fn(lib.func('intptr_t recv(int fd, void *buf, size_t count, int flags)')),
   };
   return libc;
 }
@@ -428,6 +430,27 @@ export class KoffiBinding implements Binding {
 
   getsockname(fd: number): Buffer {
     return this.sockName('getsockname', this.c.getsockname, fd);
+  }
+
+  recvNow(fd: number, buf: Buffer, offset?: number, length?: number): number {
+    fdArg('recvNow', fd);
+    return this.socketNow('recv', this.c.recv, fd, windowArg('recvNow', bufferArg('recvNow', buf), offset, length), MSG_DONTWAIT);
+  }
+
+  sendNow(fd: number, buf: Buffer, offset?: number, length?: number): number {
+    fdArg('sendNow', fd);
+    return this.socketNow('send', this.c.send, fd, windowArg('sendNow', bufferArg('sendNow', buf), offset, length), MSG_DONTWAIT | MSG_NOSIGNAL);
+  }
+
+  /** recvNow / sendNow: one call that does not sleep, EINTR retried; -1 for EAGAIN. */
+  private socketNow(syscall: string, f: CFunction, fd: number, view: Buffer, flags: number): number {
+    for (;;) {
+      const n = Number(f(fd, view, view.length, flags));
+      if (n >= 0) return n;
+      const e = koffi.errno();
+      if (e === EAGAIN) return -1;
+      if (e !== EINTR) throw sysError(e, syscall);
+    }
   }
 
   getpeername(fd: number): Buffer {

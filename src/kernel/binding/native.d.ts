@@ -130,6 +130,8 @@ declare namespace VfioPciNative {
     eventfdRead(fd: number): bigint;
     /** Add `value` (in [0, 2^64)) to the counter. */
     eventfdWrite(fd: number, value: bigint): void;
+    /** vfio_populate: fault in the whole pages inside `buf` now; its bytes are unchanged. */
+    populate(buf: Buffer): void;
 
     /**
      * One read(2) into buf[offset, offset + length) on the libuv thread pool; EINTR retried,
@@ -167,6 +169,10 @@ declare namespace VfioPciNative {
     setsockopt(fd: number, level: number, name: number, value: number | Buffer): void;
     /** `how` in [0, 2]. */
     shutdown(fd: number, how: number): void;
+    /** One recv(2) with MSG_DONTWAIT on this thread: bytes (0: the peer's end), or -1 when none are there now. */
+    recvNow(fd: number, buf: Buffer, offset?: number, length?: number): number;
+    /** One send(2) with MSG_DONTWAIT | MSG_NOSIGNAL on this thread: bytes (may be short), or -1 when there is no room now. */
+    sendNow(fd: number, buf: Buffer, offset?: number, length?: number): number;
     getsockname(fd: number): Buffer;
     getpeername(fd: number): Buffer;
   }

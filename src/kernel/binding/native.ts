@@ -185,4 +185,10 @@ export class NativeBinding implements Binding {
   getpeername(fd: number): Buffer {
     return this.addon.getpeername(fd);
   }
+  recvNow(fd: number, buf: Buffer, offset?: number, length?: number): number {
+    return this.addon.recvNow(fd, buf, offset, length);
+  }
+  sendNow(fd: number, buf: Buffer, offset?: number, length?: number): number {
+    return this.addon.sendNow(fd, buf, offset, length);
+  }
 }

@@ -104,8 +104,8 @@ export interface Binding {
   // ---- sockets (the live-migration transport, src/live/) ----
   //
   // Sockets the library owns and drives itself: every one is close-on-exec and non-blocking, its
-  // bytes move with `read` / `write` (off the JS thread) or the addon's pump, and its waits are
-  // `poll` calls; libuv never reads it. Socket addresses are the bytes of a struct sockaddr_*
+  // bytes move with `recvNow` / `sendNow` (on the JS thread, never sleeping), `read` / `write`
+  // (off it) or the addon's pump, and its waits are `poll` calls; libuv never reads it. Socket addresses are the bytes of a struct sockaddr_*
   // (a Buffer of 2 to 128 bytes, RangeError otherwise), built and decoded by
   // src/kernel/uapi/socket.ts. All of these are synchronous: none of them waits.
   //
@@ -159,6 +159,23 @@ export interface Binding {
 
   /** getpeername(2): the connected peer's address; ENOTCONN when there is none. */
   getpeername(fd: number): Buffer;
+
+  /**
+   * One recv(2) into buf[offset, offset + length) with MSG_DONTWAIT, on the calling thread: it
+   * never sleeps, whatever the socket's own mode, so the JS thread may call it. The bytes
+   * received (0: the peer's orderly end), or -1 when there are none now (EAGAIN: wait for POLLIN
+   * and call again). `offset` defaults to 0, `length` to what follows it. Errors: VfioError with
+   * errno, syscall 'recv' (ENOTSOCK on a fd that is not a socket).
+   */
+  recvNow(fd: number, buf: Buffer, offset?: number, length?: number): number;
+
+  /**
+   * One send(2) from buf[offset, offset + length) with MSG_DONTWAIT | MSG_NOSIGNAL, on the
+   * calling thread: never sleeps and never raises SIGPIPE. The bytes sent (may be short), or -1
+   * when the socket buffer has no room now (EAGAIN: wait for POLLOUT). Errors: VfioError with
+   * errno (EPIPE once the peer is gone), syscall 'send'.
+   */
+  sendNow(fd: number, buf: Buffer, offset?: number, length?: number): number;
 }
 
 /** poll(2) event bits (asm-generic/poll.h). */

@@ -18,6 +18,7 @@ import { NativePump } from './native';
 import type { Pump, RecordWalker } from './types';
 
 export type * from './types';
+export { populate, pumpBuffers } from './buffers';
 export { JsPump } from './js';
 export { NativePump } from './native';
 export {

@@ -30,7 +30,10 @@ import type { ChecksumAlgorithm } from './checksum';
  *    ignores SIGPIPE): a closed peer is EPIPE or ECONNRESET, a rejection like any other.
  *  - A record source that is not read by position (`srcOffset`) is never read past what the
  *    pump uses: the next bytes of a socket belong to the caller (the live stream reads its own
- *    control frames from it). By position, the pump may read a header ahead with a payload.
+ *    control frames from it). By position, the pump may read a header ahead with a payload; the
+ *    native pump also takes, from a stream socket, the next header's bytes that arrived with a
+ *    payload (never more: a header that is not a record's is handed back whole, end 'header'),
+ *    and checksums a payload piece by piece as it arrives.
  *  - Waits on fds that can block forever (anything but a regular file or block device) are
  *    bounded by `idleTimeoutMs` and by `signal`. The native pump reopens a blocking pipe with
  *    O_NONBLOCK for itself, and sends to sockets with MSG_DONTWAIT, so that not even a write
