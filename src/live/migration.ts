@@ -187,8 +187,10 @@ export class LiveMigration extends EventEmitter<LiveMigrationEvents> {
    * the handshake (the destination checks every device and refuses before anything here is
    * touched), then every device with PRE_COPY to PRE_COPY. Errors: the options'
    * (checkMigrateOptions), the connection's, the destination's refusal (EVFIO_PEER_REFUSED, kind
-   * 'mismatch' for incompatible devices), the engine's blockers; on any of them the devices run
-   * on as they were, and the error's `deviceState` says so.
+   * 'mismatch' for incompatible devices), the engine's blockers, a failure of the return path
+   * before this resolves (the destination's ERROR, a frame that breaks the protocol: the same
+   * error a `cancelled` event would carry later); on any of them the devices run on as they
+   * were, and the error's `deviceState` says so.
    */
   static async start(engine: MigrationEngine, connection: FrameLink | (() => Promise<FrameLink>), opts: MigrateOptions = {}): Promise<LiveMigration> {
     try {

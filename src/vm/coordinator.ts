@@ -53,7 +53,9 @@ export class MigrationCoordinator extends MigrationEngine {
    * before the source touches anything) and every device with PRE_COPY is in PRE_COPY: the VMM
    * then iterates (`iterate()`, `pending()`, the `switchover-ready` event) and switches over, or
    * calls `run()`. See src/live/migration.ts. Errors: the destination's refusal
-   * (EVFIO_PEER_REFUSED), the connection's, the engine's blockers; the devices run on.
+   * (EVFIO_PEER_REFUSED), the connection's, the engine's blockers, the destination's ERROR or a
+   * protocol error on the return path before this resolves (later ones cancel the migration:
+   * the `cancelled` event); the devices run on.
    */
   async migrate(to: Endpoint, opts: MigrateOptions & LinkTransportOptions = {}): Promise<LiveMigration> {
     return LiveMigration.start(this, () => connectLink(to, opts), opts);
