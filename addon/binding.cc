@@ -372,13 +372,6 @@ Napi::Value Eventfd(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
-// populate(buffer): fault its pages in now (vfio_populate); the bytes are unchanged.
-Napi::Value Populate(const Napi::CallbackInfo& info) {
-  BufArg buf = BufferArg(info, 0, "populate");
-  vfio_populate(buf.data, buf.length);
-  return info.Env().Undefined();
-}
-
 // eventfdRead(fd) -> bigint (0n when the counter was 0)
 Napi::Value EventfdRead(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -499,6 +492,28 @@ Napi::Value ReadWrite(const Napi::CallbackInfo& info) {
   size_t off, len;
   Window(info, 2, 3, fn, buf, &off, &len);
   return (new IoWorker<kWrite>(info.Env(), fd, buf, off, len))->Start();
+}
+
+// populate(buffer) -> Promise<void>: fault its pages in (vfio_populate) on the thread pool, so
+// that page zeroing stays off the JS thread; the bytes are unchanged.
+class PopulateWorker : public PromiseWorker {
+ public:
+  PopulateWorker(Napi::Env env, const BufArg& buf) : PromiseWorker(env, "vfio:populate"), data_(buf.data), len_(buf.length) {
+    Pin(buf.object);
+  }
+
+ protected:
+  void Execute() override { vfio_populate(data_, len_); }
+  Napi::Value Result(Napi::Env env) override { return env.Undefined(); }
+
+ private:
+  uint8_t* data_;
+  size_t len_;
+};
+
+Napi::Value Populate(const Napi::CallbackInfo& info) {
+  BufArg buf = BufferArg(info, 0, "populate");
+  return (new PopulateWorker(info.Env(), buf))->Start();
 }
 
 // ioctlAsync(fd, request, arg?: Buffer | number) -> Promise<number>: for ioctls that can take

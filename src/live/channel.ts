@@ -129,6 +129,9 @@ function checkBuffer(op: string, buf: unknown): Buffer {
   return buf;
 }
 
+/** FdChannel: calls that found the socket ready, in a row, before the event loop gets a turn. */
+const IMMEDIATE_CALLS_PER_TURN = 64;
+
 /** How long StreamChannel.close() waits for the stream's 'close' event. */
 const CLOSE_WAIT_MS = 5000;
 
@@ -227,6 +230,8 @@ export class FdChannel extends ChannelBase implements LendingChannel {
   private fdValue: number;
   /** Binding calls running off the JS thread (and lent fds), which close() waits for. */
   private readonly inflight = new Set<Promise<unknown>>();
+  /** recvNow / sendNow calls that moved bytes since the event loop last had a turn (pace()). */
+  private immediate = 0;
 
   constructor(
     private readonly binding: Binding,
@@ -270,6 +275,7 @@ export class FdChannel extends ChannelBase implements LendingChannel {
         }
         if (n === 0) throw peerClosedError(op, got, buf.length);
         got += n;
+        await this.pace();
       }
     } catch (e) {
       throw this.failure(e, op, got > 0, 'read');
@@ -294,6 +300,7 @@ export class FdChannel extends ChannelBase implements LendingChannel {
         // send(2) of 0 on a stream socket: no progress and no error; do not spin.
         if (n === 0) throw VfioError.fromErrno(5 /* EIO */, { syscall: 'send', op });
         done += n;
+        await this.pace();
       }
     } catch (e) {
       throw this.failure(e, op, done > 0, 'write');
@@ -388,7 +395,20 @@ export class FdChannel extends ChannelBase implements LendingChannel {
   private now(op: string, opts: WaitOptions, call: () => number): number {
     if (this.closing) throw closedError('channel', op);
     checkSignals(this.signals(opts), op);
-    return call();
+    const n = call();
+    if (n === -1) this.immediate = 0; // a wait follows: the event loop gets its turn there
+    return n;
+  }
+
+  /**
+   * After IMMEDIATE_CALLS_PER_TURN calls that moved bytes without waiting, give the event loop a
+   * turn (setImmediate): a peer that keeps the socket full (a flood of PINGs) must not starve
+   * the VMM's timers and other I/O, as a JS thread that only ever finds bytes ready would.
+   */
+  private async pace(): Promise<void> {
+    if (++this.immediate < IMMEDIATE_CALLS_PER_TURN) return;
+    this.immediate = 0;
+    await new Promise<void>((resolve) => setImmediate(resolve));
   }
 
   /** Keep `p` in the set close() waits for, until it settles. */

@@ -64,8 +64,8 @@ export class FrameLink {
   private writing: Promise<unknown> = Promise.resolve();
   private lastWrite = Date.now();
   private keepalive?: NodeJS.Timeout;
-  /** Buffers the pump reuses (two: it reads one while it writes the other). */
-  private pumpBuffers?: [Buffer, Buffer];
+  /** Buffers the pump reuses (two: it reads one while it writes the other), and when the first is populated. */
+  private pumpBuffers?: { buffers: [Buffer, Buffer]; ready: Promise<void> };
   /** A frame header the pump read and handed back, for the next readFrame(). */
   private pendingHeader?: Buffer;
   /** A frame the JS path of receiveState() read past its run of DATA, for the next readFrame(). */
@@ -151,18 +151,19 @@ export class FrameLink {
     });
   }
 
-  private buffers(): [Buffer, Buffer] {
-    this.pumpBuffers ??= pumpBuffers(FRAME_HEADER_SIZE + MAX_DATA);
-    return this.pumpBuffers;
+  private async buffers(): Promise<[Buffer, Buffer]> {
+    this.prepareData();
+    await this.pumpBuffers!.ready;
+    return this.pumpBuffers!.buffers;
   }
 
   /**
-   * Make the buffers that DATA will move through, their pages faulted in (pumpBuffers), now
-   * rather than at the first DATA frame: both sides call it once the handshake is done, so that
-   * the cost stays out of the switchover's downtime. Idempotent.
+   * Make the buffers that DATA will move through and start faulting their pages in off the JS
+   * thread (pumpBuffers), now rather than at the first DATA frame: both sides call it once the
+   * handshake is done, so that the cost stays out of the switchover's downtime. Idempotent.
    */
   prepareData(): void {
-    this.buffers();
+    this.pumpBuffers ??= pumpBuffers(FRAME_HEADER_SIZE + MAX_DATA);
   }
 
   /**
@@ -181,7 +182,7 @@ export class FrameLink {
         return this.channel.lend('write', async (sock) => {
           const pump = pumpFor(from.binding, [from.fd, sock]);
           try {
-            const r = await pump.writeRecords(from.fd, sock, this.buffers(), {
+            const r = await pump.writeRecords(from.fd, sock, await this.buffers(), {
               recordSize, prefix: dataPrefix(index), checksum: FRAME_CHECKSUM, precopy: opts.precopy, signal, idleTimeoutMs: this.peerTimeoutMs,
             });
             this.bytesSent += r.written;
@@ -198,7 +199,7 @@ export class FrameLink {
 
   /** sendState() over a Node stream: read a piece of the data_fd, frame it, write it. */
   private async sendStateJs(index: number, from: DataFdTarget, recordSize: number, precopy: boolean, signal: AbortSignal, onProgress?: (n: number) => void): Promise<{ bytes: number; end: 'eof' | 'for-now' }> {
-    const buf = this.buffers()[0];
+    const buf = (await this.buffers())[0];
     const payload = buf.subarray(FRAME_HEADER_SIZE, FRAME_HEADER_SIZE + recordSize);
     let total = 0;
     for (;;) {
@@ -267,7 +268,7 @@ export class FrameLink {
       const r = await this.channel.lend('read', async (sock) => {
         const pump = pumpFor(to.binding, [sock, to.fd]);
         try {
-          return await pump.readRecords(sock, to.fd, this.buffers(), {
+          return await pump.readRecords(sock, to.fd, await this.buffers(), {
             prefix: dataPrefix(index), maxRecord: MAX_DATA, checksum: FRAME_CHECKSUM, signal: this.signal, idleTimeoutMs: this.peerTimeoutMs,
             firstHeader: first.unread,
           });

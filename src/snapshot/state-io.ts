@@ -76,9 +76,9 @@ function overlapping(opts: StateIoOptions): boolean {
 }
 
 /** One buffer of `size` bytes, or two; the first populated (src/kernel/pump/buffers.ts). */
-function buffers(size: number, two: boolean): PumpBuffers {
+async function buffers(size: number, two: boolean): Promise<PumpBuffers> {
   const first = Buffer.allocUnsafe(size);
-  populate(first);
+  await populate(first);
   return two ? [first, Buffer.allocUnsafe(size)] : first;
 }
 
@@ -117,7 +117,7 @@ export async function saveStateSection(binding: Binding, dataFd: number, writer:
   const pump = opts.pump ?? pumpFor(binding, [dataFd, writer.fd]);
   const chunk = Math.min(size, MAX_CHUNK);
   // The pump gathers each chunk's payload after an 8-byte gap for its header.
-  const bufs = buffers(chunk + CHUNK_HEADER_SIZE, overlapping(opts));
+  const bufs = await buffers(chunk + CHUNK_HEADER_SIZE, overlapping(opts));
   // Whole chunks per call, so that only the section's last chunk is short (as drainSession does).
   const limit = chunk * Math.max(1, Math.floor((opts.pumpCallBytes ?? PUMP_CALL_BYTES) / chunk));
   let total = 0;
@@ -173,7 +173,7 @@ export async function loadStateSection(binding: Binding, reader: SnapshotReader,
   // pread per chunk).
   const first = count > 0 ? firstChunkLength(binding, fileFd, entry.bodyAt) : 0;
   const room = Math.max(size, first) + CHUNK_HEADER_SIZE;
-  const bufs = buffers(room, overlapping(opts));
+  const bufs = await buffers(room, overlapping(opts));
   const perCall = Math.max(1, Math.floor((opts.pumpCallBytes ?? PUMP_CALL_BYTES) / (first || room)));
   let pos = entry.bodyAt;
   let table = 0;

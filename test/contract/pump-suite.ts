@@ -855,27 +855,47 @@ export function pumpContract<B extends Binding>(name: string, create: () => { bi
           const sent = damage ? recs.bytes : recs.bytes.subarray(0, 12 + 4000 + 7);
           const [s1, s2] = socketPair();
           const [r2, w2] = b.pipe();
+          const open = new Set([s1, s2, r2, w2]);
+          const shut = (fd: number): void => {
+            if (open.delete(fd)) fs.closeSync(fd);
+          };
           try {
             const pumping = p.readRecords(s2, w2, [Buffer.alloc(4096 + 12), Buffer.alloc(4096 + 12)], { prefix, idleTimeoutMs: 5000 });
             fs.writeSync(s1, sent);
-            fs.closeSync(s1);
+            shut(s1);
             expectPumpError(await rejection(pumping), damage
               ? { code: 'EVFIO_CHECKSUM', kind: 'format', bytesDone: 4000, recordOffset: 12 + 4000 }
               : { code: 'EVFIO_TRUNCATED', bytesDone: 4000, recordOffset: 12 + 4000 });
             expect((await drain(r2, 4000)).equals(payloads[0])).toBe(true);
-            fs.closeSync(w2);
+            shut(w2);
             const tail = Buffer.alloc(16);
             expect(fs.readSync(r2, tail)).toBe(0);
           } finally {
-            for (const fd of [s2, r2]) fs.closeSync(fd);
-            for (const fd of [s1, w2]) {
-              try {
-                fs.closeSync(fd);
-              } catch {
-                /* closed above */
-              }
-            }
+            for (const fd of [...open]) shut(fd);
           }
+        }
+      });
+
+      itFiles('from a socket: by count, nothing of the record after the last one is taken; a payload that fills the buffer reads no header ahead', async () => {
+        const prefix = Buffer.from([1, 0, 0, 0]);
+        const payloads = [pattern(3000, 61), pattern(4096, 62), pattern(500, 63)];
+        const recs = records(payloads, prefix);
+        const [s1, s2] = socketPair();
+        const [r2, w2] = b.pipe();
+        try {
+          fs.writeSync(s1, recs.bytes);
+          // records: 1 takes the first record and not a byte of the second's header.
+          expect(await p.readRecords(s2, w2, [Buffer.alloc(4096 + 12), Buffer.alloc(4096 + 12)], { prefix, records: 1, idleTimeoutMs: 5000 })).toMatchObject({ records: 1, end: 'count' });
+          expect((await drain(r2, 3000)).equals(payloads[0])).toBe(true);
+          // The second payload fills a 4096-byte buffer: no room to read its successor's header with it.
+          expect(await p.readRecords(s2, w2, Buffer.alloc(4096), { prefix, records: 1, idleTimeoutMs: 5000 })).toMatchObject({ records: 1, end: 'count', bytes: 4096 });
+          expect((await drain(r2, 4096)).equals(payloads[1])).toBe(true);
+          // What is left on the socket is the third record, whole.
+          const rest = Buffer.alloc(recs.bytes.length);
+          expect(fs.readSync(s2, rest)).toBe(12 + 500);
+          expect(rest.subarray(0, 12 + 500).equals(recs.bytes.subarray(recs.bytes.length - 512))).toBe(true);
+        } finally {
+          for (const fd of [s1, s2, r2, w2]) fs.closeSync(fd);
         }
       });
 

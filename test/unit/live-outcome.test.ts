@@ -387,9 +387,9 @@ describe('a peer that does not speak the protocol', () => {
 });
 
 describe('a destination that stops reading and says nothing', () => {
-  it('the source send it cuts short waits a while for its ERROR, but a cancel ends that wait at once', async () => {
+  it('the source send it cuts short waits a while for its ERROR, but a cancel ends that wait at once', async (ctx) => {
     const b = realBinding();
-    if (!b) return;
+    if (!b) return ctx.skip('no real binding');
     const { a, vm } = pair('sim:4MiB');
     const [s, d] = socketPair();
     /** Exactly `n` bytes from the destination's end. */

@@ -9,6 +9,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
 import { crc32 } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VfioError } from '../../src/base/errors';
@@ -19,6 +20,8 @@ import type { Binding } from '../../src/kernel/binding/types';
 import { AF_UNIX, SOCK_STREAM, encodeSockaddr } from '../../src/kernel/uapi/socket';
 import { FdChannel, StreamChannel, connect, listen, openChannel, type Channel, type Listener } from '../../src/live';
 import { canLend } from '../../src/live/channel';
+import { FrameType, WHOLE_STREAM, encodeFrame } from '../../src/live/frames';
+import { FrameLink } from '../../src/live/link';
 import { itUnless } from '../helpers/skip';
 import { SimBinding } from '../../src/sim';
 import { pattern } from '../helpers/bytes';
@@ -613,6 +616,39 @@ describe('a peer process that vanishes', () => {
     await new Promise((r) => (child.exitCode !== null || child.signalCode !== null ? r(undefined) : child.once('exit', r)));
     expect(child.signalCode).toBe('SIGKILL');
     await Promise.all([dst.close(), l.close()]);
+  });
+
+  it('a peer that floods the socket (PINGs) does not starve the event loop: timers keep running while frames are read', async () => {
+    const [a, b] = socketPair();
+    const ping = encodeFrame(FrameType.PING, WHOLE_STREAM);
+    // A worker writes PINGs as fast as the socket takes them for 1.5 s, then a CANCEL.
+    const flood = new Worker(
+      `const fs = require('fs'); const { workerData: w } = require('worker_threads');
+       const end = Date.now() + 1500;
+       while (Date.now() < end) fs.writeSync(w.fd, Buffer.from(w.block));
+       fs.writeSync(w.fd, Buffer.from(w.last));`,
+      { eval: true, workerData: { fd: b, block: Buffer.concat(Array.from({ length: 4096 }, () => ping)), last: encodeFrame(FrameType.CANCEL, WHOLE_STREAM) } },
+    );
+    const link = new FrameLink(new FdChannel(native, a, { peer: 'flood' }), { keepaliveMs: 0 });
+    let last = performance.now();
+    let maxLag = 0;
+    const tick = setInterval(() => {
+      const t = performance.now();
+      maxLag = Math.max(maxLag, t - last);
+      last = t;
+    }, 10);
+    try {
+      const f = await link.readFrame();
+      maxLag = Math.max(maxLag, performance.now() - last);
+      expect(f.header.type).toBe(FrameType.CANCEL);
+      // Without a turn for the loop every so many reads, the timer waited out the whole flood.
+      expect(maxLag).toBeLessThan(300);
+    } finally {
+      clearInterval(tick);
+      await flood.terminate();
+      await link.close();
+      fs.closeSync(b);
+    }
   });
 
   it('a peer that closed with bytes unread: ECONNRESET on the read and EPIPE on the write, said in words, codes kept', async () => {

@@ -130,8 +130,8 @@ declare namespace VfioPciNative {
     eventfdRead(fd: number): bigint;
     /** Add `value` (in [0, 2^64)) to the counter. */
     eventfdWrite(fd: number, value: bigint): void;
-    /** vfio_populate: fault in the whole pages inside `buf` now; its bytes are unchanged. */
-    populate(buf: Buffer): void;
+    /** vfio_populate on the libuv thread pool: fault in the whole pages inside `buf`; its bytes are unchanged. */
+    populate(buf: Buffer): Promise<void>;
 
     /**
      * One read(2) into buf[offset, offset + length) on the libuv thread pool; EINTR retried,

@@ -33,7 +33,9 @@ import type { ChecksumAlgorithm } from './checksum';
  *    control frames from it). By position, the pump may read a header ahead with a payload; the
  *    native pump also takes, from a stream socket, the next header's bytes that arrived with a
  *    payload (never more: a header that is not a record's is handed back whole, end 'header'),
- *    and checksums a payload piece by piece as it arrives.
+ *    and checksums a payload piece by piece as it arrives. After a rejection the place in a
+ *    socket source is unknown (up to one header may have been taken): the stream is not
+ *    read on past a failed pump.
  *  - Waits on fds that can block forever (anything but a regular file or block device) are
  *    bounded by `idleTimeoutMs` and by `signal`. The native pump reopens a blocking pipe with
  *    O_NONBLOCK for itself, and sends to sockets with MSG_DONTWAIT, so that not even a write
