@@ -78,7 +78,11 @@ export async function loadTlsCredentials(opts: TlsOptions): Promise<TlsCredentia
       throw err instanceof VfioError ? err : tlsUsage(`cannot read ${FLAGS[k]} ${opts[k]}`, e);
     }
   };
-  const [cert, key, ca] = await Promise.all([read('cert'), read('key'), read('ca')]);
+  // Read together, reported in flag order: the first unreadable one, whichever failed first.
+  const settled = await Promise.allSettled([read('cert'), read('key'), read('ca')]);
+  const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
+  const [cert, key, ca] = settled.map((r) => (r as PromiseFulfilledResult<Buffer>).value);
   let x509: X509Certificate;
   try {
     x509 = new X509Certificate(cert);
