@@ -567,22 +567,7 @@ struct Producer {
     const int64_t got = PumpReadFull(in, buf, n + ahead, waits);
     if (got < 0) return Last(s, VFIO_PUMP_READ, static_cast<int>(-got));
     if (static_cast<uint64_t>(got) < n) return Last(s, VFIO_PUMP_TRUNCATED, ENODATA);
-    const uint32_t want_sum = GetLe32(head + o.prefix_len + 4);
-    const uint32_t sum = vfio_checksum(o.checksum, 0, buf, n);
-    if (sum != want_sum) {
-      s->record_length = n;
-      s->record_expected = want_sum;
-      s->record_actual = sum;
-      return Last(s, VFIO_PUMP_CHECKSUM, EBADMSG);
-    }
-    s->data = buf;
-    s->len = n;
-    s->payload = n;
-    s->record = true;
-    std::memcpy(s->header, head, header_len);
-    s->record_offset = -1;
-    produced++;
-    taken += header_len + n;
+    if (!Accept(buf, n, vfio_checksum(o.checksum, 0, buf, n), s)) return;
     const size_t extra = static_cast<size_t>(got) - n;
     if (ahead > 0 && extra == ahead) {
       std::memcpy(head, buf + n, header_len);
@@ -595,6 +580,29 @@ struct Producer {
       s->record_offset = at(taken);
       Last(s, VFIO_PUMP_TRUNCATED, ENODATA);
     }
+  }
+
+  // The record whose header is in `head` and whose `n` payload bytes (checksum `sum`) are in buf:
+  // handed on as the segment when the checksum is the header's; otherwise the pump ends with
+  // VFIO_PUMP_CHECKSUM and false is returned.
+  bool Accept(unsigned char* buf, uint32_t n, uint32_t sum, Segment* s) {
+    const uint32_t want_sum = GetLe32(head + o.prefix_len + 4);
+    if (sum != want_sum) {
+      s->record_length = n;
+      s->record_expected = want_sum;
+      s->record_actual = sum;
+      Last(s, VFIO_PUMP_CHECKSUM, EBADMSG);
+      return false;
+    }
+    s->data = buf;
+    s->len = n;
+    s->payload = n;
+    s->record = true;
+    std::memcpy(s->header, head, header_len);
+    s->record_offset = -1;
+    produced++;
+    taken += header_len + n;
+    return true;
   }
 
   // ReadRecord's payload from a stream socket: each piece is checksummed as it lands (while it
@@ -613,21 +621,7 @@ struct Producer {
       sum = vfio_checksum(o.checksum, sum, buf + got, payload);
       got += static_cast<size_t>(r);
     }
-    const uint32_t want_sum = GetLe32(head + o.prefix_len + 4);
-    if (sum != want_sum) {
-      s->record_length = n;
-      s->record_expected = want_sum;
-      s->record_actual = sum;
-      return Last(s, VFIO_PUMP_CHECKSUM, EBADMSG);
-    }
-    s->data = buf;
-    s->len = n;
-    s->payload = n;
-    s->record = true;
-    std::memcpy(s->header, head, header_len);
-    s->record_offset = -1;
-    produced++;
-    taken += header_len + n;
+    if (!Accept(buf, n, sum, s)) return;
     head_have = got - n;
     if (head_have > 0) std::memcpy(head, buf + n, head_have);
     if (head_have == header_len) {

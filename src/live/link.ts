@@ -152,18 +152,19 @@ export class FrameLink {
   }
 
   private async buffers(): Promise<[Buffer, Buffer]> {
-    this.prepareData();
-    await this.pumpBuffers!.ready;
-    return this.pumpBuffers!.buffers;
+    const { buffers, ready } = this.prepareData();
+    await ready;
+    return buffers;
   }
 
   /**
    * Make the buffers that DATA will move through and start faulting their pages in off the JS
    * thread (pumpBuffers), now rather than at the first DATA frame: both sides call it once the
-   * handshake is done, so that the cost stays out of the switchover's downtime. Idempotent.
+   * handshake is done, so that the cost stays out of the switchover's downtime. Idempotent: the
+   * same buffers every time.
    */
-  prepareData(): void {
-    this.pumpBuffers ??= pumpBuffers(FRAME_HEADER_SIZE + MAX_DATA);
+  prepareData(): { buffers: [Buffer, Buffer]; ready: Promise<void> } {
+    return (this.pumpBuffers ??= pumpBuffers(FRAME_HEADER_SIZE + MAX_DATA));
   }
 
   /**

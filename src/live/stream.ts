@@ -12,6 +12,7 @@
  * itself, anything but its ERROR or CANCEL (a lost connection, a timeout) is
  * EVFIO_OUTCOME_UNKNOWN instead (the source devices stay stopped).
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import { EventEmitter } from 'eventemitter3';
 import { VfioError } from '../base/errors';
 import { logger } from '../base/log';
@@ -242,18 +243,10 @@ export class LiveSink extends EventEmitter<LiveSinkEvents> implements StateSink 
   private async rethrow(e: unknown, signal?: AbortSignal): Promise<never> {
     const signals = [signal, this.link.signal].filter((s): s is AbortSignal => s !== undefined);
     if (!this.failure && this.reader && connectionLost(e) && !signals.some((s) => s.aborted)) {
-      let t: NodeJS.Timeout | undefined;
-      let onAbort: (() => void) | undefined;
-      await Promise.race([
-        this.reader,
-        new Promise<void>((resolve) => {
-          t = setTimeout(resolve, RETURN_PATH_GRACE_MS);
-          onAbort = (): void => resolve();
-          signals.forEach((s) => s.addEventListener('abort', onAbort!, { once: true }));
-        }),
-      ]);
-      clearTimeout(t);
-      signals.forEach((s) => s.removeEventListener('abort', onAbort!));
+      const settled = new AbortController(); // ends the grace timer once the reader has won
+      const grace = sleep(RETURN_PATH_GRACE_MS, undefined, { signal: AbortSignal.any([...signals, settled.signal]) }).catch(() => undefined);
+      await Promise.race([this.reader, grace]);
+      settled.abort();
     }
     if (this.failure && e !== this.failure) throw this.failure;
     throw e;

@@ -30,7 +30,7 @@ import { availableParallelism } from 'node:os';
 import type { Binding } from '../kernel/binding/types';
 import { VfioError } from '../base/errors';
 import { drainSession, feedSession, onDataFd, DEFAULT_BUFFER_SIZE } from '../kernel/stream';
-import { populate, pumpFor, type Pump, type PumpBuffers, type PumpError, type ReadRecordsResult, type WriteRecordsResult } from '../kernel/pump';
+import { pumpBuffers, pumpFor, type Pump, type PumpBuffers, type PumpError, type ReadRecordsResult, type WriteRecordsResult } from '../kernel/pump';
 import { tableMismatch, type SnapshotReader, type SectionEntry } from './reader';
 import type { SnapshotWriter } from './writer';
 import { CHUNK_HEADER_SIZE, MAX_CHUNK } from './format';
@@ -77,9 +77,9 @@ function overlapping(opts: StateIoOptions): boolean {
 
 /** One buffer of `size` bytes, or two; the first populated (src/kernel/pump/buffers.ts). */
 async function buffers(size: number, two: boolean): Promise<PumpBuffers> {
-  const first = Buffer.allocUnsafe(size);
-  await populate(first);
-  return two ? [first, Buffer.allocUnsafe(size)] : first;
+  const { buffers: pair, ready } = pumpBuffers(size);
+  await ready;
+  return two ? pair : pair[0];
 }
 
 /**
