@@ -206,7 +206,10 @@ export class LiveSink extends EventEmitter<LiveSinkEvents> implements StateSink 
         this.wake();
       }
     } catch (e) {
-      if (this.closing) return;
+      // Our own end of the return path is not the destination failing: abort() closing it, or
+      // the link's signal (the caller's cancel) ending its read. The cancel then still tells the
+      // destination (CANCEL), which a failure recorded here would keep it from doing.
+      if (this.closing || (this.link.signal.aborted && e instanceof VfioError && e.kind === 'cancelled')) return;
       this.failure = this.afterEnd(e);
       log('%s: return path failed: %s', this.name, (this.failure as Error)?.message);
       this.link.abort(this.failure);

@@ -123,6 +123,31 @@ describe('cancel() while a step is changing device states', () => {
 });
 
 describe('signals', () => {
+  it("the source's AbortSignal in the middle of a precopy round: the destination still hears CANCEL (the return path's own end is not the peer's failure)", async () => {
+    const host = newHost(env);
+    const a = bootedSource(env, 'sim:4MiB', { id: 'a', host });
+    const vm = new MigrationCoordinator([a.d]);
+    const dst = destination(env, a.host, [{ spec: 'sim:4MiB', id: 'a' }]);
+    const listener = await listen(`unix:${path.join(sockDir, 'r.sock')}`);
+    try {
+      const incoming = new MigrationCoordinator(dst.devices).incoming(listener);
+      incoming.catch(() => undefined);
+      const ac = new AbortController();
+      const mig = await vm.migrate(listener.uri, { signal: ac.signal });
+      // The abort comes while the round's transfer is in flight: the cancel waits for it, and the
+      // return path, whose read the same signal ends, must not be taken for the peer failing.
+      const round = mig.iterate();
+      round.catch(() => undefined);
+      ac.abort();
+      const derr = await rejection(incoming);
+      expect(derr.code).toBe('EVFIO_PEER_CANCELLED');
+      expect((await rejection(round)).code).toBe('ECANCELED');
+      await expect.poll(() => states([a.d]), { timeout: 2000 }).toEqual(['RUNNING']);
+    } finally {
+      await listener.close();
+    }
+  });
+
   it("the source's AbortSignal in precopy: the destination hears CANCEL (EVFIO_PEER_CANCELLED), the source runs on, one `cancelled` event", async () => {
     const host = newHost(env);
     const a = bootedSource(env, 'sim:256KiB', { id: 'a', host });
